@@ -1,0 +1,34 @@
+"""keyedlock: keyed locks and single-flight for threads, asyncio and trio.
+
+::
+
+    from keyedlock import klock
+
+    with klock("wallet:42"):          # threads
+        ...
+
+    async with klock("wallet:42"):    # asyncio or trio
+        ...
+"""
+
+from __future__ import annotations
+
+from ._errors import Aborted as Aborted
+from ._errors import KeyedLockError as KeyedLockError
+from ._errors import LockTimeout as LockTimeout
+from ._errors import QueueFull as QueueFull
+from ._keyed import KeyedLock as KeyedLock
+from ._keyed import LockContext as LockContext
+from ._keyed import klock as klock
+
+__all__ = [
+    "Aborted",
+    "KeyedLock",
+    "KeyedLockError",
+    "LockContext",
+    "LockTimeout",
+    "QueueFull",
+    "klock",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,256 @@
+"""The per-key lock state machine, written once for every runtime and scope.
+
+A :class:`KeyTable` maps each busy key to its current :class:`Hold` (the
+owner). A key with no holder and no waiter has no entry at all, so an idle key
+costs no memory. Waiters queue on the holder (``Hold.waiters``); on release
+the first live waiter is handed the key directly (its entry replaces the old
+holder's without the key ever looking free), so a late arrival can never
+barge past a queued waiter.
+
+The table knows nothing about threads, asyncio or trio. A waiter brings a
+``wake`` callable from its runtime adapter; the table decides, atomically
+under its guard, whether a waiter was *granted*, *aborted* or *cancelled*, and
+exactly one of those wins. Wakes run outside the guard.
+
+Concurrency: the uncontended acquire is a single ``dict.setdefault`` (atomic
+with or without the GIL) and never touches the guard; everything that changes
+an existing entry (queueing, hand-off, release, withdrawal) holds the guard,
+once per operation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Final
+
+from .._errors import QueueFull
+
+__all__ = [
+    "ABORTED",
+    "CANCELLED",
+    "GRANTED",
+    "WAITING",
+    "Hold",
+    "KeyTable",
+    "WaitQueue",
+]
+
+#: Queued, neither granted nor withdrawn yet.
+WAITING: Final = 1
+#: The key was handed to this waiter; it now owns it.
+GRANTED: Final = 2
+#: The waiter withdrew (timeout, cancellation) or its runtime could not be woken.
+CANCELLED: Final = 3
+#: The wait was aborted by an ``on_error="stop"`` failure; ``cause`` says why.
+ABORTED: Final = 4
+
+#: A dead queue entry is dropped once the dead outnumber the live by this much.
+_COMPACT_SLACK: Final = 8
+
+
+class Hold:
+    """One acquisition: a holder of a key, or a waiter for it.
+
+    ``owner`` identifies who acquires (used only to refuse a self-deadlocking
+    re-acquire). ``waiters`` is the FIFO queue of the key while this hold is
+    its holder. ``state``, ``wake`` and ``cause`` are set only for a hold that
+    had to wait.
+    """
+
+    __slots__ = ("cause", "owner", "state", "wake", "waiters")
+
+    owner: object
+    waiters: WaitQueue | None
+    state: int
+    wake: Callable[[], bool]
+    cause: BaseException | None
+
+    def __init__(self, owner: object = None) -> None:
+        self.owner = owner
+        self.waiters = None
+
+
+class WaitQueue(deque[Hold]):
+    """The waiters of one key, in arrival order.
+
+    Withdrawn waiters are removed lazily (their state says so); ``live``
+    counts the ones still waiting, so a withdrawal is O(1) amortized.
+    """
+
+    __slots__ = ("live",)
+
+    live: int
+
+
+class KeyTable:
+    """Lock state for every busy key of one lock object.
+
+    ``max_waiters`` bounds each key's queue (``None``: unbounded).
+    """
+
+    __slots__ = ("guard", "holds", "max_waiters")
+
+    def __init__(self, max_waiters: int | None = None) -> None:
+        self.holds: dict[Hashable, Hold] = {}
+        self.guard = threading.Lock()
+        self.max_waiters = max_waiters
+
+    # -- acquiring ---------------------------------------------------------
+
+    def try_acquire(self, key: Hashable, hold: Hold) -> Hold:
+        """Take ``key`` for ``hold`` if nobody holds it or waits for it.
+
+        Returns the key's holder: ``hold`` itself on success. Never blocks
+        and never touches the guard.
+        """
+        return self.holds.setdefault(key, hold)
+
+    def enqueue(self, key: Hashable, hold: Hold, wake: Callable[[], bool]) -> bool:
+        """Take ``key`` for ``hold``, or queue ``hold`` behind the holder.
+
+        Returns True if the key was free (``hold`` now owns it), False if
+        ``hold`` was queued: ``wake()`` will be called, once, when it is
+        granted or aborted. ``wake`` returns False if its waiter can no
+        longer run (its event loop is gone); the key then passes on.
+
+        Raises RuntimeError if ``hold.owner`` already holds the key, and
+        QueueFull if the key has ``max_waiters`` waiters already.
+        """
+        with self.guard:
+            holder = self.holds.setdefault(key, hold)
+            if holder is hold:
+                return True
+            if holder.owner == hold.owner:
+                raise reacquire_error(key)
+            queue = holder.waiters
+            if queue is None:
+                queue = holder.waiters = WaitQueue()
+                queue.live = 0
+            limit = self.max_waiters
+            if limit is not None and queue.live >= limit:
+                raise QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
+            hold.state = WAITING
+            hold.wake = wake
+            queue.append(hold)
+            queue.live += 1
+            return False
+
+    def withdraw(self, key: Hashable, hold: Hold) -> int:
+        """Withdraw a queued ``hold`` (timeout, cancellation, interrupt).
+
+        Returns the state the hold had: WAITING means it was removed and
+        leaves no trace; GRANTED means the key was handed to it in the same
+        instant, so the caller owns the key and must release it (or keep it);
+        ABORTED means the wait was aborted (``hold.cause``); CANCELLED means
+        it was already withdrawn.
+        """
+        with self.guard:
+            state = hold.state
+            if state == WAITING:
+                hold.state = CANCELLED
+                holder = self.holds[key]
+                queue = holder.waiters
+                assert queue is not None
+                queue.live -= 1
+                if not queue.live:
+                    holder.waiters = None
+                elif len(queue) > 2 * queue.live + _COMPACT_SLACK:
+                    live = [h for h in queue if h.state == WAITING]
+                    queue.clear()
+                    queue.extend(live)
+            return state
+
+    # -- releasing ---------------------------------------------------------
+
+    def release(
+        self,
+        key: Hashable,
+        expected: Hold | None = None,
+        abort: BaseException | None = None,
+    ) -> None:
+        """Release ``key``: hand it to the first live waiter, or drop it.
+
+        ``expected``: release only if this hold is the holder (a context
+        manager releasing its own hold); otherwise RuntimeError.
+        ``abort``: instead of handing the key on, abort every waiter queued at
+        this moment with ``abort`` as cause and leave the key free.
+        """
+        with self.guard:
+            holder = self.holds.get(key)
+            if holder is None or (expected is not None and holder is not expected):
+                if holder is None:
+                    raise RuntimeError(f"release of key {key!r}, which is not held")
+                raise RuntimeError(
+                    f"this hold of key {key!r} was already released by another caller; "
+                    "the key is now held by someone else and stays held"
+                )
+            queue = holder.waiters
+            if queue is None:
+                del self.holds[key]
+                return
+            if abort is not None:
+                aborted = [h for h in queue if h.state == WAITING]
+                for h in aborted:
+                    h.state = ABORTED
+                    h.cause = abort
+                del self.holds[key]
+                nxt = None
+            else:
+                aborted = None
+                nxt = self._hand_off(key, queue)
+        if aborted is not None:
+            for h in aborted:
+                h.wake()
+            return
+        while nxt is not None and not nxt.wake():
+            nxt = self._pass_on_dead(key, nxt)
+
+    def _hand_off(self, key: Hashable, queue: WaitQueue) -> Hold | None:
+        """Under the guard: make the first live waiter the holder."""
+        while queue:
+            nxt = queue.popleft()
+            if nxt.state == WAITING:
+                nxt.state = GRANTED
+                queue.live -= 1
+                nxt.waiters = queue if queue.live else None
+                self.holds[key] = nxt
+                return nxt
+        del self.holds[key]  # pragma: no cover - live > 0 implies a waiter
+        return None
+
+    def _pass_on_dead(self, key: Hashable, dead: Hold) -> Hold | None:
+        """A granted waiter could not be woken: pass its key to the next one."""
+        with self.guard:
+            if self.holds.get(key) is not dead or dead.state != GRANTED:
+                return None
+            dead.state = CANCELLED
+            queue = dead.waiters
+            if queue is None:
+                del self.holds[key]
+                return None
+            return self._hand_off(key, queue)
+
+    # -- introspection -----------------------------------------------------
+
+    def locked(self, key: Hashable) -> bool:
+        return key in self.holds
+
+    def waiters(self, key: Hashable) -> int:
+        holder = self.holds.get(key)
+        if holder is None:
+            return 0
+        queue = holder.waiters
+        return queue.live if queue is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.holds)
+
+
+def reacquire_error(key: Hashable) -> RuntimeError:
+    return RuntimeError(
+        f"key {key!r} is already held by this owner (the current task, or the current "
+        "thread outside tasks); acquiring it again would deadlock. keyedlock locks are "
+        "not reentrant: release it first, or restructure so the key is taken once"
+    )

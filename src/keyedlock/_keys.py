@@ -1,0 +1,97 @@
+"""Key specifications for decorators, and the typed decorator protocol.
+
+A key spec is either a ``str.format`` template over the decorated function's
+bound arguments (``"checkout:{user_id}"``, ``"{0}"``, ``"{order.id}"``) or a
+callable taking the same arguments as the function and returning the key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import string
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from ._validate import check_key
+
+__all__ = ["Decorator", "KeySpec", "key_function"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+KeySpec = str | Callable[..., Hashable]
+
+
+class Decorator(Protocol):
+    """A decorator that keeps the decorated function's signature and kind."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+def _field_roots(template: str) -> list[str]:
+    roots = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        root = field
+        for sep in (".", "["):
+            root = root.split(sep, 1)[0]
+        roots.append(root)
+    return roots
+
+
+def key_function(spec: KeySpec, fn: Callable[..., Any]) -> Callable[..., Hashable]:
+    """Turn a key spec into a function of ``fn``'s arguments returning the key.
+
+    A template is checked against ``fn``'s signature once, at decoration time:
+    a field that names no parameter raises ValueError there.
+    """
+    if isinstance(spec, str):
+        return _template_key(spec, fn)
+    if callable(spec):
+        user_key = spec
+
+        def call_key(*args: Any, **kwargs: Any) -> Hashable:
+            return check_key(user_key(*args, **kwargs))
+
+        return call_key
+    raise TypeError(
+        f"key must be a str.format template or a callable returning the key, got {spec!r}"
+    )
+
+
+def _template_key(template: str, fn: Callable[..., Any]) -> Callable[..., Hashable]:
+    try:
+        roots = _field_roots(template)
+    except ValueError as exc:
+        raise ValueError(f"invalid key template {template!r}: {exc}") from None
+    if not roots:
+        constant = template
+        return lambda *args, **kwargs: constant
+    sig = inspect.signature(fn)
+    params = sig.parameters
+    var_kw = next((p.name for p in params.values() if p.kind is p.VAR_KEYWORD), None)
+    for root in roots:
+        if root == "" or root.isdigit():
+            continue  # positional fields index the bound positional arguments
+        if root not in params and var_kw is None:
+            raise ValueError(
+                f"key template {template!r} names {{{root}}}, which is not a parameter of "
+                f"{getattr(fn, '__qualname__', fn)!r}{sig}"
+            )
+
+    def template_key(*args: Any, **kwargs: Any) -> Hashable:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        names = bound.arguments
+        if var_kw is not None:
+            names = dict(names)
+            names.update(names.pop(var_kw, {}))
+        return template.format(*bound.args, **names)
+
+    return template_key

@@ -1,0 +1,92 @@
+"""Which runtime is the caller in, and who is the caller (the owner).
+
+Detection is lazy and cheap: asyncio through the running-loop slot, trio
+through the thread-local name it sets in ``sniffio`` while a run is active.
+trio is imported only when the caller is inside a trio run (so it is already
+imported).
+"""
+
+from __future__ import annotations
+
+import threading
+from asyncio import AbstractEventLoop, current_task
+from asyncio.events import _get_running_loop
+from typing import Final
+
+import sniffio
+
+__all__ = [
+    "ASYNCIO",
+    "TRIO",
+    "async_runtime",
+    "blocking_call_error",
+    "check_can_block",
+    "current_task",
+    "get_ident",
+    "running_loop",
+    "sniffio_local",
+    "sync_owner",
+]
+
+ASYNCIO: Final = 1
+TRIO: Final = 2
+
+get_ident = threading.get_ident
+running_loop = _get_running_loop
+sniffio_local = sniffio.thread_local
+
+
+def _trio_task() -> object | None:
+    """The current trio task, or None if this thread is not in a trio task."""
+    if sniffio_local.name != "trio":
+        return None
+    from trio import lowlevel
+
+    if not lowlevel.in_trio_task():
+        return None
+    return lowlevel.current_task()
+
+
+def sync_owner() -> object:
+    """Owner of a synchronous call: the current task inside one, else the thread."""
+    loop = _get_running_loop()
+    if loop is not None:
+        task = current_task(loop)
+        if task is not None:
+            return task
+    task = _trio_task()
+    return task if task is not None else get_ident()
+
+
+def async_runtime(loop: AbstractEventLoop | None) -> tuple[int, object]:
+    """(runtime, owner task) of an ``async`` caller; RuntimeError outside both.
+
+    ``loop`` is the running asyncio loop the caller already looked up.
+    """
+    if loop is not None:
+        task = current_task(loop)
+        if task is not None:
+            return ASYNCIO, task
+    task = _trio_task()
+    if task is not None:
+        return TRIO, task
+    name = sniffio_local.name
+    raise RuntimeError(
+        "keyedlock's async API needs a running asyncio task or trio task"
+        + (f" (found {name!r}, which is not supported)" if name else "")
+        + "; in a thread without an event loop use `with` / acquire() instead"
+    )
+
+
+def blocking_call_error(what: str) -> RuntimeError:
+    return RuntimeError(
+        f"{what} would block this thread, which is running an event loop "
+        "(it freezes the loop and can deadlock); use `async with klock(key)`, "
+        "`await acquire_async(...)` or `await run(...)` there instead"
+    )
+
+
+def check_can_block(what: str) -> None:
+    """Raise RuntimeError if this thread runs an asyncio loop or a trio run."""
+    if _get_running_loop() is not None or sniffio_local.name is not None:
+        raise blocking_call_error(what)

@@ -1,0 +1,1 @@
+"""Scope backends: where lock state lives (this process, this host, ...)."""

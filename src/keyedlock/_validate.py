@@ -1,0 +1,59 @@
+"""Argument checks done once, at the public boundary, with clear messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from typing import Literal
+
+__all__ = ["OnError", "check_key", "check_max_waiters", "check_on_error", "check_timeout"]
+
+OnError = Literal["continue", "stop"]
+
+
+def check_key(key: object) -> Hashable:
+    """Return ``key`` if hashable; TypeError naming the problem otherwise."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(
+            f"keys must be hashable, got unhashable {type(key).__name__!r}: {key!r}"
+        ) from None
+    return key  # type: ignore[return-value]
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Normalize a timeout: None or ``inf`` waits forever, 0 tries once.
+
+    Negative, NaN and non-numbers are refused.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout != timeout:  # NaN
+        raise ValueError("timeout must not be NaN")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 (0 tries once), got {timeout!r}")
+    if timeout == math.inf:
+        return None
+    return float(timeout)
+
+
+def check_on_error(on_error: object) -> bool:
+    """True for ``"stop"``, False for ``"continue"``; ValueError otherwise."""
+    if on_error == "continue":
+        return False
+    if on_error == "stop":
+        return True
+    raise ValueError(f"on_error must be 'continue' or 'stop', got {on_error!r}")
+
+
+def check_max_waiters(max_waiters: int | None) -> int | None:
+    if max_waiters is None:
+        return None
+    if isinstance(max_waiters, bool) or not isinstance(max_waiters, int):
+        raise TypeError(f"max_waiters must be an int >= 0 or None, got {max_waiters!r}")
+    if max_waiters < 0:
+        raise ValueError(f"max_waiters must be >= 0 or None, got {max_waiters!r}")
+    return max_waiters
