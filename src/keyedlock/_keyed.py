@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Hashable
+from time import monotonic
 from types import TracebackType
 from typing import Any, Final, TypeVar, final, overload
 
@@ -24,6 +25,7 @@ from ._runtime._detect import (
     sync_owner,
 )
 from ._runtime._threads import wait_thread
+from ._scopes._base import WideScope
 from ._validate import OnError, check_key, check_max_waiters, check_on_error, check_timeout
 
 __all__ = ["KeyedLock", "LockContext", "klock"]
@@ -41,14 +43,20 @@ def _timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
     return LockTimeout(f"timed out after {timeout} s waiting for key {key!r}")
 
 
+def _remaining(timeout: float | None, start: float) -> float | None:
+    """What is left of ``timeout`` since ``start`` (0 stays 0: try once)."""
+    if not timeout:
+        return timeout
+    return max(0.0, timeout - (monotonic() - start))
+
+
 def _settle(state: int, hold: Hold, key: Hashable) -> bool:
     """Map a finished wait to True (acquired) / False (timed out), or raise Aborted."""
     if state == GRANTED:
         return True
     if state == ABORTED:
         raise Aborted(
-            f"the wait for key {key!r} was aborted: the holder's work failed "
-            "with on_error='stop'"
+            f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
         ) from hold.cause
     return False
 
@@ -75,7 +83,7 @@ class LockContext(Hold):
 
     __slots__ = ("_key", "_lock", "_phase", "_timeout")
 
-    def __init__(self, lock: KeyedLock, key: Hashable, timeout: float | None) -> None:
+    def __init__(self, lock: _LockBase, key: Hashable, timeout: float | None) -> None:
         self.waiters = None
         self._lock = lock
         self._key = key
@@ -100,16 +108,36 @@ class LockContext(Hold):
         if running_loop() is not None or sniffio_local.name is not None:
             raise blocking_call_error("`with klock(key)`")
         self.owner = get_ident()
-        table = self._lock._table
+        lock = self._lock
+        if lock._scope is None and lock._table.holds.setdefault(self._key, self) is self:
+            return  # the uncontended fast path
+        if not self._lock_sync():
+            raise _timeout_error(self._key, self._timeout)
+
+    def _lock_sync(self) -> bool:
+        """Acquire for ``self.owner``, parking this thread; False on timeout."""
+        lock = self._lock
+        scope = lock._scope
+        timeout = self._timeout
+        start = monotonic() if scope is not None and timeout else 0.0
+        table = lock._table
         key = self._key
         holder = table.holds.setdefault(key, self)
-        if holder is self:
-            return
-        if holder.owner == self.owner:
-            raise reacquire_error(key)
-        timeout = self._timeout
-        if timeout == 0 or not _settle(wait_thread(table, key, self, timeout), self, key):
-            raise _timeout_error(key, timeout)
+        if holder is not self:
+            if holder.owner == self.owner and timeout != 0:
+                raise reacquire_error(key)
+            if timeout == 0 or not _settle(wait_thread(table, key, self, timeout), self, key):
+                return False
+        if scope is not None:
+            try:
+                acquired = scope.acquire_sync(key, _remaining(timeout, start))
+            except BaseException:
+                table.release(key, self)
+                raise
+            if not acquired:
+                table.release(key, self)
+                return False
+        return True
 
     def __exit__(
         self,
@@ -124,23 +152,43 @@ class LockContext(Hold):
     async def __aenter__(self) -> None:
         self._start()
         loop = running_loop()
-        task = current_task(loop) if loop is not None else None
+        task: object = current_task(loop) if loop is not None else None
         runtime = ASYNCIO
         if task is None:
             runtime, task = async_runtime(loop)
         self.owner = task
-        table = self._lock._table
+        lock = self._lock
+        if lock._scope is None and lock._table.holds.setdefault(self._key, self) is self:
+            return  # the uncontended fast path
+        if not await self._lock_async(runtime, loop):
+            raise _timeout_error(self._key, self._timeout)
+
+    async def _lock_async(self, runtime: int, loop: Any) -> bool:
+        """Acquire for ``self.owner`` from a task of ``runtime``; False on timeout."""
+        lock = self._lock
+        scope = lock._scope
+        timeout = self._timeout
+        start = monotonic() if scope is not None and timeout else 0.0
+        table = lock._table
         key = self._key
         holder = table.holds.setdefault(key, self)
-        if holder is self:
-            return
-        if holder.owner == task:
-            raise reacquire_error(key)
-        timeout = self._timeout
-        if timeout == 0 or not _settle(
-            await _wait_async(table, key, self, timeout, runtime, loop), self, key
-        ):
-            raise _timeout_error(key, timeout)
+        if holder is not self:
+            if holder.owner == self.owner and timeout != 0:
+                raise reacquire_error(key)
+            if timeout == 0 or not _settle(
+                await _wait_async(table, key, self, timeout, runtime, loop), self, key
+            ):
+                return False
+        if scope is not None:
+            try:
+                acquired = await scope.acquire_async(key, _remaining(timeout, start))
+            except BaseException:
+                table.release(key, self)
+                raise
+            if not acquired:
+                table.release(key, self)
+                return False
+        return True
 
     async def __aexit__(
         self,
@@ -158,54 +206,46 @@ class LockContext(Hold):
                 "exit of a klock(key) context that is not entered (exited twice, or never entered)"
             )
         self._phase = _DONE
-        self._lock._table.release(self._key, self, abort)
+        lock = self._lock
+        if lock._scope is not None:
+            lock._release_wide(self._key, self)
+        lock._table.release(self._key, self, abort)
 
 
-class KeyedLock:
-    """A lock per key: work for one key runs one at a time, in arrival order.
+class _LockBase:
+    """Everything a keyed lock does, over the local core and an optional wide scope.
 
-    Different keys never wait for each other, and a key that nobody holds or
-    waits for takes no memory. One object serves every runtime at once::
-
-        klock = KeyedLock()
-
-        with klock("user:42"):            # in a thread
-            ...
-
-        async with klock("user:42"):      # in an asyncio or trio task
-            ...
-
-    The two exclude each other: a thread, an asyncio task (on any loop, in any
-    thread) and a trio task asking for the same key queue behind one another,
-    first come, first served, and the key is handed directly to the next
-    waiter on release.
-
-    Compared with :class:`threading.Lock`: ``release(key)`` may be called by
-    any thread or task (not only the holder); but a blocking re-acquire of a
-    key the same owner already holds raises RuntimeError instead of
-    deadlocking. The owner is the current asyncio or trio task when called in
-    one, otherwise the current thread.
-
-    Args:
-        max_waiters: how many callers may queue on one key (None: unbounded;
-            0: never queue). A blocking acquire that would exceed it raises
-            :class:`QueueFull` at once.
+    Not for subclassing outside keyedlock: use :class:`KeyedLock` or
+    :class:`~keyedlock.FileKeyedLock`.
     """
 
-    __slots__ = ("__weakref__", "_table")
+    __slots__ = ("__weakref__", "_scope", "_table")
 
-    def __init__(self, *, max_waiters: int | None = None) -> None:
+    _scope: WideScope | None
+
+    def __init__(self, *, max_waiters: int | None = None, scope: WideScope | None = None) -> None:
         self._table = KeyTable(check_max_waiters(max_waiters))
+        self._scope = scope
+
+    def _local(self, key: object) -> Hashable:
+        """Validate ``key`` and map it to the key the local core serializes on."""
+        scope = self._scope
+        if scope is not None:
+            return scope.local_key(key)
+        try:
+            hash(key)
+        except TypeError:
+            check_key(key)
+        return key
 
     @property
     def max_waiters(self) -> int | None:
-        """The per-key bound on queued callers (None: unbounded)."""
+        """The per-key bound on queued callers in this process (None: unbounded)."""
         return self._table.max_waiters
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} keys={len(self._table)} "
-            f"max_waiters={self._table.max_waiters}>"
+            f"<{type(self).__name__} keys={len(self._table)} max_waiters={self._table.max_waiters}>"
         )
 
     # -- the context manager -----------------------------------------------
@@ -214,14 +254,12 @@ class KeyedLock:
         """A context manager holding ``key`` for the body of a ``with`` / ``async with``.
 
         ``timeout`` (seconds; None waits forever, 0 tries once) bounds the
-        wait; when it elapses, :class:`LockTimeout` is raised and nothing is
-        left queued. A blocking ``with`` inside a running event loop raises
-        RuntimeError (use ``async with`` there).
+        wait; when it elapses, :class:`~keyedlock.LockTimeout` is raised and
+        nothing is left queued. A blocking ``with`` inside a running event loop
+        raises RuntimeError (use ``async with`` there). The object is for one
+        use: call ``klock(key)`` again for the next.
         """
-        try:
-            hash(key)
-        except TypeError:
-            check_key(key)
+        key = self._local(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
         return LockContext(self, key, timeout)
@@ -239,30 +277,18 @@ class KeyedLock:
         a thread running an event loop raises RuntimeError; a non-blocking one
         is allowed there. Release with :meth:`release`.
         """
-        check_key(key)
         if not blocking:
             if timeout is not None:
                 raise ValueError("can't specify a timeout for a non-blocking acquire")
             timeout = 0
+        ctx = self(key, timeout=timeout)
+        ctx._phase = _ENTERED
+        if ctx._timeout == 0:
+            ctx.owner = sync_owner()
         else:
-            timeout = check_timeout(timeout)
-        if timeout == 0:
-            owner = sync_owner()
-        else:
-            check_can_block("a blocking klock.acquire(key)")
-            owner = get_ident()
-        hold = Hold(owner)
-        table = self._table
-        holder = table.try_acquire(key, hold)
-        if holder is hold:
-            return True
-        if holder.owner == owner:
-            if timeout == 0:
-                return False
-            raise reacquire_error(key)
-        if timeout == 0:
-            return False
-        return _settle(wait_thread(table, key, hold, timeout), hold, key)
+            check_can_block("a blocking acquire(key)")
+            ctx.owner = get_ident()
+        return ctx._lock_sync()
 
     async def acquire_async(self, key: Hashable, *, timeout: float | None = None) -> bool:
         """Acquire ``key`` from an asyncio or trio task; True if acquired.
@@ -270,22 +296,11 @@ class KeyedLock:
         Returns False if ``timeout`` elapses (0 tries once). Cancellation while
         waiting leaves no trace. Release with :meth:`release`.
         """
-        check_key(key)
-        timeout = check_timeout(timeout)
+        ctx = self(key, timeout=timeout)
+        ctx._phase = _ENTERED
         loop = running_loop()
-        runtime, owner = async_runtime(loop)
-        hold = Hold(owner)
-        table = self._table
-        holder = table.try_acquire(key, hold)
-        if holder is hold:
-            return True
-        if holder.owner == owner:
-            if timeout == 0:
-                return False
-            raise reacquire_error(key)
-        if timeout == 0:
-            return False
-        return _settle(await _wait_async(table, key, hold, timeout, runtime, loop), hold, key)
+        runtime, ctx.owner = async_runtime(loop)
+        return await ctx._lock_async(runtime, loop)
 
     def release(self, key: Hashable) -> None:
         """Release ``key``, whoever holds it; RuntimeError if it is not held.
@@ -293,26 +308,39 @@ class KeyedLock:
         The key passes directly to its first waiter, if any. Like
         :meth:`threading.Lock.release`, any thread or task may release.
         """
-        self._table.release(check_key(key))
+        local = self._local(key)
+        if self._scope is not None:
+            self._release_wide(local, None)
+        self._table.release(local)
+
+    def _release_wide(self, local: Hashable, expected: Hold | None) -> None:
+        holder = self._table.holds.get(local)
+        if holder is None or (expected is not None and holder is not expected):
+            self._table.release(local, expected)  # raises the matching RuntimeError
+        assert self._scope is not None
+        self._scope.release(local)
 
     # -- introspection -----------------------------------------------------
 
     def locked(self, key: Hashable) -> bool:
         """True if someone holds ``key`` (or it was just handed to a waiter)."""
-        return self._table.locked(check_key(key))
+        local = self._local(key)
+        if self._table.locked(local):
+            return True
+        return self._scope is not None and self._scope.locked(local)
 
     def waiters(self, key: Hashable) -> int:
-        """How many callers are queued on ``key`` (not counting the holder)."""
-        return self._table.waiters(check_key(key))
+        """How many callers of this process are queued on ``key`` (not the holder)."""
+        return self._table.waiters(self._local(key))
 
     def __len__(self) -> int:
-        """Number of keys that currently have a holder or a waiter."""
+        """Number of keys with a holder or a waiter in this process."""
         return len(self._table)
 
     # -- run a function under a key ----------------------------------------
 
     @overload
-    async def run(  # type: ignore[overload-overlap]
+    async def run(
         self,
         key: Hashable,
         fn: Callable[..., Awaitable[R]],
@@ -345,13 +373,14 @@ class KeyedLock:
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` (sync or async) while holding ``key``.
 
-        Returns its result. Raises :class:`LockTimeout` if ``timeout``
-        elapses first. With ``on_error="stop"``, an exception from ``fn``
-        aborts every caller queued on ``key`` at that moment (they raise
-        :class:`Aborted`, caused by it); later callers start fresh.
+        Returns its result. Raises :class:`~keyedlock.LockTimeout` if
+        ``timeout`` elapses first. With ``on_error="stop"``, an exception
+        from ``fn`` aborts every caller queued on ``key`` at that moment (they
+        raise :class:`~keyedlock.Aborted`, caused by it); later callers start
+        fresh. ``"continue"`` (the default) just passes the key on.
         """
         stop = check_on_error(on_error)
-        return await self._run(self(key, timeout=timeout), stop, fn, args, kwargs)
+        return await _run(self(key, timeout=timeout), stop, fn, args, kwargs)
 
     def run_sync(
         self,
@@ -363,61 +392,13 @@ class KeyedLock:
         on_error: OnError = "continue",
         **kwargs: Any,
     ) -> R:
-        """Run the sync ``fn(*args, **kwargs)`` while holding ``key``, in this thread.
+        """Run the sync ``fn(*args, **kwargs)`` in this thread while holding ``key``.
 
-        As :meth:`run`, for threads: a blocking call, so RuntimeError inside a
-        running event loop.
+        As :meth:`run`, for threads: it blocks, so it raises RuntimeError in
+        a thread running an event loop.
         """
         stop = check_on_error(on_error)
-        return self._run_sync(self(key, timeout=timeout), stop, fn, args, kwargs)
-
-    @staticmethod
-    async def _run(
-        ctx: LockContext,
-        stop: bool,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        await ctx.__aenter__()
-        try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            ctx._finish(exc if stop else None)
-            raise
-        except BaseException:
-            ctx._finish()
-            raise
-        ctx._finish()
-        return result
-
-    @staticmethod
-    def _run_sync(
-        ctx: LockContext,
-        stop: bool,
-        fn: Callable[..., R],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> R:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(f"run_sync needs a sync function; use `await run(...)` for {fn!r}")
-        ctx.__enter__()
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            ctx._finish(exc if stop else None)
-            raise
-        except BaseException:
-            ctx._finish()
-            raise
-        ctx._finish()
-        return result
+        return _run_sync(self(key, timeout=timeout), stop, fn, args, kwargs)
 
     # -- decorator ---------------------------------------------------------
 
@@ -433,8 +414,8 @@ class KeyedLock:
         ``key`` is a ``str.format`` template over the call's bound arguments
         (``"checkout:{user_id}"``) or a callable taking the same arguments and
         returning the key. The wrapped function keeps its signature. A sync
-        function is guarded with a blocking acquire (``run_sync``), an async
-        one with ``run``.
+        function is guarded like :meth:`run_sync` (blocking), an async one
+        like :meth:`run`.
         """
         stop = check_on_error(on_error)
         timeout = check_timeout(timeout)
@@ -446,18 +427,105 @@ class KeyedLock:
                 @functools.wraps(fn)
                 async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                     ctx = self(key_of(*args, **kwargs), timeout=timeout)
-                    return await self._run(ctx, stop, fn, args, kwargs)
+                    return await _run(ctx, stop, fn, args, kwargs)
 
                 return guarded_async
 
             @functools.wraps(fn)
             def guarded(*args: Any, **kwargs: Any) -> Any:
                 ctx = self(key_of(*args, **kwargs), timeout=timeout)
-                return self._run_sync(ctx, stop, fn, args, kwargs)
+                return _run_sync(ctx, stop, fn, args, kwargs)
 
             return guarded
 
-        return decorate  # type: ignore[return-value]
+        return decorate
+
+
+async def _run(
+    ctx: LockContext,
+    stop: bool,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    await ctx.__aenter__()
+    try:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        ctx._finish(exc if stop else None)
+        raise
+    except BaseException:
+        ctx._finish()
+        raise
+    ctx._finish()
+    return result
+
+
+def _run_sync(
+    ctx: LockContext,
+    stop: bool,
+    fn: Callable[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> R:
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"run_sync needs a sync function; use `await run(...)` for {fn!r}")
+    ctx.__enter__()
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:
+        ctx._finish(exc if stop else None)
+        raise
+    except BaseException:
+        ctx._finish()
+        raise
+    ctx._finish()
+    return result
+
+
+@final
+class KeyedLock(_LockBase):
+    """A lock per key: work for one key runs one at a time, in arrival order.
+
+    Different keys never wait for each other, and a key that nobody holds or
+    waits for takes no memory. One object serves every runtime at once::
+
+        klock = KeyedLock()
+
+        with klock("user:42"):            # in a thread
+            ...
+
+        async with klock("user:42"):      # in an asyncio or trio task
+            ...
+
+    They exclude each other: a thread, an asyncio task (on any loop, in any
+    thread) and a trio task asking for the same key queue behind one another,
+    first come, first served, and the key is handed directly to the next
+    waiter on release. The lock covers this process; see
+    :class:`~keyedlock.FileKeyedLock` for every process on the host.
+
+    Compared with :class:`threading.Lock`: ``release(key)`` may be called by
+    any thread or task (not only the holder); but a blocking re-acquire of a
+    key the same owner already holds raises RuntimeError instead of
+    deadlocking. The owner is the current asyncio or trio task when called in
+    one, otherwise the current thread.
+
+    Args:
+        max_waiters: how many callers may queue on one key (None: unbounded;
+            0: never queue). A blocking acquire that would exceed it raises
+            :class:`~keyedlock.QueueFull` at once.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *, max_waiters: int | None = None) -> None:
+        super().__init__(max_waiters=max_waiters)
 
 
 #: A ready module-level :class:`KeyedLock` shared by the whole process.

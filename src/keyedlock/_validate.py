@@ -19,7 +19,7 @@ def check_key(key: object) -> Hashable:
         raise TypeError(
             f"keys must be hashable, got unhashable {type(key).__name__!r}: {key!r}"
         ) from None
-    return key  # type: ignore[return-value]
+    return key
 
 
 def check_timeout(timeout: float | None) -> float | None:

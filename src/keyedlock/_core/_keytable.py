@@ -59,7 +59,7 @@ class Hold:
     had to wait.
     """
 
-    __slots__ = ("cause", "owner", "state", "wake", "waiters")
+    __slots__ = ("cause", "owner", "state", "waiters", "wake")
 
     owner: object
     waiters: WaitQueue | None

@@ -51,11 +51,11 @@ def sync_owner() -> object:
     """Owner of a synchronous call: the current task inside one, else the thread."""
     loop = _get_running_loop()
     if loop is not None:
-        task = current_task(loop)
-        if task is not None:
-            return task
-    task = _trio_task()
-    return task if task is not None else get_ident()
+        asyncio_task = current_task(loop)
+        if asyncio_task is not None:
+            return asyncio_task
+    trio_task = _trio_task()
+    return trio_task if trio_task is not None else get_ident()
 
 
 def async_runtime(loop: AbstractEventLoop | None) -> tuple[int, object]:
@@ -64,12 +64,12 @@ def async_runtime(loop: AbstractEventLoop | None) -> tuple[int, object]:
     ``loop`` is the running asyncio loop the caller already looked up.
     """
     if loop is not None:
-        task = current_task(loop)
-        if task is not None:
-            return ASYNCIO, task
-    task = _trio_task()
-    if task is not None:
-        return TRIO, task
+        asyncio_task = current_task(loop)
+        if asyncio_task is not None:
+            return ASYNCIO, asyncio_task
+    trio_task = _trio_task()
+    if trio_task is not None:
+        return TRIO, trio_task
     name = sniffio_local.name
     raise RuntimeError(
         "keyedlock's async API needs a running asyncio task or trio task"

@@ -44,4 +44,3 @@ def wait_thread(table: KeyTable, key: Hashable, hold: Hold, timeout: float | Non
         if state == WAITING:
             return CANCELLED
     return state
-
