@@ -17,6 +17,9 @@ from ._errors import Aborted as Aborted
 from ._errors import KeyedLockError as KeyedLockError
 from ._errors import LockTimeout as LockTimeout
 from ._errors import QueueFull as QueueFull
+from ._flight import Result as Result
+from ._flight import SingleFlight as SingleFlight
+from ._flight import flight as flight
 from ._keyed import KeyedLock as KeyedLock
 from ._keyed import LockContext as LockContext
 from ._keyed import klock as klock
@@ -28,6 +31,9 @@ __all__ = [
     "LockContext",
     "LockTimeout",
     "QueueFull",
+    "Result",
+    "SingleFlight",
+    "flight",
     "klock",
 ]
 

@@ -12,7 +12,7 @@ from typing import Any, Final, TypeVar, final, overload
 from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, reacquire_error
 from ._errors import Aborted, LockTimeout
 from ._keys import Decorator, KeySpec, key_function
-from ._runtime._asyncio import wait_asyncio
+from ._runtime import park_async
 from ._runtime._detect import (
     ASYNCIO,
     async_runtime,
@@ -55,20 +55,12 @@ def _settle(state: int, hold: Hold, key: Hashable) -> bool:
     if state == GRANTED:
         return True
     if state == ABORTED:
+        cause = hold.cause
+        assert isinstance(cause, BaseException)
         raise Aborted(
             f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
-        ) from hold.cause
+        ) from cause
     return False
-
-
-async def _wait_async(
-    table: KeyTable, key: Hashable, hold: Hold, timeout: float | None, runtime: int, loop: Any
-) -> int:
-    if runtime == ASYNCIO:
-        return await wait_asyncio(table, key, hold, timeout, loop)
-    from ._runtime._trio import wait_trio
-
-    return await wait_trio(table, key, hold, timeout)
 
 
 @final
@@ -176,7 +168,7 @@ class LockContext(Hold):
             if holder.owner == self.owner and timeout != 0:
                 raise reacquire_error(key)
             if timeout == 0 or not _settle(
-                await _wait_async(table, key, self, timeout, runtime, loop), self, key
+                await park_async(table, key, self, timeout, runtime, loop), self, key
             ):
                 return False
         if scope is not None:

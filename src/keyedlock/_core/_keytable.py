@@ -43,7 +43,8 @@ WAITING: Final = 1
 GRANTED: Final = 2
 #: The waiter withdrew (timeout, cancellation) or its runtime could not be woken.
 CANCELLED: Final = 3
-#: The wait was aborted by an ``on_error="stop"`` failure; ``cause`` says why.
+#: The wait ended with the holder's outcome instead of the key: an
+#: ``on_error="stop"`` abort, or a single-flight result; ``cause`` holds it.
 ABORTED: Final = 4
 
 #: A dead queue entry is dropped once the dead outnumber the live by this much.
@@ -55,17 +56,18 @@ class Hold:
 
     ``owner`` identifies who acquires (used only to refuse a self-deadlocking
     re-acquire). ``waiters`` is the FIFO queue of the key while this hold is
-    its holder. ``state``, ``wake`` and ``cause`` are set only for a hold that
-    had to wait.
+    its holder. ``state``, ``wake``, ``queue`` (the queue it waits in) and
+    ``cause`` are set only for a hold that had to wait.
     """
 
-    __slots__ = ("cause", "owner", "state", "waiters", "wake")
+    __slots__ = ("cause", "owner", "queue", "state", "waiters", "wake")
 
     owner: object
     waiters: WaitQueue | None
     state: int
     wake: Callable[[], bool]
-    cause: BaseException | None
+    queue: WaitQueue
+    cause: object
 
     def __init__(self, owner: object = None) -> None:
         self.owner = owner
@@ -133,6 +135,7 @@ class KeyTable:
                 raise QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
             hold.state = WAITING
             hold.wake = wake
+            hold.queue = queue
             queue.append(hold)
             queue.live += 1
             return False
@@ -150,12 +153,10 @@ class KeyTable:
             state = hold.state
             if state == WAITING:
                 hold.state = CANCELLED
-                holder = self.holds[key]
-                queue = holder.waiters
-                assert queue is not None
+                queue = hold.queue
                 queue.live -= 1
                 if not queue.live:
-                    holder.waiters = None
+                    queue.clear()
                 elif len(queue) > 2 * queue.live + _COMPACT_SLACK:
                     live = [h for h in queue if h.state == WAITING]
                     queue.clear()
@@ -168,69 +169,88 @@ class KeyTable:
         self,
         key: Hashable,
         expected: Hold | None = None,
-        abort: BaseException | None = None,
+        abort: object = None,
     ) -> None:
         """Release ``key``: hand it to the first live waiter, or drop it.
 
         ``expected``: release only if this hold is the holder (a context
         manager releasing its own hold); otherwise RuntimeError.
-        ``abort``: instead of handing the key on, abort every waiter queued at
-        this moment with ``abort`` as cause and leave the key free.
+        ``abort``: instead of handing the key on, end the wait of every waiter
+        queued at this moment with ``abort`` as their ``cause`` (state
+        ABORTED) and leave the key free.
         """
         with self.guard:
             holder = self.holds.get(key)
-            if holder is None or (expected is not None and holder is not expected):
-                if holder is None:
-                    raise RuntimeError(f"release of key {key!r}, which is not held")
+            if holder is None:
+                raise RuntimeError(f"release of key {key!r}, which is not held")
+            if expected is not None and holder is not expected:
                 raise RuntimeError(
                     f"this hold of key {key!r} was already released by another caller; "
                     "the key is now held by someone else and stays held"
                 )
             queue = holder.waiters
-            if queue is None:
+            if queue is None or not queue.live:
                 del self.holds[key]
                 return
-            if abort is not None:
-                aborted = [h for h in queue if h.state == WAITING]
-                for h in aborted:
-                    h.state = ABORTED
-                    h.cause = abort
-                del self.holds[key]
-                nxt = None
+            if abort is None:
+                nxt = self._hand_off(key, holder, queue)
             else:
-                aborted = None
-                nxt = self._hand_off(key, queue)
-        if aborted is not None:
+                aborted = self._abort(key, holder, queue, abort)
+        if abort is None:
+            self._wake_next(key, nxt)
+        else:
             for h in aborted:
                 h.wake()
-            return
-        while nxt is not None and not nxt.wake():
-            nxt = self._pass_on_dead(key, nxt)
 
-    def _hand_off(self, key: Hashable, queue: WaitQueue) -> Hold | None:
-        """Under the guard: make the first live waiter the holder."""
+    def _hand_off(self, key: Hashable, holder: Hold, queue: WaitQueue) -> Hold | None:
+        """Under the guard: make the first live waiter the holder.
+
+        The table entry moves to it only while ``holder`` is the key's entry
+        (a detached holder, see :meth:`detach`, hands off within its group).
+        """
+        nxt = None
         while queue:
-            nxt = queue.popleft()
-            if nxt.state == WAITING:
-                nxt.state = GRANTED
-                queue.live -= 1
-                nxt.waiters = queue if queue.live else None
-                self.holds[key] = nxt
-                return nxt
-        del self.holds[key]  # pragma: no cover - live > 0 implies a waiter
-        return None
-
-    def _pass_on_dead(self, key: Hashable, dead: Hold) -> Hold | None:
-        """A granted waiter could not be woken: pass its key to the next one."""
-        with self.guard:
-            if self.holds.get(key) is not dead or dead.state != GRANTED:
-                return None
-            dead.state = CANCELLED
-            queue = dead.waiters
-            if queue is None:
+            h = queue.popleft()
+            if h.state == WAITING:
+                nxt = h
+                break
+        is_entry = self.holds.get(key) is holder
+        if nxt is None:
+            if is_entry:
                 del self.holds[key]
-                return None
-            return self._hand_off(key, queue)
+            return None
+        nxt.state = GRANTED
+        queue.live -= 1
+        nxt.waiters = queue if queue.live else None
+        if is_entry:
+            self.holds[key] = nxt
+        return nxt
+
+    def _abort(self, key: Hashable, holder: Hold, queue: WaitQueue, cause: object) -> list[Hold]:
+        """Under the guard: end every live waiter's wait with ``cause``; free the key."""
+        aborted = [h for h in queue if h.state == WAITING]
+        for h in aborted:
+            h.state = ABORTED
+            h.cause = cause
+        queue.clear()
+        queue.live = 0
+        if self.holds.get(key) is holder:
+            del self.holds[key]
+        return aborted
+
+    def _wake_next(self, key: Hashable, nxt: Hold | None) -> None:
+        """Wake a granted waiter; if it cannot run any more, pass the key on."""
+        while nxt is not None and not nxt.wake():
+            with self.guard:
+                if nxt.state != GRANTED:
+                    return
+                nxt.state = CANCELLED
+                queue = nxt.waiters
+                if queue is None:
+                    if self.holds.get(key) is nxt:
+                        del self.holds[key]
+                    return
+                nxt = self._hand_off(key, nxt, queue)
 
     # -- introspection -----------------------------------------------------
 

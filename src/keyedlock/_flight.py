@@ -1,0 +1,308 @@
+"""SingleFlight: concurrent callers of one key share one in-flight call."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Final, Generic, TypeVar, final, overload
+
+from ._core._flight import MISS, FlightTable
+from ._core._keytable import ABORTED, Hold
+from ._keys import Decorator, KeySpec, key_function
+from ._runtime import park_async
+from ._runtime._detect import async_runtime, check_can_block, get_ident, running_loop
+from ._runtime._threads import wait_thread
+from ._validate import check_key
+
+__all__ = ["Result", "SingleFlight", "flight"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Result(Generic[T]):
+    """A single-flight outcome with Go's ``shared`` flag.
+
+    ``shared`` is True if the value went to more than one caller: a follower
+    always gets ``shared=True``; the caller that ran the call gets it when at
+    least one other caller received the same value; a value reused within
+    ``ttl`` is shared too.
+    """
+
+    value: T
+    shared: bool
+
+
+@final
+class _Outcome:
+    """What followers of a finished call receive: a value or an exception."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: object, error: BaseException | None) -> None:
+        self.value = value
+        self.error = error
+
+
+def _follower_error(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` for a follower, so tracebacks never mix across callers.
+
+    Same type, args, attributes and ``__cause__``; the original when the type
+    cannot be copied.
+    """
+    try:
+        dup = copy.copy(exc)
+    except Exception:
+        return exc
+    if type(dup) is not type(exc) or dup is exc:
+        return exc
+    dup.__cause__ = exc.__cause__
+    dup.__context__ = exc.__context__
+    dup.__suppress_context__ = exc.__suppress_context__
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        dup.__notes__ = list(notes)
+    return dup
+
+
+def _deliver(hold: Hold) -> Any:
+    outcome = hold.cause
+    assert isinstance(outcome, _Outcome)
+    if outcome.error is not None:
+        raise _follower_error(outcome.error)
+    return outcome.value
+
+
+def _recursion_error(key: Hashable) -> RuntimeError:
+    return RuntimeError(
+        f"the call for key {key!r} is being run by this same task or thread; "
+        "joining it from inside would wait for itself forever"
+    )
+
+
+def _check_fn(fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+
+
+@final
+class SingleFlight:
+    """Concurrent callers asking for one key share one in-flight call.
+
+    The first caller of a key runs ``fn``; callers arriving while it runs wait
+    and get its result, or its exception (each a copy of it). Errors are
+    never kept: the next call after a failure runs again. Callers may be
+    threads (:meth:`do_sync`), asyncio tasks and trio tasks (:meth:`do`), all
+    sharing one call. Go's ``singleflight.Group``, for every runtime::
+
+        flight = SingleFlight()
+
+        async def get_token() -> str:
+            return await flight.do("token", refresh_token)
+
+    Cancellation of a caller never cancels or fails the others. If the caller
+    running the call is cancelled (or interrupted), the earliest remaining
+    caller takes over and runs its own ``fn``.
+
+    Args:
+        ttl: seconds to reuse a successful result after it completes
+            (stampede protection for cache fills); 0 (default) reuses
+            nothing. Errors are never reused.
+    """
+
+    __slots__ = ("__weakref__", "_table")
+
+    def __init__(self, *, ttl: float = 0) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+            raise TypeError(f"ttl must be a number of seconds, got {ttl!r}")
+        if not ttl >= 0 or math.isinf(ttl):
+            raise ValueError(f"ttl must be a finite number of seconds >= 0, got {ttl!r}")
+        self._table = FlightTable(float(ttl))
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a successful result is reused after it completes (0: never)."""
+        return self._table.ttl
+
+    def __repr__(self) -> str:
+        return f"<SingleFlight in_flight={len(self._table)} ttl={self._table.ttl}>"
+
+    # -- async -------------------------------------------------------------
+
+    @overload
+    async def do(
+        self, key: Hashable, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
+    ) -> R: ...
+    @overload
+    async def do(self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R: ...
+    async def do(self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once for every concurrent caller of ``key``.
+
+        ``fn`` may be sync (it then runs inline in the calling task, as
+        calling it would) or async. From an asyncio or trio task.
+        """
+        return (await self._do(key, fn, args, kwargs))[0]
+
+    @overload
+    async def do_ex(
+        self, key: Hashable, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
+    ) -> Result[R]: ...
+    @overload
+    async def do_ex(
+        self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> Result[R]: ...
+    async def do_ex(
+        self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Result[Any]:
+        """As :meth:`do`, returning a :class:`Result` that says whether the value was shared."""
+        return Result(*(await self._do(key, fn, args, kwargs)))
+
+    async def _do(
+        self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, bool]:
+        check_key(key)
+        _check_fn(fn)
+        table = self._table
+        if table.ttl:
+            kept = table.cached(key, monotonic())
+            if kept is not MISS:
+                return kept, True
+        loop = running_loop()
+        runtime, owner = async_runtime(loop)
+        hold = Hold(owner)
+        leader = table.holds.setdefault(key, hold)
+        if leader is not hold:
+            if leader.owner == owner:
+                raise _recursion_error(key)
+            if await park_async(table, key, hold, None, runtime, loop) == ABORTED:
+                return _deliver(hold), True
+        # This caller runs the call (it arrived first, or took over).
+        if table.ttl:
+            kept = table.cached(key, monotonic())
+            if kept is not MISS:
+                table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
+                return kept, True
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            table.finish(key, hold, _Outcome(None, exc), MISS, 0.0)
+            raise
+        except BaseException:
+            table.release(key, hold)  # cancelled or interrupted: the next caller takes over
+            raise
+        now = monotonic() if table.ttl else 0.0
+        return result, table.finish(key, hold, _Outcome(result, None), result, now)
+
+    # -- threads -----------------------------------------------------------
+
+    def do_sync(self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """As :meth:`do`, for threads: ``fn`` must be sync; blocks this thread.
+
+        An async ``fn`` raises TypeError at once; a call from a thread running
+        an event loop raises RuntimeError (it could deadlock; use ``await do``).
+        """
+        return self._do_sync(key, fn, args, kwargs)[0]  # type: ignore[no-any-return]
+
+    def do_sync_ex(
+        self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> Result[R]:
+        """As :meth:`do_sync`, returning a :class:`Result` with the ``shared`` flag."""
+        return Result(*self._do_sync(key, fn, args, kwargs))
+
+    def _do_sync(
+        self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, bool]:
+        check_key(key)
+        _check_fn(fn)
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"do_sync needs a sync function; use `await flight.do(...)` for {fn!r}")
+        check_can_block("flight.do_sync(...)")
+        table = self._table
+        if table.ttl:
+            kept = table.cached(key, monotonic())
+            if kept is not MISS:
+                return kept, True
+        owner = get_ident()
+        hold = Hold(owner)
+        leader = table.holds.setdefault(key, hold)
+        if leader is not hold:
+            if leader.owner == owner:
+                raise _recursion_error(key)
+            if wait_thread(table, key, hold, None) == ABORTED:
+                return _deliver(hold), True
+        if table.ttl:
+            kept = table.cached(key, monotonic())
+            if kept is not MISS:
+                table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
+                return kept, True
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            table.finish(key, hold, _Outcome(None, exc), MISS, 0.0)
+            raise
+        except BaseException:
+            table.release(key, hold)
+            raise
+        now = monotonic() if table.ttl else 0.0
+        return result, table.finish(key, hold, _Outcome(result, None), result, now)
+
+    # -- control and introspection -----------------------------------------
+
+    def forget(self, key: Hashable) -> None:
+        """Make the next call for ``key`` start a new execution.
+
+        Callers already waiting still get the running call's outcome, and
+        that call finishing never removes the newer one. Also drops a value
+        kept by ``ttl``.
+        """
+        self._table.forget(check_key(key))
+
+    def in_flight(self, key: Hashable) -> bool:
+        """True if a call for ``key`` is running (kept ``ttl`` values do not count)."""
+        return self._table.locked(check_key(key))
+
+    def __len__(self) -> int:
+        """Number of keys with a call in flight."""
+        return len(self._table)
+
+    # -- decorator ---------------------------------------------------------
+
+    def coalesce(self, key: KeySpec) -> Decorator:
+        """Decorate a ``def`` or ``async def`` so concurrent calls with one key share a call.
+
+        ``key`` is a ``str.format`` template over the call's bound arguments
+        (``"user:{user_id}"``) or a callable taking the same arguments. The
+        wrapped function keeps its signature. A sync function is shared like
+        :meth:`do_sync`, an async one like :meth:`do`.
+        """
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            key_of = key_function(key, fn)
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def coalesced_async(*args: Any, **kwargs: Any) -> Any:
+                    return (await self._do(key_of(*args, **kwargs), fn, args, kwargs))[0]
+
+                return coalesced_async
+
+            @functools.wraps(fn)
+            def coalesced(*args: Any, **kwargs: Any) -> Any:
+                return self._do_sync(key_of(*args, **kwargs), fn, args, kwargs)[0]
+
+            return coalesced
+
+        return decorate
+
+
+#: A ready module-level :class:`SingleFlight` shared by the whole process.
+flight: Final = SingleFlight()
