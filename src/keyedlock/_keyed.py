@@ -32,6 +32,8 @@ __all__ = ["KeyedLock", "LockContext", "klock"]
 
 R = TypeVar("R")
 
+_new_object = object.__new__
+
 _NEW: Final = 0
 _ENTERED: Final = 1
 _DONE: Final = 2
@@ -63,6 +65,10 @@ def _settle(state: int, hold: Hold, key: Hashable) -> bool:
     return False
 
 
+_REUSE = "this klock(key) context was already used; call klock(key) again for a new one"
+_BAD_EXIT = "exit of a klock(key) context that is not entered (exited twice, or never entered)"
+
+
 @final
 class LockContext(Hold):
     """The context manager returned by ``klock(key, timeout=...)``.
@@ -71,48 +77,43 @@ class LockContext(Hold):
     trio task. It releases only its own hold: if that hold was released by
     someone else (``klock.release(key)``), exiting raises RuntimeError and
     leaves the key's current holder alone.
+
+    The uncontended path is kept short on purpose: one ``dict.setdefault`` to
+    acquire, one pass under the table's guard to release.
     """
 
-    __slots__ = ("_key", "_lock", "_phase", "_timeout")
+    __slots__ = ("_key", "_phase", "_scope", "_table", "_timeout")
 
-    def __init__(self, lock: _LockBase, key: Hashable, timeout: float | None) -> None:
-        self.waiters = None
-        self._lock = lock
-        self._key = key
-        self._timeout = timeout
-        self._phase = _NEW
+    _table: KeyTable
+    _scope: WideScope | None
+    _key: Hashable
+    _timeout: float | None
+    _phase: int
 
     def __repr__(self) -> str:
         phase = ("new", "entered", "exited")[self._phase]
         return f"<LockContext key={self._key!r} {phase}>"
 
-    def _start(self) -> None:
-        if self._phase != _NEW:
-            raise RuntimeError(
-                "this klock(key) context was already used; call klock(key) again for a new one"
-            )
-        self._phase = _ENTERED
-
     # -- threads -----------------------------------------------------------
 
     def __enter__(self) -> None:
-        self._start()
+        if self._phase:
+            raise RuntimeError(_REUSE)
+        self._phase = _ENTERED
         if running_loop() is not None or sniffio_local.name is not None:
             raise blocking_call_error("`with klock(key)`")
         self.owner = get_ident()
-        lock = self._lock
-        if lock._scope is None and lock._table.holds.setdefault(self._key, self) is self:
+        if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
             return  # the uncontended fast path
         if not self._lock_sync():
             raise _timeout_error(self._key, self._timeout)
 
     def _lock_sync(self) -> bool:
         """Acquire for ``self.owner``, parking this thread; False on timeout."""
-        lock = self._lock
-        scope = lock._scope
+        scope = self._scope
         timeout = self._timeout
         start = monotonic() if scope is not None and timeout else 0.0
-        table = lock._table
+        table = self._table
         key = self._key
         holder = table.holds.setdefault(key, self)
         if holder is not self:
@@ -137,31 +138,44 @@ class LockContext(Hold):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._finish()
+        if self._phase != _ENTERED:
+            raise RuntimeError(_BAD_EXIT)
+        self._phase = _DONE
+        if self._scope is None and self.waiters is None:
+            guard = self._table.guard
+            guard.acquire()
+            try:
+                holds = self._table.holds
+                if self.waiters is None and holds.get(self._key) is self:
+                    del holds[self._key]
+                    return  # the uncontended fast path
+            finally:
+                guard.release()
+        self._release()
 
     # -- asyncio and trio --------------------------------------------------
 
     async def __aenter__(self) -> None:
-        self._start()
+        if self._phase:
+            raise RuntimeError(_REUSE)
+        self._phase = _ENTERED
         loop = running_loop()
         task: object = current_task(loop) if loop is not None else None
         runtime = ASYNCIO
         if task is None:
             runtime, task = async_runtime(loop)
         self.owner = task
-        lock = self._lock
-        if lock._scope is None and lock._table.holds.setdefault(self._key, self) is self:
+        if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
             return  # the uncontended fast path
         if not await self._lock_async(runtime, loop):
             raise _timeout_error(self._key, self._timeout)
 
     async def _lock_async(self, runtime: int, loop: Any) -> bool:
         """Acquire for ``self.owner`` from a task of ``runtime``; False on timeout."""
-        lock = self._lock
-        scope = lock._scope
+        scope = self._scope
         timeout = self._timeout
         start = monotonic() if scope is not None and timeout else 0.0
-        table = lock._table
+        table = self._table
         key = self._key
         holder = table.holds.setdefault(key, self)
         if holder is not self:
@@ -188,20 +202,45 @@ class LockContext(Hold):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._finish()
+        if self._phase != _ENTERED:
+            raise RuntimeError(_BAD_EXIT)
+        self._phase = _DONE
+        if self._scope is None and self.waiters is None:
+            guard = self._table.guard
+            guard.acquire()
+            try:
+                holds = self._table.holds
+                if self.waiters is None and holds.get(self._key) is self:
+                    del holds[self._key]
+                    return  # the uncontended fast path
+            finally:
+                guard.release()
+        self._release()
 
     # -- shared ------------------------------------------------------------
 
     def _finish(self, abort: BaseException | None = None) -> None:
+        """Exit for ``run``: release this hold, aborting the waiters if ``abort``."""
         if self._phase != _ENTERED:
-            raise RuntimeError(
-                "exit of a klock(key) context that is not entered (exited twice, or never entered)"
-            )
+            raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
-        lock = self._lock
-        if lock._scope is not None:
-            lock._release_wide(self._key, self)
-        lock._table.release(self._key, self, abort)
+        self._release(abort)
+
+    def _release(self, abort: BaseException | None = None) -> None:
+        """Release this hold (wide scope first), handing the key on."""
+        if self._scope is not None:
+            _release_wide(self._table, self._scope, self._key, self)
+        self._table.release(self._key, self, abort)
+
+
+def _release_wide(
+    table: KeyTable, scope: WideScope, local: Hashable, expected: Hold | None
+) -> None:
+    """Release ``local`` in the wide scope, if ``expected`` (or anyone) holds it locally."""
+    holder = table.holds.get(local)
+    if holder is None or (expected is not None and holder is not expected):
+        table.release(local, expected)  # raises the matching RuntimeError
+    scope.release(local)
 
 
 class _LockBase:
@@ -251,10 +290,24 @@ class _LockBase:
         raises RuntimeError (use ``async with`` there). The object is for one
         use: call ``klock(key)`` again for the next.
         """
-        key = self._local(key)
+        if self._scope is None:
+            try:
+                hash(key)
+            except TypeError:
+                check_key(key)
+        else:
+            key = self._scope.local_key(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
-        return LockContext(self, key, timeout)
+        # Built without an __init__ frame: this is on every acquire's path.
+        ctx = _new_object(LockContext)
+        ctx.waiters = None
+        ctx._table = self._table
+        ctx._scope = self._scope
+        ctx._key = key
+        ctx._timeout = timeout
+        ctx._phase = _NEW
+        return ctx
 
     # -- explicit acquire / release ----------------------------------------
 
@@ -302,15 +355,8 @@ class _LockBase:
         """
         local = self._local(key)
         if self._scope is not None:
-            self._release_wide(local, None)
+            _release_wide(self._table, self._scope, local, None)
         self._table.release(local)
-
-    def _release_wide(self, local: Hashable, expected: Hold | None) -> None:
-        holder = self._table.holds.get(local)
-        if holder is None or (expected is not None and holder is not expected):
-            self._table.release(local, expected)  # raises the matching RuntimeError
-        assert self._scope is not None
-        self._scope.release(local)
 
     # -- introspection -----------------------------------------------------
 

