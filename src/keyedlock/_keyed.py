@@ -16,9 +16,9 @@ from ._runtime import park_async
 from ._runtime._detect import (
     ASYNCIO,
     async_runtime,
+    asyncio_task,
     blocking_call_error,
     check_can_block,
-    current_task,
     get_ident,
     running_loop,
     sniffio_local,
@@ -159,14 +159,14 @@ class LockContext(Hold):
         if self._phase:
             raise RuntimeError(_REUSE)
         self._phase = _ENTERED
-        loop = running_loop()
-        task: object = current_task(loop) if loop is not None else None
+        task: object = asyncio_task()
         runtime = ASYNCIO
         if task is None:
-            runtime, task = async_runtime(loop)
+            runtime, task = async_runtime(running_loop())
         self.owner = task
         if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
             return  # the uncontended fast path
+        loop = running_loop() if runtime == ASYNCIO else None
         if not await self._lock_async(runtime, loop):
             raise _timeout_error(self._key, self._timeout)
 

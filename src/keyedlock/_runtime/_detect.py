@@ -22,6 +22,7 @@ __all__ = [
     "ASYNCIO",
     "TRIO",
     "async_runtime",
+    "asyncio_task",
     "blocking_call_error",
     "check_can_block",
     "current_task",
@@ -35,20 +36,47 @@ ASYNCIO: Final = 1
 TRIO: Final = 2
 
 get_ident = threading.get_ident
+running_loop = _get_running_loop
+sniffio_local = sniffio.thread_local
 
 current_task: Callable[[AbstractEventLoop], asyncio.Task[Any] | None]
-if sys.version_info >= (3, 12):
-    current_task = asyncio.current_task
-else:  # pragma: no cover - version-specific
-    # On 3.11 asyncio.current_task is pure Python around this registry lookup
-    # (the C version arrived in 3.12); looking up directly is ~4x cheaper on
-    # the lock's hot path. Fall back to the public function if it moved.
+current_task = asyncio.current_task
+
+
+def asyncio_task() -> asyncio.Task[Any] | None:
+    """The asyncio task running in this thread, or None (public-API version)."""
+    loop = _get_running_loop()
+    return None if loop is None else current_task(loop)
+
+
+if sys.version_info < (3, 12):  # pragma: no branch - version-specific
     from asyncio import tasks as _tasks
 
     _registry = getattr(_tasks, "_current_tasks", None)
-    current_task = _registry.get if isinstance(_registry, dict) else asyncio.current_task
-running_loop = _get_running_loop
-sniffio_local = sniffio.thread_local
+    if isinstance(_registry, dict):
+        # On 3.11, asyncio.current_task is pure Python, and _get_running_loop()
+        # makes a getpid() system call on every call from inside a running
+        # loop (a fork check, gone in 3.12): together most of an uncontended
+        # `async with`. So remember the loop this thread last ran, and trust
+        # it while that loop says it runs in this thread; anything else takes
+        # the public path.
+        _task_registry: dict[AbstractEventLoop, asyncio.Task[Any]] = _registry
+        current_task = _task_registry.get
+
+        class _LastLoop(threading.local):
+            loop: AbstractEventLoop | None = None
+
+        _last_loop = _LastLoop()
+
+        def asyncio_task() -> asyncio.Task[Any] | None:
+            loop = _last_loop.loop
+            if loop is not None and getattr(loop, "_thread_id", None) == get_ident():
+                return _task_registry.get(loop)
+            loop = _get_running_loop()
+            if loop is None:
+                return None
+            _last_loop.loop = loop
+            return _task_registry.get(loop)
 
 
 def _trio_task() -> object | None:
