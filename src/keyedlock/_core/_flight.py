@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Final
 
-from ._keytable import Hold, KeyTable
+from ._keytable import RELEASED, Hold, KeyTable
 
 __all__ = ["MISS", "FlightTable"]
 
@@ -48,12 +48,7 @@ class FlightTable(KeyTable):
         if expected is None or abort is not None:
             raise TypeError("FlightTable.release needs the leader and no abort; use finish()")
         with self.guard:
-            queue = expected.waiters
-            if queue is None or not queue.live:
-                if self.holds.get(key) is expected:
-                    del self.holds[key]
-                return
-            nxt = self._hand_off(key, expected, queue)
+            nxt = self._pass_on(key, expected)
         self._wake_next(key, nxt)
 
     def finish(
@@ -72,6 +67,7 @@ class FlightTable(KeyTable):
                 self._expire(now)
             queue = leader.waiters
             if queue is None or not queue.live:
+                leader.state = RELEASED
                 if self.holds.get(key) is leader:
                     del self.holds[key]
                 followers = []

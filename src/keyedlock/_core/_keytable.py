@@ -31,10 +31,12 @@ __all__ = [
     "ABORTED",
     "CANCELLED",
     "GRANTED",
+    "RELEASED",
     "WAITING",
     "Hold",
     "KeyTable",
     "WaitQueue",
+    "decided",
 ]
 
 #: Queued, neither granted nor withdrawn yet.
@@ -46,6 +48,11 @@ CANCELLED: Final = 3
 #: The wait ended with the holder's outcome instead of the key: an
 #: ``on_error="stop"`` abort, or a single-flight result; ``cause`` holds it.
 ABORTED: Final = 4
+#: A hold that owned the key and gave it up (released by its owner, or by
+#: anyone through ``release(key)``). Set on every release that can have
+#: waiters, so a late decision about an old hold (a failed wake, a
+#: cancellation after the hand-off) never releases or hands on twice.
+RELEASED: Final = 5
 
 #: A dead queue entry is dropped once the dead outnumber the live by this much.
 _COMPACT_SLACK: Final = 8
@@ -146,22 +153,46 @@ class KeyTable:
         Returns the state the hold had: WAITING means it was removed and
         leaves no trace; GRANTED means the key was handed to it in the same
         instant, so the caller owns the key and must release it (or keep it);
+        RELEASED means it was granted and already released by someone else;
         ABORTED means the wait was aborted (``hold.cause``); CANCELLED means
         it was already withdrawn.
         """
         with self.guard:
             state = hold.state
             if state == WAITING:
-                hold.state = CANCELLED
-                queue = hold.queue
-                queue.live -= 1
-                if not queue.live:
-                    queue.clear()
-                elif len(queue) > 2 * queue.live + _COMPACT_SLACK:
-                    live = [h for h in queue if h.state == WAITING]
-                    queue.clear()
-                    queue.extend(live)
+                self._remove(hold)
             return state
+
+    def cancel(self, key: Hashable, hold: Hold) -> int:
+        """Withdraw ``hold`` for good: its waiter stops (cancelled, interrupted).
+
+        As :meth:`withdraw`, in one step with giving the key back: if the key
+        was handed to ``hold`` in the same instant (and nobody released it
+        since), it passes on to the next waiter at once. Returns the state
+        the hold had.
+        """
+        with self.guard:
+            state = hold.state
+            if state == WAITING:
+                self._remove(hold)
+                return state
+            if state != GRANTED:
+                return state
+            nxt = self._pass_on(key, hold)
+        self._wake_next(key, nxt)
+        return state
+
+    def _remove(self, hold: Hold) -> None:
+        """Under the guard: take a WAITING hold out of its queue (lazily)."""
+        hold.state = CANCELLED
+        queue = hold.queue
+        queue.live -= 1
+        if not queue.live:
+            queue.clear()
+        elif len(queue) > 2 * queue.live + _COMPACT_SLACK:
+            live = [h for h in queue if h.state == WAITING]
+            queue.clear()
+            queue.extend(live)
 
     # -- releasing ---------------------------------------------------------
 
@@ -190,10 +221,11 @@ class KeyTable:
                 )
             queue = holder.waiters
             if queue is None or not queue.live:
+                holder.state = RELEASED
                 del self.holds[key]
                 return
             if abort is None:
-                nxt = self._hand_off(key, holder, queue)
+                nxt = self._pass_on(key, holder)
             else:
                 aborted = self._abort(key, holder, queue, abort)
         if abort is None:
@@ -201,6 +233,16 @@ class KeyTable:
         else:
             for h in aborted:
                 h.wake()
+
+    def _pass_on(self, key: Hashable, holder: Hold) -> Hold | None:
+        """Under the guard: ``holder`` gives the key up; returns the waiter to wake, if any."""
+        holder.state = RELEASED
+        queue = holder.waiters
+        if queue is None or not queue.live:
+            if self.holds.get(key) is holder:
+                del self.holds[key]
+            return None
+        return self._hand_off(key, holder, queue)
 
     def _hand_off(self, key: Hashable, holder: Hold, queue: WaitQueue) -> Hold | None:
         """Under the guard: make the first live waiter the holder.
@@ -228,6 +270,7 @@ class KeyTable:
 
     def _abort(self, key: Hashable, holder: Hold, queue: WaitQueue, cause: object) -> list[Hold]:
         """Under the guard: end every live waiter's wait with ``cause``; free the key."""
+        holder.state = RELEASED
         aborted = [h for h in queue if h.state == WAITING]
         for h in aborted:
             h.state = ABORTED
@@ -243,14 +286,9 @@ class KeyTable:
         while nxt is not None and not nxt.wake():
             with self.guard:
                 if nxt.state != GRANTED:
-                    return
-                nxt.state = CANCELLED
-                queue = nxt.waiters
-                if queue is None:
-                    if self.holds.get(key) is nxt:
-                        del self.holds[key]
-                    return
-                nxt = self._hand_off(key, nxt, queue)
+                    return  # released by someone else meanwhile: handed on already
+                dead, nxt = nxt, self._pass_on(key, nxt)
+                dead.state = CANCELLED  # it never ran
 
     # -- introspection -----------------------------------------------------
 
@@ -266,6 +304,13 @@ class KeyTable:
 
     def __len__(self) -> int:
         return len(self.holds)
+
+
+def decided(hold: Hold) -> int:
+    """The answer a woken waiter acts on: GRANTED (also when already released by
+    someone else since: it did get the key), ABORTED, CANCELLED or WAITING."""
+    state = hold.state
+    return GRANTED if state == RELEASED else state
 
 
 def reacquire_error(key: Hashable) -> RuntimeError:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Hashable
 from functools import partial
 
-from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable
+from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
 from ._detect import running_loop
 
 __all__ = ["wait_asyncio"]
@@ -52,15 +52,15 @@ async def wait_asyncio(
     try:
         await fut
     except BaseException:
-        if table.withdraw(key, hold) == GRANTED:
-            table.release(key, hold)
+        table.cancel(key, hold)  # a key handed over in the same instant passes on
         raise
     finally:
         if timer is not None:
             timer.cancel()
-    state = hold.state
+    state = decided(hold)
     if state == WAITING:  # the timer fired first
         state = table.withdraw(key, hold)
         if state == WAITING:
             return CANCELLED
+        state = decided(hold)
     return state

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Hashable
 from functools import partial
 
-from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable
+from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
 
 __all__ = ["wait_thread"]
 
@@ -34,13 +34,13 @@ def wait_thread(table: KeyTable, key: Hashable, hold: Hold, timeout: float | Non
     try:
         woken = parked.acquire(timeout=wait)
     except BaseException:
-        if table.withdraw(key, hold) == GRANTED:
-            table.release(key, hold)
+        table.cancel(key, hold)
         raise
-    # Once decided, a hold's state is final and only its waiter reads it.
-    state = hold.state
+    # Once decided, only a release by someone else changes a hold's state (to RELEASED).
+    state = decided(hold)
     if not woken and state == WAITING:
         state = table.withdraw(key, hold)
         if state == WAITING:
             return CANCELLED
+        state = decided(hold)
     return state

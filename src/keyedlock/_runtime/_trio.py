@@ -28,7 +28,7 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from .._core._keytable import GRANTED, WAITING, Hold, KeyTable
+from .._core._keytable import GRANTED, WAITING, Hold, KeyTable, decided
 
 __all__ = ["checkpoint", "checkpoint_if_cancelled", "wait_trio"]
 
@@ -64,4 +64,4 @@ async def wait_trio(table: KeyTable, key: Hashable, hold: Hold, timeout: float |
         with trio.move_on_after(timeout):
             await wait_task_rescheduled(abort)
     # GRANTED or ABORTED after a wake; CANCELLED if the timeout withdrew it.
-    return hold.state
+    return decided(hold)
