@@ -9,7 +9,16 @@ inside a running event loop).
 
 from __future__ import annotations
 
-__all__ = ["Aborted", "KeyedLockError", "LockTimeout", "QueueFull"]
+from typing import Final
+
+__all__ = [
+    "Aborted",
+    "KeyedLockError",
+    "LockTimeout",
+    "QueueFull",
+    "exception_state",
+    "rebuild_exception",
+]
 
 
 class KeyedLockError(Exception):
@@ -36,3 +45,38 @@ class Aborted(KeyedLockError):
 
 class QueueFull(KeyedLockError):
     """The key already has ``max_waiters`` callers queued; nothing was queued."""
+
+
+# -- copying exceptions (single-flight followers get a copy of the leader's) --
+
+_SLOT_WRAPPER: Final = type(BaseException.__init__)
+
+ExceptionState = tuple[type[BaseException], tuple[object, ...], dict[str, object]]
+
+
+def exception_state(exc: BaseException) -> ExceptionState | None:
+    """What rebuilds ``exc`` without calling its ``__init__`` again, or None.
+
+    Copying or pickling an exception normally calls ``type(exc)(*exc.args)``:
+    an ``__init__`` written in Python that formats its message from its
+    parameters then sees the formatted message and changes ``args``. For
+    such a class (with no pickling of its own) this returns (type, args,
+    attributes) for :func:`rebuild_exception`; None where a plain copy or
+    pickle is already faithful.
+    """
+    cls = type(exc)
+    if isinstance(cls.__init__, _SLOT_WRAPPER) or cls.__reduce__ is not BaseException.__reduce__:
+        return None
+    if not hasattr(exc, "__dict__"):
+        return None
+    return cls, exc.args, dict(vars(exc))
+
+
+def rebuild_exception(
+    cls: type[BaseException], args: tuple[object, ...], attributes: dict[str, object]
+) -> BaseException:
+    """The exception :func:`exception_state` described (``__init__`` is not called)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(attributes)
+    return exc

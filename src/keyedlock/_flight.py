@@ -13,11 +13,12 @@ from typing import Any, Final, Generic, TypeVar, final, overload
 
 from ._core._flight import MISS, FlightTable
 from ._core._keytable import ABORTED, Hold
+from ._errors import exception_state, rebuild_exception
 from ._keys import Decorator, KeySpec, key_function
 from ._runtime import park_async
 from ._runtime._detect import async_runtime, check_can_block, get_ident, running_loop
 from ._runtime._threads import wait_thread
-from ._validate import check_key
+from ._validate import check_fn, check_key, check_sync_fn, is_async_callable
 
 __all__ = ["Result", "SingleFlight", "flight"]
 
@@ -57,8 +58,9 @@ def _follower_error(exc: BaseException) -> BaseException:
     Same type, args, attributes and ``__cause__``; the original when the type
     cannot be copied.
     """
+    state = exception_state(exc)
     try:
-        dup = copy.copy(exc)
+        dup = copy.copy(exc) if state is None else rebuild_exception(*state)
     except Exception:
         return exc
     if type(dup) is not type(exc) or dup is exc:
@@ -85,11 +87,6 @@ def _recursion_error(key: Hashable) -> RuntimeError:
         f"the call for key {key!r} is being run by this same task or thread; "
         "joining it from inside would wait for itself forever"
     )
-
-
-def _check_fn(fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
 
 
 @final
@@ -168,7 +165,7 @@ class SingleFlight:
         self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, bool]:
         check_key(key)
-        _check_fn(fn)
+        check_fn(fn)
         table = self._table
         if table.ttl:
             kept = table.cached(key, monotonic())
@@ -222,9 +219,7 @@ class SingleFlight:
         self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, bool]:
         check_key(key)
-        _check_fn(fn)
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(f"do_sync needs a sync function; use `await flight.do(...)` for {fn!r}")
+        check_sync_fn(fn, "do_sync", "await flight.do(...)")
         check_can_block("flight.do_sync(...)")
         table = self._table
         if table.ttl:
@@ -287,7 +282,7 @@ class SingleFlight:
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             key_of = key_function(key, fn)
-            if inspect.iscoroutinefunction(fn):
+            if is_async_callable(fn):
 
                 @functools.wraps(fn)
                 async def coalesced_async(*args: Any, **kwargs: Any) -> Any:

@@ -26,7 +26,16 @@ from ._runtime._detect import (
 )
 from ._runtime._threads import wait_thread
 from ._scopes._base import WideScope
-from ._validate import OnError, check_key, check_max_waiters, check_on_error, check_timeout
+from ._validate import (
+    OnError,
+    check_fn,
+    check_key,
+    check_max_waiters,
+    check_on_error,
+    check_sync_fn,
+    check_timeout,
+    is_async_callable,
+)
 
 __all__ = ["KeyedLock", "LockContext", "klock"]
 
@@ -460,7 +469,7 @@ class _LockBase:
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             key_of = key_function(key, fn)
-            if inspect.iscoroutinefunction(fn):
+            if is_async_callable(fn):
 
                 @functools.wraps(fn)
                 async def guarded_async(*args: Any, **kwargs: Any) -> Any:
@@ -486,8 +495,7 @@ async def _run(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
+    check_fn(fn)
     await ctx.__aenter__()
     try:
         result = fn(*args, **kwargs)
@@ -510,10 +518,7 @@ def _run_sync(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> R:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
-    if inspect.iscoroutinefunction(fn):
-        raise TypeError(f"run_sync needs a sync function; use `await run(...)` for {fn!r}")
+    check_sync_fn(fn, "run_sync", "await run(...)")
     ctx.__enter__()
     try:
         result = fn(*args, **kwargs)

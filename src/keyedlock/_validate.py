@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Hashable
-from typing import Literal
+from collections.abc import Callable, Hashable
+from typing import Any, Literal
 
-__all__ = ["OnError", "check_key", "check_max_waiters", "check_on_error", "check_timeout"]
+__all__ = [
+    "OnError",
+    "check_fn",
+    "check_key",
+    "check_max_waiters",
+    "check_on_error",
+    "check_sync_fn",
+    "check_timeout",
+    "is_async_callable",
+]
 
 OnError = Literal["continue", "stop"]
 
@@ -57,3 +67,23 @@ def check_max_waiters(max_waiters: int | None) -> int | None:
     if max_waiters < 0:
         raise ValueError(f"max_waiters must be >= 0 or None, got {max_waiters!r}")
     return max_waiters
+
+
+def check_fn(fn: object) -> None:
+    """TypeError unless ``fn`` is callable."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for an ``async def`` function (or a partial of one), or an object whose
+    ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def check_sync_fn(fn: object, what: str, instead: str) -> None:
+    """TypeError unless ``fn`` is a callable that is not async (``what`` needs a sync one)."""
+    check_fn(fn)
+    assert callable(fn)
+    if is_async_callable(fn):
+        raise TypeError(f"{what} needs a sync function; use `{instead}` for {fn!r}")
