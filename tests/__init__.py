@@ -1,0 +1,1 @@
+"""The keyedlock test suite."""

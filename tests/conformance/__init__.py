@@ -1,0 +1,1 @@
+"""One contract, checked over every runtime (threads, asyncio, trio)."""

@@ -1,0 +1,1 @@
+"""Tests of the runtime-free state machines, driven directly without threads."""

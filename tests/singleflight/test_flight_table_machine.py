@@ -1,0 +1,237 @@
+"""FlightTable, the runtime-free single-flight state machine, against a model (hypothesis).
+
+The machine drives :class:`~keyedlock._core._flight.FlightTable` directly, without threads or
+event loops: callers join a key (``enqueue``), followers withdraw (a cancellation), leaders
+finish with a value or an error (``finish``) or give up (``release``: a cancelled leader, whose
+earliest follower takes over), keys are forgotten, and a fake clock moves for ``ttl``. Each
+follower brings a fake ``wake`` that counts its calls; some report that their runtime is gone.
+
+Invariants: one leader per busy key and no entry for idle keys; followers woken exactly once,
+with the outcome of the call they joined; takeover in arrival order; only unexpired successful
+values kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from keyedlock._core._flight import MISS, FlightTable
+from keyedlock._core._keytable import ABORTED, CANCELLED, GRANTED, WAITING, Hold
+
+KEYS = ("a", "b", "c")
+
+
+@dataclass(eq=False)
+class Call:
+    """The model of one call: its leader and its live followers in arrival order."""
+
+    key: str
+    leader: Hold
+    followers: list[Hold] = field(default_factory=list)
+    detached: bool = False  # forgotten: no longer the key's call, still serving its followers
+
+
+class FlightMachine(RuleBasedStateMachine):
+    """Drives a FlightTable and checks it against :class:`Call` models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ttl = 0.0
+        self.table = FlightTable(self.ttl)
+        self.now = 0.0
+        self.calls: list[Call] = []
+        self.wakes: dict[Hold, int] = {}
+        self.dead: set[Hold] = set()  # followers whose runtime is gone: their wake fails
+        self.outcomes: dict[Hold, object] = {}  # decided follower -> outcome it must hold
+        self.ended: list[tuple[str, Hold]] = []  # followers no longer waiting (any way)
+        self.kept: dict[str, tuple[float, object]] = {}  # model of table.results
+        self.swept_at = -math.inf  # last time the table dropped expired values
+        self.serial = 0
+
+    @initialize(ttl=st.sampled_from([0.0, 5.0]))
+    def choose_ttl(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.table = FlightTable(ttl)
+
+    # -- helpers -----------------------------------------------------------
+
+    def current(self, key: str) -> Call | None:
+        """The key's call (not forgotten), if any."""
+        found = [call for call in self.calls if call.key == key and not call.detached]
+        assert len(found) <= 1, f"two current calls for {key!r}"
+        return found[0] if found else None
+
+    def wake_for(self, hold: Hold, alive: bool) -> Callable[[], bool]:
+        def wake() -> bool:
+            self.wakes[hold] += 1
+            return alive
+
+        return wake
+
+    def sweep(self) -> None:
+        """Model of the table dropping every expired value."""
+        self.kept = {key: entry for key, entry in self.kept.items() if entry[0] > self.now}
+        self.swept_at = self.now
+
+    def with_followers(self) -> list[Call]:
+        return [call for call in self.calls if call.followers]
+
+    # -- rules -------------------------------------------------------------
+
+    @rule(key=st.sampled_from(KEYS), alive=st.sampled_from([True, True, True, False]))
+    def join(self, key: str, alive: bool) -> None:
+        """A caller arrives: it leads a new call, or follows the key's current one."""
+        hold = Hold(owner=object())
+        self.wakes[hold] = 0
+        leads = self.table.enqueue(key, hold, self.wake_for(hold, alive))
+        call = self.current(key)
+        if call is None:
+            assert leads, "a caller of an idle key must lead"
+            self.calls.append(Call(key, hold))
+        else:
+            assert not leads, "a second leader for a busy key"
+            assert hold.state == WAITING
+            call.followers.append(hold)
+            if not alive:
+                self.dead.add(hold)
+
+    @precondition(lambda self: self.with_followers())
+    @rule(data=st.data())
+    def withdraw(self, data: st.DataObject) -> None:
+        """A waiting follower is cancelled: it leaves and nobody else notices."""
+        call = data.draw(st.sampled_from(self.with_followers()))
+        hold = data.draw(st.sampled_from(call.followers))
+        assert self.table.withdraw(call.key, hold) == WAITING
+        assert hold.state == CANCELLED
+        call.followers.remove(hold)
+        self.ended.append((call.key, hold))
+
+    @precondition(lambda self: self.ended)
+    @rule(data=st.data())
+    def withdraw_too_late(self, data: st.DataObject) -> None:
+        """Withdrawing a follower whose wait already ended reports how it ended, changes nothing."""
+        key, hold = data.draw(st.sampled_from(self.ended))
+        state = hold.state
+        assert state in (ABORTED, CANCELLED)
+        assert self.table.withdraw(key, hold) == state
+        assert hold.state == state
+
+    @precondition(lambda self: self.calls)
+    @rule(data=st.data(), ok=st.booleans())
+    def finish(self, data: st.DataObject, ok: bool) -> None:
+        """The leader's call ends: every follower gets its outcome; a success may be kept."""
+        call = data.draw(st.sampled_from(self.calls))
+        self.serial += 1
+        value: object = ("value", self.serial) if ok else MISS
+        outcome = ("outcome", self.serial)
+        shared = self.table.finish(call.key, call.leader, outcome, value, self.now)
+        assert shared == bool(call.followers)
+        for hold in call.followers:
+            assert hold.state == ABORTED
+            assert hold.cause is outcome
+            assert self.wakes[hold] == 1
+            self.outcomes[hold] = outcome
+            self.ended.append((call.key, hold))
+        self.calls.remove(call)
+        if ok and not call.detached and self.ttl > 0:
+            self.kept.pop(call.key, None)
+            self.kept[call.key] = (self.now + self.ttl, value)
+            self.sweep()
+
+    @precondition(lambda self: self.calls)
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        """The leader is cancelled: the earliest follower that can still run takes over."""
+        call = data.draw(st.sampled_from(self.calls))
+        self.table.release(call.key, call.leader)
+        while call.followers:
+            nxt = call.followers.pop(0)  # arrival order
+            assert self.wakes[nxt] == 1
+            if nxt in self.dead:  # its runtime is gone: the key passes on
+                assert nxt.state == CANCELLED
+                self.ended.append((call.key, nxt))
+                continue
+            assert nxt.state == GRANTED
+            call.leader = nxt
+            return
+        self.calls.remove(call)
+
+    @rule(key=st.sampled_from(KEYS))
+    def forget(self, key: str) -> None:
+        """New callers of the key start a new call; the current one keeps its followers."""
+        self.table.forget(key)
+        call = self.current(key)
+        if call is not None:
+            call.detached = True
+        self.kept.pop(key, None)
+
+    @rule(dt=st.sampled_from([0.5, 2.0, 5.0, 20.0]))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(key=st.sampled_from(KEYS))
+    def lookup(self, key: str) -> None:
+        """A kept value is found while fresh; an expired one is not, and sweeps the table."""
+        entry = self.kept.get(key)
+        found = self.table.cached(key, self.now)
+        if entry is not None and entry[0] > self.now:
+            assert found is entry[1]
+        else:
+            assert found is MISS
+            if entry is not None:
+                self.sweep()
+
+    # -- invariants --------------------------------------------------------
+
+    @invariant()
+    def one_leader_per_busy_key_and_no_idle_key(self) -> None:
+        current = {key: call for key in KEYS if (call := self.current(key)) is not None}
+        assert set(self.table.holds) == set(current)
+        assert len(self.table) == len(current)
+        for key, call in current.items():
+            assert self.table.holds[key] is call.leader
+            assert self.table.locked(key)
+            assert self.table.waiters(key) == len(call.followers)
+
+    @invariant()
+    def waiting_followers_are_untouched(self) -> None:
+        for call in self.calls:
+            if hasattr(call.leader, "state"):  # it took over
+                assert call.leader.state == GRANTED
+            for hold in call.followers:
+                assert hold.state == WAITING
+                assert self.wakes[hold] == 0
+
+    @invariant()
+    def followers_are_woken_once_with_their_calls_outcome(self) -> None:
+        assert all(count <= 1 for count in self.wakes.values())
+        for hold, outcome in self.outcomes.items():
+            assert hold.state == ABORTED
+            assert hold.cause is outcome
+            assert self.wakes[hold] == 1
+
+    @invariant()
+    def only_unexpired_successes_are_kept(self) -> None:
+        results = self.table.results
+        assert list(results.items()) == list(self.kept.items())
+        for expiry, value in results.values():
+            assert expiry > self.swept_at
+            assert isinstance(value, tuple)
+            assert value[0] == "value"
+        if self.ttl == 0:
+            assert not results
+
+
+FlightMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestFlightTable = FlightMachine.TestCase

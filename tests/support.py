@@ -1,0 +1,325 @@
+"""Test support: bounded waits, and work run in other threads and runtimes with its outcome kept.
+
+Every wait here is bounded (:data:`WAIT`), so a bug fails the test instead of hanging it. Work
+started elsewhere reports through a :class:`Handle`: its value, the exception it raised (re-raised
+by :meth:`Handle.result` in the test thread) or the fact that it was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+import anyio
+import trio
+
+from keyedlock import KeyedLock
+
+__all__ = [
+    "WAIT",
+    "AsyncioThread",
+    "Handle",
+    "RuntimeThread",
+    "TaskCancelled",
+    "Threads",
+    "TrioThread",
+    "start_thread",
+    "wait_until",
+    "wait_until_async",
+    "wait_waiters",
+    "wait_waiters_async",
+]
+
+T = TypeVar("T")
+
+#: Upper bound, in seconds, of every wait in the tests. Far above what any step needs, so it
+#: is never a timing assumption: reaching it means something is stuck.
+WAIT = 10.0
+
+#: Pause between two looks at a condition another thread is about to make true.
+_POLL = 0.0005
+
+
+class TaskCancelled(Exception):
+    """Raised by :meth:`Handle.result` when the task ended by cancellation."""
+
+
+class Handle(Generic[T]):
+    """The outcome of work running in another thread, asyncio loop or trio run.
+
+    ``result()`` waits (bounded) and returns the value, re-raises the exception, or raises
+    :class:`TaskCancelled`. ``cancel()`` asks the task's runtime to cancel it (threads cannot be
+    cancelled).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.finished = threading.Event()
+        self.observed = False
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._canceller: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.name} finished={self.finished.is_set()}>"
+
+    def set_value(self, value: T) -> None:
+        self._value = value
+        self.finished.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self._error = error
+        self.finished.set()
+
+    def set_cancelled(self) -> None:
+        self._cancelled = True
+        self.finished.set()
+
+    @property
+    def failed(self) -> bool:
+        """True once the work ended with an exception (cancellation excluded)."""
+        return self.finished.is_set() and self._error is not None
+
+    def wait(self, timeout: float = WAIT) -> None:
+        """Wait until the work ended; AssertionError if it is still running after ``timeout``."""
+        if not self.finished.wait(timeout):
+            raise AssertionError(f"{self.name} still running after {timeout} s")
+
+    def result(self, timeout: float = WAIT) -> T:
+        """The work's return value; re-raises its exception; TaskCancelled if it was cancelled."""
+        self.wait(timeout)
+        self.observed = True
+        if self._cancelled:
+            raise TaskCancelled(self.name)
+        if self._error is not None:
+            raise self._error
+        return cast(T, self._value)
+
+    def cancel(self) -> None:
+        """Cancel the task from any thread (asyncio ``Task.cancel`` / trio cancel scope)."""
+        if self._canceller is None:
+            raise TypeError(f"{self.name} runs in a thread, which cannot be cancelled")
+        self._canceller()
+
+
+class ThreadHandle(Handle[T]):
+    """A :class:`Handle` of a thread; ``result()`` also checks the thread has exited."""
+
+    thread: threading.Thread
+
+    def result(self, timeout: float = WAIT) -> T:
+        self.wait(timeout)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise AssertionError(f"{self.name} reported its outcome but did not exit")
+        return super().result(0)
+
+
+def start_thread(fn: Callable[[], T], name: str = "worker") -> ThreadHandle[T]:
+    """Run ``fn()`` in a new daemon thread; its exception is re-raised by ``result()``."""
+    handle: ThreadHandle[T] = ThreadHandle(name)
+
+    def main() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # re-raised in the test thread by result()
+            handle.set_error(exc)
+        else:
+            handle.set_value(value)
+
+    handle.thread = threading.Thread(target=main, name=name, daemon=True)
+    handle.thread.start()
+    return handle
+
+
+class Threads:
+    """Starts threads for one test; at teardown joins them all (bounded) and re-raises an
+    exception the test did not look at."""
+
+    def __init__(self) -> None:
+        self.started: list[ThreadHandle[Any]] = []
+
+    def start(self, fn: Callable[[], T], name: str = "worker") -> ThreadHandle[T]:
+        handle = start_thread(fn, f"{name}-{len(self.started)}")
+        self.started.append(handle)
+        return handle
+
+    def join_all(self) -> None:
+        for handle in self.started:
+            handle.wait()
+            handle.thread.join(WAIT)
+        for handle in self.started:
+            if handle.failed and not handle.observed:
+                handle.result(0)
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait (bounded) until another thread has made ``predicate()`` true.
+
+    Only for conditions that have no event to wait on, such as "this caller is now queued".
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+        time.sleep(_POLL)
+
+
+def wait_waiters(lock: KeyedLock, key: Hashable, count: int) -> None:
+    """Wait (bounded) until ``count`` callers are queued on ``key``: the arrival of a waiter."""
+    wait_until(lambda: lock.waiters(key) == count, f"{count} waiter(s) queue on {key!r}")
+
+
+async def wait_until_async(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """As :func:`wait_until`, from an asyncio or trio task (lets the other tasks run)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+        await anyio.sleep(_POLL)
+
+
+async def wait_waiters_async(lock: KeyedLock, key: Hashable, count: int) -> None:
+    """As :func:`wait_waiters`, from an asyncio or trio task."""
+    await wait_until_async(lambda: lock.waiters(key) == count, f"{count} waiter(s) on {key!r}")
+
+
+class RuntimeThread(Protocol):
+    """An asyncio loop or a trio run living in its own thread, steered from the test thread."""
+
+    name: str
+
+    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]], name: str) -> Handle[T]:
+        """Start ``fn()`` as a new task; the handle reports its outcome and can cancel it."""
+        ...
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Schedule the sync ``fn()`` to run in the runtime's thread."""
+        ...
+
+    def close(self) -> None:
+        """Cancel the tasks still running, end the runtime and join its thread (bounded)."""
+        ...
+
+
+class AsyncioThread:
+    """An asyncio event loop running forever in its own thread until :meth:`close`."""
+
+    def __init__(self, name: str = "asyncio") -> None:
+        self.name = name
+        self.loop = asyncio.new_event_loop()
+        self._tasks: dict[Handle[Any], asyncio.Task[None]] = {}
+        self._runner = start_thread(self._main, name)
+
+    def _main(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        self.loop.call_soon_threadsafe(fn)
+
+    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]], name: str) -> Handle[T]:
+        handle: Handle[T] = Handle(f"{name} on {self.name}")
+
+        async def task_main() -> None:
+            try:
+                value = await fn()
+            except asyncio.CancelledError:
+                handle.set_cancelled()
+            except BaseException as exc:  # re-raised in the test thread by result()
+                handle.set_error(exc)
+            else:
+                handle.set_value(value)
+
+        def start() -> None:
+            self._tasks[handle] = self.loop.create_task(task_main())
+
+        def cancel() -> None:
+            self._tasks[handle].cancel()
+
+        handle._canceller = lambda: self.call_soon(cancel)
+        self.call_soon(start)  # runs before any cancel(): call_soon_threadsafe is FIFO
+        return handle
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._runner.result()
+
+
+class TrioThread:
+    """A trio run in its own thread, with a nursery the test thread starts tasks in."""
+
+    def __init__(self, name: str = "trio") -> None:
+        self.name = name
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._runner = start_thread(lambda: trio.run(self._main), name)
+        if not self._ready.wait(WAIT):
+            self._runner.result(0)  # re-raise why the run did not start
+            raise AssertionError(f"{name}: trio run did not start within {WAIT} s")
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._ready.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()  # tasks still running are cancelled
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(fn)
+
+    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]], name: str) -> Handle[T]:
+        handle: Handle[T] = Handle(f"{name} on {self.name}")
+        scope = trio.CancelScope()
+
+        async def task_main() -> None:
+            reported = False
+            try:
+                with scope:
+                    try:
+                        value = await fn()
+                    except trio.Cancelled:
+                        raise
+                    except BaseException as exc:  # re-raised in the test thread by result()
+                        handle.set_error(exc)
+                    else:
+                        handle.set_value(value)
+                    reported = True
+            finally:
+                if not reported:
+                    handle.set_cancelled()
+
+        def start() -> None:
+            assert self._nursery is not None
+            self._nursery.start_soon(task_main, name=handle.name)
+
+        handle._canceller = lambda: self.call_soon(scope.cancel)
+        self.call_soon(start)
+        return handle
+
+    def close(self) -> None:
+        stop = self._stop
+        if stop is not None and not self._runner.finished.is_set():
+            self.call_soon(stop.set)
+        self._runner.result()

@@ -1,0 +1,101 @@
+"""Static types of the public API, checked by ``mypy --strict`` and executed by pytest.
+
+``guard`` keeps the decorated function's exact signature and kind: assigning the decorated
+functions to variables of the exact ``Callable`` types type-checks, ``assert_type`` pins the
+results, and a call with a wrong argument needs its ``type: ignore`` (mypy --strict reports an
+unused ignore, so these lines fail the type check if the signature were lost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, assert_type
+
+import pytest
+
+from keyedlock import KeyedLock, LockContext, klock
+
+lock = KeyedLock()
+
+
+@lock.guard("user:{user_id}")
+def charge(user_id: int, amount: float = 1.0) -> str:
+    """Charge a user."""
+    return f"{user_id}:{amount}"
+
+
+@lock.guard("user:{user_id}")
+async def refund(user_id: int, *, note: str = "") -> list[int]:
+    """Refund a user."""
+    return [user_id, len(note)]
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+async def add_async(a: int, b: int = 0) -> list[int]:
+    return [a + b]
+
+
+class Account:
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    @lock.guard("account:{self.number}")
+    def deposit(self, amount: int) -> int:
+        return self.number + amount
+
+
+def test_guard_keeps_a_sync_signature() -> None:
+    exact: Callable[[int, float], str] = charge
+    shorter: Callable[[int], str] = charge
+    assert_type(charge(1), str)
+    assert_type(charge(1, amount=2.5), str)
+    assert exact(1, 2.0) == "1:2.0"
+    assert shorter(3) == "3:1.0"
+    assert charge.__doc__ == "Charge a user."
+
+
+@pytest.mark.anyio
+async def test_guard_keeps_an_async_signature() -> None:
+    coroutine_function: Callable[[int], Coroutine[Any, Any, list[int]]] = refund
+    assert_type(await refund(4, note="ab"), list[int])
+    assert await coroutine_function(5) == [5, 0]
+
+
+def test_guard_keeps_a_method_signature() -> None:
+    bound: Callable[[int], int] = Account(10).deposit
+    assert_type(Account(1).deposit(2), int)
+    assert bound(5) == 15
+
+
+def test_run_sync_and_acquire_types() -> None:
+    assert_type(lock.run_sync("k", add, 7), int)
+    assert_type(lock.run_sync("k", charge, 7), str)
+    assert_type(lock.acquire("k", blocking=False), bool)
+    lock.release("k")
+    assert_type(lock("k"), LockContext)
+    assert_type(klock, KeyedLock)
+    assert_type(lock.locked("k"), bool)
+    assert_type(lock.waiters("k"), int)
+    assert_type(len(lock), int)
+
+
+@pytest.mark.anyio
+async def test_run_and_acquire_async_types() -> None:
+    assert_type(await lock.run("k", add_async, 1, b=2), list[int])
+    assert_type(await lock.run("k", add, 1), int)
+    assert_type(await lock.acquire_async("k"), bool)
+    lock.release("k")
+
+
+if TYPE_CHECKING:
+    # Never executed: each line is a type error that only a kept signature reveals.
+    charge("one")  # type: ignore[arg-type]
+    charge(1, 2.0, 3)  # type: ignore[call-arg]
+    unawaited = refund(1, "note")  # type: ignore[call-arg]
+    unawaited = refund(user_id="1")  # type: ignore[arg-type]
+    Account(1).deposit("2")  # type: ignore[arg-type]
+    wrong: Callable[[str], str] = charge  # type: ignore[assignment]
+    not_async: Callable[[int], list[int]] = refund  # type: ignore[assignment]
