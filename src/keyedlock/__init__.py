@@ -17,6 +17,7 @@ from ._errors import Aborted as Aborted
 from ._errors import KeyedLockError as KeyedLockError
 from ._errors import LockTimeout as LockTimeout
 from ._errors import QueueFull as QueueFull
+from ._file import FileKeyedLock as FileKeyedLock
 from ._flight import Result as Result
 from ._flight import SingleFlight as SingleFlight
 from ._flight import flight as flight
@@ -26,6 +27,7 @@ from ._keyed import klock as klock
 
 __all__ = [
     "Aborted",
+    "FileKeyedLock",
     "KeyedLock",
     "KeyedLockError",
     "LockContext",

@@ -1,0 +1,279 @@
+"""Await a blocking call that runs in a helper thread, cancellably, from asyncio or trio.
+
+Some waits can only be done by blocking a thread (a kernel lock wait, a
+blocking network call). :class:`Offload` runs such a call in a daemon helper
+thread of its own and lets one *claimant* at a time wait for its outcome:
+a thread (:meth:`Offload.wait`, with a timeout) or an asyncio or trio task
+(:meth:`Offload.wait_async`, which never blocks its event loop).
+
+A blocking call cannot be interrupted, so a claimant that stops waiting
+(timeout, cancellation, KeyboardInterrupt) *detaches* and leaves the call
+running. What the call produces after that is passed to the ``dispose``
+callback, in the helper thread itself, at once: so a resource the call
+acquires too late (a lock granted after its waiter gave up) is given back
+even if the claimant's event loop is gone. Until the call finishes, another
+claimant may :meth:`~Offload.claim` it and wait for the same outcome (a
+later waiter adopts an abandoned wait instead of starting another thread).
+
+Exactly one party ends up with the outcome: the claimant attached when the
+call finishes, or ``dispose``. Decisions are made under the offload's own
+mutex; callbacks run outside it.
+
+Helper threads are daemon threads: an interpreter (or a multiprocessing
+child) that exits does not wait for a blocking call that may never return.
+
+Example, a cancellable blocking call whose late result is closed::
+
+    def close_late(done: Finished[socket.socket]) -> None:
+        if done.error is None:
+            done.unwrap().close()
+
+    job = Offload(lambda: listener.accept()[0], close_late)
+    job.claim()
+    job.start()
+    done = await job.wait_async(timeout=5)  # None: timed out (close_late gets it later)
+    conn = None if done is None else done.unwrap()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final, Generic, TypeVar, cast
+
+from ._asyncio import _resolve, _wake
+from ._detect import asyncio_task, running_loop, sniffio_local
+
+__all__ = ["Finished", "Offload"]
+
+T = TypeVar("T")
+
+# threading.Lock.acquire rejects timeouts above this; longer ones wait forever.
+_TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
+
+
+class Finished(Generic[T]):
+    """The outcome of a finished call: its value, or the exception it raised."""
+
+    __slots__ = ("error", "value")
+
+    value: T | None
+    error: BaseException | None
+
+    def __init__(self, value: T | None, error: BaseException | None) -> None:
+        self.value = value
+        self.error = error
+
+    def unwrap(self) -> T:
+        """The value, or raise the exception."""
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"<Finished error={self.error!r}>"
+        return f"<Finished value={self.value!r}>"
+
+
+class Offload(Generic[T]):
+    """``call()`` running in a daemon helper thread, waited for by one claimant at a time.
+
+    Args:
+        call: the blocking call (no arguments; use :func:`functools.partial`).
+        dispose: receives the outcome when no claimant takes it: the call
+            finished while nobody was attached, the attached claimant's event
+            loop is gone, or the claimant gave up in the very instant the call
+            finished. Called once, in whichever thread decided it (the helper
+            thread, except in that last race); it must not raise.
+        name: the helper thread's name.
+
+    Use: :meth:`claim` (optional before :meth:`start`), :meth:`start`, then
+    :meth:`wait` or :meth:`wait_async`. A wait returns the :class:`Finished`
+    outcome, which the caller then owns, or None after detaching (timeout;
+    cancellation raises instead). A detached offload can be claimed again
+    while the call is still running.
+    """
+
+    __slots__ = ("_claimed", "_dispose", "_done", "_mutex", "_name", "_notify", "_outcome", "call")
+
+    call: Callable[[], T]
+
+    def __init__(
+        self,
+        call: Callable[[], T],
+        dispose: Callable[[Finished[T]], None],
+        *,
+        name: str = "keyedlock-offload",
+    ) -> None:
+        self.call = call
+        self._dispose = dispose
+        self._name = name
+        self._mutex = threading.Lock()
+        self._claimed = False
+        self._done = False
+        self._notify: Callable[[], bool] | None = None
+        self._outcome: Finished[T] | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "running"
+        return f"<Offload {self._name} {state} claimed={self._claimed}>"
+
+    # -- the helper thread -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the helper thread."""
+        threading.Thread(target=self._run, name=self._name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            outcome: Finished[T] = Finished(self.call(), None)
+        except BaseException as exc:
+            outcome = Finished(None, exc)
+        with self._mutex:
+            self._done = True
+            orphan = not self._claimed
+            if not orphan:
+                self._outcome = outcome  # for the claimant to take
+            notify = self._notify
+            self._notify = None
+        if orphan:
+            self._dispose(outcome)
+        elif notify is not None and not notify() and self._take() is not None:
+            # The claimant's event loop is gone: it will never look again.
+            self._dispose(outcome)
+
+    # -- claimants ---------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Attach as the claimant; False if the call already finished (or is claimed)."""
+        with self._mutex:
+            if self._done or self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    @property
+    def done(self) -> bool:
+        """True once the call has returned or raised."""
+        return self._done
+
+    def _take(self) -> Finished[T] | None:
+        """Take the outcome if there is one (the claim ends with it); None otherwise."""
+        with self._mutex:
+            outcome = self._outcome
+            if outcome is not None:
+                self._outcome = None
+                self._claimed = False
+            return outcome
+
+    def _arm(self, notify: Callable[[], bool]) -> Finished[T] | None:
+        """Register the claimant's waker, unless the outcome is already there (then take it)."""
+        with self._mutex:
+            assert self._claimed, "wait() on an offload that is not claimed"
+            outcome = self._outcome
+            if outcome is not None:
+                self._outcome = None
+                self._claimed = False
+                return outcome
+            self._notify = notify
+            return None
+
+    def _detach(self) -> Finished[T] | None:
+        """Stop waiting: detach and return None, or take the outcome if it just arrived."""
+        with self._mutex:
+            outcome = self._outcome
+            if outcome is not None:
+                self._outcome = None
+            self._notify = None
+            self._claimed = False
+            return outcome
+
+    def _give_up(self) -> None:
+        """Stop waiting because of an exception; dispose of an outcome that just arrived."""
+        outcome = self._detach()
+        if outcome is not None:
+            self._dispose(outcome)
+
+    def wait(self, timeout: float | None) -> Finished[T] | None:
+        """Block this thread until the call finishes; None if ``timeout`` elapsed first.
+
+        Needs a claim. On timeout the claimant detaches (the call keeps
+        running; see :meth:`claim`). An exception while waiting
+        (KeyboardInterrupt) detaches too, disposing of an outcome that
+        arrived in the same instant.
+        """
+        parked = threading.Lock()
+        parked.acquire()
+        outcome = self._arm(partial(_release, parked))
+        if outcome is not None:
+            return outcome
+        wait = -1.0 if timeout is None or timeout > _TIMEOUT_MAX else timeout
+        try:
+            parked.acquire(timeout=wait)
+        except BaseException:
+            self._give_up()
+            raise
+        return self._detach()
+
+    async def wait_async(self, timeout: float | None) -> Finished[T] | None:
+        """As :meth:`wait`, from an asyncio or trio task, without blocking its loop.
+
+        asyncio: cancellation detaches (disposing of an outcome that arrived
+        in the same instant) and CancelledError propagates. trio: as trio's
+        own primitives do, an outcome that arrived before the cancellation
+        could take effect is returned (trio raises Cancelled at the task's
+        next checkpoint); otherwise the task detaches and Cancelled is raised.
+        """
+        loop = running_loop()
+        if loop is not None and asyncio_task() is not None:
+            return await self._wait_asyncio(loop, timeout)
+        if sniffio_local.name == "trio":
+            return await self._wait_trio(timeout)
+        raise RuntimeError("Offload.wait_async needs a running asyncio task or trio task")
+
+    async def _wait_asyncio(self, loop: Any, timeout: float | None) -> Finished[T] | None:
+        fut = loop.create_future()
+        outcome = self._arm(partial(_wake, loop, fut))
+        if outcome is not None:
+            return outcome
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, fut)
+        try:
+            await fut
+        except BaseException:
+            self._give_up()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return self._detach()
+
+    async def _wait_trio(self, timeout: float | None) -> Finished[T] | None:
+        import trio
+        from trio.lowlevel import Abort, RaiseCancelT, current_task, wait_task_rescheduled
+
+        from ._trio import _wake as wake_trio
+
+        def abort(_: RaiseCancelT) -> Abort:
+            with self._mutex:
+                if self._done:
+                    return Abort.FAILED  # the outcome's wake is on its way
+                self._notify = None
+                self._claimed = False
+                return Abort.SUCCEEDED
+
+        outcome = self._arm(partial(wake_trio, trio.lowlevel.current_trio_token(), current_task()))
+        if outcome is not None:
+            return outcome
+        if timeout is None:
+            await wait_task_rescheduled(abort)
+        else:
+            with trio.move_on_after(timeout):
+                await wait_task_rescheduled(abort)
+        return self._take()
+
+
+def _release(parked: threading.Lock) -> bool:
+    parked.release()
+    return True

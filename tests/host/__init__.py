@@ -1,0 +1,1 @@
+"""Scopes wider than one process: the host file lock and the multiprocessing manager."""

@@ -1,0 +1,351 @@
+"""FileKeyedLock in one process: the KeyedLock contract, keys, the lock file and its safety."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import types
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import keyedlock._scopes._file as file_scope
+from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
+
+from ..support import WAIT, start_thread, wait_until
+from .file_support import wait_waiters
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="open file description locks"
+)
+
+
+# -- the KeyedLock contract ------------------------------------------------------------------
+
+
+def test_acquire_release_and_introspection(file_lock: FileKeyedLock) -> None:
+    assert not file_lock.locked("k")
+    assert file_lock.acquire("k")
+    assert file_lock.locked("k")
+    assert len(file_lock) == 1
+    assert file_lock.waiters("k") == 0
+    file_lock.release("k")
+    assert not file_lock.locked("k")
+    assert len(file_lock) == 0
+    with pytest.raises(RuntimeError, match="not held"):
+        file_lock.release("k")
+    with file_lock("k"):
+        assert file_lock.locked("k")
+    assert len(file_lock) == 0
+
+
+def test_timeout_zero_tries_once(file_lock: FileKeyedLock) -> None:
+    held = start_thread(lambda: file_lock.acquire("k"), "holder")
+    assert held.result() is True
+    assert file_lock.acquire("k", timeout=0) is False
+    assert file_lock.acquire("k", blocking=False) is False
+    with pytest.raises(LockTimeout, match="'k' is busy"), file_lock("k", timeout=0):
+        pytest.fail("entered a held key")
+    with pytest.raises(LockTimeout, match="timed out after"), file_lock("k", timeout=0.01):
+        pytest.fail("entered a held key")
+    file_lock.release("k")  # any thread may release
+    assert len(file_lock) == 0
+
+
+def test_blocking_reacquire_by_the_holder_raises(file_lock: FileKeyedLock) -> None:
+    with file_lock("k"):
+        with pytest.raises(RuntimeError, match="already held by this owner"):
+            file_lock.acquire("k")
+        assert file_lock.acquire("k", blocking=False) is False
+    assert len(file_lock) == 0
+
+
+def test_two_objects_on_one_file_exclude_each_other(lock_path: str) -> None:
+    first, second = FileKeyedLock(lock_path), FileKeyedLock(lock_path)
+    with first("k"):
+        assert second.locked("k")
+        assert not second.acquire("k", timeout=0)
+    assert second.acquire("k", timeout=0)
+    second.release("k")
+
+
+def test_max_waiters_is_per_process(lock_path: str) -> None:
+    lock = FileKeyedLock(lock_path, max_waiters=1)
+    assert lock.max_waiters == 1
+    assert lock.acquire("k")
+    waiter = start_thread(lambda: lock.run_sync("k", lambda: "ran"), "waiter")
+    wait_waiters(lock, "k", 1)
+    assert lock.waiters("k") == 1
+    extra = start_thread(lambda: lock.acquire("k", timeout=WAIT), "extra")
+    with pytest.raises(QueueFull):
+        extra.result()
+    lock.release("k")
+    assert waiter.result() == "ran"
+    assert len(lock) == 0
+
+
+def test_on_error_stop_aborts_this_processs_waiters(file_lock: FileKeyedLock) -> None:
+    gate = threading.Event()
+
+    def fail() -> None:
+        assert gate.wait(WAIT)
+        raise ValueError("boom")
+
+    runner = start_thread(lambda: file_lock.run_sync("k", fail, on_error="stop"), "runner")
+    wait_until(lambda: file_lock.locked("k"), "the runner holds the key")
+    queued = start_thread(lambda: file_lock.acquire("k", timeout=WAIT), "queued")
+    wait_waiters(file_lock, "k", 1)
+    gate.set()
+    with pytest.raises(ValueError, match="boom"):
+        runner.result()
+    with pytest.raises(Aborted) as info:
+        queued.result()
+    assert isinstance(info.value.__cause__, ValueError)
+    assert not file_lock.locked("k")
+
+
+def test_run_run_sync_and_guard(file_lock: FileKeyedLock) -> None:
+    assert file_lock.run_sync("k", lambda x: x + 1, 1) == 2
+
+    @file_lock.guard("order:{order_id}")
+    def ship(order_id: int) -> bool:
+        return file_lock.locked(f"order:{order_id}")
+
+    assert ship(7) is True
+    assert not file_lock.locked("order:7")
+
+
+@pytest.mark.anyio
+async def test_async_api(file_lock: FileKeyedLock) -> None:
+    async with file_lock("k"):
+        assert file_lock.locked("k")
+        assert await file_lock.acquire_async("k", timeout=0) is False
+    assert await file_lock.acquire_async("k") is True
+    file_lock.release("k")
+
+    async def body(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return x * 2
+
+    assert await file_lock.run("k", body, 21) == 42
+
+    @file_lock.guard("k")
+    async def guarded() -> bool:
+        return file_lock.locked("k")
+
+    assert await guarded() is True
+    with pytest.raises(RuntimeError, match="async with"), file_lock("k"):
+        pass  # a blocking `with` inside an event loop is refused
+    assert file_lock.acquire("k", blocking=False) is True  # non-blocking is allowed here
+    file_lock.release("k")
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [1.0, None, ("a", 1), object(), True, False, bytearray(b"k"), frozenset()],
+    ids=["float", "None", "tuple", "object", "True", "False", "bytearray", "frozenset"],
+)
+def test_keys_other_than_str_bytes_int_are_refused(file_lock: FileKeyedLock, key: object) -> None:
+    with pytest.raises(TypeError, match="keys must be str, bytes or int"):
+        file_lock(key)
+    with pytest.raises(TypeError, match="keys must be str, bytes or int"):
+        file_lock.locked(key)
+
+
+def test_unhashable_key_is_refused(file_lock: FileKeyedLock) -> None:
+    with pytest.raises(TypeError, match=r"keys must be str, bytes or int.*got unhashable 'list'"):
+        file_lock.acquire(["k"])  # type: ignore[arg-type]
+
+
+def test_str_bytes_and_int_keys_are_distinct(file_lock: FileKeyedLock) -> None:
+    offsets = {file_scope.key_offset(k) for k in ["1", b"1", 1]}
+    assert len(offsets) == 3
+    with file_lock("1"):
+        assert file_lock.acquire(b"1", timeout=0)
+        assert file_lock.acquire(1, timeout=0)
+        file_lock.release(b"1")
+        file_lock.release(1)
+    big = 10**40
+    with file_lock(big), file_lock(-big):
+        assert file_lock.locked(big)
+        assert file_lock.locked(-big)
+
+
+def test_offsets_are_valid_bytes_of_the_file() -> None:
+    for key in ["", "k", b"\x00", 0, -1, 2**100, "\ud800"]:
+        offset = file_scope.key_offset(key)
+        assert 0 <= offset < 2**63 - 1
+
+
+def test_colliding_keys_serialize(lock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two keys with one offset are one local key: they take turns, never overlap."""
+    monkeypatch.setattr(file_scope, "key_offset", lambda key: 12345)
+    monkeypatch.setattr(file_scope, "_offsets", {})
+    lock = FileKeyedLock(lock_path)
+    with lock("a"):
+        other = start_thread(lambda: lock.acquire("b", timeout=0), "other")
+        assert other.result() is False
+        assert lock.locked("b")
+    assert lock.acquire("b", timeout=0)
+    lock.release("b")
+
+
+def test_errors_name_the_key_not_the_offset(file_lock: FileKeyedLock) -> None:
+    with pytest.raises(RuntimeError, match="'user:1'"):
+        file_lock.release("user:1")
+    assert repr(file_lock._file.local_key("user:1")) == "'user:1'"
+
+
+# -- the lock file ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def temp_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``tempfile.gettempdir()`` and no $XDG_RUNTIME_DIR: the default path goes here."""
+    base = tmp_path / "tmp"
+    base.mkdir()
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    return base
+
+
+def test_default_path_is_private(temp_base: Path) -> None:
+    lock = FileKeyedLock()
+    directory = temp_base / f"keyedlock-{os.geteuid()}"
+    assert lock.path == str(directory / "keys.lock")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(lock.path).st_mode) & 0o077 == 0
+    with lock("k"):
+        assert FileKeyedLock().locked("k")  # the same default file
+
+
+def test_default_path_prefers_a_usable_runtime_dir(
+    temp_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert FileKeyedLock().path == str(runtime / f"keyedlock-{os.geteuid()}" / "keys.lock")
+    runtime.chmod(0o755)  # not private: not used
+    assert FileKeyedLock().path.startswith(str(temp_base))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")
+    assert FileKeyedLock().path.startswith(str(temp_base))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
+    assert FileKeyedLock().path.startswith(str(temp_base))
+
+
+def test_default_dir_symlink_is_refused(temp_base: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (temp_base / f"keyedlock-{os.geteuid()}").symlink_to(elsewhere)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        FileKeyedLock()
+
+
+def test_default_lock_file_symlink_is_refused(temp_base: Path, tmp_path: Path) -> None:
+    directory = temp_base / f"keyedlock-{os.geteuid()}"
+    directory.mkdir(mode=0o700)
+    (directory / "keys.lock").symlink_to(tmp_path / "target")
+    with pytest.raises(PermissionError, match="symbolic link"):
+        FileKeyedLock()
+    assert not (tmp_path / "target").exists()
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o770, 0o701])
+def test_default_dir_open_to_others_is_refused(temp_base: Path, mode: int) -> None:
+    directory = temp_base / f"keyedlock-{os.geteuid()}"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(PermissionError, match=f"mode is {mode:#o}"):
+        FileKeyedLock()
+
+
+def test_default_dir_of_another_user_is_refused(
+    temp_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.geteuid()
+    pretend = real + 1
+    # The directory this user would use, created by someone else (here: the real user).
+    (temp_base / f"keyedlock-{pretend}").mkdir(mode=0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: pretend)
+    with pytest.raises(PermissionError, match=f"owned by uid {real}, not by this user"):
+        FileKeyedLock()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_default_dir_chowned_to_another_user_is_refused(temp_base: Path) -> None:
+    directory = temp_base / f"keyedlock-{os.geteuid()}"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(PermissionError, match="owned by uid 65534"):
+        FileKeyedLock()
+
+
+def test_explicit_path_must_be_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        FileKeyedLock(fifo)
+    with pytest.raises(IsADirectoryError):
+        FileKeyedLock(tmp_path)
+
+
+def test_explicit_path_is_created_private_and_accepts_pathlike(tmp_path: Path) -> None:
+    lock = FileKeyedLock(tmp_path / "app.lock")
+    assert lock.path == str(tmp_path / "app.lock")
+    assert stat.S_IMODE(os.stat(lock.path).st_mode) & 0o077 == 0
+    assert "app.lock" in repr(lock)
+
+
+def test_replaced_lock_file_is_detected(lock_path: str) -> None:
+    """A private descriptor is opened through the path only if /proc is unusable; then a
+    replaced file is refused rather than silently splitting the processes."""
+    lock = FileKeyedLock(lock_path)
+    os.unlink(lock_path)
+    with pytest.raises(RuntimeError, match="was replaced"):
+        lock._file._open_again(-1)
+    assert not os.path.exists(lock_path)  # not created again
+    Path(lock_path).write_text("")
+    with pytest.raises(RuntimeError, match="was replaced"):
+        lock._file._open_again(-1)
+    assert lock._file._open_again(lock._file._fd) >= 0  # through /proc: the same file
+
+
+# -- platforms -------------------------------------------------------------------------------
+
+
+def test_platform_without_ofd_locks_is_refused_at_construction(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_scope, "fcntl", types.SimpleNamespace(fcntl=None))
+    with pytest.raises(NotImplementedError, match="F_OFD_SETLK"):
+        FileKeyedLock(lock_path)
+    monkeypatch.setattr(file_scope, "fcntl", None)
+    with pytest.raises(NotImplementedError, match="fcntl"):
+        FileKeyedLock(lock_path)
+
+
+def test_module_imports_without_fcntl(lock_path: str) -> None:
+    """As on Windows: importing works, constructing raises a clear error."""
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import keyedlock\n"
+        "from keyedlock._file import FileKeyedLock\n"
+        "try:\n"
+        f"    FileKeyedLock({lock_path!r})\n"
+        "except NotImplementedError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=WAIT, check=True
+    )
+    assert out.stdout.startswith("refused: FileKeyedLock needs POSIX file locks")

@@ -1,0 +1,297 @@
+"""Waiting for a key another process holds: event loops keep running, cancellation and
+timeouts leave nothing held, a late grant is given back, an abandoned wait is adopted.
+
+The other process is an :class:`~tests.host.file_support.Agent` (``python -c``). "Given back"
+is always proven by a third process getting the key (a bounded blocking acquire there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+
+import anyio
+import pytest
+
+from keyedlock import FileKeyedLock, LockTimeout
+
+from ..support import WAIT, start_thread, wait_until, wait_until_async
+from .file_support import Children, fds_of, helper_threads, wait_waiters
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="open file description locks"
+)
+
+#: A timeout that surely elapses: the key is held by another process until the test says so.
+SHORT = 0.05
+
+
+def _pending(lock: FileKeyedLock) -> int:
+    """How many kernel waits of ``lock`` are pending in helper threads."""
+    return len(lock._file._pending)
+
+
+def _given_back(lock: FileKeyedLock, children: Children) -> None:
+    """The key is not held by this process any more: a third process gets it, and no
+    descriptor or helper thread is left."""
+    third = children.agent(lock.path)
+    assert third.ask("acquire", "k", WAIT) == "True"
+    wait_until(lambda: _pending(lock) == 0, "the abandoned kernel wait ends")
+    assert fds_of(lock.path) == [lock._file._fd]
+    assert third.ask("release", "k") == "ok"
+
+
+@pytest.mark.anyio
+async def test_async_waiter_keeps_its_loop_running(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    ticks = 0
+    acquired_at: list[int] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.001)
+
+    async def waiter() -> None:
+        async with file_lock("k", timeout=WAIT):
+            acquired_at.append(ticks)
+        done.set()
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            tg.start_soon(waiter)
+            await wait_until_async(lambda: _pending(file_lock) == 1, "the waiter waits")
+            before = ticks
+            await wait_until_async(lambda: ticks >= before + 20, "the loop ticks meanwhile")
+            assert not acquired_at
+            assert holder.ask("release", "k") == "ok"
+            await done.wait()
+    assert acquired_at
+    assert acquired_at[0] >= before + 20
+    assert not file_lock.locked("k")
+
+
+@pytest.mark.anyio
+async def test_async_cancellation_leaves_nothing_held(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    entered = False
+
+    async def waiter() -> None:
+        nonlocal entered
+        async with file_lock("k"):
+            entered = True
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await wait_until_async(lambda: _pending(file_lock) == 1, "the waiter waits")
+            tg.cancel_scope.cancel()
+    assert not entered
+    assert len(file_lock) == 0
+    assert _pending(file_lock) == 1  # the kernel wait outlives its waiter
+    # The kernel grants the key to the abandoned wait: its helper thread gives it back.
+    assert holder.ask("release", "k") == "ok"
+    _given_back(file_lock, children)
+
+
+@pytest.mark.anyio
+async def test_async_timeouts_leave_nothing_held(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    assert await file_lock.acquire_async("k", timeout=0) is False
+    assert await file_lock.acquire_async("k", timeout=SHORT) is False
+    with pytest.raises(LockTimeout, match="'k'"):
+        async with file_lock("k", timeout=SHORT):
+            pytest.fail("entered a held key")
+    with pytest.raises(LockTimeout):
+        await file_lock.run("k", lambda: None, timeout=SHORT)
+    assert len(file_lock) == 0
+    assert _pending(file_lock) == 1  # one kernel wait, adopted by each later waiter
+    assert holder.ask("release", "k") == "ok"
+    _given_back(file_lock, children)
+
+
+def test_sync_timeouts_leave_nothing_held(file_lock: FileKeyedLock, children: Children) -> None:
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    assert file_lock.acquire("k", blocking=False) is False
+    assert file_lock.acquire("k", timeout=SHORT) is False
+    with pytest.raises(LockTimeout, match="'k'"), file_lock("k", timeout=SHORT):
+        pytest.fail("entered a held key")
+    with pytest.raises(LockTimeout):
+        file_lock.run_sync("k", lambda: None, timeout=SHORT)
+    assert len(file_lock) == 0
+    assert holder.ask("release", "k") == "ok"
+    _given_back(file_lock, children)
+
+
+def test_next_local_holder_adopts_the_abandoned_wait(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    assert file_lock.acquire("k", timeout=SHORT) is False
+    scope = file_lock._file
+    offset = scope.local_key("k")
+    wait = scope._pending[offset]
+    threads = helper_threads()
+    assert file_lock.acquire("k", timeout=SHORT) is False
+    assert scope._pending[offset] is wait  # adopted, not started again
+    handle = start_thread(lambda: file_lock.acquire("k", timeout=WAIT), "adopter")
+    wait_until(lambda: wait.job._claimed, "the third waiter adopts the kernel wait")
+    assert helper_threads() <= threads  # no new helper thread
+    assert holder.ask("release", "k") == "ok"
+    assert handle.result() is True
+    assert scope._held[offset] == wait.fd != scope._fd  # held through the adopted descriptor
+    file_lock.release("k")
+    assert fds_of(file_lock.path) == [scope._fd]  # its descriptor is closed on release
+    assert holder.ask("acquire", "k", 0) == "True"
+    assert holder.ask("release", "k") == "ok"
+
+
+def test_local_waiters_are_served_in_arrival_order(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    """FIFO within the process: only the first local waiter waits in the kernel."""
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    order: list[int] = []
+    gate = threading.Lock()
+
+    def worker(i: int) -> None:
+        with file_lock("k", timeout=WAIT), gate:
+            order.append(i)
+
+    handles = []
+    for i in range(4):
+        handles.append(start_thread(lambda i=i: worker(i), f"worker-{i}"))  # type: ignore[misc]
+        if i == 0:
+            wait_until(lambda: _pending(file_lock) == 1, "the first waits in the kernel")
+        else:
+            wait_waiters(file_lock, "k", i)
+    assert file_lock.waiters("k") == 3  # this process's waiters; the kernel wait is the first
+    assert holder.ask("release", "k") == "ok"
+    for handle in handles:
+        handle.result()
+    assert order == [0, 1, 2, 3]
+
+
+def test_asyncio_loop_closed_while_its_task_waits(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    """The claimant's loop is gone when the kernel grants: the helper thread gives it back."""
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def start() -> asyncio.Task[bool]:
+            task = loop.create_task(file_lock.acquire_async("k"))
+            await wait_until_async(lambda: _pending(file_lock) == 1, "the task waits")
+            return task
+
+        task = loop.run_until_complete(asyncio.wait_for(start(), WAIT))
+    finally:
+        loop.close()  # with the task still waiting
+    assert not task.done()
+    assert holder.ask("release", "k") == "ok"
+    third = children.agent(file_lock.path)
+    assert third.ask("acquire", "k", WAIT) == "True"
+    wait_until(lambda: _pending(file_lock) == 0, "the abandoned kernel wait ends")
+    # The task never runs again (its local hold stays until its coroutine is closed).
+    task.get_coro().close()
+    assert len(file_lock) == 0
+
+
+def test_kernel_wait_error_is_raised_and_leaves_nothing(
+    file_lock: FileKeyedLock, children: Children, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import keyedlock._scopes._file as file_scope
+
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    real = file_scope._fcntl
+
+    def failing(fd: int, cmd: int, arg: bytes) -> bytes:
+        if cmd == file_scope._SETLKW:
+            raise OSError(errno.ENOLCK, "no locks available")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(file_scope, "_fcntl", failing)
+    with pytest.raises(OSError, match="no locks available"):
+        file_lock.acquire("k", timeout=WAIT)
+    assert len(file_lock) == 0
+    assert _pending(file_lock) == 0
+    assert fds_of(file_lock.path) == [file_lock._file._fd]
+
+
+def test_release_of_a_key_still_awaited_in_the_kernel_raises(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    """The local holder waiting for another process does not hold the key yet."""
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+    waiter = start_thread(lambda: file_lock.acquire("k", timeout=WAIT), "waiter")
+    wait_until(lambda: _pending(file_lock) == 1, "the waiter waits in the kernel")
+    assert file_lock.locked("k")
+    with pytest.raises(RuntimeError, match="does not hold"):
+        file_lock.release("k")
+    assert holder.ask("release", "k") == "ok"
+    assert waiter.result() is True
+    file_lock.release("k")
+    assert holder.ask("acquire", "k", 0) == "True"
+
+
+class Interrupted(Exception):
+    """Raised by the test's signal handler, like KeyboardInterrupt for Ctrl-C."""
+
+
+def test_interrupted_blocking_wait_leaves_nothing_held(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    """A thread without a timeout waits in the kernel itself; a signal handler that raises
+    (Ctrl-C) ends the wait, and nothing stays held or queued."""
+    import signal
+
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    main = threading.get_ident()
+    stop = threading.Event()
+
+    def keep_signalling() -> None:
+        while not stop.wait(0.01):  # until the main thread has been interrupted
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    sender = threading.Thread(target=keep_signalling, daemon=True)
+    try:
+        sender.start()
+        with pytest.raises(Interrupted):
+            file_lock.acquire("k")
+    finally:
+        stop.set()
+        sender.join(WAIT)
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(file_lock) == 0
+    assert _pending(file_lock) == 0  # it waited in this thread, not in a helper
+    assert holder.ask("release", "k") == "ok"
+    assert not file_lock.locked("k")
+    assert holder.ask("acquire", "k", 0) == "True"
