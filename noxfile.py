@@ -1,0 +1,76 @@
+"""Development tasks: `nox` runs lint, typecheck and tests; `nox -s NAME` runs one.
+
+Sessions use the interpreter nox runs on (no version pinning), so a machine
+with a single Python 3.11+ is enough:
+
+    pip install nox
+    nox                     # lint, typecheck, tests
+    nox -s tests -- -k fifo # extra arguments go to pytest
+    nox -s stress           # long stress tests (marked slow)
+    nox -s docs             # build the documentation site (strict)
+    nox -s bench -- --help  # benchmarks
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_external_run = True
+
+#: The ruff series whose rules and formatting style the code base follows.
+RUFF = "ruff>=0.17,<0.18"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (the slow stress tests are left out unless pytest args are given)."""
+    session.install(".[test]")
+    args = session.posargs or ["-m", "not slow"]
+    session.run("pytest", *args)
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """Run the long stress tests; they print their seed and counts."""
+    session.install(".[test]")
+    session.run(
+        "pytest",
+        "-m",
+        "slow",
+        "-p",
+        "no:cacheprovider",
+        "--timeout=1800",
+        "-s",
+        *session.posargs,
+        env={"KEYEDLOCK_STRESS": "long"},
+    )
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the library, the tests and the documentation examples."""
+    session.install(".[test]", "mypy")
+    session.run("mypy", "--strict", "src", "tests", "docs/examples", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint rules and formatting check."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/; any warning is an error."""
+    session.install(".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (arguments go to bench/run.py)."""
+    session.install(".[trio]", "-r", "bench/requirements.txt")
+    session.run("python", "bench/run.py", *session.posargs)
