@@ -90,7 +90,10 @@ class FileKeyedLock(_LockBase):
     _file: FileScope
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, max_waiters: int | None = None
+        self,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+        *,
+        max_waiters: int | None = None,
     ) -> None:
         scope = FileScope(path)
         super().__init__(max_waiters=max_waiters, scope=scope)

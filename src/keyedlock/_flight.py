@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from time import monotonic
@@ -16,9 +15,9 @@ from ._core._keytable import ABORTED, Hold
 from ._errors import exception_state, rebuild_exception
 from ._keys import Decorator, KeySpec, key_function
 from ._runtime import park_async
-from ._runtime._detect import async_runtime, check_can_block, get_ident, running_loop
+from ._runtime._detect import FLIGHT_INSTEAD, async_owner, check_can_block, thread_owners
 from ._runtime._threads import wait_thread
-from ._validate import check_fn, check_key, check_sync_fn, is_async_callable
+from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
 
 __all__ = ["Result", "SingleFlight", "flight"]
 
@@ -74,6 +73,25 @@ def _follower_error(exc: BaseException) -> BaseException:
     return dup
 
 
+def _conclude(table: FlightTable, key: Hashable, leader: Hold, outcome: _Outcome | None) -> bool:
+    """The leader's call is over: share its ``outcome``; True if anyone else got it.
+
+    Called in ``finally``, so that nothing stays in flight. ``outcome`` is
+    None if the leader gave up without one (cancelled, KeyboardInterrupt, or
+    interrupted right as the call ended): the earliest follower takes over.
+    The exception in an outcome is a copy made as the call failed (see
+    :func:`_follower_error`), so whatever the leader's caller does to its own
+    exception afterwards (notes, chaining) never reaches the followers.
+    """
+    if outcome is None:
+        table.release(key, leader)
+        return False
+    if outcome.error is not None:
+        return table.finish(key, leader, outcome, MISS, 0.0)
+    value = outcome.value
+    return table.finish(key, leader, outcome, value, monotonic() if table.ttl else 0.0)
+
+
 def _deliver(hold: Hold) -> Any:
     outcome = hold.cause
     assert isinstance(outcome, _Outcome)
@@ -117,11 +135,7 @@ class SingleFlight:
     __slots__ = ("__weakref__", "_table")
 
     def __init__(self, *, ttl: float = 0) -> None:
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-            raise TypeError(f"ttl must be a number of seconds, got {ttl!r}")
-        if not ttl >= 0 or math.isinf(ttl):
-            raise ValueError(f"ttl must be a finite number of seconds >= 0, got {ttl!r}")
-        self._table = FlightTable(float(ttl))
+        self._table = FlightTable(check_ttl(ttl))
 
     @property
     def ttl(self) -> float:
@@ -171,14 +185,13 @@ class SingleFlight:
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 return kept, True
-        loop = running_loop()
-        runtime, owner = async_runtime(loop)
+        runtime, owner = async_owner()
         hold = Hold(owner)
         leader = table.holds.setdefault(key, hold)
         if leader is not hold:
             if leader.owner == owner:
                 raise _recursion_error(key)
-            if await park_async(table, key, hold, None, runtime, loop) == ABORTED:
+            if await park_async(table, key, hold, None, runtime, owner) == ABORTED:
                 return _deliver(hold), True
         # This caller runs the call (it arrived first, or took over).
         if table.ttl:
@@ -186,18 +199,18 @@ class SingleFlight:
             if kept is not MISS:
                 table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
                 return kept, True
+        outcome = None
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
+            outcome = _Outcome(result, None)
         except Exception as exc:
-            table.finish(key, hold, _Outcome(None, exc), MISS, 0.0)
+            outcome = _Outcome(None, _follower_error(exc))
             raise
-        except BaseException:
-            table.release(key, hold)  # cancelled or interrupted: the next caller takes over
-            raise
-        now = monotonic() if table.ttl else 0.0
-        return result, table.finish(key, hold, _Outcome(result, None), result, now)
+        finally:
+            shared = _conclude(table, key, hold, outcome)
+        return result, shared
 
     # -- threads -----------------------------------------------------------
 
@@ -220,13 +233,13 @@ class SingleFlight:
     ) -> tuple[Any, bool]:
         check_key(key)
         check_sync_fn(fn, "do_sync", "await flight.do(...)")
-        check_can_block("flight.do_sync(...)")
+        check_can_block("flight.do_sync(...)", FLIGHT_INSTEAD)
         table = self._table
         if table.ttl:
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 return kept, True
-        owner = get_ident()
+        owner = thread_owners.token
         hold = Hold(owner)
         leader = table.holds.setdefault(key, hold)
         if leader is not hold:
@@ -239,16 +252,16 @@ class SingleFlight:
             if kept is not MISS:
                 table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
                 return kept, True
+        outcome = None
         try:
             result = fn(*args, **kwargs)
+            outcome = _Outcome(result, None)
         except Exception as exc:
-            table.finish(key, hold, _Outcome(None, exc), MISS, 0.0)
+            outcome = _Outcome(None, _follower_error(exc))
             raise
-        except BaseException:
-            table.release(key, hold)
-            raise
-        now = monotonic() if table.ttl else 0.0
-        return result, table.finish(key, hold, _Outcome(result, None), result, now)
+        finally:
+            shared = _conclude(table, key, hold, outcome)
+        return result, shared
 
     # -- control and introspection -----------------------------------------
 

@@ -2,39 +2,37 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from types import TracebackType
-from typing import Any, Final, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final, overload
 
-from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, reacquire_error
+from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, guard_is_owned, reacquire_error
 from ._errors import Aborted, LockTimeout
-from ._keys import Decorator, KeySpec, key_function
+from ._keys import Decorator, KeySpec
+from ._running import make_guard, run_async, run_blocking
 from ._runtime import park_async
+from ._runtime._asyncio import wait_asyncio
 from ._runtime._detect import (
     ASYNCIO,
+    async_owner,
     async_runtime,
     asyncio_task,
     blocking_call_error,
     check_can_block,
-    get_ident,
     running_loop,
     sniffio_local,
     sync_owner,
+    thread_owners,
 )
 from ._runtime._threads import wait_thread
 from ._scopes._base import WideScope
 from ._validate import (
     OnError,
-    check_fn,
     check_key,
     check_max_waiters,
     check_on_error,
-    check_sync_fn,
     check_timeout,
-    is_async_callable,
 )
 
 __all__ = ["KeyedLock", "LockContext", "klock"]
@@ -74,6 +72,23 @@ def _settle(state: int, hold: Hold, key: Hashable) -> bool:
     return False
 
 
+class _Ready:
+    """An awaitable that is already done: awaiting it returns None at once.
+
+    ``__await__`` is a C-level callable that makes a fresh empty iterator, so
+    awaiting it runs no Python frame and creates no coroutine. It is falsy
+    (an empty ``__len__``), so that as the result of ``__exit__`` it never
+    suppresses an exception.
+    """
+
+    __slots__ = ()
+    __await__ = ().__iter__
+    __len__ = ().__len__
+
+
+#: What the uncontended ``__aenter__`` / ``__aexit__`` return.
+READY: Final[Awaitable[None]] = cast("Awaitable[None]", _Ready())
+
 _REUSE = "this klock(key) context was already used; call klock(key) again for a new one"
 _BAD_EXIT = "exit of a klock(key) context that is not entered (exited twice, or never entered)"
 
@@ -88,7 +103,8 @@ class LockContext(Hold):
     leaves the key's current holder alone.
 
     The uncontended path is kept short on purpose: one ``dict.setdefault`` to
-    acquire, one pass under the table's guard to release.
+    acquire, one pass under the table's guard to release, and under asyncio
+    and trio no coroutine at all.
     """
 
     __slots__ = ("_key", "_phase", "_scope", "_table", "_timeout")
@@ -98,6 +114,9 @@ class LockContext(Hold):
     _key: Hashable
     _timeout: float | None
     _phase: int
+
+    def __init__(self) -> None:
+        raise TypeError("make a LockContext by calling a keyed lock: klock(key, timeout=...)")
 
     def __repr__(self) -> str:
         phase = ("new", "entered", "exited")[self._phase]
@@ -111,10 +130,15 @@ class LockContext(Hold):
         self._phase = _ENTERED
         if running_loop() is not None or sniffio_local.name is not None:
             raise blocking_call_error("`with klock(key)`")
-        self.owner = get_ident()
-        if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
-            return  # the uncontended fast path
-        if not self._lock_sync():
+        self.owner = thread_owners.token
+        try:
+            if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
+                return  # the uncontended fast path
+            acquired = self._lock_sync()
+        except BaseException:
+            self._undo()  # interrupted after taking the key: give it back
+            raise
+        if not acquired:
             raise _timeout_error(self._key, self._timeout)
 
     def _lock_sync(self) -> bool:
@@ -141,46 +165,104 @@ class LockContext(Hold):
                 return False
         return True
 
-    def __exit__(
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        """``__exit__`` and ``__aexit__`` alike: release is synchronous in every runtime.
+
+        Returns READY, which is falsy: ``with`` does not swallow the exception.
+        """
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
-        if self._scope is None and self.waiters is None:
-            guard = self._table.guard
-            guard.acquire()
-            try:
-                holds = self._table.holds
-                if self.waiters is None and holds.get(self._key) is self:
-                    del holds[self._key]
-                    return  # the uncontended fast path
-            finally:
-                guard.release()
-        self._release()
+        try:
+            if self._scope is None:
+                if self.waiters is None:
+                    guard = self._table.guard
+                    try:
+                        guard.acquire()
+                        holds = self._table.holds
+                        if self.waiters is None and holds.get(self._key) is self:
+                            del holds[self._key]
+                            return READY  # the uncontended fast path
+                    finally:
+                        if guard_is_owned(guard):  # also right after an interrupted acquire()
+                            guard.release()
+                self._table.release(self._key, self)  # waiters to hand the key to
+            else:
+                self._release()
+        except BaseException:
+            self._undo()  # interrupted: never leave the key held
+            raise
+        return READY
+
+    if TYPE_CHECKING:
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+    else:
+        __exit__ = _exit
 
     # -- asyncio and trio --------------------------------------------------
 
-    async def __aenter__(self) -> None:
+    # Both are plain methods returning an awaitable: the uncontended paths do
+    # all their work at once and return READY, without creating a coroutine.
+
+    def __aenter__(self) -> Awaitable[None]:
         if self._phase:
             raise RuntimeError(_REUSE)
         self._phase = _ENTERED
         task: object = asyncio_task()
         runtime = ASYNCIO
         if task is None:
-            runtime, task = async_runtime(running_loop())
+            runtime, task = async_runtime(None)
         self.owner = task
-        if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
-            return  # the uncontended fast path
-        loop = running_loop() if runtime == ASYNCIO else None
-        if not await self._lock_async(runtime, loop):
+        try:
+            if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
+                return READY  # the uncontended fast path
+        except BaseException:
+            self._undo()
+            raise
+        if self._scope is None:
+            return self._wait_async(runtime)
+        return self._enter_async(runtime)
+
+    async def _wait_async(self, runtime: int) -> None:
+        """The key is busy: wait for it in this process (the process scope's slow path)."""
+        timeout = self._timeout
+        if timeout == 0:
+            raise _timeout_error(self._key, timeout)
+        try:
+            if runtime == ASYNCIO:
+                task: Any = self.owner  # the asyncio task that waits
+                state = await wait_asyncio(self._table, self._key, self, timeout, task.get_loop())
+            else:
+                state = await park_async(self._table, self._key, self, timeout, runtime, None)
+        except BaseException:
+            self._undo()
+            raise
+        if state != GRANTED and not _settle(state, self, self._key):
+            raise _timeout_error(self._key, timeout)
+
+    async def _enter_async(self, runtime: int) -> None:
+        try:
+            acquired = await self._lock_async(runtime)
+        except BaseException:
+            self._undo()
+            raise
+        if not acquired:
             raise _timeout_error(self._key, self._timeout)
 
-    async def _lock_async(self, runtime: int, loop: Any) -> bool:
-        """Acquire for ``self.owner`` from a task of ``runtime``; False on timeout."""
+    async def _lock_async(self, runtime: int) -> bool:
+        """Acquire for ``self.owner`` (a task of ``runtime``); False on timeout."""
         scope = self._scope
         timeout = self._timeout
         start = monotonic() if scope is not None and timeout else 0.0
@@ -191,7 +273,7 @@ class LockContext(Hold):
             if holder.owner == self.owner and timeout != 0:
                 raise reacquire_error(key)
             if timeout == 0 or not _settle(
-                await park_async(table, key, self, timeout, runtime, loop), self, key
+                await park_async(table, key, self, timeout, runtime, self.owner), self, key
             ):
                 return False
         if scope is not None:
@@ -205,26 +287,8 @@ class LockContext(Hold):
                 return False
         return True
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._phase != _ENTERED:
-            raise RuntimeError(_BAD_EXIT)
-        self._phase = _DONE
-        if self._scope is None and self.waiters is None:
-            guard = self._table.guard
-            guard.acquire()
-            try:
-                holds = self._table.holds
-                if self.waiters is None and holds.get(self._key) is self:
-                    del holds[self._key]
-                    return  # the uncontended fast path
-            finally:
-                guard.release()
-        self._release()
+    # Not a coroutine either: the very same function as __exit__ (one frame, no await).
+    __aexit__ = _exit
 
     # -- shared ------------------------------------------------------------
 
@@ -233,13 +297,29 @@ class LockContext(Hold):
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
-        self._release(abort)
+        try:
+            self._release(abort)
+        except BaseException:
+            self._undo()
+            raise
 
     def _release(self, abort: BaseException | None = None) -> None:
         """Release this hold (wide scope first), handing the key on."""
         if self._scope is not None:
             _release_wide(self._table, self._scope, self._key, self)
         self._table.release(self._key, self, abort)
+
+    def _undo(self) -> None:
+        """After an exception (an interrupt) in entering or leaving: release the key if
+        this context still holds it, so that nothing is left locked."""
+        table = self._table
+        key = self._key
+        if table.holds.get(key) is not self:
+            return
+        scope = self._scope
+        if scope is not None and scope.holds(key):
+            scope.release(key)
+        table.release(key, self)
 
 
 def _release_wide(
@@ -341,8 +421,12 @@ class _LockBase:
             ctx.owner = sync_owner()
         else:
             check_can_block("a blocking acquire(key)")
-            ctx.owner = get_ident()
-        return ctx._lock_sync()
+            ctx.owner = thread_owners.token
+        try:
+            return ctx._lock_sync()
+        except BaseException:
+            ctx._undo()
+            raise
 
     async def acquire_async(self, key: Hashable, *, timeout: float | None = None) -> bool:
         """Acquire ``key`` from an asyncio or trio task; True if acquired.
@@ -352,9 +436,12 @@ class _LockBase:
         """
         ctx = self(key, timeout=timeout)
         ctx._phase = _ENTERED
-        loop = running_loop()
-        runtime, ctx.owner = async_runtime(loop)
-        return await ctx._lock_async(runtime, loop)
+        runtime, ctx.owner = async_owner()
+        try:
+            return await ctx._lock_async(runtime)
+        except BaseException:
+            ctx._undo()
+            raise
 
     def release(self, key: Hashable) -> None:
         """Release ``key``, whoever holds it; RuntimeError if it is not held.
@@ -427,7 +514,7 @@ class _LockBase:
         fresh. ``"continue"`` (the default) just passes the key on.
         """
         stop = check_on_error(on_error)
-        return await _run(self(key, timeout=timeout), stop, fn, args, kwargs)
+        return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
 
     def run_sync(
         self,
@@ -445,7 +532,7 @@ class _LockBase:
         a thread running an event loop.
         """
         stop = check_on_error(on_error)
-        return _run_sync(self(key, timeout=timeout), stop, fn, args, kwargs)
+        return run_blocking(self(key, timeout=timeout), stop, fn, args, kwargs, "run_sync(...)")
 
     # -- decorator ---------------------------------------------------------
 
@@ -464,72 +551,7 @@ class _LockBase:
         function is guarded like :meth:`run_sync` (blocking), an async one
         like :meth:`run`.
         """
-        stop = check_on_error(on_error)
-        timeout = check_timeout(timeout)
-
-        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            key_of = key_function(key, fn)
-            if is_async_callable(fn):
-
-                @functools.wraps(fn)
-                async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                    ctx = self(key_of(*args, **kwargs), timeout=timeout)
-                    return await _run(ctx, stop, fn, args, kwargs)
-
-                return guarded_async
-
-            @functools.wraps(fn)
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                ctx = self(key_of(*args, **kwargs), timeout=timeout)
-                return _run_sync(ctx, stop, fn, args, kwargs)
-
-            return guarded
-
-        return decorate
-
-
-async def _run(
-    ctx: LockContext,
-    stop: bool,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    check_fn(fn)
-    await ctx.__aenter__()
-    try:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-    except Exception as exc:
-        ctx._finish(exc if stop else None)
-        raise
-    except BaseException:
-        ctx._finish()
-        raise
-    ctx._finish()
-    return result
-
-
-def _run_sync(
-    ctx: LockContext,
-    stop: bool,
-    fn: Callable[..., R],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> R:
-    check_sync_fn(fn, "run_sync", "await run(...)")
-    ctx.__enter__()
-    try:
-        result = fn(*args, **kwargs)
-    except Exception as exc:
-        ctx._finish(exc if stop else None)
-        raise
-    except BaseException:
-        ctx._finish()
-        raise
-    ctx._finish()
-    return result
+        return make_guard(self, key, timeout, on_error)
 
 
 @final

@@ -51,6 +51,8 @@ def key_function(spec: KeySpec, fn: Callable[..., Any]) -> Callable[..., Hashabl
     A template is checked against ``fn``'s signature once, at decoration time:
     a field that names no parameter raises ValueError there.
     """
+    if not callable(fn):
+        raise TypeError(f"the decorator needs a callable (a def or async def), got {fn!r}")
     if isinstance(spec, str):
         return _template_key(spec, fn)
     if callable(spec):
@@ -76,9 +78,23 @@ def _template_key(template: str, fn: Callable[..., Any]) -> Callable[..., Hashab
     sig = inspect.signature(fn)
     params = sig.parameters
     var_kw = next((p.name for p in params.values() if p.kind is p.VAR_KEYWORD), None)
+    positional = [
+        p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    var_args = any(p.kind is p.VAR_POSITIONAL for p in params.values())
+    auto = 0
     for root in roots:
         if root == "" or root.isdigit():
-            continue  # positional fields index the bound positional arguments
+            # Positional fields index the bound positional arguments: {} counts up, {0} names one.
+            index = auto if root == "" else int(root)
+            auto += root == ""
+            if index >= len(positional) and not var_args:
+                raise ValueError(
+                    f"key template {template!r} uses positional field {index}, but "
+                    f"{getattr(fn, '__qualname__', fn)!r}{sig} has only {len(positional)} "
+                    "positional parameter(s); name the parameter instead, e.g. {user_id}"
+                )
+            continue
         if root not in params and var_kw is None:
             raise ValueError(
                 f"key template {template!r} names {{{root}}}, which is not a parameter of "

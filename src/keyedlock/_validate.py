@@ -15,6 +15,7 @@ __all__ = [
     "check_on_error",
     "check_sync_fn",
     "check_timeout",
+    "check_ttl",
     "is_async_callable",
 ]
 
@@ -47,7 +48,10 @@ def check_timeout(timeout: float | None) -> float | None:
         raise ValueError(f"timeout must be >= 0 (0 tries once), got {timeout!r}")
     if timeout == math.inf:
         return None
-    return float(timeout)
+    try:
+        return float(timeout)
+    except OverflowError:  # an int beyond any float: longer than forever is forever
+        return None
 
 
 def check_on_error(on_error: object) -> bool:
@@ -87,3 +91,16 @@ def check_sync_fn(fn: object, what: str, instead: str) -> None:
     assert callable(fn)
     if is_async_callable(fn):
         raise TypeError(f"{what} needs a sync function; use `{instead}` for {fn!r}")
+
+
+def check_ttl(ttl: object) -> float:
+    """A single-flight ``ttl``: a finite number of seconds >= 0."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds, got {ttl!r}")
+    try:
+        value = float(ttl)
+    except OverflowError:
+        value = math.inf
+    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"ttl must be a finite number of seconds >= 0, got {ttl!r}")
+    return value

@@ -82,7 +82,9 @@ from ._errors import Aborted, exception_state, rebuild_exception
 from ._flight import Result
 from ._keyed import _timeout_error
 from ._keys import Decorator, KeySpec, key_function
+from ._running import make_guard, run_async, run_blocking
 from ._runtime._detect import (
+    FLIGHT_INSTEAD,
     async_runtime,
     check_can_block,
     get_ident,
@@ -122,6 +124,7 @@ from ._validate import (
     check_on_error,
     check_sync_fn,
     check_timeout,
+    check_ttl,
     is_async_callable,
 )
 
@@ -188,6 +191,11 @@ class KeyedLockManager:
     """
 
     def __init__(self, *, ctx: BaseContext | None = None) -> None:
+        if ctx is not None and not isinstance(ctx, BaseContext):
+            raise TypeError(
+                "ctx must be a multiprocessing context, e.g. "
+                f"multiprocessing.get_context('spawn'), or None; got {ctx!r}"
+            )
         self._ctx = multiprocessing.get_context() if ctx is None else ctx
         self._process: multiprocessing.process.BaseProcess | None = None
         self._address: str | None = None
@@ -288,12 +296,9 @@ class KeyedLockManager:
         ``ttl``: seconds a successful result is reused, as in
         :class:`~keyedlock.SingleFlight`.
         """
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-            raise TypeError(f"ttl must be a number of seconds, got {ttl!r}")
-        if not ttl >= 0 or ttl == float("inf"):
-            raise ValueError(f"ttl must be a finite number of seconds >= 0, got {ttl!r}")
-        fid = client_for(self.address).call((NEW_FLIGHT, float(ttl)))
-        return SingleFlightProxy._make(self.address, fid, float(ttl))
+        seconds = check_ttl(ttl)
+        fid = client_for(self.address).call((NEW_FLIGHT, seconds))
+        return SingleFlightProxy._make(self.address, fid, seconds)
 
 
 # -- waiting off the event loop ---------------------------------------------------
@@ -391,6 +396,30 @@ def _granted(reply: object, key: Hashable) -> bool:
             f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
         ) from _load_cause(reply[1])
     return False
+
+
+def _check_wire_key(key: object) -> None:
+    """A key the manager process can compare: hashable, picklable, and equal to its copy.
+
+    The manager unpickles a new copy of the key with every request. A key
+    that is not equal to its own copy (a NaN, or a tuple holding one) would
+    never match the key the manager holds: refused with TypeError, at once.
+    """
+    cls = type(key)
+    if cls is str or cls is int or cls is bytes:
+        return  # the common keys: always equal to their copies
+    check_key(key)
+    try:
+        copy = pickle.loads(pickle.dumps(key, pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:
+        raise TypeError(
+            f"key {key!r} cannot be sent to the KeyedLockManager: keys must be picklable ({exc})"
+        ) from exc
+    if copy != key:
+        raise TypeError(
+            f"key {key!r} is not equal to its own copy in another process (a NaN in it?), "
+            "so the KeyedLockManager could never find it again; use a key that is"
+        )
 
 
 def _owner_id(owner: object) -> int:
@@ -561,7 +590,7 @@ class KeyedLockProxy:
         wait, which happens in the manager; when it elapses,
         :class:`~keyedlock.LockTimeout` is raised and nothing is left queued.
         """
-        check_key(key)
+        _check_wire_key(key)
         return ManagerLockContext(self, key, check_timeout(timeout))
 
     # -- explicit acquire / release -------------------------------------------------
@@ -579,7 +608,7 @@ class KeyedLockProxy:
             if timeout is not None:
                 raise ValueError("can't specify a timeout for a non-blocking acquire")
             timeout = 0
-        check_key(key)
+        _check_wire_key(key)
         timeout = check_timeout(timeout)
         if timeout == 0:
             owner = _owner_id(sync_owner())
@@ -595,7 +624,7 @@ class KeyedLockProxy:
         a helper thread; cancellation withdraws it from the manager and
         leaves no trace. Release with :meth:`release`.
         """
-        check_key(key)
+        _check_wire_key(key)
         timeout = check_timeout(timeout)
         _, task = async_runtime(running_loop())
         return await self._acquire_async(key, -id(task), next_serial(), timeout)
@@ -605,19 +634,19 @@ class KeyedLockProxy:
 
         The key passes directly to its first waiter, in whichever process.
         """
-        check_key(key)
+        _check_wire_key(key)
         client_for(self._address).call((RELEASE, self._tid, key, None, None))
 
     # -- introspection ----------------------------------------------------------------
 
     def locked(self, key: Hashable) -> bool:
         """True if some process holds ``key`` (or it was just handed to a waiter)."""
-        check_key(key)
+        _check_wire_key(key)
         return bool(client_for(self._address).call((LOCKED, self._tid, key)))
 
     def waiters(self, key: Hashable) -> int:
         """How many callers, of all processes, are queued on ``key`` (not the holder)."""
-        check_key(key)
+        _check_wire_key(key)
         return int(client_for(self._address).call((WAITERS, self._tid, key)))
 
     def __len__(self) -> int:
@@ -664,7 +693,7 @@ class KeyedLockProxy:
         exception aborts the waiters of every process.
         """
         stop = check_on_error(on_error)
-        return await _run(self(key, timeout=timeout), stop, fn, args, kwargs)
+        return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
 
     def run_sync(
         self,
@@ -682,7 +711,7 @@ class KeyedLockProxy:
         running an event loop).
         """
         stop = check_on_error(on_error)
-        return _run_sync(self(key, timeout=timeout), stop, fn, args, kwargs)
+        return run_blocking(self(key, timeout=timeout), stop, fn, args, kwargs, "run_sync(...)")
 
     def guard(
         self,
@@ -696,72 +725,7 @@ class KeyedLockProxy:
         As :meth:`keyedlock.KeyedLock.guard`: ``key`` is a ``str.format``
         template over the call's arguments or a callable returning the key.
         """
-        stop = check_on_error(on_error)
-        timeout = check_timeout(timeout)
-
-        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            key_of = key_function(key, fn)
-            if is_async_callable(fn):
-
-                @functools.wraps(fn)
-                async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                    ctx = self(key_of(*args, **kwargs), timeout=timeout)
-                    return await _run(ctx, stop, fn, args, kwargs)
-
-                return guarded_async
-
-            @functools.wraps(fn)
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                ctx = self(key_of(*args, **kwargs), timeout=timeout)
-                return _run_sync(ctx, stop, fn, args, kwargs)
-
-            return guarded
-
-        return decorate
-
-
-async def _run(
-    ctx: ManagerLockContext,
-    stop: bool,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    check_fn(fn)
-    await ctx.__aenter__()
-    try:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-    except Exception as exc:
-        ctx._finish(exc if stop else None)
-        raise
-    except BaseException:
-        ctx._finish(None)
-        raise
-    ctx._finish(None)
-    return result
-
-
-def _run_sync(
-    ctx: ManagerLockContext,
-    stop: bool,
-    fn: Callable[..., R],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> R:
-    check_sync_fn(fn, "run_sync", "await run(...)")
-    ctx.__enter__()
-    try:
-        result = fn(*args, **kwargs)
-    except Exception as exc:
-        ctx._finish(exc if stop else None)
-        raise
-    except BaseException:
-        ctx._finish(None)
-        raise
-    ctx._finish(None)
-    return result
+        return make_guard(self, key, timeout, on_error)
 
 
 # -- single-flight ------------------------------------------------------------------
@@ -928,7 +892,7 @@ class SingleFlightProxy:
     async def _do(
         self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, bool]:
-        check_key(key)
+        _check_wire_key(key)
         check_fn(fn)
         _, task = async_runtime(running_loop())
         owner = -id(task)
@@ -973,9 +937,9 @@ class SingleFlightProxy:
     def _do_sync(
         self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, bool]:
-        check_key(key)
+        _check_wire_key(key)
         check_sync_fn(fn, "do_sync", "await flight.do(...)")
-        check_can_block("flight.do_sync(...)")
+        check_can_block("flight.do_sync(...)", FLIGHT_INSTEAD)
         serial = next_serial()
         reply = self._join(key, get_ident(), serial, True).run()
         if reply != Reply.LEAD:
@@ -1002,12 +966,12 @@ class SingleFlightProxy:
         Callers already waiting still get the running call's outcome (see
         :meth:`keyedlock.SingleFlight.forget`); drops a value kept by ``ttl``.
         """
-        check_key(key)
+        _check_wire_key(key)
         client_for(self._address).call((FORGET, self._fid, key))
 
     def in_flight(self, key: Hashable) -> bool:
         """True if a call for ``key`` is running in some process."""
-        check_key(key)
+        _check_wire_key(key)
         return bool(client_for(self._address).call((IN_FLIGHT, self._fid, key)))
 
     def __len__(self) -> int:
@@ -1016,7 +980,7 @@ class SingleFlightProxy:
 
     def _waiting(self, key: Hashable) -> int:
         """How many callers wait for the call in flight for ``key`` (for tests and diagnostics)."""
-        check_key(key)
+        _check_wire_key(key)
         return int(client_for(self._address).call((FLIGHT_WAITERS, self._fid, key)))
 
     # -- decorator --------------------------------------------------------------------

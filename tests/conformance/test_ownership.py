@@ -311,9 +311,14 @@ def _step(coro: Coroutine[Any, Any, object]) -> None:
         coro.close()
 
 
+async def _enter(lock: KeyedLock) -> None:
+    async with lock("k"):
+        raise AssertionError("entered outside asyncio and trio")
+
+
 def test_async_api_outside_asyncio_and_trio_raises(lock: KeyedLock) -> None:
     attempts: dict[str, Callable[[], Coroutine[Any, Any, object]]] = {
-        "async with": lambda: lock("k").__aenter__(),
+        "async with": lambda: _enter(lock),
         "acquire_async": lambda: lock.acquire_async("k"),
         "run": lambda: lock.run("k", nothing_async),
         "guard": lambda: lock.guard("k")(nothing_async)(),

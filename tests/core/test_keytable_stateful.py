@@ -25,6 +25,7 @@ from keyedlock._core._keytable import (
     WAITING,
     Hold,
     KeyTable,
+    guard_is_owned,
 )
 from keyedlock._core._keytable import RELEASED as RELEASED_STATE
 
@@ -50,7 +51,7 @@ class Waker:
         self.calls = 0
 
     def __call__(self) -> bool:
-        assert not self.table.guard.locked(), "wake() must run outside the table's guard"
+        assert not guard_is_owned(self.table.guard), "wake() must run outside the table's guard"
         self.calls += 1
         return not self.fail
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import weakref
@@ -519,3 +520,46 @@ def test_result_is_a_frozen_value() -> None:
     assert result != Result("v", False)
     with pytest.raises(AttributeError):
         result.shared = False  # type: ignore[misc]
+
+
+@pytest.mark.anyio
+async def test_followers_never_see_what_the_leaders_caller_does_to_its_error(
+    sf: SingleFlight,
+) -> None:
+    """The followers' copies are made as the call fails: notes, attributes and chaining that
+    the leader's caller adds to its own exception afterwards stay its own."""
+    gate = anyio.Event()
+    seen: dict[str, FetchError] = {}
+
+    async def failing_call() -> None:
+        await gate.wait()
+        raise FetchError("down")
+
+    async def leader() -> None:
+        try:
+            await sf.do("k", failing_call)
+        except FetchError as exc:
+            seen["leader"] = exc
+            exc.add_note("leader's note")
+            exc.retry = True  # type: ignore[attr-defined]
+            with contextlib.suppress(FetchError):
+                raise exc from KeyError("leader's cause")
+
+    async def follower() -> None:
+        with pytest.raises(FetchError) as info:
+            await sf.do("k", failing_call)
+        seen["follower"] = info.value
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
+            tg.start_soon(follower)
+            await wait_followers_async(sf, "k", 1)
+            gate.set()
+
+    copy = seen["follower"]
+    assert copy is not seen["leader"]
+    assert getattr(copy, "__notes__", None) is None
+    assert not hasattr(copy, "retry")
+    assert copy.__cause__ is None

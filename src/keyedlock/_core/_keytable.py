@@ -16,6 +16,18 @@ Concurrency: the uncontended acquire is a single ``dict.setdefault`` (atomic
 with or without the GIL) and never touches the guard; everything that changes
 an existing entry (queueing, hand-off, release, withdrawal) holds the guard,
 once per operation.
+
+The guard is a :class:`threading.RLock` although nothing re-enters it: its
+``_is_owned()`` tells a caller that was interrupted (KeyboardInterrupt) right
+after acquiring it whether it must release it, so an interrupt can never leave
+the guard, and with it every key of the table, locked. ``with guard:`` is safe
+by construction; the hand-written uncontended release uses ``_is_owned()``
+because it is three times cheaper there.
+
+A wake that can be *lost* after it was sent (an asyncio loop that is closed
+with the wake-up still in its queue) reports it through :meth:`KeyTable.lost`,
+from any thread and even from a finalizer: the hold goes on a queue that the
+next operation on the table works off, passing the key on.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ __all__ = [
     "KeyTable",
     "WaitQueue",
     "decided",
+    "guard_is_owned",
 ]
 
 #: Queued, neither granted nor withdrawn yet.
@@ -53,6 +66,10 @@ ABORTED: Final = 4
 #: waiters, so a late decision about an old hold (a failed wake, a
 #: cancellation after the hand-off) never releases or hands on twice.
 RELEASED: Final = 5
+
+#: ``RLock._is_owned(guard)``: True if the calling thread holds ``guard`` (the method
+#: :class:`threading.Condition` relies on too; see the module docstring for its use).
+guard_is_owned: Final[Callable[[threading.RLock], bool]] = type(threading.RLock())._is_owned  # type: ignore[attr-defined]
 
 #: A dead queue entry is dropped once the dead outnumber the live by this much.
 _COMPACT_SLACK: Final = 8
@@ -99,12 +116,39 @@ class KeyTable:
     ``max_waiters`` bounds each key's queue (``None``: unbounded).
     """
 
-    __slots__ = ("guard", "holds", "max_waiters")
+    __slots__ = ("_lost", "guard", "holds", "max_waiters")
 
     def __init__(self, max_waiters: int | None = None) -> None:
         self.holds: dict[Hashable, Hold] = {}
-        self.guard = threading.Lock()
+        self.guard = threading.RLock()
         self.max_waiters = max_waiters
+        self._lost: deque[tuple[Hashable, Hold]] = deque()
+
+    # -- lost wakes ----------------------------------------------------------
+
+    def lost(self, key: Hashable, hold: Hold) -> None:
+        """The wake sent to a granted ``hold`` will never be delivered (its loop is gone).
+
+        Never blocks and takes no lock (a finalizer may call it, in any
+        thread, at any moment): the key is passed on by the next operation
+        on this table (:meth:`give_back_lost`).
+        """
+        self._lost.append((key, hold))
+
+    def give_back_lost(self) -> None:
+        """Pass on the keys of holds whose wake was lost (see :meth:`lost`)."""
+        lost = self._lost
+        while lost:
+            try:
+                key, hold = lost.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            with self.guard:
+                if hold.state != GRANTED:
+                    continue  # released meanwhile by someone else
+                nxt = self._pass_on(key, hold)
+                hold.state = CANCELLED  # it never ran
+            self._wake_next(key, nxt)
 
     # -- acquiring ---------------------------------------------------------
 
@@ -127,6 +171,8 @@ class KeyTable:
         Raises RuntimeError if ``hold.owner`` already holds the key, and
         QueueFull if the key has ``max_waiters`` waiters already.
         """
+        if self._lost:
+            self.give_back_lost()
         with self.guard:
             holder = self.holds.setdefault(key, hold)
             if holder is hold:
@@ -225,11 +271,13 @@ class KeyTable:
                 del self.holds[key]
                 return
             if abort is None:
-                nxt = self._pass_on(key, holder)
+                holder.state = RELEASED
+                nxt = self._hand_off(key, holder, queue, True)
             else:
                 aborted = self._abort(key, holder, queue, abort)
         if abort is None:
-            self._wake_next(key, nxt)
+            if nxt is not None and not nxt.wake():
+                self._skip(key, nxt)
         else:
             for h in aborted:
                 h.wake()
@@ -242,13 +290,15 @@ class KeyTable:
             if self.holds.get(key) is holder:
                 del self.holds[key]
             return None
-        return self._hand_off(key, holder, queue)
+        return self._hand_off(key, holder, queue, self.holds.get(key) is holder)
 
-    def _hand_off(self, key: Hashable, holder: Hold, queue: WaitQueue) -> Hold | None:
+    def _hand_off(
+        self, key: Hashable, holder: Hold, queue: WaitQueue, is_entry: bool
+    ) -> Hold | None:
         """Under the guard: make the first live waiter the holder.
 
-        The table entry moves to it only while ``holder`` is the key's entry
-        (a detached holder, see :meth:`detach`, hands off within its group).
+        The table entry moves to it only if ``holder`` is the key's entry
+        (``is_entry``; a detached single-flight call hands off within its group).
         """
         nxt = None
         while queue:
@@ -256,7 +306,6 @@ class KeyTable:
             if h.state == WAITING:
                 nxt = h
                 break
-        is_entry = self.holds.get(key) is holder
         if nxt is None:
             if is_entry:
                 del self.holds[key]
@@ -283,19 +332,31 @@ class KeyTable:
 
     def _wake_next(self, key: Hashable, nxt: Hold | None) -> None:
         """Wake a granted waiter; if it cannot run any more, pass the key on."""
-        while nxt is not None and not nxt.wake():
+        if nxt is not None and not nxt.wake():
+            self._skip(key, nxt)
+
+    def _skip(self, key: Hashable, dead: Hold | None) -> None:
+        """``dead`` was granted the key but cannot be woken: pass the key on, and so on."""
+        while dead is not None:
             with self.guard:
-                if nxt.state != GRANTED:
+                if dead.state != GRANTED:
                     return  # released by someone else meanwhile: handed on already
-                dead, nxt = nxt, self._pass_on(key, nxt)
+                nxt = self._pass_on(key, dead)
                 dead.state = CANCELLED  # it never ran
+            dead = None if nxt is None or nxt.wake() else nxt
+        if self._lost:
+            self.give_back_lost()
 
     # -- introspection -----------------------------------------------------
 
     def locked(self, key: Hashable) -> bool:
+        if self._lost:
+            self.give_back_lost()
         return key in self.holds
 
     def waiters(self, key: Hashable) -> int:
+        if self._lost:
+            self.give_back_lost()
         holder = self.holds.get(key)
         if holder is None:
             return 0
@@ -303,6 +364,8 @@ class KeyTable:
         return queue.live if queue is not None else 0
 
     def __len__(self) -> int:
+        if self._lost:
+            self.give_back_lost()
         return len(self.holds)
 
 

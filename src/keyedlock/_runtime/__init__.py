@@ -8,7 +8,7 @@ only by callers that run under trio.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import Any
 
 from .._core._keytable import Hold, KeyTable
@@ -18,12 +18,15 @@ from ._detect import ASYNCIO
 __all__ = ["park_async"]
 
 
-async def park_async(
-    table: KeyTable, key: Hashable, hold: Hold, timeout: float | None, runtime: int, loop: Any
-) -> int:
-    """Queue ``hold`` and park the current asyncio or trio task (see the adapters)."""
+def park_async(
+    table: KeyTable, key: Hashable, hold: Hold, timeout: float | None, runtime: int, task: Any
+) -> Awaitable[int]:
+    """Queue ``hold`` and park the current asyncio or trio ``task`` (see the adapters).
+
+    A plain function returning the adapter's coroutine: no coroutine of its own.
+    """
     if runtime == ASYNCIO:
-        return await wait_asyncio(table, key, hold, timeout, loop)
+        return wait_asyncio(table, key, hold, timeout, task.get_loop())
     from ._trio import wait_trio
 
-    return await wait_trio(table, key, hold, timeout)
+    return wait_trio(table, key, hold, timeout)

@@ -2,19 +2,23 @@
 
 The waker resolves the future directly when it runs on the waiter's loop, and
 through ``call_soon_threadsafe`` from any other thread or loop. If the
-waiter's loop is closed the wake fails and the core passes the key on.
+waiter's loop is closed the wake fails and the core passes the key on; if the
+loop is closed later, with the wake-up still queued in it, the wake-up is
+dropped unrun and reports the loss to the core (see :class:`_WakeUp`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+import contextlib
+import threading
+from collections.abc import Callable, Hashable
 from functools import partial
 
-from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
-from ._detect import running_loop
+from .._core._keytable import CANCELLED, GRANTED, RELEASED, WAITING, Hold, KeyTable, decided
+from ._detect import get_ident, on_loop_thread, running_loop
 
-__all__ = ["wait_asyncio"]
+__all__ = ["wait_asyncio", "wake_future"]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -22,15 +26,78 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _wake(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> bool:
-    if running_loop() is loop:
+class _WakeUp:
+    """The callback a wake from another thread queues on the waiter's loop.
+
+    A loop that is closed before running it drops it: then, and only then,
+    it is finalized without having run, and calls ``on_lost`` (which must
+    not block: it may run in a finalizer, in any thread).
+    """
+
+    __slots__ = ("fut", "on_lost", "ran")
+
+    def __init__(self, fut: asyncio.Future[None], on_lost: Callable[[], object]) -> None:
+        self.fut = fut
+        self.on_lost = on_lost
+        self.ran = False
+
+    def __call__(self) -> None:
+        self.ran = True
+        _resolve(self.fut)
+
+    def __del__(self) -> None:
+        if not self.ran:
+            self.on_lost()
+
+
+def wake_future(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], on_lost: Callable[[], object]
+) -> bool:
+    """Resolve ``fut`` on ``loop``, directly or from another thread; False if the loop is closed.
+
+    ``on_lost`` is called if the loop is closed later with the wake-up still
+    queued (it never runs).
+    """
+    if on_loop_thread(loop):
         _resolve(fut)
         return True
+    wake_up = _WakeUp(fut, on_lost)
     try:
-        loop.call_soon_threadsafe(_resolve, fut)
+        loop.call_soon_threadsafe(wake_up)
     except RuntimeError:  # the loop is closed: its task will never run again
+        wake_up.ran = True  # not lost: the caller learns it from the False
         return False
     return True
+
+
+def _wake(
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[None],
+    table: KeyTable,
+    key: Hashable,
+    hold: Hold,
+) -> bool:
+    """The waker of a queued hold (the core calls it once, outside its guard)."""
+    if getattr(loop, "_thread_id", None) == get_ident() or running_loop() is loop:  # inlined
+        # on_loop_thread(loop): this is the hand-off's hot path
+        if not fut.done():  # done: cancelled, and its task is withdrawing it
+            fut.set_result(None)
+        return True
+    return wake_future(loop, fut, partial(_lost, table, key, hold))
+
+
+def _lost(table: KeyTable, key: Hashable, hold: Hold) -> None:
+    """A wake-up to ``hold`` was dropped unrun: pass its key on, from a helper thread.
+
+    Runs in a finalizer (any thread, any moment, maybe inside keyedlock's own
+    guarded code), so it only records the loss and starts a thread that
+    takes the table's guard and wakes the next waiter.
+    """
+    table.lost(key, hold)
+    with contextlib.suppress(RuntimeError):  # at interpreter shutdown nobody waits any more
+        threading.Thread(
+            target=table.give_back_lost, name="keyedlock-lost-wake-up", daemon=True
+        ).start()
 
 
 async def wait_asyncio(
@@ -46,7 +113,7 @@ async def wait_asyncio(
     handed over in the same instant it is passed on to the next waiter.
     """
     fut: asyncio.Future[None] = loop.create_future()
-    if table.enqueue(key, hold, partial(_wake, loop, fut)):
+    if table.enqueue(key, hold, partial(_wake, loop, fut, table, key, hold)):
         return GRANTED
     timer = None if timeout is None else loop.call_later(timeout, _resolve, fut)
     try:
@@ -57,8 +124,10 @@ async def wait_asyncio(
     finally:
         if timer is not None:
             timer.cancel()
-    state = decided(hold)
-    if state == WAITING:  # the timer fired first
+    state = hold.state
+    if state == RELEASED:  # granted, and already released by someone else
+        state = GRANTED
+    elif state == WAITING:  # the timer fired first
         state = table.withdraw(key, hold)
         if state == WAITING:
             return CANCELLED

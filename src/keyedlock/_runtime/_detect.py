@@ -20,22 +20,50 @@ import sniffio
 
 __all__ = [
     "ASYNCIO",
+    "FLIGHT_INSTEAD",
+    "LOCK_INSTEAD",
     "TRIO",
+    "async_owner",
     "async_runtime",
     "asyncio_task",
     "blocking_call_error",
     "check_can_block",
     "current_task",
     "get_ident",
+    "on_loop_thread",
     "running_loop",
     "sniffio_local",
     "sync_owner",
+    "thread_owner",
+    "thread_owners",
 ]
 
 ASYNCIO: Final = 1
 TRIO: Final = 2
 
 get_ident = threading.get_ident
+
+
+class _ThreadOwner(threading.local):
+    """Each thread's owner token: a fresh object per thread, never reused.
+
+    Thread idents are reused once a thread ends, so a key left held by a
+    finished thread would look like the new thread's own (a false
+    "re-acquire" error). The token lives as long as some hold refers to it.
+    """
+
+    def __init__(self) -> None:
+        self.token = object()
+
+
+thread_owners: Final = _ThreadOwner()
+
+
+def thread_owner() -> object:
+    """The owner token of the calling thread (see :class:`_ThreadOwner`)."""
+    return thread_owners.token
+
+
 running_loop = _get_running_loop
 sniffio_local = sniffio.thread_local
 
@@ -43,40 +71,61 @@ current_task: Callable[[AbstractEventLoop], asyncio.Task[Any] | None]
 current_task = asyncio.current_task
 
 
-def asyncio_task() -> asyncio.Task[Any] | None:
-    """The asyncio task running in this thread, or None (public-API version)."""
+def on_loop_thread(loop: AbstractEventLoop) -> bool:
+    """True if ``loop`` is running in this very thread (so it may be called directly).
+
+    Reads the loop's own record of the thread running it when it has one
+    (every loop built on asyncio's ``BaseEventLoop``), which costs no system
+    call; other loops are compared with the running loop.
+    """
+    if getattr(loop, "_thread_id", None) == get_ident():
+        return True
+    return _get_running_loop() is loop
+
+
+#: The current asyncio task, or None (``asyncio.current_task`` without a running loop).
+asyncio_task: Callable[[], asyncio.Task[Any] | None]
+
+
+def _public_asyncio_task() -> asyncio.Task[Any] | None:
     loop = _get_running_loop()
     return None if loop is None else current_task(loop)
 
 
-if sys.version_info < (3, 12):  # pragma: no branch - version-specific
+asyncio_task = _public_asyncio_task
+
+if sys.version_info >= (3, 12):  # pragma: no cover - version-specific
+    # C all the way down, and finding the running loop costs no system call.
+    asyncio_task = asyncio.current_task
+else:  # pragma: no cover - version-specific
     from asyncio import tasks as _tasks
 
     _registry = getattr(_tasks, "_current_tasks", None)
     if isinstance(_registry, dict):
         # On 3.11, asyncio.current_task is pure Python, and _get_running_loop()
-        # makes a getpid() system call on every call from inside a running
-        # loop (a fork check, gone in 3.12): together most of an uncontended
-        # `async with`. So remember the loop this thread last ran, and trust
-        # it while that loop says it runs in this thread; anything else takes
-        # the public path.
+        # makes a getpid() system call on every call from inside a running loop
+        # (a fork check, gone in 3.12): together they were most of an uncontended
+        # `async with`. So remember the loop that last answered (one cell shared
+        # by all threads: no thread-local lookup) and trust it while it says it
+        # runs in this thread. run_forever() records its thread on entry and
+        # clears it on exit, and one thread runs one loop at a time, so that
+        # check is exact. Loops without that record take the public path.
         _task_registry: dict[AbstractEventLoop, asyncio.Task[Any]] = _registry
         current_task = _task_registry.get
+        _seen: list[Any] = [None]
 
-        class _LastLoop(threading.local):
-            loop: AbstractEventLoop | None = None
-
-        _last_loop = _LastLoop()
-
-        def asyncio_task() -> asyncio.Task[Any] | None:
-            loop = _last_loop.loop
-            if loop is not None and getattr(loop, "_thread_id", None) == get_ident():
+        def _cached_asyncio_task() -> asyncio.Task[Any] | None:
+            loop = _seen[0]
+            if loop is not None and loop._thread_id == get_ident():
                 return _task_registry.get(loop)
             loop = _get_running_loop()
             if loop is None:
                 return None
-            _last_loop.loop = loop
+            if hasattr(loop, "_thread_id"):
+                _seen[0] = loop
             return _task_registry.get(loop)
+
+        asyncio_task = _cached_asyncio_task
 
 
 def _trio_task() -> object | None:
@@ -98,7 +147,7 @@ def sync_owner() -> object:
         if asyncio_task is not None:
             return asyncio_task
     trio_task = _trio_task()
-    return trio_task if trio_task is not None else get_ident()
+    return trio_task if trio_task is not None else thread_owners.token
 
 
 def async_runtime(loop: AbstractEventLoop | None) -> tuple[int, object]:
@@ -121,15 +170,28 @@ def async_runtime(loop: AbstractEventLoop | None) -> tuple[int, object]:
     )
 
 
-def blocking_call_error(what: str) -> RuntimeError:
+def async_owner() -> tuple[int, object]:
+    """(runtime, owner task) of the calling ``async`` code; RuntimeError outside a task."""
+    task = asyncio_task()
+    if task is not None:
+        return ASYNCIO, task
+    return async_runtime(None)
+
+
+#: What a blocking call of a keyed lock should be replaced with inside an event loop.
+LOCK_INSTEAD: Final = "`async with klock(key)`, `await acquire_async(...)` or `await run(...)`"
+#: The same for single-flight.
+FLIGHT_INSTEAD: Final = "`await flight.do(...)`"
+
+
+def blocking_call_error(what: str, instead: str = LOCK_INSTEAD) -> RuntimeError:
     return RuntimeError(
         f"{what} would block this thread, which is running an event loop "
-        "(it freezes the loop and can deadlock); use `async with klock(key)`, "
-        "`await acquire_async(...)` or `await run(...)` there instead"
+        f"(it freezes the loop and can deadlock); use {instead} there instead"
     )
 
 
-def check_can_block(what: str) -> None:
+def check_can_block(what: str, instead: str = LOCK_INSTEAD) -> None:
     """Raise RuntimeError if this thread runs an asyncio loop or a trio run."""
     if _get_running_loop() is not None or sniffio_local.name is not None:
-        raise blocking_call_error(what)
+        raise blocking_call_error(what, instead)

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast
 
-from ._asyncio import _resolve, _wake
+from ._asyncio import _resolve, wake_future
 from ._detect import asyncio_task, running_loop, sniffio_local
 
 __all__ = ["Finished", "Offload"]
@@ -190,6 +190,21 @@ class Offload(Generic[T]):
             self._claimed = False
             return outcome
 
+    def _wake_lost(self) -> None:
+        """The claimant's loop was closed with our wake-up still queued: it will never look.
+
+        Called from a finalizer, possibly while this thread is inside other
+        keyedlock code: the outcome is disposed of in a new helper thread.
+        """
+        threading.Thread(
+            target=self._dispose_unclaimed, name=self._name + "-lost", daemon=True
+        ).start()
+
+    def _dispose_unclaimed(self) -> None:
+        outcome = self._take()
+        if outcome is not None:
+            self._dispose(outcome)
+
     def _give_up(self) -> None:
         """Stop waiting because of an exception; dispose of an outcome that just arrived."""
         outcome = self._detach()
@@ -235,7 +250,7 @@ class Offload(Generic[T]):
 
     async def _wait_asyncio(self, loop: Any, timeout: float | None) -> Finished[T] | None:
         fut = loop.create_future()
-        outcome = self._arm(partial(_wake, loop, fut))
+        outcome = self._arm(partial(wake_future, loop, fut, self._wake_lost))
         if outcome is not None:
             return outcome
         timer = None if timeout is None else loop.call_later(timeout, _resolve, fut)

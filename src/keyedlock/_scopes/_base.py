@@ -43,6 +43,10 @@ class WideScope(Protocol):
         """
         ...
 
+    def holds(self, local_key: Hashable) -> bool:
+        """True if this process holds ``local_key`` in the wide scope."""
+        ...
+
     def release(self, local_key: Hashable) -> None:
         """Release ``local_key`` in the wide scope (called by its local holder)."""
         ...

@@ -362,7 +362,9 @@ class FileScope:
     _held: dict[Hashable, int]
     _pending: dict[Hashable, _KernelWait]
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None
+    ) -> None:
         reason = unsupported_reason(sys.platform, fcntl)
         if reason is not None:
             raise NotImplementedError(reason)
@@ -371,7 +373,10 @@ class FileScope:
                 fd, self._path = _open_default()
                 self._follow = False
             else:
-                self._path = os.path.abspath(os.fspath(path))
+                name = os.fsdecode(os.fspath(path))
+                if not name:
+                    raise ValueError("the lock file path is empty; pass a file name, or None")
+                self._path = os.path.abspath(name)
                 self._follow = True
                 fd = _open_path(self._path, follow=True, create=True)
             try:
@@ -526,6 +531,10 @@ class FileScope:
         wait = self._start_wait(offset)
         finished = await wait.job.wait_async(timeout)
         return finished is not None and self._settle(wait, finished)
+
+    def holds(self, local_key: Hashable) -> bool:
+        """True if this process holds the key's byte."""
+        return local_key in self._held
 
     def release(self, local_key: Hashable) -> None:
         """Unlock the key's byte through the descriptor that holds it."""

@@ -1,0 +1,126 @@
+"""Run a function while holding a key, and the ``guard`` decorator: for every keyed lock.
+
+Written once for any lock whose ``lock(key, timeout=...)`` returns a context
+with ``__enter__``, ``__aenter__`` and ``_finish(abort)`` (the in-process
+:class:`~keyedlock.LockContext` and the manager's context alike).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from ._keys import Decorator, KeySpec, key_function
+from ._runtime._detect import check_can_block
+from ._validate import (
+    OnError,
+    check_fn,
+    check_on_error,
+    check_sync_fn,
+    check_timeout,
+    is_async_callable,
+)
+
+__all__ = ["Context", "make_guard", "run_async", "run_blocking"]
+
+R = TypeVar("R")
+
+
+class Context(Protocol):
+    """A keyed lock's context object, as ``run``, ``run_sync`` and ``guard`` use it."""
+
+    def __enter__(self) -> None: ...
+
+    def __aenter__(self) -> Awaitable[None]: ...
+
+    def _finish(self, abort: BaseException | None) -> None:
+        """Release the hold taken on entering; with ``abort``, abort the queued waiters."""
+        ...
+
+
+async def run_async(
+    ctx: Context,
+    stop: bool,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``await lock.run(...)``: ``fn`` (sync or async) under the key of ``ctx``."""
+    check_fn(fn)
+    await ctx.__aenter__()
+    abort = None
+    try:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        if stop:
+            abort = exc
+        raise
+    finally:
+        ctx._finish(abort)  # in `finally`: even after an interrupt right as fn returns
+    return result
+
+
+def run_blocking(
+    ctx: Context,
+    stop: bool,
+    fn: Callable[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    what: str,
+) -> R:
+    """``lock.run_sync(...)``: the sync ``fn`` under the key of ``ctx``, in this thread.
+
+    ``what`` names the call in the error raised inside an event loop.
+    """
+    check_sync_fn(fn, "run_sync", "await run(...)")
+    check_can_block(what)
+    ctx.__enter__()
+    abort = None
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:
+        if stop:
+            abort = exc
+        raise
+    finally:
+        ctx._finish(abort)
+    return result
+
+
+def make_guard(
+    lock: Callable[..., Context],
+    key: KeySpec,
+    timeout: float | None,
+    on_error: OnError,
+) -> Decorator:
+    """The decorator ``lock.guard(key, timeout=..., on_error=...)`` returns.
+
+    Arguments are checked at once; the key spec against the decorated
+    function's signature when it is decorated.
+    """
+    stop = check_on_error(on_error)
+    timeout = check_timeout(timeout)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        key_of = key_function(key, fn)
+        if is_async_callable(fn):
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                ctx = lock(key_of(*args, **kwargs), timeout=timeout)
+                return await run_async(ctx, stop, fn, args, kwargs)
+
+            return guarded_async
+
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            ctx = lock(key_of(*args, **kwargs), timeout=timeout)
+            return run_blocking(ctx, stop, fn, args, kwargs, "a @guard-ed def")
+
+        return guarded
+
+    return decorate

@@ -1,0 +1,244 @@
+"""Interrupts and lost wake-ups: nothing is left locked.
+
+A KeyboardInterrupt (or any exception raised by a signal handler) can land between any two calls.
+These tests raise one at the exact points where it used to leave the table's guard or a key held
+(a ``holds`` dict that raises on cue stands in for the signal), and check that a wake-up dropped
+by a closed asyncio loop passes the key on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import pytest
+
+from keyedlock import KeyedLock, SingleFlight
+from keyedlock._core._keytable import guard_is_owned
+
+from ..support import WAIT, start_thread, wait_until, wait_waiters
+
+
+class InterruptingDict(dict[Hashable, Any]):
+    """A ``holds`` table that raises KeyboardInterrupt once, right after the operation ``when``
+    (the moment a signal handler would raise, after the call returned)."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when: str | None = when
+
+    def _fire(self, operation: str) -> None:
+        if self.when == operation:
+            self.when = None
+            raise KeyboardInterrupt
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        value = super().get(key, default)
+        self._fire("get")
+        return value
+
+    def setdefault(self, key: Hashable, default: Any = None) -> Any:
+        value = super().setdefault(key, default)
+        self._fire("setdefault")
+        return value
+
+
+@pytest.fixture
+def interrupting(request: pytest.FixtureRequest) -> Iterator[tuple[KeyedLock, InterruptingDict]]:
+    lock = KeyedLock()
+    holds = InterruptingDict(request.param)
+    lock._table.holds = holds
+    yield lock, holds
+    assert holds.when is None, "the interrupt was never raised: the test did not test anything"
+
+
+def assert_nothing_left(lock: KeyedLock) -> None:
+    """The guard is free, no key is held, and another thread can take the key at once."""
+    assert not guard_is_owned(lock._table.guard)
+    assert len(lock) == 0
+    assert start_thread(lambda: lock.acquire("k", timeout=0)).result() is True
+    lock.release("k")
+
+
+@pytest.mark.parametrize("interrupting", ["setdefault"], indirect=True)
+def test_interrupt_right_after_the_fast_acquire_releases(
+    interrupting: tuple[KeyedLock, InterruptingDict],
+) -> None:
+    lock, _ = interrupting
+    with pytest.raises(KeyboardInterrupt), lock("k"):
+        raise AssertionError("the body must not run")
+    assert_nothing_left(lock)
+
+
+@pytest.mark.parametrize("interrupting", ["get"], indirect=True)
+def test_interrupt_inside_the_fast_release_frees_guard_and_key(
+    interrupting: tuple[KeyedLock, InterruptingDict],
+) -> None:
+    lock, _ = interrupting
+    with pytest.raises(KeyboardInterrupt), lock("k"):
+        pass
+    assert_nothing_left(lock)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("interrupting", ["setdefault", "get"], indirect=True)
+async def test_interrupt_in_async_with_leaves_nothing(
+    interrupting: tuple[KeyedLock, InterruptingDict],
+) -> None:
+    lock, _ = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        async with lock("k"):
+            pass
+    assert not guard_is_owned(lock._table.guard)
+    assert len(lock) == 0
+    assert await lock.acquire_async("k", timeout=0)
+    lock.release("k")
+
+
+def test_keyboard_interrupt_in_run_sync_releases() -> None:
+    lock = KeyedLock()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lock.run_sync("k", interrupted)
+    assert_nothing_left(lock)
+
+
+def test_keyboard_interrupt_in_a_shared_call_hands_it_over() -> None:
+    """The thread running the call is interrupted: a waiting caller takes over, runs its own fn."""
+    sf = SingleFlight()
+    started = threading.Event()
+    gate = threading.Event()
+
+    def interrupted() -> str:
+        started.set()
+        assert gate.wait(WAIT)
+        raise KeyboardInterrupt
+
+    def leader() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            sf.do_sync("k", interrupted)
+
+    first = start_thread(leader)
+    assert started.wait(WAIT)
+    second = start_thread(lambda: sf.do_sync("k", lambda: "taken over"))
+    wait_until(lambda: sf._table.waiters("k") == 1, "the second caller waits for the call")
+    gate.set()
+    first.result()
+    assert second.result() == "taken over"
+    assert len(sf) == 0
+
+
+# -- wake-ups lost in a closed asyncio loop ------------------------------------------------------
+
+
+def stopped_loop_with_waiter(lock: KeyedLock) -> asyncio.AbstractEventLoop:
+    """A loop whose task queued for ``k`` (held by this thread); the loop then stopped."""
+
+    async def waiter() -> None:
+        async with lock("k"):
+            raise AssertionError("its loop never runs again")
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(waiter())
+    loop.run_until_complete(asyncio.sleep(0))  # the task runs up to its wait, then the loop stops
+    wait_waiters(lock, "k", 1)
+    assert not task.done()
+    return loop
+
+
+def close_quietly(loop: asyncio.AbstractEventLoop) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Task was destroyed but it is pending!"
+        loop.close()
+
+
+def test_a_key_handed_to_a_task_whose_loop_is_then_closed_passes_on() -> None:
+    lock = KeyedLock()
+    assert lock.acquire("k")
+    loop = stopped_loop_with_waiter(lock)
+    after = start_thread(lambda: lock.acquire("k", timeout=WAIT), name="next")
+    wait_waiters(lock, "k", 2)
+    lock.release("k")  # handed to the stopped loop's task: its wake-up waits in that loop
+    assert lock.locked("k")
+    close_quietly(loop)  # the wake-up is dropped unrun: the key goes to the next waiter
+    assert after.result() is True
+    lock.release("k")
+    assert len(lock) == 0
+
+
+def test_a_lost_wake_up_with_nobody_after_frees_the_key() -> None:
+    lock = KeyedLock()
+    assert lock.acquire("k")
+    loop = stopped_loop_with_waiter(lock)
+    lock.release("k")
+    close_quietly(loop)
+    assert len(lock) == 0
+    assert lock.acquire("k", timeout=0)
+    lock.release("k")
+
+
+def test_a_call_handed_to_a_task_whose_loop_is_then_closed_passes_on() -> None:
+    """Single-flight: the leader gives up; the follower that takes over is a task whose loop is
+    closed before it ever runs; a later caller starts the call afresh instead of waiting forever."""
+    sf = SingleFlight()
+    started = threading.Event()
+    gate = threading.Event()
+
+    def interrupted() -> int:
+        started.set()
+        assert gate.wait(WAIT)
+        raise KeyboardInterrupt
+
+    def leader() -> None:
+        with pytest.raises(KeyboardInterrupt):
+            sf.do_sync("k", interrupted)
+
+    first = start_thread(leader)
+    assert started.wait(WAIT)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(sf.do("k", lambda: 1))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert not task.done()
+    wait_until(lambda: sf._table.waiters("k") == 1, "the task waits for the call")
+    gate.set()
+    first.result()  # the call is handed to the stopped loop's task
+    close_quietly(loop)
+    assert start_thread(lambda: sf.do_sync("k", lambda: 2)).result() == 2
+    assert len(sf) == 0
+
+
+# -- owners ------------------------------------------------------------------------------------
+
+
+def test_a_new_thread_reusing_a_finished_threads_ident_is_another_owner() -> None:
+    """Thread idents are reused once a thread ends; a key left held by a finished thread is
+    not the new thread's own, so the new thread waits (here: times out) instead of raising."""
+    lock = KeyedLock()
+    first = threading.Thread(target=lock.acquire, args=("k",))
+    first.start()
+    first.join(WAIT)
+    outcome: dict[str, object] = {}
+
+    def second() -> None:
+        if threading.get_ident() == first.ident:
+            try:
+                outcome["acquired"] = lock.acquire("k", timeout=0.01)
+            except RuntimeError as exc:  # pragma: no cover - the bug
+                outcome["error"] = exc
+
+    for _ in range(200):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(WAIT)
+        if outcome:
+            break
+    else:  # pragma: no cover - depends on the platform's thread library
+        pytest.skip("no thread reused the finished thread's ident in 200 tries")
+    assert outcome == {"acquired": False}
+    lock.release("k")
