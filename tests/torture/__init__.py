@@ -1,0 +1,1 @@
+"""Torture tests: processes killed at chosen moments, and bad input at every entry point."""
