@@ -7,14 +7,14 @@ import weakref
 from typing import final
 
 from ._core._keytable import KeyTable
-from ._keyed import _LockBase
+from ._keyed import _WideLockBase
 from ._scopes._file import FileScope
 
 __all__ = ["FileKeyedLock"]
 
 
 @final
-class FileKeyedLock(_LockBase):
+class FileKeyedLock(_WideLockBase):
     """A lock per key shared by every process on this host that uses the same lock file.
 
     It has the whole :class:`~keyedlock.KeyedLock` API (``with`` /
@@ -96,7 +96,7 @@ class FileKeyedLock(_LockBase):
         max_waiters: int | None = None,
     ) -> None:
         scope = FileScope(path)
-        super().__init__(max_waiters=max_waiters, scope=scope)
+        super().__init__(scope, max_waiters=max_waiters)
         self._file = scope
         _live.add(self)
 

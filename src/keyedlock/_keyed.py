@@ -20,9 +20,12 @@ from ._runtime._detect import (
     asyncio_task,
     blocking_call_error,
     check_can_block,
+    get_ident,
+    last_loop,
     running_loop,
     sniffio_local,
     sync_owner,
+    task_of,
     thread_owners,
 )
 from ._runtime._threads import wait_thread
@@ -93,7 +96,6 @@ _REUSE = "this klock(key) context was already used; call klock(key) again for a 
 _BAD_EXIT = "exit of a klock(key) context that is not entered (exited twice, or never entered)"
 
 
-@final
 class LockContext(Hold):
     """The context manager returned by ``klock(key, timeout=...)``.
 
@@ -104,13 +106,13 @@ class LockContext(Hold):
 
     The uncontended path is kept short on purpose: one ``dict.setdefault`` to
     acquire, one pass under the table's guard to release, and under asyncio
-    and trio no coroutine at all.
+    and trio no coroutine at all. (This class serves the process scope; a
+    lock of a wider scope returns a subclass that also holds the key there.)
     """
 
-    __slots__ = ("_key", "_phase", "_scope", "_table", "_timeout")
+    __slots__ = ("_key", "_phase", "_table", "_timeout")
 
     _table: KeyTable
-    _scope: WideScope | None
     _key: Hashable
     _timeout: float | None
     _phase: int
@@ -132,7 +134,7 @@ class LockContext(Hold):
             raise blocking_call_error("`with klock(key)`")
         self.owner = thread_owners.token
         try:
-            if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
+            if self._table.holds.setdefault(self._key, self) is self:
                 return  # the uncontended fast path
             acquired = self._lock_sync()
         except BaseException:
@@ -143,27 +145,73 @@ class LockContext(Hold):
 
     def _lock_sync(self) -> bool:
         """Acquire for ``self.owner``, parking this thread; False on timeout."""
-        scope = self._scope
-        timeout = self._timeout
-        start = monotonic() if scope is not None and timeout else 0.0
         table = self._table
         key = self._key
+        timeout = self._timeout
         holder = table.holds.setdefault(key, self)
-        if holder is not self:
-            if holder.owner == self.owner and timeout != 0:
-                raise reacquire_error(key)
-            if timeout == 0 or not _settle(wait_thread(table, key, self, timeout), self, key):
-                return False
-        if scope is not None:
-            try:
-                acquired = scope.acquire_sync(key, _remaining(timeout, start))
-            except BaseException:
-                table.release(key, self)
-                raise
-            if not acquired:
-                table.release(key, self)
-                return False
-        return True
+        if holder is self:
+            return True
+        if holder.owner == self.owner and timeout != 0:
+            raise reacquire_error(key)
+        return timeout != 0 and _settle(wait_thread(table, key, self, timeout), self, key)
+
+    # -- asyncio and trio --------------------------------------------------
+
+    # Both are plain methods returning an awaitable: the uncontended paths do
+    # all their work at once and return READY, without creating a coroutine.
+
+    def __aenter__(self) -> Awaitable[None]:
+        if self._phase:
+            raise RuntimeError(_REUSE)
+        self._phase = _ENTERED
+        loop = last_loop[0]  # asyncio_task(), inlined: this is every acquire's path
+        task: object = (
+            task_of(loop) if loop is not None and loop._thread_id == get_ident() else asyncio_task()
+        )
+        runtime = ASYNCIO
+        if task is None:
+            runtime, task = async_runtime(None)
+        self.owner = task
+        try:
+            if self._table.holds.setdefault(self._key, self) is self:
+                return READY  # the uncontended fast path
+        except BaseException:
+            self._undo()
+            raise
+        return self._lock_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+
+    async def _lock_async(self, runtime: int, raising: bool) -> bool | None:
+        """Acquire for ``self.owner`` (a task of ``runtime``), waiting as needed.
+
+        ``acquire_async``: True once acquired, False on timeout. ``async with``
+        (``raising``): None once acquired, LockTimeout on timeout. Whatever
+        escapes (cancellation, an interrupt, Aborted) leaves nothing held.
+        """
+        table = self._table
+        key = self._key
+        timeout = self._timeout
+        try:
+            if timeout == 0:
+                acquired = table.holds.setdefault(key, self) is self  # try once
+            else:
+                # The adapter queues the hold (or takes a key that just became free), and
+                # raises RuntimeError if the same owner already holds the key.
+                if runtime == ASYNCIO:
+                    task: Any = self.owner  # the asyncio task that waits
+                    state = await wait_asyncio(table, key, self, timeout, task.get_loop())
+                else:
+                    state = await park_async(table, key, self, timeout, runtime, None)
+                acquired = state == GRANTED or _settle(state, self, key)
+        except BaseException:
+            self._undo()
+            raise
+        if not raising:
+            return acquired
+        if not acquired:
+            raise _timeout_error(key, timeout)
+        return None
+
+    # -- leaving -----------------------------------------------------------
 
     def _exit(
         self,
@@ -179,21 +227,18 @@ class LockContext(Hold):
             raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
         try:
-            if self._scope is None:
-                if self.waiters is None:
-                    guard = self._table.guard
-                    try:
-                        guard.acquire()
-                        holds = self._table.holds
-                        if self.waiters is None and holds.get(self._key) is self:
-                            del holds[self._key]
-                            return READY  # the uncontended fast path
-                    finally:
-                        if guard_is_owned(guard):  # also right after an interrupted acquire()
-                            guard.release()
-                self._table.release(self._key, self)  # waiters to hand the key to
-            else:
-                self._release()
+            if self.waiters is None:
+                guard = self._table.guard
+                try:
+                    guard.acquire()
+                    holds = self._table.holds
+                    if self.waiters is None and holds.get(self._key) is self:
+                        del holds[self._key]
+                        return READY  # the uncontended fast path
+                finally:
+                    if guard_is_owned(guard):  # also right after an interrupted acquire()
+                        guard.release()
+            self._table.release(self._key, self)  # waiters to hand the key to
         except BaseException:
             self._undo()  # interrupted: never leave the key held
             raise
@@ -208,89 +253,16 @@ class LockContext(Hold):
             tb: TracebackType | None,
         ) -> None: ...
 
+        def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> Awaitable[None]: ...
+
     else:
-        __exit__ = _exit
-
-    # -- asyncio and trio --------------------------------------------------
-
-    # Both are plain methods returning an awaitable: the uncontended paths do
-    # all their work at once and return READY, without creating a coroutine.
-
-    def __aenter__(self) -> Awaitable[None]:
-        if self._phase:
-            raise RuntimeError(_REUSE)
-        self._phase = _ENTERED
-        task: object = asyncio_task()
-        runtime = ASYNCIO
-        if task is None:
-            runtime, task = async_runtime(None)
-        self.owner = task
-        try:
-            if self._scope is None and self._table.holds.setdefault(self._key, self) is self:
-                return READY  # the uncontended fast path
-        except BaseException:
-            self._undo()
-            raise
-        if self._scope is None:
-            return self._wait_async(runtime)
-        return self._enter_async(runtime)
-
-    async def _wait_async(self, runtime: int) -> None:
-        """The key is busy: wait for it in this process (the process scope's slow path)."""
-        timeout = self._timeout
-        if timeout == 0:
-            raise _timeout_error(self._key, timeout)
-        try:
-            if runtime == ASYNCIO:
-                task: Any = self.owner  # the asyncio task that waits
-                state = await wait_asyncio(self._table, self._key, self, timeout, task.get_loop())
-            else:
-                state = await park_async(self._table, self._key, self, timeout, runtime, None)
-        except BaseException:
-            self._undo()
-            raise
-        if state != GRANTED and not _settle(state, self, self._key):
-            raise _timeout_error(self._key, timeout)
-
-    async def _enter_async(self, runtime: int) -> None:
-        try:
-            acquired = await self._lock_async(runtime)
-        except BaseException:
-            self._undo()
-            raise
-        if not acquired:
-            raise _timeout_error(self._key, self._timeout)
-
-    async def _lock_async(self, runtime: int) -> bool:
-        """Acquire for ``self.owner`` (a task of ``runtime``); False on timeout."""
-        scope = self._scope
-        timeout = self._timeout
-        start = monotonic() if scope is not None and timeout else 0.0
-        table = self._table
-        key = self._key
-        holder = table.holds.setdefault(key, self)
-        if holder is not self:
-            if holder.owner == self.owner and timeout != 0:
-                raise reacquire_error(key)
-            if timeout == 0 or not _settle(
-                await park_async(table, key, self, timeout, runtime, self.owner), self, key
-            ):
-                return False
-        if scope is not None:
-            try:
-                acquired = await scope.acquire_async(key, _remaining(timeout, start))
-            except BaseException:
-                table.release(key, self)
-                raise
-            if not acquired:
-                table.release(key, self)
-                return False
-        return True
-
-    # Not a coroutine either: the very same function as __exit__ (one frame, no await).
-    __aexit__ = _exit
-
-    # -- shared ------------------------------------------------------------
+        # Not a coroutine either: __aexit__ is the very same function (one frame, no await).
+        __exit__ = __aexit__ = _exit
 
     def _finish(self, abort: BaseException | None = None) -> None:
         """Exit for ``run``: release this hold, aborting the waiters if ``abort``."""
@@ -304,21 +276,130 @@ class LockContext(Hold):
             raise
 
     def _release(self, abort: BaseException | None = None) -> None:
-        """Release this hold (wide scope first), handing the key on."""
-        if self._scope is not None:
-            _release_wide(self._table, self._scope, self._key, self)
+        """Release this hold, handing the key on (or aborting the waiters)."""
         self._table.release(self._key, self, abort)
 
     def _undo(self) -> None:
         """After an exception (an interrupt) in entering or leaving: release the key if
         this context still holds it, so that nothing is left locked."""
+        if self._table.holds.get(self._key) is self:
+            self._release()
+
+
+@final
+class _WideLockContext(LockContext):
+    """A :class:`LockContext` whose key is also held in a scope wider than the process.
+
+    The key is taken here first (so one caller per process talks to the wide
+    scope at a time, in FIFO order), then in the scope; it is given back there
+    first. The uncontended path is one try in the scope that does not wait.
+    """
+
+    __slots__ = ("_scope",)
+
+    _scope: WideScope
+
+    def __enter__(self) -> None:
+        if self._phase:
+            raise RuntimeError(_REUSE)
+        self._phase = _ENTERED
+        if running_loop() is not None or sniffio_local.name is not None:
+            raise blocking_call_error("`with klock(key)`")
+        self.owner = thread_owners.token
+        try:
+            if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
+                self._key
+            ):
+                return  # the uncontended fast path: free here and in the wide scope
+            acquired = self._lock_sync()
+        except BaseException:
+            self._undo()
+            raise
+        if not acquired:
+            raise _timeout_error(self._key, self._timeout)
+
+    def _lock_sync(self) -> bool:
+        timeout = self._timeout
+        start = monotonic() if timeout else 0.0
+        if not LockContext._lock_sync(self):
+            return False
+        return self._then_wide(self._scope.acquire_sync, timeout, start)
+
+    def __aenter__(self) -> Awaitable[None]:
+        if self._phase:
+            raise RuntimeError(_REUSE)
+        self._phase = _ENTERED
+        runtime, self.owner = async_owner()
+        try:
+            if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
+                self._key
+            ):
+                return READY
+        except BaseException:
+            self._undo()
+            raise
+        return self._lock_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+
+    async def _lock_async(self, runtime: int, raising: bool) -> bool | None:
+        timeout = self._timeout
+        start = monotonic() if timeout else 0.0
+        acquired = await LockContext._lock_async(self, runtime, False)
+        if acquired:
+            try:
+                acquired = await self._scope.acquire_async(self._key, _remaining(timeout, start))
+            except BaseException:
+                self._undo()
+                raise
+            if not acquired:
+                self._table.release(self._key, self)
+        if not raising:
+            return acquired
+        if not acquired:
+            raise _timeout_error(self._key, timeout)
+        return None
+
+    def _then_wide(
+        self, acquire: Callable[[Hashable, float | None], bool], timeout: float | None, start: float
+    ) -> bool:
+        """Held here: now take the key in the wide scope, or give it back here."""
+        try:
+            acquired = acquire(self._key, _remaining(timeout, start))
+        except BaseException:
+            self._table.release(self._key, self)
+            raise
+        if not acquired:
+            self._table.release(self._key, self)
+        return acquired
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        if self._phase == _ENTERED and self._table.holds.get(self._key) is self:
+            try:
+                self._scope.release(self._key)
+            except BaseException:
+                self._phase = _DONE
+                self._undo()
+                raise
+        return LockContext._exit(self, exc_type, exc, tb)
+
+    if not TYPE_CHECKING:
+        __exit__ = __aexit__ = _exit
+
+    def _release(self, abort: BaseException | None = None) -> None:
+        _release_wide(self._table, self._scope, self._key, self)
+        self._table.release(self._key, self, abort)
+
+    def _undo(self) -> None:
         table = self._table
         key = self._key
         if table.holds.get(key) is not self:
             return
-        scope = self._scope
-        if scope is not None and scope.holds(key):
-            scope.release(key)
+        if self._scope.holds(key):
+            self._scope.release(key)
         table.release(key, self)
 
 
@@ -379,20 +460,16 @@ class _LockBase:
         raises RuntimeError (use ``async with`` there). The object is for one
         use: call ``klock(key)`` again for the next.
         """
-        if self._scope is None:
-            try:
-                hash(key)
-            except TypeError:
-                check_key(key)
-        else:
-            key = self._scope.local_key(key)
+        try:
+            hash(key)
+        except TypeError:
+            check_key(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
         # Built without an __init__ frame: this is on every acquire's path.
         ctx = _new_object(LockContext)
         ctx.waiters = None
         ctx._table = self._table
-        ctx._scope = self._scope
         ctx._key = key
         ctx._timeout = timeout
         ctx._phase = _NEW
@@ -437,11 +514,7 @@ class _LockBase:
         ctx = self(key, timeout=timeout)
         ctx._phase = _ENTERED
         runtime, ctx.owner = async_owner()
-        try:
-            return await ctx._lock_async(runtime)
-        except BaseException:
-            ctx._undo()
-            raise
+        return bool(await ctx._lock_async(runtime, False))
 
     def release(self, key: Hashable) -> None:
         """Release ``key``, whoever holds it; RuntimeError if it is not held.
@@ -552,6 +625,39 @@ class _LockBase:
         like :meth:`run`.
         """
         return make_guard(self, key, timeout, on_error)
+
+
+class _WideLockBase(_LockBase):
+    """A keyed lock whose keys are also held in a scope wider than the process."""
+
+    __slots__ = ()
+
+    _scope: WideScope
+
+    def __init__(self, scope: WideScope, *, max_waiters: int | None = None) -> None:
+        super().__init__(max_waiters=max_waiters, scope=scope)
+
+    def __call__(self, key: Hashable, *, timeout: float | None = None) -> LockContext:
+        """A context manager holding ``key`` for the body of a ``with`` / ``async with``.
+
+        ``timeout`` (seconds; None waits forever, 0 tries once) bounds the
+        whole wait, here and in the wide scope; when it elapses,
+        :class:`~keyedlock.LockTimeout` is raised and nothing is left queued
+        or held. A blocking ``with`` inside a running event loop raises
+        RuntimeError (use ``async with`` there). The object is for one use.
+        """
+        scope = self._scope
+        local = scope.local_key(key)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        ctx = _new_object(_WideLockContext)
+        ctx.waiters = None
+        ctx._table = self._table
+        ctx._scope = scope
+        ctx._key = local
+        ctx._timeout = timeout
+        ctx._phase = _NEW
+        return ctx
 
 
 @final

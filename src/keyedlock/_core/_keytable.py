@@ -272,7 +272,20 @@ class KeyTable:
                 return
             if abort is None:
                 holder.state = RELEASED
-                nxt = self._hand_off(key, holder, queue, True)
+                # _hand_off(key, holder, queue, True), inlined: every contended release.
+                nxt = None
+                while queue:
+                    h = queue.popleft()
+                    if h.state == WAITING:
+                        nxt = h
+                        break
+                if nxt is None:
+                    del self.holds[key]
+                    return
+                nxt.state = GRANTED
+                queue.live -= 1
+                nxt.waiters = queue if queue.live else None
+                self.holds[key] = nxt
             else:
                 aborted = self._abort(key, holder, queue, abort)
         if abort is None:

@@ -78,8 +78,11 @@ def _wake(
     hold: Hold,
 ) -> bool:
     """The waker of a queued hold (the core calls it once, outside its guard)."""
-    if getattr(loop, "_thread_id", None) == get_ident() or running_loop() is loop:  # inlined
-        # on_loop_thread(loop): this is the hand-off's hot path
+    try:  # on_loop_thread(loop), inlined: this is every hand-off's path
+        here = loop._thread_id == get_ident()  # type: ignore[attr-defined]
+    except AttributeError:  # a loop that does not record its thread
+        here = running_loop() is loop
+    if here:
         if not fut.done():  # done: cancelled, and its task is withdrawing it
             fut.set_result(None)
         return True

@@ -30,10 +30,12 @@ __all__ = [
     "check_can_block",
     "current_task",
     "get_ident",
+    "last_loop",
     "on_loop_thread",
     "running_loop",
     "sniffio_local",
     "sync_owner",
+    "task_of",
     "thread_owner",
     "thread_owners",
 ]
@@ -86,6 +88,12 @@ def on_loop_thread(loop: AbstractEventLoop) -> bool:
 #: The current asyncio task, or None (``asyncio.current_task`` without a running loop).
 asyncio_task: Callable[[], asyncio.Task[Any] | None]
 
+#: The loop that last answered :func:`asyncio_task` on 3.11 (always None elsewhere), and
+#: the task registry to look its current task up in: hot paths inline the check
+#: ``loop is not None and loop._thread_id == get_ident()`` and call ``task_of(loop)``.
+last_loop: Final[list[Any]] = [None]
+task_of: Callable[[Any], asyncio.Task[Any] | None] = lambda loop: None  # noqa: E731
+
 
 def _public_asyncio_task() -> asyncio.Task[Any] | None:
     loop = _get_running_loop()
@@ -111,8 +119,8 @@ else:  # pragma: no cover - version-specific
         # clears it on exit, and one thread runs one loop at a time, so that
         # check is exact. Loops without that record take the public path.
         _task_registry: dict[AbstractEventLoop, asyncio.Task[Any]] = _registry
-        current_task = _task_registry.get
-        _seen: list[Any] = [None]
+        current_task = task_of = _task_registry.get
+        _seen = last_loop
 
         def _cached_asyncio_task() -> asyncio.Task[Any] | None:
             loop = _seen[0]

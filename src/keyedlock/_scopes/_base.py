@@ -27,6 +27,13 @@ class WideScope(Protocol):
         """
         ...
 
+    def try_acquire(self, local_key: Hashable) -> bool:
+        """Acquire ``local_key`` in the wide scope if it is free there, without waiting.
+
+        Called only by the local holder of ``local_key``: the uncontended path.
+        """
+        ...
+
     def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
         """Acquire ``local_key`` in the wide scope, blocking this thread.
 

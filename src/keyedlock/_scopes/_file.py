@@ -482,6 +482,23 @@ class FileScope:
         """The key's :class:`KeyOffset`; TypeError unless a str, bytes or int (not bool)."""
         return _offset_of(key)
 
+    def try_acquire(self, local_key: Hashable) -> bool:
+        """Lock the key's byte if it is free, without waiting (the uncontended path)."""
+        if local_key in self._pending:
+            return False  # our own abandoned wait is still queued in the kernel
+        fd = self._fd
+        if fd < 0:
+            fd = self._shared()
+        offset: KeyOffset = local_key  # type: ignore[assignment]
+        try:
+            _fcntl(fd, _SETLK, offset.lock)
+        except OSError as exc:
+            if exc.errno not in _BUSY:
+                raise
+            return False
+        self._held[offset] = fd
+        return True
+
     def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
         """Lock the key's byte, blocking this thread; False if ``timeout`` elapses."""
         offset = cast(KeyOffset, local_key)
@@ -544,7 +561,8 @@ class FileScope:
                 f"release of key {local_key!r}, which this process does not hold in the lock "
                 "file (not acquired yet, or acquired before a fork by the parent process)"
             )
-        _fcntl(fd, _SETLK, cast(KeyOffset, local_key).unlock)
+        offset: KeyOffset = local_key  # type: ignore[assignment]
+        _fcntl(fd, _SETLK, offset.unlock)
         if fd != self._fd:
             self._close(fd)
 
