@@ -49,9 +49,10 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the library, the tests and the documentation examples."""
-    session.install(".[test]", "mypy")
+    """mypy --strict over the library, the tests, the documentation examples and the benchmarks."""
+    session.install(".[test]", "mypy", "-r", "bench/requirements.txt")
     session.run("mypy", "--strict", "src", "tests", "docs/examples", *session.posargs)
+    session.run("mypy", "--strict", "bench", env={"MYPYPATH": "bench"})
 
 
 @nox.session

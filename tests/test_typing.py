@@ -9,6 +9,7 @@ unused ignore, so these lines fail the type check if the signature were lost).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from typing import TYPE_CHECKING, Any, assert_type
 
 import pytest
@@ -99,3 +100,22 @@ if TYPE_CHECKING:
     Account(1).deposit("2")  # type: ignore[arg-type]
     wrong: Callable[[str], str] = charge  # type: ignore[assignment]
     not_async: Callable[[int], list[int]] = refund  # type: ignore[assignment]
+
+
+def test_lock_contexts_are_standard_context_managers() -> None:
+    """A LockContext is what the standard library's context-manager types expect, for the type
+    checker and at run time."""
+    sync_cm: AbstractContextManager[None] = lock("typing")
+    with sync_cm:
+        assert lock.locked("typing")
+    assert not lock.locked("typing")
+
+
+@pytest.mark.anyio
+async def test_lock_contexts_are_standard_async_context_managers() -> None:
+    """``AbstractAsyncContextManager`` and ``AsyncExitStack`` take a LockContext."""
+    async_cm: AbstractAsyncContextManager[None] = lock("typing")
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(async_cm)
+        assert lock.locked("typing")
+    assert not lock.locked("typing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Final, Generic, TypeVar, final, overload
@@ -15,13 +15,26 @@ from ._core._keytable import ABORTED, Hold
 from ._errors import exception_state, rebuild_exception
 from ._keys import Decorator, KeySpec, key_function
 from ._runtime import park_async
-from ._runtime._detect import FLIGHT_INSTEAD, async_owner, check_can_block, thread_owners
+from ._runtime._asyncio import wait_asyncio
+from ._runtime._detect import (
+    ASYNCIO,
+    FLIGHT_INSTEAD,
+    async_runtime,
+    asyncio_task,
+    check_can_block,
+    get_ident,
+    last_loop,
+    task_of,
+    thread_owners,
+)
 from ._runtime._threads import wait_thread
 from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
 
 __all__ = ["Result", "SingleFlight", "flight"]
 
 T = TypeVar("T")
+
+_new_object = object.__new__
 R = TypeVar("R")
 
 
@@ -147,58 +160,88 @@ class SingleFlight:
 
     # -- async -------------------------------------------------------------
 
+    # do() and do_ex() are plain methods returning the coroutine of _do(): no coroutine
+    # of their own wrapped around it (every caller of a herd pays for each layer).
+
     @overload
-    async def do(
+    def do(
         self, key: Hashable, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
-    ) -> R: ...
+    ) -> Coroutine[Any, Any, R]: ...
     @overload
-    async def do(self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R: ...
-    async def do(self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def do(
+        self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, R]: ...
+    def do(
+        self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
         """Run ``fn(*args, **kwargs)`` once for every concurrent caller of ``key``.
 
         ``fn`` may be sync (it then runs inline in the calling task, as
-        calling it would) or async. From an asyncio or trio task.
+        calling it would) or async. From an asyncio or trio task: ``await
+        flight.do(key, fn)``.
         """
-        return (await self._do(key, fn, args, kwargs))[0]
+        return self._do(key, fn, args, kwargs, False)
 
     @overload
-    async def do_ex(
+    def do_ex(
         self, key: Hashable, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
-    ) -> Result[R]: ...
+    ) -> Coroutine[Any, Any, Result[R]]: ...
     @overload
-    async def do_ex(
+    def do_ex(
         self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
-    ) -> Result[R]: ...
-    async def do_ex(
+    ) -> Coroutine[Any, Any, Result[R]]: ...
+    def do_ex(
         self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> Result[Any]:
+    ) -> Coroutine[Any, Any, Result[Any]]:
         """As :meth:`do`, returning a :class:`Result` that says whether the value was shared."""
-        return Result(*(await self._do(key, fn, args, kwargs)))
+        return self._do(key, fn, args, kwargs, True)
 
     async def _do(
-        self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Any, bool]:
-        check_key(key)
+        self,
+        key: Hashable,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ex: bool,
+    ) -> Any:
+        """The value (``ex``: the :class:`Result`) of the call for ``key``."""
+        try:
+            hash(key)
+        except TypeError:
+            check_key(key)
         check_fn(fn)
         table = self._table
         if table.ttl:
             kept = table.cached(key, monotonic())
             if kept is not MISS:
-                return kept, True
-        runtime, owner = async_owner()
-        hold = Hold(owner)
+                return Result(kept, True) if ex else kept
+        loop = last_loop[0]  # asyncio_task(), inlined as in LockContext.__aenter__
+        owner: Any = (
+            task_of(loop) if loop is not None and loop._thread_id == get_ident() else asyncio_task()
+        )
+        runtime = ASYNCIO
+        if owner is None:
+            runtime, owner = async_runtime(None)
+        hold = _new_object(Hold)
+        hold.owner = owner
+        hold.waiters = None
         leader = table.holds.setdefault(key, hold)
         if leader is not hold:
             if leader.owner == owner:
                 raise _recursion_error(key)
-            if await park_async(table, key, hold, None, runtime, owner) == ABORTED:
-                return _deliver(hold), True
+            if runtime == ASYNCIO:
+                state = await wait_asyncio(table, key, hold, None, owner.get_loop())
+            else:
+                state = await park_async(table, key, hold, None, runtime, owner)
+            if state == ABORTED:
+                value = _deliver(hold)
+                return Result(value, True) if ex else value
         # This caller runs the call (it arrived first, or took over).
         if table.ttl:
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
-                return kept, True
+                return Result(kept, True) if ex else kept
         outcome = None
         try:
             result = fn(*args, **kwargs)
@@ -210,7 +253,7 @@ class SingleFlight:
             raise
         finally:
             shared = _conclude(table, key, hold, outcome)
-        return result, shared
+        return Result(result, shared) if ex else result
 
     # -- threads -----------------------------------------------------------
 
@@ -299,7 +342,7 @@ class SingleFlight:
 
                 @functools.wraps(fn)
                 async def coalesced_async(*args: Any, **kwargs: Any) -> Any:
-                    return (await self._do(key_of(*args, **kwargs), fn, args, kwargs))[0]
+                    return await self._do(key_of(*args, **kwargs), fn, args, kwargs, False)
 
                 return coalesced_async
 

@@ -110,12 +110,14 @@ class LockContext(Hold):
     lock of a wider scope returns a subclass that also holds the key there.)
     """
 
-    __slots__ = ("_key", "_phase", "_table", "_timeout")
+    __slots__ = ("_key", "_phase", "_scope", "_table", "_timeout")
 
     _table: KeyTable
     _key: Hashable
     _timeout: float | None
     _phase: int
+    #: None here; the wide scope of a :class:`_WideLockContext` (released first on exit).
+    _scope: WideScope | None
 
     def __init__(self) -> None:
         raise TypeError("make a LockContext by calling a keyed lock: klock(key, timeout=...)")
@@ -160,7 +162,7 @@ class LockContext(Hold):
     # Both are plain methods returning an awaitable: the uncontended paths do
     # all their work at once and return READY, without creating a coroutine.
 
-    def __aenter__(self) -> Awaitable[None]:
+    def _aenter(self) -> Awaitable[None]:
         if self._phase:
             raise RuntimeError(_REUSE)
         self._phase = _ENTERED
@@ -227,6 +229,9 @@ class LockContext(Hold):
             raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
         try:
+            scope = self._scope
+            if scope is not None and self._table.holds.get(self._key) is self:
+                scope.release(self._key)  # the wide scope first, while this hold is the holder
             if self.waiters is None:
                 guard = self._table.guard
                 try:
@@ -245,6 +250,9 @@ class LockContext(Hold):
         return READY
 
     if TYPE_CHECKING:
+        # What type checkers see: a standard (async) context manager.
+
+        async def __aenter__(self) -> None: ...
 
         def __exit__(
             self,
@@ -253,15 +261,17 @@ class LockContext(Hold):
             tb: TracebackType | None,
         ) -> None: ...
 
-        def __aexit__(
+        async def __aexit__(
             self,
             exc_type: type[BaseException] | None,
             exc: BaseException | None,
             tb: TracebackType | None,
-        ) -> Awaitable[None]: ...
+        ) -> None: ...
 
     else:
-        # Not a coroutine either: __aexit__ is the very same function (one frame, no await).
+        # At run time no coroutine at all: _aenter and _exit return an awaitable
+        # directly, and __aexit__ is the very same function as __exit__.
+        __aenter__ = _aenter
         __exit__ = __aexit__ = _exit
 
     def _finish(self, abort: BaseException | None = None) -> None:
@@ -295,7 +305,7 @@ class _WideLockContext(LockContext):
     first. The uncontended path is one try in the scope that does not wait.
     """
 
-    __slots__ = ("_scope",)
+    __slots__ = ()
 
     _scope: WideScope
 
@@ -325,7 +335,7 @@ class _WideLockContext(LockContext):
             return False
         return self._then_wide(self._scope.acquire_sync, timeout, start)
 
-    def __aenter__(self) -> Awaitable[None]:
+    def _aenter(self) -> Awaitable[None]:
         if self._phase:
             raise RuntimeError(_REUSE)
         self._phase = _ENTERED
@@ -339,6 +349,9 @@ class _WideLockContext(LockContext):
             self._undo()
             raise
         return self._lock_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+
+    if not TYPE_CHECKING:
+        __aenter__ = _aenter
 
     async def _lock_async(self, runtime: int, raising: bool) -> bool | None:
         timeout = self._timeout
@@ -370,24 +383,6 @@ class _WideLockContext(LockContext):
         if not acquired:
             self._table.release(self._key, self)
         return acquired
-
-    def _exit(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Awaitable[None]:
-        if self._phase == _ENTERED and self._table.holds.get(self._key) is self:
-            try:
-                self._scope.release(self._key)
-            except BaseException:
-                self._phase = _DONE
-                self._undo()
-                raise
-        return LockContext._exit(self, exc_type, exc, tb)
-
-    if not TYPE_CHECKING:
-        __exit__ = __aexit__ = _exit
 
     def _release(self, abort: BaseException | None = None) -> None:
         _release_wide(self._table, self._scope, self._key, self)
@@ -470,6 +465,7 @@ class _LockBase:
         ctx = _new_object(LockContext)
         ctx.waiters = None
         ctx._table = self._table
+        ctx._scope = None
         ctx._key = key
         ctx._timeout = timeout
         ctx._phase = _NEW
