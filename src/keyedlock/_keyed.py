@@ -228,22 +228,24 @@ class LockContext(Hold):
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
+        table = self._table
+        key = self._key
         try:
             scope = self._scope
-            if scope is not None and self._table.holds.get(self._key) is self:
-                scope.release(self._key)  # the wide scope first, while this hold is the holder
+            if scope is not None and table.holds.get(key) is self:
+                scope.release(key)  # the wide scope first, while this hold is the holder
             if self.waiters is None:
-                guard = self._table.guard
+                guard = table.guard
                 try:
                     guard.acquire()
-                    holds = self._table.holds
-                    if self.waiters is None and holds.get(self._key) is self:
-                        del holds[self._key]
+                    holds = table.holds
+                    if self.waiters is None and holds.get(key) is self:
+                        del holds[key]
                         return READY  # the uncontended fast path
                 finally:
                     if guard_is_owned(guard):  # also right after an interrupted acquire()
                         guard.release()
-            self._table.release(self._key, self)  # waiters to hand the key to
+            table.release(key, self)  # waiters to hand the key to
         except BaseException:
             self._undo()  # interrupted: never leave the key held
             raise

@@ -484,7 +484,7 @@ class FileScope:
 
     def try_acquire(self, local_key: Hashable) -> bool:
         """Lock the key's byte if it is free, without waiting (the uncontended path)."""
-        if local_key in self._pending:
+        if self._pending and local_key in self._pending:
             return False  # our own abandoned wait is still queued in the kernel
         fd = self._fd
         if fd < 0:
