@@ -45,5 +45,25 @@ def test_readme_demo_command() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "keyedlock" in proc.stdout
-    assert "asyncio" in proc.stdout
+    rows = _demo_rows(proc.stdout)
+    runtimes = ["threads", "asyncio"]
+    if sys.platform.startswith("linux"):  # FileKeyedLock: Linux only, else the row is skipped
+        runtimes.append("processes")
+    for runtime in runtimes:
+        # (charges, balance, expected balance, correct?)
+        assert rows.get((runtime, "none"), (0, 0, 0, ""))[3] == "NO", (runtime, proc.stdout)
+        assert rows.get((runtime, "keyedlock")) == (3, 10, 10, "yes"), (runtime, proc.stdout)
+
+
+def _demo_rows(stdout: str) -> dict[tuple[str, str], tuple[int, int, int, str]]:
+    """The demo's table: (runtime, lock) -> (charges, balance, expected balance, correct?)."""
+    rows: dict[tuple[str, str], tuple[int, int, int, str]] = {}
+    for line in stdout.splitlines():
+        words = line.split()
+        # runtime (may be two words), lock, charges, balance, expected, correct?, time, "ms"
+        if len(words) < 8 or words[-1] != "ms" or not words[-6].isdigit():
+            continue
+        runtime = " ".join(words[:-7])
+        charges, balance, expected = (int(w) for w in words[-6:-3])
+        rows[runtime, words[-7]] = (charges, balance, expected, words[-3])
+    return rows

@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="show the double-charge race of a wallet checkout, without and with klock",
         description=(
-            "Run concurrent checkouts against one wallet with threads, asyncio and trio, "
-            "first without a lock, then with klock, and print what each ended with."
+            "Run concurrent checkouts against one wallet with threads, asyncio, trio and "
+            "separate processes, first without a lock, then with klock (FileKeyedLock "
+            "across processes), and print what each ended with."
         ),
     )
     demo.add_argument(
