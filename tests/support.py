@@ -8,6 +8,7 @@ by :meth:`Handle.result` in the test thread) or the fact that it was cancelled.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Hashable
@@ -19,6 +20,7 @@ import trio
 from keyedlock import KeyedLock
 
 __all__ = [
+    "LONG_STRESS",
     "WAIT",
     "AsyncioThread",
     "Handle",
@@ -38,6 +40,10 @@ T = TypeVar("T")
 #: Upper bound, in seconds, of every wait in the tests. Far above what any step needs, so it
 #: is never a timing assumption: reaching it means something is stuck.
 WAIT = 10.0
+
+#: True for the long variants of the stress and model tests (``KEYEDLOCK_STRESS=long``, as set
+#: by ``nox -s stress``).
+LONG_STRESS = os.environ.get("KEYEDLOCK_STRESS") == "long"
 
 #: Pause between two looks at a condition another thread is about to make true.
 _POLL = 0.0005

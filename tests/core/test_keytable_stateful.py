@@ -2,32 +2,47 @@
 
 Callers are plain :class:`Hold` objects. A queued caller brings a fake ``wake`` that records its
 calls and can be told to fail (as when the waiter's event loop is closed). The machine takes
-keys (``try_acquire``, ``enqueue``), withdraws waiters (a cancellation while waiting, or just
-after the hand-off, which must then release), and releases (plainly, as a context manager, or
-aborting the queue). A model predicts every outcome; after each step the invariants of the
-brief are checked against the table.
+keys (``try_acquire``, which is also what ``timeout=0`` does, and ``enqueue``, alone or a herd
+at once), withdraws waiters (a timeout or a cancellation while waiting, or in the instant of
+the hand-off, which must then release), loses a wake that was sent (a loop closed with the
+wake-up still queued), and releases (plainly, as a context manager, or aborting the queue as
+``on_error="stop"`` does). A model predicts every outcome.
+
+Invariants, after every step: at most one holder per key and no entry for an idle key; the live
+queue is exactly the model's, in arrival order (FIFO), and ``waiters()`` counts it; every
+waiting caller is reachable from its key's holder, so a release reaches it; grants follow
+arrival order; every decided waiter was woken exactly once. At teardown the holders release
+until the table is empty, and no caller may be left waiting (none parked forever).
+
+The default run takes a couple of seconds; ``KEYEDLOCK_STRESS=long`` raises the number of
+examples of the ``slow`` variant.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Hashable
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from keyedlock import QueueFull
 from keyedlock._core._keytable import (
+    _COMPACT_SLACK,
     ABORTED,
     CANCELLED,
     GRANTED,
     WAITING,
     Hold,
     KeyTable,
+    decided,
     guard_is_owned,
 )
 from keyedlock._core._keytable import RELEASED as RELEASED_STATE
+
+from ..support import LONG_STRESS
 
 KEYS = ("a", "b")
 OWNERS = (1, 2, 3)
@@ -38,8 +53,24 @@ QUEUED = "queued"  # waiting in the key's queue
 GRANTED_ = "granted"  # handed the key from the queue; holds it now
 RELEASED = "released"  # held the key once; released since
 WITHDRAWN = "withdrawn"  # left the queue (timeout, cancellation)
-DROPPED = "dropped"  # handed the key, but its wake failed: skipped
+DROPPED = "dropped"  # handed the key, but its wake failed or was lost: skipped
 ABORTED_ = "aborted"  # its wait was aborted by a failing holder
+
+#: The table state each decided fate must show.
+STATE_OF = {
+    QUEUED: WAITING,
+    GRANTED_: GRANTED,
+    WITHDRAWN: CANCELLED,
+    DROPPED: CANCELLED,
+    ABORTED_: ABORTED,
+    RELEASED: RELEASED_STATE,
+}
+
+#: Whether a waiter's wake will fail (its runtime is gone): one in four.
+FAILS = st.sampled_from([False, False, False, True])
+
+#: The ways a caller's next operation on the table notices a lost wake.
+LOST_NOTICED_BY = ("locked", "waiters", "len", "enqueue", "give_back_lost")
 
 
 class Waker:
@@ -88,11 +119,11 @@ class KeyTableMachine(RuleBasedStateMachine):
 
     # -- the model's hand-off ----------------------------------------------------------------
 
-    def _hand_off(self, key: str) -> None:
-        """The holder of ``key`` released it: the first waiter whose wake works gets it."""
+    def _hand_off(self, key: str, old_fate: str = RELEASED) -> None:
+        """The holder of ``key`` gave it up: the first waiter whose wake works gets it."""
         old = self.holder[key]
         assert old is not None
-        old.fate = RELEASED
+        old.fate = old_fate
         self.holder[key] = None
         queue = self.queue[key]
         while queue:
@@ -107,13 +138,36 @@ class KeyTableMachine(RuleBasedStateMachine):
             self.granted[key].append(nxt)
             return
 
+    def _withdrawn(self, caller: Caller) -> None:
+        """The model's side of a successful withdrawal; checks the queue stays compact."""
+        caller.fate = WITHDRAWN
+        self.queue[caller.key].remove(caller)
+        queue = caller.hold.queue
+        assert len(queue) <= 2 * queue.live + _COMPACT_SLACK, "withdrawn waiters pile up"
+
+    def _waiting(self) -> list[Caller]:
+        return [c for c in self.callers if c.fate == QUEUED]
+
+    def _granted(self) -> list[Caller]:
+        return [c for c in self.callers if c.fate == GRANTED_]
+
+    def _held_keys(self) -> list[str]:
+        return [k for k, c in self.holder.items() if c is not None]
+
     # -- taking a key ------------------------------------------------------------------------
 
     @rule(key=st.sampled_from(KEYS), owner=st.sampled_from(OWNERS))
     def try_acquire(self, key: str, owner: int) -> None:
+        """``acquire(blocking=False)`` and ``timeout=0``: take a free key, else change nothing.
+
+        Never raises (not even for the holder's own owner), never queues, wakes nobody.
+        """
         hold = Hold(owner)
-        got = self.table.try_acquire(key, hold)
         current = self.holder[key]
+        before = None if current is None else current.hold.waiters
+        snapshot = None if before is None else (list(before), before.live)
+        calls = [c.waker.calls for c in self.callers if c.waker is not None]
+        got = self.table.try_acquire(key, hold)
         if current is None:
             assert got is hold
             caller = Caller(key, hold, None, HOLDING)
@@ -121,13 +175,12 @@ class KeyTableMachine(RuleBasedStateMachine):
             self.callers.append(caller)
         else:
             assert got is current.hold
+            after = current.hold.waiters
+            assert after is before
+            assert (None if after is None else (list(after), after.live)) == snapshot
+        assert [c.waker.calls for c in self.callers if c.waker is not None] == calls
 
-    @rule(
-        key=st.sampled_from(KEYS),
-        owner=st.sampled_from(OWNERS),
-        fail=st.sampled_from([False, False, False, True]),
-    )
-    def enqueue(self, key: str, owner: int, fail: bool) -> None:
+    def _enqueue(self, key: str, owner: object, fail: bool) -> None:
         hold = Hold(owner)
         waker = Waker(self.table, fail)
         current = self.holder[key]
@@ -152,48 +205,76 @@ class KeyTableMachine(RuleBasedStateMachine):
             self.enqueued[key].append(caller)
         self.callers.append(caller)
 
+    @rule(
+        key=st.sampled_from(KEYS),
+        owner=st.sampled_from(OWNERS),
+        fail=FAILS,
+    )
+    def enqueue(self, key: str, owner: int, fail: bool) -> None:
+        self._enqueue(key, owner, fail)
+
+    @rule(key=st.sampled_from(KEYS), fails=st.lists(FAILS, min_size=3, max_size=14))
+    def enqueue_herd(self, key: str, fails: list[bool]) -> None:
+        """Many callers with owners of their own arrive one after another (fills the queue)."""
+        for fail in fails:
+            self._enqueue(key, object(), fail)
+
     # -- withdrawing -------------------------------------------------------------------------
 
-    def _queued_before(self) -> list[Caller]:
-        return [c for c in self.callers if c.queued]
-
-    @precondition(lambda self: any(c.fate == QUEUED for c in self.callers))
+    @precondition(lambda self: self._waiting())
     @rule(data=st.data())
-    def withdraw_while_waiting(self, data: st.DataObject) -> None:
-        waiting = [c for c in self.callers if c.fate == QUEUED]
-        caller = data.draw(st.sampled_from(waiting))
+    def time_out_while_waiting(self, data: st.DataObject) -> None:
+        """The timer fired first (the adapters look at the state, then withdraw): no trace."""
+        caller = data.draw(st.sampled_from(self._waiting()))
+        assert decided(caller.hold) == WAITING
         assert self.table.withdraw(caller.key, caller.hold) == WAITING
-        caller.fate = WITHDRAWN
-        self.queue[caller.key].remove(caller)
+        self._withdrawn(caller)
 
-    @precondition(lambda self: any(c.fate == GRANTED_ for c in self.callers))
+    @precondition(lambda self: self._waiting())
     @rule(data=st.data())
-    def withdraw_after_hand_off(self, data: st.DataObject) -> None:
+    def cancel_while_waiting(self, data: st.DataObject) -> None:
+        """Cancelled while queued (asyncio; a thread's KeyboardInterrupt): withdrawn, no trace."""
+        caller = data.draw(st.sampled_from(self._waiting()))
+        assert self.table.cancel(caller.key, caller.hold) == WAITING
+        self._withdrawn(caller)
+
+    @precondition(lambda self: self._waiting())
+    @rule(data=st.data())
+    def withdraw_many(self, data: st.DataObject) -> None:
+        """Several waiters of one key give up (a burst of timeouts): the rest keep their order."""
+        key = data.draw(st.sampled_from(sorted({c.key for c in self._waiting()})))
+        for caller in list(self.queue[key]):
+            if data.draw(st.booleans()):
+                assert self.table.withdraw(key, caller.hold) == WAITING
+                self._withdrawn(caller)
+
+    @precondition(lambda self: self._granted())
+    @rule(data=st.data())
+    def time_out_after_hand_off(self, data: st.DataObject) -> None:
         """Timed out in the instant it was handed the key: it owns the key, then releases it."""
-        granted = [c for c in self.callers if c.fate == GRANTED_]
-        caller = data.draw(st.sampled_from(granted))
+        caller = data.draw(st.sampled_from(self._granted()))
+        assert decided(caller.hold) == GRANTED
         assert self.table.withdraw(caller.key, caller.hold) == GRANTED
         self.table.release(caller.key, caller.hold)
         self._hand_off(caller.key)
 
-    @precondition(lambda self: any(c.fate == GRANTED_ for c in self.callers))
+    @precondition(lambda self: self._granted())
     @rule(data=st.data())
     def cancel_after_hand_off(self, data: st.DataObject) -> None:
         """Cancelled in the instant it was handed the key: the key passes on in one step."""
-        granted = [c for c in self.callers if c.fate == GRANTED_]
-        caller = data.draw(st.sampled_from(granted))
+        caller = data.draw(st.sampled_from(self._granted()))
         assert self.table.cancel(caller.key, caller.hold) == GRANTED
         self._hand_off(caller.key)
 
-    @precondition(lambda self: any(c.fate == QUEUED for c in self.callers))
+    @precondition(lambda self: any(c.fate == ABORTED_ and c.queued for c in self.callers))
     @rule(data=st.data())
-    def cancel_while_waiting(self, data: st.DataObject) -> None:
-        """Cancelled while queued: withdrawn, no trace."""
-        waiting = [c for c in self.callers if c.fate == QUEUED]
-        caller = data.draw(st.sampled_from(waiting))
-        assert self.table.cancel(caller.key, caller.hold) == WAITING
-        caller.fate = WITHDRAWN
-        self.queue[caller.key].remove(caller)
+    def time_out_as_aborted(self, data: st.DataObject) -> None:
+        """The timer fired as the wait was aborted: the abort wins, with its cause."""
+        aborted = [c for c in self.callers if c.fate == ABORTED_]
+        caller = data.draw(st.sampled_from(aborted))
+        assert decided(caller.hold) == ABORTED
+        assert self.table.withdraw(caller.key, caller.hold) == ABORTED
+        assert caller.hold.cause is caller.cause
 
     @precondition(
         lambda self: any(c.queued and c.fate not in (QUEUED, GRANTED_) for c in self.callers)
@@ -202,16 +283,42 @@ class KeyTableMachine(RuleBasedStateMachine):
     def withdraw_once_decided(self, data: st.DataObject, cancel: bool) -> None:
         """Withdrawing or cancelling a caller whose wait is over (and whose hold, if it
         had one, is released) changes nothing: nothing is released or handed on twice."""
-        decided = [c for c in self._queued_before() if c.fate not in (QUEUED, GRANTED_)]
-        caller = data.draw(st.sampled_from(decided))
-        expected = {
-            WITHDRAWN: CANCELLED,
-            DROPPED: CANCELLED,
-            ABORTED_: ABORTED,
-            RELEASED: RELEASED_STATE,
-        }
+        done = [c for c in self.callers if c.queued and c.fate not in (QUEUED, GRANTED_)]
+        caller = data.draw(st.sampled_from(done))
         give_up = self.table.cancel if cancel else self.table.withdraw
-        assert give_up(caller.key, caller.hold) == expected[caller.fate]
+        assert give_up(caller.key, caller.hold) == STATE_OF[caller.fate]
+
+    @precondition(lambda self: self._granted())
+    @rule(
+        data=st.data(),
+        released_first=st.booleans(),
+        noticed_by=st.sampled_from(LOST_NOTICED_BY),
+    )
+    def lose_a_wake(self, data: st.DataObject, released_first: bool, noticed_by: str) -> None:
+        """The wake sent to a granted waiter is lost (its loop closed with the wake-up queued).
+
+        The next operation on the table passes the key on; if someone released the key in
+        between, the lost wake changes nothing.
+        """
+        caller = data.draw(st.sampled_from(self._granted()))
+        key = caller.key
+        self.table.lost(key, caller.hold)
+        if released_first:
+            self.table.release(key)
+            self._hand_off(key)
+        else:
+            self._hand_off(key, DROPPED)
+        other = next(k for k in KEYS if k != key)
+        if noticed_by == "locked":
+            self.table.locked(other)
+        elif noticed_by == "waiters":
+            self.table.waiters(other)
+        elif noticed_by == "len":
+            len(self.table)
+        elif noticed_by == "enqueue":
+            self._enqueue(other, object(), False)
+        else:
+            self.table.give_back_lost()
 
     # -- releasing ---------------------------------------------------------------------------
 
@@ -226,32 +333,48 @@ class KeyTableMachine(RuleBasedStateMachine):
         self.table.release(key, current.hold if as_owner else None)
         self._hand_off(key)
 
-    @precondition(lambda self: any(c is not None for c in self.holder.values()))
+    @precondition(lambda self: self._held_keys())
     @rule(data=st.data())
     def release_a_stale_hold(self, data: st.DataObject) -> None:
         """A context manager whose hold someone else already released: refused, no change."""
-        key = data.draw(st.sampled_from([k for k, c in self.holder.items() if c is not None]))
+        key = data.draw(st.sampled_from(self._held_keys()))
         stale = [c.hold for c in self.callers if c.key == key and c.fate == RELEASED]
         hold = data.draw(st.sampled_from(stale)) if stale else Hold("stranger")
         with pytest.raises(RuntimeError, match="already released"):
             self.table.release(key, hold)
 
-    @precondition(lambda self: any(c is not None for c in self.holder.values()))
-    @rule(data=st.data())
-    def release_aborting(self, data: st.DataObject) -> None:
-        """on_error="stop": every waiter queued now ends with the cause; the key is free."""
-        key = data.draw(st.sampled_from([k for k, c in self.holder.items() if c is not None]))
+    @precondition(lambda self: self._held_keys())
+    @rule(data=st.data(), newcomer=st.booleans())
+    def release_aborting(self, data: st.DataObject, newcomer: bool) -> None:
+        """on_error="stop": exactly the waiters queued now end with the cause; the key is free.
+
+        Callers that withdrew before keep their withdrawal; a caller arriving right after the
+        abort starts fresh and takes the key.
+        """
+        key = data.draw(st.sampled_from(self._held_keys()))
         current = self.holder[key]
         assert current is not None
         cause = RuntimeError(f"failure of {current!r}")
+        queued_now = list(self.queue[key])
+        calls = {id(c): c.waker.calls for c in self.callers if c.waker is not None}
         self.table.release(key, current.hold, cause)
         current.fate = RELEASED
         self.holder[key] = None
-        for caller in self.queue[key]:
+        for caller in queued_now:
             caller.fate = ABORTED_
             caller.woken = True
             caller.cause = cause
         self.queue[key].clear()
+        hit = [c for c in self.callers if getattr(c.hold, "cause", None) is cause]
+        assert hit == queued_now, "the abort must reach exactly the waiters queued at that moment"
+        for caller in self.callers:
+            if caller.waker is not None:
+                assert caller.waker.calls == calls[id(caller)] + (caller in queued_now)
+        assert key not in self.table.holds
+        if newcomer:
+            self._enqueue(key, object(), False)
+            assert self.holder[key] is not None
+            assert self.holder[key] is self.callers[-1]
 
     # -- invariants --------------------------------------------------------------------------
 
@@ -271,26 +394,36 @@ class KeyTableMachine(RuleBasedStateMachine):
             assert self.table.waiters(key) == len(self.queue[key])
 
     @invariant()
-    def no_waiter_without_a_holder(self) -> None:
+    def the_live_queue_is_the_arrival_order(self) -> None:
+        """FIFO: the table's live waiters are exactly the model's queue, in the same order."""
+        for key in KEYS:
+            current = self.holder[key]
+            if current is None:
+                assert not self.queue[key]
+                continue
+            queue = current.hold.waiters
+            live = [] if queue is None else [h for h in queue if h.state == WAITING]
+            assert live == [c.hold for c in self.queue[key]]
+            assert (0 if queue is None else queue.live) == len(live)
+
+    @invariant()
+    def every_waiter_is_reachable_from_its_holder(self) -> None:
+        """A waiting caller sits in its key's holder's queue: some release will decide it."""
         for caller in self.callers:
             if caller.fate == QUEUED:
                 assert caller.hold.state == WAITING
-                assert caller.key in self.table.holds
+                holder = self.table.holds.get(caller.key)
+                assert holder is not None
+                assert holder.waiters is caller.hold.queue
+                assert caller.hold in holder.waiters
+            elif caller.queued:
+                assert caller.hold.state != WAITING, caller
 
     @invariant()
     def states_match(self) -> None:
-        expected = {
-            QUEUED: WAITING,
-            GRANTED_: GRANTED,
-            WITHDRAWN: CANCELLED,
-            DROPPED: CANCELLED,
-            ABORTED_: ABORTED,
-        }
-        for caller in self._queued_before():
-            if caller.fate in expected:
-                assert caller.hold.state == expected[caller.fate], caller
-            elif caller.fate == RELEASED:
-                assert caller.hold.state == RELEASED_STATE, caller
+        for caller in self.callers:
+            if caller.queued:
+                assert caller.hold.state == STATE_OF[caller.fate], caller
             if caller.fate == ABORTED_:
                 assert caller.hold.cause is caller.cause
 
@@ -306,8 +439,41 @@ class KeyTableMachine(RuleBasedStateMachine):
             if caller.waker is not None:
                 assert caller.waker.calls == (1 if caller.woken else 0), caller
 
+    def teardown(self) -> None:
+        """Every holder releases in turn: nobody may be left waiting, and the table empties."""
+        if sys.exc_info()[0] is not None:
+            return  # a step failed: that failure is the report
+        for key in KEYS:
+            while (current := self.holder[key]) is not None:
+                self.table.release(key, current.hold)
+                self._hand_off(key)
+        assert not self.table.holds
+        assert len(self.table) == 0
+        stuck = [
+            c for c in self.callers if c.fate == QUEUED or getattr(c.hold, "state", 0) == WAITING
+        ]
+        assert not stuck, f"waiters left parked forever: {stuck}"
+        self.states_match()
+        self.fifo()
+        self.every_decided_waiter_was_woken_exactly_once()
+
 
 KeyTableMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=50, deadline=None
 )
 test_keytable_state_machine = KeyTableMachine.TestCase
+
+
+class KeyTableMachineLong(KeyTableMachine):
+    """The same machine, many more and longer runs (``nox -s stress``)."""
+
+
+KeyTableMachineLong.TestCase.settings = settings(
+    max_examples=1000 if LONG_STRESS else 200,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_keytable_state_machine_long = pytest.mark.timeout(900)(
+    pytest.mark.slow(KeyTableMachineLong.TestCase)
+)

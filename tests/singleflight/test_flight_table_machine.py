@@ -3,28 +3,42 @@
 The machine drives :class:`~keyedlock._core._flight.FlightTable` directly, without threads or
 event loops: callers join a key (``enqueue``), followers withdraw (a cancellation), leaders
 finish with a value or an error (``finish``) or give up (``release``: a cancelled leader, whose
-earliest follower takes over), keys are forgotten, and a fake clock moves for ``ttl``. Each
-follower brings a fake ``wake`` that counts its calls; some report that their runtime is gone.
+earliest follower takes over), a follower is cancelled in the very instant it is handed the
+lead (asyncio passes it on, trio keeps it), the wake of a follower taking over is lost (its
+loop closed), keys are forgotten while a call runs (the detached call must never disturb the
+newer one), and a fake clock moves for ``ttl``. Each follower brings a fake ``wake`` that
+counts its calls; some report that their runtime is gone.
 
-Invariants: one leader per busy key and no entry for idle keys; followers woken exactly once,
-with the outcome of the call they joined; takeover in arrival order; only unexpired successful
-values kept.
+Invariants: one leader per busy key and no entry for idle keys; every call's live followers are
+queued behind its leader in arrival order, reachable from it and counted exactly; followers
+woken exactly once, with the outcome of the call they joined; takeover in arrival order; only
+unexpired successful values kept. At teardown every call ends: nobody may be left waiting.
+
+The default run takes a couple of seconds; ``KEYEDLOCK_STRESS=long`` raises the number of
+examples of the ``slow`` variant.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from keyedlock._core._flight import MISS, FlightTable
-from keyedlock._core._keytable import ABORTED, CANCELLED, GRANTED, WAITING, Hold
+from keyedlock._core._keytable import ABORTED, CANCELLED, GRANTED, RELEASED, WAITING, Hold
+
+from ..support import LONG_STRESS
 
 KEYS = ("a", "b", "c")
+
+#: The ways the next operation on the table notices a lost wake.
+LOST_NOTICED_BY = ("locked", "waiters", "len", "enqueue", "give_back_lost")
 
 
 @dataclass(eq=False)
@@ -35,6 +49,12 @@ class Call:
     leader: Hold
     followers: list[Hold] = field(default_factory=list)
     detached: bool = False  # forgotten: no longer the key's call, still serving its followers
+    leaders: list[Hold] = field(default_factory=list)  # every leader it had, in order
+
+    @property
+    def taken_over(self) -> bool:
+        """The current leader was a follower handed the lead (its state says GRANTED)."""
+        return getattr(self.leader, "state", None) == GRANTED
 
 
 class FlightMachine(RuleBasedStateMachine):
@@ -53,6 +73,7 @@ class FlightMachine(RuleBasedStateMachine):
         self.kept: dict[str, tuple[float, object]] = {}  # model of table.results
         self.swept_at = -math.inf  # last time the table dropped expired values
         self.serial = 0
+        self.joined: list[tuple[str, Hold]] = []  # every caller, in arrival order
 
     @initialize(ttl=st.sampled_from([0.0, 5.0]))
     def choose_ttl(self, ttl: float) -> None:
@@ -82,18 +103,40 @@ class FlightMachine(RuleBasedStateMachine):
     def with_followers(self) -> list[Call]:
         return [call for call in self.calls if call.followers]
 
+    def taken_over(self) -> list[Call]:
+        return [call for call in self.calls if call.taken_over]
+
+    def pass_lead(self, call: Call) -> None:
+        """Model: ``call``'s leader gave up; the earliest follower that can still run leads."""
+        while call.followers:
+            nxt = call.followers.pop(0)  # arrival order
+            assert self.wakes[nxt] == 1
+            if nxt in self.dead:  # its runtime is gone: the key passes on
+                assert nxt.state == CANCELLED
+                self.ended.append((call.key, nxt))
+                continue
+            assert nxt.state == GRANTED
+            call.leader = nxt
+            call.leaders.append(nxt)
+            return
+        self.calls.remove(call)
+
     # -- rules -------------------------------------------------------------
 
     @rule(key=st.sampled_from(KEYS), alive=st.sampled_from([True, True, True, False]))
     def join(self, key: str, alive: bool) -> None:
         """A caller arrives: it leads a new call, or follows the key's current one."""
+        self._join(key, alive)
+
+    def _join(self, key: str, alive: bool) -> None:
         hold = Hold(owner=object())
         self.wakes[hold] = 0
+        self.joined.append((key, hold))
         leads = self.table.enqueue(key, hold, self.wake_for(hold, alive))
         call = self.current(key)
         if call is None:
             assert leads, "a caller of an idle key must lead"
-            self.calls.append(Call(key, hold))
+            self.calls.append(Call(key, hold, leaders=[hold]))
         else:
             assert not leads, "a second leader for a busy key"
             assert hold.state == WAITING
@@ -102,12 +145,14 @@ class FlightMachine(RuleBasedStateMachine):
                 self.dead.add(hold)
 
     @precondition(lambda self: self.with_followers())
-    @rule(data=st.data())
-    def withdraw(self, data: st.DataObject) -> None:
-        """A waiting follower is cancelled: it leaves and nobody else notices."""
+    @rule(data=st.data(), cancel=st.booleans())
+    def withdraw(self, data: st.DataObject, cancel: bool) -> None:
+        """A waiting follower is cancelled (asyncio ``cancel``, trio's abort ``withdraw``):
+        it leaves and nobody else notices."""
         call = data.draw(st.sampled_from(self.with_followers()))
         hold = data.draw(st.sampled_from(call.followers))
-        assert self.table.withdraw(call.key, hold) == WAITING
+        give_up = self.table.cancel if cancel else self.table.withdraw
+        assert give_up(call.key, hold) == WAITING
         assert hold.state == CANCELLED
         call.followers.remove(hold)
         self.ended.append((call.key, hold))
@@ -150,17 +195,59 @@ class FlightMachine(RuleBasedStateMachine):
         """The leader is cancelled: the earliest follower that can still run takes over."""
         call = data.draw(st.sampled_from(self.calls))
         self.table.release(call.key, call.leader)
-        while call.followers:
-            nxt = call.followers.pop(0)  # arrival order
-            assert self.wakes[nxt] == 1
-            if nxt in self.dead:  # its runtime is gone: the key passes on
-                assert nxt.state == CANCELLED
-                self.ended.append((call.key, nxt))
-                continue
-            assert nxt.state == GRANTED
-            call.leader = nxt
-            return
-        self.calls.remove(call)
+        assert call.leader.state == RELEASED
+        self.pass_lead(call)
+
+    @precondition(lambda self: self.taken_over())
+    @rule(data=st.data(), asyncio=st.booleans())
+    def cancel_as_the_lead_arrives(self, data: st.DataObject, asyncio: bool) -> None:
+        """A follower is cancelled in the instant it is handed the lead.
+
+        asyncio (``cancel``): it never runs its function, the lead passes on to the next
+        follower at once. trio (abort, ``withdraw``): the hand-off wins, it resumes as the
+        leader (and meets the cancellation inside its function later).
+        """
+        call = data.draw(st.sampled_from(self.taken_over()))
+        leader = call.leader
+        if asyncio:
+            assert self.table.cancel(call.key, leader) == GRANTED
+            assert leader.state == RELEASED
+            self.pass_lead(call)
+        else:
+            assert self.table.withdraw(call.key, leader) == GRANTED
+            assert leader.state == GRANTED
+
+    @precondition(lambda self: self.taken_over())
+    @rule(
+        data=st.data(),
+        gave_up_first=st.booleans(),
+        noticed_by=st.sampled_from(LOST_NOTICED_BY),
+    )
+    def lose_the_lead_wake(self, data: st.DataObject, gave_up_first: bool, noticed_by: str) -> None:
+        """The wake handing the lead to a follower is lost (its loop closed with it queued).
+
+        The next operation on the table passes the lead on; if the lead was already given up
+        in between, the lost wake changes nothing.
+        """
+        call = data.draw(st.sampled_from(self.taken_over()))
+        key = call.key
+        leader = call.leader
+        self.table.lost(key, leader)
+        if gave_up_first:
+            self.table.release(key, leader)
+        other = next(k for k in KEYS if k != key)
+        if noticed_by == "locked":
+            self.table.locked(other)
+        elif noticed_by == "waiters":
+            self.table.waiters(other)
+        elif noticed_by == "len":
+            len(self.table)
+        elif noticed_by == "enqueue":
+            self._join(other, True)
+        else:
+            self.table.give_back_lost()
+        assert leader.state == (RELEASED if gave_up_first else CANCELLED)
+        self.pass_lead(call)
 
     @rule(key=st.sampled_from(KEYS))
     def forget(self, key: str) -> None:
@@ -170,6 +257,20 @@ class FlightMachine(RuleBasedStateMachine):
         if call is not None:
             call.detached = True
         self.kept.pop(key, None)
+
+    @precondition(lambda self: any(not call.detached for call in self.calls))
+    @rule(data=st.data())
+    def forget_and_call_again(self, data: st.DataObject) -> None:
+        """``forget`` during a call, and a caller right after: a newer call beside the detached
+        one, which keeps its followers and, whatever it does next, never removes the newer."""
+        call = data.draw(st.sampled_from([c for c in self.calls if not c.detached]))
+        self.forget(call.key)
+        self._join(call.key, True)
+        newer = self.current(call.key)
+        assert newer is not None
+        assert newer is not call
+        assert self.table.holds[call.key] is newer.leader
+        assert self.table.waiters(call.key) == 0
 
     @rule(dt=st.sampled_from([0.5, 2.0, 5.0, 20.0]))
     def advance(self, dt: float) -> None:
@@ -200,6 +301,30 @@ class FlightMachine(RuleBasedStateMachine):
             assert self.table.waiters(key) == len(call.followers)
 
     @invariant()
+    def followers_queue_behind_their_leader_in_arrival_order(self) -> None:
+        """For current and detached calls alike: the live queue is the model's, in order,
+        and every waiting follower is reachable from its leader (its wait will end)."""
+        order = {hold: i for i, (_, hold) in enumerate(self.joined)}
+        for call in self.calls:
+            queue = call.leader.waiters
+            live = [] if queue is None else [h for h in queue if h.state == WAITING]
+            assert live == call.followers
+            assert (0 if queue is None else queue.live) == len(live)
+            assert [order[h] for h in live] == sorted(order[h] for h in live)
+            for hold in call.followers:
+                assert hold.queue is queue
+        waiting = {h for _, h in self.joined if getattr(h, "state", None) == WAITING}
+        assert waiting == {h for call in self.calls for h in call.followers}
+
+    @invariant()
+    def takeovers_follow_arrival_order(self) -> None:
+        order = {hold: i for i, (_, hold) in enumerate(self.joined)}
+        for call in self.calls:
+            assert call.leaders[-1] is call.leader
+            indices = [order[h] for h in call.leaders]
+            assert indices == sorted(indices)
+
+    @invariant()
     def waiting_followers_are_untouched(self) -> None:
         for call in self.calls:
             if hasattr(call.leader, "state"):  # it took over
@@ -227,6 +352,26 @@ class FlightMachine(RuleBasedStateMachine):
         if self.ttl == 0:
             assert not results
 
+    def teardown(self) -> None:
+        """Every call ends in turn (current and detached): nobody may be left waiting."""
+        if sys.exc_info()[0] is not None:
+            return  # a step failed: that failure is the report
+        while self.calls:
+            call = self.calls[0]
+            self.serial += 1
+            outcome = ("outcome", self.serial)
+            self.table.finish(call.key, call.leader, outcome, MISS, self.now)
+            for hold in call.followers:
+                self.outcomes[hold] = outcome
+            self.calls.remove(call)
+        assert not self.table.holds
+        assert len(self.table) == 0
+        stuck = [h for _, h in self.joined if getattr(h, "state", None) in (WAITING, GRANTED)]
+        assert not stuck, f"callers left waiting or leading: {stuck}"
+        self.followers_are_woken_once_with_their_calls_outcome()
+        for _, hold in self.joined:
+            assert self.wakes[hold] <= 1
+
 
 FlightMachine.TestCase.settings = settings(
     max_examples=150,
@@ -235,3 +380,16 @@ FlightMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestFlightTable = FlightMachine.TestCase
+
+
+class FlightMachineLong(FlightMachine):
+    """The same machine, many more and longer runs (``nox -s stress``)."""
+
+
+FlightMachineLong.TestCase.settings = settings(
+    max_examples=1000 if LONG_STRESS else 200,
+    stateful_step_count=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestFlightTableLong = pytest.mark.timeout(900)(pytest.mark.slow(FlightMachineLong.TestCase))
