@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
 from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, guard_is_owned, reacquire_error
 from ._errors import Aborted, LockTimeout
-from ._keys import Decorator, KeySpec
-from ._running import make_guard, run_async, run_blocking
+from ._running import RunMixin
 from ._runtime import park_async
 from ._runtime._asyncio import wait_asyncio
 from ._runtime._detect import (
@@ -31,10 +30,8 @@ from ._runtime._detect import (
 from ._runtime._threads import wait_thread
 from ._scopes._base import WideScope
 from ._validate import (
-    OnError,
     check_key,
     check_max_waiters,
-    check_on_error,
     check_timeout,
 )
 
@@ -410,7 +407,7 @@ def _release_wide(
     scope.release(local)
 
 
-class _LockBase:
+class _LockBase(RunMixin):
     """Everything a keyed lock does, over the local core and an optional wide scope.
 
     Not for subclassing outside keyedlock: use :class:`KeyedLock` or
@@ -541,88 +538,6 @@ class _LockBase:
     def __len__(self) -> int:
         """Number of keys with a holder or a waiter in this process."""
         return len(self._table)
-
-    # -- run a function under a key ----------------------------------------
-
-    @overload
-    async def run(
-        self,
-        key: Hashable,
-        fn: Callable[..., Awaitable[R]],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R: ...
-    @overload
-    async def run(
-        self,
-        key: Hashable,
-        fn: Callable[..., R],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R: ...
-    async def run(
-        self,
-        key: Hashable,
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> Any:
-        """Run ``fn(*args, **kwargs)`` (sync or async) while holding ``key``.
-
-        Returns its result. Raises :class:`~keyedlock.LockTimeout` if
-        ``timeout`` elapses first. With ``on_error="stop"``, an exception
-        from ``fn`` aborts every caller queued on ``key`` at that moment (they
-        raise :class:`~keyedlock.Aborted`, caused by it); later callers start
-        fresh. ``"continue"`` (the default) just passes the key on.
-        """
-        stop = check_on_error(on_error)
-        return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
-
-    def run_sync(
-        self,
-        key: Hashable,
-        fn: Callable[..., R],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R:
-        """Run the sync ``fn(*args, **kwargs)`` in this thread while holding ``key``.
-
-        As :meth:`run`, for threads: it blocks, so it raises RuntimeError in
-        a thread running an event loop.
-        """
-        stop = check_on_error(on_error)
-        return run_blocking(self(key, timeout=timeout), stop, fn, args, kwargs, "run_sync(...)")
-
-    # -- decorator ---------------------------------------------------------
-
-    def guard(
-        self,
-        key: KeySpec,
-        *,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-    ) -> Decorator:
-        """Decorate a ``def`` or ``async def`` to run while holding a key.
-
-        ``key`` is a ``str.format`` template over the call's bound arguments
-        (``"checkout:{user_id}"``) or a callable taking the same arguments and
-        returning the key. The wrapped function keeps its signature. A sync
-        function is guarded like :meth:`run_sync` (blocking), an async one
-        like :meth:`run`.
-        """
-        return make_guard(self, key, timeout, on_error)
 
 
 class _WideLockBase(_LockBase):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from ._keys import Decorator, KeySpec, key_function
 from ._runtime._detect import check_can_block
@@ -23,7 +23,7 @@ from ._validate import (
     is_async_callable,
 )
 
-__all__ = ["Context", "make_guard", "run_async", "run_blocking"]
+__all__ = ["Context", "RunMixin", "make_guard", "run_async", "run_blocking"]
 
 R = TypeVar("R")
 
@@ -124,3 +124,99 @@ def make_guard(
         return guarded
 
     return decorate
+
+
+class RunMixin:
+    """``run``, ``run_sync`` and ``guard`` for any keyed lock.
+
+    The lock only has to be callable as ``lock(key, timeout=...)``, returning
+    its :class:`Context` (in-process, file or manager scope alike).
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def __call__(self, key: Hashable, *, timeout: float | None = None) -> Context: ...
+
+    # -- run a function under a key ----------------------------------------
+
+    @overload
+    async def run(
+        self,
+        key: Hashable,
+        fn: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        on_error: OnError = "continue",
+        **kwargs: Any,
+    ) -> R: ...
+    @overload
+    async def run(
+        self,
+        key: Hashable,
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        on_error: OnError = "continue",
+        **kwargs: Any,
+    ) -> R: ...
+    async def run(
+        self,
+        key: Hashable,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        on_error: OnError = "continue",
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` (sync or async) while holding ``key``.
+
+        Returns its result. Raises :class:`~keyedlock.LockTimeout` if
+        ``timeout`` elapses first. With ``on_error="stop"``, an exception
+        from ``fn`` aborts every caller queued on ``key`` at that moment (they
+        raise :class:`~keyedlock.Aborted`, caused by it); later callers start
+        fresh. ``"continue"`` (the default) just passes the key on.
+        """
+        stop = check_on_error(on_error)
+        return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
+
+    def run_sync(
+        self,
+        key: Hashable,
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        on_error: OnError = "continue",
+        **kwargs: Any,
+    ) -> R:
+        """Run the sync ``fn(*args, **kwargs)`` in this thread while holding ``key``.
+
+        As :meth:`run`, for threads: it blocks, so it raises RuntimeError in
+        a thread running an event loop.
+        """
+        stop = check_on_error(on_error)
+        return run_blocking(self(key, timeout=timeout), stop, fn, args, kwargs, "run_sync(...)")
+
+    # -- decorator ---------------------------------------------------------
+
+    def guard(
+        self,
+        key: KeySpec,
+        *,
+        timeout: float | None = None,
+        on_error: OnError = "continue",
+    ) -> Decorator:
+        """Decorate a ``def`` or ``async def`` to run while holding a key.
+
+        ``key`` is a ``str.format`` template over the call's bound arguments
+        (``"checkout:{user_id}"``) or a callable taking the same arguments and
+        returning the key. The wrapped function keeps its signature. A sync
+        function is guarded like :meth:`run_sync` (blocking), an async one
+        like :meth:`run`.
+        """
+        return make_guard(self, key, timeout, on_error)

@@ -82,7 +82,7 @@ from ._errors import Aborted, exception_state, rebuild_exception
 from ._flight import Result
 from ._keyed import _timeout_error
 from ._keys import Decorator, KeySpec, key_function
-from ._running import make_guard, run_async, run_blocking
+from ._running import RunMixin
 from ._runtime._detect import (
     FLIGHT_INSTEAD,
     async_runtime,
@@ -117,11 +117,9 @@ from ._scopes._manager import (
     serve,
 )
 from ._validate import (
-    OnError,
     check_fn,
     check_key,
     check_max_waiters,
-    check_on_error,
     check_sync_fn,
     check_timeout,
     check_ttl,
@@ -498,7 +496,7 @@ def _rebuild_lock(address: str, tid: int, max_waiters: int | None) -> KeyedLockP
 
 
 @final
-class KeyedLockProxy:
+class KeyedLockProxy(RunMixin):
     """A :class:`~keyedlock.KeyedLock` living in a :class:`KeyedLockManager`, for every process.
 
     Made by :meth:`KeyedLockManager.KeyedLock`; pickles into worker
@@ -652,80 +650,6 @@ class KeyedLockProxy:
     def __len__(self) -> int:
         """Number of keys with a holder or a waiter, across all processes."""
         return int(client_for(self._address).call((LEN, self._tid)))
-
-    # -- run a function under a key -------------------------------------------------
-
-    @overload
-    async def run(
-        self,
-        key: Hashable,
-        fn: Callable[..., Awaitable[R]],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R: ...
-    @overload
-    async def run(
-        self,
-        key: Hashable,
-        fn: Callable[..., R],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R: ...
-    async def run(
-        self,
-        key: Hashable,
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> Any:
-        """Run ``fn(*args, **kwargs)`` (sync or async) in this task while holding ``key``.
-
-        As :meth:`keyedlock.KeyedLock.run`; with ``on_error="stop"`` the
-        exception aborts the waiters of every process.
-        """
-        stop = check_on_error(on_error)
-        return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
-
-    def run_sync(
-        self,
-        key: Hashable,
-        fn: Callable[..., R],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R:
-        """Run the sync ``fn(*args, **kwargs)`` in this thread while holding ``key``.
-
-        As :meth:`keyedlock.KeyedLock.run_sync` (RuntimeError in a thread
-        running an event loop).
-        """
-        stop = check_on_error(on_error)
-        return run_blocking(self(key, timeout=timeout), stop, fn, args, kwargs, "run_sync(...)")
-
-    def guard(
-        self,
-        key: KeySpec,
-        *,
-        timeout: float | None = None,
-        on_error: OnError = "continue",
-    ) -> Decorator:
-        """Decorate a ``def`` or ``async def`` to run while holding a key.
-
-        As :meth:`keyedlock.KeyedLock.guard`: ``key`` is a ``str.format``
-        template over the call's arguments or a callable returning the key.
-        """
-        return make_guard(self, key, timeout, on_error)
 
 
 # -- single-flight ------------------------------------------------------------------
