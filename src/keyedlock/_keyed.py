@@ -563,6 +563,7 @@ class _WideLockBase(_LockBase):
         local = scope.local_key(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
+        # As in _LockBase.__call__, written out: a helper would add a frame to every acquire.
         ctx = _new_object(_WideLockContext)
         ctx.waiters = None
         ctx._table = self._table

@@ -501,48 +501,27 @@ class FileScope:
 
     def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
         """Lock the key's byte, blocking this thread; False if ``timeout`` elapses."""
-        offset = cast(KeyOffset, local_key)
-        if offset not in self._pending:
-            fd = self._fd
-            if fd < 0:
-                fd = self._shared()
-            try:
-                _fcntl(fd, _SETLK, offset.lock)
-            except OSError as exc:
-                if exc.errno not in _BUSY:
-                    raise
-            else:
-                self._held[offset] = fd
-                return True
-            if timeout == 0:
-                return False
-            if timeout is None:
-                # Waits in this thread, through the shared descriptor: the wait is never
-                # abandoned (KeyboardInterrupt ends the system call, holding nothing).
-                _fcntl(fd, _SETLKW, offset.lock)
-                self._held[offset] = fd
-                return True
-        elif timeout == 0:
-            return False  # our own pending wait is still queued in the kernel: busy
+        offset: KeyOffset = local_key  # type: ignore[assignment]
+        if self.try_acquire(offset):
+            return True
+        if timeout == 0:
+            return False  # busy (or our own abandoned wait is still queued in the kernel)
+        if timeout is None and offset not in self._pending:
+            # Waits in this thread, through the shared descriptor: the wait is never
+            # abandoned (KeyboardInterrupt ends the system call, holding nothing).
+            fd = self._shared()
+            _fcntl(fd, _SETLKW, offset.lock)
+            self._held[offset] = fd
+            return True
         wait = self._start_wait(offset)
         finished = wait.job.wait(timeout)
         return finished is not None and self._settle(wait, finished)
 
     async def acquire_async(self, local_key: Hashable, timeout: float | None) -> bool:
         """As :meth:`acquire_sync`; a wait runs in a helper thread and stays cancellable."""
-        offset = cast(KeyOffset, local_key)
-        if offset not in self._pending:
-            fd = self._fd
-            if fd < 0:
-                fd = self._shared()
-            try:
-                _fcntl(fd, _SETLK, offset.lock)
-            except OSError as exc:
-                if exc.errno not in _BUSY:
-                    raise
-            else:
-                self._held[offset] = fd
-                return True
+        offset: KeyOffset = local_key  # type: ignore[assignment]
+        if self.try_acquire(offset):
+            return True
         if timeout == 0:
             return False
         wait = self._start_wait(offset)
