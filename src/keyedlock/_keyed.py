@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from types import TracebackType
@@ -43,7 +44,7 @@ _new_object = object.__new__
 
 _NEW: Final = 0
 _ENTERED: Final = 1
-_DONE: Final = 2
+_EXITED: Final = 2
 
 
 def _timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
@@ -86,8 +87,39 @@ class _Ready:
     __len__ = ().__len__
 
 
-#: What the uncontended ``__aenter__`` / ``__aexit__`` return.
+class _NoLoop:
+    """Stands in for the event loop of :data:`DONE`, a future that never uses it.
+
+    A finished future is never scheduled, so its loop is only asked
+    ``get_debug()`` when the future is made.
+    """
+
+    __slots__ = ()
+
+    def get_debug(self) -> bool:
+        return False
+
+
+def _done() -> Awaitable[None]:
+    """A finished ``asyncio.Future``: the cheapest awaitable there is.
+
+    Awaiting one is a C-level step that never yields (so it serves trio tasks
+    too) and creates nothing but a small iterator. Unlike :data:`READY` it is
+    truthy, so ``__exit__`` returns it only when the body did not raise (a
+    ``with`` then ignores the result). :data:`READY` where it cannot be made.
+    """
+    try:
+        fut: asyncio.Future[None] = asyncio.Future(loop=_NoLoop())  # type: ignore[arg-type]
+        fut.set_result(None)
+    except Exception:  # pragma: no cover - an asyncio whose Future needs a real loop
+        return READY
+    return fut
+
+
+#: What the uncontended ``__aenter__`` / ``__aexit__`` return when the body did not raise;
+#: READY, falsy, when it did.
 READY: Final[Awaitable[None]] = cast("Awaitable[None]", _Ready())
+DONE: Final[Awaitable[None]] = _done()
 
 _REUSE = "this klock(key) context was already used; call klock(key) again for a new one"
 _BAD_EXIT = "exit of a klock(key) context that is not entered (exited twice, or never entered)"
@@ -157,7 +189,7 @@ class LockContext(Hold):
     # -- asyncio and trio --------------------------------------------------
 
     # Both are plain methods returning an awaitable: the uncontended paths do
-    # all their work at once and return READY, without creating a coroutine.
+    # all their work at once and return DONE, without creating a coroutine.
 
     def _aenter(self) -> Awaitable[None]:
         if self._phase:
@@ -173,7 +205,7 @@ class LockContext(Hold):
         self.owner = task
         try:
             if self._table.holds.setdefault(self._key, self) is self:
-                return READY  # the uncontended fast path
+                return DONE  # the uncontended fast path
         except BaseException:
             self._undo()
             raise
@@ -220,11 +252,12 @@ class LockContext(Hold):
     ) -> Awaitable[None]:
         """``__exit__`` and ``__aexit__`` alike: release is synchronous in every runtime.
 
-        Returns READY, which is falsy: ``with`` does not swallow the exception.
+        Returns an awaitable that is already done: DONE, or READY (falsy) when
+        the body raised, so that ``with`` never swallows the exception.
         """
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
-        self._phase = _DONE
+        self._phase = _EXITED
         table = self._table
         key = self._key
         try:
@@ -238,7 +271,7 @@ class LockContext(Hold):
                     holds = table.holds
                     if self.waiters is None and holds.get(key) is self:
                         del holds[key]
-                        return READY  # the uncontended fast path
+                        return DONE if exc_type is None else READY  # the uncontended fast path
                 finally:
                     if guard_is_owned(guard):  # also right after an interrupted acquire()
                         guard.release()
@@ -246,7 +279,7 @@ class LockContext(Hold):
         except BaseException:
             self._undo()  # interrupted: never leave the key held
             raise
-        return READY
+        return DONE if exc_type is None else READY
 
     if TYPE_CHECKING:
         # What type checkers see: a standard (async) context manager.
@@ -277,7 +310,7 @@ class LockContext(Hold):
         """Exit for ``run``: release this hold, aborting the waiters if ``abort``."""
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
-        self._phase = _DONE
+        self._phase = _EXITED
         try:
             self._release(abort)
         except BaseException:
@@ -343,7 +376,7 @@ class _WideLockContext(LockContext):
             if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
                 self._key
             ):
-                return READY
+                return DONE
         except BaseException:
             self._undo()
             raise

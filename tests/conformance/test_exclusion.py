@@ -7,7 +7,7 @@ import pytest
 from keyedlock import KeyedLock, LockTimeout
 
 from ..drivers import VIAS, Driver, Tracker, Via
-from ..support import wait_waiters
+from ..support import WAIT, Handle, start_thread, wait_waiters, wait_waiters_async
 
 ROUNDS = 40
 AGENTS = 4
@@ -101,3 +101,49 @@ def test_no_key_is_left_behind(driver: Driver, lock: KeyedLock, via: Via) -> Non
     assert len(lock) == 0
     assert not any(lock.locked(key) for key in keys)
     assert all(lock.waiters(key) == 0 for key in keys)
+
+
+class BodyError(Exception):
+    """Raised inside a critical section."""
+
+
+def test_an_error_in_the_body_propagates_and_releases(lock: KeyedLock) -> None:
+    """The context manager never swallows the body's exception, with or without waiters."""
+    waiters: list[Handle[bool]] = []
+
+    def critical(with_waiter: bool) -> None:
+        with lock("k"):
+            if with_waiter:
+                waiters.append(start_thread(lambda: lock.acquire("k", timeout=WAIT)))
+                wait_waiters(lock, "k", 1)
+            raise BodyError
+
+    with pytest.raises(BodyError):
+        critical(with_waiter=False)
+    assert len(lock) == 0
+    with pytest.raises(BodyError):
+        critical(with_waiter=True)
+    assert waiters[0].result() is True  # the key was handed on all the same
+    lock.release("k")
+    assert len(lock) == 0
+
+
+@pytest.mark.anyio
+async def test_an_error_in_an_async_body_propagates_and_releases(lock: KeyedLock) -> None:
+    waiters: list[Handle[bool]] = []
+
+    async def critical(with_waiter: bool) -> None:
+        async with lock("k"):
+            if with_waiter:
+                waiters.append(start_thread(lambda: lock.acquire("k", timeout=WAIT)))
+                await wait_waiters_async(lock, "k", 1)
+            raise BodyError
+
+    with pytest.raises(BodyError):
+        await critical(with_waiter=False)
+    assert len(lock) == 0
+    with pytest.raises(BodyError):
+        await critical(with_waiter=True)
+    assert waiters[0].result() is True
+    lock.release("k")
+    assert len(lock) == 0
