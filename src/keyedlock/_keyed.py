@@ -459,7 +459,10 @@ class _LockBase(RunMixin):
         """Validate ``key`` and map it to the key the local core serializes on."""
         scope = self._scope
         if scope is not None:
-            return scope.local_key(key)
+            try:
+                return scope.local_key(key)
+            except TypeError:
+                return scope.checked_local_key(key)
         try:
             hash(key)
         except TypeError:
@@ -593,7 +596,10 @@ class _WideLockBase(_LockBase):
         RuntimeError (use ``async with`` there). The object is for one use.
         """
         scope = self._scope
-        local = scope.local_key(key)
+        try:
+            local = scope.local_key(key)
+        except TypeError:
+            local = scope.checked_local_key(key)  # raises the scope's own TypeError
         if timeout is not None:
             timeout = check_timeout(timeout)
         # As in _LockBase.__call__, written out: a helper would add a frame to every acquire.

@@ -161,6 +161,17 @@ def test_keys_other_than_str_bytes_int_are_refused(file_lock: FileKeyedLock, key
         file_lock.locked(key)
 
 
+def test_keys_equal_to_cached_keys_are_still_refused(file_lock: FileKeyedLock) -> None:
+    """Offsets of used keys are cached, but True == 1 == 1.0 never shares 1's entry."""
+    for key in (1, 0, "1", b"1"):
+        with file_lock(key):
+            pass
+    for refused in (True, False, 1.0, 0.0):
+        with pytest.raises(TypeError, match="keys must be str, bytes or int"):
+            file_lock(refused)
+    assert len(file_lock) == 0
+
+
 def test_unhashable_key_is_refused(file_lock: FileKeyedLock) -> None:
     with pytest.raises(TypeError, match=r"keys must be str, bytes or int.*got unhashable 'list'"):
         file_lock.acquire(["k"])  # type: ignore[arg-type]
