@@ -36,7 +36,6 @@ __all__ = [
     "sniffio_local",
     "sync_owner",
     "task_of",
-    "thread_owner",
     "thread_owners",
 ]
 
@@ -58,12 +57,8 @@ class _ThreadOwner(threading.local):
         self.token = object()
 
 
+#: ``thread_owners.token``: the owner token of the calling thread.
 thread_owners: Final = _ThreadOwner()
-
-
-def thread_owner() -> object:
-    """The owner token of the calling thread (see :class:`_ThreadOwner`)."""
-    return thread_owners.token
 
 
 running_loop = _get_running_loop
