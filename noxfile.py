@@ -6,6 +6,7 @@ with a single Python 3.11+ is enough:
     pip install nox
     nox                     # lint, typecheck, tests
     nox -s tests -- -k fifo # extra arguments go to pytest
+    nox -s tests-versions   # the tests on every supported Python installed here
     nox -s stress           # long stress tests (marked slow)
     nox -s docs             # build the documentation site (strict)
     nox -s bench -- --help  # benchmarks
@@ -28,6 +29,13 @@ def tests(session: nox.Session) -> None:
     session.install(".[test]")
     args = session.posargs or ["-m", "not slow"]
     session.run("pytest", *args)
+
+
+@nox.session(name="tests-versions", python=["3.11", "3.12", "3.13", "3.14"])
+def tests_versions(session: nox.Session) -> None:
+    """The test suite on every supported Python found on this machine (others are skipped)."""
+    session.install(".[test]")
+    session.run("pytest", *(session.posargs or ["-m", "not slow"]))
 
 
 @nox.session

@@ -98,8 +98,9 @@ def _public_asyncio_task() -> asyncio.Task[Any] | None:
 asyncio_task = _public_asyncio_task
 
 if sys.version_info >= (3, 12):  # pragma: no cover - version-specific
-    # C all the way down, and finding the running loop costs no system call.
-    asyncio_task = asyncio.current_task
+    # Finding the running loop costs no system call there, and current_task is C. (Not
+    # asyncio.current_task() itself: without a running loop, under trio say, it raises.)
+    pass
 else:  # pragma: no cover - version-specific
     from asyncio import tasks as _tasks
 
