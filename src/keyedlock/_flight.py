@@ -215,9 +215,11 @@ class SingleFlight:
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 return Result(kept, True) if ex else kept
-        loop = last_loop[0]  # asyncio_task(), inlined as in LockContext.__aenter__
+        seen = last_loop[0]  # asyncio_task(), inlined as in LockContext.__aenter__
         owner: Any = (
-            task_of(loop) if loop is not None and loop._thread_id == get_ident() else asyncio_task()
+            task_of(seen[0])
+            if seen is not None and seen[0]._thread_id == get_ident()
+            else asyncio_task()
         )
         runtime = ASYNCIO
         if owner is None:

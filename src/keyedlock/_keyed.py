@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
-from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, guard_is_owned, reacquire_error
+from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, reacquire_error
 from ._errors import Aborted, LockTimeout
 from ._running import RunMixin
 from ._runtime import park_async
@@ -87,39 +86,8 @@ class _Ready:
     __len__ = ().__len__
 
 
-class _NoLoop:
-    """Stands in for the event loop of :data:`DONE`, a future that never uses it.
-
-    A finished future is never scheduled, so its loop is only asked
-    ``get_debug()`` when the future is made.
-    """
-
-    __slots__ = ()
-
-    def get_debug(self) -> bool:
-        return False
-
-
-def _done() -> Awaitable[None]:
-    """A finished ``asyncio.Future``: the cheapest awaitable there is.
-
-    Awaiting one is a C-level step that never yields (so it serves trio tasks
-    too) and creates nothing but a small iterator. Unlike :data:`READY` it is
-    truthy, so ``__exit__`` returns it only when the body did not raise (a
-    ``with`` then ignores the result). :data:`READY` where it cannot be made.
-    """
-    try:
-        fut: asyncio.Future[None] = asyncio.Future(loop=_NoLoop())  # type: ignore[arg-type]
-        fut.set_result(None)
-    except Exception:  # pragma: no cover - an asyncio whose Future needs a real loop
-        return READY
-    return fut
-
-
-#: What the uncontended ``__aenter__`` / ``__aexit__`` return when the body did not raise;
-#: READY, falsy, when it did.
+#: What the uncontended paths return when they have nothing better (see LockContext._aenter).
 READY: Final[Awaitable[None]] = cast("Awaitable[None]", _Ready())
-DONE: Final[Awaitable[None]] = _done()
 
 _REUSE = "this klock(key) context was already used; call klock(key) again for a new one"
 _BAD_EXIT = "exit of a klock(key) context that is not entered (exited twice, or never entered)"
@@ -139,7 +107,7 @@ class LockContext(Hold):
     lock of a wider scope returns a subclass that also holds the key there.)
     """
 
-    __slots__ = ("_key", "_phase", "_scope", "_table", "_timeout")
+    __slots__ = ("_key", "_phase", "_ready", "_scope", "_table", "_timeout")
 
     _table: KeyTable
     _key: Hashable
@@ -147,6 +115,8 @@ class LockContext(Hold):
     _phase: int
     #: None here; the wide scope of a :class:`_WideLockContext` (released first on exit).
     _scope: WideScope | None
+    #: What a clean exit returns: READY, or the finished future of the loop it entered on.
+    _ready: Awaitable[None]
 
     def __init__(self) -> None:
         raise TypeError("make a LockContext by calling a keyed lock: klock(key, timeout=...)")
@@ -188,24 +158,31 @@ class LockContext(Hold):
 
     # -- asyncio and trio --------------------------------------------------
 
-    # Both are plain methods returning an awaitable: the uncontended paths do
-    # all their work at once and return DONE, without creating a coroutine.
+    # Both are plain methods returning an awaitable: the uncontended paths do all
+    # their work at once and return an awaitable that is already done, without
+    # creating a coroutine. Entering under asyncio, that is a finished future of the
+    # running loop, kept with the loop in last_loop (awaiting it is a C-level step that
+    # never yields; any asyncio helper takes it); otherwise READY.
 
     def _aenter(self) -> Awaitable[None]:
         if self._phase:
             raise RuntimeError(_REUSE)
         self._phase = _ENTERED
-        loop = last_loop[0]  # asyncio_task(), inlined: this is every acquire's path
-        task: object = (
-            task_of(loop) if loop is not None and loop._thread_id == get_ident() else asyncio_task()
-        )
+        seen = last_loop[0]  # asyncio_task(), inlined: this is every acquire's path
+        if seen is not None and seen[0]._thread_id == get_ident():
+            task: object = task_of(seen[0])
+            ready: Awaitable[None] = seen[1]  # a finished future of this loop: cheapest of all
+        else:
+            task = asyncio_task()
+            ready = READY
         runtime = ASYNCIO
         if task is None:
             runtime, task = async_runtime(None)
         self.owner = task
+        self._ready = ready
         try:
             if self._table.holds.setdefault(self._key, self) is self:
-                return DONE  # the uncontended fast path
+                return ready  # the uncontended fast path
         except BaseException:
             self._undo()
             raise
@@ -252,8 +229,9 @@ class LockContext(Hold):
     ) -> Awaitable[None]:
         """``__exit__`` and ``__aexit__`` alike: release is synchronous in every runtime.
 
-        Returns an awaitable that is already done: DONE, or READY (falsy) when
-        the body raised, so that ``with`` never swallows the exception.
+        Returns an awaitable that is already done: the one its entry chose (a
+        finished future is truthy, but a ``with`` ignores the result of a clean exit),
+        or READY, which is falsy, when the body raised: ``with`` never swallows it.
         """
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
@@ -271,15 +249,19 @@ class LockContext(Hold):
                     holds = table.holds
                     if self.waiters is None and holds.get(key) is self:
                         del holds[key]
-                        return DONE if exc_type is None else READY  # the uncontended fast path
+                        return self._ready if exc_type is None else READY  # the fast path
                 finally:
-                    if guard_is_owned(guard):  # also right after an interrupted acquire()
+                    # One call, and no window after it: if an interrupt stopped acquire()
+                    # before it took the guard, the RLock refuses the release.
+                    try:  # noqa: SIM105 - suppress() would add a context manager to every exit
                         guard.release()
+                    except RuntimeError:
+                        pass
             table.release(key, self)  # waiters to hand the key to
         except BaseException:
             self._undo()  # interrupted: never leave the key held
             raise
-        return DONE if exc_type is None else READY
+        return self._ready if exc_type is None else READY
 
     if TYPE_CHECKING:
         # What type checkers see: a standard (async) context manager.
@@ -376,7 +358,7 @@ class _WideLockContext(LockContext):
             if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
                 self._key
             ):
-                return DONE
+                return READY
         except BaseException:
             self._undo()
             raise
@@ -459,10 +441,7 @@ class _LockBase(RunMixin):
         """Validate ``key`` and map it to the key the local core serializes on."""
         scope = self._scope
         if scope is not None:
-            try:
-                return scope.local_key(key)
-            except TypeError:
-                return scope.checked_local_key(key)
+            return scope.local_key(key)
         try:
             hash(key)
         except TypeError:
@@ -504,6 +483,7 @@ class _LockBase(RunMixin):
         ctx._key = key
         ctx._timeout = timeout
         ctx._phase = _NEW
+        ctx._ready = READY
         return ctx
 
     # -- explicit acquire / release ----------------------------------------
@@ -596,10 +576,7 @@ class _WideLockBase(_LockBase):
         RuntimeError (use ``async with`` there). The object is for one use.
         """
         scope = self._scope
-        try:
-            local = scope.local_key(key)
-        except TypeError:
-            local = scope.checked_local_key(key)  # raises the scope's own TypeError
+        local = scope.local_key(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
         # As in _LockBase.__call__, written out: a helper would add a frame to every acquire.
@@ -610,6 +587,7 @@ class _WideLockBase(_LockBase):
         ctx._key = local
         ctx._timeout = timeout
         ctx._phase = _NEW
+        ctx._ready = READY
         return ctx
 
 

@@ -242,3 +242,80 @@ def test_a_new_thread_reusing_a_finished_threads_ident_is_another_owner() -> Non
         pytest.skip("no thread reused the finished thread's ident in 200 tries")
     assert outcome == {"acquired": False}
     lock.release("k")
+
+
+class ScriptedGuard:
+    """A table guard (a real RLock inside) whose next acquire or release is interrupted."""
+
+    def __init__(self) -> None:
+        self.inner = threading.RLock()
+        self.interrupt: str | None = None
+        self.entered = threading.Event()  # set by `with guard:` (the slow paths)
+
+    def acquire(self) -> bool:
+        if self.interrupt == "acquire":  # before the guard was taken
+            self.interrupt = None
+            raise KeyboardInterrupt
+        return self.inner.acquire()
+
+    def release(self) -> None:
+        self.inner.release()
+        if self.interrupt == "release":  # right after it was given back
+            self.interrupt = None
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> bool:
+        self.entered.set()
+        return self.inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+    def armed(self) -> str | None:
+        """The interrupt still to come, if any."""
+        return self.interrupt
+
+
+def test_interrupt_right_after_the_guard_is_released_leaves_it_free() -> None:
+    lock = KeyedLock()
+    guard = ScriptedGuard()
+    lock._table.guard = guard  # type: ignore[assignment]
+    guard.interrupt = "release"
+    with pytest.raises(KeyboardInterrupt), lock("k"):
+        pass
+    assert guard.armed() is None
+    assert not guard_is_owned(guard.inner)
+    assert len(lock) == 0
+    assert start_thread(lambda: lock.acquire("k", timeout=0)).result() is True
+    lock.release("k")
+
+
+def test_interrupt_before_the_guard_was_taken_never_releases_another_threads_hold() -> None:
+    """An acquire of the guard interrupted before it took it: the exit must not release the
+    guard another thread holds (the RLock refuses), and the key is still given back."""
+    lock = KeyedLock()
+    guard = ScriptedGuard()
+    lock._table.guard = guard  # type: ignore[assignment]
+    held = threading.Event()
+    checked: list[bool] = []
+
+    def other_thread() -> None:
+        with guard.inner:
+            held.set()
+            assert guard.entered.wait(WAIT)  # the interrupted exit now gives the key back
+            checked.append(guard_is_owned(guard.inner))
+
+    others = []
+
+    def interrupted_exit() -> None:
+        with lock("k"):
+            others.append(start_thread(other_thread))
+            assert held.wait(WAIT)
+            guard.entered.clear()
+            guard.interrupt = "acquire"  # the exit's acquire of the guard is interrupted
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_exit()
+    others[0].result()
+    assert checked == [True], "the other thread's hold of the guard was released"
+    assert len(lock) == 0

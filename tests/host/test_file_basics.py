@@ -172,6 +172,28 @@ def test_keys_equal_to_cached_keys_are_still_refused(file_lock: FileKeyedLock) -
     assert len(file_lock) == 0
 
 
+def test_str_and_bytes_keys_are_never_compared(tmp_path: Path) -> None:
+    """An ASCII str and the same bytes hash alike; the key cache must never compare them,
+    since under ``python -bb`` that comparison raises BytesWarning."""
+    code = f"""
+from keyedlock import FileKeyedLock
+lock = FileKeyedLock({str(tmp_path / "bb.lock")!r})
+for key in ("user:1", b"user:1", "user:1", b"user:1"):
+    with lock(key):
+        pass
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-bb", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def test_unhashable_key_is_refused(file_lock: FileKeyedLock) -> None:
     with pytest.raises(TypeError, match=r"keys must be str, bytes or int.*got unhashable 'list'"):
         file_lock.acquire(["k"])  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ imported).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from asyncio import AbstractEventLoop
@@ -28,7 +29,6 @@ __all__ = [
     "asyncio_task",
     "blocking_call_error",
     "check_can_block",
-    "current_task",
     "get_ident",
     "last_loop",
     "on_loop_thread",
@@ -64,9 +64,6 @@ thread_owners: Final = _ThreadOwner()
 running_loop = _get_running_loop
 sniffio_local = sniffio.thread_local
 
-current_task: Callable[[AbstractEventLoop], asyncio.Task[Any] | None]
-current_task = asyncio.current_task
-
 
 def on_loop_thread(loop: AbstractEventLoop) -> bool:
     """True if ``loop`` is running in this very thread (so it may be called directly).
@@ -80,56 +77,59 @@ def on_loop_thread(loop: AbstractEventLoop) -> bool:
     return _get_running_loop() is loop
 
 
-#: The current asyncio task, or None (``asyncio.current_task`` without a running loop).
-asyncio_task: Callable[[], asyncio.Task[Any] | None]
+#: ``(loop, done)``: the asyncio loop that last answered :func:`asyncio_task`, with a
+#: finished future of that loop (what an uncontended ``async with`` may return: awaiting
+#: it never yields), or None. One cell shared by all threads, read in one step. Hot paths
+#: inline ``seen is not None and seen[0]._thread_id == get_ident()`` (the loop runs in
+#: this very thread) and then call ``task_of(seen[0])``; anything else calls
+#: :func:`asyncio_task`, which refreshes the cell.
+last_loop: Final[list[tuple[Any, Any] | None]] = [None]
 
-#: The loop that last answered :func:`asyncio_task` on 3.11 (always None elsewhere), and
-#: the task registry to look its current task up in: hot paths inline the check
-#: ``loop is not None and loop._thread_id == get_ident()`` and call ``task_of(loop)``.
-last_loop: Final[list[Any]] = [None]
-task_of: Callable[[Any], asyncio.Task[Any] | None] = lambda loop: None  # noqa: E731
+#: The current task of a loop running in this thread (C-level on every version).
+task_of: Callable[[Any], asyncio.Task[Any] | None] = asyncio.current_task
 
-
-def _public_asyncio_task() -> asyncio.Task[Any] | None:
-    loop = _get_running_loop()
-    return None if loop is None else current_task(loop)
-
-
-asyncio_task = _public_asyncio_task
-
-if sys.version_info >= (3, 12):  # pragma: no cover - version-specific
-    # Finding the running loop costs no system call there, and current_task is C. (Not
-    # asyncio.current_task() itself: without a running loop, under trio say, it raises.)
-    pass
-else:  # pragma: no cover - version-specific
+if sys.version_info < (3, 12):  # pragma: no cover - version-specific
+    # On 3.11 asyncio.current_task is pure Python; its registry is a dict.
     from asyncio import tasks as _tasks
 
     _registry = getattr(_tasks, "_current_tasks", None)
     if isinstance(_registry, dict):
-        # On 3.11, asyncio.current_task is pure Python, and _get_running_loop()
-        # makes a getpid() system call on every call from inside a running loop
-        # (a fork check, gone in 3.12): together they were most of an uncontended
-        # `async with`. So remember the loop that last answered (one cell shared
-        # by all threads: no thread-local lookup) and trust it while it says it
-        # runs in this thread. run_forever() records its thread on entry and
-        # clears it on exit, and one thread runs one loop at a time, so that
-        # check is exact. Loops without that record take the public path.
-        _task_registry: dict[AbstractEventLoop, asyncio.Task[Any]] = _registry
-        current_task = task_of = _task_registry.get
-        _seen = last_loop
+        task_of = _registry.get
 
-        def _cached_asyncio_task() -> asyncio.Task[Any] | None:
-            loop = _seen[0]
-            if loop is not None and loop._thread_id == get_ident():
-                return _task_registry.get(loop)
-            loop = _get_running_loop()
-            if loop is None:
-                return None
-            if hasattr(loop, "_thread_id"):
-                _seen[0] = loop
-            return _task_registry.get(loop)
 
-        asyncio_task = _cached_asyncio_task
+def asyncio_task() -> asyncio.Task[Any] | None:
+    """The asyncio task running in this thread, or None (no running loop, or no task).
+
+    Finding the running loop is a ``getpid()`` system call on 3.11, and was most of an
+    uncontended ``async with``; so the loop that last answered is remembered, and trusted
+    while it says it runs in this thread: ``run_forever()`` records its thread on entry
+    and clears it on exit, and one thread runs one loop at a time, so that check is
+    exact. Loops that keep no such record take the public path every time. (Not
+    ``asyncio.current_task()`` itself: without a running loop, under trio say, it
+    raises on 3.12+.)
+    """
+    seen = last_loop[0]
+    if seen is not None and seen[0]._thread_id == get_ident():
+        return task_of(seen[0])
+    loop = _get_running_loop()
+    if loop is None:
+        return None
+    if hasattr(loop, "_thread_id"):
+        done = loop.create_future()
+        done.set_result(None)
+        last_loop[0] = (loop, done)
+    return task_of(loop)
+
+
+def _forget_loop_in_child() -> None:
+    # A fork child inherits the cell, and the parent's loop still says it runs in this
+    # thread (fork keeps the thread's ident): trusting it would make every task of the
+    # child look like the parent's task at the time of the fork.
+    last_loop[0] = None
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_loop_in_child)
 
 
 def _trio_task() -> object | None:
@@ -147,7 +147,7 @@ def sync_owner() -> object:
     """Owner of a synchronous call: the current task inside one, else the thread."""
     loop = _get_running_loop()
     if loop is not None:
-        asyncio_task = current_task(loop)
+        asyncio_task = task_of(loop)
         if asyncio_task is not None:
             return asyncio_task
     trio_task = _trio_task()
@@ -160,7 +160,7 @@ def async_runtime(loop: AbstractEventLoop | None) -> tuple[int, object]:
     ``loop`` is the running asyncio loop the caller already looked up.
     """
     if loop is not None:
-        asyncio_task = current_task(loop)
+        asyncio_task = task_of(loop)
         if asyncio_task is not None:
             return ASYNCIO, asyncio_task
     trio_task = _trio_task()

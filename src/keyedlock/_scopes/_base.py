@@ -27,14 +27,6 @@ class WideScope(Protocol):
         """
         ...
 
-    def checked_local_key(self, key: object) -> Hashable:
-        """As :meth:`local_key`, raising this scope's own clear TypeError for a bad key.
-
-        :meth:`local_key` may fail with Python's plain TypeError for an unhashable
-        key (so that it can be a bare dictionary lookup); callers then ask this.
-        """
-        ...
-
     def try_acquire(self, local_key: Hashable) -> bool:
         """Acquire ``local_key`` in the wide scope if it is free there, without waiting.
 

@@ -178,41 +178,26 @@ def _make_offset(key: object) -> KeyOffset:
     return offset
 
 
-class _OffsetCache(dict[object, KeyOffset]):
-    """Offsets of recently used ``str`` and ``bytes`` keys (hashing costs about as much
-    as a lock system call); looking up any other key computes its offset.
-
-    A hit is one C-level dict lookup. Only exact ``str`` and ``bytes`` keys are
-    stored: neither ever equals a key of another type, so ``True``, ``1`` and
-    ``1.0`` (equal, but one int key and two refused ones) always take
-    :meth:`__missing__`, which checks the type. Bounded: cleared when full.
-    """
-
-    __slots__ = ()
-
-    def __missing__(self, key: object) -> KeyOffset:
-        cls = type(key)
-        if cls is int:
-            offset = _int_offsets.get(key)
-            if offset is None:
-                if len(_int_offsets) >= _OFFSETS_MAX:
-                    _int_offsets.clear()
-                offset = _int_offsets[key] = _make_offset(key)
-            return offset
-        offset = _make_offset(key)  # TypeError for keys the file scope refuses
-        if cls is str or cls is bytes:
-            if len(self) >= _OFFSETS_MAX:
-                self.clear()
-            self[key] = offset
-        return offset
-
-
 _OFFSETS_MAX: Final = 1024
-_offsets: Final = _OffsetCache()
-_int_offsets: dict[object, KeyOffset] = {}
 
-#: The :class:`KeyOffset` of a key (TypeError unless str, bytes or int), through the cache.
-_offset_of: Final = _offsets.__getitem__
+#: Offsets of recently used keys, one cache per key type (hashing costs about as much as
+#: a lock system call). Per type, so that a lookup never compares keys of two types:
+#: ``True == 1 == 1.0`` must not share 1's entry, and under ``python -bb`` comparing a str
+#: with bytes of the same hash raises. Each is bounded: cleared when full.
+_offsets: Final[dict[type, dict[object, KeyOffset]]] = {str: {}, bytes: {}, int: {}}
+
+
+def _offset_of(key: object) -> KeyOffset:
+    """The :class:`KeyOffset` of ``key``; TypeError unless str, bytes or int (not bool)."""
+    cache = _offsets.get(type(key))
+    if cache is None:
+        return _make_offset(key)  # a subclass (same offset as its value), or TypeError
+    offset = cache.get(key)
+    if offset is None:
+        if len(cache) >= _OFFSETS_MAX:
+            cache.clear()
+        offset = cache[key] = _make_offset(key)
+    return offset
 
 
 # -- the lock file ----------------------------------------------------------
@@ -497,14 +482,8 @@ class FileScope:
     # -- WideScope ---------------------------------------------------------
 
     #: The key's :class:`KeyOffset`; TypeError unless a str, bytes or int (not bool).
-    #: (The cache's own lookup, not a method calling it: no Python frame per acquire;
-    #: an unhashable key fails in the lookup itself, see :meth:`checked_local_key`.)
+    #: (The function itself, not a method calling it: one frame less per acquire.)
     local_key = staticmethod(_offset_of)
-
-    @staticmethod
-    def checked_local_key(key: object) -> Hashable:
-        """As :attr:`local_key`, with this scope's own TypeError for every refused key."""
-        return _make_offset(key)
 
     def try_acquire(self, local_key: Hashable) -> bool:
         """Lock the key's byte if it is free, without waiting (the uncontended path)."""
