@@ -310,7 +310,6 @@ class LockContext(Hold):
             self._release()
 
 
-@final
 class _WideLockContext(LockContext):
     """A :class:`LockContext` whose key is also held in a scope wider than the process.
 

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -235,6 +236,17 @@ def hold_until_set(path: str, key: str, held: Event, release: Event | None) -> N
     else:
         assert release.wait(WAIT)
         lock.release(key)
+
+
+def fork_child_exit(ctx: AbstractContextManager[None], conn: Connection) -> None:
+    """In a fork child: leave the ``with`` its parent was inside when it forked; report."""
+    try:
+        ctx.__exit__(None, None, None)
+    except RuntimeError as exc:
+        conn.send(str(exc))
+    else:
+        conn.send("exited")
+    conn.close()
 
 
 def fork_child_report(lock: FileKeyedLock, key: str, conn: Connection) -> None:

@@ -19,6 +19,7 @@ from .file_support import (
     Children,
     count_under_key,
     fds_of,
+    fork_child_exit,
     fork_child_report,
     helper_threads,
     hold_until_set,
@@ -162,6 +163,25 @@ def test_fork_child_holds_nothing_and_never_drops_the_parents_keys(
     assert other.ask("acquire", "w", WAIT) == "True"
     assert fds_of(lock_path) == [file_lock._file._fd]
     wait_until(lambda: not helper_threads(), "the helper thread exits")
+
+
+def test_fork_child_leaving_the_parents_with_never_unlocks(
+    file_lock: FileKeyedLock, children: Children, lock_path: str
+) -> None:
+    other = children.agent(lock_path)
+    ctx = file_lock("k")
+    with ctx:
+        theirs_conn, ours_conn = FORK.Pipe(duplex=False)
+        child = children.process(FORK, fork_child_exit, ctx, ours_conn)
+        ours_conn.close()
+        assert theirs_conn.poll(WAIT), "the fork child did not report"
+        report = theirs_conn.recv()
+        children.join([child])
+        assert "does not hold" in report  # RuntimeError: the key is the parent's
+        assert other.ask("acquire", "k", 0) == "False"  # and the parent still holds it
+        assert file_lock.locked("k")
+    assert not file_lock.locked("k")
+    assert other.ask("acquire", "k", WAIT) == "True"
 
 
 def test_lock_object_travels_to_spawn_children_by_path(file_lock: FileKeyedLock) -> None:
