@@ -71,6 +71,7 @@ import os
 import pickle
 import secrets
 import sys
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from multiprocessing.connection import Client as _connect
@@ -87,9 +88,9 @@ from ._runtime._detect import (
     FLIGHT_INSTEAD,
     async_runtime,
     check_can_block,
-    get_ident,
     running_loop,
     sync_owner,
+    thread_owners,
 )
 from ._runtime._offload import Finished, Offload
 from ._scopes._manager import (
@@ -420,9 +421,60 @@ def _check_wire_key(key: object) -> None:
         )
 
 
+# -- owners on the wire ---------------------------------------------------------
+#
+# The manager tells owners apart by (process id, number). The numbers are never reused
+# within a process, unlike thread idents and id(task): a key left held by a thread or
+# task that ended must not look like a new one's own (a false re-acquire error).
+
+_owner_numbers: Final = weakref.WeakKeyDictionary[object, int]()
+_owner_numbers_lock = threading.Lock()
+_last_owner_number = 0
+
+
+def _new_owner_number() -> int:
+    global _last_owner_number
+    with _owner_numbers_lock:
+        _last_owner_number += 1
+        return _last_owner_number
+
+
+def _reset_owner_numbers_lock() -> None:
+    """In a fork child: a fresh lock (another thread may have held it at the fork)."""
+    global _owner_numbers_lock
+    _owner_numbers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reset_owner_numbers_lock)
+
+
+class _ThreadNumber(threading.local):
+    def __init__(self) -> None:
+        self.number = _new_owner_number()
+
+
+_thread_number: Final = _ThreadNumber()
+
+
+def _thread_owner_id() -> int:
+    """The wire form of the calling thread as an owner (positive)."""
+    return _thread_number.number
+
+
+def _task_owner_id(task: object) -> int:
+    """The wire form of an asyncio or trio task as an owner (negative)."""
+    number = _owner_numbers.get(task)
+    if number is None:
+        number = _owner_numbers.setdefault(task, -_new_owner_number())
+    return number
+
+
 def _owner_id(owner: object) -> int:
-    """The wire form of an owner: a thread id (positive) or a task (negative)."""
-    return owner if isinstance(owner, int) else -id(owner)
+    """The wire form of ``sync_owner()``'s answer: the calling thread, or its task."""
+    if owner is thread_owners.token:
+        return _thread_owner_id()
+    return _task_owner_id(owner)
 
 
 @final
@@ -455,7 +507,7 @@ class ManagerLockContext:
         self._phase = _ENTERED
         check_can_block("`with klock(key)`")
         self._serial = next_serial()
-        if not self._lock._acquire_sync(self._key, get_ident(), self._serial, self._timeout):
+        if not self._lock._acquire_sync(self._key, _thread_owner_id(), self._serial, self._timeout):
             raise _timeout_error(self._key, self._timeout)
 
     def __exit__(
@@ -472,7 +524,9 @@ class ManagerLockContext:
         self._phase = _ENTERED
         _, task = async_runtime(running_loop())
         self._serial = next_serial()
-        if not await self._lock._acquire_async(self._key, -id(task), self._serial, self._timeout):
+        if not await self._lock._acquire_async(
+            self._key, _task_owner_id(task), self._serial, self._timeout
+        ):
             raise _timeout_error(self._key, self._timeout)
 
     async def __aexit__(
@@ -612,7 +666,7 @@ class KeyedLockProxy(RunMixin):
             owner = _owner_id(sync_owner())
         else:
             check_can_block("a blocking acquire(key)")
-            owner = get_ident()
+            owner = _thread_owner_id()
         return self._acquire_sync(key, owner, next_serial(), timeout)
 
     async def acquire_async(self, key: Hashable, *, timeout: float | None = None) -> bool:
@@ -625,7 +679,7 @@ class KeyedLockProxy(RunMixin):
         _check_wire_key(key)
         timeout = check_timeout(timeout)
         _, task = async_runtime(running_loop())
-        return await self._acquire_async(key, -id(task), next_serial(), timeout)
+        return await self._acquire_async(key, _task_owner_id(task), next_serial(), timeout)
 
     def release(self, key: Hashable) -> None:
         """Release ``key``, whoever holds it; RuntimeError if it is not held (one round trip).
@@ -819,7 +873,7 @@ class SingleFlightProxy:
         _check_wire_key(key)
         check_fn(fn)
         _, task = async_runtime(running_loop())
-        owner = -id(task)
+        owner = _task_owner_id(task)
         serial = next_serial()
         reply = self._join(key, owner, serial, False).run()
         if reply == Reply.BUSY:
@@ -865,7 +919,7 @@ class SingleFlightProxy:
         check_sync_fn(fn, "do_sync", "await flight.do(...)")
         check_can_block("flight.do_sync(...)", FLIGHT_INSTEAD)
         serial = next_serial()
-        reply = self._join(key, get_ident(), serial, True).run()
+        reply = self._join(key, _thread_owner_id(), serial, True).run()
         if reply != Reply.LEAD:
             return _outcome(reply, key), True
         try:

@@ -613,6 +613,67 @@ def test_api_in_one_process(klock: KeyedLockProxy) -> None:
     assert copy[0](*copy[1]).locked("a") is False
 
 
+def test_the_owner_is_the_thread_however_it_acquired(klock: KeyedLockProxy) -> None:
+    assert klock.acquire("a", blocking=False)
+    try:
+        with pytest.raises(RuntimeError, match="already held by this owner"):
+            klock.acquire("a", timeout=WAIT)  # would wait for itself until the timeout
+        with pytest.raises(RuntimeError, match="already held by this owner"), klock("a"):
+            pass
+    finally:
+        klock.release("a")
+    assert len(klock) == 0
+
+
+def test_a_new_thread_is_never_taken_for_an_ended_one(klock: KeyedLockProxy) -> None:
+    """Thread idents are reused; the owner a thread ended with must not pass to a new one."""
+
+    def take_and_end() -> None:
+        assert klock.acquire("left")  # never released by this thread
+
+    thread = threading.Thread(target=take_and_end)
+    thread.start()
+    thread.join(WAIT)
+    outcomes: list[object] = []
+
+    def try_it() -> None:
+        try:
+            outcomes.append(klock.acquire("left", timeout=0.01))
+        except RuntimeError as exc:
+            outcomes.append(exc)
+
+    try:
+        for _ in range(10):  # new threads usually get the ended thread's ident
+            t = threading.Thread(target=try_it)
+            t.start()
+            t.join(WAIT)
+        assert outcomes == [False] * 10  # busy (held by the ended thread), never "re-acquire"
+    finally:
+        klock.release("left")
+
+
+def test_task_owner_numbers_are_never_reused() -> None:
+    import keyedlock.multiprocessing as mp
+
+    async def numbers() -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        got: list[int] = []
+        for _ in range(50):
+            task = asyncio.ensure_future(asyncio.sleep(0))
+            ids.append(id(task))
+            got.append(mp._task_owner_id(task))
+            assert mp._task_owner_id(task) == got[-1]  # stable for one task
+            await task
+            del task
+        return ids, got
+
+    ids, got = asyncio.run(numbers())
+    assert len(set(ids)) < len(ids)  # id() was reused: the numbers must not be
+    assert len(set(got)) == len(got)
+    assert all(n < 0 for n in got)
+    assert mp._thread_owner_id() > 0
+
+
 def test_max_waiters_counts_every_process(manager: KeyedLockManager) -> None:
     bounded = manager.KeyedLock(max_waiters=1)
     assert bounded.max_waiters == 1
