@@ -56,8 +56,8 @@ class _FileLockContext(_WideLockContext):
         try:
             if self._table.holds.setdefault(key, self) is self:
                 scope = self._scope
-                fd = scope._fd
-                if fd >= 0 and not scope._pending:
+                if not scope._pending:  # (and a descriptor of -1 after a fork fails here)
+                    fd = scope._fd
                     try:
                         _fcntl(fd, _SETLK, key.lock)
                     except OSError:
@@ -228,9 +228,75 @@ class FileKeyedLock(_WideLockBase):
         ctx._scope = self._file
         ctx._key = local
         ctx._timeout = timeout
-        ctx._phase = _NEW
-        ctx._ready = READY
+        ctx._phase = _NEW  # (_ready is left unset: file contexts never read it)
         return ctx
+
+    def acquire(
+        self, key: Hashable, *, blocking: bool = True, timeout: float | None = None
+    ) -> bool:
+        """Acquire ``key``, blocking this thread; True if acquired.
+
+        Returns False on timeout, or at once if ``blocking=False`` (or
+        ``timeout=0``) and the key is busy (in this process or another). As
+        with :class:`threading.Lock`, ``blocking=False`` with a timeout is a
+        ValueError. A blocking call in a thread running an event loop raises
+        RuntimeError; a non-blocking one is allowed there. Release with
+        :meth:`release`.
+        """
+        if blocking and timeout is None:
+            # The plain blocking acquire of a key seen lately, written out as in
+            # _FileLockContext.__enter__; anything else takes the general path.
+            cache = _offsets.get(type(key))
+            local = None if cache is None else cache.get(key)
+            if local is not None and running_loop() is None and sniffio_local.name is None:
+                ctx = _new_object(_FileLockContext)
+                ctx.waiters = None
+                ctx._table = table = self._table
+                ctx._scope = scope = self._file
+                ctx._key = local
+                ctx._timeout = None
+                ctx._phase = _ENTERED
+                ctx.owner = thread_owners.token
+                try:
+                    if table.holds.setdefault(local, ctx) is ctx and not scope._pending:
+                        fd = scope._fd
+                        try:
+                            _fcntl(fd, _SETLK, local.lock)
+                        except OSError:
+                            pass  # busy (or worse): _lock_sync tries again, and says
+                        else:
+                            scope._held[local] = fd
+                            return True
+                    return ctx._lock_sync()
+                except BaseException:
+                    ctx._undo()
+                    raise
+        return _WideLockBase.acquire(self, key, blocking=blocking, timeout=timeout)
+
+    def release(self, key: Hashable) -> None:
+        """Release ``key``, whoever of this process holds it; RuntimeError if not held.
+
+        The key passes directly to this process's first waiter, if any (else
+        the kernel lets another process have it). A caller of this process
+        that still waits for another process to free the key does not hold it
+        yet: releasing it then raises RuntimeError.
+        """
+        cache = _offsets.get(type(key))
+        local = None if cache is None else cache.get(key)
+        if local is not None:
+            # The common case written out: held here and in the lock file.
+            table = self._table
+            holder = table.holds.get(local)
+            if holder is not None:
+                scope = self._file
+                fd = scope._held.pop(local, None)
+                if fd is not None:
+                    _fcntl(fd, _SETLK, local.unlock)
+                    if fd != scope._fd:
+                        scope._close(fd)
+                    table.release(local)
+                    return
+        _WideLockBase.release(self, key)  # the general path, and its errors
 
     @property
     def path(self) -> str:

@@ -300,11 +300,36 @@ def blocked_in_kernel(pid: int, lock_file: os.stat_result) -> bool:
     return False
 
 
+def proc_locks() -> str:
+    """/proc/locks as one snapshot.
+
+    One read() is one pass over the kernel's lock list with the list locked, as long as
+    the text fits the kernel's buffer (a page). Reading on is not: locks are inserted at
+    the head of the list, so a second read() after an insertion lists the last entries
+    again (a lock and its waiters counted twice). Larger texts are read until two
+    readings agree.
+    """
+    fd = os.open("/proc/locks", os.O_RDONLY)
+    try:
+        first = os.read(fd, 1 << 16)
+        if not os.read(fd, 1 << 16):
+            return first.decode()
+    finally:
+        os.close(fd)
+    previous = None
+    for _ in range(100):  # pragma: no cover - more locks than a page holds
+        text = Path("/proc/locks").read_text()
+        if text == previous:
+            return text
+        previous = text
+    raise AssertionError("/proc/locks never held still")  # pragma: no cover
+
+
 def kernel_locks(lock_file: os.stat_result, offset: int) -> tuple[int, int]:
     """(held, blocked): the OFD locks and lock waits /proc/locks lists on the key's byte."""
     held = blocked = 0
     device = f"{os.major(lock_file.st_dev):02x}:{os.minor(lock_file.st_dev):02x}"
-    for line in Path("/proc/locks").read_text().splitlines():
+    for line in proc_locks().splitlines():
         words = line.split()
         waiting = "->" in words
         words = [w for w in words if w != "->"]
