@@ -56,8 +56,8 @@ class _FileLockContext(_WideLockContext):
         try:
             if self._table.holds.setdefault(key, self) is self:
                 scope = self._scope
-                if not scope._pending:  # (and a descriptor of -1 after a fork fails here)
-                    fd = scope._fd
+                fd = scope._fd
+                if fd >= 0 and not scope._pending:  # (-1: a fork child reopens it on first use)
                     try:
                         _fcntl(fd, _SETLK, key.lock)
                     except OSError:
@@ -258,8 +258,8 @@ class FileKeyedLock(_WideLockBase):
                 ctx._phase = _ENTERED
                 ctx.owner = thread_owners.token
                 try:
-                    if table.holds.setdefault(local, ctx) is ctx and not scope._pending:
-                        fd = scope._fd
+                    fd = scope._fd
+                    if table.holds.setdefault(local, ctx) is ctx and fd >= 0 and not scope._pending:
                         try:
                             _fcntl(fd, _SETLK, local.lock)
                         except OSError:

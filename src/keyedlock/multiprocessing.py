@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -428,21 +429,20 @@ def _check_wire_key(key: object) -> None:
 # task that ended must not look like a new one's own (a false re-acquire error).
 
 _owner_numbers: Final = weakref.WeakKeyDictionary[object, int]()
-_owner_numbers_lock = threading.Lock()
-_last_owner_number = 0
+_owner_counter: Final = itertools.count(1)
+#: Reentrant: a signal handler may need a number while its thread is taking one.
+_owner_numbers_lock = threading.RLock()
 
 
 def _new_owner_number() -> int:
-    global _last_owner_number
-    with _owner_numbers_lock:
-        _last_owner_number += 1
-        return _last_owner_number
+    with _owner_numbers_lock:  # one step on free-threaded builds too
+        return next(_owner_counter)
 
 
 def _reset_owner_numbers_lock() -> None:
     """In a fork child: a fresh lock (another thread may have held it at the fork)."""
     global _owner_numbers_lock
-    _owner_numbers_lock = threading.Lock()
+    _owner_numbers_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX

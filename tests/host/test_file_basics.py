@@ -339,6 +339,25 @@ def test_explicit_path_is_created_private_and_accepts_pathlike(tmp_path: Path) -
     assert "app.lock" in repr(lock)
 
 
+@pytest.mark.parametrize("use", ["with", "acquire"])
+def test_a_lost_descriptor_is_opened_again_on_first_use(file_lock: FileKeyedLock, use: str) -> None:
+    """A fork child that could not reopen the lock file (EMFILE, say) has no descriptor
+    (-1) until its first acquire opens one: the fast paths must take the general path."""
+    scope = file_lock._file
+    file_lock.acquire("k", blocking=False)  # the key's offset is cached: the fast path's case
+    file_lock.release("k")
+    scope._fd = -1  # as _forked() leaves it when opening again failed
+    if use == "with":
+        with file_lock("k"):
+            assert file_lock.locked("k")
+    else:
+        assert file_lock.acquire("k")
+        file_lock.release("k")
+    assert scope._fd >= 0
+    assert not file_lock.locked("k")
+    assert len(file_lock) == 0
+
+
 def test_replaced_lock_file_is_detected(lock_path: str) -> None:
     """A private descriptor is opened through the path only if /proc is unusable; then a
     replaced file is refused rather than silently splitting the processes."""
