@@ -6,7 +6,7 @@ import os
 import weakref
 from collections.abc import Awaitable, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, cast, final
+from typing import TYPE_CHECKING, final
 
 from ._core._keytable import KeyTable
 from ._keyed import (
@@ -34,11 +34,10 @@ class _FileLockContext(_WideLockContext):
 
     The same steps as :class:`~keyedlock._keyed._WideLockContext` with
     :meth:`FileScope.try_acquire` and :meth:`FileScope.release` written out
-    (they are the two system calls of every acquire and release; the local
-    key is the packed lock request itself, and the descriptor that holds the
-    byte is kept in ``_wide``). Anything but the plain case (the key busy in
-    another process, an abandoned kernel wait of this process, a fork that
-    left no descriptor) takes the general path, which tries again.
+    (they are the two system calls of every acquire and release, and a method
+    call each is a sixth of the whole cost). Anything but the plain case (the
+    key busy in another process, an abandoned kernel wait of this process, a
+    fork that left no descriptor) takes the general path, which tries again.
     """
 
     __slots__ = ()
@@ -60,11 +59,11 @@ class _FileLockContext(_WideLockContext):
                 fd = scope._fd
                 if fd >= 0 and not scope._pending:  # (-1: a fork child reopens it on first use)
                     try:
-                        _fcntl(fd, _SETLK, key)
+                        _fcntl(fd, _SETLK, key.lock)
                     except OSError:
                         pass  # busy (or worse): the general path tries again, and says
                     else:
-                        self._wide = fd
+                        scope._held[key] = fd
                         return  # the uncontended fast path: free here and on the host
             acquired = self._lock_sync()
         except BaseException:
@@ -87,14 +86,14 @@ class _FileLockContext(_WideLockContext):
         key = self._key
         try:
             if table.holds.get(key) is self:
-                fd = self._wide
-                self._wide = -1  # (an interrupt below must not unlock through it again)
                 scope = self._scope
-                if fd < 0:
-                    scope.release(key, fd)  # raises the RuntimeError that says why
-                _fcntl(fd, _SETLK, key.unlock)
-                if fd != scope._fd:
-                    scope._close(fd)  # a private descriptor, from a wait in a helper
+                fd = scope._held.pop(key, None)
+                if fd is None:
+                    scope.release(key)  # raises the RuntimeError that says why
+                else:
+                    _fcntl(fd, _SETLK, key.unlock)
+                    if fd != scope._fd:
+                        scope._close(fd)  # a private descriptor, from a wait in a helper
             if self.waiters is None:
                 guard = table.guard
                 try:
@@ -230,7 +229,6 @@ class FileKeyedLock(_WideLockBase):
         ctx._key = local
         ctx._timeout = timeout
         ctx._phase = _NEW  # (_ready is left unset: file contexts never read it)
-        ctx._wide = -1
         return ctx
 
     def acquire(
@@ -258,17 +256,16 @@ class FileKeyedLock(_WideLockBase):
                 ctx._key = local
                 ctx._timeout = None
                 ctx._phase = _ENTERED
-                ctx._wide = -1
                 ctx.owner = thread_owners.token
                 try:
                     fd = scope._fd
                     if table.holds.setdefault(local, ctx) is ctx and fd >= 0 and not scope._pending:
                         try:
-                            _fcntl(fd, _SETLK, local)
+                            _fcntl(fd, _SETLK, local.lock)
                         except OSError:
                             pass  # busy (or worse): _lock_sync tries again, and says
                         else:
-                            ctx._wide = fd
+                            scope._held[local] = fd
                             return True
                     return ctx._lock_sync()
                 except BaseException:
@@ -289,12 +286,11 @@ class FileKeyedLock(_WideLockBase):
         if local is not None:
             # The common case written out: held here and in the lock file.
             table = self._table
-            holder = cast("_FileLockContext | None", table.holds.get(local))
+            holder = table.holds.get(local)
             if holder is not None:
-                fd = holder._wide
-                if fd >= 0:
-                    holder._wide = -1
-                    scope = self._file
+                scope = self._file
+                fd = scope._held.pop(local, None)
+                if fd is not None:
                     _fcntl(fd, _SETLK, local.unlock)
                     if fd != scope._fd:
                         scope._close(fd)
@@ -333,11 +329,6 @@ def _forget_holds_in_child() -> None:
     tasks did not fork with it), and the keys stay the parent's.
     """
     for lock in list(_live):
-        for holder in lock._table.holds.values():
-            # The contexts the forking thread was inside (it is the only one here) must
-            # not unlock through their descriptors: the child closed them, and their
-            # numbers may now be its own. Leaving one raises instead.
-            cast(_FileLockContext, holder)._wide = -1
         lock._table = KeyTable(lock._table.max_waiters)
 
 

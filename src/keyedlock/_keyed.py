@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
@@ -107,12 +107,14 @@ class LockContext(Hold):
     lock of a wider scope returns a subclass that also holds the key there.)
     """
 
-    __slots__ = ("_key", "_phase", "_ready", "_table", "_timeout")
+    __slots__ = ("_key", "_phase", "_ready", "_scope", "_table", "_timeout")
 
     _table: KeyTable
     _key: Hashable
     _timeout: float | None
     _phase: int
+    #: None here; the wide scope of a :class:`_WideLockContext` (released first on exit).
+    _scope: WideScope | None
     #: What a clean exit returns: READY, or the finished future of the loop it entered on.
     _ready: Awaitable[None]
 
@@ -237,6 +239,9 @@ class LockContext(Hold):
         table = self._table
         key = self._key
         try:
+            scope = self._scope
+            if scope is not None and table.holds.get(key) is self:
+                scope.release(key)  # the wide scope first, while this hold is the holder
             if self.waiters is None:
                 guard = table.guard
                 try:
@@ -311,15 +316,11 @@ class _WideLockContext(LockContext):
     The key is taken here first (so one caller per process talks to the wide
     scope at a time, in FIFO order), then in the scope; it is given back there
     first. The uncontended path is one try in the scope that does not wait.
-    The scope's token for the hold (the lock file's descriptor, for the file
-    scope) is kept here, in ``_wide``: -1 while the key is not held there.
     """
 
-    __slots__ = ("_scope", "_wide")
+    __slots__ = ()
 
-    #: The wide scope (the key is released there first on exit).
     _scope: WideScope
-    _wide: int
 
     def __enter__(self) -> None:
         if self._phase:
@@ -329,11 +330,10 @@ class _WideLockContext(LockContext):
             raise blocking_call_error("`with klock(key)`")
         self.owner = thread_owners.token
         try:
-            if self._table.holds.setdefault(self._key, self) is self:
-                token = self._scope.try_acquire(self._key)
-                if token >= 0:
-                    self._wide = token
-                    return  # the uncontended fast path: free here and in the wide scope
+            if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
+                self._key
+            ):
+                return  # the uncontended fast path: free here and in the wide scope
             acquired = self._lock_sync()
         except BaseException:
             self._undo()
@@ -346,16 +346,7 @@ class _WideLockContext(LockContext):
         start = monotonic() if timeout else 0.0
         if not LockContext._lock_sync(self):
             return False
-        try:
-            token = self._scope.acquire_sync(self._key, _remaining(timeout, start))
-        except BaseException:
-            self._table.release(self._key, self)
-            raise
-        if token < 0:
-            self._table.release(self._key, self)
-            return False
-        self._wide = token
-        return True
+        return self._then_wide(self._scope.acquire_sync, timeout, start)
 
     def _aenter(self) -> Awaitable[None]:
         if self._phase:
@@ -363,11 +354,10 @@ class _WideLockContext(LockContext):
         self._phase = _ENTERED
         runtime, self.owner = async_owner()
         try:
-            if self._table.holds.setdefault(self._key, self) is self:
-                token = self._scope.try_acquire(self._key)
-                if token >= 0:
-                    self._wide = token
-                    return READY
+            if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
+                self._key
+            ):
+                return READY
         except BaseException:
             self._undo()
             raise
@@ -382,14 +372,11 @@ class _WideLockContext(LockContext):
         acquired = await LockContext._lock_async(self, runtime, False)
         if acquired:
             try:
-                token = await self._scope.acquire_async(self._key, _remaining(timeout, start))
+                acquired = await self._scope.acquire_async(self._key, _remaining(timeout, start))
             except BaseException:
                 self._undo()
                 raise
-            acquired = token >= 0
-            if acquired:
-                self._wide = token
-            else:
+            if not acquired:
                 self._table.release(self._key, self)
         if not raising:
             return acquired
@@ -397,25 +384,18 @@ class _WideLockContext(LockContext):
             raise _timeout_error(self._key, timeout)
         return None
 
-    def _exit(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Awaitable[None]:
-        """As :meth:`LockContext._exit`, releasing the key in the wide scope first."""
-        if self._phase != _ENTERED:
-            raise RuntimeError(_BAD_EXIT)
-        self._phase = _EXITED
+    def _then_wide(
+        self, acquire: Callable[[Hashable, float | None], bool], timeout: float | None, start: float
+    ) -> bool:
+        """Held here: now take the key in the wide scope, or give it back here."""
         try:
-            self._release()
+            acquired = acquire(self._key, _remaining(timeout, start))
         except BaseException:
-            self._undo()
+            self._table.release(self._key, self)
             raise
-        return READY
-
-    if not TYPE_CHECKING:
-        __exit__ = __aexit__ = _exit
+        if not acquired:
+            self._table.release(self._key, self)
+        return acquired
 
     def _release(self, abort: BaseException | None = None) -> None:
         _release_wide(self._table, self._scope, self._key, self)
@@ -426,10 +406,8 @@ class _WideLockContext(LockContext):
         key = self._key
         if table.holds.get(key) is not self:
             return
-        token = self._wide
-        if token >= 0:
-            self._wide = -1
-            self._scope.release(key, token)
+        if self._scope.holds(key):
+            self._scope.release(key)
         table.release(key, self)
 
 
@@ -440,10 +418,7 @@ def _release_wide(
     holder = table.holds.get(local)
     if holder is None or (expected is not None and holder is not expected):
         table.release(local, expected)  # raises the matching RuntimeError
-    wide = cast(_WideLockContext, holder)  # every hold of a wide lock's table is one
-    token = wide._wide
-    wide._wide = -1
-    scope.release(local, token)  # raises if the holder does not hold it there (-1)
+    scope.release(local)
 
 
 class _LockBase(RunMixin):
@@ -503,6 +478,7 @@ class _LockBase(RunMixin):
         ctx = _new_object(LockContext)
         ctx.waiters = None
         ctx._table = self._table
+        ctx._scope = None
         ctx._key = key
         ctx._timeout = timeout
         ctx._phase = _NEW
@@ -610,7 +586,7 @@ class _WideLockBase(_LockBase):
         ctx._key = local
         ctx._timeout = timeout
         ctx._phase = _NEW
-        ctx._wide = -1
+        ctx._ready = READY
         return ctx
 
 

@@ -154,8 +154,7 @@ def test_next_local_holder_adopts_the_abandoned_wait(
     assert helper_threads() <= threads  # no new helper thread
     assert holder.ask("release", "k") == "ok"
     assert handle.result() is True
-    held = file_lock._table.holds[offset]
-    assert held._wide == wait.fd != scope._fd  # type: ignore[attr-defined]  # the adopted one
+    assert scope._held[offset] == wait.fd != scope._fd  # held through the adopted descriptor
     file_lock.release("k")
     assert fds_of(file_lock.path) == [scope._fd]  # its descriptor is closed on release
     assert holder.ask("acquire", "k", 0) == "True"

@@ -27,43 +27,37 @@ class WideScope(Protocol):
         """
         ...
 
-    def try_acquire(self, local_key: Hashable) -> int:
+    def try_acquire(self, local_key: Hashable) -> bool:
         """Acquire ``local_key`` in the wide scope if it is free there, without waiting.
 
         Called only by the local holder of ``local_key``: the uncontended path.
-        Returns a token (>= 0) that the holder keeps and passes to
-        :meth:`release`, or -1 if the key is busy.
         """
         ...
 
-    def acquire_sync(self, local_key: Hashable, timeout: float | None) -> int:
+    def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
         """Acquire ``local_key`` in the wide scope, blocking this thread.
 
-        Called only by the local holder of ``local_key``. Returns the token,
-        or -1 if ``timeout`` (None: forever, 0: try once) elapses; leaves
-        nothing held then, and nothing held if it raises.
+        Called only by the local holder of ``local_key``. Returns False if
+        ``timeout`` (None: forever, 0: try once) elapses; leaves nothing held
+        then, and nothing held if it raises.
         """
         ...
 
-    async def acquire_async(self, local_key: Hashable, timeout: float | None) -> int:
+    async def acquire_async(self, local_key: Hashable, timeout: float | None) -> bool:
         """As :meth:`acquire_sync`, from an asyncio or trio task, without blocking its loop.
 
         Cancellation leaves nothing held in the wide scope.
         """
         ...
 
-    def release(self, local_key: Hashable, token: int) -> None:
-        """Release ``local_key`` in the wide scope with the token its acquisition gave.
+    def holds(self, local_key: Hashable) -> bool:
+        """True if this process holds ``local_key`` in the wide scope."""
+        ...
 
-        RuntimeError, saying why, if ``token`` is -1 (the local holder does not
-        hold the key in the wide scope).
-        """
+    def release(self, local_key: Hashable) -> None:
+        """Release ``local_key`` in the wide scope (called by its local holder)."""
         ...
 
     def locked(self, local_key: Hashable) -> bool:
-        """True if someone in the wide scope holds ``local_key``.
-
-        Asked only when no local caller holds it (the local holder's own hold
-        need not show).
-        """
+        """True if anyone in the wide scope holds ``local_key``."""
         ...

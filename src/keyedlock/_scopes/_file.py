@@ -24,8 +24,8 @@ which shapes everything here:
   daemon helper thread (:class:`~keyedlock._runtime._offload.Offload`) on a
   *private* descriptor (the file opened again), so that a lock the kernel
   grants after its waiter gave up can be dropped without touching anything
-  else. Acquiring returns the descriptor that holds the byte; the local
-  holder keeps it (its hold's ``_wide``), and release unlocks through that one.
+  else. ``_held`` remembers which descriptor holds each offset, and release
+  unlocks through that one.
 - A waiter that gives up leaves its kernel wait running (``F_OFD_SETLKW``
   cannot be interrupted): the next local holder of that offset adopts it
   instead of starting another thread, so there is at most one helper thread
@@ -58,7 +58,7 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable
 from functools import partial
-from typing import Final
+from typing import Final, cast
 
 from .._runtime._offload import Finished, Offload
 
@@ -118,20 +118,16 @@ def unsupported_reason(platform: str, module: object) -> str | None:
 # -- keys -------------------------------------------------------------------
 
 
-class KeyOffset(bytes):
-    """A key's byte in the lock file: the local key the core serializes on.
+class KeyOffset(int):
+    """A key's byte offset in the lock file: the local key the core serializes on.
 
-    Its value is the packed write-lock request for the byte (``struct
-    flock``), so locking is one system call with the local key itself, and
-    two keys with one offset are equal local keys: they take turns. (A bytes
-    object keeps its hash, so every dictionary operation on it is a lookup
-    and nothing more.) It remembers the byte's ``offset``, the packed
-    ``unlock`` request and the key it was made for (its repr, so messages
-    name the key).
+    An ``int`` (so two keys with one offset are one local key) that remembers
+    the key it came from (its repr, so messages name the key) and the packed
+    lock requests for its byte.
     """
 
     key: object
-    offset: int
+    lock: bytes
     unlock: bytes
 
     def __repr__(self) -> str:
@@ -175,11 +171,10 @@ def key_offset(key: object) -> int:
 
 
 def _make_offset(key: object) -> KeyOffset:
-    number = key_offset(key)
-    offset = KeyOffset(_FLOCK.pack(_WRLCK, os.SEEK_SET, number, 1, 0))
+    offset = KeyOffset(key_offset(key))
     offset.key = key
-    offset.offset = number
-    offset.unlock = _FLOCK.pack(_UNLCK, os.SEEK_SET, number, 1, 0)
+    offset.lock = _FLOCK.pack(_WRLCK, os.SEEK_SET, offset, 1, 0)
+    offset.unlock = _FLOCK.pack(_UNLCK, os.SEEK_SET, offset, 1, 0)
     return offset
 
 
@@ -348,7 +343,7 @@ class _KernelWait:
         self.offset = offset
         self.fd = fd
         self.job: Offload[bytes] = Offload(
-            partial(_fcntl, fd, _SETLKW, offset), self._drop, name="keyedlock-file-wait"
+            partial(_fcntl, fd, _SETLKW, offset.lock), self._drop, name="keyedlock-file-wait"
         )
 
     def _drop(self, finished: Finished[bytes]) -> None:
@@ -363,10 +358,11 @@ class FileScope:
     followed); None: :func:`default_path`, with its safety checks.
     """
 
-    __slots__ = ("__weakref__", "_fd", "_fds", "_follow", "_ident", "_path", "_pending")
+    __slots__ = ("__weakref__", "_fd", "_fds", "_follow", "_held", "_ident", "_path", "_pending")
 
     _fd: int
     _fds: set[int]
+    _held: dict[Hashable, int]
     _pending: dict[Hashable, _KernelWait]
 
     def __init__(
@@ -396,6 +392,7 @@ class FileScope:
             self._ident = _identity(fd)
             self._fd = fd
             self._fds = {fd}
+            self._held = {}
             self._pending = {}
             _scopes.add(self)
 
@@ -479,6 +476,7 @@ class FileScope:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._held = {}
         self._pending = {}
 
     # -- WideScope ---------------------------------------------------------
@@ -487,72 +485,74 @@ class FileScope:
     #: (The function itself, not a method calling it: one frame less per acquire.)
     local_key = staticmethod(_offset_of)
 
-    def try_acquire(self, local_key: Hashable) -> int:
-        """Lock the key's byte if it is free, without waiting (the uncontended path).
-
-        Returns the descriptor that holds it (release through it), or -1.
-        """
+    def try_acquire(self, local_key: Hashable) -> bool:
+        """Lock the key's byte if it is free, without waiting (the uncontended path)."""
         if self._pending and local_key in self._pending:
-            return -1  # our own abandoned wait is still queued in the kernel
+            return False  # our own abandoned wait is still queued in the kernel
         fd = self._fd
         if fd < 0:
             fd = self._shared()
+        offset: KeyOffset = local_key  # type: ignore[assignment]
         try:
-            _fcntl(fd, _SETLK, local_key)  # type: ignore[arg-type]  # a KeyOffset: the request
+            _fcntl(fd, _SETLK, offset.lock)
         except OSError as exc:
             if exc.errno not in _BUSY:
                 raise
-            return -1
-        return fd
+            return False
+        self._held[offset] = fd
+        return True
 
-    def acquire_sync(self, local_key: Hashable, timeout: float | None) -> int:
-        """Lock the key's byte, blocking this thread: the descriptor, or -1 on timeout."""
+    def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
+        """Lock the key's byte, blocking this thread; False if ``timeout`` elapses."""
         offset: KeyOffset = local_key  # type: ignore[assignment]
-        fd = self.try_acquire(offset)
-        if fd >= 0 or timeout == 0:
-            return fd  # (busy, or our own abandoned wait is still queued in the kernel)
+        if self.try_acquire(offset):
+            return True
+        if timeout == 0:
+            return False  # busy (or our own abandoned wait is still queued in the kernel)
         if timeout is None and offset not in self._pending:
             # Waits in this thread, through the shared descriptor: the wait is never
             # abandoned (KeyboardInterrupt ends the system call, holding nothing).
             fd = self._shared()
-            _fcntl(fd, _SETLKW, offset)
-            return fd
+            _fcntl(fd, _SETLKW, offset.lock)
+            self._held[offset] = fd
+            return True
         wait = self._start_wait(offset)
         finished = wait.job.wait(timeout)
-        return -1 if finished is None else self._settle(wait, finished)
+        return finished is not None and self._settle(wait, finished)
 
-    async def acquire_async(self, local_key: Hashable, timeout: float | None) -> int:
+    async def acquire_async(self, local_key: Hashable, timeout: float | None) -> bool:
         """As :meth:`acquire_sync`; a wait runs in a helper thread and stays cancellable."""
         offset: KeyOffset = local_key  # type: ignore[assignment]
-        fd = self.try_acquire(offset)
-        if fd >= 0 or timeout == 0:
-            return fd
+        if self.try_acquire(offset):
+            return True
+        if timeout == 0:
+            return False
         wait = self._start_wait(offset)
         finished = await wait.job.wait_async(timeout)
-        return -1 if finished is None else self._settle(wait, finished)
+        return finished is not None and self._settle(wait, finished)
 
-    def release(self, local_key: Hashable, token: int) -> None:
-        """Unlock the key's byte through ``token``, the descriptor that holds it.
+    def holds(self, local_key: Hashable) -> bool:
+        """True if this process holds the key's byte."""
+        return local_key in self._held
 
-        RuntimeError if ``token`` is -1: this process does not hold the byte.
-        """
-        if token < 0:
+    def release(self, local_key: Hashable) -> None:
+        """Unlock the key's byte through the descriptor that holds it."""
+        fd = self._held.pop(local_key, None)
+        if fd is None:
             raise RuntimeError(
                 f"release of key {local_key!r}, which this process does not hold in the lock "
                 "file (not acquired yet, or acquired before a fork by the parent process)"
             )
         offset: KeyOffset = local_key  # type: ignore[assignment]
-        _fcntl(token, _SETLK, offset.unlock)
-        if token != self._fd:
-            self._close(token)  # a private descriptor, from a wait in a helper thread
+        _fcntl(fd, _SETLK, offset.unlock)
+        if fd != self._fd:
+            self._close(fd)
 
     def locked(self, local_key: Hashable) -> bool:
-        """True if another open file description holds the key's byte (``F_OFD_GETLK``).
-
-        Through the shared descriptor, so this process's own hold through it
-        does not show: the keyed lock asks only when no local caller holds the key.
-        """
-        reply = _fcntl(self._shared(), _GETLK, local_key)  # type: ignore[arg-type]
+        """True if any process of the host holds the key's byte (``F_OFD_GETLK``)."""
+        if local_key in self._held:
+            return True
+        reply = _fcntl(self._shared(), _GETLK, cast(KeyOffset, local_key).lock)
         locked: bool = _FLOCK.unpack(reply)[0] != _UNLCK
         return locked
 
@@ -571,7 +571,7 @@ class FileScope:
         wait.job.start()
         return wait
 
-    def _settle(self, wait: _KernelWait, finished: Finished[bytes]) -> int:
+    def _settle(self, wait: _KernelWait, finished: Finished[bytes]) -> bool:
         """The claimant got the wait's outcome: hold through its descriptor, or raise."""
         error = finished.error
         if error is not None:
@@ -580,7 +580,8 @@ class FileScope:
         with _FDS_LOCK:
             if self._pending.get(wait.offset) is wait:
                 del self._pending[wait.offset]
-        return wait.fd
+        self._held[wait.offset] = wait.fd
+        return True
 
     def _end_wait(self, wait: _KernelWait, granted: bool) -> None:
         """Forget a kernel wait nobody holds through: unlock if granted, close its descriptor."""
