@@ -59,7 +59,7 @@ class _FileLockContext(_WideLockContext):
                 fd = scope._fd
                 if fd >= 0 and not scope._pending:  # (-1: a fork child reopens it on first use)
                     try:
-                        _fcntl(fd, _SETLK, key.lock)
+                        _fcntl(fd, _SETLK, key)
                     except OSError:
                         pass  # busy (or worse): the general path tries again, and says
                     else:
@@ -261,7 +261,7 @@ class FileKeyedLock(_WideLockBase):
                     fd = scope._fd
                     if table.holds.setdefault(local, ctx) is ctx and fd >= 0 and not scope._pending:
                         try:
-                            _fcntl(fd, _SETLK, local.lock)
+                            _fcntl(fd, _SETLK, local)
                         except OSError:
                             pass  # busy (or worse): _lock_sync tries again, and says
                         else:

@@ -118,16 +118,19 @@ def unsupported_reason(platform: str, module: object) -> str | None:
 # -- keys -------------------------------------------------------------------
 
 
-class KeyOffset(int):
-    """A key's byte offset in the lock file: the local key the core serializes on.
+class KeyOffset(bytes):
+    """A key's byte in the lock file: the local key the core serializes on.
 
-    An ``int`` (so two keys with one offset are one local key) that remembers
-    the key it came from (its repr, so messages name the key) and the packed
-    lock requests for its byte.
+    Its value is the packed write-lock request for the byte (``struct
+    flock``), so locking is one system call with the local key itself, and
+    two keys with one offset are equal local keys: they take turns. (A bytes
+    object keeps its hash, so a dictionary operation on it is a lookup and
+    nothing more.) It remembers the byte's ``offset``, the packed ``unlock``
+    request and the key it was made for (its repr, so messages name the key).
     """
 
     key: object
-    lock: bytes
+    offset: int
     unlock: bytes
 
     def __repr__(self) -> str:
@@ -171,10 +174,11 @@ def key_offset(key: object) -> int:
 
 
 def _make_offset(key: object) -> KeyOffset:
-    offset = KeyOffset(key_offset(key))
+    number = key_offset(key)
+    offset = KeyOffset(_FLOCK.pack(_WRLCK, os.SEEK_SET, number, 1, 0))
     offset.key = key
-    offset.lock = _FLOCK.pack(_WRLCK, os.SEEK_SET, offset, 1, 0)
-    offset.unlock = _FLOCK.pack(_UNLCK, os.SEEK_SET, offset, 1, 0)
+    offset.offset = number
+    offset.unlock = _FLOCK.pack(_UNLCK, os.SEEK_SET, number, 1, 0)
     return offset
 
 
@@ -343,7 +347,7 @@ class _KernelWait:
         self.offset = offset
         self.fd = fd
         self.job: Offload[bytes] = Offload(
-            partial(_fcntl, fd, _SETLKW, offset.lock), self._drop, name="keyedlock-file-wait"
+            partial(_fcntl, fd, _SETLKW, offset), self._drop, name="keyedlock-file-wait"
         )
 
     def _drop(self, finished: Finished[bytes]) -> None:
@@ -494,7 +498,7 @@ class FileScope:
             fd = self._shared()
         offset: KeyOffset = local_key  # type: ignore[assignment]
         try:
-            _fcntl(fd, _SETLK, offset.lock)
+            _fcntl(fd, _SETLK, offset)
         except OSError as exc:
             if exc.errno not in _BUSY:
                 raise
@@ -513,7 +517,7 @@ class FileScope:
             # Waits in this thread, through the shared descriptor: the wait is never
             # abandoned (KeyboardInterrupt ends the system call, holding nothing).
             fd = self._shared()
-            _fcntl(fd, _SETLKW, offset.lock)
+            _fcntl(fd, _SETLKW, offset)
             self._held[offset] = fd
             return True
         wait = self._start_wait(offset)
@@ -552,7 +556,7 @@ class FileScope:
         """True if any process of the host holds the key's byte (``F_OFD_GETLK``)."""
         if local_key in self._held:
             return True
-        reply = _fcntl(self._shared(), _GETLK, cast(KeyOffset, local_key).lock)
+        reply = _fcntl(self._shared(), _GETLK, cast(KeyOffset, local_key))
         locked: bool = _FLOCK.unpack(reply)[0] != _UNLCK
         return locked
 
