@@ -107,14 +107,12 @@ class LockContext(Hold):
     lock of a wider scope returns a subclass that also holds the key there.)
     """
 
-    __slots__ = ("_key", "_phase", "_ready", "_scope", "_table", "_timeout")
+    __slots__ = ("_key", "_phase", "_ready", "_table", "_timeout")
 
     _table: KeyTable
     _key: Hashable
     _timeout: float | None
     _phase: int
-    #: None here; the wide scope of a :class:`_WideLockContext` (released first on exit).
-    _scope: WideScope | None
     #: What a clean exit returns: READY, or the finished future of the loop it entered on.
     _ready: Awaitable[None]
 
@@ -239,9 +237,6 @@ class LockContext(Hold):
         table = self._table
         key = self._key
         try:
-            scope = self._scope
-            if scope is not None and table.holds.get(key) is self:
-                scope.release(key)  # the wide scope first, while this hold is the holder
             if self.waiters is None:
                 guard = table.guard
                 try:
@@ -318,8 +313,9 @@ class _WideLockContext(LockContext):
     first. The uncontended path is one try in the scope that does not wait.
     """
 
-    __slots__ = ()
+    __slots__ = ("_scope",)
 
+    #: The wide scope (the key is released there first on exit).
     _scope: WideScope
 
     def __enter__(self) -> None:
@@ -396,6 +392,19 @@ class _WideLockContext(LockContext):
         if not acquired:
             self._table.release(self._key, self)
         return acquired
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        """As :meth:`LockContext._exit`, releasing the key in the wide scope first."""
+        self._finish()
+        return READY
+
+    if not TYPE_CHECKING:
+        __exit__ = __aexit__ = _exit
 
     def _release(self, abort: BaseException | None = None) -> None:
         _release_wide(self._table, self._scope, self._key, self)
@@ -478,7 +487,6 @@ class _LockBase(RunMixin):
         ctx = _new_object(LockContext)
         ctx.waiters = None
         ctx._table = self._table
-        ctx._scope = None
         ctx._key = key
         ctx._timeout = timeout
         ctx._phase = _NEW
