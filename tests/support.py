@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Coroutine, Hashable
@@ -40,6 +43,24 @@ T = TypeVar("T")
 #: Upper bound, in seconds, of every wait in the tests. Far above what any step needs, so it
 #: is never a timing assumption: reaching it means something is stuck.
 WAIT = 10.0
+
+
+def run_python(code: str, *flags: str, timeout: float = 60) -> str:
+    """Run ``code`` (dedented) in a new interpreter started with ``flags``.
+
+    Asserts that it exits with status 0 (the message carries its output) and
+    returns what it printed. Bounded by ``timeout`` seconds.
+    """
+    proc = subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
 
 #: True for the long variants of the stress and model tests (``KEYEDLOCK_STRESS=long``, as set
 #: by ``nox -s stress``).

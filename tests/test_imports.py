@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import keyedlock
+
+from .support import run_python
 
 PACKAGE_DIR = Path(keyedlock.__file__).resolve().parent
 CORE_FILES = sorted((PACKAGE_DIR / "_core").glob("*.py"))
@@ -26,17 +25,6 @@ FORBIDDEN_IN_CORE = (
     "keyedlock._keyed",
     "keyedlock._flight",
 )
-
-
-def run_python(code: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_importing_keyedlock_does_not_import_trio() -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import warnings
 from collections.abc import Callable
@@ -16,7 +13,7 @@ import pytest
 
 from keyedlock import KeyedLock, LockContext
 
-from ..support import WAIT, start_thread, wait_waiters
+from ..support import WAIT, run_python, start_thread, wait_waiters
 
 # -- asyncio helpers take what __aenter__ / __aexit__ return ------------------------------------
 
@@ -84,15 +81,7 @@ asyncio.run(parent())
 def test_a_child_forked_from_a_task_has_owners_of_its_own() -> None:
     """A child forked inside an asyncio task (a process pool's fork start) runs its own loop:
     its tasks are distinct owners, not all the parent's task at the time of the fork."""
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORK_CHILD)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip() == "[42, 42]"
+    assert run_python(FORK_CHILD).strip() == "[42, 42]"
 
 
 # -- a wake-up racing loop.close() ----------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,7 +17,7 @@ import pytest
 import keyedlock._scopes._file as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
 
-from ..support import WAIT, start_thread, wait_until
+from ..support import WAIT, run_python, start_thread, wait_until
 from .file_support import wait_waiters
 
 pytestmark = pytest.mark.skipif(
@@ -183,15 +182,7 @@ for key in ("user:1", b"user:1", "user:1", b"user:1"):
         pass
 print("ok")
 """
-    proc = subprocess.run(
-        [sys.executable, "-bb", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert run_python(code, "-bb").strip() == "ok"
 
 
 def test_unhashable_key_is_refused(file_lock: FileKeyedLock) -> None:
@@ -397,7 +388,5 @@ def test_module_imports_without_fcntl(lock_path: str) -> None:
         "except NotImplementedError as exc:\n"
         "    print('refused:', exc)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=WAIT, check=True
-    )
-    assert out.stdout.startswith("refused: FileKeyedLock needs POSIX file locks")
+    out = run_python(code, "-I", timeout=WAIT)
+    assert out.startswith("refused: FileKeyedLock needs POSIX file locks")
