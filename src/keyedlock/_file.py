@@ -23,7 +23,15 @@ from ._keyed import (
     _WideLockContext,
 )
 from ._runtime._detect import blocking_call_error, running_loop, sniffio_local, thread_owners
-from ._scopes._file import _SETLK, FileScope, KeyOffset, _fcntl, _offset_of, _offsets
+from ._scopes._file import (
+    _SETLK,
+    FileScope,
+    KeyOffset,
+    _fcntl,
+    _offset_of,
+    _offsets,
+    not_held_error,
+)
 from ._validate import check_timeout
 
 __all__ = ["FileKeyedLock"]
@@ -63,7 +71,7 @@ class _FileLockContext(_WideLockContext):
                     except OSError:
                         pass  # busy (or worse): the general path tries again, and says
                     else:
-                        scope._held[key] = fd
+                        scope._held[self] = fd
                         return  # the uncontended fast path: free here and on the host
             acquired = self._lock_sync()
         except BaseException:
@@ -78,40 +86,54 @@ class _FileLockContext(_WideLockContext):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[None]:
-        """As :meth:`LockContext._exit`, unlocking the key's byte first (READY: no future)."""
-        if self._phase != _ENTERED:
-            raise RuntimeError(_BAD_EXIT)
-        self._phase = _EXITED
-        table = self._table
-        key = self._key
+        """As :meth:`LockContext._exit`, unlocking the key's byte first (READY: no future).
+
+        The hold's record in the scope is taken first, in one atomic step: a
+        context holds its key in the lock file exactly while that record is
+        there, so having taken it proves this context is still the key's
+        local holder (no release by another caller came first, and none can
+        come now). Without it (never entered, exited already, released by
+        someone else, entered before a fork) :meth:`_exit_unheld` says why.
+        """
+        scope = self._scope
         try:
-            if table.holds.get(key) is self:
-                scope = self._scope
-                fd = scope._held.pop(key, None)
-                if fd is None:
-                    scope.release(key)  # raises the RuntimeError that says why
-                else:
-                    _fcntl(fd, _SETLK, key.unlock)
-                    if fd != scope._fd:
-                        scope._close(fd)  # a private descriptor, from a wait in a helper
+            fd = scope._held.pop(self, None)
+            if fd is None:
+                return self._exit_unheld()
+            self._phase = _EXITED
+            key = self._key
+            _fcntl(fd, _SETLK, key.unlock)
+            if fd != scope._fd:
+                scope._close(fd)  # a private descriptor, from a wait in a helper
             if self.waiters is None:
+                table = self._table
                 guard = table.guard
                 try:
                     guard.acquire()
-                    holds = table.holds
-                    if self.waiters is None and holds.get(key) is self:
-                        del holds[key]
+                    if self.waiters is None:
+                        del table.holds[key]  # still ours: the record above says so
                         return READY  # the fast path
                 finally:
                     try:  # noqa: SIM105 - as in LockContext._exit: one call, no window
                         guard.release()
                     except RuntimeError:
                         pass
-            table.release(key, self)  # waiters to hand the key to
+            self._table.release(key, self)  # waiters to hand the key to
         except BaseException:
             self._undo()  # interrupted: never leave the key held
             raise
         return READY
+
+    def _exit_unheld(self) -> Awaitable[None]:
+        """Exit of a context that does not hold its key in the lock file: the error why."""
+        if self._phase != _ENTERED:
+            raise RuntimeError(_BAD_EXIT)
+        self._phase = _EXITED
+        if self._table.holds.get(self._key) is self:
+            # Held here only: entered in the parent process before a fork.
+            raise not_held_error(self._key)  # (_undo, in _exit, gives the local key back)
+        self._table.release(self._key, self)  # raises: released by another caller
+        return READY  # pragma: no cover - release() above always raises here
 
     if not TYPE_CHECKING:
         __exit__ = __aexit__ = _exit
@@ -216,9 +238,9 @@ class FileKeyedLock(_WideLockBase):
         """
         # The offset cache looked up here (a str, bytes or int key seen lately: two
         # C-level dict hits, no frame); anything else is validated by _offset_of.
-        cache = _offsets.get(type(key))
-        local = None if cache is None else cache.get(key)
-        if local is None:
+        try:
+            local = _offsets[type(key)][key]
+        except KeyError:
             local = _offset_of(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
@@ -265,7 +287,7 @@ class FileKeyedLock(_WideLockBase):
                         except OSError:
                             pass  # busy (or worse): _lock_sync tries again, and says
                         else:
-                            scope._held[local] = fd
+                            scope._held[ctx] = fd
                             return True
                     return ctx._lock_sync()
                 except BaseException:
@@ -289,12 +311,12 @@ class FileKeyedLock(_WideLockBase):
             holder = table.holds.get(local)
             if holder is not None:
                 scope = self._file
-                fd = scope._held.pop(local, None)
+                fd = scope._held.pop(holder, None)  # one atomic step: only one release gets it
                 if fd is not None:
                     _fcntl(fd, _SETLK, local.unlock)
                     if fd != scope._fd:
                         scope._close(fd)
-                    table.release(local)
+                    table.release(local, holder)  # that hold only, never the next one
                     return
         _WideLockBase.release(self, key)  # the general path, and its errors
 

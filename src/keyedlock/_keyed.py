@@ -327,7 +327,7 @@ class _WideLockContext(LockContext):
         self.owner = thread_owners.token
         try:
             if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
-                self._key
+                self._key, self
             ):
                 return  # the uncontended fast path: free here and in the wide scope
             acquired = self._lock_sync()
@@ -351,7 +351,7 @@ class _WideLockContext(LockContext):
         runtime, self.owner = async_owner()
         try:
             if self._table.holds.setdefault(self._key, self) is self and self._scope.try_acquire(
-                self._key
+                self._key, self
             ):
                 return READY
         except BaseException:
@@ -368,7 +368,9 @@ class _WideLockContext(LockContext):
         acquired = await LockContext._lock_async(self, runtime, False)
         if acquired:
             try:
-                acquired = await self._scope.acquire_async(self._key, _remaining(timeout, start))
+                acquired = await self._scope.acquire_async(
+                    self._key, self, _remaining(timeout, start)
+                )
             except BaseException:
                 self._undo()
                 raise
@@ -381,11 +383,14 @@ class _WideLockContext(LockContext):
         return None
 
     def _then_wide(
-        self, acquire: Callable[[Hashable, float | None], bool], timeout: float | None, start: float
+        self,
+        acquire: Callable[[Hashable, Hold, float | None], bool],
+        timeout: float | None,
+        start: float,
     ) -> bool:
         """Held here: now take the key in the wide scope, or give it back here."""
         try:
-            acquired = acquire(self._key, _remaining(timeout, start))
+            acquired = acquire(self._key, self, _remaining(timeout, start))
         except BaseException:
             self._table.release(self._key, self)
             raise
@@ -415,19 +420,26 @@ class _WideLockContext(LockContext):
         key = self._key
         if table.holds.get(key) is not self:
             return
-        if self._scope.holds(key):
-            self._scope.release(key)
+        if self._scope.holds(self):
+            self._scope.release(key, self)
         table.release(key, self)
 
 
 def _release_wide(
     table: KeyTable, scope: WideScope, local: Hashable, expected: Hold | None
-) -> None:
-    """Release ``local`` in the wide scope, if ``expected`` (or anyone) holds it locally."""
+) -> Hold:
+    """Release ``local`` in the wide scope, if ``expected`` (or anyone) holds it locally.
+
+    Returns the local holder it was released for: the local release that
+    follows is for that hold only, so a concurrent release cannot make it
+    release the next holder's.
+    """
     holder = table.holds.get(local)
     if holder is None or (expected is not None and holder is not expected):
         table.release(local, expected)  # raises the matching RuntimeError
-    scope.release(local)
+    assert holder is not None
+    scope.release(local, holder)
+    return holder
 
 
 class _LockBase(RunMixin):
@@ -541,9 +553,10 @@ class _LockBase(RunMixin):
         :meth:`threading.Lock.release`, any thread or task may release.
         """
         local = self._local(key)
+        holder = None
         if self._scope is not None:
-            _release_wide(self._table, self._scope, local, None)
-        self._table.release(local)
+            holder = _release_wide(self._table, self._scope, local, None)
+        self._table.release(local, holder)
 
     # -- introspection -----------------------------------------------------
 

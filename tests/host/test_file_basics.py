@@ -8,7 +8,9 @@ import sys
 import tempfile
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -16,6 +18,7 @@ import pytest
 
 import keyedlock._scopes._file as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
+from keyedlock._core._keytable import Hold
 
 from ..support import WAIT, run_python, start_thread, wait_until
 from .file_support import wait_waiters
@@ -63,6 +66,50 @@ def test_blocking_reacquire_by_the_holder_raises(file_lock: FileKeyedLock) -> No
             file_lock.acquire("k")
         assert file_lock.acquire("k", blocking=False) is False
     assert len(file_lock) == 0
+
+
+class _PopAfter(dict[Hold, int]):
+    """A scope's hold records that run ``between`` once, just before their first pop."""
+
+    def __init__(self, records: dict[Hold, int], between: Callable[[], None]) -> None:
+        super().__init__(records)
+        self.between: Callable[[], None] | None = between
+
+    def pop(self, *args: Any) -> Any:
+        between, self.between = self.between, None
+        if between is not None:
+            between()
+        return super().pop(*args)
+
+
+def test_an_exit_racing_a_release_never_unlocks_the_next_holder(lock_path: str) -> None:
+    """Another caller's ``release(key)`` lands while a context exits: the next holder is safe.
+
+    The release lands at the worst moment, inside the context's own exit,
+    and then a new caller takes the key. The context must neither unlock the
+    new holder's byte in the lock file nor release its local hold: it says
+    that its hold was released by another caller.
+    """
+    lock, other = FileKeyedLock(lock_path), FileKeyedLock(lock_path)
+    scope = lock._file
+    ctx = lock("k")
+
+    def release_then_take() -> None:
+        lock.release("k")  # another caller releases the holder's hold...
+        assert lock.acquire("k", blocking=False)  # ...and the next holder takes the key
+
+    ctx.__enter__()
+    scope._held = _PopAfter(scope._held, release_then_take)
+    with pytest.raises(RuntimeError, match="already released by another caller"):
+        ctx.__exit__(None, None, None)
+    assert other.locked("k")  # the next holder holds the key on the host...
+    assert not other.acquire("k", blocking=False)
+    assert lock.locked("k")  # ...and here
+    assert len(lock) == 1
+    lock.release("k")
+    assert other.acquire("k", blocking=False)
+    other.release("k")
+    assert len(lock) == 0
 
 
 def test_two_objects_on_one_file_exclude_each_other(lock_path: str) -> None:

@@ -154,7 +154,8 @@ def test_next_local_holder_adopts_the_abandoned_wait(
     assert helper_threads() <= threads  # no new helper thread
     assert holder.ask("release", "k") == "ok"
     assert handle.result() is True
-    assert scope._held[offset] == wait.fd != scope._fd  # held through the adopted descriptor
+    holder_hold = file_lock._table.holds[offset]
+    assert scope._held[holder_hold] == wait.fd != scope._fd  # held through the adopted descriptor
     file_lock.release("k")
     assert fds_of(file_lock.path) == [scope._fd]  # its descriptor is closed on release
     assert holder.ask("acquire", "k", 0) == "True"

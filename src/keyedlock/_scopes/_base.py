@@ -6,12 +6,20 @@ that spans more than this process adds a second step: once a caller holds the
 key locally, the scope acquires it for the wider scope (for example a kernel
 file lock), and releases it there before the local release hands the key to
 the next local waiter. The process scope is simply "no wider scope".
+
+The scope records what it holds per *hold* (the local holder's
+:class:`~keyedlock._core._keytable.Hold`), not per key: a release takes that
+record in one atomic step, so of two callers releasing the same hold (its
+context exiting while another thread calls ``release(key)``) exactly one
+releases it in the wide scope, and neither can release the next holder's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 from typing import Protocol
+
+from .._core._keytable import Hold
 
 __all__ = ["WideScope"]
 
@@ -27,35 +35,39 @@ class WideScope(Protocol):
         """
         ...
 
-    def try_acquire(self, local_key: Hashable) -> bool:
-        """Acquire ``local_key`` in the wide scope if it is free there, without waiting.
+    def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
+        """Acquire ``local_key`` in the wide scope for ``hold`` if it is free there, at once.
 
-        Called only by the local holder of ``local_key``: the uncontended path.
+        Called only by the local holder ``hold`` of ``local_key``: the uncontended path.
         """
         ...
 
-    def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
-        """Acquire ``local_key`` in the wide scope, blocking this thread.
+    def acquire_sync(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
+        """Acquire ``local_key`` in the wide scope for ``hold``, blocking this thread.
 
-        Called only by the local holder of ``local_key``. Returns False if
+        Called only by the local holder ``hold`` of ``local_key``. Returns False if
         ``timeout`` (None: forever, 0: try once) elapses; leaves nothing held
         then, and nothing held if it raises.
         """
         ...
 
-    async def acquire_async(self, local_key: Hashable, timeout: float | None) -> bool:
+    async def acquire_async(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
         """As :meth:`acquire_sync`, from an asyncio or trio task, without blocking its loop.
 
         Cancellation leaves nothing held in the wide scope.
         """
         ...
 
-    def holds(self, local_key: Hashable) -> bool:
-        """True if this process holds ``local_key`` in the wide scope."""
+    def holds(self, hold: Hold) -> bool:
+        """True if ``hold`` holds its key in the wide scope."""
         ...
 
-    def release(self, local_key: Hashable) -> None:
-        """Release ``local_key`` in the wide scope (called by its local holder)."""
+    def release(self, local_key: Hashable, hold: Hold) -> None:
+        """Release ``local_key``, held by ``hold``, in the wide scope.
+
+        RuntimeError if ``hold`` does not hold it there (never acquired there,
+        already released, or acquired by the parent before a ``fork``).
+        """
         ...
 
     def locked(self, local_key: Hashable) -> bool:

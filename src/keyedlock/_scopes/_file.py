@@ -24,8 +24,9 @@ which shapes everything here:
   daemon helper thread (:class:`~keyedlock._runtime._offload.Offload`) on a
   *private* descriptor (the file opened again), so that a lock the kernel
   grants after its waiter gave up can be dropped without touching anything
-  else. ``_held`` remembers which descriptor holds each offset, and release
-  unlocks through that one.
+  else. ``_held`` remembers which descriptor holds the byte for each local
+  holder (keyed by its hold, see :mod:`~keyedlock._scopes._base`), and
+  release unlocks through that one.
 - A waiter that gives up leaves its kernel wait running (``F_OFD_SETLKW``
   cannot be interrupted): the next local holder of that offset adopts it
   instead of starting another thread, so there is at most one helper thread
@@ -60,6 +61,7 @@ from collections.abc import Callable, Hashable
 from functools import partial
 from typing import Final, cast
 
+from .._core._keytable import Hold
 from .._runtime._offload import Finished, Offload
 
 try:
@@ -67,7 +69,14 @@ try:
 except ImportError:  # pragma: no cover - Windows: no fcntl; the constructor says so
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileScope", "KeyOffset", "default_path", "key_offset", "unsupported_reason"]
+__all__ = [
+    "FileScope",
+    "KeyOffset",
+    "default_path",
+    "key_offset",
+    "not_held_error",
+    "unsupported_reason",
+]
 
 # -- locking primitives -----------------------------------------------------
 
@@ -286,6 +295,14 @@ def _open_default() -> tuple[int, str]:
     return fd, path
 
 
+def not_held_error(local_key: object) -> RuntimeError:
+    """The error of a release by a caller that does not hold ``local_key`` in the lock file."""
+    return RuntimeError(
+        f"release of key {local_key!r}, which this caller does not hold in the lock file "
+        "(not acquired yet, released already, or acquired before a fork by the parent process)"
+    )
+
+
 def _open_path(path: str, *, follow: bool, create: bool) -> int:
     flags = os.O_RDWR | os.O_CLOEXEC
     if create:
@@ -366,7 +383,8 @@ class FileScope:
 
     _fd: int
     _fds: set[int]
-    _held: dict[Hashable, int]
+    #: The descriptor through which each local holder holds its key's byte.
+    _held: dict[Hold, int]
     _pending: dict[Hashable, _KernelWait]
 
     def __init__(
@@ -489,7 +507,7 @@ class FileScope:
     #: (The function itself, not a method calling it: one frame less per acquire.)
     local_key = staticmethod(_offset_of)
 
-    def try_acquire(self, local_key: Hashable) -> bool:
+    def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
         """Lock the key's byte if it is free, without waiting (the uncontended path)."""
         if self._pending and local_key in self._pending:
             return False  # our own abandoned wait is still queued in the kernel
@@ -503,13 +521,13 @@ class FileScope:
             if exc.errno not in _BUSY:
                 raise
             return False
-        self._held[offset] = fd
+        self._held[hold] = fd
         return True
 
-    def acquire_sync(self, local_key: Hashable, timeout: float | None) -> bool:
+    def acquire_sync(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
         """Lock the key's byte, blocking this thread; False if ``timeout`` elapses."""
         offset: KeyOffset = local_key  # type: ignore[assignment]
-        if self.try_acquire(offset):
+        if self.try_acquire(offset, hold):
             return True
         if timeout == 0:
             return False  # busy (or our own abandoned wait is still queued in the kernel)
@@ -518,44 +536,44 @@ class FileScope:
             # abandoned (KeyboardInterrupt ends the system call, holding nothing).
             fd = self._shared()
             _fcntl(fd, _SETLKW, offset)
-            self._held[offset] = fd
+            self._held[hold] = fd
             return True
         wait = self._start_wait(offset)
         finished = wait.job.wait(timeout)
-        return finished is not None and self._settle(wait, finished)
+        return finished is not None and self._settle(wait, finished, hold)
 
-    async def acquire_async(self, local_key: Hashable, timeout: float | None) -> bool:
+    async def acquire_async(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
         """As :meth:`acquire_sync`; a wait runs in a helper thread and stays cancellable."""
         offset: KeyOffset = local_key  # type: ignore[assignment]
-        if self.try_acquire(offset):
+        if self.try_acquire(offset, hold):
             return True
         if timeout == 0:
             return False
         wait = self._start_wait(offset)
         finished = await wait.job.wait_async(timeout)
-        return finished is not None and self._settle(wait, finished)
+        return finished is not None and self._settle(wait, finished, hold)
 
-    def holds(self, local_key: Hashable) -> bool:
-        """True if this process holds the key's byte."""
-        return local_key in self._held
+    def holds(self, hold: Hold) -> bool:
+        """True if ``hold`` holds its key's byte."""
+        return hold in self._held
 
-    def release(self, local_key: Hashable) -> None:
-        """Unlock the key's byte through the descriptor that holds it."""
-        fd = self._held.pop(local_key, None)
+    def release(self, local_key: Hashable, hold: Hold) -> None:
+        """Unlock the key's byte through the descriptor ``hold`` holds it by."""
+        fd = self._held.pop(hold, None)  # one atomic step: only one release gets it
         if fd is None:
-            raise RuntimeError(
-                f"release of key {local_key!r}, which this process does not hold in the lock "
-                "file (not acquired yet, or acquired before a fork by the parent process)"
-            )
+            raise not_held_error(local_key)
         offset: KeyOffset = local_key  # type: ignore[assignment]
         _fcntl(fd, _SETLK, offset.unlock)
         if fd != self._fd:
             self._close(fd)
 
     def locked(self, local_key: Hashable) -> bool:
-        """True if any process of the host holds the key's byte (``F_OFD_GETLK``)."""
-        if local_key in self._held:
-            return True
+        """True if another open file description holds the key's byte (``F_OFD_GETLK``).
+
+        A lock taken through the shared descriptor does not show (it is the
+        asking description's own): the caller asks the local table first,
+        and only a local holder locks through that descriptor.
+        """
         reply = _fcntl(self._shared(), _GETLK, cast(KeyOffset, local_key))
         locked: bool = _FLOCK.unpack(reply)[0] != _UNLCK
         return locked
@@ -575,7 +593,7 @@ class FileScope:
         wait.job.start()
         return wait
 
-    def _settle(self, wait: _KernelWait, finished: Finished[bytes]) -> bool:
+    def _settle(self, wait: _KernelWait, finished: Finished[bytes], hold: Hold) -> bool:
         """The claimant got the wait's outcome: hold through its descriptor, or raise."""
         error = finished.error
         if error is not None:
@@ -584,7 +602,7 @@ class FileScope:
         with _FDS_LOCK:
             if self._pending.get(wait.offset) is wait:
                 del self._pending[wait.offset]
-        self._held[wait.offset] = wait.fd
+        self._held[hold] = wait.fd
         return True
 
     def _end_wait(self, wait: _KernelWait, granted: bool) -> None:
