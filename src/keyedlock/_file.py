@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
-from ._core._keytable import KeyTable
+from ._core._keytable import RELEASED, KeyTable
 from ._keyed import (
     _BAD_EXIT,
     _ENTERED,
@@ -17,7 +17,6 @@ from ._keyed import (
     _REUSE,
     READY,
     LockContext,
-    _new_object,
     _timeout_error,
     _WideLockBase,
     _WideLockContext,
@@ -52,6 +51,13 @@ class _FileLockContext(_WideLockContext):
 
     _scope: FileScope
     _key: KeyOffset
+
+    if not TYPE_CHECKING:
+        # Made by FileKeyedLock only, which fills in every slot. object's own
+        # __init__ (instead of LockContext's, which refuses) lets it call the
+        # class: that runs no Python frame and builds no argument tuple, where
+        # object.__new__(cls) builds two.
+        __init__ = object.__init__
 
     def __enter__(self) -> None:
         if self._phase:
@@ -244,7 +250,7 @@ class FileKeyedLock(_WideLockBase):
             local = _offset_of(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
-        ctx = _new_object(_FileLockContext)
+        ctx = _FileLockContext()
         ctx.waiters = None
         ctx._table = self._table
         ctx._scope = self._file
@@ -268,10 +274,12 @@ class FileKeyedLock(_WideLockBase):
         if blocking and timeout is None:
             # The plain blocking acquire of a key seen lately, written out as in
             # _FileLockContext.__enter__; anything else takes the general path.
-            cache = _offsets.get(type(key))
-            local = None if cache is None else cache.get(key)
+            try:
+                local: KeyOffset | None = _offsets[type(key)][key]
+            except KeyError:
+                local = None
             if local is not None and running_loop() is None and sniffio_local.name is None:
-                ctx = _new_object(_FileLockContext)
+                ctx = _FileLockContext()
                 ctx.waiters = None
                 ctx._table = table = self._table
                 ctx._scope = scope = self._file
@@ -303,8 +311,10 @@ class FileKeyedLock(_WideLockBase):
         that still waits for another process to free the key does not hold it
         yet: releasing it then raises RuntimeError.
         """
-        cache = _offsets.get(type(key))
-        local = None if cache is None else cache.get(key)
+        try:
+            local: KeyOffset | None = _offsets[type(key)][key]
+        except KeyError:
+            local = None
         if local is not None:
             # The common case written out: held here and in the lock file.
             table = self._table
@@ -313,10 +323,29 @@ class FileKeyedLock(_WideLockBase):
                 scope = self._file
                 fd = scope._held.pop(holder, None)  # one atomic step: only one release gets it
                 if fd is not None:
-                    _fcntl(fd, _SETLK, local.unlock)
-                    if fd != scope._fd:
-                        scope._close(fd)
-                    table.release(local, holder)  # that hold only, never the next one
+                    # Having taken its record, this call releases that hold and no other.
+                    try:
+                        _fcntl(fd, _SETLK, local.unlock)
+                        if fd != scope._fd:
+                            scope._close(fd)
+                        if holder.waiters is None:
+                            guard = table.guard
+                            try:
+                                guard.acquire()
+                                if holder.waiters is None:
+                                    holder.state = RELEASED  # (its waiter may still be leaving)
+                                    del table.holds[local]
+                                    return
+                            finally:
+                                try:  # noqa: SIM105 - as in LockContext._exit
+                                    guard.release()
+                                except RuntimeError:
+                                    pass
+                        table.release(local, holder)  # waiters to hand the key to
+                    except BaseException:
+                        if table.holds.get(local) is holder:
+                            table.release(local, holder)  # interrupted: never leave it held
+                        raise
                     return
         _WideLockBase.release(self, key)  # the general path, and its errors
 

@@ -9,6 +9,7 @@ import tempfile
 import threading
 import types
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+import keyedlock._file as file_module
 import keyedlock._scopes._file as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
 from keyedlock._core._keytable import Hold
@@ -110,6 +112,55 @@ def test_an_exit_racing_a_release_never_unlocks_the_next_holder(lock_path: str) 
     assert other.acquire("k", blocking=False)
     other.release("k")
     assert len(lock) == 0
+
+
+def test_release_hands_the_key_to_local_waiters_in_order(lock_path: str) -> None:
+    """``release(key)`` by any thread passes the key to the first local waiter, on the host too."""
+    lock, other = FileKeyedLock(lock_path), FileKeyedLock(lock_path)
+    assert lock.acquire("k")
+    got: list[int] = []
+
+    def waiter(i: int) -> bool:
+        acquired = lock.acquire("k")
+        got.append(i)
+        return acquired
+
+    waiters = []
+    for i in range(3):
+        waiters.append(start_thread(partial(waiter, i), f"w{i}"))
+        wait_waiters(lock, "k", i + 1)
+    for i in range(3):
+        lock.release("k")  # not by the holder's own thread
+        assert waiters[i].result() is True
+        assert got == list(range(i + 1))  # first come, first served
+        assert other.locked("k")  # the new holder holds it in the lock file
+        assert not other.acquire("k", blocking=False)
+    lock.release("k")
+    assert len(lock) == 0
+    assert other.acquire("k", blocking=False)
+    other.release("k")
+
+
+def test_an_interrupted_release_leaves_nothing_held(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt in the middle of ``release(key)`` still frees the key here."""
+    lock = FileKeyedLock(lock_path)
+    real = file_scope._fcntl
+
+    def interrupted(fd: int, cmd: int, arg: bytes) -> bytes:
+        real(fd, cmd, arg)
+        raise KeyboardInterrupt
+
+    assert lock.acquire("k")
+    monkeypatch.setattr(file_module, "_fcntl", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.release("k")
+    monkeypatch.setattr(file_module, "_fcntl", real)
+    assert len(lock) == 0
+    assert not lock.locked("k")
+    assert lock.acquire("k", blocking=False)
+    lock.release("k")
 
 
 def test_two_objects_on_one_file_exclude_each_other(lock_path: str) -> None:
