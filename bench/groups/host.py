@@ -66,6 +66,7 @@ KEY: Final = "user:42"
 
 #: Labels shared by the scenarios (ratios refer to cases by label).
 OURS: Final = "FileKeyedLock"
+OURS_EXPLICIT: Final = "FileKeyedLock acquire()/release()"
 RAW: Final = "raw OFD lock"
 FILELOCK: Final = "filelock.FileLock"
 FASTENERS: Final = "fasteners.InterProcessLock"
@@ -467,6 +468,22 @@ def _keyed_loop(make: Callable[[], Callable[[str], SyncCM]]) -> Measure:
     return measure
 
 
+def _explicit_loop(make: Callable[[], FileKeyedLock]) -> Measure:
+    """``locks.acquire(KEY)`` then ``locks.release(KEY)``, ``n`` times."""
+
+    def measure(n: int) -> int:
+        locks = make()
+        acquire = locks.acquire
+        release = locks.release
+        start = perf_counter_ns()
+        for _ in range(n):
+            acquire(KEY)
+            release(KEY)
+        return perf_counter_ns() - start
+
+    return measure
+
+
 def _bare_loop(make: Callable[[], SyncCM]) -> Measure:
     """``with lock: pass`` on one lock object, ``n`` times."""
 
@@ -520,6 +537,7 @@ def _uncontended_cases(env: _Env, turns: Turns) -> list[Case]:
     portalocker_path = env.file("portalocker.lock")
     return [
         Case(OURS, _keyed_loop(lambda: FileKeyedLock(ours))),
+        Case(OURS_EXPLICIT, _explicit_loop(lambda: FileKeyedLock(ours))),
         Case(RAW, _raw_loop(env.file("raw.lock"))),
         Case(FILELOCK, _bare_loop(lambda: filelock.FileLock(filelock_path))),
         Case(FASTENERS, _bare_loop(lambda: fasteners.InterProcessLock(fasteners_path))),
@@ -537,7 +555,8 @@ def _uncontended_scenario() -> _Hosted:
             title="Uncontended acquire+release, one process",
             description=(
                 f"One process acquires and releases one lock in a loop, nobody else "
-                f"using it: `with lock(key): pass` for {OURS}, `with lock: pass` for "
+                f"using it: `with lock(key): pass` for {OURS}, `lock.acquire(key)` then "
+                f"`lock.release(key)` for {OURS_EXPLICIT}, `with lock: pass` for "
                 f"filelock, fasteners, `portalocker.Lock` and `multiprocessing.Lock` "
                 f"(one lock object reused). {RAW}: "
                 "`fcntl.fcntl(fd, fcntl.F_OFD_SETLK, flock)` to lock one byte, then "
@@ -550,6 +569,7 @@ def _uncontended_scenario() -> _Hosted:
             cases=[],
             ratios=[
                 Ratio(OURS, (RAW,), 2.5),
+                Ratio(OURS_EXPLICIT, (RAW,), 2.5),
                 Ratio(OURS, (FILELOCK,), 0.05),
                 *(Ratio(OURS, (other,)) for other in others),
             ],
