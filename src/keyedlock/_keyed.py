@@ -305,6 +305,22 @@ class LockContext(Hold):
             self._release()
 
 
+@final
+class _LocalLockContext(LockContext):
+    """The :class:`LockContext` of the process scope, as :class:`KeyedLock` makes it.
+
+    It keeps object's own ``__init__`` (instead of LockContext's, which
+    refuses), so the lock builds it by calling the class, which runs no
+    Python frame and builds no argument tuple (``object.__new__(cls)`` builds
+    two), and then fills in every slot.
+    """
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:
+        __init__ = object.__init__
+
+
 class _WideLockContext(LockContext):
     """A :class:`LockContext` whose key is also held in a scope wider than the process.
 
@@ -496,7 +512,7 @@ class _LockBase(RunMixin):
         if timeout is not None:
             timeout = check_timeout(timeout)
         # Built without an __init__ frame: this is on every acquire's path.
-        ctx = _new_object(LockContext)
+        ctx = _LocalLockContext()
         ctx.waiters = None
         ctx._table = self._table
         ctx._key = key
