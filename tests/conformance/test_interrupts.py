@@ -250,12 +250,13 @@ class ScriptedGuard:
     def __init__(self) -> None:
         self.inner = threading.RLock()
         self.interrupt: str | None = None
-        self.entered = threading.Event()  # set by `with guard:` (the slow paths)
+        self.entered = threading.Event()  # set by every acquire that is not interrupted
 
     def acquire(self) -> bool:
         if self.interrupt == "acquire":  # before the guard was taken
             self.interrupt = None
             raise KeyboardInterrupt
+        self.entered.set()
         return self.inner.acquire()
 
     def release(self) -> None:
