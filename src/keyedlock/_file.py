@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
-from ._core._keytable import RELEASED, KeyTable
+from ._core._keytable import KeyTable
 from ._keyed import (
     _BAD_EXIT,
     _ENTERED,
@@ -51,13 +51,6 @@ class _FileLockContext(_WideLockContext):
 
     _scope: FileScope
     _key: KeyOffset
-
-    if not TYPE_CHECKING:
-        # Made by FileKeyedLock only, which fills in every slot. object's own
-        # __init__ (instead of LockContext's, which refuses) lets it call the
-        # class: that runs no Python frame and builds no argument tuple, where
-        # object.__new__(cls) builds two.
-        __init__ = object.__init__
 
     def __enter__(self) -> None:
         if self._phase:
@@ -328,20 +321,7 @@ class FileKeyedLock(_WideLockBase):
                         _fcntl(fd, _SETLK, local.unlock)
                         if fd != scope._fd:
                             scope._close(fd)
-                        if holder.waiters is None:
-                            guard = table.guard
-                            try:
-                                guard.acquire()
-                                if holder.waiters is None:
-                                    holder.state = RELEASED  # (its waiter may still be leaving)
-                                    del table.holds[local]
-                                    return
-                            finally:
-                                try:  # noqa: SIM105 - as in LockContext._exit
-                                    guard.release()
-                                except RuntimeError:
-                                    pass
-                        table.release(local, holder)  # waiters to hand the key to
+                        table.release(local, holder)  # to the first local waiter, if any
                     except BaseException:
                         if table.holds.get(local) is holder:
                             table.release(local, holder)  # interrupted: never leave it held

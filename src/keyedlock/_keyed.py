@@ -39,8 +39,6 @@ __all__ = ["KeyedLock", "LockContext", "klock"]
 
 R = TypeVar("R")
 
-_new_object = object.__new__
-
 _NEW: Final = 0
 _ENTERED: Final = 1
 _EXITED: Final = 2
@@ -312,7 +310,7 @@ class _LocalLockContext(LockContext):
     It keeps object's own ``__init__`` (instead of LockContext's, which
     refuses), so the lock builds it by calling the class, which runs no
     Python frame and builds no argument tuple (``object.__new__(cls)`` builds
-    two), and then fills in every slot.
+    two), and then fills in every slot. :class:`_WideLockContext` does the same.
     """
 
     __slots__ = ()
@@ -333,6 +331,9 @@ class _WideLockContext(LockContext):
 
     #: The wide scope (the key is released there first on exit).
     _scope: WideScope
+
+    if not TYPE_CHECKING:
+        __init__ = object.__init__  # made by calling the class, as _LocalLockContext
 
     def __enter__(self) -> None:
         if self._phase:
@@ -616,7 +617,7 @@ class _WideLockBase(_LockBase):
         if timeout is not None:
             timeout = check_timeout(timeout)
         # As in _LockBase.__call__, written out: a helper would add a frame to every acquire.
-        ctx = _new_object(_WideLockContext)
+        ctx = _WideLockContext()
         ctx.waiters = None
         ctx._table = self._table
         ctx._scope = scope
