@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
-from ._core._keytable import KeyTable
+from ._core._keytable import IDLE, KeyTable
 from ._keyed import (
     _BAD_EXIT,
     _ENTERED,
@@ -245,6 +245,7 @@ class FileKeyedLock(_WideLockBase):
             timeout = check_timeout(timeout)
         ctx = _FileLockContext()
         ctx.waiters = None
+        ctx.state = IDLE
         ctx._table = self._table
         ctx._scope = self._file
         ctx._key = local
@@ -274,6 +275,7 @@ class FileKeyedLock(_WideLockBase):
             if local is not None and running_loop() is None and sniffio_local.name is None:
                 ctx = _FileLockContext()
                 ctx.waiters = None
+                ctx.state = IDLE
                 ctx._table = table = self._table
                 ctx._scope = scope = self._file
                 ctx._key = local

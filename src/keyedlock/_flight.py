@@ -11,7 +11,7 @@ from time import monotonic
 from typing import Any, Final, Generic, TypeVar, final, overload
 
 from ._core._flight import MISS, FlightTable
-from ._core._keytable import ABORTED, Hold
+from ._core._keytable import ABORTED, GRANTED, IDLE, Hold, outcome_of
 from ._errors import exception_state, rebuild_exception
 from ._keys import Decorator, KeySpec, key_function
 from ._runtime import park_async
@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 _new_object = object.__new__
 R = TypeVar("R")
+
+#: The states of a hold that may lead a call: it arrived first (IDLE), or took over (GRANTED).
+_LEADING: Final = (IDLE, GRANTED)
 
 
 @final
@@ -86,27 +89,8 @@ def _follower_error(exc: BaseException) -> BaseException:
     return dup
 
 
-def _conclude(table: FlightTable, key: Hashable, leader: Hold, outcome: _Outcome | None) -> bool:
-    """The leader's call is over: share its ``outcome``; True if anyone else got it.
-
-    Called in ``finally``, so that nothing stays in flight. ``outcome`` is
-    None if the leader gave up without one (cancelled, KeyboardInterrupt, or
-    interrupted right as the call ended): the earliest follower takes over.
-    The exception in an outcome is a copy made as the call failed (see
-    :func:`_follower_error`), so whatever the leader's caller does to its own
-    exception afterwards (notes, chaining) never reaches the followers.
-    """
-    if outcome is None:
-        table.release(key, leader)
-        return False
-    if outcome.error is not None:
-        return table.finish(key, leader, outcome, MISS, 0.0)
-    value = outcome.value
-    return table.finish(key, leader, outcome, value, monotonic() if table.ttl else 0.0)
-
-
 def _deliver(hold: Hold) -> Any:
-    outcome = hold.cause
+    outcome = outcome_of(hold)
     assert isinstance(outcome, _Outcome)
     if outcome.error is not None:
         raise _follower_error(outcome.error)
@@ -227,34 +211,41 @@ class SingleFlight:
         hold = _new_object(Hold)
         hold.owner = owner
         hold.waiters = None
-        leader = table.holds.setdefault(key, hold)
-        if leader is not hold:
-            if leader.owner == owner:
-                raise _recursion_error(key)
-            if runtime == ASYNCIO:
-                state = await wait_asyncio(table, key, hold, None, owner.get_loop())
-            else:
-                state = await park_async(table, key, hold, None, runtime, owner)
-            if state == ABORTED:
-                value = _deliver(hold)
-                return Result(value, True) if ex else value
-        # This caller runs the call (it arrived first, or took over).
-        if table.ttl:
-            kept = table.cached(key, monotonic())
-            if kept is not MISS:
-                table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
-                return Result(kept, True) if ex else kept
+        hold.state = IDLE
         outcome = None
+        value: Any = MISS
         try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
+            leader = table.holds.setdefault(key, hold)
+            if leader is not hold:
+                if leader.owner == owner:
+                    raise _recursion_error(key)
+                if runtime == ASYNCIO:
+                    state = await wait_asyncio(table, key, hold, None, owner.get_loop())
+                else:
+                    state = await park_async(table, key, hold, None, runtime, owner)
+                if state == ABORTED:
+                    result = _deliver(hold)
+                    return Result(result, True) if ex else result
+            # This caller runs the call (it arrived first, or took over).
+            if table.ttl:
+                kept = table.cached(key, monotonic())
+                if kept is not MISS:
+                    outcome = _Outcome(kept, None)
+                    return Result(kept, True) if ex else kept
+            try:
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                outcome = _Outcome(None, _follower_error(exc))
+                raise
             outcome = _Outcome(result, None)
-        except Exception as exc:
-            outcome = _Outcome(None, _follower_error(exc))
-            raise
+            value = result
         finally:
-            shared = _conclude(table, key, hold, outcome)
+            # Whatever happened, however far it got: nothing stays in flight.
+            shared = hold.state in _LEADING and table.conclude(
+                key, hold, outcome, value, monotonic() if table.ttl else 0.0
+            )
         return Result(result, shared) if ex else result
 
     # -- threads -----------------------------------------------------------
@@ -286,26 +277,31 @@ class SingleFlight:
                 return kept, True
         owner = thread_owners.token
         hold = Hold(owner)
-        leader = table.holds.setdefault(key, hold)
-        if leader is not hold:
-            if leader.owner == owner:
-                raise _recursion_error(key)
-            if wait_thread(table, key, hold, None) == ABORTED:
-                return _deliver(hold), True
-        if table.ttl:
-            kept = table.cached(key, monotonic())
-            if kept is not MISS:
-                table.finish(key, hold, _Outcome(kept, None), MISS, 0.0)
-                return kept, True
         outcome = None
+        value: Any = MISS
         try:
-            result = fn(*args, **kwargs)
+            leader = table.holds.setdefault(key, hold)
+            if leader is not hold:
+                if leader.owner == owner:
+                    raise _recursion_error(key)
+                if wait_thread(table, key, hold, None) == ABORTED:
+                    return _deliver(hold), True
+            if table.ttl:
+                kept = table.cached(key, monotonic())
+                if kept is not MISS:
+                    outcome = _Outcome(kept, None)
+                    return kept, True
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                outcome = _Outcome(None, _follower_error(exc))
+                raise
             outcome = _Outcome(result, None)
-        except Exception as exc:
-            outcome = _Outcome(None, _follower_error(exc))
-            raise
+            value = result
         finally:
-            shared = _conclude(table, key, hold, outcome)
+            shared = hold.state in _LEADING and table.conclude(
+                key, hold, outcome, value, monotonic() if table.ttl else 0.0
+            )
         return result, shared
 
     # -- control and introspection -----------------------------------------

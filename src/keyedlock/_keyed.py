@@ -7,7 +7,7 @@ from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final
 
-from ._core._keytable import ABORTED, GRANTED, Hold, KeyTable, reacquire_error
+from ._core._keytable import ABORTED, GRANTED, IDLE, Hold, KeyTable, outcome_of, reacquire_error
 from ._errors import Aborted, LockTimeout
 from ._running import RunMixin
 from ._runtime import park_async
@@ -62,7 +62,7 @@ def _settle(state: int, hold: Hold, key: Hashable) -> bool:
     if state == GRANTED:
         return True
     if state == ABORTED:
-        cause = hold.cause
+        cause = outcome_of(hold)
         assert isinstance(cause, BaseException)
         raise Aborted(
             f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
@@ -515,6 +515,7 @@ class _LockBase(RunMixin):
         # Built without an __init__ frame: this is on every acquire's path.
         ctx = _LocalLockContext()
         ctx.waiters = None
+        ctx.state = IDLE
         ctx._table = self._table
         ctx._key = key
         ctx._timeout = timeout
@@ -619,6 +620,7 @@ class _WideLockBase(_LockBase):
         # As in _LockBase.__call__, written out: a helper would add a frame to every acquire.
         ctx = _WideLockContext()
         ctx.waiters = None
+        ctx.state = IDLE
         ctx._table = self._table
         ctx._scope = scope
         ctx._key = local

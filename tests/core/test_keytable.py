@@ -7,7 +7,16 @@ from collections.abc import Callable
 import pytest
 
 from keyedlock import QueueFull
-from keyedlock._core._keytable import ABORTED, CANCELLED, GRANTED, WAITING, Hold, KeyTable
+from keyedlock._core._keytable import (
+    ABORTED,
+    CANCELLED,
+    GRANTED,
+    WAITING,
+    Hold,
+    KeyTable,
+    outcome_of,
+    state_of,
+)
 
 
 class Log:
@@ -105,9 +114,9 @@ def test_abort_ends_every_wait_with_the_cause() -> None:
     first, second = queued(table, log, "first", "second")
     cause = ValueError("failed")
     table.release("k", holder, cause)
-    assert (first.state, second.state) == (ABORTED, ABORTED)
-    assert first.cause is cause
-    assert second.cause is cause
+    assert (state_of(first), state_of(second)) == (ABORTED, ABORTED)
+    assert outcome_of(first) is cause
+    assert outcome_of(second) is cause
     assert table.holds == {}
     assert table.withdraw("k", first) == ABORTED
     assert log.woken == ["first", "second"]

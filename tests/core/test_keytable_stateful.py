@@ -39,6 +39,8 @@ from keyedlock._core._keytable import (
     KeyTable,
     decided,
     guard_is_owned,
+    outcome_of,
+    state_of,
 )
 from keyedlock._core._keytable import RELEASED as RELEASED_STATE
 
@@ -274,7 +276,7 @@ class KeyTableMachine(RuleBasedStateMachine):
         caller = data.draw(st.sampled_from(aborted))
         assert decided(caller.hold) == ABORTED
         assert self.table.withdraw(caller.key, caller.hold) == ABORTED
-        assert caller.hold.cause is caller.cause
+        assert outcome_of(caller.hold) is caller.cause
 
     @precondition(
         lambda self: any(c.queued and c.fate not in (QUEUED, GRANTED_) for c in self.callers)
@@ -365,7 +367,9 @@ class KeyTableMachine(RuleBasedStateMachine):
             caller.woken = True
             caller.cause = cause
         self.queue[key].clear()
-        hit = [c for c in self.callers if getattr(c.hold, "cause", None) is cause]
+        hit = [
+            c for c in self.callers if state_of(c.hold) == ABORTED and outcome_of(c.hold) is cause
+        ]
         assert hit == queued_now, "the abort must reach exactly the waiters queued at that moment"
         for caller in self.callers:
             if caller.waker is not None:
@@ -417,15 +421,15 @@ class KeyTableMachine(RuleBasedStateMachine):
                 assert holder.waiters is caller.hold.queue
                 assert caller.hold in holder.waiters
             elif caller.queued:
-                assert caller.hold.state != WAITING, caller
+                assert state_of(caller.hold) != WAITING, caller
 
     @invariant()
     def states_match(self) -> None:
         for caller in self.callers:
             if caller.queued:
-                assert caller.hold.state == STATE_OF[caller.fate], caller
+                assert state_of(caller.hold) == STATE_OF[caller.fate], caller
             if caller.fate == ABORTED_:
-                assert caller.hold.cause is caller.cause
+                assert outcome_of(caller.hold) is caller.cause
 
     @invariant()
     def fifo(self) -> None:
@@ -449,9 +453,7 @@ class KeyTableMachine(RuleBasedStateMachine):
                 self._hand_off(key)
         assert not self.table.holds
         assert len(self.table) == 0
-        stuck = [
-            c for c in self.callers if c.fate == QUEUED or getattr(c.hold, "state", 0) == WAITING
-        ]
+        stuck = [c for c in self.callers if c.fate == QUEUED or state_of(c.hold) == WAITING]
         assert not stuck, f"waiters left parked forever: {stuck}"
         self.states_match()
         self.fifo()

@@ -31,7 +31,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from keyedlock._core._flight import MISS, FlightTable
-from keyedlock._core._keytable import ABORTED, CANCELLED, GRANTED, RELEASED, WAITING, Hold
+from keyedlock._core._keytable import (
+    ABORTED,
+    CANCELLED,
+    GRANTED,
+    IDLE,
+    RELEASED,
+    WAITING,
+    Hold,
+    outcome_of,
+    state_of,
+)
 
 from ..support import LONG_STRESS
 
@@ -162,10 +172,10 @@ class FlightMachine(RuleBasedStateMachine):
     def withdraw_too_late(self, data: st.DataObject) -> None:
         """Withdrawing a follower whose wait already ended reports how it ended, changes nothing."""
         key, hold = data.draw(st.sampled_from(self.ended))
-        state = hold.state
+        state = state_of(hold)
         assert state in (ABORTED, CANCELLED)
         assert self.table.withdraw(key, hold) == state
-        assert hold.state == state
+        assert state_of(hold) == state
 
     @precondition(lambda self: self.calls)
     @rule(data=st.data(), ok=st.booleans())
@@ -178,8 +188,8 @@ class FlightMachine(RuleBasedStateMachine):
         shared = self.table.finish(call.key, call.leader, outcome, value, self.now)
         assert shared == bool(call.followers)
         for hold in call.followers:
-            assert hold.state == ABORTED
-            assert hold.cause is outcome
+            assert state_of(hold) == ABORTED
+            assert outcome_of(hold) is outcome
             assert self.wakes[hold] == 1
             self.outcomes[hold] = outcome
             self.ended.append((call.key, hold))
@@ -313,7 +323,7 @@ class FlightMachine(RuleBasedStateMachine):
             assert [order[h] for h in live] == sorted(order[h] for h in live)
             for hold in call.followers:
                 assert hold.queue is queue
-        waiting = {h for _, h in self.joined if getattr(h, "state", None) == WAITING}
+        waiting = {h for _, h in self.joined if state_of(h) == WAITING}
         assert waiting == {h for call in self.calls for h in call.followers}
 
     @invariant()
@@ -327,7 +337,7 @@ class FlightMachine(RuleBasedStateMachine):
     @invariant()
     def waiting_followers_are_untouched(self) -> None:
         for call in self.calls:
-            if hasattr(call.leader, "state"):  # it took over
+            if call.leader.state != IDLE:  # it took over
                 assert call.leader.state == GRANTED
             for hold in call.followers:
                 assert hold.state == WAITING
@@ -337,8 +347,8 @@ class FlightMachine(RuleBasedStateMachine):
     def followers_are_woken_once_with_their_calls_outcome(self) -> None:
         assert all(count <= 1 for count in self.wakes.values())
         for hold, outcome in self.outcomes.items():
-            assert hold.state == ABORTED
-            assert hold.cause is outcome
+            assert state_of(hold) == ABORTED
+            assert outcome_of(hold) is outcome
             assert self.wakes[hold] == 1
 
     @invariant()
@@ -366,7 +376,7 @@ class FlightMachine(RuleBasedStateMachine):
             self.calls.remove(call)
         assert not self.table.holds
         assert len(self.table) == 0
-        stuck = [h for _, h in self.joined if getattr(h, "state", None) in (WAITING, GRANTED)]
+        stuck = [h for _, h in self.joined if state_of(h) in (WAITING, GRANTED)]
         assert not stuck, f"callers left waiting or leading: {stuck}"
         self.followers_are_woken_once_with_their_calls_outcome()
         for _, hold in self.joined:

@@ -2,11 +2,12 @@
 
 The caller running a key's call (the *leader*) is the key's holder in a
 :class:`~keyedlock._core._keytable.KeyTable`; callers arriving meanwhile (the
-*followers*) are its waiters. The two differ from a lock only at the end:
+*followers*) are its waiters. The two differ from a lock only at the end
+(:meth:`FlightTable.conclude`):
 
 - the call finished (value or exception): every follower queued at that
-  moment gets the outcome (state ABORTED, ``cause`` = the outcome) and the key
-  is free;
+  moment gets the outcome (one store on the queue ends every wait, see
+  :class:`~keyedlock._core._keytable.WaitQueue`) and the key is free;
 - the leader gave up without an outcome (cancelled, KeyboardInterrupt): the
   key is handed to the earliest follower, which takes over and runs its own
   function (plain hand-off, as a lock release does).
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Final
 
-from ._keytable import RELEASED, Hold, KeyTable
+from ._keytable import GRANTED, IDLE, RELEASED, Hold, KeyTable, Record
 
 __all__ = ["MISS", "FlightTable"]
 
@@ -40,42 +41,67 @@ class FlightTable(KeyTable):
         # key -> (expiry, value); insertion order is expiry order (one ttl).
         self.results: dict[Hashable, tuple[float, object]] = {}
 
-    def release(self, key: Hashable, expected: Hold | None = None, abort: object = None) -> None:
-        """The leader ``expected`` gave up without an outcome: the earliest follower takes over.
+    def conclude(
+        self, key: Hashable, hold: Hold, outcome: object, value: object = MISS, now: float = 0.0
+    ) -> bool:
+        """``hold``'s part in the call for ``key`` is over: call it in ``finally``, always.
 
-        Works for a detached call too (it hands off within its own group).
+        If ``hold`` leads the call (it started it or took it over; forgotten
+        or not): with an ``outcome`` (not None), every follower queued at this
+        moment gets it; with None (it gave up: cancelled, interrupted), the
+        earliest follower takes over. ``value`` is the successful result to
+        keep for ``ttl`` seconds from ``now`` (MISS for an error: errors are
+        never kept); only the key's current call keeps one. If ``hold`` does
+        not lead (a follower, or a caller interrupted before it joined),
+        nothing changes. Calling it again changes nothing either.
+
+        Returns True if any follower shared the outcome.
         """
+        out: Record = []
+        try:
+            with self.guard:
+                state = hold.state
+                if state != IDLE and state != GRANTED:
+                    return False  # a follower, or concluded already
+                holds = self.holds
+                is_entry = key in holds and holds[key] is hold
+                queue = hold.waiters
+                if not is_entry and queue is None:
+                    hold.state = RELEASED  # never joined, or detached with nobody waiting
+                    return False
+                if outcome is None:
+                    self._give_up(key, hold, out)
+                else:
+                    results = self.results
+                    if is_entry and value is not MISS and self.ttl > 0:
+                        if key in results:
+                            del results[key]  # re-inserted last: insertion order is expiry order
+                        results[key] = (now + self.ttl, value)
+                    if queue is not None and queue.live:
+                        self._conclude(key, hold, queue, outcome, is_entry, out)
+                    else:
+                        hold.state = RELEASED
+                        if is_entry:
+                            del holds[key]
+                    if results:
+                        self._expire(now)
+            self._deliver(key, out)
+        except BaseException:
+            self._deliver(key, out)
+            raise
+        return outcome is not None and bool(out)
+
+    def release(self, key: Hashable, expected: Hold | None = None, abort: object = None) -> None:
+        """The leader ``expected`` gave up without an outcome: the earliest follower takes over."""
         if expected is None or abort is not None:
-            raise TypeError("FlightTable.release needs the leader and no abort; use finish()")
-        with self.guard:
-            nxt = self._pass_on(key, expected)
-        self._wake_next(key, nxt)
+            raise TypeError("FlightTable.release needs the leader and no abort; use conclude()")
+        self.conclude(key, expected, None)
 
     def finish(
         self, key: Hashable, leader: Hold, outcome: object, value: object, now: float
     ) -> bool:
-        """The leader's call ended: give ``outcome`` to every follower queued now.
-
-        ``value`` is the successful result to keep for ``ttl`` seconds from
-        ``now`` (MISS for an error: errors are never kept). A detached
-        (forgotten) call keeps nothing. Returns True if any follower shared it.
-        """
-        with self.guard:
-            if self.holds.get(key) is leader and value is not MISS and self.ttl > 0:
-                self.results.pop(key, None)
-                self.results[key] = (now + self.ttl, value)
-                self._expire(now)
-            queue = leader.waiters
-            if queue is None or not queue.live:
-                leader.state = RELEASED
-                if self.holds.get(key) is leader:
-                    del self.holds[key]
-                followers = []
-            else:
-                followers = self._abort(key, leader, queue, outcome)
-        for h in followers:
-            h.wake()
-        return bool(followers)
+        """The leader's call ended with ``outcome``: :meth:`conclude` with it."""
+        return self.conclude(key, leader, outcome, value, now)
 
     def cached(self, key: Hashable, now: float) -> object:
         """A value kept for ``key`` that is still fresh at ``now``, else MISS."""
@@ -100,5 +126,7 @@ class FlightTable(KeyTable):
     def forget(self, key: Hashable) -> None:
         """Next callers of ``key`` start a new call; drops a kept value."""
         with self.guard:
-            self.results.pop(key, None)
-            self.holds.pop(key, None)
+            if key in self.results:
+                del self.results[key]
+            if key in self.holds:
+                del self.holds[key]

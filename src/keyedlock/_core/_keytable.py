@@ -17,6 +17,21 @@ with or without the GIL) and never touches the guard; everything that changes
 an existing entry (queueing, hand-off, release, withdrawal) holds the guard,
 once per operation.
 
+Interrupts. A signal handler (KeyboardInterrupt) can raise at three kinds of
+points only: a function's entry, right after a call returns, and a backward
+jump; never inside a run of attribute and subscript loads and stores,
+comparisons and arithmetic. Every transition here is written so that a signal
+at any of those points leaves the table consistent:
+
+- the decision of a transition is one such straight run, with the call that
+  records it (``out.append``) as its last step; before that, nothing changed;
+- wakes happen after the guard section, from that record, and the function
+  that made the decision wakes again from its ``except`` clause; every
+  ``wake`` is idempotent (a second call answers as the first and wakes
+  nobody twice), so waking again after an interrupt is always right;
+- a decision is never carried in a function's return value (an interrupt
+  right after the call would drop it), only in the table or in ``out``.
+
 The guard is a :class:`threading.RLock` although nothing re-enters it, because
 an RLock refuses a release by a thread that does not hold it. The paths that
 run on every acquisition or release (queueing, releasing, the contexts'
@@ -31,9 +46,9 @@ uncontended release) take it by hand, about half the cost of ``with guard:``::
         except RuntimeError:  # an interrupt stopped acquire() before it took the guard
             pass
 
-An interrupt (KeyboardInterrupt) anywhere in there can never leave the guard,
-and with it every key of the table, locked, nor release it for another thread.
-The other paths use ``with guard:``, safe by construction.
+An interrupt anywhere in there can never leave the guard, and with it every
+key of the table, locked, nor release it for another thread. The other paths
+use ``with guard:``, safe by construction.
 
 A wake that can be *lost* after it was sent (an asyncio loop that is closed
 with the wake-up still in its queue) reports it through :meth:`KeyTable.lost`,
@@ -54,6 +69,7 @@ __all__ = [
     "ABORTED",
     "CANCELLED",
     "GRANTED",
+    "IDLE",
     "RELEASED",
     "WAITING",
     "Hold",
@@ -61,16 +77,22 @@ __all__ = [
     "WaitQueue",
     "decided",
     "guard_is_owned",
+    "outcome_of",
+    "reacquire_error",
+    "state_of",
 ]
 
-#: Queued, neither granted nor withdrawn yet.
+#: Not queued: a new hold, or one that took a free key without waiting.
+IDLE: Final = 0
+#: Queued, neither granted nor withdrawn yet (but see :func:`decided`: a waiting hold whose
+#: queue has an outcome was aborted).
 WAITING: Final = 1
 #: The key was handed to this waiter; it now owns it.
 GRANTED: Final = 2
 #: The waiter withdrew (timeout, cancellation) or its runtime could not be woken.
 CANCELLED: Final = 3
-#: The wait ended with the holder's outcome instead of the key: an
-#: ``on_error="stop"`` abort, or a single-flight result; ``cause`` holds it.
+#: The wait ended with the holder's outcome instead of the key (:func:`decided` reports it
+#: for the waiting holds of a queue that has an outcome).
 ABORTED: Final = 4
 #: A hold that owned the key and gave it up (released by its owner, or by
 #: anyone through ``release(key)``). Set on every release that can have
@@ -91,22 +113,22 @@ class Hold:
 
     ``owner`` identifies who acquires (used only to refuse a self-deadlocking
     re-acquire). ``waiters`` is the FIFO queue of the key while this hold is
-    its holder. ``state``, ``wake``, ``queue`` (the queue it waits in) and
-    ``cause`` are set only for a hold that had to wait.
+    its holder. ``state`` is IDLE until the hold queues; ``wake`` and
+    ``queue`` (the queue it waits in) are set only for a hold that had to wait.
     """
 
-    __slots__ = ("cause", "owner", "queue", "state", "waiters", "wake")
+    __slots__ = ("owner", "queue", "state", "waiters", "wake")
 
     owner: object
     waiters: WaitQueue | None
     state: int
     wake: Callable[[], bool]
     queue: WaitQueue
-    cause: object
 
     def __init__(self, owner: object = None) -> None:
         self.owner = owner
         self.waiters = None
+        self.state = IDLE
 
 
 class WaitQueue(deque[Hold]):
@@ -114,11 +136,28 @@ class WaitQueue(deque[Hold]):
 
     Withdrawn waiters are removed lazily (their state says so); ``live``
     counts the ones still waiting, so a withdrawal is O(1) amortized.
+    ``outcome`` is None while the queue waits for the key; once set (an
+    abort, or a single-flight call's result) it is the outcome of every hold
+    still WAITING in it, and the queue never changes again: one store ends
+    every wait at once.
     """
 
-    __slots__ = ("live",)
+    __slots__ = ("live", "outcome")
 
     live: int
+    outcome: object
+
+
+#: What a transition decided, for the wakes after its guard section: a granted
+#: :class:`Hold`, or a concluded :class:`WaitQueue` whose waiters all get its outcome.
+Record = list[Hold | WaitQueue]
+
+
+def _new_queue() -> WaitQueue:
+    queue = WaitQueue()
+    queue.live = 0
+    queue.outcome = None
+    return queue
 
 
 class KeyTable:
@@ -149,17 +188,23 @@ class KeyTable:
     def give_back_lost(self) -> None:
         """Pass on the keys of holds whose wake was lost (see :meth:`lost`)."""
         lost = self._lost
-        while lost:
-            try:
-                key, hold = lost.popleft()
-            except IndexError:  # another thread took the last one
-                return
-            with self.guard:
-                if hold.state != GRANTED:
-                    continue  # released meanwhile by someone else
-                nxt = self._pass_on(key, hold)
-                hold.state = CANCELLED  # it never ran
-            self._wake_next(key, nxt)
+        out: Record = []
+        key: Hashable = None
+        try:
+            while lost:
+                with self.guard:
+                    if not lost:
+                        break
+                    key, hold = lost[0]
+                    if hold.state == GRANTED:
+                        self._give_up(key, hold, out)
+                        hold.state = CANCELLED  # it never ran
+                    lost.popleft()  # only now: an interrupt before it leaves the entry to redo
+                self._deliver(key, out)
+                out.clear()
+        except BaseException:
+            self._deliver(key, out)
+            raise
 
     # -- acquiring ---------------------------------------------------------
 
@@ -175,12 +220,15 @@ class KeyTable:
         """Take ``key`` for ``hold``, or queue ``hold`` behind the holder.
 
         Returns True if the key was free (``hold`` now owns it), False if
-        ``hold`` was queued: ``wake()`` will be called, once, when it is
-        granted or aborted. ``wake`` returns False if its waiter can no
-        longer run (its event loop is gone); the key then passes on.
+        ``hold`` was queued: ``wake()`` will be called when it is granted or
+        aborted (maybe more than once: it must be idempotent). ``wake``
+        returns False if its waiter can no longer run (its event loop is
+        gone); the key then passes on.
 
         Raises RuntimeError if ``hold.owner`` already holds the key, and
-        QueueFull if the key has ``max_waiters`` waiters already.
+        QueueFull if the key has ``max_waiters`` waiters already. If this
+        call raises anything else (an interrupt), ``hold`` may be queued or
+        may hold the key: :meth:`cancel` it.
         """
         if self._lost:
             self.give_back_lost()
@@ -194,16 +242,17 @@ class KeyTable:
                 raise reacquire_error(key)
             queue = holder.waiters
             if queue is None:
-                queue = holder.waiters = WaitQueue()
-                queue.live = 0
+                queue = _new_queue()
+                holder.waiters = queue
             limit = self.max_waiters
             if limit is not None and queue.live >= limit:
                 raise QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
-            hold.state = WAITING
+            # One straight run, recorded by the append: no signal can split it.
             hold.wake = wake
             hold.queue = queue
-            queue.append(hold)
+            hold.state = WAITING
             queue.live += 1
+            queue.append(hold)
             return False
         finally:
             try:  # noqa: SIM105 - one call, no window: see the module docstring
@@ -212,38 +261,47 @@ class KeyTable:
                 pass
 
     def withdraw(self, key: Hashable, hold: Hold) -> int:
-        """Withdraw a queued ``hold`` (timeout, cancellation, interrupt).
+        """Withdraw a queued ``hold`` (timeout, cancellation).
 
-        Returns the state the hold had: WAITING means it was removed and
-        leaves no trace; GRANTED means the key was handed to it in the same
-        instant, so the caller owns the key and must release it (or keep it);
-        RELEASED means it was granted and already released by someone else;
-        ABORTED means the wait was aborted (``hold.cause``); CANCELLED means
-        it was already withdrawn.
+        Returns the state the hold had (see :func:`decided`): WAITING means
+        it was removed and leaves no trace; GRANTED means the key was handed
+        to it in the same instant, so the caller owns the key and must
+        release it (or keep it); RELEASED means it was granted and already
+        released by someone else; ABORTED means the wait ended with an
+        outcome (:func:`outcome_of`); CANCELLED means it was already withdrawn.
         """
         with self.guard:
             state = hold.state
             if state == WAITING:
+                if hold.queue.outcome is not None:
+                    return ABORTED
                 self._remove(hold)
             return state
 
     def cancel(self, key: Hashable, hold: Hold) -> int:
-        """Withdraw ``hold`` for good: its waiter stops (cancelled, interrupted).
+        """Withdraw ``hold`` for good, however far it got: its waiter stops.
 
-        As :meth:`withdraw`, in one step with giving the key back: if the key
-        was handed to ``hold`` in the same instant (and nobody released it
-        since), it passes on to the next waiter at once. Returns the state
-        the hold had.
+        For a waiter that was cancelled or interrupted, at any point of
+        queueing or waiting: a queued hold leaves the queue; a hold that owns
+        the key (granted in the same instant, or it took the key free) passes
+        it on at once. Returns the state the hold had.
         """
-        with self.guard:
-            state = hold.state
-            if state == WAITING:
-                self._remove(hold)
-                return state
-            if state != GRANTED:
-                return state
-            nxt = self._pass_on(key, hold)
-        self._wake_next(key, nxt)
+        out: Record = []
+        try:
+            with self.guard:
+                state = hold.state
+                if state == WAITING:
+                    if hold.queue.outcome is not None:
+                        return ABORTED
+                    self._remove(hold)
+                    return state
+                holds = self.holds
+                if state == GRANTED or (key in holds and holds[key] is hold):
+                    self._give_up(key, hold, out)  # (GRANTED and not the entry: a detached call)
+            self._deliver(key, out)
+        except BaseException:
+            self._deliver(key, out)
+            raise
         return state
 
     def _remove(self, hold: Hold) -> None:
@@ -254,9 +312,7 @@ class KeyTable:
         if not queue.live:
             queue.clear()
         elif len(queue) > 2 * queue.live + _COMPACT_SLACK:
-            live = [h for h in queue if h.state == WAITING]
-            queue.clear()
-            queue.extend(live)
+            _compact(queue)
 
     # -- releasing ---------------------------------------------------------
 
@@ -271,119 +327,121 @@ class KeyTable:
         ``expected``: release only if this hold is the holder (a context
         manager releasing its own hold); otherwise RuntimeError.
         ``abort``: instead of handing the key on, end the wait of every waiter
-        queued at this moment with ``abort`` as their ``cause`` (state
+        queued at this moment with ``abort`` as their outcome (state
         ABORTED) and leave the key free.
         """
+        out: Record = []
         guard = self.guard
         try:
-            guard.acquire()
-            holder = self.holds.get(key)
-            if holder is None:
-                raise RuntimeError(f"release of key {key!r}, which is not held")
-            if expected is not None and holder is not expected:
-                raise RuntimeError(
-                    f"this hold of key {key!r} was already released by another caller; "
-                    "the key is now held by someone else and stays held"
-                )
-            queue = holder.waiters
-            if queue is None or not queue.live:
-                holder.state = RELEASED
-                del self.holds[key]
-                return
-            if abort is None:
-                holder.state = RELEASED
-                # _hand_off(key, holder, queue, True), inlined: every contended release.
-                nxt = None
-                while queue:
-                    h = queue.popleft()
-                    if h.state == WAITING:
-                        nxt = h
-                        break
-                if nxt is None:
-                    del self.holds[key]
+            try:
+                guard.acquire()
+                holds = self.holds
+                if key not in holds:
+                    raise RuntimeError(f"release of key {key!r}, which is not held")
+                holder = holds[key]
+                if expected is not None and holder is not expected:
+                    raise RuntimeError(
+                        f"this hold of key {key!r} was already released by another caller; "
+                        "the key is now held by someone else and stays held"
+                    )
+                queue = holder.waiters
+                if queue is None or not queue.live:
+                    holder.state = RELEASED
+                    del holds[key]
                     return
-                nxt.state = GRANTED
-                queue.live -= 1
-                nxt.waiters = queue if queue.live else None
-                self.holds[key] = nxt
-            else:
-                aborted = self._abort(key, holder, queue, abort)
-        finally:
-            try:  # noqa: SIM105 - one call, no window: see the module docstring
-                guard.release()
-            except RuntimeError:  # an interrupt stopped acquire() before it took it
-                pass
-        if abort is None:
-            if nxt is not None and not nxt.wake():
-                self._skip(key, nxt)
-        else:
-            for h in aborted:
-                h.wake()
+                if abort is None:
+                    self._hand_off(key, holder, queue, True, out)
+                else:
+                    self._conclude(key, holder, queue, abort, True, out)
+            finally:
+                try:  # noqa: SIM105 - one call, no window: see the module docstring
+                    guard.release()
+                except RuntimeError:  # an interrupt stopped acquire() before it took it
+                    pass
+            self._deliver(key, out)
+        except BaseException:
+            self._deliver(key, out)
+            raise
 
-    def _pass_on(self, key: Hashable, holder: Hold) -> Hold | None:
-        """Under the guard: ``holder`` gives the key up; returns the waiter to wake, if any."""
-        holder.state = RELEASED
+    # -- transitions (under the guard; each records what to wake in ``out``) --
+
+    def _give_up(self, key: Hashable, holder: Hold, out: Record) -> None:
+        """``holder`` gives the key up: to its first live waiter, else the key is free.
+
+        If ``holder`` is not the key's entry (a detached single-flight call),
+        the hand-off stays within its own waiters.
+        """
+        holds = self.holds
+        is_entry = key in holds and holds[key] is holder
         queue = holder.waiters
-        if queue is None or not queue.live:
-            if self.holds.get(key) is holder:
-                del self.holds[key]
-            return None
-        return self._hand_off(key, holder, queue, self.holds.get(key) is holder)
+        if queue is not None and queue.live:
+            self._hand_off(key, holder, queue, is_entry, out)
+            return
+        holder.state = RELEASED
+        if is_entry:
+            del holds[key]
 
     def _hand_off(
-        self, key: Hashable, holder: Hold, queue: WaitQueue, is_entry: bool
-    ) -> Hold | None:
-        """Under the guard: make the first live waiter the holder.
+        self, key: Hashable, holder: Hold, queue: WaitQueue, is_entry: bool, out: Record
+    ) -> None:
+        """Make the first live waiter of ``queue`` (which has one) the holder.
 
-        The table entry moves to it only if ``holder`` is the key's entry
-        (``is_entry``; a detached single-flight call hands off within its group).
+        The table entry moves to it only if ``holder`` is the key's entry.
         """
-        nxt = None
-        while queue:
-            h = queue.popleft()
-            if h.state == WAITING:
-                nxt = h
-                break
-        if nxt is None:
-            if is_entry:
-                del self.holds[key]
-            return None
+        nxt = queue[0]
+        while nxt.state != WAITING:  # drop the withdrawn ahead of it
+            queue.popleft()
+            nxt = queue[0]
+        # One straight run, recorded by the append: no signal can split it.
+        holder.state = RELEASED
         nxt.state = GRANTED
         queue.live -= 1
         nxt.waiters = queue if queue.live else None
         if is_entry:
             self.holds[key] = nxt
-        return nxt
+        out.append(nxt)
+        queue.popleft()  # nxt itself (left there, it would only be skipped as not WAITING)
 
-    def _abort(self, key: Hashable, holder: Hold, queue: WaitQueue, cause: object) -> list[Hold]:
-        """Under the guard: end every live waiter's wait with ``cause``; free the key."""
+    def _conclude(
+        self,
+        key: Hashable,
+        holder: Hold,
+        queue: WaitQueue,
+        outcome: object,
+        is_entry: bool,
+        out: Record,
+    ) -> None:
+        """End every wait in ``queue`` with ``outcome``; the key is free."""
         holder.state = RELEASED
-        aborted = [h for h in queue if h.state == WAITING]
-        for h in aborted:
-            h.state = ABORTED
-            h.cause = cause
-        queue.clear()
-        queue.live = 0
-        if self.holds.get(key) is holder:
+        queue.outcome = outcome  # one store: every WAITING hold in it is now aborted
+        if is_entry:
             del self.holds[key]
-        return aborted
+        out.append(queue)
 
-    def _wake_next(self, key: Hashable, nxt: Hold | None) -> None:
-        """Wake a granted waiter; if it cannot run any more, pass the key on."""
-        if nxt is not None and not nxt.wake():
-            self._skip(key, nxt)
+    # -- waking (outside the guard; safe to repeat) ---------------------------
 
-    def _skip(self, key: Hashable, dead: Hold | None) -> None:
-        """``dead`` was granted the key but cannot be woken: pass the key on, and so on."""
-        while dead is not None:
-            with self.guard:
-                if dead.state != GRANTED:
-                    return  # released by someone else meanwhile: handed on already
-                nxt = self._pass_on(key, dead)
-                dead.state = CANCELLED  # it never ran
-            dead = None if nxt is None or nxt.wake() else nxt
-        if self._lost:
-            self.give_back_lost()
+    def _deliver(self, key: Hashable, out: Record) -> None:
+        """Wake what ``out`` recorded: granted holds, and every waiter of a concluded queue.
+
+        Idempotent, and so safe to call again after an interrupt: every wake
+        answers a second call as the first. A granted hold that cannot be
+        woken passes the key on (appending the next one to ``out``).
+        """
+        for item in out:  # (it grows while this runs: see _skip)
+            if isinstance(item, WaitQueue):
+                for hold in item:  # a concluded queue never changes again
+                    if hold.state == WAITING:
+                        hold.wake()
+            elif not item.wake():
+                self._skip(key, item, out)
+
+    def _skip(self, key: Hashable, dead: Hold, out: Record) -> None:
+        """``dead`` was granted the key but cannot be woken: pass the key on."""
+        with self.guard:
+            if dead.state != GRANTED:
+                return  # released by someone else meanwhile: handed on already
+            self._give_up(key, dead, out)
+            dead.state = CANCELLED  # it never ran
 
     # -- introspection -----------------------------------------------------
 
@@ -407,11 +465,44 @@ class KeyTable:
         return len(self.holds)
 
 
+def _compact(queue: WaitQueue) -> None:
+    """Drop the withdrawn entries of ``queue``, keeping the live ones in order.
+
+    Each step leaves a queue whose *first* occurrences of live holds are in
+    arrival order (the state of an entry decides, so duplicates are only
+    skipped): ``[old..., live...]`` after the extend, ``[live..., old...]``
+    after the rotation, then the old tail is popped.
+    """
+    live = [h for h in queue if h.state == WAITING]
+    old = len(queue)
+    queue.extend(live)
+    queue.rotate(-old)
+    for _ in range(old):
+        queue.pop()
+
+
+def state_of(hold: Hold) -> int:
+    """``hold``'s state, a WAITING hold of a concluded queue reported as ABORTED."""
+    state = hold.state
+    if state == WAITING and hold.queue.outcome is not None:
+        return ABORTED
+    return state
+
+
 def decided(hold: Hold) -> int:
     """The answer a woken waiter acts on: GRANTED (also when already released by
     someone else since: it did get the key), ABORTED, CANCELLED or WAITING."""
     state = hold.state
-    return GRANTED if state == RELEASED else state
+    if state == RELEASED:
+        return GRANTED
+    if state == WAITING and hold.queue.outcome is not None:
+        return ABORTED
+    return state
+
+
+def outcome_of(hold: Hold) -> object:
+    """The outcome an ABORTED hold's wait ended with (see :meth:`KeyTable.release`)."""
+    return hold.queue.outcome
 
 
 def reacquire_error(key: Hashable) -> RuntimeError:

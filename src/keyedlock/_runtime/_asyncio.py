@@ -14,10 +14,10 @@ import threading
 from collections.abc import Callable, Hashable
 from functools import partial
 
-from .._core._keytable import CANCELLED, GRANTED, RELEASED, WAITING, Hold, KeyTable, decided
+from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
 from ._detect import get_ident, on_loop_thread, running_loop
 
-__all__ = ["wait_asyncio", "wake_future"]
+__all__ = ["AsyncioWaker", "wait_asyncio", "wake_future"]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -75,23 +75,53 @@ def wake_future(
     return True
 
 
-def _wake(
-    loop: asyncio.AbstractEventLoop,
-    fut: asyncio.Future[None],
-    table: KeyTable,
-    key: Hashable,
-    hold: Hold,
-) -> bool:
-    """The waker of a queued hold (the core calls it once, outside its guard)."""
-    try:  # on_loop_thread(loop), inlined: this is every hand-off's path
-        here = loop._thread_id == get_ident()  # type: ignore[attr-defined]
-    except AttributeError:  # a loop that does not record its thread
-        here = running_loop() is loop
-    if here:
-        if not fut.done():  # done: cancelled, and its task is withdrawing it
+class AsyncioWaker:
+    """Wakes one task waiting on ``fut`` (a future of ``loop``), once.
+
+    Directly when called on the loop's own thread, else through
+    ``call_soon_threadsafe`` (a wake-up dropped unrun by a loop closed later
+    reports the loss to ``table``). Calling it again answers as the first
+    call did and wakes nobody twice.
+    """
+
+    __slots__ = ("answer", "fut", "hold", "key", "loop", "table")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[None],
+        table: KeyTable,
+        key: Hashable,
+        hold: Hold,
+    ) -> None:
+        self.loop = loop
+        self.fut = fut
+        self.table = table
+        self.key = key
+        self.hold = hold
+        self.answer: bool | None = None
+
+    def __call__(self) -> bool:
+        answer = self.answer
+        if answer is not None:
+            return answer
+        loop = self.loop
+        try:  # on_loop_thread(loop), inlined: this is every hand-off's path
+            here = loop._thread_id == get_ident()  # type: ignore[attr-defined]
+        except AttributeError:  # a loop that does not record its thread
+            here = running_loop() is loop
+        if here:
+            fut = self.fut
+            if fut.done():  # cancelled: its task is withdrawing it
+                self.answer = True
+                return True
+            self.answer = True  # (no signal can land between this and set_result)
             fut.set_result(None)
-        return True
-    return wake_future(loop, fut, partial(_lost, table, key, hold))
+            return True
+        # From another thread: a second wake-up would only resolve a resolved future.
+        answer = wake_future(loop, self.fut, partial(_lost, self.table, self.key, self.hold))
+        self.answer = answer
+        return answer
 
 
 def _lost(table: KeyTable, key: Hashable, hold: Hold) -> None:
@@ -123,23 +153,23 @@ async def wait_asyncio(
     handed over in the same instant it is passed on to the next waiter.
     """
     fut: asyncio.Future[None] = loop.create_future()
-    if table.enqueue(key, hold, partial(_wake, loop, fut, table, key, hold)):
-        return GRANTED
-    timer = None if timeout is None else loop.call_later(timeout, _resolve, fut)
+    timer = None
     try:
+        if table.enqueue(key, hold, AsyncioWaker(loop, fut, table, key, hold)):
+            return GRANTED
+        if timeout is not None:
+            timer = loop.call_later(timeout, _resolve, fut)
         await fut
+        state = decided(hold)
+        if state == WAITING:  # the timer fired first
+            state = table.withdraw(key, hold)
+            if state == WAITING:
+                return CANCELLED
+            state = decided(hold)
+        return state
     except BaseException:
-        table.cancel(key, hold)  # a key handed over in the same instant passes on
+        table.cancel(key, hold)  # however far it got: a key handed over meanwhile passes on
         raise
     finally:
         if timer is not None:
             timer.cancel()
-    state = hold.state
-    if state == RELEASED:  # granted, and already released by someone else
-        state = GRANTED
-    elif state == WAITING:  # the timer fired first
-        state = table.withdraw(key, hold)
-        if state == WAITING:
-            return CANCELLED
-        state = decided(hold)
-    return state

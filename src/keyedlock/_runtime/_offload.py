@@ -268,7 +268,7 @@ class Offload(Generic[T]):
         import trio
         from trio.lowlevel import Abort, RaiseCancelT, current_task, wait_task_rescheduled
 
-        from ._trio import _wake as wake_trio
+        from ._trio import TrioWaker
 
         def abort(_: RaiseCancelT) -> Abort:
             with self._mutex:
@@ -278,7 +278,7 @@ class Offload(Generic[T]):
                 self._claimed = False
                 return Abort.SUCCEEDED
 
-        outcome = self._arm(partial(wake_trio, trio.lowlevel.current_trio_token(), current_task()))
+        outcome = self._arm(TrioWaker(trio.lowlevel.current_trio_token(), current_task()))
         if outcome is not None:
             return outcome
         if timeout is None:

@@ -13,7 +13,6 @@ This module imports trio; only callers running under trio import it.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from functools import partial
 
 import trio
 from trio.lowlevel import (
@@ -30,38 +29,58 @@ from trio.lowlevel import (
 
 from .._core._keytable import GRANTED, WAITING, Hold, KeyTable, decided
 
-__all__ = ["checkpoint", "checkpoint_if_cancelled", "wait_trio"]
+__all__ = ["TrioWaker", "checkpoint", "checkpoint_if_cancelled", "wait_trio"]
 
 checkpoint = trio.lowlevel.checkpoint
 checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 
-def _wake(token: TrioToken, task: Task) -> bool:
-    if in_trio_run() and current_trio_token() is token:
-        reschedule(task)
+class TrioWaker:
+    """Reschedules one trio task, once: directly inside its own run, else through the run's
+    token; False if its run is over. Calling it again answers as the first call did."""
+
+    __slots__ = ("answer", "task", "token")
+
+    def __init__(self, token: TrioToken, task: Task) -> None:
+        self.token = token
+        self.task = task
+        self.answer: bool | None = None
+
+    def __call__(self) -> bool:
+        answer = self.answer
+        if answer is not None:
+            return answer
+        if in_trio_run() and current_trio_token() is self.token:
+            self.answer = True  # (no signal can land between this and reschedule)
+            reschedule(self.task)
+            return True
+        self.answer = True  # claimed first: rescheduling a task twice would break trio
+        try:
+            self.token.run_sync_soon(reschedule, self.task)
+        except trio.RunFinishedError:  # its run is over: the task will never resume
+            self.answer = False
+            return False
         return True
-    try:
-        token.run_sync_soon(reschedule, task)
-    except trio.RunFinishedError:  # its run is over: the task will never resume
-        return False
-    return True
 
 
 async def wait_trio(table: KeyTable, key: Hashable, hold: Hold, timeout: float | None) -> int:
     """Queue ``hold`` for ``key`` and wait; returns GRANTED, CANCELLED or ABORTED."""
-    wake = partial(_wake, current_trio_token(), current_task())
-    if table.enqueue(key, hold, wake):
-        return GRANTED
 
     def abort(_: RaiseCancelT) -> Abort:
         if table.withdraw(key, hold) == WAITING:
             return Abort.SUCCEEDED
         return Abort.FAILED  # granted or aborted: the wake is on its way
 
-    if timeout is None:
-        await wait_task_rescheduled(abort)
-    else:
-        with trio.move_on_after(timeout):
+    try:
+        if table.enqueue(key, hold, TrioWaker(current_trio_token(), current_task())):
+            return GRANTED
+        if timeout is None:
             await wait_task_rescheduled(abort)
-    # GRANTED or ABORTED after a wake; CANCELLED if the timeout withdrew it.
-    return decided(hold)
+        else:
+            with trio.move_on_after(timeout):
+                await wait_task_rescheduled(abort)
+        # GRANTED or ABORTED after a wake; CANCELLED if the timeout withdrew it.
+        return decided(hold)
+    except BaseException:
+        table.cancel(key, hold)
+        raise

@@ -75,7 +75,15 @@ from time import monotonic
 from typing import Any, Final
 
 from .._core._flight import MISS, FlightTable
-from .._core._keytable import ABORTED, GRANTED, WAITING, Hold, KeyTable, reacquire_error
+from .._core._keytable import (
+    ABORTED,
+    GRANTED,
+    WAITING,
+    Hold,
+    KeyTable,
+    outcome_of,
+    reacquire_error,
+)
 from .._runtime._threads import wait_thread
 
 __all__ = [
@@ -502,7 +510,7 @@ class _Server:
                 return self._granted(hold)
             self._drop(hold)
             if decided == ABORTED:
-                return (Reply.ABORTED, hold.cause)
+                return (Reply.ABORTED, outcome_of(hold))
             return Reply.CANCELLED if hold.void else Reply.BUSY
 
     def _granted(self, hold: _RemoteHold) -> int:
@@ -607,7 +615,7 @@ class _Server:
         with self.mutex:
             if decided == ABORTED:
                 self._drop(hold)
-                return (Reply.OUTCOME, hold.cause)
+                return (Reply.OUTCOME, outcome_of(hold))
             if decided != GRANTED:
                 self._drop(hold)
                 return Reply.CANCELLED
