@@ -73,7 +73,8 @@ class FlightTable(KeyTable):
                     self._give_up(key, hold, out)
                 else:
                     results = self.results
-                    if is_entry and value is not MISS and self.ttl > 0:
+                    keep = is_entry and value is not MISS and self.ttl > 0
+                    if keep:
                         if key in results:
                             del results[key]  # re-inserted last: insertion order is expiry order
                         results[key] = (now + self.ttl, value)
@@ -83,7 +84,7 @@ class FlightTable(KeyTable):
                         hold.state = RELEASED
                         if is_entry:
                             del holds[key]
-                    if results:
+                    if keep:
                         self._expire(now)
             self._deliver(key, out)
         except BaseException:
