@@ -31,7 +31,9 @@ __all__ = [
     "TaskCancelled",
     "Threads",
     "TrioThread",
+    "scope_of",
     "start_thread",
+    "table_of",
     "wait_until",
     "wait_until_async",
     "wait_waiters",
@@ -43,6 +45,17 @@ T = TypeVar("T")
 #: Upper bound, in seconds, of every wait in the tests. Far above what any step needs, so it
 #: is never a timing assumption: reaching it means something is stuck.
 WAIT = 10.0
+
+
+def table_of(subject: object) -> Any:
+    """The local table (a ``KeyTable``) of a lock or a single-flight group: what the tests
+    look inside."""
+    return subject._backend.table  # type: ignore[attr-defined]
+
+
+def scope_of(lock: object) -> Any:
+    """The wide scope of a local-then-wide lock (a ``FileScope`` for ``FileKeyedLock``)."""
+    return lock._backend.scope  # type: ignore[attr-defined]
 
 
 def run_python(code: str, *flags: str, timeout: float = 60) -> str:

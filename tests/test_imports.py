@@ -22,8 +22,10 @@ FORBIDDEN_IN_CORE = (
     "sniffio",
     "keyedlock._runtime",
     "keyedlock._scopes",
-    "keyedlock._keyed",
-    "keyedlock._flight",
+    "keyedlock._lock",
+    "keyedlock._filelock",
+    "keyedlock._singleflight",
+    "keyedlock.multiprocessing",
 )
 
 

@@ -70,6 +70,7 @@ from .support import (
     TaskCancelled,
     Threads,
     TrioThread,
+    table_of,
     wait_waiters,
 )
 
@@ -926,7 +927,7 @@ def run_stress(
     lock = arena.lock
     if len(lock) or any(lock.waiters(key) for key in (*KEYS, FIFO_KEY)):
         violations.append(f"keys left behind: {len(lock)}")
-    if len(arena.flight) or arena.flight._table.results:
+    if len(arena.flight) or table_of(arena.flight).results:
         violations.append(f"calls left in flight: {len(arena.flight)}")
     if not all(journal.finished for journal in arena.journals):
         violations.append("a worker did not finish its loop")

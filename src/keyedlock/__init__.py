@@ -17,13 +17,13 @@ from ._errors import Aborted as Aborted
 from ._errors import KeyedLockError as KeyedLockError
 from ._errors import LockTimeout as LockTimeout
 from ._errors import QueueFull as QueueFull
-from ._file import FileKeyedLock as FileKeyedLock
-from ._flight import Result as Result
-from ._flight import SingleFlight as SingleFlight
-from ._flight import flight as flight
-from ._keyed import KeyedLock as KeyedLock
-from ._keyed import LockContext as LockContext
-from ._keyed import klock as klock
+from ._filelock import FileKeyedLock as FileKeyedLock
+from ._lock import KeyedLock as KeyedLock
+from ._lock import LockContext as LockContext
+from ._lock import klock as klock
+from ._singleflight import Result as Result
+from ._singleflight import SingleFlight as SingleFlight
+from ._singleflight import flight as flight
 
 __all__ = [
     "Aborted",

@@ -34,8 +34,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from ._file import FileKeyedLock
-from ._keyed import KeyedLock, LockContext, klock
+from ._filelock import FileKeyedLock
+from ._lock import KeyedLock, LockContext, klock
 
 if TYPE_CHECKING:
     import ctypes

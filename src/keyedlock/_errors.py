@@ -9,6 +9,7 @@ inside a running event loop).
 
 from __future__ import annotations
 
+import copy
 from typing import Final
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "LockTimeout",
     "QueueFull",
     "exception_state",
+    "follower_copy",
     "rebuild_exception",
 ]
 
@@ -80,3 +82,26 @@ def rebuild_exception(
     exc.args = args
     exc.__dict__.update(attributes)
     return exc
+
+
+def follower_copy(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` for another caller (a single-flight follower), so tracebacks never
+    mix across callers.
+
+    Same type, args, attributes and ``__cause__``; the original when the type
+    cannot be copied.
+    """
+    state = exception_state(exc)
+    try:
+        dup = copy.copy(exc) if state is None else rebuild_exception(*state)
+    except Exception:
+        return exc
+    if type(dup) is not type(exc) or dup is exc:
+        return exc
+    dup.__cause__ = exc.__cause__
+    dup.__context__ = exc.__context__
+    dup.__suppress_context__ = exc.__suppress_context__
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        dup.__notes__ = list(notes)
+    return dup

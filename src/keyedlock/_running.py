@@ -1,8 +1,9 @@
 """Run a function while holding a key, and the ``guard`` decorator: for every keyed lock.
 
-Written once for any lock whose ``lock(key, timeout=...)`` returns a context
-with ``__enter__``, ``__aenter__`` and ``_finish(abort)`` (the in-process
-:class:`~keyedlock.LockContext` and the manager's context alike).
+Written once for any lock whose ``lock(key, timeout=...)`` returns a
+:class:`~keyedlock.LockContext` (every scope's). An interrupt anywhere, even
+right after the key was taken and before the function starts, leaves
+nothing held: the whole run is covered by the context's undo.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._keys import Decorator, KeySpec, key_function
-from ._runtime._detect import check_can_block
+from ._keyspec import Decorator, KeySpec, key_function
+from ._runtime import check_can_block
+from ._scopes import LockContext
 from ._validate import (
     OnError,
     check_fn,
@@ -23,25 +25,13 @@ from ._validate import (
     is_async_callable,
 )
 
-__all__ = ["Context", "RunMixin", "make_guard", "run_async", "run_blocking"]
+__all__ = ["RunMixin", "make_guard", "run_async", "run_blocking"]
 
 R = TypeVar("R")
 
 
-class Context(Protocol):
-    """A keyed lock's context object, as ``run``, ``run_sync`` and ``guard`` use it."""
-
-    def __enter__(self) -> None: ...
-
-    def __aenter__(self) -> Awaitable[None]: ...
-
-    def _finish(self, abort: BaseException | None) -> None:
-        """Release the hold taken on entering; with ``abort``, abort the queued waiters."""
-        ...
-
-
 async def run_async(
-    ctx: Context,
+    ctx: LockContext,
     stop: bool,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -49,23 +39,27 @@ async def run_async(
 ) -> Any:
     """``await lock.run(...)``: ``fn`` (sync or async) under the key of ``ctx``."""
     check_fn(fn)
-    await ctx.__aenter__()
     abort = None
     try:
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-    except Exception as exc:
-        if stop:
-            abort = exc
+        await ctx.__aenter__()
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            if stop:
+                abort = exc
+            raise
+        finally:
+            ctx._finish(abort)  # in `finally`: even after an interrupt right as fn returns
+    except BaseException:
+        ctx._undo()  # interrupted between taking the key and the inner try: give it back
         raise
-    finally:
-        ctx._finish(abort)  # in `finally`: even after an interrupt right as fn returns
     return result
 
 
 def run_blocking(
-    ctx: Context,
+    ctx: LockContext,
     stop: bool,
     fn: Callable[..., R],
     args: tuple[Any, ...],
@@ -78,21 +72,25 @@ def run_blocking(
     """
     check_sync_fn(fn, "run_sync", "await run(...)")
     check_can_block(what)
-    ctx.__enter__()
     abort = None
     try:
-        result = fn(*args, **kwargs)
-    except Exception as exc:
-        if stop:
-            abort = exc
+        ctx.__enter__()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if stop:
+                abort = exc
+            raise
+        finally:
+            ctx._finish(abort)
+    except BaseException:
+        ctx._undo()
         raise
-    finally:
-        ctx._finish(abort)
     return result
 
 
 def make_guard(
-    lock: Callable[..., Context],
+    lock: Callable[..., LockContext],
     key: KeySpec,
     timeout: float | None,
     on_error: OnError,
@@ -130,14 +128,14 @@ class RunMixin:
     """``run``, ``run_sync`` and ``guard`` for any keyed lock.
 
     The lock only has to be callable as ``lock(key, timeout=...)``, returning
-    its :class:`Context` (in-process, file or manager scope alike).
+    its :class:`~keyedlock.LockContext` (every scope alike).
     """
 
     __slots__ = ()
 
     if TYPE_CHECKING:
 
-        def __call__(self, key: Hashable, *, timeout: float | None = None) -> Context: ...
+        def __call__(self, key: Hashable, *, timeout: float | None = None) -> LockContext: ...
 
     # -- run a function under a key ----------------------------------------
 

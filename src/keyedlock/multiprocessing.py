@@ -81,19 +81,19 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, final, overload
 
 from ._errors import Aborted, exception_state, rebuild_exception
-from ._flight import Result
-from ._keyed import _timeout_error
-from ._keys import Decorator, KeySpec, key_function
+from ._keyspec import Decorator, KeySpec, key_function
 from ._running import RunMixin
-from ._runtime._detect import (
+from ._runtime import (
     FLIGHT_INSTEAD,
+    Finished,
+    Offload,
     async_runtime,
     check_can_block,
     running_loop,
     sync_owner,
     thread_owners,
 )
-from ._runtime._offload import Finished, Offload
+from ._scopes import timeout_error as _timeout_error
 from ._scopes._manager import (
     ABANDON,
     ACQUIRE,
@@ -118,6 +118,7 @@ from ._scopes._manager import (
     next_serial,
     serve,
 )
+from ._singleflight import Result
 from ._validate import (
     check_fn,
     check_key,
@@ -488,7 +489,7 @@ class ManagerLockContext:
     RuntimeError and leaves the key's current holder alone.
     """
 
-    __slots__ = ("_key", "_lock", "_phase", "_serial", "_timeout")
+    __slots__ = ("_held", "_key", "_lock", "_phase", "_serial", "_timeout")
 
     def __init__(self, lock: KeyedLockProxy, key: Hashable, timeout: float | None) -> None:
         self._lock = lock
@@ -496,6 +497,7 @@ class ManagerLockContext:
         self._timeout = timeout
         self._phase = _NEW
         self._serial = 0
+        self._held = False
 
     def __repr__(self) -> str:
         phase = ("new", "entered", "exited")[self._phase]
@@ -509,6 +511,7 @@ class ManagerLockContext:
         self._serial = next_serial()
         if not self._lock._acquire_sync(self._key, _thread_owner_id(), self._serial, self._timeout):
             raise _timeout_error(self._key, self._timeout)
+        self._held = True
 
     def __exit__(
         self,
@@ -528,6 +531,7 @@ class ManagerLockContext:
             self._key, _task_owner_id(task), self._serial, self._timeout
         ):
             raise _timeout_error(self._key, self._timeout)
+        self._held = True
 
     async def __aexit__(
         self,
@@ -542,7 +546,15 @@ class ManagerLockContext:
         if self._phase != _ENTERED:
             raise RuntimeError(_BAD_EXIT)
         self._phase = _DONE
+        self._held = False
         self._lock._release(self._key, self._serial, abort)
+
+    def _undo(self) -> None:
+        """After an exception in ``run``: release the hold if it was taken and not released."""
+        if self._held:
+            self._held = False
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._lock._release(self._key, self._serial, None)
 
 
 def _rebuild_lock(address: str, tid: int, max_waiters: int | None) -> KeyedLockProxy:
@@ -635,7 +647,7 @@ class KeyedLockProxy(RunMixin):
 
     # -- the context manager --------------------------------------------------------
 
-    def __call__(self, key: Hashable, *, timeout: float | None = None) -> ManagerLockContext:
+    def __call__(self, key: Hashable, *, timeout: float | None = None) -> ManagerLockContext:  # type: ignore[override]
         """A context manager holding ``key`` for the body of a ``with`` / ``async with``.
 
         ``timeout`` (seconds; None waits forever, 0 tries once) bounds the

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from keyedlock import KeyedLock, SingleFlight
-from keyedlock._core._keytable import guard_is_owned
+from keyedlock._core import guard_is_owned
 
-from ..support import WAIT, start_thread, wait_until, wait_waiters
+from ..support import WAIT, start_thread, table_of, wait_until, wait_waiters
 
 
 class InterruptingDict(dict[Hashable, Any]):
@@ -35,10 +35,10 @@ class InterruptingDict(dict[Hashable, Any]):
             self.when = None
             raise KeyboardInterrupt
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
-        value = super().get(key, default)
-        self._fire("get")
-        return value
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        self._fire("contains")
+        return found
 
     def setdefault(self, key: Hashable, default: Any = None) -> Any:
         value = super().setdefault(key, default)
@@ -50,14 +50,17 @@ class InterruptingDict(dict[Hashable, Any]):
 def interrupting(request: pytest.FixtureRequest) -> Iterator[tuple[KeyedLock, InterruptingDict]]:
     lock = KeyedLock()
     holds = InterruptingDict(request.param)
-    lock._table.holds = holds
+    table = table_of(lock)
+    table._holds = holds
+    table.take = holds.setdefault
+    table.holder = holds.get
     yield lock, holds
     assert holds.when is None, "the interrupt was never raised: the test did not test anything"
 
 
 def assert_nothing_left(lock: KeyedLock) -> None:
     """The guard is free, no key is held, and another thread can take the key at once."""
-    assert not guard_is_owned(lock._table.guard)
+    assert not guard_is_owned(table_of(lock)._guard)
     assert len(lock) == 0
     assert start_thread(lambda: lock.acquire("k", timeout=0)).result() is True
     lock.release("k")
@@ -73,7 +76,7 @@ def test_interrupt_right_after_the_fast_acquire_releases(
     assert_nothing_left(lock)
 
 
-@pytest.mark.parametrize("interrupting", ["get"], indirect=True)
+@pytest.mark.parametrize("interrupting", ["contains"], indirect=True)
 def test_interrupt_inside_the_fast_release_frees_guard_and_key(
     interrupting: tuple[KeyedLock, InterruptingDict],
 ) -> None:
@@ -84,7 +87,7 @@ def test_interrupt_inside_the_fast_release_frees_guard_and_key(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("interrupting", ["setdefault", "get"], indirect=True)
+@pytest.mark.parametrize("interrupting", ["setdefault", "contains"], indirect=True)
 async def test_interrupt_in_async_with_leaves_nothing(
     interrupting: tuple[KeyedLock, InterruptingDict],
 ) -> None:
@@ -92,7 +95,7 @@ async def test_interrupt_in_async_with_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         async with lock("k"):
             pass
-    assert not guard_is_owned(lock._table.guard)
+    assert not guard_is_owned(table_of(lock)._guard)
     assert len(lock) == 0
     assert await lock.acquire_async("k", timeout=0)
     lock.release("k")
@@ -127,7 +130,7 @@ def test_keyboard_interrupt_in_a_shared_call_hands_it_over() -> None:
     first = start_thread(leader)
     assert started.wait(WAIT)
     second = start_thread(lambda: sf.do_sync("k", lambda: "taken over"))
-    wait_until(lambda: sf._table.waiters("k") == 1, "the second caller waits for the call")
+    wait_until(lambda: table_of(sf).waiters("k") == 1, "the second caller waits for the call")
     gate.set()
     first.result()
     assert second.result() == "taken over"
@@ -205,7 +208,7 @@ def test_a_call_handed_to_a_task_whose_loop_is_then_closed_passes_on() -> None:
     task = loop.create_task(sf.do("k", lambda: 1))
     loop.run_until_complete(asyncio.sleep(0))
     assert not task.done()
-    wait_until(lambda: sf._table.waiters("k") == 1, "the task waits for the call")
+    wait_until(lambda: table_of(sf).waiters("k") == 1, "the task waits for the call")
     gate.set()
     first.result()  # the call is handed to the stopped loop's task
     close_quietly(loop)
@@ -280,7 +283,7 @@ class ScriptedGuard:
 def test_interrupt_right_after_the_guard_is_released_leaves_it_free() -> None:
     lock = KeyedLock()
     guard = ScriptedGuard()
-    lock._table.guard = guard  # type: ignore[assignment]
+    table_of(lock)._guard = guard
     guard.interrupt = "release"
     with pytest.raises(KeyboardInterrupt), lock("k"):
         pass
@@ -296,7 +299,7 @@ def test_interrupt_before_the_guard_was_taken_never_releases_another_threads_hol
     guard another thread holds (the RLock refuses), and the key is still given back."""
     lock = KeyedLock()
     guard = ScriptedGuard()
-    lock._table.guard = guard  # type: ignore[assignment]
+    table_of(lock)._guard = guard
     held = threading.Event()
     checked: list[bool] = []
 
@@ -320,3 +323,39 @@ def test_interrupt_before_the_guard_was_taken_never_releases_another_threads_hol
     others[0].result()
     assert checked == [True], "the other thread's hold of the guard was released"
     assert len(lock) == 0
+
+
+# -- trio's KeyboardInterrupt protection ---------------------------------------------------------
+
+
+def test_internals_are_ki_protected_under_trio_and_user_code_is_not() -> None:
+    """Under trio, a Ctrl-C that lands in keyedlock's own code is deferred to a checkpoint
+    (trio's ``enable_ki_protection``); in the user's code (``run``'s function, a ``with``
+    body) it is raised at once, as trio does for any code of the user's."""
+    import trio
+    import trio.lowlevel
+
+    from keyedlock._core import Hold
+
+    lock = KeyedLock()
+    seen: dict[str, bool] = {}
+
+    def wake() -> bool:  # called by the table, from inside keyedlock's release
+        seen["in release"] = trio.lowlevel.currently_ki_protected()
+        return True
+
+    async def main() -> None:
+        assert await lock.acquire_async("k")
+        assert not table_of(lock).enqueue("k", Hold("someone"), wake)
+        lock.release("k")
+        lock.release("k")  # the hold that was handed the key
+        async with lock("k"):
+            seen["in the body"] = trio.lowlevel.currently_ki_protected()
+
+        async def user_code() -> None:
+            seen["in run's function"] = trio.lowlevel.currently_ki_protected()
+
+        await lock.run("k", user_code)
+
+    trio.run(main)
+    assert seen == {"in release": True, "in the body": False, "in run's function": False}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from keyedlock import QueueFull
-from keyedlock._core._keytable import (
+from keyedlock._core import (
     ABORTED,
     CANCELLED,
     GRANTED,
@@ -45,10 +45,10 @@ def queued(table: KeyTable, log: Log, *names: str, works: bool = True) -> list[H
 def test_an_idle_key_has_no_entry() -> None:
     table = KeyTable()
     hold = Hold("h")
-    assert table.try_acquire("k", hold) is hold
-    assert table.holds == {"k": hold}
+    assert table.take("k", hold) is hold
+    assert table._holds == {"k": hold}
     table.release("k")
-    assert table.holds == {}
+    assert table._holds == {}
     assert table.waiters("k") == 0
     assert not table.locked("k")
 
@@ -59,41 +59,41 @@ def test_hand_off_is_fifo_and_direct() -> None:
     assert table.enqueue("k", holder, log.waker("h")) is True
     first, second = queued(table, log, "first", "second")
     table.release("k")
-    assert table.holds["k"] is first  # the key never looked free
-    assert first.state == GRANTED
-    assert table.try_acquire("k", Hold("late")) is first
+    assert table._holds["k"] is first  # the key never looked free
+    assert first._state == GRANTED
+    assert table.take("k", Hold("late")) is first
     table.release("k", first)
-    assert table.holds["k"] is second
+    assert table._holds["k"] is second
     table.release("k", second)
     assert log.woken == ["first", "second"]
-    assert table.holds == {}
+    assert table._holds == {}
 
 
 def test_a_waiter_that_cannot_be_woken_is_skipped() -> None:
     table, log = KeyTable(), Log()
-    table.try_acquire("k", Hold("h"))
+    table.take("k", Hold("h"))
     (dead,) = queued(table, log, "dead", works=False)
     (alive,) = queued(table, log, "alive")
     table.release("k")
-    assert dead.state == CANCELLED
-    assert table.holds["k"] is alive
+    assert dead._state == CANCELLED
+    assert table._holds["k"] is alive
     assert log.woken == ["dead", "alive"]
     table.release("k")
-    assert table.holds == {}
+    assert table._holds == {}
 
 
 def test_a_key_whose_waiters_all_cannot_be_woken_is_freed() -> None:
     table, log = KeyTable(), Log()
-    table.try_acquire("k", Hold("h"))
+    table.take("k", Hold("h"))
     queued(table, log, "dead-1", "dead-2", works=False)
     table.release("k")
-    assert table.holds == {}
+    assert table._holds == {}
     assert log.woken == ["dead-1", "dead-2"]
 
 
 def test_withdraw_while_waiting_and_after_hand_off() -> None:
     table, log = KeyTable(), Log()
-    table.try_acquire("k", Hold("h"))
+    table.take("k", Hold("h"))
     first, second, third = queued(table, log, "first", "second", "third")
     assert table.withdraw("k", second) == WAITING
     assert table.withdraw("k", second) == CANCELLED
@@ -101,30 +101,30 @@ def test_withdraw_while_waiting_and_after_hand_off() -> None:
     table.release("k")
     assert table.withdraw("k", first) == GRANTED  # handed over in the same instant
     table.release("k", first)  # ...so the withdrawing caller passes the key on
-    assert table.holds["k"] is third
+    assert table._holds["k"] is third
     table.release("k", third)
     assert log.woken == ["first", "third"]
-    assert table.holds == {}
+    assert table._holds == {}
 
 
 def test_abort_ends_every_wait_with_the_cause() -> None:
     table, log = KeyTable(), Log()
     holder = Hold("h")
-    table.try_acquire("k", holder)
+    table.take("k", holder)
     first, second = queued(table, log, "first", "second")
     cause = ValueError("failed")
     table.release("k", holder, cause)
     assert (state_of(first), state_of(second)) == (ABORTED, ABORTED)
     assert outcome_of(first) is cause
     assert outcome_of(second) is cause
-    assert table.holds == {}
+    assert table._holds == {}
     assert table.withdraw("k", first) == ABORTED
     assert log.woken == ["first", "second"]
 
 
 def test_many_withdrawals_keep_the_order_of_the_rest() -> None:
     table, log = KeyTable(), Log()
-    table.try_acquire("k", Hold("h"))
+    table.take("k", Hold("h"))
     names = [f"w{i}" for i in range(40)]
     holds = queued(table, log, *names)
     keep = {0, 17, 33, 39}
@@ -136,12 +136,12 @@ def test_many_withdrawals_keep_the_order_of_the_rest() -> None:
         table.release("k")
     table.release("k")
     assert log.woken == [names[i] for i in sorted(keep)]
-    assert table.holds == {}
+    assert table._holds == {}
 
 
 def test_max_waiters_counts_live_waiters_only() -> None:
     table, log = KeyTable(max_waiters=1), Log()
-    table.try_acquire("k", Hold("h"))
+    table.take("k", Hold("h"))
     (first,) = queued(table, log, "first")
     with pytest.raises(QueueFull):
         table.enqueue("k", Hold("second"), log.waker("second"))
@@ -158,7 +158,7 @@ def test_a_failed_wake_racing_a_release_does_not_grant_twice() -> None:
     holds: ``dead``'s hold, so the key goes to ``second``. The failed wake must not then hand
     the key on a second time: ``second`` holds it, ``third`` still waits."""
     table, log = KeyTable(), Log()
-    table.try_acquire("k", Hold("h"))
+    table.take("k", Hold("h"))
 
     def wake_dead() -> bool:
         log.woken.append("dead")
@@ -170,7 +170,7 @@ def test_a_failed_wake_racing_a_release_does_not_grant_twice() -> None:
     second, third = queued(table, log, "second", "third")
     table.release("k")
     assert log.woken == ["dead", "second"]
-    assert table.holds["k"] is second
-    assert second.state == GRANTED
-    assert third.state == WAITING  # not also granted: that would be two holders at once
+    assert table._holds["k"] is second
+    assert second._state == GRANTED
+    assert third._state == WAITING  # not also granted: that would be two holders at once
     assert table.waiters("k") == 1

@@ -29,8 +29,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from keyedlock import QueueFull
-from keyedlock._core._keytable import (
-    _COMPACT_SLACK,
+from keyedlock._core import (
     ABORTED,
     CANCELLED,
     GRANTED,
@@ -42,7 +41,8 @@ from keyedlock._core._keytable import (
     outcome_of,
     state_of,
 )
-from keyedlock._core._keytable import RELEASED as RELEASED_STATE
+from keyedlock._core import RELEASED as RELEASED_STATE
+from keyedlock._core._keytable import _COMPACT_SLACK
 
 from ..support import LONG_STRESS
 
@@ -84,7 +84,7 @@ class Waker:
         self.calls = 0
 
     def __call__(self) -> bool:
-        assert not guard_is_owned(self.table.guard), "wake() must run outside the table's guard"
+        assert not guard_is_owned(self.table._guard), "wake() must run outside the table's guard"
         self.calls += 1
         return not self.fail
 
@@ -102,7 +102,7 @@ class Caller:
         self.cause: object = None
 
     def __repr__(self) -> str:
-        return f"<Caller {self.key} owner={self.hold.owner} {self.fate}>"
+        return f"<Caller {self.key} owner={self.hold._owner} {self.fate}>"
 
 
 class KeyTableMachine(RuleBasedStateMachine):
@@ -144,7 +144,7 @@ class KeyTableMachine(RuleBasedStateMachine):
         """The model's side of a successful withdrawal; checks the queue stays compact."""
         caller.fate = WITHDRAWN
         self.queue[caller.key].remove(caller)
-        queue = caller.hold.queue
+        queue = caller.hold._queue
         assert len(queue) <= 2 * queue.live + _COMPACT_SLACK, "withdrawn waiters pile up"
 
     def _waiting(self) -> list[Caller]:
@@ -166,10 +166,10 @@ class KeyTableMachine(RuleBasedStateMachine):
         """
         hold = Hold(owner)
         current = self.holder[key]
-        before = None if current is None else current.hold.waiters
+        before = None if current is None else current.hold._waiters
         snapshot = None if before is None else (list(before), before.live)
         calls = [c.waker.calls for c in self.callers if c.waker is not None]
-        got = self.table.try_acquire(key, hold)
+        got = self.table.take(key, hold)
         if current is None:
             assert got is hold
             caller = Caller(key, hold, None, HOLDING)
@@ -177,7 +177,7 @@ class KeyTableMachine(RuleBasedStateMachine):
             self.callers.append(caller)
         else:
             assert got is current.hold
-            after = current.hold.waiters
+            after = current.hold._waiters
             assert after is before
             assert (None if after is None else (list(after), after.live)) == snapshot
         assert [c.waker.calls for c in self.callers if c.waker is not None] == calls
@@ -187,7 +187,7 @@ class KeyTableMachine(RuleBasedStateMachine):
         waker = Waker(self.table, fail)
         current = self.holder[key]
         limit = self.table.max_waiters
-        if current is not None and current.hold.owner == owner:
+        if current is not None and current.hold._owner == owner:
             with pytest.raises(RuntimeError, match="already held by this owner"):
                 self.table.enqueue(key, hold, waker)
             return
@@ -374,7 +374,7 @@ class KeyTableMachine(RuleBasedStateMachine):
         for caller in self.callers:
             if caller.waker is not None:
                 assert caller.waker.calls == calls[id(caller)] + (caller in queued_now)
-        assert key not in self.table.holds
+        assert key not in self.table._holds
         if newcomer:
             self._enqueue(key, object(), False)
             assert self.holder[key] is not None
@@ -387,10 +387,10 @@ class KeyTableMachine(RuleBasedStateMachine):
         for key in KEYS:
             current = self.holder[key]
             expected: Hashable | None = None if current is None else current.hold
-            assert self.table.holds.get(key) is expected
+            assert self.table._holds.get(key) is expected
             assert self.table.locked(key) == (current is not None)
         assert len(self.table) == sum(c is not None for c in self.holder.values())
-        assert set(self.table.holds) <= set(KEYS)
+        assert set(self.table._holds) <= set(KEYS)
 
     @invariant()
     def waiters_counts_the_live_queue(self) -> None:
@@ -405,8 +405,8 @@ class KeyTableMachine(RuleBasedStateMachine):
             if current is None:
                 assert not self.queue[key]
                 continue
-            queue = current.hold.waiters
-            live = [] if queue is None else [h for h in queue if h.state == WAITING]
+            queue = current.hold._waiters
+            live = [] if queue is None else [h for h in queue if h._state == WAITING]
             assert live == [c.hold for c in self.queue[key]]
             assert (0 if queue is None else queue.live) == len(live)
 
@@ -415,11 +415,11 @@ class KeyTableMachine(RuleBasedStateMachine):
         """A waiting caller sits in its key's holder's queue: some release will decide it."""
         for caller in self.callers:
             if caller.fate == QUEUED:
-                assert caller.hold.state == WAITING
-                holder = self.table.holds.get(caller.key)
+                assert caller.hold._state == WAITING
+                holder = self.table._holds.get(caller.key)
                 assert holder is not None
-                assert holder.waiters is caller.hold.queue
-                assert caller.hold in holder.waiters
+                assert holder._waiters is caller.hold._queue
+                assert caller.hold in holder._waiters
             elif caller.queued:
                 assert state_of(caller.hold) != WAITING, caller
 
@@ -451,7 +451,7 @@ class KeyTableMachine(RuleBasedStateMachine):
             while (current := self.holder[key]) is not None:
                 self.table.release(key, current.hold)
                 self._hand_off(key)
-        assert not self.table.holds
+        assert not self.table._holds
         assert len(self.table) == 0
         stuck = [c for c in self.callers if c.fate == QUEUED or state_of(c.hold) == WAITING]
         assert not stuck, f"waiters left parked forever: {stuck}"

@@ -52,7 +52,7 @@ HELPER_THREAD = "keyedlock-file-wait"
 AGENT = r"""
 import os, sys
 from keyedlock import FileKeyedLock
-from keyedlock._scopes._file import key_offset
+from keyedlock._scopes import key_offset
 
 lock = FileKeyedLock(sys.argv[1])
 print("ready", flush=True)

@@ -11,18 +11,18 @@ import types
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-import keyedlock._file as file_module
-import keyedlock._scopes._file as file_scope
+import keyedlock._scopes._lockfile._files as file_files
+import keyedlock._scopes._lockfile._keys as file_keys
+import keyedlock._scopes._lockfile._scope as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
-from keyedlock._core._keytable import Hold
+from keyedlock._core import Hold
 
-from ..support import WAIT, run_python, start_thread, wait_until
+from ..support import WAIT, run_python, scope_of, start_thread, wait_until
 from .file_support import wait_waiters
 
 pytestmark = pytest.mark.skipif(
@@ -70,18 +70,20 @@ def test_blocking_reacquire_by_the_holder_raises(file_lock: FileKeyedLock) -> No
     assert len(file_lock) == 0
 
 
-class _PopAfter(dict[Hold, int]):
-    """A scope's hold records that run ``between`` once, just before their first pop."""
+class _RaceAfterRead(dict[Hold, int]):
+    """A scope's hold records that run ``between`` once, right after their first read (the
+    moment before an exit claims its record: a race only a free-threaded build can hit)."""
 
     def __init__(self, records: dict[Hold, int], between: Callable[[], None]) -> None:
         super().__init__(records)
         self.between: Callable[[], None] | None = between
 
-    def pop(self, *args: Any) -> Any:
+    def __getitem__(self, hold: Hold) -> int:
+        value = super().__getitem__(hold)
         between, self.between = self.between, None
         if between is not None:
             between()
-        return super().pop(*args)
+        return value
 
 
 def test_an_exit_racing_a_release_never_unlocks_the_next_holder(lock_path: str) -> None:
@@ -93,7 +95,7 @@ def test_an_exit_racing_a_release_never_unlocks_the_next_holder(lock_path: str) 
     that its hold was released by another caller.
     """
     lock, other = FileKeyedLock(lock_path), FileKeyedLock(lock_path)
-    scope = lock._file
+    scope = scope_of(lock)
     ctx = lock("k")
 
     def release_then_take() -> None:
@@ -101,7 +103,7 @@ def test_an_exit_racing_a_release_never_unlocks_the_next_holder(lock_path: str) 
         assert lock.acquire("k", blocking=False)  # ...and the next holder takes the key
 
     ctx.__enter__()
-    scope._held = _PopAfter(scope._held, release_then_take)
+    scope.held = _RaceAfterRead(scope.held, release_then_take)
     with pytest.raises(RuntimeError, match="already released by another caller"):
         ctx.__exit__(None, None, None)
     assert other.locked("k")  # the next holder holds the key on the host...
@@ -146,17 +148,17 @@ def test_an_interrupted_release_leaves_nothing_held(
 ) -> None:
     """A KeyboardInterrupt in the middle of ``release(key)`` still frees the key here."""
     lock = FileKeyedLock(lock_path)
-    real = file_scope._fcntl
+    real = file_keys.fcntl_call
 
     def interrupted(fd: int, cmd: int, arg: bytes) -> bytes:
         real(fd, cmd, arg)
         raise KeyboardInterrupt
 
     assert lock.acquire("k")
-    monkeypatch.setattr(file_module, "_fcntl", interrupted)
+    monkeypatch.setattr(file_scope, "fcntl_call", interrupted)
     with pytest.raises(KeyboardInterrupt):
         lock.release("k")
-    monkeypatch.setattr(file_module, "_fcntl", real)
+    monkeypatch.setattr(file_scope, "fcntl_call", real)
     assert len(lock) == 0
     assert not lock.locked("k")
     assert lock.acquire("k", blocking=False)
@@ -289,7 +291,7 @@ def test_unhashable_key_is_refused(file_lock: FileKeyedLock) -> None:
 
 
 def test_str_bytes_and_int_keys_are_distinct(file_lock: FileKeyedLock) -> None:
-    offsets = {file_scope.key_offset(k) for k in ["1", b"1", 1]}
+    offsets = {file_keys.key_offset(k) for k in ["1", b"1", 1]}
     assert len(offsets) == 3
     with file_lock("1"):
         assert file_lock.acquire(b"1", timeout=0)
@@ -304,14 +306,14 @@ def test_str_bytes_and_int_keys_are_distinct(file_lock: FileKeyedLock) -> None:
 
 def test_offsets_are_valid_bytes_of_the_file() -> None:
     for key in ["", "k", b"\x00", 0, -1, 2**100, "\ud800"]:
-        offset = file_scope.key_offset(key)
+        offset = file_keys.key_offset(key)
         assert 0 <= offset < 2**63 - 1
 
 
 def test_colliding_keys_serialize(lock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two keys with one offset are one local key: they take turns, never overlap."""
-    monkeypatch.setattr(file_scope, "key_offset", lambda key: 12345)
-    monkeypatch.setattr(file_scope, "_offsets", {})
+    monkeypatch.setattr(file_keys, "key_offset", lambda key: 12345)
+    monkeypatch.setattr(file_keys, "offsets", {str: {}, bytes: {}, int: {}})
     lock = FileKeyedLock(lock_path)
     with lock("a"):
         other = start_thread(lambda: lock.acquire("b", timeout=0), "other")
@@ -324,7 +326,7 @@ def test_colliding_keys_serialize(lock_path: str, monkeypatch: pytest.MonkeyPatc
 def test_errors_name_the_key_not_the_offset(file_lock: FileKeyedLock) -> None:
     with pytest.raises(RuntimeError, match="'user:1'"):
         file_lock.release("user:1")
-    assert repr(file_lock._file.local_key("user:1")) == "'user:1'"
+    assert repr(scope_of(file_lock).map_key("user:1")) == "'user:1'"
 
 
 # -- the lock file ---------------------------------------------------------------------------
@@ -432,17 +434,17 @@ def test_explicit_path_is_created_private_and_accepts_pathlike(tmp_path: Path) -
 def test_a_lost_descriptor_is_opened_again_on_first_use(file_lock: FileKeyedLock, use: str) -> None:
     """A fork child that could not reopen the lock file (EMFILE, say) has no descriptor
     (-1) until its first acquire opens one: the fast paths must take the general path."""
-    scope = file_lock._file
+    scope = scope_of(file_lock)
     file_lock.acquire("k", blocking=False)  # the key's offset is cached: the fast path's case
     file_lock.release("k")
-    scope._fd = -1  # as _forked() leaves it when opening again failed
+    scope.fd = -1  # as _forked() leaves it when opening again failed
     if use == "with":
         with file_lock("k"):
             assert file_lock.locked("k")
     else:
         assert file_lock.acquire("k")
         file_lock.release("k")
-    assert scope._fd >= 0
+    assert scope.fd >= 0
     assert not file_lock.locked("k")
     assert len(file_lock) == 0
 
@@ -453,12 +455,12 @@ def test_replaced_lock_file_is_detected(lock_path: str) -> None:
     lock = FileKeyedLock(lock_path)
     os.unlink(lock_path)
     with pytest.raises(RuntimeError, match="was replaced"):
-        lock._file._open_again(-1)
+        scope_of(lock)._open_again(-1)
     assert not os.path.exists(lock_path)  # not created again
     Path(lock_path).write_text("")
     with pytest.raises(RuntimeError, match="was replaced"):
-        lock._file._open_again(-1)
-    assert lock._file._open_again(lock._file._fd) >= 0  # through /proc: the same file
+        scope_of(lock)._open_again(-1)
+    assert scope_of(lock)._open_again(scope_of(lock).fd) >= 0  # through /proc: the same file
 
 
 # -- platforms -------------------------------------------------------------------------------
@@ -467,10 +469,10 @@ def test_replaced_lock_file_is_detected(lock_path: str) -> None:
 def test_platform_without_ofd_locks_is_refused_at_construction(
     lock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(file_scope, "fcntl", types.SimpleNamespace(fcntl=None))
+    monkeypatch.setattr(file_files, "fcntl_module", types.SimpleNamespace(fcntl=None))
     with pytest.raises(NotImplementedError, match="F_OFD_SETLK"):
         FileKeyedLock(lock_path)
-    monkeypatch.setattr(file_scope, "fcntl", None)
+    monkeypatch.setattr(file_files, "fcntl_module", None)
     with pytest.raises(NotImplementedError, match="fcntl"):
         FileKeyedLock(lock_path)
 
@@ -480,7 +482,7 @@ def test_module_imports_without_fcntl(lock_path: str) -> None:
     code = (
         "import sys; sys.modules['fcntl'] = None\n"
         "import keyedlock\n"
-        "from keyedlock._file import FileKeyedLock\n"
+        "from keyedlock._filelock import FileKeyedLock\n"
         "try:\n"
         f"    FileKeyedLock({lock_path!r})\n"
         "except NotImplementedError as exc:\n"

@@ -14,7 +14,7 @@ import pytest
 
 from keyedlock import FileKeyedLock
 
-from ..support import WAIT, start_thread, wait_until
+from ..support import WAIT, scope_of, start_thread, wait_until
 from .file_support import (
     Children,
     count_under_key,
@@ -88,7 +88,7 @@ def test_unrelated_programs_exclude_each_other(
 
 def test_key_offsets_are_the_same_in_every_process(children: Children, lock_path: str) -> None:
     """Offsets come from a stable hash, not from the per-process salted hash()."""
-    from keyedlock._scopes._file import key_offset
+    from keyedlock._scopes import key_offset
 
     agent = children.agent(lock_path)
     for key in ["user:42", "é/ü/中", "k" * 300]:
@@ -105,7 +105,7 @@ def test_sigkilled_holder_frees_its_keys(
     assert file_lock.locked("k")
     if waiter == "thread":
         handle = start_thread(lambda: file_lock.acquire("k", timeout=WAIT), "waiter")
-        wait_until(lambda: bool(file_lock._file._pending), "the waiter waits in the kernel")
+        wait_until(lambda: bool(scope_of(file_lock).pending), "the waiter waits in the kernel")
         killed = time.monotonic()
         holder.kill()
         assert handle.result() is True
@@ -138,7 +138,7 @@ def test_fork_child_holds_nothing_and_never_drops_the_parents_keys(
     assert file_lock.acquire("k")
     # A pending kernel wait (private descriptor) exists when the child forks.
     assert not file_lock.acquire("w", timeout=0.01)
-    assert file_lock._file._pending
+    assert scope_of(file_lock).pending
     try:
         theirs_conn, ours_conn = FORK.Pipe(duplex=False)
         child = children.process(FORK, fork_child_report, file_lock, "k", ours_conn)
@@ -159,9 +159,9 @@ def test_fork_child_holds_nothing_and_never_drops_the_parents_keys(
     assert other.ask("acquire", "k", WAIT) == "True"
     # The parent's pending wait still works: it gets "w" and, abandoned, drops it at once.
     assert other.ask("release", "w") == "ok"
-    wait_until(lambda: not file_lock._file._pending, "the abandoned wait ends")
+    wait_until(lambda: not scope_of(file_lock).pending, "the abandoned wait ends")
     assert other.ask("acquire", "w", WAIT) == "True"
-    assert fds_of(lock_path) == [file_lock._file._fd]
+    assert fds_of(lock_path) == [scope_of(file_lock).fd]
     wait_until(lambda: not helper_threads(), "the helper thread exits")
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from keyedlock import FileKeyedLock, LockTimeout
 
-from ..support import WAIT, start_thread, wait_until, wait_until_async
+from ..support import WAIT, scope_of, start_thread, table_of, wait_until, wait_until_async
 from .file_support import Children, fds_of, helper_threads, wait_waiters
 
 pytestmark = pytest.mark.skipif(
@@ -29,7 +29,7 @@ SHORT = 0.05
 
 def _pending(lock: FileKeyedLock) -> int:
     """How many kernel waits of ``lock`` are pending in helper threads."""
-    return len(lock._file._pending)
+    return len(scope_of(lock).pending)
 
 
 def _given_back(lock: FileKeyedLock, children: Children) -> None:
@@ -38,7 +38,7 @@ def _given_back(lock: FileKeyedLock, children: Children) -> None:
     third = children.agent(lock.path)
     assert third.ask("acquire", "k", WAIT) == "True"
     wait_until(lambda: _pending(lock) == 0, "the abandoned kernel wait ends")
-    assert fds_of(lock.path) == [lock._file._fd]
+    assert fds_of(lock.path) == [scope_of(lock).fd]
     assert third.ask("release", "k") == "ok"
 
 
@@ -143,21 +143,21 @@ def test_next_local_holder_adopts_the_abandoned_wait(
     holder = children.agent(file_lock.path)
     assert holder.ask("acquire", "k", 0) == "True"
     assert file_lock.acquire("k", timeout=SHORT) is False
-    scope = file_lock._file
-    offset = scope.local_key("k")
-    wait = scope._pending[offset]
+    scope = scope_of(file_lock)
+    offset = scope.map_key("k")
+    wait = scope.pending[offset]
     threads = helper_threads()
     assert file_lock.acquire("k", timeout=SHORT) is False
-    assert scope._pending[offset] is wait  # adopted, not started again
+    assert scope.pending[offset] is wait  # adopted, not started again
     handle = start_thread(lambda: file_lock.acquire("k", timeout=WAIT), "adopter")
     wait_until(lambda: wait.job._claimed, "the third waiter adopts the kernel wait")
     assert helper_threads() <= threads  # no new helper thread
     assert holder.ask("release", "k") == "ok"
     assert handle.result() is True
-    holder_hold = file_lock._table.holds[offset]
-    assert scope._held[holder_hold] == wait.fd != scope._fd  # held through the adopted descriptor
+    holder_hold = table_of(file_lock)._holds[offset]
+    assert scope.held[holder_hold] == wait.fd != scope.fd  # held through the adopted descriptor
     file_lock.release("k")
-    assert fds_of(file_lock.path) == [scope._fd]  # its descriptor is closed on release
+    assert fds_of(file_lock.path) == [scope.fd]  # its descriptor is closed on release
     assert holder.ask("acquire", "k", 0) == "True"
     assert holder.ask("release", "k") == "ok"
 
@@ -221,23 +221,24 @@ def test_kernel_wait_error_is_raised_and_leaves_nothing(
 ) -> None:
     import errno
 
-    import keyedlock._scopes._file as file_scope
+    import keyedlock._scopes._lockfile._keys as file_keys
+    import keyedlock._scopes._lockfile._scope as file_scope
 
     holder = children.agent(file_lock.path)
     assert holder.ask("acquire", "k", 0) == "True"
-    real = file_scope._fcntl
+    real = file_keys.fcntl_call
 
     def failing(fd: int, cmd: int, arg: bytes) -> bytes:
-        if cmd == file_scope._SETLKW:
+        if cmd == file_keys.SETLKW:
             raise OSError(errno.ENOLCK, "no locks available")
         return real(fd, cmd, arg)
 
-    monkeypatch.setattr(file_scope, "_fcntl", failing)
+    monkeypatch.setattr(file_scope, "fcntl_call", failing)
     with pytest.raises(OSError, match="no locks available"):
         file_lock.acquire("k", timeout=WAIT)
     assert len(file_lock) == 0
     assert _pending(file_lock) == 0
-    assert fds_of(file_lock.path) == [file_lock._file._fd]
+    assert fds_of(file_lock.path) == [scope_of(file_lock).fd]
 
 
 def test_release_of_a_key_still_awaited_in_the_kernel_raises(

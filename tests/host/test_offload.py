@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from keyedlock._runtime._offload import Finished, Offload
+from keyedlock._runtime import Finished, Offload
 
 from ..support import WAIT, wait_until
 

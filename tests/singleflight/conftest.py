@@ -12,6 +12,8 @@ import pytest
 
 from keyedlock import SingleFlight
 
+from ..support import table_of
+
 
 @pytest.fixture
 def sf() -> Iterator[SingleFlight]:
@@ -19,4 +21,4 @@ def sf() -> Iterator[SingleFlight]:
     group = SingleFlight()
     yield group
     assert len(group) == 0, f"calls left in flight: {group!r}"
-    assert not group._table.results, "a value was kept without ttl"
+    assert not table_of(group).results, "a value was kept without ttl"

@@ -20,7 +20,16 @@ from anyio.abc import TaskGroup
 
 from keyedlock import Result, SingleFlight
 
-from ..support import WAIT, AsyncioThread, Handle, Threads, TrioThread, wait_until, wait_until_async
+from ..support import (
+    WAIT,
+    AsyncioThread,
+    Handle,
+    Threads,
+    TrioThread,
+    table_of,
+    wait_until,
+    wait_until_async,
+)
 from .flight_support import wait_followers, wait_followers_async
 
 FOLLOWERS = ("first", "second", "third")
@@ -214,7 +223,7 @@ async def test_a_forgotten_call_hands_over_within_its_own_callers(sf: SingleFlig
             scopes["leader"].cancel()  # the forgotten call's leader
             await wait_until_async(lambda: "first" in call.calls, "a takeover in the old call")
             assert sf.in_flight("k"), "the takeover in the old call removed the new call"
-            assert sf._table.waiters("k") == 0
+            assert table_of(sf).waiters("k") == 0
             call.gate.set()
             await wait_until_async(lambda: len(results) == 3, "the old call's callers end")
             assert sf.in_flight("k")

@@ -9,7 +9,7 @@ import pytest
 
 from keyedlock import Result, SingleFlight
 
-from ..support import WAIT, Threads, wait_until, wait_until_async
+from ..support import WAIT, Threads, table_of, wait_until, wait_until_async
 from .flight_support import wait_followers, wait_followers_async
 
 
@@ -51,7 +51,7 @@ async def test_forget_during_a_call(sf: SingleFlight, first_to_finish: str) -> N
                 await wait_until_async(lambda: len(results) == 2, "the old call's callers end")
                 assert sf.in_flight("k"), "the old call ending removed the new one"
                 assert len(sf) == 1
-                assert sf._table.waiters("k") == 1
+                assert table_of(sf).waiters("k") == 1
                 gates["new"].set()
             else:
                 gates["new"].set()
@@ -131,7 +131,7 @@ def test_forget_drops_a_kept_value() -> None:
     assert sf.do_sync_ex("k", fetch) == Result(1, False)
     assert sf.do_sync_ex("k", fetch) == Result(1, True)
     sf.forget("k")
-    assert "k" not in sf._table.results
+    assert "k" not in table_of(sf).results
     assert sf.do_sync_ex("k", fetch) == Result(2, False)
     assert sf.do_sync_ex("k", fetch) == Result(2, True)
 
@@ -192,6 +192,6 @@ async def test_a_forgotten_call_alone_keeps_no_value() -> None:
             await wait_until_async(lambda: calls == ["first"], "the first call runs")
             sf.forget("k")
             gate.set()
-    assert sf._table.results == {}
+    assert table_of(sf).results == {}
     assert await sf.do_ex("k", fetch, "second") == Result("second", False)
     assert calls == ["first", "second"]

@@ -12,7 +12,7 @@ import pytest
 
 from keyedlock import Result, SingleFlight, flight
 
-from ..support import WAIT, Threads, wait_until, wait_until_async
+from ..support import WAIT, Threads, table_of, wait_until, wait_until_async
 from .flight_support import traceback_functions, wait_followers, wait_followers_async
 
 FOLLOWERS = 8
@@ -449,8 +449,8 @@ async def test_nothing_is_retained_once_a_call_finishes(sf: SingleFlight) -> Non
             gate.set()
 
     assert len(sf) == 0
-    assert sf._table.holds == {}
-    assert sf._table.results == {}
+    assert table_of(sf)._holds == {}
+    assert table_of(sf).results == {}
     gc.collect()
     assert [ref() for ref in refs] == [None, None], "the shared value is still referenced"
 

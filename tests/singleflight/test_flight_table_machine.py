@@ -30,14 +30,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from keyedlock._core._flight import MISS, FlightTable
-from keyedlock._core._keytable import (
+from keyedlock._core import (
     ABORTED,
     CANCELLED,
     GRANTED,
     IDLE,
+    MISS,
     RELEASED,
     WAITING,
+    FlightTable,
     Hold,
     outcome_of,
     state_of,
@@ -122,10 +123,10 @@ class FlightMachine(RuleBasedStateMachine):
             nxt = call.followers.pop(0)  # arrival order
             assert self.wakes[nxt] == 1
             if nxt in self.dead:  # its runtime is gone: the key passes on
-                assert nxt.state == CANCELLED
+                assert nxt._state == CANCELLED
                 self.ended.append((call.key, nxt))
                 continue
-            assert nxt.state == GRANTED
+            assert nxt._state == GRANTED
             call.leader = nxt
             call.leaders.append(nxt)
             return
@@ -149,7 +150,7 @@ class FlightMachine(RuleBasedStateMachine):
             self.calls.append(Call(key, hold, leaders=[hold]))
         else:
             assert not leads, "a second leader for a busy key"
-            assert hold.state == WAITING
+            assert hold._state == WAITING
             call.followers.append(hold)
             if not alive:
                 self.dead.add(hold)
@@ -163,7 +164,7 @@ class FlightMachine(RuleBasedStateMachine):
         hold = data.draw(st.sampled_from(call.followers))
         give_up = self.table.cancel if cancel else self.table.withdraw
         assert give_up(call.key, hold) == WAITING
-        assert hold.state == CANCELLED
+        assert hold._state == CANCELLED
         call.followers.remove(hold)
         self.ended.append((call.key, hold))
 
@@ -205,7 +206,7 @@ class FlightMachine(RuleBasedStateMachine):
         """The leader is cancelled: the earliest follower that can still run takes over."""
         call = data.draw(st.sampled_from(self.calls))
         self.table.release(call.key, call.leader)
-        assert call.leader.state == RELEASED
+        assert call.leader._state == RELEASED
         self.pass_lead(call)
 
     @precondition(lambda self: self.taken_over())
@@ -221,11 +222,11 @@ class FlightMachine(RuleBasedStateMachine):
         leader = call.leader
         if asyncio:
             assert self.table.cancel(call.key, leader) == GRANTED
-            assert leader.state == RELEASED
+            assert leader._state == RELEASED
             self.pass_lead(call)
         else:
             assert self.table.withdraw(call.key, leader) == GRANTED
-            assert leader.state == GRANTED
+            assert leader._state == GRANTED
 
     @precondition(lambda self: self.taken_over())
     @rule(
@@ -256,7 +257,7 @@ class FlightMachine(RuleBasedStateMachine):
             self._join(other, True)
         else:
             self.table.give_back_lost()
-        assert leader.state == (RELEASED if gave_up_first else CANCELLED)
+        assert leader._state == (RELEASED if gave_up_first else CANCELLED)
         self.pass_lead(call)
 
     @rule(key=st.sampled_from(KEYS))
@@ -279,7 +280,7 @@ class FlightMachine(RuleBasedStateMachine):
         newer = self.current(call.key)
         assert newer is not None
         assert newer is not call
-        assert self.table.holds[call.key] is newer.leader
+        assert self.table._holds[call.key] is newer.leader
         assert self.table.waiters(call.key) == 0
 
     @rule(dt=st.sampled_from([0.5, 2.0, 5.0, 20.0]))
@@ -303,10 +304,10 @@ class FlightMachine(RuleBasedStateMachine):
     @invariant()
     def one_leader_per_busy_key_and_no_idle_key(self) -> None:
         current = {key: call for key in KEYS if (call := self.current(key)) is not None}
-        assert set(self.table.holds) == set(current)
+        assert set(self.table._holds) == set(current)
         assert len(self.table) == len(current)
         for key, call in current.items():
-            assert self.table.holds[key] is call.leader
+            assert self.table._holds[key] is call.leader
             assert self.table.locked(key)
             assert self.table.waiters(key) == len(call.followers)
 
@@ -316,13 +317,13 @@ class FlightMachine(RuleBasedStateMachine):
         and every waiting follower is reachable from its leader (its wait will end)."""
         order = {hold: i for i, (_, hold) in enumerate(self.joined)}
         for call in self.calls:
-            queue = call.leader.waiters
-            live = [] if queue is None else [h for h in queue if h.state == WAITING]
+            queue = call.leader._waiters
+            live = [] if queue is None else [h for h in queue if h._state == WAITING]
             assert live == call.followers
             assert (0 if queue is None else queue.live) == len(live)
             assert [order[h] for h in live] == sorted(order[h] for h in live)
             for hold in call.followers:
-                assert hold.queue is queue
+                assert hold._queue is queue
         waiting = {h for _, h in self.joined if state_of(h) == WAITING}
         assert waiting == {h for call in self.calls for h in call.followers}
 
@@ -337,10 +338,10 @@ class FlightMachine(RuleBasedStateMachine):
     @invariant()
     def waiting_followers_are_untouched(self) -> None:
         for call in self.calls:
-            if call.leader.state != IDLE:  # it took over
-                assert call.leader.state == GRANTED
+            if call.leader._state != IDLE:  # it took over
+                assert call.leader._state == GRANTED
             for hold in call.followers:
-                assert hold.state == WAITING
+                assert hold._state == WAITING
                 assert self.wakes[hold] == 0
 
     @invariant()
@@ -374,7 +375,7 @@ class FlightMachine(RuleBasedStateMachine):
             for hold in call.followers:
                 self.outcomes[hold] = outcome
             self.calls.remove(call)
-        assert not self.table.holds
+        assert not self.table._holds
         assert len(self.table) == 0
         stuck = [h for _, h in self.joined if state_of(h) in (WAITING, GRANTED)]
         assert not stuck, f"callers left waiting or leading: {stuck}"

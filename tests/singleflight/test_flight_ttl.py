@@ -12,10 +12,10 @@ import time
 import anyio
 import pytest
 
-import keyedlock._flight
+import keyedlock._scopes._localflight as localflight
 from keyedlock import Result, SingleFlight
 
-from ..support import WAIT, Threads, wait_until, wait_until_async
+from ..support import WAIT, Threads, table_of, wait_until, wait_until_async
 from .flight_support import wait_followers, wait_followers_async
 
 #: A ttl no test outlives: reuse never depends on how fast the machine is.
@@ -165,7 +165,7 @@ async def test_errors_are_not_reused() -> None:
 
     with pytest.raises(FetchError):
         await sf.do("k", flaky)
-    assert "k" not in sf._table.results
+    assert "k" not in table_of(sf).results
     assert await sf.do_ex("k", flaky) == Result(2, False)
     assert await sf.do_ex("k", flaky) == Result(2, True)
     assert calls == 2
@@ -220,17 +220,17 @@ async def test_an_expired_value_is_not_reused_by_tasks() -> None:
 @pytest.mark.parametrize("last_key", ["a new key", "an old key"])
 def test_expired_values_are_dropped(last_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]  # a clock of the test's own: 500 calls take no time, however loaded the host
-    monkeypatch.setattr(keyedlock._flight, "monotonic", lambda: now[0])
+    monkeypatch.setattr(localflight, "monotonic", lambda: now[0])
     sf = SingleFlight(ttl=SHORT_TTL)
     keys = [f"key-{i}" for i in range(500)]
     for key in keys:
         sf.do_sync(key, lambda: "value")
-    assert len(sf._table.results) == len(keys)
+    assert len(table_of(sf).results) == len(keys)
     now[0] += SHORT_TTL * 2
 
     key = "key-new" if last_key == "a new key" else keys[len(keys) // 2]
     assert sf.do_sync_ex(key, lambda: "fresh") == Result("fresh", False)
-    assert list(sf._table.results) == [key], "expired values are still kept"
+    assert list(table_of(sf).results) == [key], "expired values are still kept"
 
 
 @pytest.mark.anyio
@@ -243,8 +243,8 @@ async def test_many_keys_over_time_keep_the_results_bounded() -> None:
     for round_ in range(3):
         for i in range(200):
             await sf.do((round_, i), fetch, i)
-        assert len(sf._table.results) <= 200
+        assert len(table_of(sf).results) <= 200
         await sleep_past_async(time.monotonic() + SHORT_TTL)
     await sf.do("last", fetch, -1)
-    assert list(sf._table.results) == ["last"]
+    assert list(table_of(sf).results) == ["last"]
     assert len(sf) == 0

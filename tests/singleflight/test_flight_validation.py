@@ -10,7 +10,7 @@ import pytest
 
 from keyedlock import SingleFlight
 
-from ..support import WAIT, Threads, wait_until, wait_until_async
+from ..support import WAIT, Threads, table_of, wait_until, wait_until_async
 
 # -- keys, functions, ttl -----------------------------------------------------
 
@@ -52,7 +52,7 @@ def test_an_unhashable_key_is_refused_with_ttl() -> None:
     sf = SingleFlight(ttl=1)
     with pytest.raises(TypeError, match="hashable"):
         sf.do_sync(UNHASHABLE[0], never_called)
-    assert sf._table.results == {}
+    assert table_of(sf).results == {}
 
 
 @pytest.mark.parametrize("fn", [None, 42, "fn", object()])
@@ -148,7 +148,7 @@ async def test_do_sync_refuses_to_block_a_loop_even_as_a_follower(sf: SingleFlig
             await wait_until_async(lambda: started == ["leader"], "the leader runs the call")
             with pytest.raises(RuntimeError, match="event loop"):
                 sf.do_sync("k", never_called)
-            assert sf._table.waiters("k") == 0
+            assert table_of(sf).waiters("k") == 0
             gate.set()
 
 
@@ -212,7 +212,7 @@ def test_a_thread_joining_its_own_call_with_followers(sf: SingleFlight, threads:
     joined: list[str] = []
 
     def recursive() -> str:
-        wait_until(lambda: sf._table.waiters("k") == 1, "a follower waits")
+        wait_until(lambda: table_of(sf).waiters("k") == 1, "a follower waits")
         joined.append("inner")
         return sf.do_sync("k", recursive)
 

@@ -58,7 +58,7 @@ import pytest
 import trio
 
 from keyedlock import FileKeyedLock
-from keyedlock._scopes._file import key_offset
+from keyedlock._scopes import key_offset
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy, SingleFlightProxy
 
 try:

@@ -1,4 +1,46 @@
 """Runtime-free state machines: nothing here parks or wakes a caller itself.
 
 The core never imports asyncio, trio or a runtime adapter (a test checks it).
+This module is its package-internal API: the rest of keyedlock imports these
+names from here, and uses tables only through their methods.
 """
+
+from __future__ import annotations
+
+from ._flighttable import MISS, FlightTable
+from ._hold import (
+    ABORTED,
+    CANCELLED,
+    GRANTED,
+    IDLE,
+    RELEASED,
+    WAITING,
+    Hold,
+    Record,
+    WaitQueue,
+    decided,
+    outcome_of,
+    reacquire_error,
+    state_of,
+)
+from ._keytable import KeyTable, guard_is_owned
+
+__all__ = [
+    "ABORTED",
+    "CANCELLED",
+    "GRANTED",
+    "IDLE",
+    "MISS",
+    "RELEASED",
+    "WAITING",
+    "FlightTable",
+    "Hold",
+    "KeyTable",
+    "Record",
+    "WaitQueue",
+    "decided",
+    "guard_is_owned",
+    "outcome_of",
+    "reacquire_error",
+    "state_of",
+]

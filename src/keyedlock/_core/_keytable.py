@@ -2,7 +2,7 @@
 
 A :class:`KeyTable` maps each busy key to its current :class:`Hold` (the
 owner). A key with no holder and no waiter has no entry at all, so an idle key
-costs no memory. Waiters queue on the holder (``Hold.waiters``); on release
+costs no memory. Waiters queue on the holder (``Hold._waiters``); on release
 the first live waiter is handed the key directly (its entry replaces the old
 holder's without the key ever looking free), so a late arrival can never
 barge past a queued waiter.
@@ -64,41 +64,21 @@ from collections.abc import Callable, Hashable
 from typing import Final
 
 from .._errors import QueueFull
+from .._ki import internal
+from ._hold import (
+    ABORTED,
+    CANCELLED,
+    GRANTED,
+    RELEASED,
+    WAITING,
+    Hold,
+    Record,
+    WaitQueue,
+    new_queue,
+    reacquire_error,
+)
 
-__all__ = [
-    "ABORTED",
-    "CANCELLED",
-    "GRANTED",
-    "IDLE",
-    "RELEASED",
-    "WAITING",
-    "Hold",
-    "KeyTable",
-    "WaitQueue",
-    "decided",
-    "guard_is_owned",
-    "outcome_of",
-    "reacquire_error",
-    "state_of",
-]
-
-#: Not queued: a new hold, or one that took a free key without waiting.
-IDLE: Final = 0
-#: Queued, neither granted nor withdrawn yet (but see :func:`decided`: a waiting hold whose
-#: queue has an outcome was aborted).
-WAITING: Final = 1
-#: The key was handed to this waiter; it now owns it.
-GRANTED: Final = 2
-#: The waiter withdrew (timeout, cancellation) or its runtime could not be woken.
-CANCELLED: Final = 3
-#: The wait ended with the holder's outcome instead of the key (:func:`decided` reports it
-#: for the waiting holds of a queue that has an outcome).
-ABORTED: Final = 4
-#: A hold that owned the key and gave it up (released by its owner, or by
-#: anyone through ``release(key)``). Set on every release that can have
-#: waiters, so a late decision about an old hold (a failed wake, a
-#: cancellation after the hand-off) never releases or hands on twice.
-RELEASED: Final = 5
+__all__ = ["KeyTable", "guard_is_owned"]
 
 #: ``RLock._is_owned(guard)``: True if the calling thread holds ``guard`` (the method
 #: :class:`threading.Condition` relies on too; see the module docstring for its use).
@@ -108,71 +88,29 @@ guard_is_owned: Final[Callable[[threading.RLock], bool]] = type(threading.RLock(
 _COMPACT_SLACK: Final = 8
 
 
-class Hold:
-    """One acquisition: a holder of a key, or a waiter for it.
-
-    ``owner`` identifies who acquires (used only to refuse a self-deadlocking
-    re-acquire). ``waiters`` is the FIFO queue of the key while this hold is
-    its holder. ``state`` is IDLE until the hold queues; ``wake`` and
-    ``queue`` (the queue it waits in) are set only for a hold that had to wait.
-    """
-
-    __slots__ = ("owner", "queue", "state", "waiters", "wake")
-
-    owner: object
-    waiters: WaitQueue | None
-    state: int
-    wake: Callable[[], bool]
-    queue: WaitQueue
-
-    def __init__(self, owner: object = None) -> None:
-        self.owner = owner
-        self.waiters = None
-        self.state = IDLE
-
-
-class WaitQueue(deque[Hold]):
-    """The waiters of one key, in arrival order.
-
-    Withdrawn waiters are removed lazily (their state says so); ``live``
-    counts the ones still waiting, so a withdrawal is O(1) amortized.
-    ``outcome`` is None while the queue waits for the key; once set (an
-    abort, or a single-flight call's result) it is the outcome of every hold
-    still WAITING in it, and the queue never changes again: one store ends
-    every wait at once.
-    """
-
-    __slots__ = ("live", "outcome")
-
-    live: int
-    outcome: object
-
-
-#: What a transition decided, for the wakes after its guard section: a granted
-#: :class:`Hold`, or a concluded :class:`WaitQueue` whose waiters all get its outcome.
-Record = list[Hold | WaitQueue]
-
-
-def _new_queue() -> WaitQueue:
-    queue = WaitQueue()
-    queue.live = 0
-    queue.outcome = None
-    return queue
-
-
+@internal
 class KeyTable:
     """Lock state for every busy key of one lock object.
 
     ``max_waiters`` bounds each key's queue (``None``: unbounded).
     """
 
-    __slots__ = ("_lost", "guard", "holds", "max_waiters")
+    __slots__ = ("_guard", "_holds", "_lost", "holder", "max_waiters", "take")
+
+    #: ``take(key, hold)``: take ``key`` for ``hold`` if nobody holds it or waits for it;
+    #: returns the key's holder, ``hold`` itself on success. The uncontended acquire: one
+    #: C-level step (``holds.setdefault``), no guard, never blocks.
+    take: Callable[[Hashable, Hold], Hold]
+    #: ``holder(key)``: the key's holder, or None (``holds.get``).
+    holder: Callable[[Hashable], Hold | None]
 
     def __init__(self, max_waiters: int | None = None) -> None:
-        self.holds: dict[Hashable, Hold] = {}
-        self.guard = threading.RLock()
+        self._holds: dict[Hashable, Hold] = {}
+        self._guard = threading.RLock()
         self.max_waiters = max_waiters
         self._lost: deque[tuple[Hashable, Hold]] = deque()
+        self.take = self._holds.setdefault
+        self.holder = self._holds.get
 
     # -- lost wakes ----------------------------------------------------------
 
@@ -192,13 +130,13 @@ class KeyTable:
         key: Hashable = None
         try:
             while lost:
-                with self.guard:
+                with self._guard:
                     if not lost:
                         break
                     key, hold = lost[0]
-                    if hold.state == GRANTED:
+                    if hold._state == GRANTED:
                         self._give_up(key, hold, out)
-                        hold.state = CANCELLED  # it never ran
+                        hold._state = CANCELLED  # it never ran
                     lost.popleft()  # only now: an interrupt before it leaves the entry to redo
                 self._deliver(key, out)
                 out.clear()
@@ -207,14 +145,6 @@ class KeyTable:
             raise
 
     # -- acquiring ---------------------------------------------------------
-
-    def try_acquire(self, key: Hashable, hold: Hold) -> Hold:
-        """Take ``key`` for ``hold`` if nobody holds it or waits for it.
-
-        Returns the key's holder: ``hold`` itself on success. Never blocks
-        and never touches the guard.
-        """
-        return self.holds.setdefault(key, hold)
 
     def enqueue(self, key: Hashable, hold: Hold, wake: Callable[[], bool]) -> bool:
         """Take ``key`` for ``hold``, or queue ``hold`` behind the holder.
@@ -225,32 +155,32 @@ class KeyTable:
         returns False if its waiter can no longer run (its event loop is
         gone); the key then passes on.
 
-        Raises RuntimeError if ``hold.owner`` already holds the key, and
+        Raises RuntimeError if ``hold._owner`` already holds the key, and
         QueueFull if the key has ``max_waiters`` waiters already. If this
         call raises anything else (an interrupt), ``hold`` may be queued or
         may hold the key: :meth:`cancel` it.
         """
         if self._lost:
             self.give_back_lost()
-        guard = self.guard
+        guard = self._guard
         try:
             guard.acquire()
-            holder = self.holds.setdefault(key, hold)
+            holder = self._holds.setdefault(key, hold)
             if holder is hold:
                 return True
-            if holder.owner == hold.owner:
+            if holder._owner == hold._owner:
                 raise reacquire_error(key)
-            queue = holder.waiters
+            queue = holder._waiters
             if queue is None:
-                queue = _new_queue()
-                holder.waiters = queue
+                queue = new_queue()
+                holder._waiters = queue
             limit = self.max_waiters
             if limit is not None and queue.live >= limit:
                 raise QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
             # One straight run, recorded by the append: no signal can split it.
-            hold.wake = wake
-            hold.queue = queue
-            hold.state = WAITING
+            hold._wake = wake
+            hold._queue = queue
+            hold._state = WAITING
             queue.live += 1
             queue.append(hold)
             return False
@@ -270,10 +200,10 @@ class KeyTable:
         released by someone else; ABORTED means the wait ended with an
         outcome (:func:`outcome_of`); CANCELLED means it was already withdrawn.
         """
-        with self.guard:
-            state = hold.state
+        with self._guard:
+            state = hold._state
             if state == WAITING:
-                if hold.queue.outcome is not None:
+                if hold._queue.outcome is not None:
                     return ABORTED
                 self._remove(hold)
             return state
@@ -288,14 +218,14 @@ class KeyTable:
         """
         out: Record = []
         try:
-            with self.guard:
-                state = hold.state
+            with self._guard:
+                state = hold._state
                 if state == WAITING:
-                    if hold.queue.outcome is not None:
+                    if hold._queue.outcome is not None:
                         return ABORTED
                     self._remove(hold)
                     return state
-                holds = self.holds
+                holds = self._holds
                 if state == GRANTED or (key in holds and holds[key] is hold):
                     self._give_up(key, hold, out)  # (GRANTED and not the entry: a detached call)
             self._deliver(key, out)
@@ -306,8 +236,8 @@ class KeyTable:
 
     def _remove(self, hold: Hold) -> None:
         """Under the guard: take a WAITING hold out of its queue (lazily)."""
-        hold.state = CANCELLED
-        queue = hold.queue
+        hold._state = CANCELLED
+        queue = hold._queue
         queue.live -= 1
         if not queue.live:
             queue.clear()
@@ -315,6 +245,28 @@ class KeyTable:
             _compact(queue)
 
     # -- releasing ---------------------------------------------------------
+
+    def leave(self, key: Hashable, hold: Hold) -> None:
+        """``hold`` releases its own key (a context's exit): to its first waiter, or free.
+
+        RuntimeError if someone else released ``hold`` already (the key may
+        be someone else's by now: it stays as it is). The uncontended case is
+        one pass under the guard.
+        """
+        if hold._waiters is None:
+            guard = self._guard
+            try:
+                guard.acquire()
+                holds = self._holds
+                if hold._waiters is None and key in holds and holds[key] is hold:
+                    del holds[key]
+                    return
+            finally:
+                try:  # noqa: SIM105 - one call, no window: see the module docstring
+                    guard.release()
+                except RuntimeError:  # an interrupt stopped acquire() before it took it
+                    pass
+        self.release(key, hold)
 
     def release(
         self,
@@ -331,11 +283,11 @@ class KeyTable:
         ABORTED) and leave the key free.
         """
         out: Record = []
-        guard = self.guard
+        guard = self._guard
         try:
             try:
                 guard.acquire()
-                holds = self.holds
+                holds = self._holds
                 if key not in holds:
                     raise RuntimeError(f"release of key {key!r}, which is not held")
                 holder = holds[key]
@@ -344,9 +296,9 @@ class KeyTable:
                         f"this hold of key {key!r} was already released by another caller; "
                         "the key is now held by someone else and stays held"
                     )
-                queue = holder.waiters
+                queue = holder._waiters
                 if queue is None or not queue.live:
-                    holder.state = RELEASED
+                    holder._state = RELEASED
                     del holds[key]
                     return
                 if abort is None:
@@ -371,13 +323,13 @@ class KeyTable:
         If ``holder`` is not the key's entry (a detached single-flight call),
         the hand-off stays within its own waiters.
         """
-        holds = self.holds
+        holds = self._holds
         is_entry = key in holds and holds[key] is holder
-        queue = holder.waiters
+        queue = holder._waiters
         if queue is not None and queue.live:
             self._hand_off(key, holder, queue, is_entry, out)
             return
-        holder.state = RELEASED
+        holder._state = RELEASED
         if is_entry:
             del holds[key]
 
@@ -389,16 +341,16 @@ class KeyTable:
         The table entry moves to it only if ``holder`` is the key's entry.
         """
         nxt = queue[0]
-        while nxt.state != WAITING:  # drop the withdrawn ahead of it
+        while nxt._state != WAITING:  # drop the withdrawn ahead of it
             queue.popleft()
             nxt = queue[0]
         # One straight run, recorded by the append: no signal can split it.
-        holder.state = RELEASED
-        nxt.state = GRANTED
+        holder._state = RELEASED
+        nxt._state = GRANTED
         queue.live -= 1
-        nxt.waiters = queue if queue.live else None
+        nxt._waiters = queue if queue.live else None
         if is_entry:
-            self.holds[key] = nxt
+            self._holds[key] = nxt
         out.append(nxt)
         queue.popleft()  # nxt itself (left there, it would only be skipped as not WAITING)
 
@@ -412,10 +364,10 @@ class KeyTable:
         out: Record,
     ) -> None:
         """End every wait in ``queue`` with ``outcome``; the key is free."""
-        holder.state = RELEASED
+        holder._state = RELEASED
         queue.outcome = outcome  # one store: every WAITING hold in it is now aborted
         if is_entry:
-            del self.holds[key]
+            del self._holds[key]
         out.append(queue)
 
     # -- waking (outside the guard; safe to repeat) ---------------------------
@@ -430,41 +382,42 @@ class KeyTable:
         for item in out:  # (it grows while this runs: see _skip)
             if isinstance(item, WaitQueue):
                 for hold in item:  # a concluded queue never changes again
-                    if hold.state == WAITING:
-                        hold.wake()
-            elif not item.wake():
+                    if hold._state == WAITING:
+                        hold._wake()
+            elif not item._wake():
                 self._skip(key, item, out)
 
     def _skip(self, key: Hashable, dead: Hold, out: Record) -> None:
         """``dead`` was granted the key but cannot be woken: pass the key on."""
-        with self.guard:
-            if dead.state != GRANTED:
+        with self._guard:
+            if dead._state != GRANTED:
                 return  # released by someone else meanwhile: handed on already
             self._give_up(key, dead, out)
-            dead.state = CANCELLED  # it never ran
+            dead._state = CANCELLED  # it never ran
 
     # -- introspection -----------------------------------------------------
 
     def locked(self, key: Hashable) -> bool:
         if self._lost:
             self.give_back_lost()
-        return key in self.holds
+        return key in self._holds
 
     def waiters(self, key: Hashable) -> int:
         if self._lost:
             self.give_back_lost()
-        holder = self.holds.get(key)
+        holder = self._holds.get(key)
         if holder is None:
             return 0
-        queue = holder.waiters
+        queue = holder._waiters
         return queue.live if queue is not None else 0
 
     def __len__(self) -> int:
         if self._lost:
             self.give_back_lost()
-        return len(self.holds)
+        return len(self._holds)
 
 
+@internal
 def _compact(queue: WaitQueue) -> None:
     """Drop the withdrawn entries of ``queue``, keeping the live ones in order.
 
@@ -473,41 +426,9 @@ def _compact(queue: WaitQueue) -> None:
     skipped): ``[old..., live...]`` after the extend, ``[live..., old...]``
     after the rotation, then the old tail is popped.
     """
-    live = [h for h in queue if h.state == WAITING]
+    live = [h for h in queue if h._state == WAITING]
     old = len(queue)
     queue.extend(live)
     queue.rotate(-old)
     for _ in range(old):
         queue.pop()
-
-
-def state_of(hold: Hold) -> int:
-    """``hold``'s state, a WAITING hold of a concluded queue reported as ABORTED."""
-    state = hold.state
-    if state == WAITING and hold.queue.outcome is not None:
-        return ABORTED
-    return state
-
-
-def decided(hold: Hold) -> int:
-    """The answer a woken waiter acts on: GRANTED (also when already released by
-    someone else since: it did get the key), ABORTED, CANCELLED or WAITING."""
-    state = hold.state
-    if state == RELEASED:
-        return GRANTED
-    if state == WAITING and hold.queue.outcome is not None:
-        return ABORTED
-    return state
-
-
-def outcome_of(hold: Hold) -> object:
-    """The outcome an ABORTED hold's wait ended with (see :meth:`KeyTable.release`)."""
-    return hold.queue.outcome
-
-
-def reacquire_error(key: Hashable) -> RuntimeError:
-    return RuntimeError(
-        f"key {key!r} is already held by this owner (the current task, or the current "
-        "thread outside tasks); acquiring it again would deadlock. keyedlock locks are "
-        "not reentrant: release it first, or restructure so the key is taken once"
-    )

@@ -1,9 +1,14 @@
-"""Runtime adapters: how a waiter of each runtime parks and is woken.
+"""Runtime adapters: how a caller of each runtime waits and is woken, and who the caller is.
 
 Each adapter only parks the calling thread or task until the core calls the
 ``wake`` callable it registered, and withdraws the waiter from the core when
-the wait ends otherwise (timeout, cancellation). The trio adapter is imported
-only by callers that run under trio.
+the wait ends otherwise (timeout, cancellation, an interrupt). Who the caller
+is (its *owner*: a thread, an asyncio task, a trio task) and which runtime it
+runs in is decided here, in :mod:`._detect`, and nowhere else. The trio
+adapter is imported only by callers that run under trio.
+
+This module is the package-internal API of the runtime layer: the rest of
+keyedlock imports these names from here, never from the modules below.
 """
 
 from __future__ import annotations
@@ -11,13 +16,67 @@ from __future__ import annotations
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
-from .._core._keytable import Hold, KeyTable
-from ._asyncio import wait_asyncio
-from ._detect import ASYNCIO
+from .._core import Hold, KeyTable
+from .._ki import internal
+from ._asyncio import WAKE_UP, AsyncioWaker, wait_asyncio, wake_future, woken
+from ._detect import (
+    ASYNCIO,
+    FLIGHT_INSTEAD,
+    LOCK_INSTEAD,
+    TRIO,
+    async_owner,
+    async_runtime,
+    asyncio_task,
+    blocking_call_error,
+    blocking_owner,
+    check_can_block,
+    get_ident,
+    last_loop,
+    on_loop_thread,
+    running_loop,
+    sniffio_local,
+    sync_owner,
+    task_of,
+    thread_owners,
+)
+from ._offload import Finished, Offload
+from ._ready import READY
+from ._threads import ThreadWaker, wait_thread
 
-__all__ = ["park_async"]
+__all__ = [
+    "ASYNCIO",
+    "FLIGHT_INSTEAD",
+    "LOCK_INSTEAD",
+    "READY",
+    "TRIO",
+    "WAKE_UP",
+    "AsyncioWaker",
+    "Finished",
+    "Offload",
+    "ThreadWaker",
+    "async_owner",
+    "async_runtime",
+    "asyncio_task",
+    "blocking_call_error",
+    "blocking_owner",
+    "check_can_block",
+    "get_ident",
+    "last_loop",
+    "on_loop_thread",
+    "park_async",
+    "running_loop",
+    "sniffio_local",
+    "sync_owner",
+    "task_of",
+    "thread_owners",
+    "wait_asyncio",
+    "wait_thread",
+    "wake_future",
+    "woken",
+]
 
 
+@internal
 def park_async(
     table: KeyTable, key: Hashable, hold: Hold, timeout: float | None, runtime: int, task: Any
 ) -> Awaitable[int]:

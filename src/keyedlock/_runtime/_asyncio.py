@@ -1,7 +1,8 @@
 """asyncio adapter: a waiting task awaits a future on its own loop.
 
 The waker resolves the future directly when it runs on the waiter's loop, and
-through ``call_soon_threadsafe`` from any other thread or loop. If the
+through ``call_soon_threadsafe`` from any other thread or loop (a C-level
+callback: see :data:`WAKE_UP`). If the
 waiter's loop is closed the wake fails and the core passes the key on; if the
 loop is closed later, with the wake-up still queued in it, the wake-up is
 dropped unrun and reports the loss to the core (see :class:`_WakeUp`).
@@ -13,68 +14,81 @@ import asyncio
 import threading
 from collections.abc import Callable, Hashable
 from functools import partial
+from typing import Final
 
-from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._ki import internal
 from ._detect import get_ident, on_loop_thread, running_loop
 
-__all__ = ["AsyncioWaker", "wait_asyncio", "wake_future"]
+__all__ = ["WAKE_UP", "AsyncioWaker", "wait_asyncio", "wake_future", "woken"]
+
+#: The message of the cancellation that wakes a waiting task without running any Python code
+#: of ours: a waiter's timer, and a wake from another thread, are ``fut.cancel(WAKE_UP)``
+#: itself, a C-level call (no signal can land between it being run and the task being woken),
+#: and cancelling a future that is already done does nothing. The waiter takes a
+#: CancelledError carrying this message for what it is; its own state says why it woke.
+WAKE_UP: Final = "keyedlock: wake up"
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def woken(
+    exc: asyncio.CancelledError, fut: asyncio.Future[None], task: asyncio.Task[object], before: int
+) -> bool:
+    """True if ``exc``, raised in ``task`` by awaiting ``fut``, is a wake-up, not a cancellation.
+
+    ``before`` is ``task.cancelling()`` from before the await: a cancellation of
+    the task that arrived with the wake-up (asyncio then throws the wake-up's
+    CancelledError in its place) counts as a cancellation.
+    """
+    return exc.args == (WAKE_UP,) and fut.cancelled() and task.cancelling() == before
 
 
-class _WakeUp:
+class _WakeUp(partial[bool]):
     """The callback a wake from another thread queues on the waiter's loop.
 
-    A loop that is closed before running it drops it: then, and only then,
-    it is finalized without having run, and calls ``on_lost`` (which must
-    not block: it may run in a finalizer, in any thread).
+    It is ``partial(fut.cancel, WAKE_UP)``: called, it runs no Python frame.
+    A loop that is closed before running it drops it unrun; it is then
+    finalized with its future not done, and calls ``on_lost`` (which must not
+    block: it may run in a finalizer, in any thread).
     """
 
-    __slots__ = ("fut", "on_lost", "ran")
-
-    def __init__(self, fut: asyncio.Future[None], on_lost: Callable[[], object]) -> None:
-        self.fut = fut
-        self.on_lost = on_lost
-        self.ran = False
-
-    def __call__(self) -> None:
-        self.ran = True
-        _resolve(self.fut)
+    on_lost: Callable[[], object] | None
 
     def __del__(self) -> None:
-        if not self.ran:
-            self.on_lost()
+        on_lost = self.on_lost
+        if on_lost is not None and not self.func.__self__.done():  # type: ignore[attr-defined]
+            on_lost()
 
 
+@internal
 def wake_future(
     loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], on_lost: Callable[[], object]
 ) -> bool:
-    """Resolve ``fut`` on ``loop``, directly or from another thread; False if the loop is closed.
+    """Wake the task awaiting ``fut`` on ``loop``, directly or from another thread; False if
+    the loop is closed.
 
     ``on_lost`` is called if the loop is closed later with the wake-up still
     queued (it never runs).
     """
     if on_loop_thread(loop):
-        _resolve(fut)
+        fut.cancel(WAKE_UP)
         return True
-    wake_up = _WakeUp(fut, on_lost)
+    wake_up = _WakeUp(fut.cancel, WAKE_UP)
+    wake_up.on_lost = on_lost
     try:
         loop.call_soon_threadsafe(wake_up)
     except RuntimeError:  # the loop is closed: its task will never run again
-        wake_up.ran = True  # not lost: the caller learns it from the False
+        wake_up.on_lost = None  # not lost: the caller learns it from the False
         return False
     if loop.is_closed():
         # close() raced the call: the wake-up may sit in the closed loop's queue, which
         # nothing runs or clears any more. Report the wake as failed (if close() dropped
         # it first and it was reported lost already, the second report changes nothing).
-        wake_up.ran = True
+        wake_up.on_lost = None
         return False
     return True
 
 
+@internal
 class AsyncioWaker:
     """Wakes one task waiting on ``fut`` (a future of ``loop``), once.
 
@@ -118,7 +132,7 @@ class AsyncioWaker:
             self.answer = True  # (no signal can land between this and set_result)
             fut.set_result(None)
             return True
-        # From another thread: a second wake-up would only resolve a resolved future.
+        # From another thread: a second wake-up would only cancel a future that is done.
         answer = wake_future(loop, self.fut, partial(_lost, self.table, self.key, self.hold))
         self.answer = answer
         return answer
@@ -158,8 +172,14 @@ async def wait_asyncio(
         if table.enqueue(key, hold, AsyncioWaker(loop, fut, table, key, hold)):
             return GRANTED
         if timeout is not None:
-            timer = loop.call_later(timeout, _resolve, fut)
-        await fut
+            timer = loop.call_later(timeout, fut.cancel, WAKE_UP)
+        task: asyncio.Task[object] = hold._owner  # type: ignore[assignment]  # the waiting task
+        before = task.cancelling()
+        try:
+            await fut
+        except asyncio.CancelledError as exc:
+            if not woken(exc, fut, task, before):
+                raise  # the task itself was cancelled
         state = decided(hold)
         if state == WAITING:  # the timer fired first
             state = table.withdraw(key, hold)

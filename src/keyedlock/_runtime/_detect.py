@@ -28,6 +28,7 @@ __all__ = [
     "async_runtime",
     "asyncio_task",
     "blocking_call_error",
+    "blocking_owner",
     "check_can_block",
     "get_ident",
     "last_loop",
@@ -199,3 +200,14 @@ def check_can_block(what: str, instead: str = LOCK_INSTEAD) -> None:
     """Raise RuntimeError if this thread runs an asyncio loop or a trio run."""
     if _get_running_loop() is not None or sniffio_local.name is not None:
         raise blocking_call_error(what, instead)
+
+
+def blocking_owner(what: str, instead: str = LOCK_INSTEAD) -> object:
+    """The owner of a call that blocks this thread: the thread itself.
+
+    RuntimeError if this thread runs an asyncio loop or a trio run (blocking
+    there freezes the loop): ``what`` names the call, ``instead`` what to use.
+    """
+    if _get_running_loop() is not None or sniffio_local.name is not None:
+        raise blocking_call_error(what, instead)
+    return thread_owners.token

@@ -37,12 +37,18 @@ Example, a cancellable blocking call whose late result is closed::
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
-from ._asyncio import _resolve, wake_future
+from .._ki import internal
+
+if TYPE_CHECKING:
+    from trio.lowlevel import Abort, RaiseCancelT
+
+from ._asyncio import WAKE_UP, wake_future, woken
 from ._detect import asyncio_task, running_loop, sniffio_local
 
 __all__ = ["Finished", "Offload"]
@@ -77,6 +83,7 @@ class Finished(Generic[T]):
         return f"<Finished value={self.value!r}>"
 
 
+@internal
 class Offload(Generic[T]):
     """``call()`` running in a daemon helper thread, waited for by one claimant at a time.
 
@@ -96,7 +103,17 @@ class Offload(Generic[T]):
     while the call is still running.
     """
 
-    __slots__ = ("_claimed", "_dispose", "_done", "_mutex", "_name", "_notify", "_outcome", "call")
+    __slots__ = (
+        "_accept",
+        "_claimed",
+        "_dispose",
+        "_done",
+        "_mutex",
+        "_name",
+        "_notify",
+        "_outcome",
+        "call",
+    )
 
     call: Callable[[], T]
 
@@ -115,6 +132,7 @@ class Offload(Generic[T]):
         self._done = False
         self._notify: Callable[[], bool] | None = None
         self._outcome: Finished[T] | None = None
+        self._accept: Callable[[Finished[T]], None] | None = None
 
     def __repr__(self) -> str:
         state = "done" if self._done else "running"
@@ -135,6 +153,9 @@ class Offload(Generic[T]):
             self._done = True
             orphan = not self._claimed
             if not orphan:
+                accept = self._accept
+                if accept is not None:
+                    accept(outcome)  # the claimant owns it from here on, whatever happens next
                 self._outcome = outcome  # for the claimant to take
             notify = self._notify
             self._notify = None
@@ -146,12 +167,22 @@ class Offload(Generic[T]):
 
     # -- claimants ---------------------------------------------------------
 
-    def claim(self) -> bool:
-        """Attach as the claimant; False if the call already finished (or is claimed)."""
+    def claim(self, accept: Callable[[Finished[T]], None] | None = None) -> bool:
+        """Attach as the claimant; False if the call already finished (or is claimed).
+
+        ``accept``, if given, is called with the outcome the moment it arrives
+        while this claim holds, in the helper thread, under the offload's
+        mutex (it must be quick and must not raise): the claimant owns the
+        outcome from then on, even if it stops waiting in the same instant,
+        so ``accept`` should record it where the claimant's own cleanup finds
+        it. Without ``accept``, an outcome that arrives as the claimant gives
+        up is disposed of.
+        """
         with self._mutex:
             if self._done or self._claimed:
                 return False
             self._claimed = True
+            self._accept = accept
             return True
 
     @property
@@ -188,6 +219,7 @@ class Offload(Generic[T]):
                 self._outcome = None
             self._notify = None
             self._claimed = False
+            self._accept = None
             return outcome
 
     def _wake_lost(self) -> None:
@@ -206,9 +238,11 @@ class Offload(Generic[T]):
             self._dispose(outcome)
 
     def _give_up(self) -> None:
-        """Stop waiting because of an exception; dispose of an outcome that just arrived."""
+        """Stop waiting because of an exception; dispose of an outcome that just arrived
+        (unless the claim accepted it: then the claimant owns it)."""
+        accepting = self._accept is not None
         outcome = self._detach()
-        if outcome is not None:
+        if outcome is not None and not accepting:
             self._dispose(outcome)
 
     def wait(self, timeout: float | None) -> Finished[T] | None:
@@ -242,20 +276,30 @@ class Offload(Generic[T]):
         next checkpoint); otherwise the task detaches and Cancelled is raised.
         """
         loop = running_loop()
-        if loop is not None and asyncio_task() is not None:
-            return await self._wait_asyncio(loop, timeout)
+        task = None if loop is None else asyncio_task()
+        if loop is not None and task is not None:
+            return await self._wait_asyncio(loop, task, timeout)
         if sniffio_local.name == "trio":
             return await self._wait_trio(timeout)
         raise RuntimeError("Offload.wait_async needs a running asyncio task or trio task")
 
-    async def _wait_asyncio(self, loop: Any, timeout: float | None) -> Finished[T] | None:
+    async def _wait_asyncio(
+        self, loop: Any, task: asyncio.Task[Any], timeout: float | None
+    ) -> Finished[T] | None:
         fut = loop.create_future()
         outcome = self._arm(partial(wake_future, loop, fut, self._wake_lost))
         if outcome is not None:
             return outcome
-        timer = None if timeout is None else loop.call_later(timeout, _resolve, fut)
+        timer = None
         try:
-            await fut
+            if timeout is not None:
+                timer = loop.call_later(timeout, fut.cancel, WAKE_UP)
+            before = task.cancelling()
+            try:
+                await fut
+            except asyncio.CancelledError as exc:
+                if not woken(exc, fut, task, before):
+                    raise  # the task itself was cancelled
         except BaseException:
             self._give_up()
             raise
@@ -266,27 +310,31 @@ class Offload(Generic[T]):
 
     async def _wait_trio(self, timeout: float | None) -> Finished[T] | None:
         import trio
-        from trio.lowlevel import Abort, RaiseCancelT, current_task, wait_task_rescheduled
+        from trio.lowlevel import current_task, wait_task_rescheduled
 
         from ._trio import TrioWaker
-
-        def abort(_: RaiseCancelT) -> Abort:
-            with self._mutex:
-                if self._done:
-                    return Abort.FAILED  # the outcome's wake is on its way
-                self._notify = None
-                self._claimed = False
-                return Abort.SUCCEEDED
 
         outcome = self._arm(TrioWaker(trio.lowlevel.current_trio_token(), current_task()))
         if outcome is not None:
             return outcome
         if timeout is None:
-            await wait_task_rescheduled(abort)
+            await wait_task_rescheduled(self._abort_trio)
         else:
             with trio.move_on_after(timeout):
-                await wait_task_rescheduled(abort)
+                await wait_task_rescheduled(self._abort_trio)
         return self._take()
+
+    def _abort_trio(self, _: RaiseCancelT) -> Abort:
+        """trio's abort function of the claimant: detach, unless the outcome just arrived."""
+        from trio.lowlevel import Abort
+
+        with self._mutex:
+            if self._done:
+                return Abort.FAILED  # the outcome's wake is on its way
+            self._notify = None
+            self._claimed = False
+            self._accept = None
+            return Abort.SUCCEEDED
 
 
 def _release(parked: threading.Lock) -> bool:

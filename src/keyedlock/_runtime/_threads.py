@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 
-from .._core._keytable import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._ki import internal
 
 __all__ = ["ThreadWaker", "wait_thread"]
 
@@ -13,6 +14,7 @@ __all__ = ["ThreadWaker", "wait_thread"]
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 
 
+@internal
 class ThreadWaker:
     """Wakes one parked thread, once: calling it again does nothing (and answers True).
 

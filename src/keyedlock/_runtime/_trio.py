@@ -13,6 +13,7 @@ This module imports trio; only callers running under trio import it.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from functools import partial
 
 import trio
 from trio.lowlevel import (
@@ -27,14 +28,20 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from .._core._keytable import GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import GRANTED, WAITING, Hold, KeyTable, decided
+from .._ki import internal, protect_with
 
 __all__ = ["TrioWaker", "checkpoint", "checkpoint_if_cancelled", "wait_trio"]
+
+# Under trio from here on: trio defers a Ctrl-C that lands in keyedlock's internals to the
+# task's next checkpoint (see keyedlock._ki).
+protect_with(trio.lowlevel.enable_ki_protection)
 
 checkpoint = trio.lowlevel.checkpoint
 checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 
+@internal
 class TrioWaker:
     """Reschedules one trio task, once: directly inside its own run, else through the run's
     token; False if its run is over. Calling it again answers as the first call did."""
@@ -63,13 +70,18 @@ class TrioWaker:
         return True
 
 
+@internal
+def _abort(table: KeyTable, key: Hashable, hold: Hold, _: RaiseCancelT) -> Abort:
+    """trio's abort function of a waiting task: withdraw it, unless it was just decided."""
+    if table.withdraw(key, hold) == WAITING:
+        return Abort.SUCCEEDED
+    return Abort.FAILED  # granted or aborted: the wake is on its way
+
+
+@internal
 async def wait_trio(table: KeyTable, key: Hashable, hold: Hold, timeout: float | None) -> int:
     """Queue ``hold`` for ``key`` and wait; returns GRANTED, CANCELLED or ABORTED."""
-
-    def abort(_: RaiseCancelT) -> Abort:
-        if table.withdraw(key, hold) == WAITING:
-            return Abort.SUCCEEDED
-        return Abort.FAILED  # granted or aborted: the wake is on its way
+    abort = partial(_abort, table, key, hold)
 
     try:
         if table.enqueue(key, hold, TrioWaker(current_trio_token(), current_task())):

@@ -1,1 +1,61 @@
-"""Scope backends: where lock state lives (this process, this host, ...)."""
+"""Scope backends: where lock and single-flight state lives, behind one contract.
+
+- :mod:`._contract`: the written contract (:class:`LockBackend`,
+  :class:`WideScope`, :class:`FlightBackend`) and the context every lock
+  hands out (:class:`LockContext`);
+- :mod:`._local`: the process scope (:class:`LocalBackend`);
+- :mod:`._wide`: the local-then-wide model over a :class:`WideScope`;
+- :mod:`._lockfile`: the host scope through a lock file (:class:`FileBackend`);
+- :mod:`._localflight`: single-flight in the process scope;
+- :mod:`._manager`: the host scope through a manager process.
+
+This module is the package-internal API of the scope layer: the public
+classes import these names from here. It includes the parts of a
+:class:`LockContext` that the lock and ``run``/``guard`` use (its underscore
+fields and ``_acquire_sync``, ``_acquire_async``, ``_finish``, ``_undo``),
+which are not part of its public surface.
+"""
+
+from __future__ import annotations
+
+from ._contract import (
+    BAD_EXIT,
+    ENTERED,
+    EXITED,
+    NEW,
+    REUSE,
+    FlightBackend,
+    LockBackend,
+    LockContext,
+    WideScope,
+    timeout_error,
+)
+from ._local import LocalBackend, LocalContext, settle
+from ._localflight import LocalFlightBackend, Outcome, recursion_error
+from ._lockfile import FileBackend, KeyOffset, default_path, key_offset
+from ._wide import WideBackend, WideContext
+
+__all__ = [
+    "BAD_EXIT",
+    "ENTERED",
+    "EXITED",
+    "NEW",
+    "REUSE",
+    "FileBackend",
+    "FlightBackend",
+    "KeyOffset",
+    "LocalBackend",
+    "LocalContext",
+    "LocalFlightBackend",
+    "LockBackend",
+    "LockContext",
+    "Outcome",
+    "WideBackend",
+    "WideContext",
+    "WideScope",
+    "default_path",
+    "key_offset",
+    "recursion_error",
+    "settle",
+    "timeout_error",
+]

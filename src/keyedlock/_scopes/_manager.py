@@ -74,17 +74,18 @@ from multiprocessing.connection import Connection, Listener
 from time import monotonic
 from typing import Any, Final
 
-from .._core._flight import MISS, FlightTable
-from .._core._keytable import (
+from .._core import (
     ABORTED,
     GRANTED,
+    MISS,
     WAITING,
+    FlightTable,
     Hold,
     KeyTable,
     outcome_of,
     reacquire_error,
 )
-from .._runtime._threads import wait_thread
+from .._runtime import wait_thread
 
 __all__ = [
     "ABANDON",
@@ -212,7 +213,7 @@ class _RemoteHold(Hold):
         self.phase = _PENDING
         self.void = False
         # Not WAITING: a withdrawal before the hold is queued changes nothing.
-        self.state = GRANTED
+        self._state = GRANTED
 
 
 class _VoidAware(KeyTable):
@@ -447,7 +448,7 @@ class _Server:
         """Under the mutex: nobody wants ``hold`` any more; withdraw it if it is queued."""
         hold.void = True
         if hold.table.withdraw(hold.key, hold) == WAITING:
-            hold.wake()
+            hold._wake()
 
     def _register(self, state: _Conn, hold: _RemoteHold) -> bool:
         """Under the mutex: False if the request was cancelled before it arrived."""
@@ -494,12 +495,12 @@ class _Server:
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
-            holder = table.try_acquire(key, hold)
+            holder = table.take(key, hold)
             if holder is hold:
                 hold.phase = _LIVE
                 state.proc.holds[serial] = hold
                 return Reply.GRANTED
-            if holder.owner == hold.owner and timeout != 0:
+            if holder._owner == hold._owner and timeout != 0:
                 raise reacquire_error(key)
             if timeout == 0:
                 return Reply.BUSY
@@ -532,7 +533,7 @@ class _Server:
         table = self._table(tid)
         with self.mutex:
             if serial is None:
-                holder = table.holds.get(key)
+                holder = table.holder(key)
                 if holder is None:
                     raise RuntimeError(f"release of key {key!r}, which is not held")
             else:
@@ -575,7 +576,7 @@ class _Server:
                     target.cancelled = serial
             elif hold.phase == _PENDING:
                 self._void(hold)
-                if give_back and hold.table.holds.get(hold.key) is hold:  # granted, unreported
+                if give_back and hold.table.holder(hold.key) is hold:  # granted, unreported
                     self._drop(hold)
                     hold.table.release(hold.key, hold)
             elif give_back and hold.phase == _LIVE:
@@ -598,12 +599,12 @@ class _Server:
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
-            leader = table.try_acquire(key, hold)
+            leader = table.take(key, hold)
             if leader is hold:
                 hold.phase = _LIVE
                 state.proc.holds[serial] = hold
                 return Reply.LEAD
-            if leader.owner == hold.owner:
+            if leader._owner == hold._owner:
                 raise RuntimeError(
                     f"the call for key {key!r} is being run by this same task or thread; "
                     "joining it from inside would wait for itself forever"

@@ -1,44 +1,31 @@
-"""SingleFlight: concurrent callers of one key share one in-flight call."""
+"""SingleFlight: concurrent callers of one key share one in-flight call, over any scope.
+
+:class:`SingleFlight` is written once, over a single-flight backend (see
+:mod:`keyedlock._scopes`): the process scope by default, the manager's across
+processes. Every caller concludes its part in ``finally``: an interrupt
+anywhere, even right after it became the leader, never leaves a call in
+flight.
+"""
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
-from time import monotonic
 from typing import Any, Final, Generic, TypeVar, final, overload
 
-from ._core._flight import MISS, FlightTable
-from ._core._keytable import ABORTED, GRANTED, IDLE, Hold, outcome_of
-from ._errors import exception_state, rebuild_exception
-from ._keys import Decorator, KeySpec, key_function
-from ._runtime import park_async
-from ._runtime._asyncio import wait_asyncio
-from ._runtime._detect import (
-    ASYNCIO,
-    FLIGHT_INSTEAD,
-    async_runtime,
-    asyncio_task,
-    check_can_block,
-    get_ident,
-    last_loop,
-    task_of,
-    thread_owners,
-)
-from ._runtime._threads import wait_thread
+from ._core import MISS
+from ._keyspec import Decorator, KeySpec, key_function
+from ._ki import internal
+from ._runtime import FLIGHT_INSTEAD, async_owner, check_can_block, thread_owners
+from ._scopes import FlightBackend, LocalFlightBackend
 from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
 
 __all__ = ["Result", "SingleFlight", "flight"]
 
 T = TypeVar("T")
-
-_new_object = object.__new__
 R = TypeVar("R")
-
-#: The states of a hold that may lead a call: it arrived first (IDLE), or took over (GRANTED).
-_LEADING: Final = (IDLE, GRANTED)
 
 
 @final
@@ -56,55 +43,24 @@ class Result(Generic[T]):
     shared: bool
 
 
-@final
-class _Outcome:
-    """What followers of a finished call receive: a value or an exception."""
+@internal
+def _conclude(
+    backend: FlightBackend, key: Hashable, ticket: Any, done: bool, payload: Any, keep: bool
+) -> bool:
+    """The caller's part in the call is over: conclude it (a no-op for a follower).
 
-    __slots__ = ("error", "value")
-
-    def __init__(self, value: object, error: BaseException | None) -> None:
-        self.value = value
-        self.error = error
-
-
-def _follower_error(exc: BaseException) -> BaseException:
-    """A copy of ``exc`` for a follower, so tracebacks never mix across callers.
-
-    Same type, args, attributes and ``__cause__``; the original when the type
-    cannot be copied.
+    Interrupted while concluding (copying the outcome for the followers, say),
+    it concludes again without an outcome: the earliest follower takes over,
+    or nothing, if the first try got through.
     """
-    state = exception_state(exc)
     try:
-        dup = copy.copy(exc) if state is None else rebuild_exception(*state)
-    except Exception:
-        return exc
-    if type(dup) is not type(exc) or dup is exc:
-        return exc
-    dup.__cause__ = exc.__cause__
-    dup.__context__ = exc.__context__
-    dup.__suppress_context__ = exc.__suppress_context__
-    notes = getattr(exc, "__notes__", None)
-    if isinstance(notes, list):
-        dup.__notes__ = list(notes)
-    return dup
+        return backend.conclude(key, ticket, done, payload, keep)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            backend.conclude(key, ticket, False, None)
+        raise
 
 
-def _deliver(hold: Hold) -> Any:
-    outcome = outcome_of(hold)
-    assert isinstance(outcome, _Outcome)
-    if outcome.error is not None:
-        raise _follower_error(outcome.error)
-    return outcome.value
-
-
-def _recursion_error(key: Hashable) -> RuntimeError:
-    return RuntimeError(
-        f"the call for key {key!r} is being run by this same task or thread; "
-        "joining it from inside would wait for itself forever"
-    )
-
-
-@final
 class SingleFlight:
     """Concurrent callers asking for one key share one in-flight call.
 
@@ -129,18 +85,32 @@ class SingleFlight:
             nothing. Errors are never reused.
     """
 
-    __slots__ = ("__weakref__", "_table")
+    __slots__ = ("__weakref__", "_backend", "_map_key")
+
+    _backend: FlightBackend
 
     def __init__(self, *, ttl: float = 0) -> None:
-        self._table = FlightTable(check_ttl(ttl))
+        self._bind(LocalFlightBackend(check_ttl(ttl)))
+
+    def _bind(self, backend: FlightBackend) -> None:
+        """Serve this group from ``backend`` (what the scopes' constructors call)."""
+        self._backend = backend
+        self._map_key = backend.map_key
+
+    def _local(self, key: object) -> Hashable:
+        """Validate ``key`` and map it to the backend's key."""
+        map_key = self._map_key
+        if map_key is not None:
+            return map_key(key)
+        return check_key(key)
 
     @property
     def ttl(self) -> float:
         """Seconds a successful result is reused after it completes (0: never)."""
-        return self._table.ttl
+        return self._backend.ttl
 
     def __repr__(self) -> str:
-        return f"<SingleFlight in_flight={len(self._table)} ttl={self._table.ttl}>"
+        return f"<{type(self).__name__} in_flight={len(self)} ttl={self.ttl}>"
 
     # -- async -------------------------------------------------------------
 
@@ -189,63 +159,40 @@ class SingleFlight:
         ex: bool,
     ) -> Any:
         """The value (``ex``: the :class:`Result`) of the call for ``key``."""
-        try:
-            hash(key)
-        except TypeError:
-            check_key(key)
+        key = self._local(key)
         check_fn(fn)
-        table = self._table
-        if table.ttl:
-            kept = table.cached(key, monotonic())
+        backend = self._backend
+        if backend.ttl:
+            kept = backend.cached(key)
             if kept is not MISS:
                 return Result(kept, True) if ex else kept
-        seen = last_loop[0]  # asyncio_task(), inlined as in LockContext.__aenter__
-        owner: Any = (
-            task_of(seen[0])
-            if seen is not None and seen[0]._thread_id == get_ident()
-            else asyncio_task()
-        )
-        runtime = ASYNCIO
-        if owner is None:
-            runtime, owner = async_runtime(None)
-        hold = _new_object(Hold)
-        hold.owner = owner
-        hold.waiters = None
-        hold.state = IDLE
-        outcome = None
-        value: Any = MISS
+        runtime, owner = async_owner()
+        ticket = backend.ticket(owner)
+        done = False
+        payload: Any = None
+        keep = True
         try:
-            leader = table.holds.setdefault(key, hold)
-            if leader is not hold:
-                if leader.owner == owner:
-                    raise _recursion_error(key)
-                if runtime == ASYNCIO:
-                    state = await wait_asyncio(table, key, hold, None, owner.get_loop())
-                else:
-                    state = await park_async(table, key, hold, None, runtime, owner)
-                if state == ABORTED:
-                    result = _deliver(hold)
-                    return Result(result, True) if ex else result
+            await backend.join_async(key, ticket, runtime)
+            if not backend.leads(ticket):
+                result = backend.shared(ticket)
+                return Result(result, True) if ex else result
             # This caller runs the call (it arrived first, or took over).
-            if table.ttl:
-                kept = table.cached(key, monotonic())
+            if backend.ttl:
+                kept = backend.cached(key)
                 if kept is not MISS:
-                    outcome = _Outcome(kept, None)
+                    done, payload, keep = True, kept, False
                     return Result(kept, True) if ex else kept
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                outcome = _Outcome(None, _follower_error(exc))
+                payload = exc
                 raise
-            outcome = _Outcome(result, None)
-            value = result
+            done, payload = True, result
         finally:
             # Whatever happened, however far it got: nothing stays in flight.
-            shared = hold.state in _LEADING and table.conclude(
-                key, hold, outcome, value, monotonic() if table.ttl else 0.0
-            )
+            shared = _conclude(backend, key, ticket, done, payload, keep)
         return Result(result, shared) if ex else result
 
     # -- threads -----------------------------------------------------------
@@ -267,41 +214,35 @@ class SingleFlight:
     def _do_sync(
         self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Any, bool]:
-        check_key(key)
+        key = self._local(key)
         check_sync_fn(fn, "do_sync", "await flight.do(...)")
         check_can_block("flight.do_sync(...)", FLIGHT_INSTEAD)
-        table = self._table
-        if table.ttl:
-            kept = table.cached(key, monotonic())
+        backend = self._backend
+        if backend.ttl:
+            kept = backend.cached(key)
             if kept is not MISS:
                 return kept, True
-        owner = thread_owners.token
-        hold = Hold(owner)
-        outcome = None
-        value: Any = MISS
+        ticket = backend.ticket(thread_owners.token)
+        done = False
+        payload: Any = None
+        keep = True
         try:
-            leader = table.holds.setdefault(key, hold)
-            if leader is not hold:
-                if leader.owner == owner:
-                    raise _recursion_error(key)
-                if wait_thread(table, key, hold, None) == ABORTED:
-                    return _deliver(hold), True
-            if table.ttl:
-                kept = table.cached(key, monotonic())
+            backend.join(key, ticket)
+            if not backend.leads(ticket):
+                return backend.shared(ticket), True
+            if backend.ttl:
+                kept = backend.cached(key)
                 if kept is not MISS:
-                    outcome = _Outcome(kept, None)
+                    done, payload, keep = True, kept, False
                     return kept, True
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                outcome = _Outcome(None, _follower_error(exc))
+                payload = exc
                 raise
-            outcome = _Outcome(result, None)
-            value = result
+            done, payload = True, result
         finally:
-            shared = hold.state in _LEADING and table.conclude(
-                key, hold, outcome, value, monotonic() if table.ttl else 0.0
-            )
+            shared = _conclude(backend, key, ticket, done, payload, keep)
         return result, shared
 
     # -- control and introspection -----------------------------------------
@@ -313,15 +254,15 @@ class SingleFlight:
         that call finishing never removes the newer one. Also drops a value
         kept by ``ttl``.
         """
-        self._table.forget(check_key(key))
+        self._backend.forget(self._local(key))
 
     def in_flight(self, key: Hashable) -> bool:
         """True if a call for ``key`` is running (kept ``ttl`` values do not count)."""
-        return self._table.locked(check_key(key))
+        return self._backend.in_flight(self._local(key))
 
     def __len__(self) -> int:
         """Number of keys with a call in flight."""
-        return len(self._table)
+        return self._backend.busy()
 
     # -- decorator ---------------------------------------------------------
 

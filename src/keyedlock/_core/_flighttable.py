@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Final
 
-from ._keytable import GRANTED, IDLE, RELEASED, Hold, KeyTable, Record
+from .._ki import internal
+from ._hold import GRANTED, IDLE, RELEASED, Hold, Record
+from ._keytable import KeyTable
 
 __all__ = ["MISS", "FlightTable"]
 
@@ -30,6 +32,7 @@ __all__ = ["MISS", "FlightTable"]
 MISS: Final = object()
 
 
+@internal
 class FlightTable(KeyTable):
     """Calls in flight by key (``holds``) and, with ``ttl``, recent values."""
 
@@ -59,15 +62,15 @@ class FlightTable(KeyTable):
         """
         out: Record = []
         try:
-            with self.guard:
-                state = hold.state
+            with self._guard:
+                state = hold._state
                 if state != IDLE and state != GRANTED:
                     return False  # a follower, or concluded already
-                holds = self.holds
+                holds = self._holds
                 is_entry = key in holds and holds[key] is hold
-                queue = hold.waiters
+                queue = hold._waiters
                 if not is_entry and queue is None:
-                    hold.state = RELEASED  # never joined, or detached with nobody waiting
+                    hold._state = RELEASED  # never joined, or detached with nobody waiting
                     return False
                 if outcome is None:
                     self._give_up(key, hold, out)
@@ -81,7 +84,7 @@ class FlightTable(KeyTable):
                     if queue is not None and queue.live:
                         self._conclude(key, hold, queue, outcome, is_entry, out)
                     else:
-                        hold.state = RELEASED
+                        hold._state = RELEASED
                         if is_entry:
                             del holds[key]
                     if keep:
@@ -111,7 +114,7 @@ class FlightTable(KeyTable):
             return MISS
         if entry[0] > now:
             return entry[1]
-        with self.guard:
+        with self._guard:
             self._expire(now)
         return MISS
 
@@ -126,8 +129,8 @@ class FlightTable(KeyTable):
 
     def forget(self, key: Hashable) -> None:
         """Next callers of ``key`` start a new call; drops a kept value."""
-        with self.guard:
+        with self._guard:
             if key in self.results:
                 del self.results[key]
-            if key in self.holds:
-                del self.holds[key]
+            if key in self._holds:
+                del self._holds[key]

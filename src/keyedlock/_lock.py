@@ -1,0 +1,202 @@
+"""KeyedLock: one lock per key, for threads, asyncio and trio at once, over any scope.
+
+:class:`KeyedLock` is written once, over a scope backend (see
+:mod:`keyedlock._scopes`): the process scope by default; the host and
+cluster scopes (:class:`~keyedlock.FileKeyedLock`, the manager's locks, ...)
+are subclasses that only build another backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable
+from typing import Any, Final
+
+from ._core import IDLE
+from ._ki import internal
+from ._running import RunMixin
+from ._runtime import READY, async_owner, blocking_owner, sync_owner
+from ._scopes import ENTERED, NEW, LocalBackend, LockBackend, LockContext
+from ._validate import check_key, check_max_waiters, check_timeout
+
+__all__ = ["KeyedLock", "LockContext", "klock"]
+
+
+@internal
+class KeyedLock(RunMixin):
+    """A lock per key: work for one key runs one at a time, in arrival order.
+
+    Different keys never wait for each other, and a key that nobody holds or
+    waits for takes no memory. One object serves every runtime at once::
+
+        klock = KeyedLock()
+
+        with klock("user:42"):            # in a thread
+            ...
+
+        async with klock("user:42"):      # in an asyncio or trio task
+            ...
+
+    They exclude each other: a thread, an asyncio task (on any loop, in any
+    thread) and a trio task asking for the same key queue behind one another,
+    first come, first served, and the key is handed directly to the next
+    waiter on release. The lock covers this process; see
+    :class:`~keyedlock.FileKeyedLock` for every process on the host.
+
+    Compared with :class:`threading.Lock`: ``release(key)`` may be called by
+    any thread or task (not only the holder); but a blocking re-acquire of a
+    key the same owner already holds raises RuntimeError instead of
+    deadlocking. The owner is the current asyncio or trio task when called in
+    one, otherwise the current thread.
+
+    Args:
+        max_waiters: how many callers may queue on one key (None: unbounded;
+            0: never queue). A blocking acquire that would exceed it raises
+            :class:`~keyedlock.QueueFull` at once.
+    """
+
+    __slots__ = ("__weakref__", "_backend", "_context", "_map_key")
+
+    _backend: LockBackend
+
+    def __init__(self, *, max_waiters: int | None = None) -> None:
+        self._bind(LocalBackend(check_max_waiters(max_waiters)))
+
+    def _bind(self, backend: LockBackend) -> None:
+        """Serve this lock from ``backend`` (what the scopes' constructors call)."""
+        self._backend = backend
+        self._context = backend.context
+        self._map_key = backend.map_key
+
+    def _local(self, key: object) -> Hashable:
+        """Validate ``key`` and map it to the backend's key."""
+        map_key = self._map_key
+        if map_key is not None:
+            return map_key(key)
+        try:
+            hash(key)
+        except TypeError:
+            check_key(key)
+        return key
+
+    @property
+    def max_waiters(self) -> int | None:
+        """The per-key bound on queued callers (None: unbounded)."""
+        return self._backend.max_waiters
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} keys={len(self)} max_waiters={self.max_waiters}>"
+
+    # -- the context manager -----------------------------------------------
+
+    def __call__(self, key: Hashable, *, timeout: float | None = None) -> LockContext:
+        """A context manager holding ``key`` for the body of a ``with`` / ``async with``.
+
+        ``timeout`` (seconds; None waits forever, 0 tries once) bounds the
+        wait; when it elapses, :class:`~keyedlock.LockTimeout` is raised and
+        nothing is left queued or held. A blocking ``with`` inside a running
+        event loop raises RuntimeError (use ``async with`` there). The object
+        is for one use: call ``klock(key)`` again for the next.
+        """
+        map_key = self._map_key
+        if map_key is None:
+            try:
+                hash(key)
+            except TypeError:
+                check_key(key)
+        else:
+            key = map_key(key)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        backend = self._backend
+        # Built by calling the backend's context class (no __init__ frame) and filling in
+        # every slot: this is on every acquire's path.
+        ctx = self._context()
+        ctx._waiters = None
+        ctx._state = IDLE
+        ctx._backend = backend
+        ctx._table = backend.table
+        ctx._key = key
+        ctx._timeout = timeout
+        ctx._phase = NEW
+        ctx._ready = READY
+        return ctx
+
+    # -- explicit acquire / release ----------------------------------------
+
+    def acquire(
+        self, key: Hashable, *, blocking: bool = True, timeout: float | None = None
+    ) -> bool:
+        """Acquire ``key``, blocking this thread; True if acquired.
+
+        Returns False on timeout, or at once if ``blocking=False`` (or
+        ``timeout=0``) and the key is busy. As with :class:`threading.Lock`,
+        ``blocking=False`` with a timeout is a ValueError. A blocking call in
+        a thread running an event loop raises RuntimeError; a non-blocking one
+        is allowed there. Release with :meth:`release`.
+        """
+        if not blocking:
+            if timeout is not None:
+                raise ValueError("can't specify a timeout for a non-blocking acquire")
+            timeout = 0
+        ctx = self(key, timeout=timeout)
+        ctx._phase = ENTERED
+        if ctx._timeout == 0:
+            ctx._owner = sync_owner()
+        else:
+            ctx._owner = blocking_owner("a blocking acquire(key)")
+        try:
+            return self._backend.acquire(ctx, ctx._timeout)
+        except BaseException:
+            ctx._undo()  # interrupted, even right after it acquired: nothing stays held
+            raise
+
+    async def acquire_async(self, key: Hashable, *, timeout: float | None = None) -> bool:
+        """Acquire ``key`` from an asyncio or trio task; True if acquired.
+
+        Returns False if ``timeout`` elapses (0 tries once). Cancellation while
+        waiting leaves no trace. Release with :meth:`release`.
+        """
+        ctx = self(key, timeout=timeout)
+        ctx._phase = ENTERED
+        runtime, ctx._owner = async_owner()
+        try:
+            return bool(await ctx._acquire_async(runtime, False))
+        except BaseException:
+            ctx._undo()
+            raise
+
+    def release(self, key: Hashable) -> None:
+        """Release ``key``, whoever holds it; RuntimeError if it is not held.
+
+        The key passes directly to its first waiter, if any. Like
+        :meth:`threading.Lock.release`, any thread or task may release.
+        """
+        done: list[Any] = []
+        try:
+            self._backend.release_key(self._local(key), done)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise
+            # Interrupted: finish the release it started (never another hold's).
+            with contextlib.suppress(Exception):
+                self._backend.release_key(self._local(key), done)
+            raise
+
+    # -- introspection -----------------------------------------------------
+
+    def locked(self, key: Hashable) -> bool:
+        """True if someone holds ``key`` (or it was just handed to a waiter)."""
+        return self._backend.locked(self._local(key))
+
+    def waiters(self, key: Hashable) -> int:
+        """How many callers are queued on ``key`` (not the holder)."""
+        return self._backend.waiters(self._local(key))
+
+    def __len__(self) -> int:
+        """Number of keys with a holder or a waiter."""
+        return self._backend.busy()
+
+
+#: A ready module-level :class:`KeyedLock` shared by the whole process.
+klock: Final = KeyedLock()

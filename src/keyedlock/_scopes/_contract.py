@@ -1,0 +1,447 @@
+"""The contract between the public classes and the scope backends.
+
+A *scope* is where a lock's keys live: this process, this host (a lock file,
+a manager process), a cluster (Redis). :class:`~keyedlock.KeyedLock` and
+:class:`~keyedlock.SingleFlight` are written once, over a *backend*: an
+object that implements :class:`LockBackend` or :class:`FlightBackend` for its
+scope. A new scope is a backend, plus one entry in the conformance suite's
+list of lock factories.
+
+Two models exist, and the contract covers both:
+
+- **Local, then wide** (process, lock file; Redis and PostgreSQL next). Every
+  caller of this process is first serialized by a local
+  :class:`~keyedlock._core.KeyTable`: FIFO, any runtime, direct hand-off.
+  Only the local holder of a key then takes it in the wider scope, through a
+  :class:`WideScope`, and gives it back there before the local hand-off.
+  ``waiters``, ``max_waiters`` and ``on_error="stop"`` are this process's.
+  The process scope is this model with no wide scope at all.
+- **The remote side owns the queue** (the manager). Every caller's request
+  queues in the remote process, one FIFO per key for every process;
+  ``waiters``, ``len``, ``max_waiters`` and aborts are counted there. There
+  is no local table (``LockBackend.table`` is None).
+
+**Contexts.** ``lock(key, timeout=...)`` returns a :class:`LockContext`. Its
+generic methods, here, only call the backend; a backend whose uncontended
+acquire and release are worth writing out (the process and file scopes: a
+dictionary step, or a system call) hands out a subclass that overrides
+``__enter__``, ``_aenter`` and ``_exit`` with that fast path, in the
+backend's own module, and falls back on the backend's methods for the rest.
+
+**Interrupts.** A KeyboardInterrupt can land at any function entry, after
+any call, at any backward jump. Backends keep their state consistent at each
+of those points: every public entry point that changes state catches
+``BaseException`` from its first instruction on and repairs (the contexts
+call :meth:`LockBackend.undo`; ``release(key)`` retries with the holder it
+recorded). The only window left is the one every lock written in Python
+has: a signal at the very first instruction of ``__exit__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from .._core import Hold, KeyTable
+from .._errors import LockTimeout
+from .._ki import internal
+from .._runtime import READY, async_owner, blocking_owner
+
+__all__ = [
+    "BAD_EXIT",
+    "ENTERED",
+    "EXITED",
+    "NEW",
+    "REUSE",
+    "FlightBackend",
+    "LockBackend",
+    "LockContext",
+    "WideScope",
+    "timeout_error",
+]
+
+#: A context's phases: made, entered (acquiring or holding), exited.
+NEW: Final = 0
+ENTERED: Final = 1
+EXITED: Final = 2
+
+REUSE: Final = "this klock(key) context was already used; call klock(key) again for a new one"
+BAD_EXIT: Final = (
+    "exit of a klock(key) context that is not entered (exited twice, or never entered)"
+)
+
+
+def timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
+    """The LockTimeout of a wait for ``key`` that ran out of ``timeout``."""
+    if timeout == 0:
+        return LockTimeout(f"key {key!r} is busy (timeout=0 tries once)")
+    return LockTimeout(f"timed out after {timeout} s waiting for key {key!r}")
+
+
+# -- locks ----------------------------------------------------------------------------------
+
+
+class LockBackend(Protocol):
+    """What :class:`~keyedlock.KeyedLock` needs from the scope its keys live in.
+
+    A context's ``_key`` is the backend's key (see :attr:`map_key`), and its
+    ``_owner`` (the thread's token, or the asyncio or trio task) is set before
+    any method below is called for it.
+    """
+
+    @property
+    def context(self) -> type[LockContext]:
+        """The class of the contexts this backend's locks hand out: a subclass of
+        :class:`LockContext` made by calling it with no arguments (the lock fills in its
+        slots), with the backend's fast path written out if it has one."""
+        ...
+
+    @property
+    def table(self) -> KeyTable | None:
+        """The table serializing this process's callers (local model), or None (remote)."""
+        ...
+
+    @property
+    def map_key(self) -> Callable[[object], Hashable] | None:
+        """Validates a user's key and maps it to the backend's key (TypeError for keys the
+        scope cannot take); None: every hashable key is taken as it is."""
+        ...
+
+    @property
+    def max_waiters(self) -> int | None:
+        """The per-key bound on queued callers (None: unbounded), as the backend applies it."""
+        ...
+
+    def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
+        """Acquire ``ctx._key`` for ``ctx``, blocking this thread.
+
+        True once acquired; False when ``timeout`` (seconds; None: forever, 0:
+        try once) runs out, leaving nothing queued or held. Raises
+        :class:`~keyedlock.Aborted` (its ``__cause__`` the holder's error) if
+        the wait is aborted, :class:`~keyedlock.QueueFull`, RuntimeError if
+        the owner holds the key already (a self-deadlock), ConnectionError if
+        a remote scope cannot be reached. Whatever it raises, ``undo(ctx)``
+        then leaves nothing held.
+        """
+        ...
+
+    def acquire_async(
+        self, ctx: LockContext, runtime: int, timeout: float | None
+    ) -> Awaitable[bool]:
+        """As :meth:`acquire`, for an asyncio or trio task (``runtime``), never blocking its
+        loop. Cancellation leaves nothing queued or held."""
+        ...
+
+    def release(self, ctx: LockContext, abort: BaseException | None) -> None:
+        """Release ``ctx``'s own hold: its key goes to the next waiter, or is free.
+
+        With ``abort``, every caller queued on the key at this moment raises
+        :class:`~keyedlock.Aborted` caused by it instead. RuntimeError if
+        someone else released this hold already (the key, maybe someone
+        else's by now, is left alone).
+        """
+        ...
+
+    def undo(self, ctx: LockContext) -> None:
+        """After ``ctx`` was interrupted anywhere in acquiring or releasing: release whatever
+        it still holds or waits for, re-checking the state; never raises for "not held"."""
+        ...
+
+    def release_key(self, key: Hashable, done: list[Any]) -> None:
+        """Release ``key``, whoever holds it; RuntimeError if nobody does.
+
+        Records what it releases in ``done`` (empty at the first call): called
+        again with the same list after an interrupt, it finishes that release
+        and never releases another hold.
+        """
+        ...
+
+    def locked(self, key: Hashable) -> bool:
+        """True if the key is held anywhere in the scope."""
+        ...
+
+    def waiters(self, key: Hashable) -> int:
+        """How many callers are queued on the key (this process's in the local model)."""
+        ...
+
+    def busy(self) -> int:
+        """How many keys have a holder or a waiter (this process's in the local model)."""
+        ...
+
+
+class WideScope(Protocol):
+    """What a scope wider than the process implements in the local-then-wide model.
+
+    Every method is called by the local holder of ``local_key`` only (one
+    caller per key per process at a time), with its hold. The scope records
+    what it holds per *hold*, not per key, and takes that record in one
+    atomic step to release: of two callers releasing the same hold (its
+    context exiting while another thread calls ``release(key)``), exactly one
+    releases it, and neither can release the next holder's.
+    """
+
+    def map_key(self, key: object) -> Hashable:
+        """Validate ``key`` for this scope (TypeError) and map it to the local key.
+
+        Two keys mapping to one local key are serialized together (never less
+        exclusion than asked for).
+        """
+        ...
+
+    def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
+        """Acquire the key in the wide scope if it is free there, without waiting."""
+        ...
+
+    def acquire_sync(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
+        """Acquire the key in the wide scope, blocking this thread; False if ``timeout``
+        (None: forever, 0: try once) runs out. Leaves nothing held if it returns False
+        or raises."""
+        ...
+
+    async def acquire_async(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
+        """As :meth:`acquire_sync`, from an asyncio or trio task, without blocking its loop;
+        cancellation leaves nothing held."""
+        ...
+
+    def holds(self, hold: Hold) -> bool:
+        """True if ``hold`` holds its key in the wide scope."""
+        ...
+
+    def abandon(self, local_key: Hashable, hold: Hold) -> bool:
+        """After an interrupt anywhere in acquiring or releasing: give back whatever ``hold``
+        holds, or may be getting, in the wide scope; False if nothing."""
+        ...
+
+    def release(self, local_key: Hashable, hold: Hold) -> bool:
+        """Release the key ``hold`` holds in the wide scope; False if it holds nothing there
+        (released already, or never acquired: acquired before a ``fork``, say)."""
+        ...
+
+    def locked(self, local_key: Hashable) -> bool:
+        """True if anyone in the wide scope (another process) holds the key."""
+        ...
+
+    def not_held(self, local_key: Hashable) -> RuntimeError:
+        """The error of a release by a local holder that holds nothing in the wide scope."""
+        ...
+
+
+@internal
+class LockContext(Hold):
+    """The context manager returned by ``lock(key, timeout=...)``, for every scope.
+
+    Use it once, with ``with`` in a thread or ``async with`` in an asyncio or
+    trio task. Entering waits for the key (:class:`~keyedlock.LockTimeout`
+    once ``timeout`` runs out); leaving releases it. It releases only its own
+    hold: if that hold was released by someone else (``lock.release(key)``),
+    exiting raises RuntimeError and leaves the key's current holder alone.
+    """
+
+    __slots__ = ("_backend", "_key", "_phase", "_ready", "_table", "_timeout")
+
+    _backend: LockBackend
+    _key: Hashable
+    _timeout: float | None
+    _phase: int
+    #: What a clean exit returns (READY, or what the entry found cheapest).
+    _ready: Awaitable[None]
+    #: The backend's local table, if it has one (the fast paths use it).
+    _table: KeyTable | None
+
+    def __init__(self) -> None:
+        raise TypeError("make a LockContext by calling a keyed lock: klock(key, timeout=...)")
+
+    def __repr__(self) -> str:
+        phase = ("new", "entered", "exited")[self._phase]
+        return f"<LockContext key={self._key!r} {phase}>"
+
+    # -- threads -----------------------------------------------------------
+
+    def __enter__(self) -> None:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        self._owner = blocking_owner("`with klock(key)`")
+        try:
+            acquired = self._backend.acquire(self, self._timeout)
+        except BaseException:
+            self._backend.undo(self)
+            raise
+        if not acquired:
+            raise timeout_error(self._key, self._timeout)
+
+    # -- asyncio and trio --------------------------------------------------
+
+    def _aenter(self) -> Awaitable[None]:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        runtime, self._owner = async_owner()
+        return self._acquire_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+
+    async def _acquire_async(self, runtime: int, raising: bool) -> bool | None:
+        """Acquire from a task of ``runtime`` (its owner set).
+
+        ``acquire_async``: True once acquired, False on timeout. ``async
+        with`` (``raising``): None once acquired, LockTimeout on timeout.
+        Whatever escapes (cancellation, an interrupt, Aborted) leaves nothing
+        held.
+        """
+        try:
+            acquired = await self._backend.acquire_async(self, runtime, self._timeout)
+        except BaseException:
+            self._backend.undo(self)
+            raise
+        if not raising:
+            return acquired
+        if not acquired:
+            raise timeout_error(self._key, self._timeout)
+        return None
+
+    # -- leaving -----------------------------------------------------------
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        """``__exit__`` and ``__aexit__`` alike: release is synchronous in every runtime.
+
+        Returns READY, an awaitable that is already done (and falsy: a
+        ``with`` never swallows the body's exception).
+        """
+        if self._phase != ENTERED:
+            raise RuntimeError(BAD_EXIT)
+        self._phase = EXITED
+        try:
+            self._backend.release(self, None)
+        except BaseException:
+            self._backend.undo(self)
+            raise
+        return READY
+
+    def _finish(self, abort: BaseException | None = None) -> None:
+        """Exit for ``run``: release this hold, aborting the waiters if ``abort``."""
+        if self._phase != ENTERED:
+            raise RuntimeError(BAD_EXIT)
+        self._phase = EXITED
+        try:
+            self._backend.release(self, abort)
+        except BaseException:
+            self._backend.undo(self)
+            raise
+
+    def _undo(self) -> None:
+        """After an interrupt anywhere: release whatever this context holds or waits for."""
+        self._backend.undo(self)
+
+    if TYPE_CHECKING:
+        # What type checkers see: a standard (async) context manager.
+
+        async def __aenter__(self) -> None: ...
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None: ...
+
+    else:
+        # At run time no coroutine of its own: _aenter and _exit return an awaitable
+        # directly, and __aexit__ is the very same function as __exit__. A subclass that
+        # overrides _aenter or _exit binds these names again.
+        __aenter__ = _aenter
+        __exit__ = __aexit__ = _exit
+
+
+# -- single-flight ----------------------------------------------------------------------------
+
+
+class FlightBackend(Protocol):
+    """What :class:`~keyedlock.SingleFlight` needs from the scope its calls are shared in.
+
+    A caller holds a *ticket* (made by :meth:`ticket`) for one call of
+    :meth:`~keyedlock.SingleFlight.do`. It joins the key's call: either it
+    leads (it arrived first, or the leader gave up and it took over) and runs
+    its function, or it waits for the leader's outcome. Whatever happens, the
+    caller concludes in ``finally``: :meth:`conclude` re-checks whether the
+    ticket leads, so a caller interrupted anywhere (even right after it became
+    the leader) never leaves a call in flight.
+    """
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a successful result is reused after it completes (0: never)."""
+        ...
+
+    @property
+    def map_key(self) -> Callable[[object], Hashable] | None:
+        """As :attr:`LockBackend.map_key`."""
+        ...
+
+    def cached(self, key: Hashable) -> object:
+        """A value kept by ``ttl`` that is still fresh, else :data:`~keyedlock._core.MISS`."""
+        ...
+
+    def ticket(self, owner: object) -> Any:
+        """A new ticket for one caller (``owner``: its thread token or task)."""
+        ...
+
+    def join(self, key: Hashable, ticket: Any) -> None:
+        """Join the call for ``key``, blocking this thread until the ticket leads or its call
+        has an outcome. RuntimeError if the owner runs the call itself (it would wait for
+        itself)."""
+        ...
+
+    def join_async(self, key: Hashable, ticket: Any, runtime: int) -> Awaitable[object]:
+        """As :meth:`join`, from a task of ``runtime``, never blocking its loop."""
+        ...
+
+    def leads(self, ticket: Any) -> bool:
+        """True if the joined ticket runs the call (first, or by taking over)."""
+        ...
+
+    def shared(self, ticket: Any) -> object:
+        """The outcome a follower's ticket received: its value, or raise (a copy of) its error."""
+        ...
+
+    def conclude(
+        self, key: Hashable, ticket: Any, done: bool, payload: object, keep: bool = True
+    ) -> bool:
+        """End the ticket's part in the call; a no-op unless it leads.
+
+        ``done``: the call returned ``payload``, shared with every follower
+        queued now, and kept for ``ttl`` seconds unless ``keep`` is False (a
+        value that was kept already). Otherwise ``payload`` is the exception
+        it raised (shared as a copy), or None: the leader gave up without an
+        outcome (cancelled, interrupted) and the earliest follower takes
+        over. Returns True if the outcome reached another caller. May raise
+        if the outcome cannot be shared (a remote scope that cannot pickle it).
+        """
+        ...
+
+    def forget(self, key: Hashable) -> None:
+        """Next callers of ``key`` start a new call; drops a kept value."""
+        ...
+
+    def in_flight(self, key: Hashable) -> bool:
+        """True if a call for ``key`` is running."""
+        ...
+
+    def waiters(self, key: Hashable) -> int:
+        """How many callers wait for the call in flight for ``key``."""
+        ...
+
+    def busy(self) -> int:
+        """How many keys have a call in flight."""
+        ...

@@ -1,0 +1,220 @@
+"""The process scope: every key lives in this process's :class:`~keyedlock._core.KeyTable`.
+
+:class:`LocalBackend` is the backend of :class:`~keyedlock.KeyedLock`, and
+the first half of every local-then-wide backend (:mod:`._wide`).
+:class:`LocalContext` writes out its uncontended ``with`` and ``async with``
+(one C-level ``setdefault`` to acquire, one pass under the table's guard to
+release, and under asyncio and trio no coroutine at all), because that is
+every acquisition's path; everything else goes through the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .._core import ABORTED, GRANTED, RELEASED, Hold, KeyTable, outcome_of, reacquire_error
+from .._errors import Aborted
+from .._ki import internal
+from .._runtime import (
+    ASYNCIO,
+    READY,
+    async_runtime,
+    asyncio_task,
+    blocking_call_error,
+    get_ident,
+    last_loop,
+    park_async,
+    running_loop,
+    sniffio_local,
+    task_of,
+    thread_owners,
+    wait_asyncio,
+    wait_thread,
+)
+from ._contract import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+
+__all__ = ["LocalBackend", "LocalContext", "settle"]
+
+
+@internal
+def settle(state: int, hold: Hold, key: Hashable) -> bool:
+    """Map a finished wait to True (acquired) / False (timed out), or raise Aborted."""
+    if state == GRANTED:
+        return True
+    if state == ABORTED:
+        cause = outcome_of(hold)
+        assert isinstance(cause, BaseException)
+        raise Aborted(
+            f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
+        ) from cause
+    return False
+
+
+@internal
+class LocalContext(LockContext):
+    """The context of a lock whose keys live in this process (see the module docstring)."""
+
+    __slots__ = ()
+
+    _table: KeyTable
+
+    if not TYPE_CHECKING:
+        # Made by calling the class: object's own __init__ runs no Python frame and
+        # builds no argument tuple (LockContext's refuses, for users).
+        __init__ = object.__init__
+
+    def __enter__(self) -> None:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        # blocking_owner(), written out: this is every acquire's path.
+        if running_loop() is not None or sniffio_local.name is not None:
+            raise blocking_call_error("`with klock(key)`")
+        self._owner = thread_owners.token
+        try:
+            if self._table.take(self._key, self) is self:
+                return  # the uncontended fast path
+            acquired = self._backend.acquire(self, self._timeout)
+        except BaseException:
+            self._backend.undo(self)  # interrupted after taking the key: give it back
+            raise
+        if not acquired:
+            raise timeout_error(self._key, self._timeout)
+
+    def _aenter(self) -> Awaitable[None]:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        # asyncio_task(), written out: this is every acquire's path. Under asyncio the
+        # awaitable returned is a finished future of the running loop (awaiting it is a
+        # C-level step that never yields), kept with the loop in last_loop; else READY.
+        seen = last_loop[0]
+        if seen is not None and seen[0]._thread_id == get_ident():
+            task: Any = task_of(seen[0])
+            ready: Awaitable[None] = seen[1]
+        else:
+            task = asyncio_task()
+            ready = READY
+        runtime = ASYNCIO
+        if task is None:
+            runtime, task = async_runtime(None)
+        self._owner = task
+        self._ready = ready
+        try:
+            if self._table.take(self._key, self) is self:
+                return ready  # the uncontended fast path
+        except BaseException:
+            self._backend.undo(self)
+            raise
+        return self._acquire_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        """Returns the awaitable its entry chose (a finished future is truthy, but a
+        ``with`` ignores the result of a clean exit), or READY, which is falsy, when the
+        body raised: ``with`` never swallows it."""
+        if self._phase != ENTERED:
+            raise RuntimeError(BAD_EXIT)
+        self._phase = EXITED
+        try:
+            self._table.leave(self._key, self)
+        except BaseException:
+            self._backend.undo(self)  # interrupted: never leave the key held
+            raise
+        return self._ready if exc_type is None else READY
+
+    if not TYPE_CHECKING:
+        __aenter__ = _aenter
+        __exit__ = __aexit__ = _exit
+
+
+@internal
+class LocalBackend:
+    """The :class:`~keyedlock._scopes.LockBackend` of the process scope."""
+
+    __slots__ = ("table",)
+
+    context: type[LockContext] = LocalContext
+
+    def __init__(self, max_waiters: int | None) -> None:
+        self.table = KeyTable(max_waiters)
+
+    @property
+    def map_key(self) -> Callable[[object], Hashable] | None:
+        """None: any hashable key is taken as it is."""
+        return None
+
+    @property
+    def max_waiters(self) -> int | None:
+        return self.table.max_waiters
+
+    # -- a context's key ----------------------------------------------------------
+
+    # (Through the context's own table: the table it acquired in, even if a fork child's
+    # backend has a new one since.)
+
+    def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
+        table: KeyTable = ctx._table  # type: ignore[assignment]
+        key = ctx._key
+        holder = table.take(key, ctx)
+        if holder is ctx:
+            return True
+        if holder._owner == ctx._owner and timeout != 0:
+            raise reacquire_error(key)
+        return timeout != 0 and settle(wait_thread(table, key, ctx, timeout), ctx, key)
+
+    async def acquire_async(self, ctx: LockContext, runtime: int, timeout: float | None) -> bool:
+        table: KeyTable = ctx._table  # type: ignore[assignment]
+        key = ctx._key
+        if timeout == 0:
+            return table.take(key, ctx) is ctx  # try once
+        # The adapter queues the hold (or takes a key that just became free), and raises
+        # RuntimeError if the same owner already holds the key.
+        owner: Any = ctx._owner
+        if runtime == ASYNCIO:
+            state = await wait_asyncio(table, key, ctx, timeout, owner.get_loop())
+        else:
+            state = await park_async(table, key, ctx, timeout, runtime, owner)
+        return state == GRANTED or settle(state, ctx, key)
+
+    def release(self, ctx: LockContext, abort: BaseException | None) -> None:
+        table: KeyTable = ctx._table  # type: ignore[assignment]
+        if abort is None:
+            table.leave(ctx._key, ctx)
+        else:
+            table.release(ctx._key, ctx, abort)
+
+    def undo(self, ctx: LockContext) -> None:
+        table: KeyTable = ctx._table  # type: ignore[assignment]
+        if table.holder(ctx._key) is ctx:
+            table.release(ctx._key, ctx)
+
+    # -- any caller -----------------------------------------------------------------
+
+    def release_key(self, key: Hashable, done: list[Any]) -> None:
+        table = self.table
+        if done:
+            holder = done[0]
+            if holder._state == RELEASED or table.holder(key) is not holder:
+                return  # the first try released it
+        else:
+            holder = table.holder(key)
+            if holder is None:
+                raise RuntimeError(f"release of key {key!r}, which is not held")
+            done.append(holder)
+        table.release(key, holder)
+
+    def locked(self, key: Hashable) -> bool:
+        return self.table.locked(key)
+
+    def waiters(self, key: Hashable) -> int:
+        return self.table.waiters(key)
+
+    def busy(self) -> int:
+        return len(self.table)

@@ -1,0 +1,125 @@
+"""Single-flight in the process scope: calls in flight live in a ``FlightTable`` of the core.
+
+The leader of a key's call is the key's holder in the table; followers are
+its waiters, parked by the runtime adapters. A follower gets the leader's
+:class:`Outcome`: its value, or a copy of its exception made as the call
+failed (so what the leader's caller does to its own exception afterwards,
+notes or chaining, never reaches the followers), copied again for each
+follower as it raises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Hashable
+from time import monotonic
+from typing import Any, Final, final
+
+from .._core import GRANTED, IDLE, MISS, FlightTable, Hold, decided, outcome_of
+from .._errors import follower_copy
+from .._ki import internal
+from .._runtime import ASYNCIO, READY, park_async, wait_asyncio, wait_thread
+
+__all__ = ["LocalFlightBackend", "Outcome", "recursion_error"]
+
+
+@final
+class Outcome:
+    """What followers of a finished call receive: a value or an exception."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: object, error: BaseException | None) -> None:
+        self.value = value
+        self.error = error
+
+
+def recursion_error(key: Hashable) -> RuntimeError:
+    return RuntimeError(
+        f"the call for key {key!r} is being run by this same task or thread; "
+        "joining it from inside would wait for itself forever"
+    )
+
+
+@internal
+class LocalFlightBackend:
+    """The :class:`~keyedlock._scopes.FlightBackend` of the process scope."""
+
+    __slots__ = ("table",)
+
+    #: Any hashable key is taken as it is.
+    map_key: Final = None
+
+    def __init__(self, ttl: float) -> None:
+        self.table = FlightTable(ttl)
+
+    @property
+    def ttl(self) -> float:
+        return self.table.ttl
+
+    def cached(self, key: Hashable) -> object:
+        return self.table.cached(key, monotonic())
+
+    def ticket(self, owner: object) -> Hold:
+        return Hold(owner)
+
+    def join(self, key: Hashable, ticket: Hold) -> None:
+        table = self.table
+        leader = table.take(key, ticket)
+        if leader is not ticket:
+            if leader._owner == ticket._owner:
+                raise recursion_error(key)
+            wait_thread(table, key, ticket, None)
+
+    def join_async(self, key: Hashable, ticket: Hold, runtime: int) -> Awaitable[object]:
+        """A plain method returning what to await: READY for the leader, or the adapter's
+        wait (no coroutine of its own: every follower of a herd pays for each layer)."""
+        table = self.table
+        leader = table.take(key, ticket)
+        if leader is ticket:
+            return READY
+        owner: Any = ticket._owner
+        if leader._owner == owner:
+            raise recursion_error(key)
+        if runtime == ASYNCIO:
+            return wait_asyncio(table, key, ticket, None, owner.get_loop())
+        return park_async(table, key, ticket, None, runtime, owner)
+
+    def leads(self, ticket: Hold) -> bool:
+        state = decided(ticket)
+        return state in (IDLE, GRANTED)
+
+    def shared(self, ticket: Hold) -> object:
+        outcome = outcome_of(ticket)
+        assert isinstance(outcome, Outcome)
+        if outcome.error is not None:
+            raise follower_copy(outcome.error)
+        return outcome.value
+
+    def conclude(
+        self, key: Hashable, ticket: Hold, done: bool, payload: object, keep: bool = True
+    ) -> bool:
+        state = ticket._state
+        if state != IDLE and state != GRANTED:
+            return False  # a follower (or concluded already): nothing to do
+        table = self.table
+        if done:
+            now = monotonic() if table.ttl and keep else 0.0
+            return table.conclude(
+                key, ticket, Outcome(payload, None), payload if keep else MISS, now
+            )
+        if payload is None:
+            return table.conclude(key, ticket, None)
+        assert isinstance(payload, BaseException)
+        return table.conclude(key, ticket, Outcome(None, follower_copy(payload)))
+
+    def forget(self, key: Hashable) -> None:
+        self.table.forget(key)
+
+    def in_flight(self, key: Hashable) -> bool:
+        return self.table.locked(key)
+
+    def waiters(self, key: Hashable) -> int:
+        return self.table.waiters(key)
+
+    def busy(self) -> int:
+        return len(self.table)

@@ -1,0 +1,145 @@
+"""The lock-file scope as a lock backend, with its uncontended ``with`` written out.
+
+:class:`FileBackend` is the local-then-wide backend over a
+:class:`~._scope.FileScope`. Its context, :class:`FileContext`, makes the
+two system calls of an uncontended ``with`` (lock and unlock the key's
+byte) from the context itself: a method call each is a sixth of the whole
+cost. Anything but the plain case (the key busy in another process, an
+abandoned kernel wait of this process, a fork child that has not reopened
+the file yet) takes the backend's general path, which tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from ..._core import KeyTable
+from ..._ki import internal
+from ..._runtime import READY, blocking_call_error, running_loop, sniffio_local, thread_owners
+from .._contract import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+from .._wide import WideBackend, WideContext
+from ._keys import SETLK, KeyOffset, fcntl_call
+from ._scope import FileScope
+
+__all__ = ["FileBackend", "FileContext"]
+
+
+@internal
+class FileContext(WideContext):
+    """The context of a lock-file lock (see the module docstring)."""
+
+    __slots__ = ()
+
+    _backend: FileBackend
+    _key: KeyOffset
+    _table: KeyTable
+
+    def __enter__(self) -> None:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        if running_loop() is not None or sniffio_local.name is not None:
+            raise blocking_call_error("`with klock(key)`")
+        self._owner = thread_owners.token
+        key = self._key
+        backend = self._backend
+        try:
+            if self._table.take(key, self) is self:
+                scope = backend.scope
+                fd = scope.fd
+                if fd >= 0 and not scope.pending:  # (-1: a fork child reopens it on first use)
+                    held = scope.held
+                    held[self] = ~fd  # recorded first, in progress: see FileScope
+                    try:
+                        fcntl_call(fd, SETLK, key)
+                    except OSError:
+                        del held[self]  # busy (or worse): the general path tries again, and says
+                    else:
+                        held[self] = fd
+                        return  # the uncontended fast path: free here and on the host
+            acquired = backend.acquire(self, self._timeout)
+        except BaseException:
+            backend.undo(self)
+            raise
+        if not acquired:
+            raise timeout_error(key, self._timeout)
+
+    def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Awaitable[None]:
+        """Unlock the key's byte, then release the key here (READY: no future).
+
+        The hold's record in the scope is taken first, in one step: a context
+        holds its key in the lock file exactly while that record is there, so
+        having taken it proves this context is still the key's local holder
+        (no release by another caller came first, and none can come now).
+        """
+        if self._phase != ENTERED:
+            raise RuntimeError(BAD_EXIT)
+        self._phase = EXITED
+        backend = self._backend
+        scope = backend.scope
+        held = scope.held
+        try:
+            fd = held[self] if self in held else -1  # noqa: SIM401 - no call: no signal here
+            if fd >= 0 and fd == scope.fd:
+                try:
+                    del held[self]  # the claim (no call since the read: nothing can split them)
+                except KeyError:  # (free-threaded builds) a release(key) took it first
+                    fd = -1
+            if fd >= 0 and fd == scope.fd:
+                fcntl_call(fd, SETLK, self._key.unlock)
+                self._table.leave(self._key, self)
+            else:
+                backend.release(self, None)  # a private descriptor, or no record: it says why
+        except BaseException:
+            backend.undo(self)  # interrupted: never leave the key held
+            raise
+        return READY
+
+    if not TYPE_CHECKING:
+        __exit__ = __aexit__ = _exit
+
+
+@internal
+class FileBackend(WideBackend):
+    """The lock backend of :class:`~keyedlock.FileKeyedLock`."""
+
+    __slots__ = ("__weakref__",)
+
+    context: type[LockContext] = FileContext
+    scope: FileScope
+
+    def __init__(
+        self,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None,
+        max_waiters: int | None,
+    ) -> None:
+        super().__init__(FileScope(path), max_waiters)
+        _live.add(self)
+
+    def forked(self) -> None:
+        """In a fork child: no holder and no waiter (the parent's did not fork with it)."""
+        self.table = KeyTable(self.table.max_waiters)
+
+
+#: Every live backend, to reset their local state in a fork child.
+_live: weakref.WeakSet[FileBackend] = weakref.WeakSet()
+
+
+def _forget_holds_in_child() -> None:
+    for backend in list(_live):
+        with contextlib.suppress(Exception):
+            backend.forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_holds_in_child)

@@ -1,0 +1,135 @@
+"""The lock file of the lock-file scope: where it is and how it is opened, safely.
+
+The lock file is never deleted (an empty file; deleting it while in use
+would let processes holding the old file and processes opening a new one
+miss each other).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from typing import Final
+
+__all__ = [
+    "default_path",
+    "identity",
+    "open_default",
+    "open_path",
+    "unsupported_reason",
+]
+
+_DEFAULT_NAME: Final = "keys.lock"
+
+
+def unsupported_reason(platform: str, module: object) -> str | None:
+    """Why the file scope cannot run here (``module``: the fcntl module or None), or None."""
+    if module is None:
+        return (
+            f"FileKeyedLock needs POSIX file locks (the fcntl module), which {platform!r} "
+            "does not have; use KeyedLock within one process"
+        )
+    if not hasattr(module, "F_OFD_SETLK"):
+        return (
+            "FileKeyedLock needs open file description locks (fcntl.F_OFD_SETLK, Linux 3.15+), "
+            f"which {platform!r} does not provide; use KeyedLock within one process, or "
+            "keyedlock.multiprocessing.KeyedLockManager for processes started from one parent"
+        )
+    return None
+
+
+def _runtime_dir(uid: int) -> str | None:
+    """``$XDG_RUNTIME_DIR`` if set and usable: absolute, a directory of ``uid``, mode 0700."""
+    path = os.environ.get("XDG_RUNTIME_DIR")
+    if not path or not os.path.isabs(path):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        return None
+    if not os.access(path, os.W_OK | os.X_OK):
+        return None
+    return path
+
+
+def default_path() -> str:
+    """Where ``FileKeyedLock()`` keeps its lock file (nothing is created here).
+
+    ``<base>/keyedlock-<uid>/keys.lock``, with ``<base>`` the user's
+    ``$XDG_RUNTIME_DIR`` if set and usable, else :func:`tempfile.gettempdir`.
+    """
+    uid = os.geteuid()
+    base = _runtime_dir(uid) or tempfile.gettempdir()
+    return os.path.join(base, f"keyedlock-{uid}", _DEFAULT_NAME)
+
+
+def open_default() -> tuple[int, str]:
+    """Open (creating if needed) the default lock file in the user's private directory.
+
+    Refuses a directory that is a symbolic link, is owned by another user or
+    is accessible to group or others, and a lock file that is a symbolic
+    link or not a regular file (PermissionError naming the problem).
+    """
+    path = default_path()
+    directory = os.path.dirname(path)
+    uid = os.geteuid()
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PermissionError(
+                f"refusing the lock directory {directory!r}: it is a symbolic link or not a "
+                "directory (someone else may have planted it); remove it, or pass path="
+            ) from None
+        raise
+    try:
+        st = os.fstat(dir_fd)
+        if st.st_uid != uid:
+            raise PermissionError(
+                f"refusing the lock directory {directory!r}: it is owned by uid {st.st_uid}, "
+                f"not by this user (uid {uid}); remove it, or pass path="
+            )
+        if st.st_mode & 0o077:
+            raise PermissionError(
+                f"refusing the lock directory {directory!r}: its mode is "
+                f"{stat.S_IMODE(st.st_mode):#o}, but it must be private to its owner (0o700); "
+                "fix it with chmod 700, or pass path="
+            )
+        try:
+            fd = os.open(
+                _DEFAULT_NAME,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PermissionError(
+                    f"refusing the lock file {path!r}: it is a symbolic link"
+                ) from None
+            raise
+    finally:
+        os.close(dir_fd)
+    return fd, path
+
+
+def open_path(path: str, *, follow: bool, create: bool) -> int:
+    flags = os.O_RDWR | os.O_CLOEXEC
+    if create:
+        flags |= os.O_CREAT
+    if not follow:
+        flags |= os.O_NOFOLLOW
+    return os.open(path, flags, 0o600)
+
+
+def identity(fd: int) -> tuple[int, int]:
+    """The file a descriptor is open on: (device, inode)."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino

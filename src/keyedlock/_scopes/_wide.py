@@ -1,0 +1,155 @@
+"""The local-then-wide model: keys serialized in this process first, then held in a wider scope.
+
+:class:`WideBackend` puts a :class:`~keyedlock._scopes.WideScope` (a lock
+file; Redis and PostgreSQL next) behind the process scope's table: a caller
+first takes the key locally (FIFO among this process's threads and tasks,
+direct hand-off), then, as the local holder, in the wide scope; it gives it
+back there first, then locally. So one caller per process talks to the wide
+scope for a key at a time. ``timeout`` covers both steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from .._core import RELEASED, KeyTable
+from .._ki import internal
+from .._runtime import async_owner, blocking_call_error, running_loop, sniffio_local, thread_owners
+from ._contract import ENTERED, REUSE, LockContext, WideScope, timeout_error
+from ._local import LocalBackend
+
+__all__ = ["WideBackend", "WideContext", "remaining"]
+
+
+def remaining(timeout: float | None, start: float) -> float | None:
+    """What is left of ``timeout`` since ``start`` (0 stays 0: try once)."""
+    if not timeout:
+        return timeout
+    return max(0.0, timeout - (monotonic() - start))
+
+
+@internal
+class WideContext(LockContext):
+    """The context of a local-then-wide lock: the uncontended entry is one local step and one
+    try in the wide scope that does not wait; exit is the backend's release."""
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:
+        __init__ = object.__init__  # made by calling the class, as LocalContext
+
+    def __enter__(self) -> None:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        if running_loop() is not None or sniffio_local.name is not None:
+            raise blocking_call_error("`with klock(key)`")
+        self._owner = thread_owners.token
+        backend: Any = self._backend
+        try:
+            if self._table.take(self._key, self) is self and backend.scope.try_acquire(  # type: ignore[union-attr]
+                self._key, self
+            ):
+                return  # the uncontended fast path: free here and in the wide scope
+            acquired = backend.acquire(self, self._timeout)
+        except BaseException:
+            backend.undo(self)
+            raise
+        if not acquired:
+            raise timeout_error(self._key, self._timeout)
+
+    def _aenter(self) -> Awaitable[None]:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        runtime, self._owner = async_owner()
+        backend: Any = self._backend
+        try:
+            if self._table.take(self._key, self) is self and backend.scope.try_acquire(  # type: ignore[union-attr]
+                self._key, self
+            ):
+                return self._ready
+        except BaseException:
+            backend.undo(self)
+            raise
+        return self._acquire_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+
+    if not TYPE_CHECKING:
+        __aenter__ = _aenter
+
+
+@internal
+class WideBackend(LocalBackend):
+    """The :class:`~keyedlock._scopes.LockBackend` of a local table with a wide scope behind."""
+
+    __slots__ = ("scope",)
+
+    context: type[LockContext] = WideContext
+
+    def __init__(self, scope: WideScope, max_waiters: int | None) -> None:
+        super().__init__(max_waiters)
+        self.scope = scope
+
+    @property
+    def map_key(self) -> Callable[[object], Hashable] | None:
+        return self.scope.map_key
+
+    # -- a context's key ----------------------------------------------------------
+
+    def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
+        start = monotonic() if timeout else 0.0
+        if not LocalBackend.acquire(self, ctx, timeout):
+            return False
+        # Held here: now in the wide scope, or given back here. (What raises is undone by
+        # the caller: the context's undo.)
+        if self.scope.acquire_sync(ctx._key, ctx, remaining(timeout, start)):
+            return True
+        ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
+        return False
+
+    async def acquire_async(self, ctx: LockContext, runtime: int, timeout: float | None) -> bool:
+        start = monotonic() if timeout else 0.0
+        if not await LocalBackend.acquire_async(self, ctx, runtime, timeout):
+            return False
+        if await self.scope.acquire_async(ctx._key, ctx, remaining(timeout, start)):
+            return True
+        ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
+        return False
+
+    def release(self, ctx: LockContext, abort: BaseException | None) -> None:
+        key = ctx._key
+        if not self.scope.release(key, ctx):
+            table: KeyTable = ctx._table  # type: ignore[assignment]
+            if table.holder(key) is ctx:
+                # Held here only: entered before a fork (the parent holds it), say.
+                raise self.scope.not_held(key)  # (the context's undo gives the local key back)
+            table.release(key, ctx)  # raises: released by another caller
+        LocalBackend.release(self, ctx, abort)
+
+    def undo(self, ctx: LockContext) -> None:
+        self.scope.abandon(ctx._key, ctx)
+        LocalBackend.undo(self, ctx)
+
+    # -- any caller -----------------------------------------------------------------
+
+    def release_key(self, key: Hashable, done: list[Any]) -> None:
+        table = self.table
+        retry = bool(done)
+        if retry:
+            holder = done[0]
+            if holder._state == RELEASED or table.holder(key) is not holder:
+                return  # the first try released it
+        else:
+            holder = table.holder(key)
+            if holder is None:
+                raise RuntimeError(f"release of key {key!r}, which is not held")
+            done.append(holder)
+        if not self.scope.release(key, holder) and not retry:
+            # Handed the key here, but still waiting for another process: not held yet.
+            raise self.scope.not_held(key)
+        table.release(key, holder)
+
+    def locked(self, key: Hashable) -> bool:
+        return self.table.locked(key) or self.scope.locked(key)
