@@ -31,19 +31,21 @@ from .interrupt_sweep import FLIGHT_SCENARIOS, LOCK_SCENARIOS
 
 pytestmark = pytest.mark.timeout(3600 if LONG_STRESS else 240)
 
-#: Points tried per scenario in the default run (every one with KEYEDLOCK_STRESS=long).
-SAMPLE = 0 if LONG_STRESS else 10
+#: Points tried per scenario: a sample in the default run, every one in ``nox -s stress``.
+SWEEPS = [
+    pytest.param(10, id="sample"),
+    pytest.param(0, id="every-point", marks=pytest.mark.slow),
+]
 
 SEED = int(os.environ.get("KEYEDLOCK_SEED", random.randrange(1 << 30)))
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ARGS = (str(SAMPLE), str(SEED))
 
-
-def run_sweep(kind: str, scenario: str, scope: str) -> dict[str, object]:
+def run_sweep(kind: str, scenario: str, scope: str, sample: int) -> dict[str, object]:
+    args = [kind, scenario, scope, str(sample), str(SEED)]
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.torture.interrupt_sweep", kind, scenario, scope, *ARGS],
+        [sys.executable, "-m", "tests.torture.interrupt_sweep", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -70,12 +72,14 @@ def check(report: dict[str, object], label: str) -> None:
     assert not failures, summary + "\n" + details
 
 
+@pytest.mark.parametrize("sample", SWEEPS)
 @pytest.mark.parametrize("scope", ["process", "file"])
 @pytest.mark.parametrize("scenario", sorted(LOCK_SCENARIOS))
-def test_interrupt_anywhere_leaves_no_key_held(scenario: str, scope: str) -> None:
-    check(run_sweep("lock", scenario, scope), f"{scope} {scenario}")
+def test_interrupt_anywhere_leaves_no_key_held(scenario: str, scope: str, sample: int) -> None:
+    check(run_sweep("lock", scenario, scope, sample), f"{scope} {scenario}")
 
 
+@pytest.mark.parametrize("sample", SWEEPS)
 @pytest.mark.parametrize("scenario", sorted(FLIGHT_SCENARIOS))
-def test_interrupt_anywhere_leaves_no_call_in_flight(scenario: str) -> None:
-    check(run_sweep("flight", scenario, "process"), f"flight {scenario}")
+def test_interrupt_anywhere_leaves_no_call_in_flight(scenario: str, sample: int) -> None:
+    check(run_sweep("flight", scenario, "process", sample), f"flight {scenario}")
