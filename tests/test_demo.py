@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from keyedlock import _demo
+from keyedlock.cli import _demo
 
 # Python 3.12+ warns about forking while other threads (of earlier tests) run.
 pytestmark = pytest.mark.filterwarnings(

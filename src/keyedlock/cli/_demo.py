@@ -34,8 +34,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from ._file import FileKeyedLock
-from ._keyed import KeyedLock, LockContext, klock
+from keyedlock import FileKeyedLock, KeyedLock, LockContext, klock
 
 if TYPE_CHECKING:
     import ctypes
