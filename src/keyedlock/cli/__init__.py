@@ -1,4 +1,9 @@
-"""The command line: ``keyedlock COMMAND ...``, also ``python -m keyedlock COMMAND ...``."""
+"""The command line: ``keyedlock COMMAND ...``, also ``python -m keyedlock COMMAND ...``.
+
+:func:`main` is the entry point of both (the ``keyedlock`` script and
+``keyedlock/__main__.py``); each command lives in a module of its own and is
+imported only when it runs.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,20 @@ from keyedlock import __version__
 __all__ = ["main"]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
+def count(text: str) -> int:
+    """An argument that is a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m keyedlock",
+        prog=prog,
         description="keyedlock: keyed locks and single-flight for threads, asyncio and trio.",
     )
     parser.add_argument("--version", action="version", version=f"keyedlock {__version__}")
@@ -36,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--checkouts",
-        type=_positive,
+        type=count,
         default=None,
         metavar="N",
         help="concurrent checkouts per run (default: 10)",
@@ -44,9 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line (``python -m keyedlock``, the ``keyedlock`` script); the exit code."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    ``argv``: the arguments (default: ``sys.argv[1:]``). ``prog``: the name
+    that usage and error messages give the program (default: the name it was
+    started by, ``keyedlock`` for the installed script; ``python -m
+    keyedlock`` passes its own).
+    """
+    args = _parser(prog).parse_args(argv)
     if args.command == "demo":
         from ._demo import CHECKOUTS, run_demo
 
