@@ -8,10 +8,13 @@ imported only when it runs.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
 from keyedlock import __version__
+
+from . import _run
 
 __all__ = ["main"]
 
@@ -27,13 +30,87 @@ def count(text: str) -> int:
     return value
 
 
-def _parser(prog: str | None) -> argparse.ArgumentParser:
+#: ``run``'s usage line: argparse cannot show the ``--`` before COMMAND by itself.
+_RUN_USAGE = "%(prog)s [-h] [--file PATH] [--timeout SECONDS | --nonblock] " + (
+    "KEY -- COMMAND [ARG ...]"
+)
+
+
+def seconds(text: str) -> float:
+    """An argument that is a number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """For ``run``: the arguments before the first ``--``, and the command after it.
+
+    The command is None for other commands, and when there is no ``--``.
+    The program's own options take no value, so its first argument that is
+    not an option names the command.
+    """
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    if name != "run" or "--" not in argv:
+        return argv, None
+    at = argv.index("--")
+    if at < argv.index("run"):
+        return argv, None
+    return argv[:at], argv[at + 1 :]
+
+
+def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The program's parser, and that of ``run``."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="keyedlock: keyed locks and single-flight for threads, asyncio and trio.",
     )
     parser.add_argument("--version", action="version", version=f"keyedlock {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        usage=_RUN_USAGE,
+        help="run a command while holding a key, for every process of this host (like flock)",
+        description=(
+            "Take KEY in a lock file shared by every process of this host (FileKeyedLock), "
+            "run COMMAND while holding it, and release it when COMMAND ends. Waits for the "
+            "key as long as it takes unless --timeout or --nonblock says otherwise."
+        ),
+        epilog=(
+            "exit status: COMMAND's own; 128+N if a signal N ended it; "
+            f"{_run.BUSY} if the key was busy (--nonblock) or still busy when --timeout "
+            f"elapsed; {_run.NOT_FOUND} if COMMAND was not found, {_run.CANNOT_EXECUTE} if it "
+            f"could not be executed; {_run.LOCK_FILE_ERROR} if the lock file could not be used; "
+            "2 for wrong arguments. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are "
+            "sent on to COMMAND."
+        ),
+    )
+    run.add_argument(
+        "key",
+        metavar="KEY",
+        help="the key to hold: the str key of FileKeyedLock, e.g. 'deploy:web'",
+    )
+    run.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the lock file (created if missing; default: the file of FileKeyedLock())",
+    )
+    wait = run.add_mutually_exclusive_group()
+    wait.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="give up if the key is still busy after SECONDS (0: try once)",
+    )
+    wait.add_argument(
+        "--nonblock",
+        action="store_true",
+        help="give up at once if the key is busy (the same as --timeout 0)",
+    )
     demo = commands.add_parser(
         "demo",
         help="show the double-charge race of a wallet checkout, without and with klock",
@@ -50,7 +127,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         metavar="N",
         help="concurrent checkouts per run (default: 10)",
     )
-    return parser
+    return parser, run
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -61,7 +138,31 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     started by, ``keyedlock`` for the installed script; ``python -m
     keyedlock`` passes its own).
     """
-    args = _parser(prog).parse_args(argv)
+    parser, run = _parser(prog)
+    given = list(sys.argv[1:] if argv is None else argv)
+    head, command = _split_command(given)
+    args, extra = parser.parse_known_args(head)
+    if args.command == "run":
+        if extra:
+            if command is None and not extra[0].startswith("-"):
+                run.error(f"put -- between KEY and the command: {args.key} -- {' '.join(extra)}")
+            run.error(f"unrecognized arguments: {' '.join(extra)}")
+        if command is None:
+            run.error("missing the command to run: KEY -- COMMAND [ARG ...]")
+        if not command:
+            run.error("missing the command to run after --")
+        if not args.key:
+            run.error("KEY is empty")
+        return _run.run(
+            args.key,
+            command,
+            path=args.file,
+            timeout=0 if args.nonblock else args.timeout,
+            prog=run.prog,
+            err=sys.stderr,
+        )
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
         from ._demo import CHECKOUTS, run_demo
 
