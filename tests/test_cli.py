@@ -51,14 +51,14 @@ def run_as_script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["holders"]])
 def test_help_names_python_m_keyedlock(command: list[str]) -> None:
     proc = run(*command, "--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: {' '.join(['python -m keyedlock', *command])} ")
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["holders"]])
 def test_help_names_keyedlock_when_run_as_keyedlock(command: list[str]) -> None:
     proc = run_as_script(*command, "--help")
     assert proc.returncode == 0, proc.stderr

@@ -7,6 +7,7 @@ standard input, so every step is ordered by what a process said, never by sleepi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -102,9 +103,20 @@ def start() -> Iterator[Start]:
 
     yield starter
     for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=WAIT)
+        end(proc)
+
+
+def end(proc: subprocess.Popen[str]) -> None:
+    """Close the pipes of ``proc`` (EOF on its input lets it go) and reap it, bounded."""
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(BrokenPipeError):
+                stream.close()
+    try:
+        proc.wait(WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(WAIT)
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
@@ -212,7 +224,10 @@ def test_nonblock_when_busy(lock_file: str, tmp_path: Path, other: FileKeyedLock
     with other("k"):
         proc = run("--file", lock_file, "--nonblock", "k", "--", "touch", str(marker))
     assert proc.returncode == BUSY
-    assert proc.stderr == f"python -m keyedlock run: key 'k' is busy in the lock file {lock_file}\n"
+    assert proc.stderr == (
+        f"python -m keyedlock run: key 'k' is busy in the lock file {lock_file} "
+        f"(who holds it: python -m keyedlock holders --file {lock_file} k)\n"
+    )
     assert not marker.exists()
 
 
@@ -225,7 +240,10 @@ def test_timeout_when_busy(
         proc = run("--file", lock_file, "--timeout", timeout, "k", "--", "touch", str(marker))
     assert proc.returncode == BUSY
     why = "is busy" if timeout == "0" else f"was still busy after {timeout} s"
-    assert proc.stderr == f"python -m keyedlock run: key 'k' {why} in the lock file {lock_file}\n"
+    assert proc.stderr == (
+        f"python -m keyedlock run: key 'k' {why} in the lock file {lock_file} "
+        f"(who holds it: python -m keyedlock holders --file {lock_file} k)\n"
+    )
     assert not marker.exists()
 
 

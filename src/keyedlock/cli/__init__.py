@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,8 +64,8 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv[:at], argv[at + 1 :]
 
 
-def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The program's parser, and that of ``run``."""
+def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The program's parser, and that of each command."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="keyedlock: keyed locks and single-flight for threads, asyncio and trio.",
@@ -111,6 +112,36 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, argparse.Argumen
         action="store_true",
         help="give up at once if the key is busy (the same as --timeout 0)",
     )
+    holders = commands.add_parser(
+        "holders",
+        help="show which processes hold and wait for which keys of a lock file (Linux)",
+        description=(
+            "List the keys held in a lock file of FileKeyedLock: for each, the holding "
+            "process (pid, user, command line) and how long that process has run, and the "
+            "requests waiting for a key. A key's name is known when it is given as a KEY "
+            "argument, or is one of the holding process's own arguments; other keys show "
+            "their offset in the file."
+        ),
+        epilog=(
+            "The kernel does not record when a lock was taken: PROCESS AGE is how long the "
+            "holding process has run. Processes this user may not inspect are listed as such. "
+            "exit status: 0, or 1 if the lock file or /proc could not be read."
+        ),
+    )
+    holders.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="keys to name in the output (and to report as held or free)",
+    )
+    holders.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the lock file (default: the file of FileKeyedLock())",
+    )
+    holders.add_argument(
+        "--json", action="store_true", help="print JSON (the schema is in docs/cli.md)"
+    )
     demo = commands.add_parser(
         "demo",
         help="show the double-charge race of a wallet checkout, without and with klock",
@@ -127,7 +158,27 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, argparse.Argumen
         metavar="N",
         help="concurrent checkouts per run (default: 10)",
     )
-    return parser, run
+    return parser, {"run": run, "holders": holders, "demo": demo}
+
+
+def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str) -> int:
+    from . import _holders
+    from ._lockfile import default_path
+
+    if not os.path.isdir("/proc/self/fdinfo"):
+        print(f"{prog}: needs Linux's /proc (/proc/self/fdinfo is not there)", file=sys.stderr)
+        return 1
+    path = os.path.abspath(path) if path is not None else default_path()
+    try:
+        report = _holders.scan(path, keys)
+    except OSError as exc:
+        print(f"{prog}: cannot inspect {path}: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        _holders.print_json(report, sys.stdout)
+    else:
+        _holders.print_text(report, sys.stdout)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -138,11 +189,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     started by, ``keyedlock`` for the installed script; ``python -m
     keyedlock`` passes its own).
     """
-    parser, run = _parser(prog)
+    parser, commands = _parser(prog)
     given = list(sys.argv[1:] if argv is None else argv)
     head, command = _split_command(given)
     args, extra = parser.parse_known_args(head)
+    command_parser = commands[args.command]
     if args.command == "run":
+        run = command_parser
         if extra:
             if command is None and not extra[0].startswith("-"):
                 run.error(f"put -- between KEY and the command: {args.key} -- {' '.join(extra)}")
@@ -162,7 +215,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             err=sys.stderr,
         )
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "holders":
+        return _show_holders(args.file, args.keys, as_json=args.json, prog=command_parser.prog)
     if args.command == "demo":
         from ._demo import CHECKOUTS, run_demo
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import threading
 from typing import Final, TextIO
@@ -153,7 +154,8 @@ def run(
     """Run ``command`` holding ``key`` in the lock file ``path``; the exit status.
 
     ``timeout``: None waits as long as it takes, 0 tries once. ``prog``
-    prefixes the messages written to ``err``. Call it from the main thread
+    (the name of this command, ``... run``) prefixes the messages written
+    to ``err``. Call it from the main thread
     of a process that has started no other thread.
     """
     forwarded = [s for s in FORWARDED if signal.getsignal(s) != signal.SIG_IGN]
@@ -175,7 +177,10 @@ def run(
         return LOCK_FILE_ERROR
     if not taken:
         why = "is busy" if timeout == 0 else f"was still busy after {timeout:g} s"
-        say(f"key {key!r} {why} {where}")
+        see = f"{prog.removesuffix(' run')} holders"
+        if path is not None:
+            see += f" --file {shlex.quote(lock.path)}"
+        say(f"key {key!r} {why} {where} (who holds it: {see} {shlex.quote(key)})")
         return BUSY
     try:
         try:
