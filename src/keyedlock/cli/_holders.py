@@ -7,7 +7,7 @@ Linux shows every lock in ``/proc``, but not all in one place:
   :class:`~keyedlock.FileKeyedLock` takes, its pid column is -1: an OFD lock
   belongs to an open file, not to a process.
 - ``/proc/<pid>/fdinfo/<fd>`` shows the locks held through descriptor
-  ``<fd>`` of process ``<pid>`` (``lock:`` lines, Linux 4.14+).
+  ``<fd>`` of process ``<pid>`` (``lock:`` lines, Linux 4.1+).
 
 So :func:`scan` looks at every process's descriptors (``/proc/<pid>/fd/*``),
 keeps those open on the lock file (the same device and inode) and reads their
