@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from keyedlock import _demo
+from keyedlock.cli import _demo
 
 # Python 3.12+ warns about forking while other threads (of earlier tests) run.
 pytestmark = pytest.mark.filterwarnings(
@@ -90,3 +92,95 @@ def test_processes_skipped_without_file_locks(monkeypatch: pytest.MonkeyPatch) -
         _demo.need_processes()
     line = _skipped_line()
     assert "skipped: FileKeyedLock is not available here: no open file description" in line
+
+
+# -- the command, run for real -----------------------------------------------------
+
+
+def _run_demo(*args: str, code: str = "", cwd: Path | None = None) -> str:
+    """``python -m keyedlock demo ARGS`` in a child interpreter (after ``code``); its output."""
+    script = f"{code}\nimport sys, runpy\nsys.argv[1:] = {['demo', *args]!r}\n"
+    script += "runpy.run_module('keyedlock', run_name='__main__')\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _unlocked(text: str) -> set[tuple[int, int]]:
+    """(charges, balance) of every row run without a lock."""
+    found = set()
+    for line in text.splitlines():
+        words = line.split()
+        if "none" in words and words[-1] == "ms":
+            at = words.index("none")
+            found.add((int(words[at + 1]), int(words[at + 2])))
+    return found
+
+
+def test_demo_shows_the_fix_and_explains_the_table() -> None:
+    text = _run_demo()
+    assert "without a lock:" in text
+    assert 'with klock(f"wallet:{user}"):' in text  # the one line that makes the difference
+    assert "time: how long the run took." in text  # the time column is explained
+    unlocked = _unlocked(text)
+    assert unlocked, text
+    if (10, 70) in unlocked:
+        assert "Why 10 charges left 70: every checkout read 100 before any of them wrote" in text
+        assert "The last write wins" in text
+    else:  # the race went another way this time: the general explanation
+        assert "the later write overwrites the earlier" in text
+
+
+def _checkout(root: Path) -> Path:
+    """A folder that looks like a source checkout of keyedlock."""
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "keyedlock"\n')
+    return root
+
+
+def test_trio_hint_from_a_source_checkout(tmp_path: Path) -> None:
+    """Without trio, run in a clone: the hint installs the clone, which works offline."""
+    clone = _checkout(tmp_path / "keyedlock")
+    text = _run_demo("--checkouts", "3", code="import sys; sys.modules['trio'] = None", cwd=clone)
+    rows = [line for line in text.splitlines() if line.startswith(("trio ", "all three "))]
+    assert len(rows) == 2, text
+    for row in rows:
+        assert row.endswith('skipped: trio is not installed (pip install ".[trio]")'), row
+
+
+def test_install_hint(tmp_path: Path) -> None:
+    clone = _checkout(tmp_path / "clone")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "site-packages" / "keyedlock" / "cli").mkdir(parents=True)
+    installed = elsewhere / "site-packages" / "keyedlock" / "cli"
+    assert _demo.install_hint("trio", cwd=clone, package=installed) == 'pip install ".[trio]"'
+    (clone / "docs").mkdir()
+    assert _demo.install_hint("trio", cwd=clone / "docs", package=installed) == (
+        f"pip install '{clone}[trio]'"
+    )
+    assert _demo.install_hint("trio", cwd=elsewhere, package=clone / "src" / "keyedlock") == (
+        f"pip install '{clone}[trio]'"
+    )
+    assert _demo.install_hint("trio", cwd=elsewhere, package=installed) == (
+        "pip install 'keyedlock[trio]', or in a clone: pip install \".[trio]\""
+    )
+
+
+def test_source_checkout_is_the_keyedlock_project(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text("not [ toml")
+    assert _demo.source_checkout(other) is None
+    assert _demo.source_checkout(broken) is None
+    clone = _checkout(tmp_path / "clone")
+    assert _demo.source_checkout(clone / "src" / "keyedlock") == clone

@@ -26,16 +26,20 @@ import asyncio
 import importlib
 import multiprocessing
 import os
+import re
+import shlex
 import tempfile
+import textwrap
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ._filelock import FileKeyedLock
-from ._lock import KeyedLock, LockContext, klock
+from keyedlock import FileKeyedLock, KeyedLock, LockContext, klock
 
 if TYPE_CHECKING:
     import ctypes
@@ -48,9 +52,11 @@ __all__ = [
     "Scenario",
     "ScenarioSkipped",
     "Wallet",
+    "install_hint",
     "need_processes",
     "need_trio",
     "run_demo",
+    "source_checkout",
 ]
 
 START_BALANCE = 100
@@ -174,12 +180,47 @@ def run_asyncio(locked: bool, checkouts: int) -> Outcome:
 # -- trio ----------------------------------------------------------------------
 
 
+def source_checkout(start: Path) -> Path | None:
+    """The root of the keyedlock source tree that ``start`` lies in, or None.
+
+    The nearest of ``start`` and its parents holding a ``pyproject.toml`` of
+    the project named keyedlock.
+    """
+    for folder in (start, *start.parents):
+        try:
+            with open(folder / "pyproject.toml", "rb") as f:
+                project = tomllib.load(f).get("project", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        if isinstance(project, dict) and project.get("name") == "keyedlock":
+            return folder
+    return None
+
+
+def install_hint(extra: str, *, cwd: Path | None = None, package: Path | None = None) -> str:
+    """The command that installs keyedlock's optional dependencies ``extra``.
+
+    From a source checkout (the working directory ``cwd`` is in one, or the
+    package was imported from one: ``package``, this package's folder) it
+    installs that checkout: ``pip install ".[trio]"`` at its root. Elsewhere
+    it names both the released package and the checkout form.
+    """
+    cwd = Path.cwd() if cwd is None else cwd
+    package = Path(__file__).resolve().parent if package is None else package
+    root = source_checkout(cwd) or source_checkout(package)
+    if root is None:
+        return f"pip install 'keyedlock[{extra}]', or in a clone: pip install \".[{extra}]\""
+    if root == cwd:
+        return f'pip install ".[{extra}]"'
+    return "pip install " + shlex.quote(f"{root}[{extra}]")
+
+
 def need_trio() -> None:
     """Import trio ahead of the timed run; skip the scenario if it is not installed."""
     try:
         importlib.import_module("trio")
     except ImportError:
-        raise ScenarioSkipped("trio is not installed (pip install 'keyedlock[trio]')") from None
+        raise ScenarioSkipped(f"trio is not installed ({install_hint('trio')})") from None
 
 
 def run_trio(locked: bool, checkouts: int) -> Outcome:
@@ -458,6 +499,59 @@ def _cells(row: _Row) -> tuple[str, ...]:
     )
 
 
+#: The checkout every row runs, without a lock and with one (printed side by side).
+_RACE = (
+    "seen = wallet.balance",
+    "io()  # others run meanwhile",
+    f"if seen >= {AMOUNT}:",
+    f"    wallet.balance = seen - {AMOUNT}",
+)
+_FIX = 'with klock(f"wallet:{user}"):'
+#: Paragraphs are wrapped to this many columns.
+_WIDTH = 88
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _code(out: TextIO) -> None:
+    """The race and its one-line fix, side by side."""
+    left = ["without a lock:", "", *_RACE]
+    right = ["with keyedlock, one line more:", "", _FIX, *(f"    {line}" for line in _RACE)]
+    width = max(len(line) for line in left) + 4
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        print(f"    {a.ljust(width)}{b}".rstrip(), file=out)
+
+
+def _say(out: TextIO, text: str) -> None:
+    """Print a paragraph, wrapped to the width of a terminal (never inside a `code span`)."""
+    glued = re.sub(r"`[^`]*`", lambda code: code.group().replace(" ", "\0"), text)
+    print(textwrap.fill(glued, _WIDTH).replace("\0", " "), file=out)
+
+
+def _lost_updates(rows: list[_Row], checkouts: int) -> str:
+    """Why the unlocked runs went wrong, with the figures of one that did."""
+    all_read_first = Outcome(checkouts, START_BALANCE - AMOUNT)
+    if checkouts > 1 and any(r.lock == "none" and r.outcome == all_read_first for r in rows):
+        n = checkouts
+        return (
+            f"Why {n} charges left {START_BALANCE - AMOUNT}: every checkout read {START_BALANCE} "
+            f"before any of them wrote, so each one charged and set the balance to "
+            f"{START_BALANCE - AMOUNT} ({START_BALANCE} minus {AMOUNT}). The last write wins: "
+            f"{n * AMOUNT} was charged "
+            f"against a balance of {START_BALANCE}, and {n - 1} of the {n} charges left no "
+            "trace in the balance (lost updates)."
+        )
+    return (
+        "Why: without a lock a checkout can read the balance before another one writes it; "
+        "both charge against the same balance and the later write overwrites the earlier "
+        "(a lost update)."
+    )
+
+
 def run_demo(
     out: TextIO, *, checkouts: int = CHECKOUTS, scenarios: list[Scenario] | None = None
 ) -> int:
@@ -466,15 +560,26 @@ def run_demo(
         raise ValueError(f"checkouts must be >= 1, got {checkouts}")
     expected = expected_outcome(checkouts)
     print("keyedlock demo: the double-charge race of a wallet checkout", file=out)
-    print(
-        f"balance {START_BALANCE}, {checkouts} concurrent checkouts of {AMOUNT} each: "
-        "read the balance, do I/O, charge if the balance read covers the amount.",
-        file=out,
+    print(file=out)
+    _say(
+        out,
+        f"A wallet holds {START_BALANCE}; {_plural(checkouts, 'checkout')} of {AMOUNT} arrive "
+        "at once. Each reads the balance, does I/O, and charges if the balance it read covers "
+        "the amount:",
     )
-    print(
-        f"Run one at a time they make {expected.charges} charge(s) "
-        f"and leave a balance of {expected.balance}.",
-        file=out,
+    print(file=out)
+    _code(out)
+    print(file=out)
+    _say(
+        out,
+        "In asyncio and trio the line is `async with klock(...)`; across processes, "
+        "`with lock(...)` on a FileKeyedLock.",
+    )
+    print(file=out)
+    _say(
+        out,
+        f"Run one at a time the checkouts make {_plural(expected.charges, 'charge')} and leave "
+        f"a balance of {expected.balance}. Each runtime, without and with the lock:",
     )
     print(file=out)
 
@@ -503,8 +608,14 @@ def run_demo(
     print(file=out)
     ran = {r.runtime for r in rows if r.outcome is not None}
     notes = [s.note for s in chosen if s.note and s.runtime in ran]
+    if ran:
+        notes.append(
+            "time: how long the run took. With the lock the checkouts take turns, so their I/O "
+            "pauses add up (threads and processes sleep a few ms in each; asyncio and trio "
+            "checkouts only yield to their loop)."
+        )
     for note in notes:
-        print(note, file=out)
+        _say(out, note)
     if notes:
         print(file=out)
     unlocked_wrong = [r for r in rows if r.lock == "none" and not r.correct]
@@ -512,17 +623,19 @@ def run_demo(
     locked_wrong = [r for r in locked_rows if not r.correct]
     if unlocked_wrong:
         print(
-            f"Without a lock, {len(unlocked_wrong)} of "
-            f"{sum(r.lock == 'none' for r in rows)} runs charged more than the balance allowed.",
+            f"Without a lock, {len(unlocked_wrong)} of {sum(r.lock == 'none' for r in rows)} "
+            "runs charged more than the balance allowed.",
             file=out,
         )
+        _say(out, _lost_updates(rows, checkouts))
+        print(file=out)
     if locked_wrong:
         runtimes = ", ".join(r.runtime for r in locked_wrong)
         print(f"With keyedlock the result was WRONG in: {runtimes}", file=out)
         return 1
-    print(
+    _say(
+        out,
         f"With keyedlock all {len(locked_rows)} runs were correct: "
         'the lock on "wallet:alice" ran the checkouts one at a time.',
-        file=out,
     )
     return 0

@@ -1,0 +1,226 @@
+"""The command line: ``keyedlock COMMAND ...``, also ``python -m keyedlock COMMAND ...``.
+
+:func:`main` is the entry point of both (the ``keyedlock`` script and
+``keyedlock/__main__.py``); each command lives in a module of its own and is
+imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from keyedlock import __version__
+
+from . import _run
+
+__all__ = ["main"]
+
+
+def count(text: str) -> int:
+    """An argument that is a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+#: ``run``'s usage line: argparse cannot show the ``--`` before COMMAND by itself.
+_RUN_USAGE = "%(prog)s [-h] [--file PATH] [--timeout SECONDS | --nonblock] " + (
+    "KEY -- COMMAND [ARG ...]"
+)
+
+
+def seconds(text: str) -> float:
+    """An argument that is a number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """For ``run``: the arguments before the first ``--``, and the command after it.
+
+    The command is None for other commands, and when there is no ``--``.
+    The program's own options take no value, so its first argument that is
+    not an option names the command.
+    """
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    if name != "run" or "--" not in argv:
+        return argv, None
+    at = argv.index("--")
+    if at < argv.index("run"):
+        return argv, None
+    return argv[:at], argv[at + 1 :]
+
+
+def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The program's parser, and that of each command."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="keyedlock: keyed locks and single-flight for threads, asyncio and trio.",
+    )
+    parser.add_argument("--version", action="version", version=f"keyedlock {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        usage=_RUN_USAGE,
+        help="run a command while holding a key, for every process of this host (like flock)",
+        description=(
+            "Take KEY in a lock file shared by every process of this host (FileKeyedLock), "
+            "run COMMAND while holding it, and release it when COMMAND ends. Waits for the "
+            "key as long as it takes unless --timeout or --nonblock says otherwise."
+        ),
+        epilog=(
+            "exit status: COMMAND's own; 128+N if a signal N ended it; "
+            f"{_run.BUSY} if the key was busy (--nonblock) or still busy when --timeout "
+            f"elapsed; {_run.NOT_FOUND} if COMMAND was not found, {_run.CANNOT_EXECUTE} if it "
+            f"could not be executed; {_run.LOCK_FILE_ERROR} if the lock file could not be used; "
+            "2 for wrong arguments. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are "
+            "sent on to COMMAND."
+        ),
+    )
+    run.add_argument(
+        "key",
+        metavar="KEY",
+        help="the key to hold: the str key of FileKeyedLock, e.g. 'deploy:web'",
+    )
+    run.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the lock file (created if missing; default: the file of FileKeyedLock())",
+    )
+    wait = run.add_mutually_exclusive_group()
+    wait.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="give up if the key is still busy after SECONDS (0: try once)",
+    )
+    wait.add_argument(
+        "--nonblock",
+        action="store_true",
+        help="give up at once if the key is busy (the same as --timeout 0)",
+    )
+    holders = commands.add_parser(
+        "holders",
+        help="show which processes hold and wait for which keys of a lock file (Linux)",
+        description=(
+            "List the keys held in a lock file of FileKeyedLock: for each, the holding "
+            "process (pid, user, command line) and how long that process has run, and the "
+            "requests waiting for a key. A key's name is known when it is given as a KEY "
+            "argument, or is one of the holding process's own arguments; other keys show "
+            "their offset in the file."
+        ),
+        epilog=(
+            "The kernel does not record when a lock was taken: PROCESS AGE is how long the "
+            "holding process has run. Processes this user may not inspect are listed as such. "
+            "exit status: 0, or 1 if the lock file or /proc could not be read."
+        ),
+    )
+    holders.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="keys to name in the output (and to report as held or free)",
+    )
+    holders.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the lock file (default: the file of FileKeyedLock())",
+    )
+    holders.add_argument(
+        "--json", action="store_true", help="print JSON (the schema is in docs/cli.md)"
+    )
+    demo = commands.add_parser(
+        "demo",
+        help="show the double-charge race of a wallet checkout, without and with klock",
+        description=(
+            "Run concurrent checkouts against one wallet with threads, asyncio, trio and "
+            "separate processes, first without a lock, then with klock (FileKeyedLock "
+            "across processes), and print what each ended with."
+        ),
+    )
+    demo.add_argument(
+        "--checkouts",
+        type=count,
+        default=None,
+        metavar="N",
+        help="concurrent checkouts per run (default: 10)",
+    )
+    return parser, {"run": run, "holders": holders, "demo": demo}
+
+
+def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str) -> int:
+    from . import _holders
+    from ._lockfile import default_path
+
+    if not os.path.isdir("/proc/self/fdinfo"):
+        print(f"{prog}: needs Linux's /proc (/proc/self/fdinfo is not there)", file=sys.stderr)
+        return 1
+    path = os.path.abspath(path) if path is not None else default_path()
+    try:
+        report = _holders.scan(path, keys)
+    except OSError as exc:
+        print(f"{prog}: cannot inspect {path}: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        _holders.print_json(report, sys.stdout)
+    else:
+        _holders.print_text(report, sys.stdout)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    ``argv``: the arguments (default: ``sys.argv[1:]``). ``prog``: the name
+    that usage and error messages give the program (default: the name it was
+    started by, ``keyedlock`` for the installed script; ``python -m
+    keyedlock`` passes its own).
+    """
+    parser, commands = _parser(prog)
+    given = list(sys.argv[1:] if argv is None else argv)
+    head, command = _split_command(given)
+    args, extra = parser.parse_known_args(head)
+    command_parser = commands[args.command]
+    if args.command == "run":
+        run = command_parser
+        if extra:
+            if command is None and not extra[0].startswith("-"):
+                run.error(f"put -- between KEY and the command: {args.key} -- {' '.join(extra)}")
+            run.error(f"unrecognized arguments: {' '.join(extra)}")
+        if command is None:
+            run.error("missing the command to run: KEY -- COMMAND [ARG ...]")
+        if not command:
+            run.error("missing the command to run after --")
+        if not args.key:
+            run.error("KEY is empty")
+        return _run.run(
+            args.key,
+            command,
+            path=args.file,
+            timeout=0 if args.nonblock else args.timeout,
+            prog=run.prog,
+            err=sys.stderr,
+        )
+    if extra:
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "holders":
+        return _show_holders(args.file, args.keys, as_json=args.json, prog=command_parser.prog)
+    if args.command == "demo":
+        from ._demo import CHECKOUTS, run_demo
+
+        checkouts: int = args.checkouts if args.checkouts is not None else CHECKOUTS
+        return run_demo(sys.stdout, checkouts=checkouts)
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others

@@ -1,0 +1,112 @@
+"""The command line as a whole: its name in usage and errors, argument errors, --version.
+
+Every test runs the real program in a child interpreter, ``python -m keyedlock``, or the
+installed ``keyedlock`` script.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from keyedlock import __version__
+
+from .support import WAIT
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m keyedlock ARGS``, bounded, with its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "keyedlock", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+
+
+#: As the installed ``keyedlock`` script starts the program: ``sys.argv[0]`` is its path.
+AS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.argv[0] = "/usr/local/bin/keyedlock"
+    from keyedlock.cli import main
+    sys.exit(main())
+    """
+)
+
+
+def run_as_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", AS_SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["holders"]])
+def test_help_names_python_m_keyedlock(command: list[str]) -> None:
+    proc = run(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: {' '.join(['python -m keyedlock', *command])} ")
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["holders"]])
+def test_help_names_keyedlock_when_run_as_keyedlock(command: list[str]) -> None:
+    proc = run_as_script(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: {' '.join(['keyedlock', *command])} ")
+
+
+def test_the_installed_script_says_keyedlock() -> None:
+    script = Path(sys.executable).parent / "keyedlock"
+    if not os.access(script, os.X_OK):
+        pytest.skip(f"no keyedlock script beside {sys.executable} (the package is not installed)")
+    proc = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=WAIT * 3, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: keyedlock ")
+
+
+def test_version() -> None:
+    proc = run("--version")
+    assert (proc.returncode, proc.stdout) == (0, f"keyedlock {__version__}\n")
+
+
+def test_no_command_is_an_error() -> None:
+    proc = run()
+    assert proc.returncode == 2
+    assert "usage: python -m keyedlock" in proc.stderr
+    assert "required: COMMAND" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("x", "argument --checkouts: expected a whole number >= 1, got 'x'"),
+        ("0", "argument --checkouts: expected a whole number >= 1, got 0"),
+        ("1.5", "argument --checkouts: expected a whole number >= 1, got '1.5'"),
+    ],
+)
+def test_demo_checkouts_errors(value: str, message: str) -> None:
+    proc = run("demo", "--checkouts", value)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == f"python -m keyedlock demo: error: {message}"
+
+
+def test_argument_errors_name_no_private_helper() -> None:
+    proc = run_as_script("demo", "--checkouts", "many")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "keyedlock demo: error: argument --checkouts: expected a whole number >= 1, got 'many'"
+    )
+    assert "_" not in proc.stderr.splitlines()[-1].replace("--", "")
