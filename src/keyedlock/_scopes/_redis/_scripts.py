@@ -96,6 +96,26 @@ is above every token it issued before, as long as that counter issued fewer than
 per microsecond on average (a grant is a script run: it takes longer than that) and the
 server clock did not step back. Tokens stay below 2**53 (exact in Lua's doubles) until the
 year 2255.
+
+Single-flight across hosts (sketch)
+===================================
+
+One leader per key computes, the others wait for its outcome::
+
+    <prefix>{<tag>}:flight:lead        string  the leader's id, expiring with its lease (PX)
+    <prefix>{<tag>}:flight:outcome     string  the (pickled) outcome, kept for keep_ms
+    <prefix>{<tag>}:flight:followers   zset    follower id -> expiry of its place
+    <prefix>{<tag>}:flight:token       string  the fencing counter of leaders
+    <prefix>{<tag>}:flight:wake:<id>   list    a follower's wake-up
+
+``flight_join(id, lease_ms, place_ms)``: ``[2, outcome]`` if an outcome is there; ``[1, token]``
+if the caller leads now (``SET NX`` semantics: no live leader); else ``[0, pttl]``: it follows,
+and blocks on its wake list for at most the leader's remaining lease. ``flight_finish``
+(leader only, else ``0``) stores the outcome with a short expiry and pushes ``=<outcome>`` to
+every live follower's wake list; ``flight_abandon`` (leader only) pushes ``!`` ("ask again")
+so that one follower takes over at once. A leader that crashes leaves no outcome: its lease
+runs out, the followers' blocking pops time out, they join again and one of them leads, with
+a larger token.
 """
 
 from __future__ import annotations
@@ -107,6 +127,10 @@ from typing import NamedTuple
 
 __all__ = [
     "ACQUIRE",
+    "FLIGHT_ABANDON",
+    "FLIGHT_FINISH",
+    "FLIGHT_JOIN",
+    "FLIGHT_RENEW",
     "LOCK_SCRIPTS",
     "REFRESH",
     "RELEASE",
@@ -115,15 +139,24 @@ __all__ = [
     "TOKEN_KEEP_MS",
     "WITHDRAW",
     "Call",
+    "Done",
+    "FlightKeys",
     "Granted",
     "LockKeys",
     "Refreshed",
     "Script",
     "Waiting",
     "acquire",
+    "flight_abandon",
+    "flight_finish",
+    "flight_join",
+    "flight_keys",
+    "flight_renew",
     "hash_tag",
     "lock_keys",
     "parse_acquire",
+    "parse_flight_join",
+    "parse_flight_wake",
     "parse_refresh",
     "parse_wake",
     "refresh",
@@ -205,6 +238,38 @@ def lock_keys(prefix: str, key: bytes) -> LockKeys:
         queue=base + b":queue",
         places=base + b":places",
         leases=base + b":leases",
+        token=base + b":token",
+        wake_prefix=base + b":wake:",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlightKeys:
+    """The names of one single-flight key's structures (see the module docstring)."""
+
+    lead: bytes
+    outcome: bytes
+    followers: bytes
+    token: bytes
+    wake_prefix: bytes
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The KEYS of every flight script, in order."""
+        return (self.lead, self.outcome, self.followers, self.token)
+
+    def wake(self, member: str) -> bytes:
+        """The wake list of the follower ``member``."""
+        return self.wake_prefix + member.encode()
+
+
+def flight_keys(prefix: str, key: bytes) -> FlightKeys:
+    """The structures of the single flight on the encoded ``key`` under ``prefix``."""
+    base = _base(prefix, key) + b":flight"
+    return FlightKeys(
+        lead=base + b":lead",
+        outcome=base + b":outcome",
+        followers=base + b":followers",
         token=base + b":token",
         wake_prefix=base + b":wake:",
     )
@@ -444,15 +509,118 @@ return held
 """
 )
 
+# KEYS: lead, outcome, followers, token. ARGV[1]: the wake-list prefix; ARGV[2]: the caller.
+_FLIGHT = (
+    """
+local lead_key, outcome_key, followers_key, token_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local wake_prefix, member = ARGV[1], ARGV[2]
+"""
+    + _CLOCK
+    + _TOKENS
+    + """
+-- Drop followers whose place expired; the set expires with the last place.
+local function keep_followers()
+  redis.call('ZREMRANGEBYSCORE', followers_key, '-inf', int(now))
+  local last = redis.call('ZRANGE', followers_key, -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', followers_key, last[2])
+  end
+end
+
+-- Push a message to every live follower's wake list; they all leave the set.
+local function wake_followers(message, keep_ms)
+  keep_followers()
+  local live = redis.call('ZRANGE', followers_key, 0, -1)
+  for i = 1, #live do
+    local wake_key = wake_prefix .. live[i]
+    redis.call('LPUSH', wake_key, message)
+    redis.call('PEXPIRE', wake_key, int(keep_ms))
+  end
+  redis.call('DEL', followers_key)
+end
+"""
+)
+
+_FLIGHT_JOIN = (
+    _FLIGHT
+    + """
+local lease_ms, place_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local outcome = redis.call('GET', outcome_key)
+if outcome then
+  redis.call('ZREM', followers_key, member)
+  keep_followers()
+  return {2, outcome}
+end
+local leader = redis.call('GET', lead_key)
+if leader == member then
+  redis.call('PEXPIRE', lead_key, int(lease_ms))
+  return {1, current_token(lease_ms)}
+end
+if not leader then
+  redis.call('SET', lead_key, member, 'PX', int(lease_ms))
+  redis.call('ZREM', followers_key, member)
+  keep_followers()
+  return {1, next_token(lease_ms)}
+end
+redis.call('ZADD', followers_key, int(now + place_ms), member)
+keep_followers()
+return {0, redis.call('PTTL', lead_key)}
+"""
+)
+
+_FLIGHT_FINISH = (
+    _FLIGHT
+    + """
+local outcome, keep_ms = ARGV[3], tonumber(ARGV[4])
+if redis.call('GET', lead_key) ~= member then
+  return 0
+end
+redis.call('SET', outcome_key, outcome, 'PX', int(keep_ms))
+redis.call('DEL', lead_key)
+wake_followers('=' .. outcome, keep_ms)
+return 1
+"""
+)
+
+_FLIGHT_RENEW = (
+    _FLIGHT
+    + """
+local lease_ms = tonumber(ARGV[3])
+if redis.call('GET', lead_key) ~= member then
+  return 0
+end
+redis.call('PEXPIRE', lead_key, int(lease_ms))
+keep_token(lease_ms)
+return 1
+"""
+)
+
+_FLIGHT_ABANDON = (
+    _FLIGHT
+    + """
+local keep_ms = tonumber(ARGV[3])
+if redis.call('GET', lead_key) ~= member then
+  return 0
+end
+redis.call('DEL', lead_key)
+wake_followers('!', keep_ms)
+return 1
+"""
+)
+
 ACQUIRE = Script("acquire", _ACQUIRE)
 RELEASE = Script("release", _RELEASE)
 RENEW = Script("renew", _RENEW)
 REFRESH = Script("refresh", _REFRESH)
 WITHDRAW = Script("withdraw", _WITHDRAW)
+FLIGHT_JOIN = Script("flight_join", _FLIGHT_JOIN)
+FLIGHT_FINISH = Script("flight_finish", _FLIGHT_FINISH)
+FLIGHT_RENEW = Script("flight_renew", _FLIGHT_RENEW)
+FLIGHT_ABANDON = Script("flight_abandon", _FLIGHT_ABANDON)
 
 #: The scripts of the lock, and every script (to ``SCRIPT LOAD`` up front).
 LOCK_SCRIPTS = (ACQUIRE, RELEASE, RENEW, REFRESH, WITHDRAW)
-SCRIPTS = LOCK_SCRIPTS
+SCRIPTS = (*LOCK_SCRIPTS, FLIGHT_JOIN, FLIGHT_FINISH, FLIGHT_RENEW, FLIGHT_ABANDON)
 
 
 # --- calls -----------------------------------------------------------------------------------
@@ -498,11 +666,37 @@ def withdraw(keys: LockKeys, waiter: str) -> Call:
     return Call(WITHDRAW, keys.keys, (keys.wake_prefix, _id(waiter, "waiter")))
 
 
+def flight_join(keys: FlightKeys, member: str, *, lease_ms: int, place_ms: int) -> Call:
+    """Lead the flight, follow it, or get its outcome: :func:`parse_flight_join`."""
+    args = (keys.wake_prefix, _id(member, "member"), _ms(lease_ms, "lease_ms"))
+    return Call(FLIGHT_JOIN, keys.keys, (*args, _ms(place_ms, "place_ms")))
+
+
+def flight_finish(keys: FlightKeys, leader: str, outcome: bytes, *, keep_ms: int) -> Call:
+    """Publish the leader's outcome for ``keep_ms`` and wake the followers: ``1``, or ``0``."""
+    if not isinstance(outcome, bytes):
+        raise TypeError(f"the outcome must be bytes, got {type(outcome).__name__}")
+    args = (keys.wake_prefix, _id(leader, "leader"), outcome, _ms(keep_ms, "keep_ms"))
+    return Call(FLIGHT_FINISH, keys.keys, args)
+
+
+def flight_renew(keys: FlightKeys, leader: str, *, lease_ms: int) -> Call:
+    """Extend the leader's lease: ``1``, or ``0`` if ``leader`` no longer leads."""
+    args = (keys.wake_prefix, _id(leader, "leader"), _ms(lease_ms, "lease_ms"))
+    return Call(FLIGHT_RENEW, keys.keys, args)
+
+
+def flight_abandon(keys: FlightKeys, leader: str, *, keep_ms: int) -> Call:
+    """Give up leading without an outcome; the followers are told to ask again."""
+    args = (keys.wake_prefix, _id(leader, "leader"), _ms(keep_ms, "keep_ms"))
+    return Call(FLIGHT_ABANDON, keys.keys, args)
+
+
 # --- replies ---------------------------------------------------------------------------------
 
 
 class Granted(NamedTuple):
-    """The caller holds the key with this fencing token."""
+    """The caller holds the key (or leads the flight) with this fencing token."""
 
     token: int
 
@@ -511,6 +705,12 @@ class Waiting(NamedTuple):
     """The caller waits: block on its wake list for at most ``wait_ms`` (the holder's lease)."""
 
     wait_ms: int
+
+
+class Done(NamedTuple):
+    """The flight's outcome, as its leader stored it."""
+
+    outcome: bytes
 
 
 class Refreshed(enum.IntEnum):
@@ -549,3 +749,22 @@ def parse_refresh(reply: object) -> Refreshed:
 def parse_wake(message: bytes | str) -> Granted:
     """Read what a lock waiter popped from its wake list: the token it was handed."""
     return Granted(int(message))
+
+
+def parse_flight_join(reply: object) -> Granted | Waiting | Done:
+    """Read the reply of :func:`flight_join`."""
+    state, value = _pair(reply, FLIGHT_JOIN)
+    if state == 2:
+        if not isinstance(value, bytes):
+            raise ValueError(f"unexpected outcome in the reply of flight_join: {value!r}")
+        return Done(value)
+    if state == 1:
+        return Granted(_int(value, FLIGHT_JOIN))
+    return Waiting(max(0, _int(value, FLIGHT_JOIN)))
+
+
+def parse_flight_wake(message: bytes) -> Done | None:
+    """Read a follower's wake-up: the outcome, or ``None`` for "the leader gave up: ask again"."""
+    if message.startswith(b"="):
+        return Done(message[1:])
+    return None
