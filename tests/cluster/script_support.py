@@ -6,6 +6,7 @@
 - :func:`acquire_blocking`: the client side of a waiter, as the module docstring of
   :mod:`keyedlock._scopes._redis._scripts` describes it: ask, block on the wake list for at
   most the holder's remaining lease, ask again. Bounded by :data:`~tests.support.WAIT`.
+- :func:`server_ms`: the server's clock, in ms.
 - :func:`wait_server_ms`: wait (bounded) until ``ms`` milliseconds of the server's own clock
   have passed, for places and leases that must have run out.
 """
@@ -34,7 +35,15 @@ from keyedlock._scopes._redis._scripts import (
 
 from ..support import WAIT, wait_until
 
-__all__ = ["AnyClient", "acquire_blocking", "load_scripts", "run", "run_many", "wait_server_ms"]
+__all__ = [
+    "AnyClient",
+    "acquire_blocking",
+    "load_scripts",
+    "run",
+    "run_many",
+    "server_ms",
+    "wait_server_ms",
+]
 
 #: A standalone or a cluster client.
 AnyClient = redis.Redis | RedisCluster
@@ -114,6 +123,15 @@ def acquire_blocking(
         popped: Any = client.blpop([keys.wake(waiter)], block)
         if popped is not None:
             return parse_wake(popped[1]).token
+
+
+_SERVER_MS = "local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)"
+
+
+def server_ms(client: AnyClient, near: bytes) -> int:
+    """The server clock (ms) of the node serving ``near``'s slot."""
+    now: Any = client.eval(_SERVER_MS, 1, near)
+    return int(now)
 
 
 def wait_server_ms(client: AnyClient, near: bytes, ms: int) -> None:

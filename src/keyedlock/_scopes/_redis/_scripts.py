@@ -46,6 +46,10 @@ most its own deadline), and:
   head of the queue (which may be this waiter: granted). No polling while the holder is alive;
   a crashed holder delays the queue by at most its lease.
 
+The owner key is the truth, the wake list only a doorbell: a waiter that asks again after the
+key was handed to it is granted with the token of that hand-off, so a lost wake-up (a
+connection that died during the pop) costs at most one wait, never the key.
+
 A waiter whose place expired (it crashed, or stopped asking) is dropped from the queue by any
 script that looks at the queue; it never blocks the waiters behind it. A live waiter keeps its
 place by asking again or by ``refresh`` before ``place_ms`` runs out.
