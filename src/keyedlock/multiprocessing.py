@@ -54,11 +54,21 @@ your own class must be importable there). Single-flight results and
 exceptions are pickled to reach the other callers (see
 :class:`SingleFlightProxy`).
 
+**Who can connect.** The manager listens on a socket file in a directory
+only this user can enter (mode 0700, removed when it stops), and on Linux
+also closes at once a connection from a process of another user. Processes
+of this user must prove in a handshake that they have the ``authkey`` of the
+process that started the manager (:func:`multiprocessing.current_process`,
+inherited by every process started from it). The handshake runs in the
+connection's own thread and must be done within 5 seconds: a client that
+connects and says nothing stalls neither the other clients nor
+:meth:`~KeyedLockManager.shutdown`.
+
 **Lifetime.** The manager process stops on :meth:`KeyedLockManager.shutdown`,
 when the :class:`KeyedLockManager` object is garbage-collected, at
 interpreter exit, and when the process that started it dies. Proxies used
-after that raise :class:`ConnectionError`. Objects made by a manager live
-until it stops.
+after that raise :class:`ConnectionError` (naming the manager's address).
+Objects made by a manager live until it stops.
 """
 
 from __future__ import annotations
@@ -70,12 +80,10 @@ import itertools
 import multiprocessing
 import os
 import pickle
-import secrets
 import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
-from multiprocessing.connection import Client as _connect
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Any, Final, TypeVar, final, overload
@@ -101,7 +109,6 @@ from ._scopes._manager import (
     FLIGHT_LEN,
     FLIGHT_WAITERS,
     FORGET,
-    HELLO,
     IN_FLIGHT,
     JOIN,
     LEN,
@@ -111,11 +118,14 @@ from ._scopes._manager import (
     RELEASE,
     SHUTDOWN,
     WAITERS,
+    Client,
     Reply,
     Wait,
     client_for,
     drop_client,
+    make_socket_path,
     next_serial,
+    remove_socket_path,
     serve,
 )
 from ._validate import (
@@ -150,21 +160,21 @@ def _stop_server(process: multiprocessing.process.BaseProcess, address: str, own
     if os.getpid() != owner:
         return
     drop_client(address)
-    if process.is_alive():
-        try:
-            with _connect(
-                address, family="AF_UNIX", authkey=multiprocessing.current_process().authkey
-            ) as conn:
-                conn.send_bytes(pickle.dumps((HELLO, os.getpid())))
-                conn.recv_bytes()
-                conn.send_bytes(pickle.dumps((SHUTDOWN,)))
-                conn.recv_bytes()
-        except (OSError, EOFError):
-            pass
+    try:
+        if process.is_alive():
+            client = Client(address)
+            try:
+                client.call((SHUTDOWN,))
+            except ConnectionError:
+                pass  # gone already, or it exited before answering
+            finally:
+                client.close()
+            process.join(_STOP_TIMEOUT)
+        if process.is_alive():
+            process.kill()
         process.join(_STOP_TIMEOUT)
-    if process.is_alive():
-        process.kill()
-    process.join(_STOP_TIMEOUT)
+    finally:
+        remove_socket_path(address)
 
 
 class KeyedLockManager:
@@ -186,8 +196,12 @@ class KeyedLockManager:
     The manager process is a daemon child of this process: it stops on
     :meth:`shutdown`, when this object is garbage-collected (keep it alive
     while its proxies are in use: the ``with`` block does), at interpreter
-    exit, and if this process dies. Proxies authenticate with this process's
-    ``authkey``, which every process started from it inherits.
+    exit, and if this process dies. It listens on a socket file in a new
+    directory only this user can enter (in ``$XDG_RUNTIME_DIR`` if usable,
+    else :func:`tempfile.gettempdir`); :meth:`start` raises OSError if that
+    path is too long for a Unix socket. Proxies authenticate with this
+    process's ``authkey``, which every process started from it inherits;
+    processes of other users are refused.
     """
 
     def __init__(self, *, ctx: BaseContext | None = None) -> None:
@@ -213,7 +227,11 @@ class KeyedLockManager:
 
     @property
     def address(self) -> str:
-        """Where the manager process listens (RuntimeError if it is not started)."""
+        """The path of the manager's socket (RuntimeError if it is not started).
+
+        A socket file in a directory of its own that only this user can
+        enter, removed when the manager stops.
+        """
         if self._address is None:
             raise RuntimeError("the KeyedLockManager is not started; call start() or use `with`")
         return self._address
@@ -235,17 +253,19 @@ class KeyedLockManager:
         if sys.platform == "win32":
             raise NotImplementedError("KeyedLockManager needs Unix domain sockets (POSIX only)")
         ctx = self._ctx
-        address = None
-        if sys.platform.startswith("linux"):  # abstract socket: nothing left on disk
-            address = f"\0keyedlock-{os.getpid()}-{secrets.token_hex(8)}"
-        reader, writer = ctx.Pipe(duplex=False)
-        process = ctx.Process(  # type: ignore[attr-defined]
-            target=serve,
-            args=(writer, os.getpid(), address),
-            name="KeyedLockManager",
-            daemon=True,
-        )
-        process.start()
+        address = make_socket_path()  # in a new private directory
+        try:
+            reader, writer = ctx.Pipe(duplex=False)
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=serve,
+                args=(writer, os.getpid(), address),
+                name="KeyedLockManager",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            remove_socket_path(address)
+            raise
         writer.close()
         try:
             if not reader.poll(_START_TIMEOUT):
@@ -254,6 +274,7 @@ class KeyedLockManager:
         except BaseException as exc:
             process.kill()
             process.join(_STOP_TIMEOUT)
+            remove_socket_path(address)
             if isinstance(exc, (EOFError, OSError)):
                 raise RuntimeError("the KeyedLockManager process failed to start") from exc
             raise
