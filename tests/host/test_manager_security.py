@@ -1,4 +1,4 @@
-"""KeyedLockManager against peers that misbehave: who can connect, silent clients.
+"""KeyedLockManager against peers that misbehave and a manager that stops answering.
 
 - Who can connect: only this user. The socket is a file in a private directory, and the
   manager checks the uid of every connecting process; another user's process is refused before
@@ -6,10 +6,13 @@
 - A peer that connects and says nothing (or garbage) stalls nobody: the handshake runs in the
   connection's own thread, under a deadline. Other clients are served and ``shutdown()``
   returns while it is still connected.
+- A stopped manager (SIGSTOP): ``timeout=`` still bounds an acquire, and once the manager runs
+  again it holds nothing for the clients that gave up; requests without a timeout fail with
+  ConnectionError once it is gone.
 
 Each test starts a manager of its own (with fork: a test may patch the server's constants
-first). Every wait is bounded (:data:`~tests.support.WAIT`); every manager is shut down
-(killed if it does not stop) at teardown.
+first). Every wait is bounded (:data:`~tests.support.WAIT`); a stopped manager is always
+continued, and every manager is shut down (killed if it does not stop) at teardown.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import multiprocessing
 import os
 import pwd
+import re
 import secrets
 import select
 import shutil
@@ -33,10 +37,11 @@ from pathlib import Path
 
 import pytest
 
+from keyedlock import LockTimeout
 from keyedlock._scopes import _manager
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy
 
-from ..support import WAIT, start_thread
+from ..support import WAIT, start_thread, wait_until
 from .file_support import Children
 
 _HAS_FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -65,7 +70,7 @@ def shut_down(manager: KeyedLockManager) -> None:
 
 @pytest.fixture
 def managers() -> Iterator[Callable[[], KeyedLockManager]]:
-    """Starts managers for one test (after its patches); stops them at the end."""
+    """Starts managers for one test (after its patches); continues and stops them at the end."""
     started: list[KeyedLockManager] = []
 
     def start() -> KeyedLockManager:
@@ -76,7 +81,29 @@ def managers() -> Iterator[Callable[[], KeyedLockManager]]:
 
     yield start
     for manager in started:
+        if manager.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(manager.pid, signal.SIGCONT)
         shut_down(manager)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc ('T': stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@contextlib.contextmanager
+def stopped(manager: KeyedLockManager) -> Iterator[int]:
+    """The manager process stopped (SIGSTOP) for the body, and always continued after it."""
+    pid = manager.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: _process_state(pid) == "T", "the manager process is stopped")
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -109,6 +136,11 @@ def closed_by_manager(peer: socket.socket) -> bool:
     return False
 
 
+def bounded(fn: Callable[[], object]) -> object:
+    """``fn()`` in a new thread (a new owner), its result or exception within WAIT."""
+    return start_thread(fn, "bounded").result()
+
+
 def _report_to(conn: Connection, fn: Callable[..., object], args: tuple[object, ...]) -> None:
     try:
         outcome: tuple[str, object] = ("ok", fn(*args))
@@ -135,6 +167,14 @@ def result_of(children: Children, fn: Callable[..., object], *args: object) -> o
 def _lock_once(lock: KeyedLockProxy, key: str) -> bool:
     with lock(key, timeout=1):
         return lock.locked(key)
+
+
+def _timeout_message(lock: KeyedLockProxy, key: str) -> str:
+    try:
+        with lock(key, timeout=1):
+            return "acquired"
+    except LockTimeout as exc:
+        return str(exc)
 
 
 # -- who can connect ------------------------------------------------------------------------
@@ -346,3 +386,122 @@ def test_a_peer_sending_garbage_is_dropped_at_once(
         assert closed_by_manager(peer)
     assert lock.acquire("k", timeout=WAIT)
     lock.release("k")
+
+
+# -- a stopped manager ----------------------------------------------------------------------
+
+
+def test_timeout_bounds_acquire_against_a_stopped_manager(
+    managers: Callable[[], KeyedLockManager],
+) -> None:
+    manager = managers()
+    lock = manager.KeyedLock()  # leaves one idle connection in this process's pool
+    with stopped(manager):
+        assert bounded(lambda: lock.acquire("k", timeout=1)) is False  # sent on that connection
+        message = bounded(lambda: _timeout_message(lock, "k"))  # a new one: in the handshake
+        assert isinstance(message, str)
+        assert "did not answer" in message
+        assert manager.address in message
+        assert bounded(lambda: lock.acquire("k", blocking=False)) is False
+    assert lock.acquire("k", timeout=WAIT)  # nobody else holds it
+    lock.release("k")
+    wait_until(lambda: len(lock) == 0, "nothing is left in the manager")
+
+
+def test_timeout_bounds_connecting_to_a_stopped_manager_with_a_full_backlog(
+    managers: Callable[[], KeyedLockManager],
+) -> None:
+    """A manager that accepts nothing, its listen backlog full: connecting is bounded too."""
+    manager = managers()
+    lock = manager.KeyedLock()
+    fillers: list[socket.socket] = []
+    try:
+        with stopped(manager):
+            for _ in range(100_000):  # the backlog fills up long before
+                filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                fillers.append(filler)
+                filler.setblocking(False)
+                try:
+                    filler.connect(manager.address)
+                except BlockingIOError:
+                    break
+            else:
+                raise AssertionError("the backlog never filled up")
+            assert bounded(lambda: lock.acquire("k", timeout=0.5)) is False  # the idle one
+            assert bounded(lambda: lock.acquire("k", timeout=0.5)) is False  # cannot connect
+    finally:
+        for filler in fillers:
+            filler.close()
+    assert lock.acquire("k", timeout=WAIT)
+    lock.release("k")
+    wait_until(lambda: len(lock) == 0, "nothing is left in the manager")
+
+
+@pytest.mark.anyio
+async def test_timeout_bounds_async_acquire_against_a_stopped_manager(
+    managers: Callable[[], KeyedLockManager],
+) -> None:
+    manager = managers()
+    lock = manager.KeyedLock()
+    with stopped(manager):
+        assert await lock.acquire_async("k", timeout=1) is False
+        with pytest.raises(LockTimeout, match="did not answer"):
+            async with lock("k", timeout=1):
+                raise AssertionError("never acquired")
+    assert await lock.acquire_async("k", timeout=WAIT)
+    lock.release("k")
+    wait_until(lambda: len(lock) == 0, "nothing is left in the manager")
+
+
+def test_a_queued_wait_whose_client_gave_up_times_out_in_the_manager(
+    managers: Callable[[], KeyedLockManager],
+) -> None:
+    """Queued before the manager stopped; its client gave up: it ends with its own timeout."""
+    manager = managers()
+    lock = manager.KeyedLock()
+    assert lock.acquire("k")
+    waiter = start_thread(lambda: lock.acquire("k", timeout=1), "waiter")
+    wait_until(lambda: lock.waiters("k") == 1, "the waiter is queued")
+    with stopped(manager):
+        assert waiter.result() is False
+    wait_until(lambda: lock.waiters("k") == 0, "the abandoned wait ended in the manager")
+    assert lock.locked("k")  # still ours
+    lock.release("k")
+    assert len(lock) == 0
+
+
+def test_a_grant_to_a_client_that_gave_up_is_handed_on(
+    managers: Callable[[], KeyedLockManager],
+) -> None:
+    """The manager grants a key to a client that already gave up: it is released, not leaked.
+
+    The request leaves while the manager is stopped; the client gives up. Once the manager runs
+    again it queues the request (behind this thread's hold) and grants it on release: the reply
+    cannot be delivered, so the key is handed on.
+    """
+    manager = managers()
+    lock = manager.KeyedLock()
+    assert lock.acquire("k")  # and leaves an idle connection for the waiter to send on
+    with stopped(manager):
+        assert bounded(lambda: lock.acquire("k", timeout=1)) is False
+    wait_until(lambda: lock.waiters("k") == 1, "the manager queued the abandoned request")
+    lock.release("k")  # granted to the client that left
+    wait_until(lambda: not lock.locked("k"), "the undeliverable grant is released")
+    assert len(lock) == 0
+    assert lock.acquire("k", timeout=WAIT)
+    lock.release("k")
+
+
+def test_untimed_requests_raise_connection_error_once_the_manager_is_gone(
+    managers: Callable[[], KeyedLockManager],
+) -> None:
+    manager = managers()
+    lock = manager.KeyedLock()
+    assert lock.acquire("k")
+    with stopped(manager) as pid:
+        release = start_thread(lambda: lock.release("k"), "release")
+        waiter = start_thread(lambda: lock.acquire("k"), "waiter")
+        os.kill(pid, signal.SIGKILL)
+    for request in (release, waiter):
+        with pytest.raises(ConnectionError, match=re.escape(manager.address)):
+            request.result()

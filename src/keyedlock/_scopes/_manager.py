@@ -39,6 +39,17 @@ handshake runs in the connection's own thread and must be done within
 nobody. The ``authkey`` tells apart the processes of this user that were
 given the proxies from the others.
 
+Deadlines. A request with a ``timeout`` (ACQUIRE) carries it to the manager,
+which answers when it elapses; the client also waits no longer than that
+plus :data:`REPLY_GRACE` for the whole request, connecting included
+(:func:`deadline_for`), so a stopped manager cannot hold it. On giving up it
+shuts the connection's reading side, takes a reply that had come whole by
+then, and closes it: a reply the manager writes after that fails, and the
+manager releases what the reply granted (:meth:`_Server.undelivered`). A
+request still queued when its client gives up ends with its own timeout in
+the manager (which answers to a closed connection). Requests without a
+timeout wait as long as the manager lives.
+
 Bookkeeping. Each request that takes a key gets a client-chosen serial
 (unique within its process). The server tracks every hold of a process
 (:class:`_Proc`) from the request's arrival until its release, in one of
@@ -88,6 +99,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable
 from multiprocessing import current_process
 from multiprocessing.connection import Connection
@@ -114,6 +126,7 @@ __all__ = [
     "NEW_FLIGHT",
     "NEW_LOCK",
     "RELEASE",
+    "REPLY_GRACE",
     "SHUTDOWN",
     "WAITERS",
     "Client",
@@ -121,6 +134,7 @@ __all__ = [
     "Reply",
     "Wait",
     "client_for",
+    "deadline_for",
     "drop_client",
     "make_socket_path",
     "next_serial",
@@ -131,6 +145,10 @@ __all__ = [
 #: Seconds a new connection has to complete its handshake; a peer that has not by then is
 #: disconnected. A client needs about a millisecond (its pid and two HMACs).
 HANDSHAKE_TIMEOUT: Final = 5.0
+#: Seconds a client waits for the reply to a request with a ``timeout`` beyond that timeout
+#: before it gives up. The manager answers when the timeout elapses; only a manager that is
+#: stopped or stuck lets the grace run out.
+REPLY_GRACE: Final = 1.0
 
 # -- operations (the first item of a request) -------------------------------
 
@@ -161,6 +179,7 @@ class Reply:
     ABORTED: Final = 4  # ACQUIRE: (ABORTED, pickled cause) on_error="stop"
     LEAD: Final = 5  # JOIN: the caller runs the call
     OUTCOME: Final = 6  # JOIN: (OUTCOME, (is_error, pickled value or exception))
+    NO_ANSWER: Final = 7  # never sent: the client gave up waiting (see deadline_for)
 
 
 # -- framing ------------------------------------------------------------------
@@ -204,6 +223,18 @@ def recv_frame(fd: int) -> bytes:
 
 class NoAnswer(Exception):
     """The peer did not answer before the deadline (raised by the ``*_by`` functions)."""
+
+
+def deadline_for(timeout: float | None) -> float | None:
+    """When a client stops waiting for a request that may wait ``timeout`` in the manager.
+
+    Never (None) without a timeout, or one too long to wait for anyway (as
+    in the manager); else the timeout plus :data:`REPLY_GRACE` from now, for
+    the whole request: connecting, handshake, request, reply.
+    """
+    if timeout is None or timeout > threading.TIMEOUT_MAX:
+        return None
+    return monotonic() + timeout + REPLY_GRACE
 
 
 #: The longest single poll() in milliseconds (a day; a longer wait polls again).
@@ -349,15 +380,29 @@ def peer_uid(sock: socket.socket) -> int | None:
     return int(uid)
 
 
-def _open(address: str) -> socket.socket:
-    """A socket connected to ``address``."""
+def _open(address: str, deadline: float | None) -> socket.socket:
+    """A socket connected to ``address``; by ``deadline`` (NoAnswer) even if its backlog is full."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(address)
+        if deadline is None:
+            sock.connect(address)
+            return sock
+        sock.setblocking(False)
+        while (err := sock.connect_ex(address)) in (errno.EAGAIN, errno.EWOULDBLOCK):
+            # The manager is not accepting and its backlog is full: try again in a moment.
+            if monotonic() >= deadline:
+                raise NoAnswer
+            time.sleep(0.005)
+        if err in (errno.EINPROGRESS, errno.EALREADY):
+            _ready(sock.fileno(), select.POLLOUT, deadline)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err and err != errno.EISCONN:
+            raise OSError(err, os.strerror(err), address)
+        sock.setblocking(True)
+        return sock
     except BaseException:
         sock.close()
         raise
-    return sock
 
 
 # -- the handshake --------------------------------------------------------------
@@ -482,13 +527,15 @@ class _Proc:
 class _Conn:
     """The server's view of one client connection."""
 
-    __slots__ = ("cancelled", "id", "proc")
+    __slots__ = ("cancelled", "granted", "id", "proc")
 
     def __init__(self, conn_id: int, proc: _Proc) -> None:
         self.id = conn_id
         self.proc = proc
         # A cancel that arrived before its request (they travel on two connections).
         self.cancelled: int | None = None
+        # The hold the reply being sent grants (LIVE): released if it cannot be delivered.
+        self.granted: _RemoteHold | None = None
 
 
 class _Server:
@@ -675,6 +722,7 @@ class _Server:
                     data = recv_frame(fd)
                 except (EOFError, OSError):
                     return
+                state.granted = None
                 try:
                     request = loads(data)
                 except Exception as exc:
@@ -690,11 +738,23 @@ class _Server:
                     out = dumps((False, RuntimeError(repr(exc))), pickle.HIGHEST_PROTOCOL)
                 try:
                     send_frame(fd, out)
-                except OSError:
+                except OSError:  # the client gave up waiting (or died): nobody has the reply
+                    self.undelivered(state)
                     return
         finally:
             sock.close()
             self._closed(state)
+
+    def undelivered(self, state: _Conn) -> None:
+        """The reply granting ``state.granted`` never reached its client: hand the key on."""
+        hold = state.granted
+        state.granted = None
+        if hold is None:
+            return
+        with self.mutex:
+            if hold.phase == _LIVE:  # not released meanwhile (by release(key), or a death)
+                self._drop(hold)
+                hold.table.release(hold.key, hold)
 
     def _closed(self, state: _Conn) -> None:
         proc = state.proc
@@ -768,6 +828,7 @@ class _Server:
             if holder is hold:
                 hold.phase = _LIVE
                 state.proc.holds[serial] = hold
+                state.granted = hold
                 return Reply.GRANTED
             if holder.owner == hold.owner and timeout != 0:
                 raise reacquire_error(key)
@@ -777,6 +838,7 @@ class _Server:
         decided = self._wait(hold, timeout)
         with self.mutex:
             if decided == GRANTED:
+                state.granted = hold
                 return self._granted(hold)
             self._drop(hold)
             if decided == ABORTED:
@@ -872,6 +934,7 @@ class _Server:
             if leader is hold:
                 hold.phase = _LIVE
                 state.proc.holds[serial] = hold
+                state.granted = hold
                 return Reply.LEAD
             if leader.owner == hold.owner:
                 raise RuntimeError(
@@ -902,6 +965,7 @@ class _Server:
                     table.finish(key, hold, (False, kept), MISS, 0.0)
                     return (Reply.OUTCOME, (False, kept))
             hold.phase = _LIVE
+            state.granted = hold
             return Reply.LEAD
 
     def _leader(self, state: _Conn, table: KeyTable, key: Hashable, serial: int) -> _RemoteHold:
@@ -1003,15 +1067,47 @@ _HIGHEST: Final = pickle.HIGHEST_PROTOCOL
 class _Link:
     """One authenticated connection and the id the server gave it."""
 
-    __slots__ = ("fd", "id", "sock")
+    __slots__ = ("closed", "fd", "id", "sock")
 
     def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.id = conn_id
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         self.sock.close()
+
+    def exchange(self, data: bytes, deadline: float | None) -> bytes:
+        """Send a request, return its reply; NoAnswer (and closed) if none came by ``deadline``."""
+        if deadline is None:
+            send_frame(self.fd, data)
+            return recv_frame(self.fd)
+        try:
+            send_frame_by(self.sock, data, deadline)
+            return recv_frame_by(self.fd, deadline)
+        except NoAnswer:
+            return self.give_up()
+
+    def give_up(self) -> bytes:
+        """Close this connection so no reply can reach it any more; a reply that came is kept.
+
+        Shutting the reading side is the instant that decides (Linux): a reply
+        the manager wrote before it is whole in the socket and returned here; a
+        write after it fails in the manager, which releases what the reply
+        granted. So a key is never held for a caller that does not know it.
+        NoAnswer if no whole reply came.
+        """
+        try:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)
+            try:
+                return recv_frame_by(self.fd, monotonic())  # only what has arrived
+            except (EOFError, OSError) as exc:
+                raise NoAnswer from exc
+        finally:
+            self.close()
 
 
 def _unpack(raw: bytes) -> Any:
@@ -1036,18 +1132,21 @@ class Client:
             f"(it was shut down, or its process died): {exc!r}"
         )
 
-    def take(self) -> _Link:
-        """An idle connection, or a new one (``list.pop`` is atomic: no lock needed)."""
+    def take(self, deadline: float | None = None) -> _Link:
+        """An idle connection, or a new one (``list.pop`` is atomic: no lock needed).
+
+        Connecting and the handshake end by ``deadline`` (NoAnswer).
+        """
         try:
             return self.idle.pop()
         except IndexError:
             pass
         try:
-            sock = _open(self.address)
+            sock = _open(self.address, deadline)
         except OSError as exc:
             raise self.gone(exc) from exc
         try:
-            conn_id = _greet(sock, None)
+            conn_id = _greet(sock, deadline)
         except BaseException as exc:
             sock.close()
             if isinstance(exc, _Refused):
@@ -1059,19 +1158,19 @@ class Client:
             raise
         return _Link(sock, conn_id)
 
-    def call(self, request: tuple[object, ...]) -> Any:
-        """One round trip for a request the manager answers at once."""
+    def call(self, request: tuple[object, ...], deadline: float | None = None) -> Any:
+        """One round trip for a request the manager answers at once (NoAnswer by ``deadline``)."""
         data = dumps_request(request)
-        link = self.take()
+        link = self.take(deadline)
         try:
-            send_frame(link.fd, data)
-            raw = recv_frame(link.fd)
+            raw = link.exchange(data, deadline)
         except BaseException as exc:
             link.close()
             if isinstance(exc, (OSError, EOFError)):
                 raise self.gone(exc) from exc
             raise
-        self.idle.append(link)
+        if not link.closed:
+            self.idle.append(link)
         return _unpack(raw)
 
     def close(self) -> None:
@@ -1098,10 +1197,21 @@ class Wait:
     CANCELLED, or with what was granted before the cancel arrived: the
     canceller passes that reply to ``undo`` (release the key, hand the call
     on). If ``run()`` itself is interrupted (KeyboardInterrupt), it cancels,
-    undoes and re-raises.
+    undoes and re-raises. With a ``deadline`` (:func:`deadline_for`),
+    ``run()`` returns NO_ANSWER if the manager has not answered by then; the
+    manager then releases whatever it grants to the request.
     """
 
-    __slots__ = ("cancelled", "client", "conn_id", "guard", "request", "serial", "undo")
+    __slots__ = (
+        "cancelled",
+        "client",
+        "conn_id",
+        "deadline",
+        "guard",
+        "request",
+        "serial",
+        "undo",
+    )
 
     def __init__(
         self,
@@ -1109,11 +1219,13 @@ class Wait:
         request: tuple[object, ...],
         serial: int,
         undo: Callable[[object], None],
+        deadline: float | None = None,
     ) -> None:
         self.client = client
         self.request = request
         self.serial = serial
         self.undo = undo
+        self.deadline = deadline
         self.guard = threading.Lock()
         self.conn_id: int | None = None
         self.cancelled = False
@@ -1121,26 +1233,44 @@ class Wait:
     def run(self) -> object:
         client = self.client
         data = dumps_request(self.request)
-        link = client.take()
+        deadline = self.deadline
+        try:
+            link = client.take(deadline)
+        except NoAnswer:
+            return Reply.NO_ANSWER
         with self.guard:
             if self.cancelled:
                 client.idle.append(link)
                 return Reply.CANCELLED
             self.conn_id = link.id
         try:
-            send_frame(link.fd, data)
-            raw = recv_frame(link.fd)
+            raw = link.exchange(data, deadline)
+        except NoAnswer:
+            return Reply.NO_ANSWER
         except BaseException as exc:
             if isinstance(exc, (OSError, EOFError)):
                 link.close()
                 raise client.gone(exc) from exc
-            # Interrupted, before or after the request left: withdraw it, or give back
-            # what it was granted; the reply is dropped with the connection.
-            self.cancel(give_back=True)
-            link.close()
+            self._leave(link)  # interrupted, before or after the request left
             raise
-        client.idle.append(link)
+        if not link.closed:
+            client.idle.append(link)
         return _unpack(raw)
+
+    def _leave(self, link: _Link) -> None:
+        """Nobody will read the reply: leave nothing behind in the manager.
+
+        Once the connection is shut, the manager can deliver nothing more on
+        it (and releases what it grants from then on). A reply that came
+        before is undone; else the request, maybe still queued, is withdrawn.
+        """
+        try:
+            raw = link.give_up()
+        except NoAnswer:
+            self.cancel(give_back=True)
+            return
+        with contextlib.suppress(Exception):
+            self.undo(_unpack(raw))
 
     def cancel(self, give_back: bool = False) -> None:
         """Withdraw the request at the manager (from any thread; errors are ignored).
@@ -1148,14 +1278,16 @@ class Wait:
         ``run()`` then returns CANCELLED, or the reply the manager sent before
         the cancel arrived. ``give_back``: release a grant that was already
         reported too (only for a caller that will never read the reply).
+        Waits for the manager no longer than the request's deadline: ``run()``
+        gives up by then too.
         """
         with self.guard:
             self.cancelled = True
             conn_id = self.conn_id
         if conn_id is None:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.client.call((CANCEL, conn_id, self.serial, give_back))
+        with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
+            self.client.call((CANCEL, conn_id, self.serial, give_back), self.deadline)
 
 
 _clients: dict[str, Client] = {}
