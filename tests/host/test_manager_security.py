@@ -390,6 +390,10 @@ def test_a_peer_sending_garbage_is_dropped_at_once(
 
 # -- a stopped manager ----------------------------------------------------------------------
 
+#: The timeout of a request whose client gives up while the test looks at it queued in the
+#: manager: the window the test has to see it there (the client gives up after it plus 1 s).
+QUEUED_FOR = 2.0
+
 
 def test_timeout_bounds_acquire_against_a_stopped_manager(
     managers: Callable[[], KeyedLockManager],
@@ -460,7 +464,7 @@ def test_a_queued_wait_whose_client_gave_up_times_out_in_the_manager(
     manager = managers()
     lock = manager.KeyedLock()
     assert lock.acquire("k")
-    waiter = start_thread(lambda: lock.acquire("k", timeout=1), "waiter")
+    waiter = start_thread(lambda: lock.acquire("k", timeout=QUEUED_FOR), "waiter")
     wait_until(lambda: lock.waiters("k") == 1, "the waiter is queued")
     with stopped(manager):
         assert waiter.result() is False
@@ -483,7 +487,7 @@ def test_a_grant_to_a_client_that_gave_up_is_handed_on(
     lock = manager.KeyedLock()
     assert lock.acquire("k")  # and leaves an idle connection for the waiter to send on
     with stopped(manager):
-        assert bounded(lambda: lock.acquire("k", timeout=1)) is False
+        assert bounded(lambda: lock.acquire("k", timeout=QUEUED_FOR)) is False
     wait_until(lambda: lock.waiters("k") == 1, "the manager queued the abandoned request")
     lock.release("k")  # granted to the client that left
     wait_until(lambda: not lock.locked("k"), "the undeliverable grant is released")
