@@ -54,11 +54,29 @@ your own class must be importable there). Single-flight results and
 exceptions are pickled to reach the other callers (see
 :class:`SingleFlightProxy`).
 
+**Who can connect.** The manager listens on a socket file in a directory
+only this user can enter (mode 0700, removed when it stops), and on Linux
+also closes at once a connection from a process of another user. Processes
+of this user must prove in a handshake that they have the ``authkey`` of the
+process that started the manager (:func:`multiprocessing.current_process`,
+inherited by every process started from it). The handshake runs in the
+connection's own thread and must be done within 5 seconds: a client that
+connects and says nothing stalls neither the other clients nor
+:meth:`~KeyedLockManager.shutdown`.
+
+**A manager that stops answering.** ``timeout=`` is kept by the client too:
+if the manager has not answered within the timeout plus a grace of 1 second
+(its process is stopped, or stuck), ``acquire`` returns False and the
+context manager raises :class:`~keyedlock.LockTimeout` saying so; the
+manager, once it runs again, hands on what it grants to a client that gave
+up. Requests without a timeout wait for a stopped manager as long as it
+lives.
+
 **Lifetime.** The manager process stops on :meth:`KeyedLockManager.shutdown`,
 when the :class:`KeyedLockManager` object is garbage-collected, at
 interpreter exit, and when the process that started it dies. Proxies used
-after that raise :class:`ConnectionError`. Objects made by a manager live
-until it stops.
+after that raise :class:`ConnectionError` (naming the manager's address).
+Objects made by a manager live until it stops.
 """
 
 from __future__ import annotations
@@ -70,17 +88,16 @@ import itertools
 import multiprocessing
 import os
 import pickle
-import secrets
 import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
-from multiprocessing.connection import Client as _connect
 from multiprocessing.context import BaseContext
+from time import monotonic
 from types import TracebackType
 from typing import Any, Final, TypeVar, final, overload
 
-from ._errors import Aborted, exception_state, rebuild_exception
+from ._errors import Aborted, LockTimeout, exception_state, rebuild_exception
 from ._keyspec import Decorator, KeySpec, key_function
 from ._running import RunMixin
 from ._runtime import (
@@ -101,7 +118,6 @@ from ._scopes._manager import (
     FLIGHT_LEN,
     FLIGHT_WAITERS,
     FORGET,
-    HELLO,
     IN_FLIGHT,
     JOIN,
     LEN,
@@ -109,13 +125,19 @@ from ._scopes._manager import (
     NEW_FLIGHT,
     NEW_LOCK,
     RELEASE,
+    REPLY_GRACE,
     SHUTDOWN,
     WAITERS,
+    Client,
+    NoAnswer,
     Reply,
     Wait,
     client_for,
+    deadline_for,
     drop_client,
+    make_socket_path,
     next_serial,
+    remove_socket_path,
     serve,
 )
 from ._singleflight import Result
@@ -146,26 +168,29 @@ def _stop_server(process: multiprocessing.process.BaseProcess, address: str, own
     """Ask the server at ``address`` to exit; make sure ``process`` is gone and reaped.
 
     Only in the process that started it (``owner``): a forked child inherits
-    the finalizer, and its exit must not stop the manager.
+    the finalizer, and its exit must not stop the manager. A manager that
+    does not answer within _STOP_TIMEOUT (stopped, stuck) is killed.
     """
     if os.getpid() != owner:
         return
     drop_client(address)
-    if process.is_alive():
-        try:
-            with _connect(
-                address, family="AF_UNIX", authkey=multiprocessing.current_process().authkey
-            ) as conn:
-                conn.send_bytes(pickle.dumps((HELLO, os.getpid())))
-                conn.recv_bytes()
-                conn.send_bytes(pickle.dumps((SHUTDOWN,)))
-                conn.recv_bytes()
-        except (OSError, EOFError):
-            pass
+    try:
+        if process.is_alive():
+            client = Client(address)
+            try:
+                client.call((SHUTDOWN,), monotonic() + _STOP_TIMEOUT)
+            except NoAnswer:
+                process.kill()
+            except ConnectionError:
+                pass  # gone already, or it exited before answering
+            finally:
+                client.close()
+            process.join(_STOP_TIMEOUT)
+        if process.is_alive():
+            process.kill()
         process.join(_STOP_TIMEOUT)
-    if process.is_alive():
-        process.kill()
-    process.join(_STOP_TIMEOUT)
+    finally:
+        remove_socket_path(address)
 
 
 class KeyedLockManager:
@@ -187,8 +212,12 @@ class KeyedLockManager:
     The manager process is a daemon child of this process: it stops on
     :meth:`shutdown`, when this object is garbage-collected (keep it alive
     while its proxies are in use: the ``with`` block does), at interpreter
-    exit, and if this process dies. Proxies authenticate with this process's
-    ``authkey``, which every process started from it inherits.
+    exit, and if this process dies. It listens on a socket file in a new
+    directory only this user can enter (in ``$XDG_RUNTIME_DIR`` if usable,
+    else :func:`tempfile.gettempdir`); :meth:`start` raises OSError if that
+    path is too long for a Unix socket. Proxies authenticate with this
+    process's ``authkey``, which every process started from it inherits;
+    processes of other users are refused.
     """
 
     def __init__(self, *, ctx: BaseContext | None = None) -> None:
@@ -214,7 +243,11 @@ class KeyedLockManager:
 
     @property
     def address(self) -> str:
-        """Where the manager process listens (RuntimeError if it is not started)."""
+        """The path of the manager's socket (RuntimeError if it is not started).
+
+        A socket file in a directory of its own that only this user can
+        enter, removed when the manager stops.
+        """
         if self._address is None:
             raise RuntimeError("the KeyedLockManager is not started; call start() or use `with`")
         return self._address
@@ -236,17 +269,19 @@ class KeyedLockManager:
         if sys.platform == "win32":
             raise NotImplementedError("KeyedLockManager needs Unix domain sockets (POSIX only)")
         ctx = self._ctx
-        address = None
-        if sys.platform.startswith("linux"):  # abstract socket: nothing left on disk
-            address = f"\0keyedlock-{os.getpid()}-{secrets.token_hex(8)}"
-        reader, writer = ctx.Pipe(duplex=False)
-        process = ctx.Process(  # type: ignore[attr-defined]
-            target=serve,
-            args=(writer, os.getpid(), address),
-            name="KeyedLockManager",
-            daemon=True,
-        )
-        process.start()
+        address = make_socket_path()  # in a new private directory
+        try:
+            reader, writer = ctx.Pipe(duplex=False)
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=serve,
+                args=(writer, os.getpid(), address),
+                name="KeyedLockManager",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            remove_socket_path(address)
+            raise
         writer.close()
         try:
             if not reader.poll(_START_TIMEOUT):
@@ -255,6 +290,7 @@ class KeyedLockManager:
         except BaseException as exc:
             process.kill()
             process.join(_STOP_TIMEOUT)
+            remove_socket_path(address)
             if isinstance(exc, (EOFError, OSError)):
                 raise RuntimeError("the KeyedLockManager process failed to start") from exc
             raise
@@ -389,7 +425,10 @@ def _dump_cause(exc: BaseException) -> bytes:
 
 
 def _granted(reply: object, key: Hashable) -> bool:
-    """Map an ACQUIRE reply to True (acquired) / False (timed out), or raise Aborted."""
+    """Map an ACQUIRE reply to True (acquired) / False (timed out), or raise Aborted.
+
+    False too if the manager did not answer in time (NO_ANSWER).
+    """
     if reply == Reply.GRANTED:
         return True
     if isinstance(reply, tuple) and reply[0] == Reply.ABORTED:
@@ -397,6 +436,19 @@ def _granted(reply: object, key: Hashable) -> bool:
             f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
         ) from _load_cause(reply[1])
     return False
+
+
+def _not_acquired(
+    reply: object, lock: KeyedLockProxy, key: Hashable, timeout: float | None
+) -> LockTimeout:
+    """The LockTimeout of a context whose acquire returned ``reply`` (not granted)."""
+    if reply != Reply.NO_ANSWER:
+        return _timeout_error(key, timeout)
+    return LockTimeout(
+        f"the KeyedLockManager at {lock._address!r} did not answer in time: no reply to the "
+        f"acquire of key {key!r} (timeout={timeout} s, plus {REPLY_GRACE} s of grace at most); "
+        "its process may be stopped or stuck"
+    )
 
 
 def _check_wire_key(key: object) -> None:
@@ -509,8 +561,11 @@ class ManagerLockContext:
         self._phase = _ENTERED
         check_can_block("`with klock(key)`")
         self._serial = next_serial()
-        if not self._lock._acquire_sync(self._key, _thread_owner_id(), self._serial, self._timeout):
-            raise _timeout_error(self._key, self._timeout)
+        key = self._key
+        timeout = self._timeout
+        reply = self._lock._acquire_sync(key, _thread_owner_id(), self._serial, timeout)
+        if not _granted(reply, key):
+            raise _not_acquired(reply, self._lock, key, timeout)
         self._held = True
 
     def __exit__(
@@ -527,10 +582,11 @@ class ManagerLockContext:
         self._phase = _ENTERED
         _, task = async_runtime(running_loop())
         self._serial = next_serial()
-        if not await self._lock._acquire_async(
-            self._key, _task_owner_id(task), self._serial, self._timeout
-        ):
-            raise _timeout_error(self._key, self._timeout)
+        key = self._key
+        timeout = self._timeout
+        reply = await self._lock._acquire_async(key, _task_owner_id(task), self._serial, timeout)
+        if not _granted(reply, key):
+            raise _not_acquired(reply, self._lock, key, timeout)
         self._held = True
 
     async def __aexit__(
@@ -622,24 +678,36 @@ class KeyedLockProxy(RunMixin):
 
         return undo
 
-    def _acquire_sync(self, key: Hashable, owner: int, serial: int, timeout: float | None) -> bool:
-        """One round trip: acquire ``key`` for ``owner``, blocking this thread."""
+    def _acquire_sync(
+        self, key: Hashable, owner: int, serial: int, timeout: float | None
+    ) -> object:
+        """One round trip: acquire ``key`` for ``owner``, blocking this thread; the reply.
+
+        With a timeout, the reply is NO_ANSWER if the manager has not
+        answered within it plus REPLY_GRACE (it is stopped or stuck).
+        """
         client = client_for(self._address)
         request = (ACQUIRE, self._tid, key, owner, serial, timeout)
-        return _granted(Wait(client, request, serial, self._undo(key, serial)).run(), key)
+        deadline = deadline_for(timeout)
+        return Wait(client, request, serial, self._undo(key, serial), deadline).run()
 
     async def _acquire_async(
         self, key: Hashable, owner: int, serial: int, timeout: float | None
-    ) -> bool:
-        """Try once at once; if busy, wait in a helper thread (cancellable)."""
+    ) -> object:
+        """Try once at once; if busy, wait in a helper thread (cancellable); the reply.
+
+        The try blocks the event loop for one round trip: with a timeout, at
+        most REPLY_GRACE (NO_ANSWER) if the manager does not answer.
+        """
         client = client_for(self._address)
         undo = self._undo(key, serial)
-        now = Wait(client, (ACQUIRE, self._tid, key, owner, serial, 0), serial, undo).run()
+        deadline = deadline_for(timeout)
+        try_by = None if deadline is None else deadline_for(0)
+        now = Wait(client, (ACQUIRE, self._tid, key, owner, serial, 0), serial, undo, try_by).run()
         if now != Reply.BUSY or timeout == 0:
-            return _granted(now, key)
+            return now
         request = (ACQUIRE, self._tid, key, owner, serial, timeout)
-        reply = await _wait_off_loop(Wait(client, request, serial, undo))
-        return _granted(reply, key)
+        return await _wait_off_loop(Wait(client, request, serial, undo, deadline))
 
     def _release(self, key: Hashable, serial: int | None, abort: BaseException | None) -> None:
         cause = None if abort is None else _dump_cause(abort)
@@ -653,6 +721,8 @@ class KeyedLockProxy(RunMixin):
         ``timeout`` (seconds; None waits forever, 0 tries once) bounds the
         wait, which happens in the manager; when it elapses,
         :class:`~keyedlock.LockTimeout` is raised and nothing is left queued.
+        It is raised too if the manager has not answered within ``timeout``
+        plus a grace of 1 second (its process stopped or stuck).
         """
         _check_wire_key(key)
         return ManagerLockContext(self, key, check_timeout(timeout))
@@ -665,8 +735,10 @@ class KeyedLockProxy(RunMixin):
         """Acquire ``key``, blocking this thread; True if acquired (one round trip).
 
         As :meth:`keyedlock.KeyedLock.acquire`: False on timeout, or at once
-        if ``blocking=False`` (or ``timeout=0``) and the key is busy. Release
-        with :meth:`release`.
+        if ``blocking=False`` (or ``timeout=0``) and the key is busy. False
+        too if the manager has not answered within ``timeout`` plus a grace
+        of 1 second (its process stopped or stuck). Release with
+        :meth:`release`.
         """
         if not blocking:
             if timeout is not None:
@@ -679,19 +751,21 @@ class KeyedLockProxy(RunMixin):
         else:
             check_can_block("a blocking acquire(key)")
             owner = _thread_owner_id()
-        return self._acquire_sync(key, owner, next_serial(), timeout)
+        return _granted(self._acquire_sync(key, owner, next_serial(), timeout), key)
 
     async def acquire_async(self, key: Hashable, *, timeout: float | None = None) -> bool:
         """Acquire ``key`` from an asyncio or trio task; True if acquired.
 
-        Returns False if ``timeout`` elapses (0 tries once). The wait runs in
-        a helper thread; cancellation withdraws it from the manager and
-        leaves no trace. Release with :meth:`release`.
+        Returns False if ``timeout`` elapses (0 tries once), or if the
+        manager does not answer in time (its process stopped or stuck). The
+        wait runs in a helper thread; cancellation withdraws it from the
+        manager and leaves no trace. Release with :meth:`release`.
         """
         _check_wire_key(key)
         timeout = check_timeout(timeout)
         _, task = async_runtime(running_loop())
-        return await self._acquire_async(key, _task_owner_id(task), next_serial(), timeout)
+        reply = await self._acquire_async(key, _task_owner_id(task), next_serial(), timeout)
+        return _granted(reply, key)
 
     def release(self, key: Hashable) -> None:
         """Release ``key``, whoever holds it; RuntimeError if it is not held (one round trip).

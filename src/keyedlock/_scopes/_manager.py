@@ -11,19 +11,44 @@ thread until the core grants, aborts or withdraws it. So a blocking acquire
 is one request and one reply, whatever happens in between, and waiters of
 all processes queue in one FIFO.
 
-Wire protocol (over :mod:`multiprocessing.connection` sockets, authenticated
-with the creating process's ``authkey``, one request in flight per
-connection; messages are framed as by :class:`~multiprocessing.connection.Connection`,
-but read with one system call instead of two, see :func:`recv_frame`):
+Wire protocol (over Unix stream sockets; messages are framed as by
+:class:`~multiprocessing.connection.Connection`, a 4-byte big-endian length
+then the payload, but read with one system call instead of two, see
+:func:`recv_frame`; one request in flight per connection):
 
-- after connecting, the client sends ``(HELLO, pid)`` and gets the
-  connection's id;
+- the connection starts with a handshake (:meth:`_Server.handshake`,
+  :func:`_greet`): the manager sends a nonce; the client answers with an
+  HMAC-SHA256, keyed with the creating process's ``authkey``, over both
+  nonces and its pid (plus its own nonce and pid); the manager answers with
+  its own HMAC and the connection's id, or with an empty message (refused).
+  Nothing is unpickled before the client has proven the key;
 - every request is a tuple ``(op, *args)`` pickled with :mod:`pickle`; the
   reply is ``(True, value)`` or ``(False, exception)``;
 - user payloads (single-flight outcomes, ``on_error="stop"`` causes) travel
   as opaque pickled bytes: the server never unpickles them, so their classes
   need not be importable here. Keys are unpickled (the server compares
   them).
+
+Who can connect. The socket is a file in a directory of its own, made
+private (mode 0700) by :func:`make_socket_path` and removed when the manager
+stops: other users cannot reach it. On accepting, the manager also checks
+the uid of the connecting process (``SO_PEERCRED``, Linux) and closes a
+connection of another user at once. The accepting thread only accepts: the
+handshake runs in the connection's own thread and must be done within
+:data:`HANDSHAKE_TIMEOUT`, so a peer that says nothing (or garbage) stalls
+nobody. The ``authkey`` tells apart the processes of this user that were
+given the proxies from the others.
+
+Deadlines. A request with a ``timeout`` (ACQUIRE) carries it to the manager,
+which answers when it elapses; the client also waits no longer than that
+plus :data:`REPLY_GRACE` for the whole request, connecting included
+(:func:`deadline_for`), so a stopped manager cannot hold it. On giving up it
+shuts the connection's reading side, takes a reply that had come whole by
+then, and closes it: a reply the manager writes after that fails, and the
+manager releases what the reply granted (:meth:`_Server.undelivered`). A
+request still queued when its client gives up ends with its own timeout in
+the manager (which answers to a closed connection). Requests without a
+timeout wait as long as the manager lives.
 
 Bookkeeping. Each request that takes a key gets a client-chosen serial
 (unique within its process). The server tracks every hold of a process
@@ -60,17 +85,24 @@ process that started it dies.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hmac
 import itertools
+import math
 import os
 import pickle
 import select
 import signal
+import socket
+import stat
 import struct
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable
 from multiprocessing import current_process
-from multiprocessing.connection import Client as _connect
-from multiprocessing.connection import Connection, Listener
+from multiprocessing.connection import Connection
 from time import monotonic
 from typing import Any, Final
 
@@ -95,7 +127,7 @@ __all__ = [
     "FLIGHT_LEN",
     "FLIGHT_WAITERS",
     "FORGET",
-    "HELLO",
+    "HANDSHAKE_TIMEOUT",
     "IN_FLIGHT",
     "JOIN",
     "LEN",
@@ -103,20 +135,32 @@ __all__ = [
     "NEW_FLIGHT",
     "NEW_LOCK",
     "RELEASE",
+    "REPLY_GRACE",
     "SHUTDOWN",
     "WAITERS",
     "Client",
+    "NoAnswer",
     "Reply",
     "Wait",
     "client_for",
+    "deadline_for",
     "drop_client",
+    "make_socket_path",
     "next_serial",
+    "remove_socket_path",
     "serve",
 ]
 
+#: Seconds a new connection has to complete its handshake; a peer that has not by then is
+#: disconnected. A client needs about a millisecond (its pid and two HMACs).
+HANDSHAKE_TIMEOUT: Final = 5.0
+#: Seconds a client waits for the reply to a request with a ``timeout`` beyond that timeout
+#: before it gives up. The manager answers when the timeout elapses; only a manager that is
+#: stopped or stuck lets the grace run out.
+REPLY_GRACE: Final = 1.0
+
 # -- operations (the first item of a request) -------------------------------
 
-HELLO: Final = 0
 NEW_LOCK: Final = 1
 NEW_FLIGHT: Final = 2
 ACQUIRE: Final = 3
@@ -144,6 +188,7 @@ class Reply:
     ABORTED: Final = 4  # ACQUIRE: (ABORTED, pickled cause) on_error="stop"
     LEAD: Final = 5  # JOIN: the caller runs the call
     OUTCOME: Final = 6  # JOIN: (OUTCOME, (is_error, pickled value or exception))
+    NO_ANSWER: Final = 7  # never sent: the client gave up waiting (see deadline_for)
 
 
 # -- framing ------------------------------------------------------------------
@@ -183,6 +228,238 @@ def recv_frame(fd: int) -> bytes:
             raise EOFError("connection closed")
         buf += more
     return bytes(buf[4:end])
+
+
+class NoAnswer(Exception):
+    """The peer did not answer before the deadline (raised by the ``*_by`` functions)."""
+
+
+def deadline_for(timeout: float | None) -> float | None:
+    """When a client stops waiting for a request that may wait ``timeout`` in the manager.
+
+    Never (None) without a timeout, or one too long to wait for anyway (as
+    in the manager); else the timeout plus :data:`REPLY_GRACE` from now, for
+    the whole request: connecting, handshake, request, reply.
+    """
+    if timeout is None or timeout > threading.TIMEOUT_MAX:
+        return None
+    return monotonic() + timeout + REPLY_GRACE
+
+
+#: The longest single poll() in milliseconds (a day; a longer wait polls again).
+_POLL_MAX: Final = 86_400_000
+
+
+def _ready(fd: int, events: int, deadline: float) -> None:
+    """Wait until ``fd`` is ready for ``events`` (or hung up); NoAnswer once ``deadline`` passes.
+
+    A deadline already past still looks once: what has arrived by now counts.
+    """
+    poller = select.poll()
+    poller.register(fd, events)
+    while not poller.poll(min(_POLL_MAX, max(0, math.ceil((deadline - monotonic()) * 1000)))):
+        if monotonic() >= deadline:
+            raise NoAnswer
+
+
+def send_frame_by(sock: socket.socket, payload: bytes, deadline: float) -> None:
+    """As :func:`send_frame`, giving up (NoAnswer) if the peer does not take it by ``deadline``."""
+    if len(payload) > 0x7FFFFFFF:
+        raise ValueError(f"a message of {len(payload)} bytes is too large to send")
+    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    while data:
+        try:
+            data = data[sock.send(data, socket.MSG_DONTWAIT) :]
+        except BlockingIOError:
+            _ready(sock.fileno(), select.POLLOUT, deadline)
+
+
+def recv_frame_by(fd: int, deadline: float) -> bytes:
+    """As :func:`recv_frame`, giving up (NoAnswer) if the message is not whole by ``deadline``."""
+    buf = bytearray()
+    end = 4
+    while len(buf) < end:
+        _ready(fd, select.POLLIN, deadline)
+        more = os.read(fd, _CHUNK if end == 4 else end - len(buf))
+        if not more:
+            raise EOFError("connection closed")
+        buf += more
+        if end == 4 and len(buf) >= 4:
+            end = _HEADER.unpack_from(buf)[0] + 4
+            if end < 4:
+                raise OSError("bad message length")
+    return bytes(buf[4:end])
+
+
+def _recv_exact(fd: int, size: int, deadline: float) -> bytes:
+    """Exactly ``size`` bytes (never more: a peer may be sending garbage), by ``deadline``."""
+    buf = bytearray()
+    while len(buf) < size:
+        _ready(fd, select.POLLIN, deadline)
+        more = os.read(fd, size - len(buf))
+        if not more:
+            raise EOFError("connection closed")
+        buf += more
+    return bytes(buf)
+
+
+# -- the socket ---------------------------------------------------------------
+
+#: The longest path of a Unix socket: ``sun_path`` holds 108 bytes on Linux, 104 on macOS and
+#: the BSDs, the terminating NUL included.
+_MAX_SOCKET_PATH: Final = 107 if sys.platform.startswith("linux") else 103
+_SOCKET_NAME: Final = "manager.sock"
+_BACKLOG: Final = 128
+#: ``struct ucred`` as SO_PEERCRED returns it: pid, uid, gid.
+_UCRED: Final = struct.Struct("iII")
+
+
+def _socket_bases() -> list[str]:
+    """Where a manager's private directory may go: $XDG_RUNTIME_DIR if usable, the temp dir."""
+    bases = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        try:
+            info = os.stat(runtime)
+        except OSError:
+            pass
+        else:
+            if (
+                stat.S_ISDIR(info.st_mode)
+                and info.st_uid == os.geteuid()
+                and os.access(runtime, os.W_OK | os.X_OK)
+            ):
+                bases.append(runtime)
+    temp = tempfile.gettempdir()
+    if temp not in bases:
+        bases.append(temp)
+    return bases
+
+
+def make_socket_path() -> str:
+    """The path for a new manager's socket, in a new directory only this user can enter.
+
+    The directory (mode 0700, made by :func:`tempfile.mkdtemp`) is in
+    ``$XDG_RUNTIME_DIR`` if that is usable (this user's, writable), else in
+    :func:`tempfile.gettempdir`. OSError (ENAMETOOLONG) if the path would not
+    fit in a Unix socket address there.
+    """
+    too_long = ""
+    for base in _socket_bases():
+        directory = tempfile.mkdtemp(prefix="keyedlock-", dir=base)
+        path = os.path.join(directory, _SOCKET_NAME)
+        if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+            return path
+        os.rmdir(directory)
+        too_long = path
+    raise OSError(
+        errno.ENAMETOOLONG,
+        f"the KeyedLockManager's socket path {too_long!r} ({len(os.fsencode(too_long))} bytes) "
+        f"is too long for a Unix socket (at most {_MAX_SOCKET_PATH} bytes); set TMPDIR "
+        "(or XDG_RUNTIME_DIR) to a shorter directory",
+    )
+
+
+def remove_socket_path(path: str) -> None:
+    """Remove a manager's socket file and its directory (either may be gone already)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
+
+
+def _listen(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        os.chmod(path, 0o600)  # the directory already keeps other users out
+        listener.listen(_BACKLOG)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The effective uid of the process that connected ``sock`` (None: the platform can't tell)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    _, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+    return int(uid)
+
+
+def _open(address: str, deadline: float | None) -> socket.socket:
+    """A socket connected to ``address``; by ``deadline`` (NoAnswer) even if its backlog is full."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if deadline is None:
+            sock.connect(address)
+            return sock
+        sock.setblocking(False)
+        while (err := sock.connect_ex(address)) in (errno.EAGAIN, errno.EWOULDBLOCK):
+            # The manager is not accepting and its backlog is full: try again in a moment.
+            if monotonic() >= deadline:
+                raise NoAnswer
+            time.sleep(0.005)
+        if err in (errno.EINPROGRESS, errno.EALREADY):
+            _ready(sock.fileno(), select.POLLOUT, deadline)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err and err != errno.EISCONN:
+            raise OSError(err, os.strerror(err), address)
+        sock.setblocking(True)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+# -- the handshake --------------------------------------------------------------
+
+_NONCE: Final = 32
+_PROOF: Final = 32  # an HMAC-SHA256
+_NUMBER: Final = struct.Struct("!q")  # a pid, a connection id
+#: The client's message: its proof, its nonce, its pid.
+_HELLO_SIZE: Final = _PROOF + _NONCE + _NUMBER.size
+_HELLO_HEADER: Final = _HEADER.pack(_HELLO_SIZE)
+
+
+def _proof(authkey: bytes, role: bytes, *fields: bytes) -> bytes:
+    """The HMAC-SHA256 of ``fields`` (fixed sizes), for one side of the handshake."""
+    return hmac.new(authkey, b"keyedlock-manager " + role + b"".join(fields), "sha256").digest()
+
+
+class _Refused(Exception):
+    """The manager refused this process's proof, or did not prove the key itself."""
+
+
+def _greet(sock: socket.socket, deadline: float | None) -> int:
+    """The client's side of the handshake; returns the connection's id."""
+    fd = sock.fileno()
+    authkey = bytes(current_process().authkey)
+    theirs = recv_frame(fd) if deadline is None else recv_frame_by(fd, deadline)
+    ours = os.urandom(_NONCE)
+    pid = _NUMBER.pack(os.getpid())
+    hello = _proof(authkey, b"client", theirs, ours, pid) + ours + pid
+    if deadline is None:
+        send_frame(fd, hello)
+        answer = recv_frame(fd)
+    else:
+        send_frame_by(sock, hello, deadline)
+        answer = recv_frame_by(fd, deadline)
+    if not answer:
+        raise _Refused(
+            "it refused this process, which does not have the authkey of the process that "
+            "started the manager (multiprocessing.current_process().authkey, inherited by the "
+            "processes it starts)"
+        )
+    conn_id = answer[_PROOF:]
+    if len(answer) != _PROOF + _NUMBER.size or not hmac.compare_digest(
+        answer[:_PROOF], _proof(authkey, b"server", theirs, ours, conn_id)
+    ):
+        raise _Refused("it did not prove that it knows this process's authkey")
+    number: int = _NUMBER.unpack(conn_id)[0]
+    return number
 
 
 # -- holds ------------------------------------------------------------------
@@ -259,20 +536,23 @@ class _Proc:
 class _Conn:
     """The server's view of one client connection."""
 
-    __slots__ = ("cancelled", "id", "proc")
+    __slots__ = ("cancelled", "granted", "id", "proc")
 
     def __init__(self, conn_id: int, proc: _Proc) -> None:
         self.id = conn_id
         self.proc = proc
         # A cancel that arrived before its request (they travel on two connections).
         self.cancelled: int | None = None
+        # The hold the reply being sent grants (LIVE): released if it cannot be delivered.
+        self.granted: _RemoteHold | None = None
 
 
 class _Server:
     """All state of one manager process."""
 
-    def __init__(self, listener: Listener, parent: int) -> None:
+    def __init__(self, listener: socket.socket, parent: int, authkey: bytes) -> None:
         self.listener = listener
+        self.authkey = authkey
         self.mutex = threading.Lock()
         self.stop = threading.Event()
         self.tables: list[KeyTable] = []
@@ -352,22 +632,66 @@ class _Server:
     # -- connections ----------------------------------------------------------
 
     def accept_forever(self) -> None:
+        """Accept connections, and nothing else that could block.
+
+        A connection of another user is closed at once, before any handshake;
+        the others are handed to a thread of their own, which has until
+        :data:`HANDSHAKE_TIMEOUT` from now to complete the handshake.
+        """
+        me = os.geteuid()
         while not self.stop.is_set():
             try:
-                conn = self.listener.accept()
-            except Exception:  # closed by shutdown, or a failed handshake
-                if self.stop.is_set():
+                sock, _ = self.listener.accept()
+            except OSError:  # closed by shutdown, or out of descriptors for a moment
+                if self.stop.wait(0.01):
                     return
                 continue
-            threading.Thread(target=self.serve_connection, args=(conn,), daemon=True).start()
+            deadline = monotonic() + HANDSHAKE_TIMEOUT
+            try:
+                uid = peer_uid(sock)
+            except OSError:
+                uid = -1
+            if uid is not None and uid != me:
+                sock.close()
+                continue
+            try:
+                threading.Thread(
+                    target=self.serve_connection, args=(sock, deadline), daemon=True
+                ).start()
+            except RuntimeError:  # no thread to serve it with
+                sock.close()
 
-    def _hello(self, conn: Connection) -> _Conn | None:
+    def handshake(self, sock: socket.socket, deadline: float) -> _Conn | None:
+        """The manager's side of the handshake, by ``deadline`` (else NoAnswer).
+
+        None if the client does not prove the authkey (it is told so by an
+        empty message). Nothing the client sends is unpickled here.
+        """
+        fd = sock.fileno()
+        ours = os.urandom(_NONCE)
+        send_frame_by(sock, ours, deadline)
+        if _recv_exact(fd, len(_HELLO_HEADER), deadline) != _HELLO_HEADER:
+            return None
+        hello = _recv_exact(fd, _HELLO_SIZE, deadline)
+        proof, theirs, pid = hello[:_PROOF], hello[_PROOF : _PROOF + _NONCE], hello[-_NUMBER.size :]
+        if not hmac.compare_digest(proof, _proof(self.authkey, b"client", ours, theirs, pid)):
+            send_frame_by(sock, b"", deadline)
+            return None
+        state = self.admit(_NUMBER.unpack(pid)[0])
         try:
-            op, pid = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return None
-        if op != HELLO or not isinstance(pid, int):
-            return None
+            conn_id = _NUMBER.pack(state.id)
+            send_frame_by(
+                sock, _proof(self.authkey, b"server", ours, theirs, conn_id) + conn_id, deadline
+            )
+        except BaseException:
+            self._closed(state)
+            raise
+        return state
+
+    def admit(self, pid: int) -> _Conn:
+        """Register a new connection of the process ``pid`` (watched from its first one)."""
+        if pid <= 0:
+            raise ValueError(f"bad process id {pid}")
         with self.mutex:
             proc = self.procs.get(pid)
             fresh = proc is None
@@ -377,27 +701,28 @@ class _Server:
             state = _Conn(self.next_conn, proc)
             self.next_conn += 1
             self.conns[state.id] = state
-        if fresh and self.epoll is not None and not self._watch(pid, proc):
-            self.bury(proc)
-        try:
-            conn.send_bytes(pickle.dumps(state.id, pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            self._closed(state)
-            return None
+        if fresh and self.epoll is not None:
+            try:
+                alive = self._watch(pid, proc)
+            except BaseException:
+                self._closed(state)
+                raise
+            if not alive:
+                self.bury(proc)
         return state
 
-    def serve_connection(self, conn: Connection) -> None:
-        """Serve one client connection until it closes: one request, one reply."""
+    def serve_connection(self, sock: socket.socket, deadline: float) -> None:
+        """Serve one connection: the handshake (by ``deadline``), then one request, one reply,
+        until it closes."""
         try:
-            state = self._hello(conn)
-        except Exception:
-            conn.close()
-            return
+            state = self.handshake(sock, deadline)
+        except Exception:  # too slow (NoAnswer), gone, or garbage
+            state = None
         if state is None:
-            conn.close()
+            sock.close()
             return
         handlers = self.handlers
-        fd = conn.fileno()
+        fd = sock.fileno()
         loads = pickle.loads
         dumps = pickle.dumps
         try:
@@ -406,6 +731,7 @@ class _Server:
                     data = recv_frame(fd)
                 except (EOFError, OSError):
                     return
+                state.granted = None
                 try:
                     request = loads(data)
                 except Exception as exc:
@@ -421,11 +747,23 @@ class _Server:
                     out = dumps((False, RuntimeError(repr(exc))), pickle.HIGHEST_PROTOCOL)
                 try:
                     send_frame(fd, out)
-                except OSError:
+                except OSError:  # the client gave up waiting (or died): nobody has the reply
+                    self.undelivered(state)
                     return
         finally:
-            conn.close()
+            sock.close()
             self._closed(state)
+
+    def undelivered(self, state: _Conn) -> None:
+        """The reply granting ``state.granted`` never reached its client: hand the key on."""
+        hold = state.granted
+        state.granted = None
+        if hold is None:
+            return
+        with self.mutex:
+            if hold.phase == _LIVE:  # not released meanwhile (by release(key), or a death)
+                self._drop(hold)
+                hold.table.release(hold.key, hold)
 
     def _closed(self, state: _Conn) -> None:
         proc = state.proc
@@ -499,6 +837,7 @@ class _Server:
             if holder is hold:
                 hold.phase = _LIVE
                 state.proc.holds[serial] = hold
+                state.granted = hold
                 return Reply.GRANTED
             if holder._owner == hold._owner and timeout != 0:
                 raise reacquire_error(key)
@@ -508,6 +847,7 @@ class _Server:
         decided = self._wait(hold, timeout)
         with self.mutex:
             if decided == GRANTED:
+                state.granted = hold
                 return self._granted(hold)
             self._drop(hold)
             if decided == ABORTED:
@@ -603,6 +943,7 @@ class _Server:
             if leader is hold:
                 hold.phase = _LIVE
                 state.proc.holds[serial] = hold
+                state.granted = hold
                 return Reply.LEAD
             if leader._owner == hold._owner:
                 raise RuntimeError(
@@ -633,6 +974,7 @@ class _Server:
                     table.finish(key, hold, (False, kept), MISS, 0.0)
                     return (Reply.OUTCOME, (False, kept))
             hold.phase = _LIVE
+            state.granted = hold
             return Reply.LEAD
 
     def _leader(self, state: _Conn, table: KeyTable, key: Hashable, serial: int) -> _RemoteHold:
@@ -697,25 +1039,30 @@ def _open_epoll() -> select.epoll | None:
     return select.epoll()
 
 
-def serve(ready: Connection, parent: int, address: str | None) -> None:
+def serve(ready: Connection, parent: int, address: str) -> None:
     """Run a manager server until it is shut down or ``parent`` exits.
 
-    Listens at ``address`` (a fresh one if None) and sends the address
+    Listens at ``address`` (a path from :func:`make_socket_path`; the socket
+    file and its directory are removed on the way out) and sends the address
     through ``ready`` once it accepts connections. Clients authenticate with
     this process's ``authkey``, inherited from ``parent`` like every other
     process started from it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
-    authkey = current_process().authkey
-    listener = Listener(address, family="AF_UNIX", backlog=128, authkey=authkey)
-    server = _Server(listener, parent)
-    if server.epoll is not None:
-        threading.Thread(target=server.monitor, name="monitor", daemon=True).start()
-    threading.Thread(target=server.accept_forever, name="accept", daemon=True).start()
-    ready.send(listener.address if address is None else address)
-    ready.close()
-    server.stop.wait()
-    listener.close()
+    try:
+        listener = _listen(address)
+        try:
+            server = _Server(listener, parent, bytes(current_process().authkey))
+            if server.epoll is not None:
+                threading.Thread(target=server.monitor, name="monitor", daemon=True).start()
+            threading.Thread(target=server.accept_forever, name="accept", daemon=True).start()
+            ready.send(address)
+            ready.close()
+            server.stop.wait()
+        finally:
+            listener.close()
+    finally:
+        remove_socket_path(address)
 
 
 # -- client side ------------------------------------------------------------------
@@ -729,12 +1076,47 @@ _HIGHEST: Final = pickle.HIGHEST_PROTOCOL
 class _Link:
     """One authenticated connection and the id the server gave it."""
 
-    __slots__ = ("conn", "fd", "id")
+    __slots__ = ("closed", "fd", "id", "sock")
 
-    def __init__(self, conn: Connection, conn_id: int) -> None:
-        self.conn = conn
-        self.fd = conn.fileno()
+    def __init__(self, sock: socket.socket, conn_id: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
         self.id = conn_id
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+    def exchange(self, data: bytes, deadline: float | None) -> bytes:
+        """Send a request, return its reply; NoAnswer (and closed) if none came by ``deadline``."""
+        if deadline is None:
+            send_frame(self.fd, data)
+            return recv_frame(self.fd)
+        try:
+            send_frame_by(self.sock, data, deadline)
+            return recv_frame_by(self.fd, deadline)
+        except NoAnswer:
+            return self.give_up()
+
+    def give_up(self) -> bytes:
+        """Close this connection so no reply can reach it any more; a reply that came is kept.
+
+        Shutting the reading side is the instant that decides (Linux): a reply
+        the manager wrote before it is whole in the socket and returned here; a
+        write after it fails in the manager, which releases what the reply
+        granted. So a key is never held for a caller that does not know it.
+        NoAnswer if no whole reply came.
+        """
+        try:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)
+            try:
+                return recv_frame_by(self.fd, monotonic())  # only what has arrived
+            except (EOFError, OSError) as exc:
+                raise NoAnswer from exc
+        finally:
+            self.close()
 
 
 def _unpack(raw: bytes) -> Any:
@@ -759,44 +1141,50 @@ class Client:
             f"(it was shut down, or its process died): {exc!r}"
         )
 
-    def take(self) -> _Link:
-        """An idle connection, or a new one (``list.pop`` is atomic: no lock needed)."""
+    def take(self, deadline: float | None = None) -> _Link:
+        """An idle connection, or a new one (``list.pop`` is atomic: no lock needed).
+
+        Connecting and the handshake end by ``deadline`` (NoAnswer).
+        """
         try:
             return self.idle.pop()
         except IndexError:
             pass
         try:
-            conn = _connect(self.address, family="AF_UNIX", authkey=current_process().authkey)
-        except (OSError, EOFError) as exc:
+            sock = _open(self.address, deadline)
+        except OSError as exc:
             raise self.gone(exc) from exc
         try:
-            conn.send_bytes(pickle.dumps((HELLO, os.getpid()), _HIGHEST))
-            conn_id = pickle.loads(conn.recv_bytes())
+            conn_id = _greet(sock, deadline)
         except BaseException as exc:
-            conn.close()
+            sock.close()
+            if isinstance(exc, _Refused):
+                raise ConnectionError(
+                    f"could not connect to the KeyedLockManager at {self.address!r}: {exc}"
+                ) from None
             if isinstance(exc, (OSError, EOFError)):
                 raise self.gone(exc) from exc
             raise
-        return _Link(conn, conn_id)
+        return _Link(sock, conn_id)
 
-    def call(self, request: tuple[object, ...]) -> Any:
-        """One round trip for a request the manager answers at once."""
+    def call(self, request: tuple[object, ...], deadline: float | None = None) -> Any:
+        """One round trip for a request the manager answers at once (NoAnswer by ``deadline``)."""
         data = dumps_request(request)
-        link = self.take()
+        link = self.take(deadline)
         try:
-            send_frame(link.fd, data)
-            raw = recv_frame(link.fd)
+            raw = link.exchange(data, deadline)
         except BaseException as exc:
-            link.conn.close()
+            link.close()
             if isinstance(exc, (OSError, EOFError)):
                 raise self.gone(exc) from exc
             raise
-        self.idle.append(link)
+        if not link.closed:
+            self.idle.append(link)
         return _unpack(raw)
 
     def close(self) -> None:
         while self.idle:
-            self.idle.pop().conn.close()
+            self.idle.pop().close()
 
 
 def dumps_request(request: tuple[object, ...]) -> bytes:
@@ -818,10 +1206,21 @@ class Wait:
     CANCELLED, or with what was granted before the cancel arrived: the
     canceller passes that reply to ``undo`` (release the key, hand the call
     on). If ``run()`` itself is interrupted (KeyboardInterrupt), it cancels,
-    undoes and re-raises.
+    undoes and re-raises. With a ``deadline`` (:func:`deadline_for`),
+    ``run()`` returns NO_ANSWER if the manager has not answered by then; the
+    manager then releases whatever it grants to the request.
     """
 
-    __slots__ = ("cancelled", "client", "conn_id", "guard", "request", "serial", "undo")
+    __slots__ = (
+        "cancelled",
+        "client",
+        "conn_id",
+        "deadline",
+        "guard",
+        "request",
+        "serial",
+        "undo",
+    )
 
     def __init__(
         self,
@@ -829,11 +1228,13 @@ class Wait:
         request: tuple[object, ...],
         serial: int,
         undo: Callable[[object], None],
+        deadline: float | None = None,
     ) -> None:
         self.client = client
         self.request = request
         self.serial = serial
         self.undo = undo
+        self.deadline = deadline
         self.guard = threading.Lock()
         self.conn_id: int | None = None
         self.cancelled = False
@@ -841,26 +1242,44 @@ class Wait:
     def run(self) -> object:
         client = self.client
         data = dumps_request(self.request)
-        link = client.take()
+        deadline = self.deadline
+        try:
+            link = client.take(deadline)
+        except NoAnswer:
+            return Reply.NO_ANSWER
         with self.guard:
             if self.cancelled:
                 client.idle.append(link)
                 return Reply.CANCELLED
             self.conn_id = link.id
         try:
-            send_frame(link.fd, data)
-            raw = recv_frame(link.fd)
+            raw = link.exchange(data, deadline)
+        except NoAnswer:
+            return Reply.NO_ANSWER
         except BaseException as exc:
             if isinstance(exc, (OSError, EOFError)):
-                link.conn.close()
+                link.close()
                 raise client.gone(exc) from exc
-            # Interrupted, before or after the request left: withdraw it, or give back
-            # what it was granted; the reply is dropped with the connection.
-            self.cancel(give_back=True)
-            link.conn.close()
+            self._leave(link)  # interrupted, before or after the request left
             raise
-        client.idle.append(link)
+        if not link.closed:
+            client.idle.append(link)
         return _unpack(raw)
+
+    def _leave(self, link: _Link) -> None:
+        """Nobody will read the reply: leave nothing behind in the manager.
+
+        Once the connection is shut, the manager can deliver nothing more on
+        it (and releases what it grants from then on). A reply that came
+        before is undone; else the request, maybe still queued, is withdrawn.
+        """
+        try:
+            raw = link.give_up()
+        except NoAnswer:
+            self.cancel(give_back=True)
+            return
+        with contextlib.suppress(Exception):
+            self.undo(_unpack(raw))
 
     def cancel(self, give_back: bool = False) -> None:
         """Withdraw the request at the manager (from any thread; errors are ignored).
@@ -868,14 +1287,16 @@ class Wait:
         ``run()`` then returns CANCELLED, or the reply the manager sent before
         the cancel arrived. ``give_back``: release a grant that was already
         reported too (only for a caller that will never read the reply).
+        Waits for the manager no longer than the request's deadline: ``run()``
+        gives up by then too.
         """
         with self.guard:
             self.cancelled = True
             conn_id = self.conn_id
         if conn_id is None:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.client.call((CANCEL, conn_id, self.serial, give_back))
+        with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
+            self.client.call((CANCEL, conn_id, self.serial, give_back), self.deadline)
 
 
 _clients: dict[str, Client] = {}
@@ -898,7 +1319,9 @@ def drop_client(address: str) -> None:
 
 def _forget_clients() -> None:
     # A forked child must not use its parent's connections (the server knows them as the
-    # parent's): it starts with no client, and the inherited objects close with it.
+    # parent's): it starts with no client. Closing its copies leaves the parent's open.
+    for client in _clients.values():
+        client.close()
     _clients.clear()
 
 
