@@ -105,8 +105,9 @@ if TYPE_CHECKING:
 def test_lock_contexts_are_standard_context_managers() -> None:
     """A LockContext is what the standard library's context-manager types expect, for the type
     checker and at run time."""
-    sync_cm: AbstractContextManager[None] = lock("typing")
-    with sync_cm:
+    sync_cm: AbstractContextManager[LockContext] = lock("typing")
+    with sync_cm as held:
+        assert held is sync_cm  # entering returns the context itself
         assert lock.locked("typing")
     assert not lock.locked("typing")
 
@@ -114,8 +115,8 @@ def test_lock_contexts_are_standard_context_managers() -> None:
 @pytest.mark.anyio
 async def test_lock_contexts_are_standard_async_context_managers() -> None:
     """``AbstractAsyncContextManager`` and ``AsyncExitStack`` take a LockContext."""
-    async_cm: AbstractAsyncContextManager[None] = lock("typing")
+    async_cm: AbstractAsyncContextManager[LockContext] = lock("typing")
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(async_cm)
+        assert await stack.enter_async_context(async_cm) is async_cm
         assert lock.locked("typing")
     assert not lock.locked("typing")

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._lock import KeyedLock
 from ._scopes import FileBackend
-from ._validate import check_max_waiters
+from ._validate import check_flag, check_max_waiters
 
 __all__ = ["FileKeyedLock"]
 
@@ -77,6 +77,8 @@ class FileKeyedLock(KeyedLock):
             while processes may use it.
         max_waiters: how many callers of this process may queue on one key
             (None: unbounded; 0: never queue).
+        fast_acquire: under trio, take a free key without trio.Lock's
+            checkpoints (see :class:`~keyedlock.KeyedLock`).
 
     Raises:
         NotImplementedError: the platform lacks open file description locks
@@ -92,8 +94,9 @@ class FileKeyedLock(KeyedLock):
         path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
         *,
         max_waiters: int | None = None,
+        fast_acquire: bool = False,
     ) -> None:
-        self._bind(FileBackend(path, check_max_waiters(max_waiters)))
+        self._bind(FileBackend(path, check_max_waiters(max_waiters), check_flag(fast_acquire)))
 
     @property
     def path(self) -> str:
@@ -105,8 +108,8 @@ class FileKeyedLock(KeyedLock):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A copy in another process (multiprocessing with spawn) opens the same file.
-        return (_restore, (self.path, self.max_waiters))
+        return (_restore, (self.path, self.max_waiters, self.fast_acquire))
 
 
-def _restore(path: str, max_waiters: int | None) -> FileKeyedLock:
-    return FileKeyedLock(path, max_waiters=max_waiters)
+def _restore(path: str, max_waiters: int | None, fast_acquire: bool = False) -> FileKeyedLock:
+    return FileKeyedLock(path, max_waiters=max_waiters, fast_acquire=fast_acquire)

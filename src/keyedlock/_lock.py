@@ -17,7 +17,7 @@ from ._ki import internal
 from ._running import RunMixin
 from ._runtime import READY, async_owner, blocking_owner, sync_owner
 from ._scopes import ENTERED, NEW, LocalBackend, LockBackend, LockContext
-from ._validate import check_key, check_max_waiters, check_timeout
+from ._validate import check_flag, check_key, check_max_waiters, check_timeout
 
 __all__ = ["KeyedLock", "LockContext", "klock"]
 
@@ -53,14 +53,20 @@ class KeyedLock(RunMixin):
         max_waiters: how many callers may queue on one key (None: unbounded;
             0: never queue). A blocking acquire that would exceed it raises
             :class:`~keyedlock.QueueFull` at once.
+        fast_acquire: under trio, take a free key without the two checkpoints
+            :class:`trio.Lock` makes (raise Cancelled first if the scope is
+            cancelled; yield once after acquiring). False (the default) keeps
+            them: a loop of acquires lets other tasks run, and a cancelled
+            scope's body never starts. asyncio never yields for a free key,
+            as :class:`asyncio.Lock`, whatever this says.
     """
 
     __slots__ = ("__weakref__", "_backend", "_context", "_map_key")
 
     _backend: LockBackend
 
-    def __init__(self, *, max_waiters: int | None = None) -> None:
-        self._bind(LocalBackend(check_max_waiters(max_waiters)))
+    def __init__(self, *, max_waiters: int | None = None, fast_acquire: bool = False) -> None:
+        self._bind(LocalBackend(check_max_waiters(max_waiters), check_flag(fast_acquire)))
 
     def _bind(self, backend: LockBackend) -> None:
         """Serve this lock from ``backend`` (what the scopes' constructors call)."""
@@ -83,6 +89,11 @@ class KeyedLock(RunMixin):
     def max_waiters(self) -> int | None:
         """The per-key bound on queued callers (None: unbounded)."""
         return self._backend.max_waiters
+
+    @property
+    def fast_acquire(self) -> bool:
+        """True if, under trio, a free key is taken without checkpoints."""
+        return self._backend.fast_acquire
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} keys={len(self)} max_waiters={self.max_waiters}>"

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 __all__ = [
     "OnError",
+    "check_flag",
     "check_fn",
     "check_key",
     "check_max_waiters",
@@ -71,6 +72,13 @@ def check_max_waiters(max_waiters: int | None) -> int | None:
     if max_waiters < 0:
         raise ValueError(f"max_waiters must be >= 0 or None, got {max_waiters!r}")
     return max_waiters
+
+
+def check_flag(value: object, name: str = "fast_acquire") -> bool:
+    """A keyword flag: True or False exactly (TypeError for anything else)."""
+    if value is True or value is False:
+        return value
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def check_fn(fn: object) -> None:

@@ -377,7 +377,7 @@ async def test_an_async_context_is_single_use(lock: KeyedLock) -> None:
         await ctx.__aexit__(None, None, None)
 
 
-# -- an uncontended async with does not yield --------------------------------------------------
+# -- checkpoints: asyncio never yields for a free key; trio does, as trio.Lock --------------------
 
 
 def test_uncontended_async_with_does_not_yield_under_asyncio(lock: KeyedLock) -> None:
@@ -396,7 +396,46 @@ def test_uncontended_async_with_does_not_yield_under_asyncio(lock: KeyedLock) ->
     asyncio.run(main())
 
 
-def test_uncontended_async_with_does_not_yield_under_trio(lock: KeyedLock) -> None:
+def test_uncontended_async_with_checkpoints_under_trio(lock: KeyedLock) -> None:
+    """As trio.Lock: a cancelled scope's body does not run, and a loop of acquires yields."""
+    entered: list[str] = []
+
+    async def main() -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with lock("k"):
+                entered.append("body")  # pragma: no cover - the bug
+        assert scope.cancelled_caught
+        assert len(lock) == 0
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            assert await lock.acquire_async("k")  # pragma: no cover - the bug
+        assert scope.cancelled_caught
+        assert len(lock) == 0
+
+        others_ran = 0
+
+        async def other() -> None:
+            nonlocal others_ran
+            while True:
+                others_ran += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)  # it runs only when this task yields
+            for _ in range(10):
+                async with lock("k"):
+                    pass
+            assert others_ran > 0  # the loop of acquires let the other task run
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert entered == []
+
+
+def test_fast_acquire_skips_the_checkpoints_under_trio() -> None:
+    lock = KeyedLock(fast_acquire=True)
+
     async def main() -> None:
         with trio.CancelScope() as scope:
             scope.cancel()  # any checkpoint in here raises Cancelled
@@ -407,3 +446,5 @@ def test_uncontended_async_with_does_not_yield_under_trio(lock: KeyedLock) -> No
         assert not scope.cancelled_caught
 
     trio.run(main)
+    assert lock.fast_acquire is True
+    assert len(lock) == 0

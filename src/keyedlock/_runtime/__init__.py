@@ -69,6 +69,8 @@ __all__ = [
     "sync_owner",
     "task_of",
     "thread_owners",
+    "trio_checkpoint_if_cancelled",
+    "trio_shielded_checkpoint",
     "wait_asyncio",
     "wait_thread",
     "wake_future",
@@ -78,14 +80,37 @@ __all__ = [
 
 @internal
 def park_async(
-    table: KeyTable, key: Hashable, hold: Hold, timeout: float | None, runtime: int, task: Any
+    table: KeyTable,
+    key: Hashable,
+    hold: Hold,
+    timeout: float | None,
+    runtime: int,
+    task: Any,
+    checkpoints: bool = False,
 ) -> Awaitable[int]:
     """Queue ``hold`` and park the current asyncio or trio ``task`` (see the adapters).
 
-    A plain function returning the adapter's coroutine: no coroutine of its own.
+    ``checkpoints``: under trio, checkpoint as :class:`trio.Lock` does (see
+    the trio adapter); asyncio never yields for a free key, as
+    :class:`asyncio.Lock`. A plain function returning the adapter's
+    coroutine: no coroutine of its own.
     """
     if runtime == ASYNCIO:
         return wait_asyncio(table, key, hold, timeout, task.get_loop())
     from ._trio import wait_trio
 
-    return wait_trio(table, key, hold, timeout)
+    return wait_trio(table, key, hold, timeout, checkpoints)
+
+
+async def trio_checkpoint_if_cancelled() -> None:
+    """Under trio: raise Cancelled if the task's scope is cancelled (no yield otherwise)."""
+    from ._trio import checkpoint_if_cancelled
+
+    await checkpoint_if_cancelled()
+
+
+async def trio_shielded_checkpoint() -> None:
+    """Under trio: yield to the scheduler once, without raising Cancelled."""
+    from ._trio import cancel_shielded_checkpoint
+
+    await cancel_shielded_checkpoint()

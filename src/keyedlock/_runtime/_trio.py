@@ -31,7 +31,13 @@ from trio.lowlevel import (
 from .._core import GRANTED, WAITING, Hold, KeyTable, decided
 from .._ki import internal, protect_with
 
-__all__ = ["TrioWaker", "checkpoint", "checkpoint_if_cancelled", "wait_trio"]
+__all__ = [
+    "TrioWaker",
+    "cancel_shielded_checkpoint",
+    "checkpoint",
+    "checkpoint_if_cancelled",
+    "wait_trio",
+]
 
 # Under trio from here on: trio defers a Ctrl-C that lands in keyedlock's internals to the
 # task's next checkpoint (see keyedlock._ki).
@@ -39,6 +45,7 @@ protect_with(trio.lowlevel.enable_ki_protection)
 
 checkpoint = trio.lowlevel.checkpoint
 checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 
 
 @internal
@@ -79,11 +86,22 @@ def _abort(table: KeyTable, key: Hashable, hold: Hold, _: RaiseCancelT) -> Abort
 
 
 @internal
-async def wait_trio(table: KeyTable, key: Hashable, hold: Hold, timeout: float | None) -> int:
-    """Queue ``hold`` for ``key`` and wait; returns GRANTED, CANCELLED or ABORTED."""
-    abort = partial(_abort, table, key, hold)
+async def wait_trio(
+    table: KeyTable, key: Hashable, hold: Hold, timeout: float | None, checkpoints: bool = False
+) -> int:
+    """Queue ``hold`` for ``key`` and wait; returns GRANTED, CANCELLED or ABORTED.
 
+    ``checkpoints``: as :class:`trio.Lock` does, first raise Cancelled if the
+    task's scope is cancelled, and yield once after taking a free key (a wait
+    is a checkpoint already).
+    """
+    abort = partial(_abort, table, key, hold)
     try:
+        if checkpoints:
+            await checkpoint_if_cancelled()
+            if table.take(key, hold) is hold:
+                await cancel_shielded_checkpoint()
+                return GRANTED
         if table.enqueue(key, hold, TrioWaker(current_trio_token(), current_task())):
             return GRANTED
         if timeout is None:

@@ -21,12 +21,19 @@ Two models exist, and the contract covers both:
   ``waiters``, ``len``, ``max_waiters`` and aborts are counted there. There
   is no local table (``LockBackend.table`` is None).
 
-**Contexts.** ``lock(key, timeout=...)`` returns a :class:`LockContext`. Its
-generic methods, here, only call the backend; a backend whose uncontended
-acquire and release are worth writing out (the process and file scopes: a
-dictionary step, or a system call) hands out a subclass that overrides
-``__enter__``, ``_aenter`` and ``_exit`` with that fast path, in the
-backend's own module, and falls back on the backend's methods for the rest.
+**Contexts.** ``lock(key, timeout=...)`` returns a :class:`LockContext`;
+entering it returns the context itself. Its generic methods, here, only call
+the backend; a backend whose uncontended acquire and release are worth
+writing out (the process and file scopes: a dictionary step, or a system
+call) hands out a subclass that overrides ``__enter__``, ``__aenter__`` and
+``_exit`` with that fast path, in the backend's own module, and falls back on
+the backend's methods for the rest.
+
+**Checkpoints.** Under trio, unless the lock was made with
+``fast_acquire=True``, ``acquire_async`` checkpoints as :class:`trio.Lock`
+does: it raises Cancelled first if the task's scope is cancelled, and yields
+once after taking a key without waiting. asyncio never yields for a free key,
+as :class:`asyncio.Lock`.
 
 **Interrupts.** A KeyboardInterrupt can land at any function entry, after
 any call, at any backward jump. Backends keep their state consistent at each
@@ -41,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from .._core import Hold, KeyTable
 from .._errors import LockTimeout
@@ -111,6 +118,11 @@ class LockBackend(Protocol):
     @property
     def max_waiters(self) -> int | None:
         """The per-key bound on queued callers (None: unbounded), as the backend applies it."""
+        ...
+
+    @property
+    def fast_acquire(self) -> bool:
+        """True: under trio, a free key is taken without the checkpoints (see above)."""
         ...
 
     def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
@@ -258,7 +270,7 @@ class LockContext(Hold):
 
     # -- threads -----------------------------------------------------------
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
@@ -270,15 +282,17 @@ class LockContext(Hold):
             raise
         if not acquired:
             raise timeout_error(self._key, self._timeout)
+        return self
 
     # -- asyncio and trio --------------------------------------------------
 
-    def _aenter(self) -> Awaitable[None]:
+    async def __aenter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
         runtime, self._owner = async_owner()
-        return self._acquire_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+        await self._acquire_async(runtime, True)
+        return self
 
     async def _acquire_async(self, runtime: int, raising: bool) -> bool | None:
         """Acquire from a task of ``runtime`` (its owner set).
@@ -340,8 +354,6 @@ class LockContext(Hold):
     if TYPE_CHECKING:
         # What type checkers see: a standard (async) context manager.
 
-        async def __aenter__(self) -> None: ...
-
         def __exit__(
             self,
             exc_type: type[BaseException] | None,
@@ -357,10 +369,9 @@ class LockContext(Hold):
         ) -> None: ...
 
     else:
-        # At run time no coroutine of its own: _aenter and _exit return an awaitable
-        # directly, and __aexit__ is the very same function as __exit__. A subclass that
-        # overrides _aenter or _exit binds these names again.
-        __aenter__ = _aenter
+        # At run time no coroutine of its own: _exit returns an awaitable directly, and
+        # __aexit__ is the very same function as __exit__. A subclass that overrides _exit
+        # binds these names again.
         __exit__ = __aexit__ = _exit
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .._core import ABORTED, GRANTED, RELEASED, Hold, KeyTable, outcome_of, reacquire_error
 from .._errors import Aborted
@@ -65,7 +65,7 @@ class LocalContext(LockContext):
         # builds no argument tuple (LockContext's refuses, for users).
         __init__ = object.__init__
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
@@ -75,40 +75,41 @@ class LocalContext(LockContext):
         self._owner = thread_owners.token
         try:
             if self._table.take(self._key, self) is self:
-                return  # the uncontended fast path
+                return self  # the uncontended fast path
             acquired = self._backend.acquire(self, self._timeout)
         except BaseException:
             self._backend.undo(self)  # interrupted after taking the key: give it back
             raise
         if not acquired:
             raise timeout_error(self._key, self._timeout)
+        return self
 
-    def _aenter(self) -> Awaitable[None]:
+    async def __aenter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
         # asyncio_task(), written out: this is every acquire's path. Under asyncio the
-        # awaitable returned is a finished future of the running loop (awaiting it is a
-        # C-level step that never yields), kept with the loop in last_loop; else READY.
+        # exit returns a finished future of the running loop (awaiting it is a C-level
+        # step that never yields), kept with the loop in last_loop.
         seen = last_loop[0]
         if seen is not None and seen[0]._thread_id == get_ident():
             task: Any = task_of(seen[0])
-            ready: Awaitable[None] = seen[1]
+            self._ready = seen[1]
         else:
             task = asyncio_task()
-            ready = READY
-        runtime = ASYNCIO
-        if task is None:
-            runtime, task = async_runtime(None)
+        if task is None:  # not an asyncio task: trio, or an error
+            runtime, self._owner = async_runtime(None)
+            await self._acquire_async(runtime, True)
+            return self
         self._owner = task
-        self._ready = ready
         try:
             if self._table.take(self._key, self) is self:
-                return ready  # the uncontended fast path
+                return self  # the uncontended fast path
         except BaseException:
             self._backend.undo(self)
             raise
-        return self._acquire_async(runtime, True)  # type: ignore[return-value]  # None, or raises
+        await self._acquire_async(ASYNCIO, True)
+        return self
 
     def _exit(
         self,
@@ -130,7 +131,6 @@ class LocalContext(LockContext):
         return self._ready if exc_type is None else READY
 
     if not TYPE_CHECKING:
-        __aenter__ = _aenter
         __exit__ = __aexit__ = _exit
 
 
@@ -138,12 +138,13 @@ class LocalContext(LockContext):
 class LocalBackend:
     """The :class:`~keyedlock._scopes.LockBackend` of the process scope."""
 
-    __slots__ = ("table",)
+    __slots__ = ("fast_acquire", "table")
 
     context: type[LockContext] = LocalContext
 
-    def __init__(self, max_waiters: int | None) -> None:
+    def __init__(self, max_waiters: int | None, fast_acquire: bool = False) -> None:
         self.table = KeyTable(max_waiters)
+        self.fast_acquire = fast_acquire
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
@@ -180,7 +181,8 @@ class LocalBackend:
         if runtime == ASYNCIO:
             state = await wait_asyncio(table, key, ctx, timeout, owner.get_loop())
         else:
-            state = await park_async(table, key, ctx, timeout, runtime, owner)
+            checkpoints = not self.fast_acquire
+            state = await park_async(table, key, ctx, timeout, runtime, owner, checkpoints)
         return state == GRANTED or settle(state, ctx, key)
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:

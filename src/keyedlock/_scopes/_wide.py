@@ -10,13 +10,20 @@ scope for a key at a time. ``timeout`` covers both steps.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .._core import RELEASED, KeyTable
 from .._ki import internal
-from .._runtime import async_owner, blocking_call_error, running_loop, sniffio_local, thread_owners
+from .._runtime import (
+    ASYNCIO,
+    async_owner,
+    blocking_call_error,
+    running_loop,
+    sniffio_local,
+    thread_owners,
+)
 from ._contract import ENTERED, REUSE, LockContext, WideScope, timeout_error
 from ._local import LocalBackend
 
@@ -40,7 +47,7 @@ class WideContext(LockContext):
     if not TYPE_CHECKING:
         __init__ = object.__init__  # made by calling the class, as LocalContext
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
@@ -52,32 +59,32 @@ class WideContext(LockContext):
             if self._table.take(self._key, self) is self and backend.scope.try_acquire(  # type: ignore[union-attr]
                 self._key, self
             ):
-                return  # the uncontended fast path: free here and in the wide scope
+                return self  # the uncontended fast path: free here and in the wide scope
             acquired = backend.acquire(self, self._timeout)
         except BaseException:
             backend.undo(self)
             raise
         if not acquired:
             raise timeout_error(self._key, self._timeout)
+        return self
 
-    def _aenter(self) -> Awaitable[None]:
+    async def __aenter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
         runtime, self._owner = async_owner()
         backend: Any = self._backend
-        try:
-            if self._table.take(self._key, self) is self and backend.scope.try_acquire(  # type: ignore[union-attr]
-                self._key, self
-            ):
-                return self._ready
-        except BaseException:
-            backend.undo(self)
-            raise
-        return self._acquire_async(runtime, True)  # type: ignore[return-value]  # None, or raises
-
-    if not TYPE_CHECKING:
-        __aenter__ = _aenter
+        if runtime == ASYNCIO or backend.fast_acquire:
+            try:
+                if self._table.take(self._key, self) is self and backend.scope.try_acquire(  # type: ignore[union-attr]
+                    self._key, self
+                ):
+                    return self
+            except BaseException:
+                backend.undo(self)
+                raise
+        await self._acquire_async(runtime, True)  # (under trio: with its checkpoints)
+        return self
 
 
 @internal
@@ -88,8 +95,10 @@ class WideBackend(LocalBackend):
 
     context: type[LockContext] = WideContext
 
-    def __init__(self, scope: WideScope, max_waiters: int | None) -> None:
-        super().__init__(max_waiters)
+    def __init__(
+        self, scope: WideScope, max_waiters: int | None, fast_acquire: bool = False
+    ) -> None:
+        super().__init__(max_waiters, fast_acquire)
         self.scope = scope
 
     @property

@@ -16,7 +16,7 @@ import os
 import weakref
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from ..._core import KeyTable
 from ..._ki import internal
@@ -39,7 +39,7 @@ class FileContext(WideContext):
     _key: KeyOffset
     _table: KeyTable
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Self:
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
@@ -61,13 +61,14 @@ class FileContext(WideContext):
                         del held[self]  # busy (or worse): the general path tries again, and says
                     else:
                         held[self] = fd
-                        return  # the uncontended fast path: free here and on the host
+                        return self  # the uncontended fast path: free here and on the host
             acquired = backend.acquire(self, self._timeout)
         except BaseException:
             backend.undo(self)
             raise
         if not acquired:
             raise timeout_error(key, self._timeout)
+        return self
 
     def _exit(
         self,
@@ -122,8 +123,9 @@ class FileBackend(WideBackend):
         self,
         path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None,
         max_waiters: int | None,
+        fast_acquire: bool = False,
     ) -> None:
-        super().__init__(FileScope(path), max_waiters)
+        super().__init__(FileScope(path), max_waiters, fast_acquire)
         _live.add(self)
 
     def forked(self) -> None:
