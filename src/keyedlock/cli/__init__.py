@@ -162,7 +162,8 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
 
 
 def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str) -> int:
-    from ._holders import print_json, print_text, scan
+    from ._holders import scan
+    from ._holders_format import print_json, print_text
     from ._lockfile import default_path
 
     if not os.path.isdir("/proc/self/fdinfo"):
