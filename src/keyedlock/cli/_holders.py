@@ -137,6 +137,13 @@ def scan(path: str, keys: Iterable[str] = ()) -> Report:
 def _find_waiters(
     report: Report, lock_id: str, openers: dict[int, tuple[Process, list[int]]], host: Host
 ) -> None:
+    """Add the waiters: each blocked request on the file, with the task found waiting for it.
+
+    ``openers``: the processes with descriptors open on the file. A request
+    no waiting task matches keeps an unknown process (unless it is a POSIX
+    request, whose pid /proc/locks gives); a waiting task no request matches
+    is listed too.
+    """
     tasks = [
         (process, tid, fd, lock)
         for process, fds in openers.values()
