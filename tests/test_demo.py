@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from keyedlock.cli import _demo
+from keyedlock.cli import _demo, _demo_processes, _demo_wallet
+from keyedlock.cli._demo_inprocess import install_hint, source_checkout
 
 # Python 3.12+ warns about forking while other threads (of earlier tests) run.
 pytestmark = pytest.mark.filterwarnings(
@@ -23,35 +24,35 @@ linux_fork = pytest.mark.skipif(
 )
 
 
-def _processes() -> _demo.Scenario:
+def _processes() -> _demo_wallet.Scenario:
     (scenario,) = [s for s in _demo.SCENARIOS if s.runtime == "processes"]
     return scenario
 
 
 def test_processes_is_a_scenario() -> None:
     scenario = _processes()
-    assert scenario.run is _demo.run_processes
-    assert scenario.prepare is _demo.need_processes
+    assert scenario.run is _demo_processes.run_processes
+    assert scenario.prepare is _demo_processes.need_processes
     assert _demo.SCENARIOS[-1] is scenario
 
 
 @linux_fork
 def test_processes_race_without_lock_and_not_with() -> None:
-    _demo.need_processes()
-    expected = _demo.expected_outcome(_demo.CHECKOUTS)
-    assert expected == _demo.Outcome(3, 10)
-    unlocked = _demo.run_processes(False, _demo.CHECKOUTS)
+    _demo_processes.need_processes()
+    expected = _demo_wallet.expected_outcome(_demo.CHECKOUTS)
+    assert expected == _demo_wallet.Outcome(3, 10)
+    unlocked = _demo_processes.run_processes(False, _demo.CHECKOUTS)
     assert unlocked != expected
     assert unlocked.charges > expected.charges  # charged more than the balance allowed
-    assert _demo.run_processes(True, _demo.CHECKOUTS) == expected
+    assert _demo_processes.run_processes(True, _demo.CHECKOUTS) == expected
 
 
 @linux_fork
-@pytest.mark.parametrize("checkouts", [1, 2, _demo.MAX_PROCESSES + 3])
+@pytest.mark.parametrize("checkouts", [1, 2, _demo_processes.MAX_PROCESSES + 3])
 def test_processes_locked_any_count(checkouts: int) -> None:
     """Fewer checkouts than processes, or more (split between the processes)."""
-    outcome = _demo.run_processes(True, checkouts)
-    assert outcome == _demo.expected_outcome(checkouts)
+    outcome = _demo_processes.run_processes(True, checkouts)
+    assert outcome == _demo_wallet.expected_outcome(checkouts)
 
 
 @linux_fork
@@ -77,8 +78,8 @@ def _skipped_line() -> str:
 
 def test_processes_skipped_without_fork(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    with pytest.raises(_demo.ScenarioSkipped, match="'fork' start method"):
-        _demo.need_processes()
+    with pytest.raises(_demo_wallet.ScenarioSkipped, match="'fork' start method"):
+        _demo_processes.need_processes()
     assert "skipped: needs the 'fork' start method" in _skipped_line()
 
 
@@ -87,9 +88,9 @@ def test_processes_skipped_without_file_locks(monkeypatch: pytest.MonkeyPatch) -
         raise NotImplementedError("no open file description locks")
 
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])
-    monkeypatch.setattr(_demo, "FileKeyedLock", unsupported)
-    with pytest.raises(_demo.ScenarioSkipped, match="FileKeyedLock is not available here"):
-        _demo.need_processes()
+    monkeypatch.setattr(_demo_processes, "FileKeyedLock", unsupported)
+    with pytest.raises(_demo_wallet.ScenarioSkipped, match="FileKeyedLock is not available here"):
+        _demo_processes.need_processes()
     line = _skipped_line()
     assert "skipped: FileKeyedLock is not available here: no open file description" in line
 
@@ -160,15 +161,15 @@ def test_install_hint(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "site-packages" / "keyedlock" / "cli").mkdir(parents=True)
     installed = elsewhere / "site-packages" / "keyedlock" / "cli"
-    assert _demo.install_hint("trio", cwd=clone, package=installed) == 'pip install ".[trio]"'
+    assert install_hint("trio", cwd=clone, package=installed) == 'pip install ".[trio]"'
     (clone / "docs").mkdir()
-    assert _demo.install_hint("trio", cwd=clone / "docs", package=installed) == (
+    assert install_hint("trio", cwd=clone / "docs", package=installed) == (
         f"pip install '{clone}[trio]'"
     )
-    assert _demo.install_hint("trio", cwd=elsewhere, package=clone / "src" / "keyedlock") == (
+    assert install_hint("trio", cwd=elsewhere, package=clone / "src" / "keyedlock") == (
         f"pip install '{clone}[trio]'"
     )
-    assert _demo.install_hint("trio", cwd=elsewhere, package=installed) == (
+    assert install_hint("trio", cwd=elsewhere, package=installed) == (
         "pip install 'keyedlock[trio]', or in a clone: pip install \".[trio]\""
     )
 
@@ -180,7 +181,7 @@ def test_source_checkout_is_the_keyedlock_project(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "pyproject.toml").write_text("not [ toml")
-    assert _demo.source_checkout(other) is None
-    assert _demo.source_checkout(broken) is None
+    assert source_checkout(other) is None
+    assert source_checkout(broken) is None
     clone = _checkout(tmp_path / "clone")
-    assert _demo.source_checkout(clone / "src" / "keyedlock") == clone
+    assert source_checkout(clone / "src" / "keyedlock") == clone

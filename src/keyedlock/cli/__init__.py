@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from keyedlock import __version__
 
-from . import _run
+from ._run import BUSY, CANNOT_EXECUTE, LOCK_FILE_ERROR, NOT_FOUND, run_command
 
 __all__ = ["main"]
 
@@ -83,9 +83,9 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
         ),
         epilog=(
             "exit status: COMMAND's own; 128+N if a signal N ended it; "
-            f"{_run.BUSY} if the key was busy (--nonblock) or still busy when --timeout "
-            f"elapsed; {_run.NOT_FOUND} if COMMAND was not found, {_run.CANNOT_EXECUTE} if it "
-            f"could not be executed; {_run.LOCK_FILE_ERROR} if the lock file could not be used; "
+            f"{BUSY} if the key was busy (--nonblock) or still busy when --timeout "
+            f"elapsed; {NOT_FOUND} if COMMAND was not found, {CANNOT_EXECUTE} if it "
+            f"could not be executed; {LOCK_FILE_ERROR} if the lock file could not be used; "
             "2 for wrong arguments. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are "
             "sent on to COMMAND."
         ),
@@ -162,7 +162,8 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
 
 
 def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str) -> int:
-    from . import _holders
+    from ._holders import scan
+    from ._holders_format import print_json, print_text
     from ._lockfile import default_path
 
     if not os.path.isdir("/proc/self/fdinfo"):
@@ -170,14 +171,14 @@ def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str
         return 1
     path = os.path.abspath(path) if path is not None else default_path()
     try:
-        report = _holders.scan(path, keys)
+        report = scan(path, keys)
     except OSError as exc:
         print(f"{prog}: cannot inspect {path}: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        _holders.print_json(report, sys.stdout)
+        print_json(report, sys.stdout)
     else:
-        _holders.print_text(report, sys.stdout)
+        print_text(report, sys.stdout)
     return 0
 
 
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             run.error("missing the command to run after --")
         if not args.key:
             run.error("KEY is empty")
-        return _run.run(
+        return run_command(
             args.key,
             command,
             path=args.file,

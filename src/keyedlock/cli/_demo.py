@@ -9,414 +9,44 @@ and, as the last write wins, the balance says 70. With
 succeed and the balance ends at 10, in every runtime.
 
 The runtimes: threads, asyncio tasks, trio tasks, all three at once in one
-process, and separate processes. In the processes row the balance lives in a
-file that forked worker processes read and write, and the lock is a
-:class:`~keyedlock.FileKeyedLock` on a lock file beside it (``klock`` only
-excludes the callers of one process).
+process (``_demo_inprocess``), and separate processes (``_demo_processes``:
+the balance lives in a file that forked worker processes read and write, and
+the lock is a :class:`~keyedlock.FileKeyedLock` on a lock file beside it, as
+``klock`` only excludes the callers of one process). The wallet and the race
+they all run are in ``_demo_wallet``.
 
 Each runtime is a :class:`Scenario`: a function running the checkouts
 without or with the lock and returning the :class:`Outcome`.
 :data:`SCENARIOS` lists them in table order; a new runtime (other hosts, say)
-is one more entry there.
+is one more entry there. This module runs them and prints the report: the
+race and its one-line fix, the table of outcomes, and why the unlocked runs
+went wrong.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import multiprocessing
-import os
 import re
-import shlex
-import tempfile
 import textwrap
-import threading
 import time
-import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from keyedlock import FileKeyedLock, KeyedLock, LockContext, klock
+from ._demo_inprocess import need_trio, run_asyncio, run_mixed, run_threads, run_trio
+from ._demo_processes import need_processes, run_processes
+from ._demo_wallet import (
+    AMOUNT,
+    START_BALANCE,
+    Outcome,
+    Scenario,
+    ScenarioSkipped,
+    expected_outcome,
+)
 
-if TYPE_CHECKING:
-    import ctypes
-    from multiprocessing.process import BaseProcess
-    from multiprocessing.synchronize import Barrier
+__all__ = ["CHECKOUTS", "SCENARIOS", "run_demo"]
 
-__all__ = [
-    "SCENARIOS",
-    "Outcome",
-    "Scenario",
-    "ScenarioSkipped",
-    "Wallet",
-    "install_hint",
-    "need_processes",
-    "need_trio",
-    "run_demo",
-    "source_checkout",
-]
-
-START_BALANCE = 100
-AMOUNT = 30
+#: Concurrent checkouts per run, unless ``--checkouts`` says otherwise.
 CHECKOUTS = 10
-#: How long a thread "does I/O" between reading and writing the balance.
-#: Long against thread start-up jitter, so that unlocked threads reliably
-#: all read before any of them writes.
-THREAD_IO_SECONDS = 0.005
-#: How long a worker process "does I/O" between reading and writing the balance
-#: file. Long against the spread of the processes' wake-ups from the start
-#: barrier, so that unlocked processes reliably all read before any of them writes.
-PROCESS_IO_SECONDS = 0.01
-#: At most this many worker processes; more checkouts are split between them.
-MAX_PROCESSES = 10
-#: Bound, in seconds, on every wait of the demo's threads and processes
-#: (start barrier, joins).
-START_TIMEOUT = 10.0
-
-
-@dataclass
-class Wallet:
-    """The shared state every checkout reads and writes."""
-
-    balance: int = START_BALANCE
-    charges: int = 0
-
-    def commit(self, seen: int, amount: int) -> bool:
-        """Charge ``amount`` if the balance ``seen`` earlier covered it (no re-check)."""
-        if seen < amount:
-            return False
-        self.balance = seen - amount
-        self.charges += 1
-        return True
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The end state of one scenario run."""
-
-    charges: int
-    balance: int
-
-
-class ScenarioSkipped(Exception):
-    """A scenario cannot run here; the message says how to enable it."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One row pair of the table: a runtime, run without and with the lock.
-
-    ``run(locked, checkouts)`` performs ``checkouts`` concurrent checkouts on
-    a fresh :class:`Wallet` and returns its :class:`Outcome`. ``prepare``,
-    if given, runs once before the timed runs (imports, pools); it raises
-    :class:`ScenarioSkipped` if the runtime is not available here.
-    """
-
-    runtime: str
-    run: Callable[[bool, int], Outcome]
-    prepare: Callable[[], None] | None = None
-    #: One line printed under the table when the runtime's name needs explaining.
-    note: str = ""
-
-
-def _guard(lock: KeyedLock | FileKeyedLock | None, key: str) -> LockContext | nullcontext[None]:
-    """``lock(key)``, or a context that does nothing for the unlocked run.
-
-    Both work with ``with`` in a thread and ``async with`` in a task.
-    """
-    return lock(key) if lock is not None else nullcontext()
-
-
-# -- threads -------------------------------------------------------------------
-
-
-def run_threads(locked: bool, checkouts: int) -> Outcome:
-    """``checkouts`` threads, each ``with klock(key):`` around read, I/O, write."""
-    wallet = Wallet()
-    lock = klock if locked else None
-    start = threading.Barrier(checkouts)
-
-    def checkout() -> None:
-        start.wait(START_TIMEOUT)
-        with _guard(lock, "wallet:alice"):
-            seen = wallet.balance
-            time.sleep(THREAD_IO_SECONDS)
-            wallet.commit(seen, AMOUNT)
-
-    threads = [threading.Thread(target=checkout) for _ in range(checkouts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(START_TIMEOUT + checkouts)
-    return Outcome(wallet.charges, wallet.balance)
-
-
-# -- asyncio -------------------------------------------------------------------
-
-
-def run_asyncio(locked: bool, checkouts: int) -> Outcome:
-    """``checkouts`` asyncio tasks, each ``async with klock(key):`` around read, await, write."""
-    wallet = Wallet()
-    lock = klock if locked else None
-
-    async def checkout() -> None:
-        async with _guard(lock, "wallet:alice"):
-            seen = wallet.balance
-            await asyncio.sleep(0)  # yield to the loop, as real I/O would
-            wallet.commit(seen, AMOUNT)
-
-    async def main() -> None:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(checkouts):
-                tg.create_task(checkout())
-
-    asyncio.run(main())
-    return Outcome(wallet.charges, wallet.balance)
-
-
-# -- trio ----------------------------------------------------------------------
-
-
-def source_checkout(start: Path) -> Path | None:
-    """The root of the keyedlock source tree that ``start`` lies in, or None.
-
-    The nearest of ``start`` and its parents holding a ``pyproject.toml`` of
-    the project named keyedlock.
-    """
-    for folder in (start, *start.parents):
-        try:
-            with open(folder / "pyproject.toml", "rb") as f:
-                project = tomllib.load(f).get("project", {})
-        except (OSError, tomllib.TOMLDecodeError):
-            continue
-        if isinstance(project, dict) and project.get("name") == "keyedlock":
-            return folder
-    return None
-
-
-def install_hint(extra: str, *, cwd: Path | None = None, package: Path | None = None) -> str:
-    """The command that installs keyedlock's optional dependencies ``extra``.
-
-    From a source checkout (the working directory ``cwd`` is in one, or the
-    package was imported from one: ``package``, this package's folder) it
-    installs that checkout: ``pip install ".[trio]"`` at its root. Elsewhere
-    it names both the released package and the checkout form.
-    """
-    cwd = Path.cwd() if cwd is None else cwd
-    package = Path(__file__).resolve().parent if package is None else package
-    root = source_checkout(cwd) or source_checkout(package)
-    if root is None:
-        return f"pip install 'keyedlock[{extra}]', or in a clone: pip install \".[{extra}]\""
-    if root == cwd:
-        return f'pip install ".[{extra}]"'
-    return "pip install " + shlex.quote(f"{root}[{extra}]")
-
-
-def need_trio() -> None:
-    """Import trio ahead of the timed run; skip the scenario if it is not installed."""
-    try:
-        importlib.import_module("trio")
-    except ImportError:
-        raise ScenarioSkipped(f"trio is not installed ({install_hint('trio')})") from None
-
-
-def run_trio(locked: bool, checkouts: int) -> Outcome:
-    """``checkouts`` trio tasks, each ``async with klock(key):`` around read, await, write."""
-    import trio
-    import trio.lowlevel
-
-    wallet = Wallet()
-    lock = klock if locked else None
-
-    async def checkout() -> None:
-        async with _guard(lock, "wallet:alice"):
-            seen = wallet.balance
-            await trio.lowlevel.checkpoint()  # yield to the scheduler, as real I/O would
-            wallet.commit(seen, AMOUNT)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(checkouts):
-                nursery.start_soon(checkout)
-
-    trio.run(main)
-    return Outcome(wallet.charges, wallet.balance)
-
-
-# -- all three at once -----------------------------------------------------------
-
-
-def run_mixed(locked: bool, checkouts: int) -> Outcome:
-    """Threads, an asyncio loop and a trio run charging one wallet through one lock.
-
-    The checkouts are split across plain threads, asyncio tasks (in a loop
-    in its own thread) and trio tasks (in a trio run in its own thread); the
-    same ``klock("wallet:alice")`` excludes all of them from each other.
-    """
-    import trio
-
-    wallet = Wallet()
-    lock = klock if locked else None
-    n_async = checkouts // 3
-    n_trio = checkouts // 3
-    n_threads = checkouts - n_async - n_trio
-    start = threading.Barrier(n_threads + 2)
-
-    def thread_checkout() -> None:
-        start.wait(START_TIMEOUT)
-        with _guard(lock, "wallet:alice"):
-            seen = wallet.balance
-            time.sleep(THREAD_IO_SECONDS)
-            wallet.commit(seen, AMOUNT)
-
-    async def asyncio_checkout() -> None:
-        async with _guard(lock, "wallet:alice"):
-            seen = wallet.balance
-            await asyncio.sleep(THREAD_IO_SECONDS)
-            wallet.commit(seen, AMOUNT)
-
-    async def asyncio_main() -> None:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(n_async):
-                tg.create_task(asyncio_checkout())
-
-    async def trio_checkout() -> None:
-        async with _guard(lock, "wallet:alice"):
-            seen = wallet.balance
-            await trio.sleep(THREAD_IO_SECONDS)
-            wallet.commit(seen, AMOUNT)
-
-    async def trio_main() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(n_trio):
-                nursery.start_soon(trio_checkout)
-
-    def asyncio_thread() -> None:
-        start.wait(START_TIMEOUT)
-        asyncio.run(asyncio_main())
-
-    def trio_thread() -> None:
-        start.wait(START_TIMEOUT)
-        trio.run(trio_main)
-
-    workers = [threading.Thread(target=thread_checkout) for _ in range(n_threads)]
-    workers.append(threading.Thread(target=asyncio_thread))
-    workers.append(threading.Thread(target=trio_thread))
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(START_TIMEOUT + checkouts)
-    return Outcome(wallet.charges, wallet.balance)
-
-
-# -- processes -------------------------------------------------------------------
-
-
-def need_processes() -> None:
-    """Skip the scenario without the ``fork`` start method or without :class:`FileKeyedLock`.
-
-    :class:`FileKeyedLock` needs Linux (open file description locks); on other
-    platforms constructing one raises NotImplementedError and the row says so.
-    """
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise ScenarioSkipped("needs the 'fork' start method, which this platform lacks")
-    try:
-        importlib.import_module("multiprocessing.synchronize")  # for the start barrier
-    except ImportError as exc:
-        raise ScenarioSkipped(f"multiprocessing has no barrier here: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="keyedlock-demo-") as tmp:
-        try:
-            lock = FileKeyedLock(os.path.join(tmp, "keys.lock"))
-        except NotImplementedError as exc:
-            raise ScenarioSkipped(f"FileKeyedLock is not available here: {exc}") from None
-        del lock  # closes the lock file before its directory goes
-
-
-def _read_balance(path: str) -> int:
-    with open(path, encoding="ascii") as f:
-        return int(f.read())
-
-
-def _write_balance(path: str, balance: int) -> None:
-    # Write a new file and rename it over the old one: a reader sees the old
-    # balance or the new one, never a half-written file.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{balance}\n")
-    os.replace(tmp, path)
-
-
-def _process_checkouts(
-    wallet: str,
-    user: str,
-    lock: FileKeyedLock | None,
-    start: Barrier,
-    charged: ctypes.Array[ctypes.c_byte],
-    slots: range,
-) -> None:
-    """One worker process: its checkouts, one after another, on the balance file.
-
-    ``charged[slot]`` is set to 1 for each checkout of ``slots`` that charged
-    (each slot belongs to one process: the tally itself never races).
-    """
-    start.wait(START_TIMEOUT)
-    for slot in slots:
-        with _guard(lock, f"wallet:{user}"):
-            seen = _read_balance(wallet)
-            time.sleep(PROCESS_IO_SECONDS)  # the I/O between read and write
-            if seen >= AMOUNT:
-                _write_balance(wallet, seen - AMOUNT)
-                charged[slot] = 1
-
-
-def run_processes(locked: bool, checkouts: int) -> Outcome:
-    """Forked processes charging one balance file, ``with lock(key):`` a FileKeyedLock.
-
-    One process per checkout, up to :data:`MAX_PROCESSES`; beyond that the
-    checkouts are split between them. The balance is a file in a temporary
-    directory and the lock a :class:`FileKeyedLock` on a lock file in the
-    same directory. Every process is joined; one still running at the
-    deadline is killed.
-    """
-    ctx = multiprocessing.get_context("fork")
-    n_procs = min(checkouts, MAX_PROCESSES)
-    with tempfile.TemporaryDirectory(prefix="keyedlock-demo-") as tmp:
-        wallet = os.path.join(tmp, "balance")
-        _write_balance(wallet, START_BALANCE)
-        lock = FileKeyedLock(os.path.join(tmp, "keys.lock")) if locked else None
-        start = ctx.Barrier(n_procs)
-        charged = ctx.RawArray("b", checkouts)  # zeroed; one slot per checkout
-        workers: list[BaseProcess] = [
-            ctx.Process(
-                target=_process_checkouts,
-                args=(wallet, "alice", lock, start, charged, range(i, checkouts, n_procs)),
-                name=f"keyedlock-demo-checkout-{i}",
-                daemon=True,
-            )
-            for i in range(n_procs)
-        ]
-        started: list[BaseProcess] = []
-        try:
-            for w in workers:
-                w.start()
-                started.append(w)
-            # Locked, the checkouts run one at a time: about checkouts * PROCESS_IO_SECONDS.
-            deadline = time.monotonic() + START_TIMEOUT + 2 * checkouts * PROCESS_IO_SECONDS
-            for w in started:
-                w.join(max(0.0, deadline - time.monotonic()))
-        finally:
-            for w in started:
-                if w.is_alive():
-                    w.kill()
-                w.join(START_TIMEOUT)
-            del lock  # closes the lock file before its directory goes
-        failed = {w.name: w.exitcode for w in workers if w.exitcode != 0}
-        if failed:
-            raise RuntimeError(f"checkout processes failed (exit codes): {failed}")
-        return Outcome(sum(charged), _read_balance(wallet))
 
 
 #: The runtimes of the table, in order. Append a :class:`Scenario` to add one.
@@ -457,12 +87,6 @@ class _Row:
     @property
     def correct(self) -> bool:
         return self.outcome == self.expected
-
-
-def expected_outcome(checkouts: int) -> Outcome:
-    """What serialized checkouts end with."""
-    charges = min(checkouts, START_BALANCE // AMOUNT)
-    return Outcome(charges, START_BALANCE - charges * AMOUNT)
 
 
 def _rows(scenarios: list[Scenario], checkouts: int) -> Iterator[_Row]:

@@ -45,7 +45,7 @@ __all__ = [
     "FORWARDED",
     "LOCK_FILE_ERROR",
     "NOT_FOUND",
-    "run",
+    "run_command",
 ]
 
 #: The key could not be taken: still busy when ``--timeout`` elapsed, or busy with
@@ -142,7 +142,7 @@ def _supervise(pid: int, waited: set[signal.Signals]) -> int:
             os.kill(pid, signum)
 
 
-def run(
+def run_command(
     key: str,
     command: list[str],
     *,
