@@ -1,8 +1,8 @@
 """Scope backends: where lock and single-flight state lives, behind one contract.
 
 - :mod:`._contract`: the written contract (:class:`LockBackend`,
-  :class:`WideScope`, :class:`FlightBackend`) and the context every lock
-  hands out (:class:`LockContext`);
+  :class:`WideScope`, :class:`FlightBackend`);
+- :mod:`._context`: the context every lock hands out (:class:`LockContext`);
 - :mod:`._local`: the process scope (:class:`LocalBackend`);
 - :mod:`._wide`: the local-then-wide model over a :class:`WideScope`;
 - :mod:`._lockfile`: the host scope through a lock file (:class:`FileBackend`);
@@ -18,18 +18,8 @@ which are not part of its public surface.
 
 from __future__ import annotations
 
-from ._contract import (
-    BAD_EXIT,
-    ENTERED,
-    EXITED,
-    NEW,
-    REUSE,
-    FlightBackend,
-    LockBackend,
-    LockContext,
-    WideScope,
-    timeout_error,
-)
+from ._context import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, LockContext, timeout_error
+from ._contract import FlightBackend, LockBackend, WideScope
 from ._local import LocalBackend, LocalContext, settle
 from ._localflight import LocalFlightBackend, Outcome, recursion_error
 from ._lockfile import FileBackend, KeyOffset, default_path, key_offset

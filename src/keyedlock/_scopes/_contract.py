@@ -47,44 +47,12 @@ has: a signal at the very first instruction of ``__exit__``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import Any, Protocol
 
 from .._core import Hold, KeyTable
-from .._errors import LockTimeout
-from .._ki import internal
-from .._runtime import READY, async_owner, blocking_owner
+from ._context import LockContext
 
-__all__ = [
-    "BAD_EXIT",
-    "ENTERED",
-    "EXITED",
-    "NEW",
-    "REUSE",
-    "FlightBackend",
-    "LockBackend",
-    "LockContext",
-    "WideScope",
-    "timeout_error",
-]
-
-#: A context's phases: made, entered (acquiring or holding), exited.
-NEW: Final = 0
-ENTERED: Final = 1
-EXITED: Final = 2
-
-REUSE: Final = "this klock(key) context was already used; call klock(key) again for a new one"
-BAD_EXIT: Final = (
-    "exit of a klock(key) context that is not entered (exited twice, or never entered)"
-)
-
-
-def timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
-    """The LockTimeout of a wait for ``key`` that ran out of ``timeout``."""
-    if timeout == 0:
-        return LockTimeout(f"key {key!r} is busy (timeout=0 tries once)")
-    return LockTimeout(f"timed out after {timeout} s waiting for key {key!r}")
-
+__all__ = ["FlightBackend", "LockBackend", "WideScope"]
 
 # -- locks ----------------------------------------------------------------------------------
 
@@ -237,142 +205,6 @@ class WideScope(Protocol):
     def not_held(self, local_key: Hashable) -> RuntimeError:
         """The error of a release by a local holder that holds nothing in the wide scope."""
         ...
-
-
-@internal
-class LockContext(Hold):
-    """The context manager returned by ``lock(key, timeout=...)``, for every scope.
-
-    Use it once, with ``with`` in a thread or ``async with`` in an asyncio or
-    trio task. Entering waits for the key (:class:`~keyedlock.LockTimeout`
-    once ``timeout`` runs out); leaving releases it. It releases only its own
-    hold: if that hold was released by someone else (``lock.release(key)``),
-    exiting raises RuntimeError and leaves the key's current holder alone.
-    """
-
-    __slots__ = ("_backend", "_key", "_phase", "_ready", "_table", "_timeout")
-
-    _backend: LockBackend
-    _key: Hashable
-    _timeout: float | None
-    _phase: int
-    #: What a clean exit returns (READY, or what the entry found cheapest).
-    _ready: Awaitable[None]
-    #: The backend's local table, if it has one (the fast paths use it).
-    _table: KeyTable | None
-
-    def __init__(self) -> None:
-        raise TypeError("make a LockContext by calling a keyed lock: klock(key, timeout=...)")
-
-    def __repr__(self) -> str:
-        phase = ("new", "entered", "exited")[self._phase]
-        return f"<LockContext key={self._key!r} {phase}>"
-
-    # -- threads -----------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        if self._phase:
-            raise RuntimeError(REUSE)
-        self._phase = ENTERED
-        self._owner = blocking_owner("`with klock(key)`")
-        try:
-            acquired = self._backend.acquire(self, self._timeout)
-        except BaseException:
-            self._backend.undo(self)
-            raise
-        if not acquired:
-            raise timeout_error(self._key, self._timeout)
-        return self
-
-    # -- asyncio and trio --------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        if self._phase:
-            raise RuntimeError(REUSE)
-        self._phase = ENTERED
-        runtime, self._owner = async_owner()
-        await self._acquire_async(runtime, True)
-        return self
-
-    async def _acquire_async(self, runtime: int, raising: bool) -> bool | None:
-        """Acquire from a task of ``runtime`` (its owner set).
-
-        ``acquire_async``: True once acquired, False on timeout. ``async
-        with`` (``raising``): None once acquired, LockTimeout on timeout.
-        Whatever escapes (cancellation, an interrupt, Aborted) leaves nothing
-        held.
-        """
-        try:
-            acquired = await self._backend.acquire_async(self, runtime, self._timeout)
-        except BaseException:
-            self._backend.undo(self)
-            raise
-        if not raising:
-            return acquired
-        if not acquired:
-            raise timeout_error(self._key, self._timeout)
-        return None
-
-    # -- leaving -----------------------------------------------------------
-
-    def _exit(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Awaitable[None]:
-        """``__exit__`` and ``__aexit__`` alike: release is synchronous in every runtime.
-
-        Returns READY, an awaitable that is already done (and falsy: a
-        ``with`` never swallows the body's exception).
-        """
-        if self._phase != ENTERED:
-            raise RuntimeError(BAD_EXIT)
-        self._phase = EXITED
-        try:
-            self._backend.release(self, None)
-        except BaseException:
-            self._backend.undo(self)
-            raise
-        return READY
-
-    def _finish(self, abort: BaseException | None = None) -> None:
-        """Exit for ``run``: release this hold, aborting the waiters if ``abort``."""
-        if self._phase != ENTERED:
-            raise RuntimeError(BAD_EXIT)
-        self._phase = EXITED
-        try:
-            self._backend.release(self, abort)
-        except BaseException:
-            self._backend.undo(self)
-            raise
-
-    def _undo(self) -> None:
-        """After an interrupt anywhere: release whatever this context holds or waits for."""
-        self._backend.undo(self)
-
-    if TYPE_CHECKING:
-        # What type checkers see: a standard (async) context manager.
-
-        def __exit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> None: ...
-
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> None: ...
-
-    else:
-        # At run time no coroutine of its own: _exit returns an awaitable directly, and
-        # __aexit__ is the very same function as __exit__. A subclass that overrides _exit
-        # binds these names again.
-        __exit__ = __aexit__ = _exit
 
 
 # -- single-flight ----------------------------------------------------------------------------

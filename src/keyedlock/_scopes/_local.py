@@ -33,7 +33,7 @@ from .._runtime import (
     wait_asyncio,
     wait_thread,
 )
-from ._contract import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+from ._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
 
 __all__ = ["LocalBackend", "LocalContext", "settle"]
 

@@ -24,7 +24,8 @@ from .._runtime import (
     sniffio_local,
     thread_owners,
 )
-from ._contract import ENTERED, REUSE, LockContext, WideScope, timeout_error
+from ._context import ENTERED, REUSE, LockContext, timeout_error
+from ._contract import WideScope
 from ._local import LocalBackend
 
 __all__ = ["WideBackend", "WideContext", "remaining"]

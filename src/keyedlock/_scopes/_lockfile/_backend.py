@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Self
 from ..._core import KeyTable
 from ..._ki import internal
 from ..._runtime import READY, blocking_call_error, running_loop, sniffio_local, thread_owners
-from .._contract import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
 from .._wide import WideBackend, WideContext
 from ._keys import SETLK, KeyOffset, fcntl_call
 from ._scope import FileScope
