@@ -13,6 +13,7 @@ from collections.abc import Hashable
 from typing import Any, Final
 
 from ._core import IDLE
+from ._errors import LockTimeout
 from ._ki import internal
 from ._running import RunMixin
 from ._runtime import READY, async_owner, blocking_owner, sync_owner
@@ -158,6 +159,9 @@ class KeyedLock(RunMixin):
             ctx._owner = blocking_owner("a blocking acquire(key)")
         try:
             return self._backend.acquire(ctx, ctx._timeout)
+        except LockTimeout:  # a scope that says why (a manager that did not answer, say)
+            ctx._undo()
+            return False
         except BaseException:
             ctx._undo()  # interrupted, even right after it acquired: nothing stays held
             raise
@@ -173,6 +177,9 @@ class KeyedLock(RunMixin):
         runtime, ctx._owner = async_owner()
         try:
             return bool(await ctx._acquire_async(runtime, False))
+        except LockTimeout:  # a scope that says why (a manager that did not answer, say)
+            ctx._undo()
+            return False
         except BaseException:
             ctx._undo()
             raise

@@ -418,9 +418,10 @@ def test_sigkilled_holder_releases_its_key(
 @pytest.mark.skipif(not _HAS_FORK, reason="patches the server through fork")
 def test_dead_holder_detected_by_lost_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without pidfds, a process whose last connection closes counts as dead."""
-    from keyedlock._scopes import _manager
+    from keyedlock._scopes._manager import _server as manager_server
 
-    monkeypatch.setattr(_manager, "_open_epoll", lambda: None)  # the forked server inherits it
+    # The forked server inherits the patch.
+    monkeypatch.setattr(manager_server, "_open_epoll", lambda: None)
     with KeyedLockManager(ctx=FORK) as fallback:
         lock = fallback.KeyedLock()
         held = FORK.Event()
@@ -653,7 +654,7 @@ def test_a_new_thread_is_never_taken_for_an_ended_one(klock: KeyedLockProxy) -> 
 
 
 def test_task_owner_numbers_are_never_reused() -> None:
-    import keyedlock.multiprocessing as mp
+    from keyedlock._scopes._manager import _owners as mp
 
     async def numbers() -> tuple[list[int], list[int]]:
         ids: list[int] = []
@@ -661,8 +662,8 @@ def test_task_owner_numbers_are_never_reused() -> None:
         for _ in range(50):
             task = asyncio.ensure_future(asyncio.sleep(0))
             ids.append(id(task))
-            got.append(mp._task_owner_id(task))
-            assert mp._task_owner_id(task) == got[-1]  # stable for one task
+            got.append(mp.task_owner_id(task))
+            assert mp.task_owner_id(task) == got[-1]  # stable for one task
             await task
             del task
         return ids, got
@@ -671,7 +672,7 @@ def test_task_owner_numbers_are_never_reused() -> None:
     assert len(set(ids)) < len(ids)  # id() was reused: the numbers must not be
     assert len(set(got)) == len(got)
     assert all(n < 0 for n in got)
-    assert mp._thread_owner_id() > 0
+    assert mp.thread_owner_id() > 0
 
 
 def test_max_waiters_counts_every_process(manager: KeyedLockManager) -> None:

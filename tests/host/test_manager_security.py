@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from keyedlock import LockTimeout
-from keyedlock._scopes import _manager
+from keyedlock._scopes._manager import _server as manager_server
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy
 
 from ..support import WAIT, start_thread, wait_until
@@ -333,7 +333,7 @@ def test_a_process_without_the_authkey_is_refused(
 @pytest.fixture
 def long_handshakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Managers started after this keep a silent peer connected for the whole test."""
-    monkeypatch.setattr(_manager, "HANDSHAKE_TIMEOUT", 60 * WAIT)
+    monkeypatch.setattr(manager_server, "HANDSHAKE_TIMEOUT", 60 * WAIT)
 
 
 @pytest.mark.usefixtures("long_handshakes")
@@ -366,7 +366,7 @@ def test_shutdown_returns_with_silent_peers_connected(
 def test_a_silent_peer_is_dropped_at_the_handshake_deadline(
     managers: Callable[[], KeyedLockManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_manager, "HANDSHAKE_TIMEOUT", 0.2)
+    monkeypatch.setattr(manager_server, "HANDSHAKE_TIMEOUT", 0.2)
     manager = managers()
     with silent_peer(manager.address) as peer:
         assert closed_by_manager(peer)

@@ -97,7 +97,9 @@ class LockBackend(Protocol):
         """Acquire ``ctx._key`` for ``ctx``, blocking this thread.
 
         True once acquired; False when ``timeout`` (seconds; None: forever, 0:
-        try once) runs out, leaving nothing queued or held. Raises
+        try once) runs out, leaving nothing queued or held (or LockTimeout, for a
+        reason worth saying: a remote scope that did not answer in time; the
+        lock's ``acquire`` returns False for it too). Raises
         :class:`~keyedlock.Aborted` (its ``__cause__`` the holder's error) if
         the wait is aborted, :class:`~keyedlock.QueueFull`, RuntimeError if
         the owner holds the key already (a self-deadlock), ConnectionError if

@@ -3,12 +3,12 @@
 - :mod:`._keys`: a key's byte in the lock file, and its lock requests;
 - :mod:`._paths`: where the lock file is, and how it is opened safely;
 - :mod:`._scope`: :class:`FileScope`, the wide scope over the kernel's locks;
-- :mod:`._backend`: :class:`FileBackend`, the lock backend, with its fast path.
+- :mod:`._filebackend`: :class:`FileBackend`, the lock backend, with its fast path.
 """
 
 from __future__ import annotations
 
-from ._backend import FileBackend, FileContext
+from ._filebackend import FileBackend, FileContext
 from ._keys import KeyOffset, key_offset, offset_of
 from ._paths import default_path
 from ._scope import FileScope, not_held_error

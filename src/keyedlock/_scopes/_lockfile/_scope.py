@@ -116,7 +116,7 @@ class FileScope(LockFile):
     ``path``: the lock file (created if missing, mode 0600, symbolic links
     followed); None: :func:`~._paths.default_path`, with its safety checks.
 
-    The attributes the fast path of :mod:`._backend` uses: ``fd`` (the shared
+    The attributes the fast path of :mod:`._filebackend` uses: ``fd`` (the shared
     descriptor; -1 until a fork child reopens it), ``held`` (hold -> the
     descriptor holding its byte, or ``~fd`` while it is being locked through
     ``fd``) and ``pending`` (offset -> a kernel wait left running by a waiter

@@ -1,0 +1,226 @@
+"""The manager scope as a lock backend: the queue lives in the manager process.
+
+Every operation is a round trip to the manager: a synchronous acquire is
+*one* request, answered when the key is granted or the timeout elapses
+(nobody polls); a release is one more. An ``async`` acquire first asks once
+without waiting (answered at once); if the key is busy it waits in a helper
+thread, so the event loop keeps running. ``locked``, ``waiters`` and ``len``
+answer for every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import pickle
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from ..._errors import Aborted, LockTimeout
+from ..._ki import internal
+from ..._runtime import (
+    TRIO,
+    Finished,
+    Offload,
+    trio_checkpoint_if_cancelled,
+    trio_shielded_checkpoint,
+)
+from ..._validate import check_key
+from .._context import LockContext
+from ._client import Wait, client_for, next_serial
+from ._owners import owner_id
+from ._payloads import dump_cause, load_cause
+from ._protocol import ACQUIRE, LEN, LOCKED, RELEASE, WAITERS, Reply, encode
+from ._transport import REPLY_GRACE, NoAnswer, deadline_for
+
+__all__ = ["ManagerContext", "ManagerLockBackend", "check_wire_key", "wait_off_loop"]
+
+
+def check_wire_key(key: object) -> Hashable:
+    """A key the manager process can compare: hashable, picklable, and equal to its copy.
+
+    The manager unpickles a new copy of the key with every request. A key
+    that is not equal to its own copy (a NaN, or a tuple holding one) would
+    never match the key the manager holds: refused with TypeError, at once.
+    """
+    cls = type(key)
+    if cls is str or cls is int or cls is bytes:
+        return key  # the common keys: always equal to their copies
+    check_key(key)
+    try:
+        copy = pickle.loads(pickle.dumps(key, pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:
+        raise TypeError(
+            f"key {key!r} cannot be sent to the KeyedLockManager: keys must be picklable ({exc})"
+        ) from exc
+    if copy != key:
+        raise TypeError(
+            f"key {key!r} is not equal to its own copy in another process (a NaN in it?), "
+            "so the KeyedLockManager could never find it again; use a key that is"
+        )
+    return key
+
+
+def _dispose(wait: Wait, done: Finished[object]) -> None:
+    """A reply nobody will read (its task was cancelled): give back what it granted."""
+    if done.error is None:
+        with contextlib.suppress(Exception):
+            wait.undo(done.value)
+
+
+@internal
+async def wait_off_loop(wait: Wait) -> object:
+    """Run ``wait`` in a helper thread while this asyncio or trio task waits.
+
+    Cancellation sends a cancel request to the manager (one quick round trip
+    that the manager answers at once) before it propagates: the wait is
+    withdrawn, and a key granted in the same instant is given back, so the
+    manager holds nothing for the task any more. Under trio, as with trio's
+    own primitives, a reply that arrived before the cancellation could take
+    effect is kept (the task owns the key; trio raises Cancelled at its next
+    checkpoint).
+    """
+    job: Offload[object] = Offload(
+        wait.run, functools.partial(_dispose, wait), name="keyedlock-manager-wait"
+    )
+    job.claim()
+    job.start()
+    try:
+        done = await job.wait_async(None)
+    except BaseException:
+        wait.cancel(give_back=True)
+        raise
+    assert done is not None  # no timeout: only cancellation ends the wait early
+    return done.unwrap()
+
+
+@internal
+class ManagerContext(LockContext):
+    """The context of a manager lock: entering is one round trip to the manager (however long
+    it waits), exiting one more."""
+
+    __slots__ = ("_serial", "_wait")
+
+    _serial: int
+    #: The request that took the key (its ``reply`` says whether it did), until released.
+    _wait: Wait | None
+
+    if not TYPE_CHECKING:
+        __init__ = object.__init__  # made by calling the class (the lock fills in the slots)
+
+
+@internal
+class ManagerLockBackend:
+    """The :class:`~keyedlock._scopes.LockBackend` of a lock living in a manager process."""
+
+    __slots__ = ("address", "fast_acquire", "max_waiters", "tid")
+
+    context: type[LockContext] = ManagerContext
+    #: The queue is the manager's: no local table.
+    table = None
+
+    def __init__(
+        self, address: str, tid: int, max_waiters: int | None, fast_acquire: bool = False
+    ) -> None:
+        self.address = address
+        self.tid = tid
+        self.max_waiters = max_waiters
+        self.fast_acquire = fast_acquire
+
+    @property
+    def map_key(self) -> Callable[[object], Hashable] | None:
+        return check_wire_key
+
+    # -- a context's key ----------------------------------------------------------
+
+    def _undo_reply(self, key: Hashable, serial: int) -> Callable[[object], None]:
+        def undo(reply: object) -> None:
+            if reply == Reply.GRANTED:
+                with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
+                    self._release(key, serial, None)
+
+        return undo
+
+    def _request(self, ctx: ManagerContext, timeout: float | None, deadline: float | None) -> Wait:
+        """The ACQUIRE request of ``ctx`` (kept on it: its reply is what ``undo`` reads)."""
+        key = ctx._key
+        serial = ctx._serial
+        data = encode(ACQUIRE, self.tid, key, owner_id(ctx._owner), serial, timeout)
+        wait = ctx._wait = Wait(
+            client_for(self.address), data, serial, self._undo_reply(key, serial), deadline
+        )
+        return wait
+
+    def _granted(self, ctx: LockContext, reply: object, timeout: float | None) -> bool:
+        """Map an ACQUIRE reply to True (acquired) / False (timed out), or raise."""
+        if reply == Reply.GRANTED:
+            return True
+        key = ctx._key
+        if isinstance(reply, tuple) and reply[0] == Reply.ABORTED:
+            raise Aborted(
+                f"the wait for key {key!r} was aborted: the holder's work failed with "
+                "on_error='stop'"
+            ) from load_cause(reply[1])
+        if reply == Reply.NO_ANSWER:
+            raise LockTimeout(
+                f"the KeyedLockManager at {self.address!r} did not answer in time: no reply "
+                f"to the acquire of key {key!r} (timeout={timeout} s, plus {REPLY_GRACE} s of "
+                "grace at most); its process may be stopped or stuck"
+            )
+        return False
+
+    def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
+        assert isinstance(ctx, ManagerContext)
+        ctx._serial = next_serial()
+        return self._granted(ctx, self._request(ctx, timeout, deadline_for(timeout)).run(), timeout)
+
+    async def acquire_async(self, ctx: LockContext, runtime: int, timeout: float | None) -> bool:
+        """Try once at once (blocking the loop for one round trip: at most REPLY_GRACE if
+        the manager does not answer); if busy, wait in a helper thread (cancellable)."""
+        assert isinstance(ctx, ManagerContext)
+        checkpoints = runtime == TRIO and not self.fast_acquire
+        if checkpoints:
+            await trio_checkpoint_if_cancelled()
+        deadline = deadline_for(timeout)
+        ctx._serial = next_serial()  # (one for the try and the wait: the try leaves no trace)
+        now = self._request(ctx, 0, None if deadline is None else deadline_for(0)).run()
+        if now != Reply.BUSY or timeout == 0:
+            acquired = self._granted(ctx, now, timeout)
+            if acquired and checkpoints:
+                await trio_shielded_checkpoint()
+            return acquired
+        reply = await wait_off_loop(self._request(ctx, timeout, deadline))
+        return self._granted(ctx, reply, timeout)
+
+    def _release(self, key: Hashable, serial: int, abort: BaseException | None) -> None:
+        cause = None if abort is None else dump_cause(abort)
+        client_for(self.address).call(encode(RELEASE, self.tid, key, serial, cause, None))
+
+    def release(self, ctx: LockContext, abort: BaseException | None) -> None:
+        assert isinstance(ctx, ManagerContext)
+        self._release(ctx._key, ctx._serial, abort)
+        ctx._wait = None
+
+    def undo(self, ctx: LockContext) -> None:
+        assert isinstance(ctx, ManagerContext)
+        wait = getattr(ctx, "_wait", None)
+        if wait is not None and wait.reply == Reply.GRANTED:
+            ctx._wait = None
+            with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
+                self._release(ctx._key, ctx._serial, None)
+
+    # -- any caller -----------------------------------------------------------------
+
+    def release_key(self, key: Hashable, done: list[Any]) -> None:
+        if not done:
+            done.append(next_serial())  # the ticket: a repeat of this request changes nothing
+        client_for(self.address).call(encode(RELEASE, self.tid, key, None, None, done[0]))
+
+    def locked(self, key: Hashable) -> bool:
+        return bool(client_for(self.address).call(encode(LOCKED, self.tid, key)))
+
+    def waiters(self, key: Hashable) -> int:
+        return int(client_for(self.address).call(encode(WAITERS, self.tid, key)))
+
+    def busy(self) -> int:
+        return int(client_for(self.address).call(encode(LEN, self.tid)))

@@ -1,0 +1,410 @@
+"""The manager's service: its tables, the bookkeeping of every process's holds, the requests.
+
+The manager keeps its state in the same core as every other scope (a
+:class:`~keyedlock._core.KeyTable` per lock, a
+:class:`~keyedlock._core.FlightTable` per single-flight group). Every
+connection is served by a thread of its own, and a request that has to wait
+parks that thread with the thread adapter until the core grants, aborts or
+withdraws it: a blocking acquire is one request and one reply, whatever
+happens in between, and waiters of all processes queue in one FIFO per key.
+
+Bookkeeping. Each request that takes a key gets a client-chosen serial
+(unique within its process). The service tracks every hold of a process
+(:class:`Proc`) from the request's arrival until its release, in one of
+three phases: PENDING (the request is being served: queued, or granted but
+not yet reported), LIVE (granted and reported: the client owns it) and GONE
+(released). A hold whose client no longer wants it (a cancel request, or the
+process died) is marked *void*: a void hold that is granted anyway is
+released by the thread serving it instead of being reported. Every phase
+change and every release happens under one mutex, so each hold is released
+exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable
+from time import monotonic
+from typing import Final
+
+from ..._core import (
+    ABORTED,
+    GRANTED,
+    MISS,
+    WAITING,
+    FlightTable,
+    Hold,
+    KeyTable,
+    outcome_of,
+    reacquire_error,
+)
+from ..._ki import internal
+from ..._runtime import wait_thread
+from ._protocol import Reply
+
+__all__ = ["GONE", "LIVE", "PENDING", "Conn", "Proc", "Service"]
+
+PENDING: Final = 0
+LIVE: Final = 1
+GONE: Final = 2
+
+
+@internal
+class _RemoteHold(Hold):
+    """A hold of a client process: the core's Hold plus the server's bookkeeping."""
+
+    __slots__ = ("key", "phase", "proc", "serial", "table", "void")
+
+    key: Hashable
+    table: KeyTable
+    proc: Proc
+    serial: int
+    phase: int
+    void: bool
+
+    def __init__(self, proc: Proc, owner: int, serial: int, table: KeyTable, key: Hashable):
+        super().__init__((proc.pid, owner))
+        self.proc = proc
+        self.serial = serial
+        self.table = table
+        self.key = key
+        self.phase = PENDING
+        self.void = False
+        # Not WAITING: a withdrawal before the hold is queued changes nothing.
+        self._state = GRANTED
+
+
+@internal
+class _VoidAware(KeyTable):
+    """A table that refuses to keep a void hold queued.
+
+    A hold is registered (under the server mutex) before its thread queues
+    it in the core. If it becomes void in between, the canceller's
+    withdrawal finds it not yet queued; the check after queueing closes that
+    window: whichever of the two withdraws it while it is WAITING wakes it.
+    """
+
+    __slots__ = ()
+
+    def enqueue(self, key: Hashable, hold: Hold, wake: Callable[[], bool]) -> bool:
+        if super().enqueue(key, hold, wake):
+            return True
+        if isinstance(hold, _RemoteHold) and hold.void and self.withdraw(key, hold) == WAITING:
+            wake()
+        return False
+
+
+class _LockTable(_VoidAware):
+    __slots__ = ()
+
+
+class _FlightTable(_VoidAware, FlightTable):
+    __slots__ = ()
+
+
+class Proc:
+    """A client process: its holds (PENDING and LIVE, by serial) and how it is watched."""
+
+    __slots__ = ("conns", "dead", "holds", "pid", "pidfd", "released")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.holds: dict[int, _RemoteHold] = {}
+        self.conns = 0
+        self.dead = False
+        self.pidfd: int | None = None
+        #: The tickets of its latest releases by key: a repeat of one changes nothing.
+        self.released: deque[int] = deque(maxlen=64)
+
+
+class Conn:
+    """The server's view of one client connection."""
+
+    __slots__ = ("cancelled", "granted", "id", "proc")
+
+    def __init__(self, conn_id: int, proc: Proc) -> None:
+        self.id = conn_id
+        self.proc = proc
+        # A cancel that arrived before its request (they travel on two connections).
+        self.cancelled: int | None = None
+        # The hold the reply being sent grants (LIVE): released if it cannot be delivered.
+        self.granted: _RemoteHold | None = None
+
+
+@internal
+class Service:
+    """The tables and the holds of one manager process, and the requests that change them."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.tables: list[KeyTable] = []
+        self.procs: dict[int, Proc] = {}
+        self.conns: dict[int, Conn] = {}
+
+    def bury(self, proc: Proc) -> None:
+        """``proc`` died: release its LIVE holds, withdraw its queued waits."""
+        with self.mutex:
+            if proc.dead:
+                return
+            proc.dead = True
+            if self.procs.get(proc.pid) is proc:
+                del self.procs[proc.pid]
+            for hold in list(proc.holds.values()):
+                if hold.phase == LIVE:
+                    self._drop(hold)
+                    hold.table.release(hold.key, hold)
+                else:  # PENDING: the thread serving it finishes it (it sees void)
+                    self._void(hold)
+
+    # -- shared helpers (under the mutex) ---------------------------------------
+
+    def _drop(self, hold: _RemoteHold) -> None:
+        """Under the mutex: ``hold`` leaves the bookkeeping; the caller releases it."""
+        hold.phase = GONE
+        hold.proc.holds.pop(hold.serial, None)
+
+    @staticmethod
+    def _void(hold: _RemoteHold) -> None:
+        """Under the mutex: nobody wants ``hold`` any more; withdraw it if it is queued."""
+        hold.void = True
+        if hold.table.withdraw(hold.key, hold) == WAITING:
+            hold._wake()
+
+    def _register(self, state: Conn, hold: _RemoteHold) -> bool:
+        """Under the mutex: False if the request was cancelled before it arrived."""
+        if state.proc.dead or state.cancelled == hold.serial:
+            state.cancelled = None
+            return False
+        return True
+
+    def _table(self, tid: int) -> KeyTable:
+        try:
+            return self.tables[tid]
+        except (IndexError, TypeError):
+            raise ValueError(f"no lock or single-flight object with id {tid!r}") from None
+
+    def _wait(self, hold: _RemoteHold, timeout: float | None) -> int:
+        """Park this thread until ``hold`` (registered, PENDING) is decided."""
+        try:
+            return wait_thread(hold.table, hold.key, hold, timeout)
+        except BaseException:
+            with self.mutex:
+                self._drop(hold)
+            raise
+
+    # -- creating objects -----------------------------------------------------
+
+    def new_lock(self, state: Conn, max_waiters: int | None) -> int:
+        with self.mutex:
+            self.tables.append(_LockTable(max_waiters))
+            return len(self.tables) - 1
+
+    def new_flight(self, state: Conn, ttl: float) -> int:
+        with self.mutex:
+            self.tables.append(_FlightTable(ttl))
+            return len(self.tables) - 1
+
+    # -- locks ----------------------------------------------------------------
+
+    def acquire(
+        self, state: Conn, tid: int, key: Hashable, owner: int, serial: int, timeout: float | None
+    ) -> object:
+        """Take ``key``, waiting up to ``timeout`` (None: forever, 0: try once)."""
+        table = self._table(tid)
+        hold = _RemoteHold(state.proc, owner, serial, table, key)
+        with self.mutex:
+            if not self._register(state, hold):
+                return Reply.CANCELLED
+            holder = table.take(key, hold)
+            if holder is hold:
+                hold.phase = LIVE
+                state.proc.holds[serial] = hold
+                state.granted = hold
+                return Reply.GRANTED
+            if holder._owner == hold._owner and timeout != 0:
+                raise reacquire_error(key)
+            if timeout == 0:
+                return Reply.BUSY
+            state.proc.holds[serial] = hold
+        decided = self._wait(hold, timeout)
+        with self.mutex:
+            if decided == GRANTED:
+                state.granted = hold
+                return self._granted(hold)
+            self._drop(hold)
+            if decided == ABORTED:
+                return (Reply.ABORTED, outcome_of(hold))
+            return Reply.CANCELLED if hold.void else Reply.BUSY
+
+    def _granted(self, hold: _RemoteHold) -> int:
+        """Under the mutex: report a granted PENDING hold, unless it is void."""
+        if hold.void:
+            if hold.phase != GONE:
+                self._drop(hold)
+                hold.table.release(hold.key, hold)
+            return Reply.CANCELLED
+        if hold.phase == GONE:  # released by release(key) in the meantime
+            return Reply.GRANTED
+        hold.phase = LIVE
+        return Reply.GRANTED
+
+    def release(
+        self,
+        state: Conn,
+        tid: int,
+        key: Hashable,
+        serial: int | None,
+        abort: bytes | None,
+        ticket: int | None,
+    ) -> None:
+        """Release ``key``: the caller's own hold ``serial``, or whoever holds it (None)."""
+        table = self._table(tid)
+        with self.mutex:
+            if serial is None:
+                released = state.proc.released
+                if ticket is not None and ticket in released:
+                    return  # a repeat, after an interrupt, of a release done already
+                holder = table.holder(key)
+                if holder is None:
+                    raise RuntimeError(f"release of key {key!r}, which is not held")
+                if ticket is not None:
+                    released.append(ticket)
+            else:
+                holder = state.proc.holds.get(serial)
+                if holder is None or holder.phase != LIVE or holder.table is not table:
+                    raise RuntimeError(
+                        f"this hold of key {key!r} was already released by another caller; "
+                        "the key is now held by someone else or free, and is left alone"
+                    )
+            assert isinstance(holder, _RemoteHold)
+            self._drop(holder)
+            table.release(key, holder, abort)
+
+    def locked(self, state: Conn, tid: int, key: Hashable) -> bool:
+        return self._table(tid).locked(key)
+
+    def waiters(self, state: Conn, tid: int, key: Hashable) -> int:
+        return self._table(tid).waiters(key)
+
+    def length(self, state: Conn, tid: int) -> int:
+        return len(self._table(tid))
+
+    def cancel(self, state: Conn, conn_id: int, serial: int, give_back: bool) -> None:
+        """Withdraw the request ``serial`` sent on the connection ``conn_id``.
+
+        A waiting request is withdrawn (its thread answers CANCELLED, giving
+        back a grant that races with this). With ``give_back``, what it was
+        already granted is released here and now, reported or not: its
+        client will not use it. One that has not arrived yet (it travels on
+        another connection) is refused when it does.
+        """
+        with self.mutex:
+            proc = state.proc
+            target = self.conns.get(conn_id)
+            if target is not None and target.proc is not proc:
+                return
+            hold = proc.holds.get(serial)
+            if hold is None:
+                if target is not None:
+                    target.cancelled = serial
+            elif hold.phase == PENDING:
+                self._void(hold)
+                if give_back and hold.table.holder(hold.key) is hold:  # granted, unreported
+                    self._drop(hold)
+                    hold.table.release(hold.key, hold)
+            elif give_back and hold.phase == LIVE:
+                self._drop(hold)
+                hold.table.release(hold.key, hold)
+
+    # -- single-flight ----------------------------------------------------------
+
+    def join(
+        self, state: Conn, fid: int, key: Hashable, owner: int, serial: int, wait: bool
+    ) -> object:
+        """Lead the call for ``key`` or, if ``wait``, wait for its outcome."""
+        table = self._table(fid)
+        assert isinstance(table, FlightTable)
+        if table.ttl:
+            kept = table.cached(key, monotonic())
+            if kept is not MISS:
+                return (Reply.OUTCOME, (False, kept))
+        hold = _RemoteHold(state.proc, owner, serial, table, key)
+        with self.mutex:
+            if not self._register(state, hold):
+                return Reply.CANCELLED
+            leader = table.take(key, hold)
+            if leader is hold:
+                hold.phase = LIVE
+                state.proc.holds[serial] = hold
+                state.granted = hold
+                return Reply.LEAD
+            if leader._owner == hold._owner:
+                raise RuntimeError(
+                    f"the call for key {key!r} is being run by this same task or thread; "
+                    "joining it from inside would wait for itself forever"
+                )
+            if not wait:
+                return Reply.BUSY
+            state.proc.holds[serial] = hold
+        decided = self._wait(hold, None)
+        with self.mutex:
+            if decided == ABORTED:
+                self._drop(hold)
+                return (Reply.OUTCOME, outcome_of(hold))
+            if decided != GRANTED:
+                self._drop(hold)
+                return Reply.CANCELLED
+            if hold.void:
+                if hold.phase != GONE:
+                    self._drop(hold)
+                    table.release(key, hold)  # the next follower takes over
+                return Reply.CANCELLED
+            # Took over from a leader that gave up (or died).
+            if table.ttl:
+                kept = table.cached(key, monotonic())
+                if kept is not MISS:
+                    self._drop(hold)
+                    table.finish(key, hold, (False, kept), MISS, 0.0)
+                    return (Reply.OUTCOME, (False, kept))
+            hold.phase = LIVE
+            state.granted = hold
+            return Reply.LEAD
+
+    def _leader(self, state: Conn, table: KeyTable, key: Hashable, serial: int) -> _RemoteHold:
+        """Under the mutex: the LIVE leader hold ``serial`` of this process, dropped."""
+        hold = state.proc.holds.get(serial)
+        if hold is None or hold.phase != LIVE or hold.table is not table:
+            raise RuntimeError(f"no call in flight for key {key!r} is led by this caller")
+        self._drop(hold)
+        return hold
+
+    def finish(
+        self,
+        state: Conn,
+        fid: int,
+        key: Hashable,
+        serial: int,
+        is_error: bool,
+        payload: bytes,
+    ) -> bool:
+        """The leader's call ended; True if the outcome went to any follower."""
+        table = self._table(fid)
+        assert isinstance(table, FlightTable)
+        with self.mutex:
+            hold = self._leader(state, table, key, serial)
+            value: object = MISS if is_error else payload
+            return table.finish(key, hold, (is_error, payload), value, monotonic())
+
+    def abandon(self, state: Conn, fid: int, key: Hashable, serial: int) -> None:
+        """The leader gave up without an outcome: the earliest follower takes over."""
+        table = self._table(fid)
+        with self.mutex:
+            hold = self._leader(state, table, key, serial)
+            table.release(key, hold)
+
+    def forget(self, state: Conn, fid: int, key: Hashable) -> None:
+        table = self._table(fid)
+        assert isinstance(table, FlightTable)
+        with self.mutex:
+            table.forget(key)
