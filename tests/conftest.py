@@ -17,8 +17,11 @@ import pytest
 
 from keyedlock import KeyedLock
 
+from .conformance.scopes import _scopes_cleanup
 from .drivers import RUNTIMES, Driver, make_driver
 from .support import AsyncioThread, Threads, TrioThread
+
+__all__ = ["_scopes_cleanup"]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

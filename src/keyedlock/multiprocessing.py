@@ -360,7 +360,11 @@ class KeyedLockProxy(KeyedLock):
         )
 
     def __repr__(self) -> str:
-        return f"<KeyedLockProxy #{self._backend.tid} at {self._backend.address!r}>"
+        backend = self._backend
+        return (
+            f"<KeyedLockProxy #{backend.tid} at {backend.address!r} "
+            f"max_waiters={backend.max_waiters}>"
+        )
 
 
 def _rebuild_flight(address: str, fid: int, ttl: float) -> SingleFlightProxy:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -13,22 +13,20 @@ from ..support import Threads, wait_waiters
 
 
 @pytest.fixture
-def bounded(request: pytest.FixtureRequest) -> Iterator[KeyedLock]:
-    """A lock with ``max_waiters`` from the test's ``limit`` parameter."""
-    lock = KeyedLock(max_waiters=request.param)
-    yield lock
-    assert len(lock) == 0
+def bounded(request: pytest.FixtureRequest, make_lock: Callable[..., KeyedLock]) -> KeyedLock:
+    """A lock with ``max_waiters`` from the test's ``bounded`` parameter."""
+    return make_lock(max_waiters=request.param)
 
 
 def test_queue_full_is_a_keyed_lock_error() -> None:
     assert issubclass(QueueFull, KeyedLockError)
 
 
-def test_max_waiters_is_kept() -> None:
-    assert KeyedLock().max_waiters is None
-    assert KeyedLock(max_waiters=0).max_waiters == 0
-    assert KeyedLock(max_waiters=3).max_waiters == 3
-    assert "max_waiters=3" in repr(KeyedLock(max_waiters=3))
+def test_max_waiters_is_kept(make_lock: Callable[..., KeyedLock]) -> None:
+    assert make_lock().max_waiters is None
+    assert make_lock(max_waiters=0).max_waiters == 0
+    assert make_lock(max_waiters=3).max_waiters == 3
+    assert "max_waiters=3" in repr(make_lock(max_waiters=3))
 
 
 @pytest.mark.parametrize("bounded", [0], indirect=True)
@@ -124,8 +122,8 @@ def test_none_is_unbounded(driver: Driver, bounded: KeyedLock) -> None:
 
 
 @pytest.mark.anyio
-async def test_queue_full_in_tasks(threads: Threads) -> None:
-    lock = KeyedLock(max_waiters=0)
+async def test_queue_full_in_tasks(threads: Threads, make_lock: Callable[..., KeyedLock]) -> None:
+    lock = make_lock(max_waiters=0)
     assert threads.start(lambda: lock.acquire("k")).result()  # held by another owner
     try:
         with pytest.raises(QueueFull):

@@ -265,9 +265,9 @@ def test_a_key_spec_that_is_neither_template_nor_callable_is_refused(lock: Keyed
 def test_callable_key_gets_the_arguments(lock: KeyedLock) -> None:
     seen: list[bool] = []
 
-    @lock.guard(lambda user_id, amount=0: ("wallet", user_id))
+    @lock.guard(lambda user_id, amount=0: f"wallet-{user_id}")
     def pay(user_id: int, amount: int = 0) -> None:
-        seen.append(lock.locked(("wallet", user_id)))
+        seen.append(lock.locked(f"wallet-{user_id}"))
 
     pay(3, 10)
     pay(user_id=4)

@@ -143,6 +143,23 @@ def test_release_hands_the_key_to_local_waiters_in_order(lock_path: str) -> None
     other.release("k")
 
 
+def test_release_of_a_caller_still_waiting_in_the_kernel_raises(lock_path: str) -> None:
+    """A caller first in this process's line, waiting in the kernel for another holder,
+    holds nothing yet: ``release(key)`` refuses, and the caller goes on waiting."""
+    lock, other = FileKeyedLock(lock_path), FileKeyedLock(lock_path)
+    assert other.acquire("k")
+    waiting = start_thread(lambda: lock.acquire("k", timeout=WAIT), "waiting")
+    wait_until(lambda: len(lock) == 1, "the caller waits in the kernel")
+    with pytest.raises(RuntimeError, match="does not hold in the lock file"):
+        lock.release("k")
+    assert len(lock) == 1
+    other.release("k")
+    assert waiting.result() is True
+    assert not other.acquire("k", blocking=False)
+    lock.release("k")
+    assert len(lock) == 0
+
+
 def test_an_interrupted_release_leaves_nothing_held(
     lock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

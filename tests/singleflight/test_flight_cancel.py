@@ -26,7 +26,6 @@ from ..support import (
     Handle,
     Threads,
     TrioThread,
-    table_of,
     wait_until,
     wait_until_async,
 )
@@ -223,7 +222,7 @@ async def test_a_forgotten_call_hands_over_within_its_own_callers(sf: SingleFlig
             scopes["leader"].cancel()  # the forgotten call's leader
             await wait_until_async(lambda: "first" in call.calls, "a takeover in the old call")
             assert sf.in_flight("k"), "the takeover in the old call removed the new call"
-            assert table_of(sf).waiters("k") == 0
+            assert sf._backend.waiters("k") == 0
             call.gate.set()
             await wait_until_async(lambda: len(results) == 3, "the old call's callers end")
             assert sf.in_flight("k")

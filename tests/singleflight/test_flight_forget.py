@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -51,7 +52,7 @@ async def test_forget_during_a_call(sf: SingleFlight, first_to_finish: str) -> N
                 await wait_until_async(lambda: len(results) == 2, "the old call's callers end")
                 assert sf.in_flight("k"), "the old call ending removed the new one"
                 assert len(sf) == 1
-                assert table_of(sf).waiters("k") == 1
+                assert sf._backend.waiters("k") == 1
                 gates["new"].set()
             else:
                 gates["new"].set()
@@ -138,9 +139,11 @@ def test_forget_drops_a_kept_value() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("first_to_finish", ["old", "new"])
-async def test_a_forgotten_call_keeps_no_value(first_to_finish: str) -> None:
+async def test_a_forgotten_call_keeps_no_value(
+    first_to_finish: str, make_flight: Callable[..., SingleFlight]
+) -> None:
     """With ttl, only the current call's value is kept: a forgotten one never replaces it."""
-    sf = SingleFlight(ttl=WAIT * 100)
+    sf = make_flight(ttl=WAIT * 100)
     gates = {"old": anyio.Event(), "new": anyio.Event()}
     calls: list[str] = []
     finished: list[str] = []

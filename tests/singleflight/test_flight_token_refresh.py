@@ -19,7 +19,7 @@ import trio.lowlevel
 
 from keyedlock import SingleFlight
 
-from ..support import WAIT, Threads, table_of, wait_until, wait_until_async
+from ..support import WAIT, Threads, wait_until, wait_until_async
 from .flight_support import wait_followers
 
 CALLERS = 50
@@ -112,7 +112,7 @@ async def burst(client: OAuthClient, *, hold_refresh: bool = False) -> list[dict
                 tg.start_soon(request)
             if client.refresh_gate is not None:
                 await wait_until_async(
-                    lambda: table_of(client.sf).waiters(client.key) == CALLERS - 1,
+                    lambda: client.sf._backend.waiters(client.key) == CALLERS - 1,
                     "every other caller waits on the refresh",
                 )
                 client.refresh_gate.set()

@@ -19,30 +19,63 @@ __all__ = ["dump_cause", "dump_error", "load_cause", "outcome", "pack_error", "p
 
 
 def dump_error(exc: BaseException) -> bytes:
-    """``exc`` pickled to be raised again in another process: same type, args and attributes.
+    """``exc`` pickled to be raised again in another process: same type, args, attributes
+    and notes, with its ``__cause__`` and ``__context__`` chain (no traceback).
 
     An exception whose ``__init__`` would change its ``args`` if called again
     (see :func:`~keyedlock._errors.exception_state`) travels as (type, args,
     attributes) and is rebuilt without calling ``__init__``; others pickle
-    as usual. Raises if it cannot be pickled.
+    as usual. A linked exception that cannot be pickled is left out of the
+    chain. Raises if ``exc`` itself cannot be pickled.
     """
-    state = exception_state(exc)
-    payload: tuple[object, ...] = (_AS_PICKLED, exc) if state is None else (_AS_STATE, *state)
-    return pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+    return _dump_linked(exc, {id(exc)}, 0)
 
 
 def load_error(payload: bytes) -> BaseException:
-    """The exception :func:`_dump_error` pickled (raises if it cannot be rebuilt here)."""
-    state = pickle.loads(payload)
-    exc = state[1] if state[0] == _AS_PICKLED else rebuild_exception(*state[1:])
+    """The exception :func:`dump_error` pickled (raises if it cannot be rebuilt here)."""
+    head, cause, context, suppress = pickle.loads(payload)
+    exc = head[1] if head[0] == _AS_PICKLED else rebuild_exception(*head[1:])
     if not isinstance(exc, BaseException):
         raise TypeError(f"expected an exception, got {exc!r}")
+    exc.__cause__ = _load_link(cause)
+    exc.__context__ = _load_link(context)
+    exc.__suppress_context__ = bool(suppress)
     return exc
 
 
 _AS_PICKLED: Final = 0
 _AS_STATE: Final = 1
 
+#: How many exceptions deep a ``__cause__`` / ``__context__`` chain travels.
+_CHAIN_DEPTH: Final = 8
+
+
+def _dump_linked(exc: BaseException, seen: set[int], depth: int) -> bytes:
+    state = exception_state(exc)
+    head: tuple[object, ...] = (_AS_PICKLED, exc) if state is None else (_AS_STATE, *state)
+    links = (
+        _dump_link(exc.__cause__, seen, depth),
+        _dump_link(exc.__context__, seen, depth),
+    )
+    return pickle.dumps((head, *links, exc.__suppress_context__), pickle.HIGHEST_PROTOCOL)
+
+
+def _dump_link(linked: BaseException | None, seen: set[int], depth: int) -> bytes | None:
+    if linked is None or id(linked) in seen or depth >= _CHAIN_DEPTH:
+        return None
+    try:
+        return _dump_linked(linked, seen | {id(linked)}, depth + 1)
+    except Exception:
+        return None  # a link that cannot travel is left out; the exception itself still does
+
+
+def _load_link(payload: bytes | None) -> BaseException | None:
+    if payload is None:
+        return None
+    try:
+        return load_error(payload)
+    except Exception:
+        return None
 
 def load_cause(payload: bytes) -> BaseException:
     try:

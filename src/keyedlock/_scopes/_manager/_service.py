@@ -273,9 +273,11 @@ class Service:
             else:
                 holder = state.proc.holds.get(serial)
                 if holder is None or holder.phase != LIVE or holder.table is not table:
+                    if table.holder(key) is None:
+                        raise RuntimeError(f"release of key {key!r}, which is not held")
                     raise RuntimeError(
                         f"this hold of key {key!r} was already released by another caller; "
-                        "the key is now held by someone else or free, and is left alone"
+                        "the key is now held by someone else and stays held"
                     )
             assert isinstance(holder, _RemoteHold)
             self._drop(holder)

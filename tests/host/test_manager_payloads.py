@@ -1,0 +1,74 @@
+"""Exceptions crossing to other processes: type, args, notes and the cause/context chain."""
+
+from __future__ import annotations
+
+import threading
+
+from keyedlock._scopes._manager._payloads import dump_error, load_error
+
+
+class Coded(Exception):
+    """An exception whose ``__init__`` formats its message (copied without calling it)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"error {code}")
+        self.code = code
+
+
+def raised_from(exc: BaseException, cause: BaseException | None) -> BaseException:
+    try:
+        raise exc from cause
+    except BaseException as caught:
+        return caught
+
+
+def test_the_chain_travels_with_the_exception() -> None:
+    root = KeyError("root")
+    middle = raised_from(Coded(5), root)
+    try:
+        try:
+            raise middle
+        except Coded:
+            raise ValueError("top") from None
+    except ValueError as top:
+        top.add_note("a note")
+        copy = load_error(dump_error(top))
+    assert type(copy) is ValueError
+    assert copy.args == ("top",)
+    assert copy.__notes__ == ["a note"]
+    assert copy.__cause__ is None
+    assert copy.__suppress_context__ is True
+    context = copy.__context__
+    assert isinstance(context, Coded)
+    assert context.args == ("error 5",)
+    assert context.code == 5
+    assert isinstance(context.__cause__, KeyError)
+    assert context.__cause__.args == ("root",)
+
+
+def test_a_link_that_cannot_be_pickled_is_left_out() -> None:
+    unpicklable = RuntimeError(threading.Lock())
+    copy = load_error(dump_error(raised_from(ValueError("top"), unpicklable)))
+    assert copy.args == ("top",)
+    assert copy.__cause__ is None
+    assert copy.__suppress_context__ is True
+
+
+def test_a_cycle_in_the_chain_ends() -> None:
+    first, second = ValueError("first"), KeyError("second")
+    first.__context__, second.__context__ = second, first
+    copy = load_error(dump_error(first))
+    assert isinstance(copy.__context__, KeyError)
+    assert copy.__context__.__context__ is None
+
+
+def test_a_long_chain_is_cut() -> None:
+    exc: BaseException = ValueError(0)
+    for i in range(1, 50):
+        exc = raised_from(ValueError(i), exc)
+    copy: BaseException | None = load_error(dump_error(exc))
+    depth = 0
+    while copy is not None:
+        depth += 1
+        copy = copy.__cause__
+    assert 2 <= depth < 50
