@@ -62,7 +62,7 @@ class KeyedLock(RunMixin):
             as :class:`asyncio.Lock`, whatever this says.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_context", "_map_key")
+    __slots__ = ("__weakref__", "_backend", "_context", "_map_key", "_mapped")
 
     _backend: LockBackend
 
@@ -74,12 +74,17 @@ class KeyedLock(RunMixin):
         self._backend = backend
         self._context = backend.context
         self._map_key = backend.map_key
+        self._mapped = backend.mapped_keys
 
     def _local(self, key: object) -> Hashable:
         """Validate ``key`` and map it to the backend's key."""
         map_key = self._map_key
         if map_key is not None:
-            return map_key(key)
+            try:
+                mapped: Hashable = self._mapped[type(key)][key]  # a key mapped lately
+            except (KeyError, TypeError):
+                mapped = map_key(key)
+            return mapped
         try:
             hash(key)
         except TypeError:
@@ -117,17 +122,20 @@ class KeyedLock(RunMixin):
             except TypeError:
                 check_key(key)
         else:
-            key = map_key(key)
+            try:
+                key = self._mapped[type(key)][key]  # a key mapped lately: no call
+            except (KeyError, TypeError):
+                key = map_key(key)
         if timeout is not None:
             timeout = check_timeout(timeout)
-        backend = self._backend
         # Built by calling the backend's context class (no __init__ frame) and filling in
         # every slot: this is on every acquire's path.
+        backend = self._backend
         ctx = self._context()
         ctx._waiters = None
         ctx._state = IDLE
         ctx._backend = backend
-        ctx._table = backend.table
+        ctx._table = backend.table  # (a fork child's backend has a new one)
         ctx._key = key
         ctx._timeout = timeout
         ctx._phase = NEW

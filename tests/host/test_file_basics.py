@@ -330,14 +330,18 @@ def test_offsets_are_valid_bytes_of_the_file() -> None:
 def test_colliding_keys_serialize(lock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two keys with one offset are one local key: they take turns, never overlap."""
     monkeypatch.setattr(file_keys, "key_offset", lambda key: 12345)
-    monkeypatch.setattr(file_keys, "offsets", {str: {}, bytes: {}, int: {}})
-    lock = FileKeyedLock(lock_path)
-    with lock("a"):
-        other = start_thread(lambda: lock.acquire("b", timeout=0), "other")
-        assert other.result() is False
-        assert lock.locked("b")
-    assert lock.acquire("b", timeout=0)
-    lock.release("b")
+    forget_offsets = partial(map, dict.clear, file_keys.offsets.values())
+    list(forget_offsets())  # no offset cached from before: every key is hashed (to 12345)
+    try:
+        lock = FileKeyedLock(lock_path)
+        with lock("a"):
+            other = start_thread(lambda: lock.acquire("b", timeout=0), "other")
+            assert other.result() is False
+            assert lock.locked("b")
+        assert lock.acquire("b", timeout=0)
+        lock.release("b")
+    finally:
+        list(forget_offsets())  # and none cached for the tests after this one
 
 
 def test_errors_name_the_key_not_the_offset(file_lock: FileKeyedLock) -> None:

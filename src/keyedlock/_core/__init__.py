@@ -23,18 +23,25 @@ from ._hold import (
     reacquire_error,
     state_of,
 )
+from ._keyhold import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
 from ._keytable import KeyTable, guard_is_owned
 
 __all__ = [
     "ABORTED",
+    "BAD_EXIT",
     "CANCELLED",
+    "ENTERED",
+    "EXITED",
     "GRANTED",
     "IDLE",
     "MISS",
+    "NEW",
     "RELEASED",
+    "REUSE",
     "WAITING",
     "FlightTable",
     "Hold",
+    "KeyHold",
     "KeyTable",
     "Record",
     "WaitQueue",

@@ -258,7 +258,7 @@ class KeyTable:
             try:
                 guard.acquire()
                 holds = self._holds
-                if hold._waiters is None and key in holds and holds[key] is hold:
+                if hold._waiters is None and holds.get(key) is hold:
                     del holds[key]
                     return
             finally:

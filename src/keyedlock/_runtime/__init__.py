@@ -13,6 +13,7 @@ keyedlock imports these names from here, never from the modules below.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
@@ -97,20 +98,29 @@ def park_async(
     """
     if runtime == ASYNCIO:
         return wait_asyncio(table, key, hold, timeout, task.get_loop())
-    from ._trio import wait_trio
+    adapter = _trio_module[0] or _trio_adapter_()
+    wait: Awaitable[int] = adapter.wait_trio(table, key, hold, timeout, checkpoints)
+    return wait
 
-    return wait_trio(table, key, hold, timeout, checkpoints)
 
-
-async def trio_checkpoint_if_cancelled() -> None:
+def trio_checkpoint_if_cancelled() -> Awaitable[None]:
     """Under trio: raise Cancelled if the task's scope is cancelled (no yield otherwise)."""
-    from ._trio import checkpoint_if_cancelled
-
-    await checkpoint_if_cancelled()
+    return _trio_adapter_().checkpoint_if_cancelled()  # type: ignore[no-any-return]
 
 
-async def trio_shielded_checkpoint() -> None:
+def trio_shielded_checkpoint() -> Awaitable[None]:
     """Under trio: yield to the scheduler once, without raising Cancelled."""
-    from ._trio import cancel_shielded_checkpoint
+    return _trio_adapter_().cancel_shielded_checkpoint()  # type: ignore[no-any-return]
 
-    await cancel_shielded_checkpoint()
+
+def _trio_adapter_() -> Any:
+    """The trio adapter, imported by the first caller under trio (an import statement on
+    every call would cost more than an uncontended acquire)."""
+    adapter = _trio_module[0]
+    if adapter is None:
+        adapter = _trio_module[0] = importlib.import_module("._trio", __name__)
+    return adapter
+
+
+#: The trio adapter module, once imported.
+_trio_module: list[Any] = [None]

@@ -137,11 +137,20 @@ def _trio_task() -> object | None:
     """The current trio task, or None if this thread is not in a trio task."""
     if sniffio_local.name != "trio":
         return None
-    from trio import lowlevel
+    lowlevel = _trio_lowlevel[0]
+    if lowlevel is None:  # the first time under trio (imported already: it is running)
+        from trio import lowlevel
 
-    if not lowlevel.in_trio_task():
+        _trio_lowlevel[0] = lowlevel
+    try:
+        task: object = lowlevel.current_task()
+    except RuntimeError:  # in the run's thread, but not in a task (a run_sync_soon callback)
         return None
-    return lowlevel.current_task()
+    return task
+
+
+#: ``trio.lowlevel`` once a caller was seen under trio (never imported before).
+_trio_lowlevel: list[Any] = [None]
 
 
 def sync_owner() -> object:

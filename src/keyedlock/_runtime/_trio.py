@@ -95,22 +95,24 @@ async def wait_trio(
     task's scope is cancelled, and yield once after taking a free key (a wait
     is a checkpoint already).
     """
-    abort = partial(_abort, table, key, hold)
     try:
         if checkpoints:
             await checkpoint_if_cancelled()
-            if table.take(key, hold) is hold:
-                await cancel_shielded_checkpoint()
-                return GRANTED
-        if table.enqueue(key, hold, TrioWaker(current_trio_token(), current_task())):
-            return GRANTED
-        if timeout is None:
-            await wait_task_rescheduled(abort)
-        else:
-            with trio.move_on_after(timeout):
+        if table.take(key, hold) is not hold and not table.enqueue(
+            key, hold, TrioWaker(current_trio_token(), current_task())
+        ):
+            abort = partial(_abort, table, key, hold)
+            if timeout is None:
                 await wait_task_rescheduled(abort)
-        # GRANTED or ABORTED after a wake; CANCELLED if the timeout withdrew it.
-        return decided(hold)
+            else:
+                with trio.move_on_after(timeout):
+                    await wait_task_rescheduled(abort)
+            # GRANTED or ABORTED after a wake (the wait was a checkpoint); CANCELLED if
+            # the timeout withdrew it.
+            return decided(hold)
+        if checkpoints:  # a free key: the yield trio.Lock makes after taking it
+            await cancel_shielded_checkpoint()
+        return GRANTED
     except BaseException:
         table.cancel(key, hold)
         raise

@@ -1,18 +1,20 @@
 """The context every keyed lock hands out: ``lock(key, timeout=...)``, in every scope.
 
-:class:`LockContext`'s methods here are generic: they only call the backend
-(:class:`~._contract.LockBackend`). A backend whose uncontended path is worth
-writing out hands out a subclass, in its own module, that overrides
-``__enter__``, ``__aenter__`` and ``_exit`` (see :mod:`._local`).
+:class:`LockContext` is a :class:`~keyedlock._core.KeyHold` (the core's hold
+of a key, with its phases); its methods here are generic: they only call the
+backend (:class:`~._contract.LockBackend`). A backend whose uncontended path
+is worth writing out hands out a subclass, in its own module, that overrides
+``__enter__``, ``__aenter__`` and the exit (see :mod:`._local`: its exit is
+the core's :meth:`~keyedlock._core.KeyHold._exit`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Self
 
-from .._core import Hold, KeyTable
+from .._core import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
 from .._errors import LockTimeout
 from .._ki import internal
 from .._runtime import READY, async_owner, blocking_owner
@@ -21,16 +23,6 @@ if TYPE_CHECKING:
     from ._contract import LockBackend
 
 __all__ = ["BAD_EXIT", "ENTERED", "EXITED", "NEW", "REUSE", "LockContext", "timeout_error"]
-
-#: A context's phases: made, entered (acquiring or holding), exited.
-NEW: Final = 0
-ENTERED: Final = 1
-EXITED: Final = 2
-
-REUSE: Final = "this klock(key) context was already used; call klock(key) again for a new one"
-BAD_EXIT: Final = (
-    "exit of a klock(key) context that is not entered (exited twice, or never entered)"
-)
 
 
 def timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
@@ -41,7 +33,7 @@ def timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
 
 
 @internal
-class LockContext(Hold):
+class LockContext(KeyHold):
     """The context manager returned by ``lock(key, timeout=...)``, for every scope.
 
     Use it once, with ``with`` in a thread or ``async with`` in an asyncio or
@@ -51,16 +43,12 @@ class LockContext(Hold):
     exiting raises RuntimeError and leaves the key's current holder alone.
     """
 
-    __slots__ = ("_backend", "_key", "_phase", "_ready", "_table", "_timeout")
+    __slots__ = ("_backend", "_timeout")
 
     _backend: LockBackend
-    _key: Hashable
     _timeout: float | None
-    _phase: int
-    #: What a clean exit returns (READY, or what the entry found cheapest).
-    _ready: Awaitable[None]
-    #: The backend's local table, if it has one (the fast paths use it).
-    _table: KeyTable | None
+    #: What an exit returns when the body raised (falsy: see KeyHold).
+    _raised = READY
 
     def __init__(self) -> None:
         raise TypeError("make a LockContext by calling a keyed lock: klock(key, timeout=...)")

@@ -46,7 +46,7 @@ has: a signal at the very first instruction of ``__exit__``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 from .._core import Hold, KeyTable
@@ -81,6 +81,13 @@ class LockBackend(Protocol):
     def map_key(self) -> Callable[[object], Hashable] | None:
         """Validates a user's key and maps it to the backend's key (TypeError for keys the
         scope cannot take); None: every hashable key is taken as it is."""
+        ...
+
+    @property
+    def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
+        """Keys :attr:`map_key` mapped lately, by the user key's type (only keys it
+        accepted, each under its exact type): the lock looks a key up here before calling
+        :attr:`map_key`, so that a hit costs no call. Empty if the backend keeps none."""
         ...
 
     @property
@@ -169,6 +176,11 @@ class WideScope(Protocol):
         Two keys mapping to one local key are serialized together (never less
         exclusion than asked for).
         """
+        ...
+
+    @property
+    def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
+        """As :attr:`LockBackend.mapped_keys`, for :meth:`map_key`."""
         ...
 
     def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:

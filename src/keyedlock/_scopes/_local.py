@@ -3,23 +3,32 @@
 :class:`LocalBackend` is the backend of :class:`~keyedlock.KeyedLock`, and
 the first half of every local-then-wide backend (:mod:`._wide`).
 :class:`LocalContext` writes out its uncontended ``with`` and ``async with``
-(one C-level ``setdefault`` to acquire, one pass under the table's guard to
-release, and under asyncio and trio no coroutine at all), because that is
-every acquisition's path; everything else goes through the backend.
+(one C-level ``setdefault`` to acquire; to release, the core's
+:meth:`~keyedlock._core.KeyHold._exit`, one pass under the table's guard;
+and under asyncio and trio no coroutine at all), because that is every
+acquisition's path; everything else goes through the backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
-from types import TracebackType
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
 
-from .._core import ABORTED, GRANTED, RELEASED, Hold, KeyTable, outcome_of, reacquire_error
+from .._core import (
+    ABORTED,
+    GRANTED,
+    RELEASED,
+    Hold,
+    KeyHold,
+    KeyTable,
+    outcome_of,
+    reacquire_error,
+)
 from .._errors import Aborted
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
-    READY,
     async_runtime,
     asyncio_task,
     blocking_call_error,
@@ -33,9 +42,12 @@ from .._runtime import (
     wait_asyncio,
     wait_thread,
 )
-from ._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+from ._context import ENTERED, REUSE, LockContext, timeout_error
 
-__all__ = ["LocalBackend", "LocalContext", "settle"]
+__all__ = ["NO_MAPPED_KEYS", "LocalBackend", "LocalContext", "settle"]
+
+#: The :attr:`~._contract.LockBackend.mapped_keys` of a backend that keeps none.
+NO_MAPPED_KEYS: Mapping[type, Mapping[Any, Hashable]] = MappingProxyType({})
 
 
 @internal
@@ -95,11 +107,26 @@ class LocalContext(LockContext):
         if seen is not None and seen[0]._thread_id == get_ident():
             task: Any = task_of(seen[0])
             self._ready = seen[1]
-        else:
-            task = asyncio_task()
+        else:  # (under trio, no asyncio loop to look for: one system call less on 3.11)
+            task = None if sniffio_local.name == "trio" else asyncio_task()
         if task is None:  # not an asyncio task: trio, or an error
-            runtime, self._owner = async_runtime(None)
-            await self._acquire_async(runtime, True)
+            runtime, owner = async_runtime(None)
+            self._owner = owner
+            timeout = self._timeout
+            if timeout == 0:
+                await self._acquire_async(runtime, True)
+                return self
+            # LocalBackend.acquire_async, written out: a coroutine less per acquire.
+            table = self._table
+            key = self._key
+            try:
+                fast: bool = self._backend.fast_acquire
+                state = await park_async(table, key, self, timeout, runtime, owner, not fast)
+            except BaseException:
+                self._backend.undo(self)
+                raise
+            if state != GRANTED and not settle(state, self, key):
+                raise timeout_error(key, timeout)
             return self
         self._owner = task
         try:
@@ -111,27 +138,11 @@ class LocalContext(LockContext):
         await self._acquire_async(ASYNCIO, True)
         return self
 
-    def _exit(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Awaitable[None]:
-        """Returns the awaitable its entry chose (a finished future is truthy, but a
-        ``with`` ignores the result of a clean exit), or READY, which is falsy, when the
-        body raised: ``with`` never swallows it."""
-        if self._phase != ENTERED:
-            raise RuntimeError(BAD_EXIT)
-        self._phase = EXITED
-        try:
-            self._table.leave(self._key, self)
-        except BaseException:
-            self._backend.undo(self)  # interrupted: never leave the key held
-            raise
-        return self._ready if exc_type is None else READY
-
     if not TYPE_CHECKING:
-        __exit__ = __aexit__ = _exit
+        # Leaving is the core's (see KeyHold._exit): a clean exit returns what the entry
+        # chose (a finished future is truthy, but a ``with`` ignores the result of a clean
+        # exit), an exit whose body raised returns READY, which is falsy.
+        __exit__ = __aexit__ = KeyHold._exit
 
 
 @internal
@@ -150,6 +161,10 @@ class LocalBackend:
     def map_key(self) -> Callable[[object], Hashable] | None:
         """None: any hashable key is taken as it is."""
         return None
+
+    @property
+    def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
+        return NO_MAPPED_KEYS
 
     @property
     def max_waiters(self) -> int | None:

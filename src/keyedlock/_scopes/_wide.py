@@ -10,7 +10,7 @@ scope for a key at a time. ``timeout`` covers both steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
@@ -105,6 +105,10 @@ class WideBackend(LocalBackend):
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
         return self.scope.map_key
+
+    @property
+    def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
+        return self.scope.mapped_keys
 
     # -- a context's key ----------------------------------------------------------
 

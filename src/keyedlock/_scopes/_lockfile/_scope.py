@@ -46,9 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 from ..._core import Hold
 from ..._ki import internal
@@ -64,6 +64,7 @@ from ._keys import (
     KeyOffset,
     fcntl_call,
     offset_of,
+    offsets,
 )
 
 __all__ = ["FileScope", "not_held_error"]
@@ -145,6 +146,8 @@ class FileScope(LockFile):
 
     #: The key's :class:`KeyOffset`; TypeError unless a str, bytes or int (not bool).
     map_key = staticmethod(offset_of)
+    #: The offsets of keys used lately, by type (see :data:`._keys.offsets`).
+    mapped_keys: Mapping[type, Mapping[Any, Hashable]] = offsets
 
     def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
         """Lock the key's byte if it is free, without waiting (the uncontended path)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import pickle
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import Aborted, LockTimeout
@@ -27,6 +27,7 @@ from ..._runtime import (
 )
 from ..._validate import check_key
 from .._context import LockContext
+from .._local import NO_MAPPED_KEYS
 from ._client import Wait, client_for, next_serial
 from ._owners import owner_id
 from ._payloads import dump_cause, load_cause
@@ -130,6 +131,10 @@ class ManagerLockBackend:
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
         return check_wire_key
+
+    @property
+    def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
+        return NO_MAPPED_KEYS
 
     # -- a context's key ----------------------------------------------------------
 

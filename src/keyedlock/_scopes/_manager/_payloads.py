@@ -77,6 +77,7 @@ def _load_link(payload: bytes | None) -> BaseException | None:
     except Exception:
         return None
 
+
 def load_cause(payload: bytes) -> BaseException:
     try:
         return load_error(payload)
