@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, assert_type
 
 import pytest
 
-from keyedlock import KeyedLock, LockContext, klock
+from keyedlock import KeyedLock, LockContext, Result, flight, klock
 
 lock = KeyedLock()
 
@@ -87,8 +87,27 @@ def test_run_sync_and_acquire_types() -> None:
 async def test_run_and_acquire_async_types() -> None:
     assert_type(await lock.run("k", add_async, 1, b=2), list[int])
     assert_type(await lock.run("k", add, 1), int)
+    assert_type(await lock.run("k", add_async, 1, timeout=5), list[int])
+    assert_type(await lock.run("k", add, 1, on_error="stop"), int)
     assert_type(await lock.acquire_async("k"), bool)
     lock.release("k")
+
+
+def test_run_sync_with_options_types() -> None:
+    assert_type(lock.run_sync("k", add, 1, b=2, timeout=5), int)
+    assert_type(lock.run_sync("k", add, 1, on_error="stop"), int)
+
+
+@pytest.mark.anyio
+async def test_single_flight_types() -> None:
+    assert_type(await flight.do("typing", add_async, 1, b=2), list[int])
+    assert_type(await flight.do("typing", add, 1), int)
+    assert_type(await flight.do_ex("typing", add_async, 1), Result[list[int]])
+
+
+def test_single_flight_sync_types() -> None:
+    assert_type(flight.do_sync("typing", add, 1, b=2), int)
+    assert_type(flight.do_sync_ex("typing", add, 1), Result[int])
 
 
 if TYPE_CHECKING:
@@ -100,6 +119,15 @@ if TYPE_CHECKING:
     Account(1).deposit("2")  # type: ignore[arg-type]
     wrong: Callable[[str], str] = charge  # type: ignore[assignment]
     not_async: Callable[[int], list[int]] = refund  # type: ignore[assignment]
+    # run / run_sync (without options) and single-flight check fn's own arguments.
+    lock.run_sync("k", add)  # type: ignore[call-overload]
+    lock.run_sync("k", add, "1")  # type: ignore[call-overload]
+    lock.run_sync("k", add, 1, c=2)  # type: ignore[call-arg]
+    unawaited_run = lock.run("k", add_async)  # type: ignore[call-overload]
+    unawaited_run = lock.run("k", add_async, 1, "2")  # type: ignore[call-overload]
+    flight.do_sync("k", add)  # type: ignore[call-arg]
+    flight.do_sync("k", add, "1")  # type: ignore[arg-type]
+    unawaited_do = flight.do("k", add_async)  # type: ignore[call-overload]
 
 
 def test_lock_contexts_are_standard_context_managers() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._keyspec import Decorator, KeySpec, key_function
 from ._runtime import check_can_block
@@ -27,6 +27,7 @@ from ._validate import (
 
 __all__ = ["RunMixin", "make_guard", "run_async", "run_blocking"]
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -139,29 +140,54 @@ class RunMixin:
 
     # -- run a function under a key ----------------------------------------
 
+    # Typing: called without timeout/on_error, run and run_sync check fn's own arguments
+    # (ParamSpec). Python's typing cannot put keyword options next to a ParamSpec's
+    # arguments, so a call that passes an option is checked for its key, fn and result only.
     @overload
     async def run(
+        self, key: Hashable, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    async def run(
+        self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    async def run(  # type: ignore[overload-cannot-match]
         self,
         key: Hashable,
         fn: Callable[..., Awaitable[R]],
         /,
         *args: Any,
-        timeout: float | None = None,
+        timeout: float | None,
         on_error: OnError = "continue",
         **kwargs: Any,
     ) -> R: ...
     @overload
-    async def run(
+    async def run(  # type: ignore[overload-cannot-match]
         self,
         key: Hashable,
         fn: Callable[..., R],
         /,
         *args: Any,
-        timeout: float | None = None,
+        timeout: float | None,
         on_error: OnError = "continue",
         **kwargs: Any,
     ) -> R: ...
-    async def run(
+    @overload
+    async def run(  # type: ignore[overload-cannot-match]
+        self,
+        key: Hashable,
+        fn: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        on_error: OnError,
+        **kwargs: Any,
+    ) -> R: ...
+    @overload
+    async def run(  # type: ignore[overload-cannot-match]
+        self, key: Hashable, fn: Callable[..., R], /, *args: Any, on_error: OnError, **kwargs: Any
+    ) -> R: ...
+    async def run(  # type: ignore[misc]  # (a ParamSpec's kwargs could name timeout)
         self,
         key: Hashable,
         fn: Callable[..., Any],
@@ -178,20 +204,40 @@ class RunMixin:
         from ``fn`` aborts every caller queued on ``key`` at that moment (they
         raise :class:`~keyedlock.Aborted`, caused by it); later callers start
         fresh. ``"continue"`` (the default) just passes the key on.
+        ``timeout`` and ``on_error`` are the lock's: they never reach ``fn``.
         """
         stop = check_on_error(on_error)
         return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
 
+    @overload
     def run_sync(
+        self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    def run_sync(  # type: ignore[overload-cannot-match]
         self,
         key: Hashable,
         fn: Callable[..., R],
         /,
         *args: Any,
+        timeout: float | None,
+        on_error: OnError = "continue",
+        **kwargs: Any,
+    ) -> R: ...
+    @overload
+    def run_sync(  # type: ignore[overload-cannot-match]
+        self, key: Hashable, fn: Callable[..., R], /, *args: Any, on_error: OnError, **kwargs: Any
+    ) -> R: ...
+    def run_sync(  # type: ignore[misc]  # (a ParamSpec's kwargs could name timeout)
+        self,
+        key: Hashable,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
         timeout: float | None = None,
         on_error: OnError = "continue",
         **kwargs: Any,
-    ) -> R:
+    ) -> Any:
         """Run the sync ``fn(*args, **kwargs)`` in this thread while holding ``key``.
 
         As :meth:`run`, for threads: it blocks, so it raises RuntimeError in

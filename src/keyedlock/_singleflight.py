@@ -13,7 +13,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar, final, overload
+from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS
 from ._keyspec import Decorator, KeySpec, key_function
@@ -25,6 +25,7 @@ from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_c
 __all__ = ["Result", "SingleFlight", "flight"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -119,11 +120,11 @@ class SingleFlight:
 
     @overload
     def do(
-        self, key: Hashable, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
+        self, key: Hashable, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, R]: ...
     @overload
     def do(
-        self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+        self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, R]: ...
     def do(
         self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -138,11 +139,11 @@ class SingleFlight:
 
     @overload
     def do_ex(
-        self, key: Hashable, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any
+        self, key: Hashable, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, Result[R]]: ...
     @overload
     def do_ex(
-        self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+        self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Coroutine[Any, Any, Result[R]]: ...
     def do_ex(
         self, key: Hashable, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -197,7 +198,7 @@ class SingleFlight:
 
     # -- threads -----------------------------------------------------------
 
-    def do_sync(self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+    def do_sync(self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """As :meth:`do`, for threads: ``fn`` must be sync; blocks this thread.
 
         An async ``fn`` raises TypeError at once; a call from a thread running
@@ -206,7 +207,7 @@ class SingleFlight:
         return self._do_sync(key, fn, args, kwargs)[0]  # type: ignore[no-any-return]
 
     def do_sync_ex(
-        self, key: Hashable, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+        self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Result[R]:
         """As :meth:`do_sync`, returning a :class:`Result` with the ``shared`` flag."""
         return Result(*self._do_sync(key, fn, args, kwargs))

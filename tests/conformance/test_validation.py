@@ -144,7 +144,7 @@ def test_bad_max_waiters_is_refused(max_waiters: Any, error: type[Exception]) ->
 
 def test_a_non_callable_fn_is_refused(lock: KeyedLock) -> None:
     with pytest.raises(TypeError, match="callable"):
-        lock.run_sync("k", 42)  # type: ignore[arg-type]
+        lock.run_sync("k", 42)  # type: ignore[call-overload]
     assert len(lock) == 0
 
 
