@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from ._errors import Abandoned as Abandoned
 from ._errors import Aborted as Aborted
 from ._errors import KeyedLockError as KeyedLockError
 from ._errors import LockTimeout as LockTimeout
@@ -24,14 +25,21 @@ from ._lock import klock as klock
 from ._singleflight import Result as Result
 from ._singleflight import SingleFlight as SingleFlight
 from ._singleflight import flight as flight
+from ._statistics import FlightStatistics as FlightStatistics
+from ._statistics import LockStatistics as LockStatistics
+from ._statistics import Owner as Owner
 
 __all__ = [
+    "Abandoned",
     "Aborted",
     "FileKeyedLock",
+    "FlightStatistics",
     "KeyedLock",
     "KeyedLockError",
     "LockContext",
+    "LockStatistics",
     "LockTimeout",
+    "Owner",
     "QueueFull",
     "Result",
     "SingleFlight",

@@ -13,6 +13,7 @@ import copy
 from typing import Final
 
 __all__ = [
+    "Abandoned",
     "Aborted",
     "KeyedLockError",
     "LockTimeout",
@@ -47,6 +48,17 @@ class Aborted(KeyedLockError):
 
 class QueueFull(KeyedLockError):
     """The key already has ``max_waiters`` callers queued; nothing was queued."""
+
+
+class Abandoned(KeyedLockError):
+    """The key's holder ended (its thread or task finished) without releasing it.
+
+    Only a key taken with ``acquire()`` can be left so: nobody is bound to
+    release it any more. The callers that were waiting for it raise this,
+    and so do callers that would wait for it, until ``release(key)`` (by
+    anyone) frees it. Like trio's ``BrokenResourceError`` for a ``Lock``
+    whose owner exited: a clear error instead of waiting forever.
+    """
 
 
 # -- copying exceptions (single-flight followers get a copy of the leader's) --

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
+from dataclasses import replace
 from typing import Any
 
 from ._lock import KeyedLock
-from ._scopes import FileBackend
+from ._scopes import FileBackend, key_offset
+from ._statistics import LockStatistics, Owner
 from ._validate import check_flag, check_max_waiters
 
 __all__ = ["FileKeyedLock"]
@@ -79,6 +82,8 @@ class FileKeyedLock(KeyedLock):
             (None: unbounded; 0: never queue).
         fast_acquire: under trio, take a free key without trio.Lock's
             checkpoints (see :class:`~keyedlock.KeyedLock`).
+        warn_after: log a hold of this process still held after this many
+            seconds (see :class:`~keyedlock.KeyedLock`).
 
     Raises:
         NotImplementedError: the platform lacks open file description locks
@@ -95,8 +100,10 @@ class FileKeyedLock(KeyedLock):
         *,
         max_waiters: int | None = None,
         fast_acquire: bool = False,
+        warn_after: float | None = None,
     ) -> None:
-        self._bind(FileBackend(path, check_max_waiters(max_waiters), check_flag(fast_acquire)))
+        backend = FileBackend(path, check_max_waiters(max_waiters), check_flag(fast_acquire))
+        self._bind(backend, warn_after)
 
     @property
     def path(self) -> str:
@@ -108,8 +115,40 @@ class FileKeyedLock(KeyedLock):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A copy in another process (multiprocessing with spawn) opens the same file.
-        return (_restore, (self.path, self.max_waiters, self.fast_acquire))
+        return (_restore, (self.path, self.max_waiters, self.fast_acquire, self.warn_after))
+
+    def statistics(self, key: Hashable) -> LockStatistics:
+        """As :meth:`KeyedLock.statistics`; for a key held by another process, its holder
+        is that process (``runtime="process"``), found in ``/proc`` (an on-demand scan of
+        the processes that have the lock file open)."""
+        stats = super().statistics(key)
+        if stats.locked and stats.holder is None:
+            pid = _holder_pid(self.path, key_offset(key))
+            return replace(stats, holder=Owner("process", None, pid))
+        return stats
 
 
-def _restore(path: str, max_waiters: int | None, fast_acquire: bool = False) -> FileKeyedLock:
-    return FileKeyedLock(path, max_waiters=max_waiters, fast_acquire=fast_acquire)
+def _holder_pid(path: str, offset: int) -> int | None:
+    """The process holding byte ``offset`` of the lock file, if /proc tells."""
+    from .cli._holders import scan
+
+    try:
+        report = scan(path)
+    except OSError:
+        return None
+    for holder in report.holders:
+        lock = holder.lock
+        if lock.start <= offset and (lock.end is None or offset <= lock.end):
+            return holder.process.pid
+    return None
+
+
+def _restore(
+    path: str,
+    max_waiters: int | None,
+    fast_acquire: bool = False,
+    warn_after: float | None = None,
+) -> FileKeyedLock:
+    return FileKeyedLock(
+        path, max_waiters=max_waiters, fast_acquire=fast_acquire, warn_after=warn_after
+    )

@@ -9,16 +9,20 @@ are subclasses that only build another backend.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Hashable
+from time import monotonic
 from typing import Any, Final
 
 from ._core import IDLE
 from ._errors import LockTimeout
 from ._ki import internal
+from ._recording import Watch, timed_context, watched_context
 from ._running import RunMixin
 from ._runtime import READY, async_owner, blocking_owner, sync_owner
 from ._scopes import ENTERED, NEW, LocalBackend, LockBackend, LockContext
-from ._validate import check_flag, check_key, check_max_waiters, check_timeout
+from ._statistics import LockStatistics
+from ._validate import check_flag, check_key, check_max_waiters, check_timeout, check_warn_after
 
 __all__ = ["KeyedLock", "LockContext", "klock"]
 
@@ -62,19 +66,43 @@ class KeyedLock(RunMixin):
             as :class:`asyncio.Lock`, whatever this says.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_context", "_map_key", "_mapped")
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_context",
+        "_map_key",
+        "_mapped",
+        "_timed",
+        "_watch",
+    )
 
     _backend: LockBackend
 
-    def __init__(self, *, max_waiters: int | None = None, fast_acquire: bool = False) -> None:
-        self._bind(LocalBackend(check_max_waiters(max_waiters), check_flag(fast_acquire)))
+    def __init__(
+        self,
+        *,
+        max_waiters: int | None = None,
+        fast_acquire: bool = False,
+        warn_after: float | None = None,
+    ) -> None:
+        self._bind(
+            LocalBackend(check_max_waiters(max_waiters), check_flag(fast_acquire)), warn_after
+        )
 
-    def _bind(self, backend: LockBackend) -> None:
+    def _bind(self, backend: LockBackend, warn_after: float | None = None) -> None:
         """Serve this lock from ``backend`` (what the scopes' constructors call)."""
+        warn_after = check_warn_after(warn_after)
         self._backend = backend
-        self._context = backend.context
         self._map_key = backend.map_key
         self._mapped = backend.mapped_keys
+        if warn_after is None:
+            self._watch: Watch | None = None
+            self._context = backend.context
+            self._timed = False
+        else:
+            self._watch = Watch(warn_after, backend)
+            self._context = watched_context(backend.context, self._watch)
+            self._timed = True
 
     def _local(self, key: object) -> Hashable:
         """Validate ``key`` and map it to the backend's key."""
@@ -100,6 +128,11 @@ class KeyedLock(RunMixin):
     def fast_acquire(self) -> bool:
         """True if, under trio, a free key is taken without checkpoints."""
         return self._backend.fast_acquire
+
+    @property
+    def warn_after(self) -> float | None:
+        """Seconds after which a hold still held is logged (None: never)."""
+        return None if self._watch is None else self._watch.warn_after
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} keys={len(self)} max_waiters={self.max_waiters}>"
@@ -166,7 +199,10 @@ class KeyedLock(RunMixin):
         else:
             ctx._owner = blocking_owner("a blocking acquire(key)")
         try:
-            return self._backend.acquire(ctx, ctx._timeout)
+            acquired = self._backend.acquire(ctx, ctx._timeout)
+            if acquired and self._timed:
+                self._recorded(ctx)
+            return acquired
         except LockTimeout:  # a scope that says why (a manager that did not answer, say)
             ctx._undo()
             return False
@@ -184,7 +220,10 @@ class KeyedLock(RunMixin):
         ctx._phase = ENTERED
         runtime, ctx._owner = async_owner()
         try:
-            return bool(await ctx._acquire_async(runtime, False))
+            acquired = bool(await ctx._acquire_async(runtime, False))
+            if acquired and self._timed:
+                self._recorded(ctx)
+            return acquired
         except LockTimeout:  # a scope that says why (a manager that did not answer, say)
             ctx._undo()
             return False
@@ -208,6 +247,9 @@ class KeyedLock(RunMixin):
             with contextlib.suppress(Exception):
                 self._backend.release_key(self._local(key), done)
             raise
+        finally:
+            if self._watch is not None:
+                self._watch.released(self._local(key))
 
     # -- introspection -----------------------------------------------------
 
@@ -222,6 +264,32 @@ class KeyedLock(RunMixin):
     def __len__(self) -> int:
         """Number of keys with a holder or a waiter."""
         return self._backend.busy()
+
+    def statistics(self, key: Hashable) -> LockStatistics:
+        """A snapshot of ``key``: held or not, by whom, for how long, who waits.
+
+        Nothing is recorded for it until asked: the first call turns on
+        recording the acquisition time of this lock's holds (one clock read
+        per acquisition), so ``held_for`` is None for a hold taken before it
+        (and always known with ``warn_after``). In the process and file
+        scopes, the holder is named (runtime, thread or task name, this
+        process's id); the manager reports the holder's process id and
+        runtime.
+        """
+        if not self._timed:
+            self._timed = True
+            self._context = timed_context(self._context)
+        return self._backend.statistics(self._local(key), key)
+
+    def keys(self) -> list[Hashable]:
+        """The keys that have a holder or a waiter at this moment (a snapshot)."""
+        return self._backend.keys()
+
+    def _recorded(self, ctx: LockContext) -> None:
+        """After ``acquire()``: record the hold as its context would have."""
+        ctx._since = monotonic()
+        if self._watch is not None:
+            self._watch.held(ctx, sys._getframe(2), explicit=True)
 
 
 #: A ready module-level :class:`KeyedLock` shared by the whole process.

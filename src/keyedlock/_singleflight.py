@@ -13,6 +13,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS
@@ -20,6 +21,7 @@ from ._keyspec import Decorator, KeySpec, key_function
 from ._ki import internal
 from ._runtime import FLIGHT_INSTEAD, async_owner, check_can_block, thread_owners
 from ._scopes import FlightBackend, LocalFlightBackend
+from ._statistics import FlightStatistics
 from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
 
 __all__ = ["Result", "SingleFlight", "flight"]
@@ -86,7 +88,7 @@ class SingleFlight:
             nothing. Errors are never reused.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_map_key")
+    __slots__ = ("__weakref__", "_backend", "_map_key", "_timed")
 
     _backend: FlightBackend
 
@@ -97,6 +99,7 @@ class SingleFlight:
         """Serve this group from ``backend`` (what the scopes' constructors call)."""
         self._backend = backend
         self._map_key = backend.map_key
+        self._timed = False
 
     def _local(self, key: object) -> Hashable:
         """Validate ``key`` and map it to the backend's key."""
@@ -178,6 +181,8 @@ class SingleFlight:
                 result = backend.shared(ticket)
                 return Result(result, True) if ex else result
             # This caller runs the call (it arrived first, or took over).
+            if self._timed:
+                ticket._since = monotonic()
             if backend.ttl:
                 kept = backend.cached(key)
                 if kept is not MISS:
@@ -231,6 +236,8 @@ class SingleFlight:
             backend.join(key, ticket)
             if not backend.leads(ticket):
                 return backend.shared(ticket), True
+            if self._timed:
+                ticket._since = monotonic()
             if backend.ttl:
                 kept = backend.cached(key)
                 if kept is not MISS:
@@ -264,6 +271,20 @@ class SingleFlight:
     def __len__(self) -> int:
         """Number of keys with a call in flight."""
         return self._backend.busy()
+
+    def statistics(self, key: Hashable) -> FlightStatistics:
+        """A snapshot of ``key``: a call in flight or not, who runs it, for how long, who
+        waits for it, and whether a value kept by ``ttl`` is fresh.
+
+        As :meth:`KeyedLock.statistics`: the first call turns on recording when
+        each call starts (``running_for`` is None for a call started before).
+        """
+        self._timed = True
+        return self._backend.statistics(self._local(key), key)
+
+    def keys(self) -> list[Hashable]:
+        """The keys with a call in flight at this moment (a snapshot)."""
+        return self._backend.keys()
 
     # -- decorator ---------------------------------------------------------
 

@@ -17,6 +17,7 @@ __all__ = [
     "check_sync_fn",
     "check_timeout",
     "check_ttl",
+    "check_warn_after",
     "is_async_callable",
 ]
 
@@ -99,6 +100,21 @@ def check_sync_fn(fn: object, what: str, instead: str) -> None:
     assert callable(fn)
     if is_async_callable(fn):
         raise TypeError(f"{what} needs a sync function; use `{instead}` for {fn!r}")
+
+
+def check_warn_after(warn_after: object) -> float | None:
+    """``warn_after``: None (off), or a finite number of seconds > 0."""
+    if warn_after is None:
+        return None
+    if isinstance(warn_after, bool) or not isinstance(warn_after, (int, float)):
+        raise TypeError(f"warn_after must be a number of seconds or None, got {warn_after!r}")
+    try:
+        value = float(warn_after)
+    except OverflowError:
+        value = math.inf
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"warn_after must be a finite number of seconds > 0, got {warn_after!r}")
+    return value
 
 
 def check_ttl(ttl: object) -> float:

@@ -109,7 +109,7 @@ from ._scopes._manager import (
     serve,
 )
 from ._singleflight import SingleFlight
-from ._validate import check_flag, check_max_waiters, check_ttl
+from ._validate import check_flag, check_max_waiters, check_ttl, check_warn_after
 
 __all__ = ["KeyedLockManager", "KeyedLockProxy", "ManagerLockContext", "SingleFlightProxy"]
 
@@ -282,17 +282,24 @@ class KeyedLockManager:
         self.shutdown()
 
     def KeyedLock(
-        self, *, max_waiters: int | None = None, fast_acquire: bool = False
+        self,
+        *,
+        max_waiters: int | None = None,
+        fast_acquire: bool = False,
+        warn_after: float | None = None,
     ) -> KeyedLockProxy:
         """A keyed lock living in the manager (see :class:`KeyedLockProxy`).
 
         ``max_waiters`` bounds each key's queue across all processes;
-        ``fast_acquire`` as for :class:`~keyedlock.KeyedLock`.
+        ``fast_acquire`` as for :class:`~keyedlock.KeyedLock`; ``warn_after``
+        logs a hold of the calling process still held after that many seconds
+        (each process that receives the proxy watches its own holds).
         """
         max_waiters = check_max_waiters(max_waiters)
         fast_acquire = check_flag(fast_acquire)
+        warn_after = check_warn_after(warn_after)
         tid = client_for(self.address).call(encode(NEW_LOCK, max_waiters))
-        return KeyedLockProxy._make(self.address, tid, max_waiters, fast_acquire)
+        return KeyedLockProxy._make(self.address, tid, max_waiters, fast_acquire, warn_after)
 
     def SingleFlight(self, *, ttl: float = 0) -> SingleFlightProxy:
         """A single-flight group living in the manager (see :class:`SingleFlightProxy`).
@@ -309,9 +316,13 @@ class KeyedLockManager:
 
 
 def _rebuild_lock(
-    address: str, tid: int, max_waiters: int | None, fast_acquire: bool = False
+    address: str,
+    tid: int,
+    max_waiters: int | None,
+    fast_acquire: bool = False,
+    warn_after: float | None = None,
 ) -> KeyedLockProxy:
-    return KeyedLockProxy._make(address, tid, max_waiters, fast_acquire)
+    return KeyedLockProxy._make(address, tid, max_waiters, fast_acquire, warn_after)
 
 
 @final
@@ -346,17 +357,28 @@ class KeyedLockProxy(KeyedLock):
 
     @classmethod
     def _make(
-        cls, address: str, tid: int, max_waiters: int | None, fast_acquire: bool = False
+        cls,
+        address: str,
+        tid: int,
+        max_waiters: int | None,
+        fast_acquire: bool = False,
+        warn_after: float | None = None,
     ) -> KeyedLockProxy:
         self = object.__new__(cls)
-        self._bind(ManagerLockBackend(address, tid, max_waiters, fast_acquire))
+        self._bind(ManagerLockBackend(address, tid, max_waiters, fast_acquire), warn_after)
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         backend = self._backend
         return (
             _rebuild_lock,
-            (backend.address, backend.tid, backend.max_waiters, backend.fast_acquire),
+            (
+                backend.address,
+                backend.tid,
+                backend.max_waiters,
+                backend.fast_acquire,
+                self.warn_after,
+            ),
         )
 
     def __repr__(self) -> str:

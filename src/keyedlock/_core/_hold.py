@@ -23,6 +23,7 @@ __all__ = [
     "Record",
     "WaitQueue",
     "decided",
+    "fresh_copy",
     "new_queue",
     "outcome_of",
     "reacquire_error",
@@ -59,16 +60,19 @@ class Hold:
     - ``_waiters``: the key's FIFO queue while this hold is its holder;
     - ``_state``: IDLE until the hold queues (see the states above);
     - ``_wake`` and ``_queue`` (the queue it waits in): set only for a hold
-      that had to wait.
+      that had to wait;
+    - ``_since``: when it took the key (``time.monotonic()``), if the scope
+      records it (for statistics); the core never reads it.
     """
 
-    __slots__ = ("_owner", "_queue", "_state", "_waiters", "_wake")
+    __slots__ = ("_owner", "_queue", "_since", "_state", "_waiters", "_wake")
 
     _owner: object
     _waiters: WaitQueue | None
     _state: int
     _wake: Callable[[], bool]
     _queue: WaitQueue
+    _since: float
 
     def __init__(self, owner: object = None) -> None:
         self._owner = owner
@@ -135,3 +139,14 @@ def reacquire_error(key: Hashable) -> RuntimeError:
         "thread outside tasks); acquiring it again would deadlock. keyedlock locks are "
         "not reentrant: release it first, or restructure so the key is taken once"
     )
+
+
+def fresh_copy(outcome: object) -> BaseException:
+    """A new exception like ``outcome`` (same type and args), for one more caller to raise:
+    raising one object in many callers would mix their tracebacks."""
+    if isinstance(outcome, BaseException):
+        try:
+            return type(outcome)(*outcome.args)
+        except Exception:
+            return outcome
+    return RuntimeError(repr(outcome))

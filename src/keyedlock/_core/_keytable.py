@@ -58,6 +58,7 @@ next operation on the table works off, passing the key on.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -74,9 +75,12 @@ from ._hold import (
     Hold,
     Record,
     WaitQueue,
+    fresh_copy,
     new_queue,
     reacquire_error,
 )
+from ._orphans import Orphans
+from ._tableviews import TableViews
 
 __all__ = ["KeyTable", "guard_is_owned"]
 
@@ -89,13 +93,13 @@ _COMPACT_SLACK: Final = 8
 
 
 @internal
-class KeyTable:
+class KeyTable(Orphans, TableViews):
     """Lock state for every busy key of one lock object.
 
     ``max_waiters`` bounds each key's queue (``None``: unbounded).
     """
 
-    __slots__ = ("_guard", "_holds", "_lost", "holder", "max_waiters", "take")
+    __slots__ = ("_guard", "_holds", "_lost", "holder", "max_waiters", "on_wait", "take")
 
     #: ``take(key, hold)``: take ``key`` for ``hold`` if nobody holds it or waits for it;
     #: returns the key's holder, ``hold`` itself on success. The uncontended acquire: one
@@ -111,38 +115,10 @@ class KeyTable:
         self._lost: deque[tuple[Hashable, Hold]] = deque()
         self.take = self._holds.setdefault
         self.holder = self._holds.get
-
-    # -- lost wakes ----------------------------------------------------------
-
-    def lost(self, key: Hashable, hold: Hold) -> None:
-        """The wake sent to a granted ``hold`` will never be delivered (its loop is gone).
-
-        Never blocks and takes no lock (a finalizer may call it, in any
-        thread, at any moment): the key is passed on by the next operation
-        on this table (:meth:`give_back_lost`).
-        """
-        self._lost.append((key, hold))
-
-    def give_back_lost(self) -> None:
-        """Pass on the keys of holds whose wake was lost (see :meth:`lost`)."""
-        lost = self._lost
-        out: Record = []
-        key: Hashable = None
-        try:
-            while lost:
-                with self._guard:
-                    if not lost:
-                        break
-                    key, hold = lost[0]
-                    if hold._state == GRANTED:
-                        self._give_up(key, hold, out)
-                        hold._state = CANCELLED  # it never ran
-                    lost.popleft()  # only now: an interrupt before it leaves the entry to redo
-                self._deliver(key, out)
-                out.clear()
-        except BaseException:
-            self._deliver(key, out)
-            raise
+        #: ``on_wait(key, holder)``, if set: called (outside the guard, best effort) when the
+        #: first caller starts waiting behind ``holder``, and when a hold is handed the key
+        #: with waiters still behind it: the scope watches holders that others wait for.
+        self.on_wait: Callable[[Hashable, Hold], object] | None = None
 
     # -- acquiring ---------------------------------------------------------
 
@@ -163,6 +139,8 @@ class KeyTable:
         if self._lost:
             self.give_back_lost()
         guard = self._guard
+        waits_for: Hold | None = None
+        first: Hold | None = None
         try:
             guard.acquire()
             holder = self._holds.setdefault(key, hold)
@@ -174,6 +152,9 @@ class KeyTable:
             if queue is None:
                 queue = new_queue()
                 holder._waiters = queue
+                first = holder  # the first caller to wait behind it (see on_wait)
+            elif queue.outcome is not None:  # abandoned (see abandon): nobody to wait for
+                raise fresh_copy(queue.outcome)
             limit = self.max_waiters
             if limit is not None and queue.live >= limit:
                 raise QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
@@ -183,12 +164,22 @@ class KeyTable:
             hold._state = WAITING
             queue.live += 1
             queue.append(hold)
+            waits_for = first
             return False
         finally:
             try:  # noqa: SIM105 - one call, no window: see the module docstring
                 guard.release()
             except RuntimeError:  # an interrupt stopped acquire() before it took it
                 pass
+            if waits_for is not None and self.on_wait is not None:
+                self._waiting(key, waits_for)
+
+    def _waiting(self, key: Hashable, holder: Hold) -> None:
+        """Tell ``on_wait`` that callers wait behind ``holder`` (its failures are its own)."""
+        on_wait = self.on_wait
+        if on_wait is not None:
+            with contextlib.suppress(Exception):  # a watch that failed only loses the watch
+                on_wait(key, holder)
 
     def withdraw(self, key: Hashable, hold: Hold) -> int:
         """Withdraw a queued ``hold`` (timeout, cancellation).
@@ -386,6 +377,8 @@ class KeyTable:
                         hold._wake()
             elif not item._wake():
                 self._skip(key, item, out)
+            elif item._waiters is not None and self.on_wait is not None:
+                self._waiting(key, item)  # handed the key with waiters behind it
 
     def _skip(self, key: Hashable, dead: Hold, out: Record) -> None:
         """``dead`` was granted the key but cannot be woken: pass the key on."""
@@ -394,27 +387,6 @@ class KeyTable:
                 return  # released by someone else meanwhile: handed on already
             self._give_up(key, dead, out)
             dead._state = CANCELLED  # it never ran
-
-    # -- introspection -----------------------------------------------------
-
-    def locked(self, key: Hashable) -> bool:
-        if self._lost:
-            self.give_back_lost()
-        return key in self._holds
-
-    def waiters(self, key: Hashable) -> int:
-        if self._lost:
-            self.give_back_lost()
-        holder = self._holds.get(key)
-        if holder is None:
-            return 0
-        queue = holder._waiters
-        return queue.live if queue is not None else 0
-
-    def __len__(self) -> int:
-        if self._lost:
-            self.give_back_lost()
-        return len(self._holds)
 
 
 @internal

@@ -25,21 +25,25 @@ from ._detect import (
     FLIGHT_INSTEAD,
     LOCK_INSTEAD,
     TRIO,
+    ThreadToken,
     async_owner,
     async_runtime,
     asyncio_task,
     blocking_call_error,
     blocking_owner,
     check_can_block,
+    describe_owner,
     get_ident,
     last_loop,
     on_loop_thread,
+    owner_text,
     running_loop,
     sniffio_local,
     sync_owner,
     task_of,
     thread_owners,
 )
+from ._ends import has_ended, when_ended
 from ._offload import Finished, Offload
 from ._ready import READY
 from ._threads import ThreadWaker, wait_thread
@@ -54,6 +58,7 @@ __all__ = [
     "AsyncioWaker",
     "Finished",
     "Offload",
+    "ThreadToken",
     "ThreadWaker",
     "async_owner",
     "async_runtime",
@@ -61,9 +66,12 @@ __all__ = [
     "blocking_call_error",
     "blocking_owner",
     "check_can_block",
+    "describe_owner",
     "get_ident",
+    "has_ended",
     "last_loop",
     "on_loop_thread",
+    "owner_text",
     "park_async",
     "running_loop",
     "sniffio_local",
@@ -75,6 +83,7 @@ __all__ = [
     "wait_asyncio",
     "wait_thread",
     "wake_future",
+    "when_ended",
     "woken",
 ]
 

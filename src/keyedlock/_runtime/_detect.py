@@ -12,9 +12,11 @@ import asyncio
 import os
 import sys
 import threading
+import weakref
 from asyncio import AbstractEventLoop
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 import sniffio
@@ -24,15 +26,18 @@ __all__ = [
     "FLIGHT_INSTEAD",
     "LOCK_INSTEAD",
     "TRIO",
+    "ThreadToken",
     "async_owner",
     "async_runtime",
     "asyncio_task",
     "blocking_call_error",
     "blocking_owner",
     "check_can_block",
+    "describe_owner",
     "get_ident",
     "last_loop",
     "on_loop_thread",
+    "owner_text",
     "running_loop",
     "sniffio_local",
     "sync_owner",
@@ -46,6 +51,42 @@ TRIO: Final = 2
 get_ident = threading.get_ident
 
 
+class ThreadToken:
+    """A thread as the owner of a hold: compared by identity, named for diagnostics.
+
+    ``ended`` becomes True when the thread ends, and ``on_end(token)`` is
+    called then if set (see :mod:`._ends`).
+    """
+
+    __slots__ = ("__weakref__", "_alive", "ended", "ident", "name", "on_end")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.name = thread.name
+        self.ident = thread.ident
+        self.ended = False
+        self.on_end: Callable[[ThreadToken], object] | None = None
+        self._alive: weakref.ref[_Alive] | None = None
+
+    def __repr__(self) -> str:
+        return f"<thread {self.name!r}>"
+
+
+class _Alive:
+    """Kept in a thread's own thread-local data only: freed when the thread ends."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _thread_ended(token: ThreadToken, _: object) -> None:
+    token.ended = True
+    on_end = token.on_end
+    if on_end is not None:
+        try:  # noqa: SIM105 - at interpreter exit, even contextlib may be gone
+            on_end(token)
+        except Exception:  # a watch that failed only loses the watch
+            pass
+
+
 class _ThreadOwner(threading.local):
     """Each thread's owner token: a fresh object per thread, never reused.
 
@@ -55,7 +96,10 @@ class _ThreadOwner(threading.local):
     """
 
     def __init__(self) -> None:
-        self.token = object()
+        token = ThreadToken(threading.current_thread())
+        self.token = token
+        self.alive = _Alive()
+        token._alive = weakref.ref(self.alive, partial(_thread_ended, token))
 
 
 #: ``thread_owners.token``: the owner token of the calling thread.
@@ -190,6 +234,26 @@ def async_owner() -> tuple[int, object]:
     if task is not None:
         return ASYNCIO, task
     return async_runtime(None)
+
+
+def describe_owner(owner: object) -> tuple[str, str | None]:
+    """(runtime, name) of an owner: ("thread", its name), ("asyncio", the task's name),
+    ("trio", the task's name), or ("unknown", None)."""
+    if isinstance(owner, ThreadToken):
+        return "thread", owner.name
+    if isinstance(owner, asyncio.Task):
+        return "asyncio", owner.get_name()
+    if type(owner).__module__.startswith("trio"):
+        name = getattr(owner, "name", None)
+        return "trio", name if isinstance(name, str) else None
+    return "unknown", None
+
+
+def owner_text(owner: object) -> str:
+    """An owner for messages: ``thread 'worker-1'``, ``asyncio task 'Task-7'``."""
+    runtime, name = describe_owner(owner)
+    kind = runtime if runtime == "thread" else f"{runtime} task"
+    return f"{kind} {name!r}" if name is not None else kind
 
 
 #: What a blocking call of a keyed lock should be replaced with inside an event loop.

@@ -10,6 +10,7 @@ the core's :meth:`~keyedlock._core.KeyHold._exit`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -23,6 +24,23 @@ if TYPE_CHECKING:
     from ._contract import LockBackend
 
 __all__ = ["BAD_EXIT", "ENTERED", "EXITED", "NEW", "REUSE", "LockContext", "timeout_error"]
+
+
+logger = logging.getLogger("keyedlock")
+
+
+def _log_abort(backend: LockBackend, key: Hashable, abort: BaseException) -> None:
+    """Say that the callers waiting for ``key`` are about to be aborted (if any are)."""
+    waiting = backend.waiters(key)
+    if waiting:
+        logger.warning(
+            "the work under key %r failed with on_error='stop' (%s: %s); "
+            "the %d caller(s) waiting for it are aborted",
+            backend.user_key(key),
+            type(abort).__name__,
+            abort,
+            waiting,
+        )
 
 
 def timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
@@ -131,6 +149,8 @@ class LockContext(KeyHold):
             raise RuntimeError(BAD_EXIT)
         self._phase = EXITED
         try:
+            if abort is not None:
+                _log_abort(self._backend, self._key, abort)
             self._backend.release(self, abort)
         except BaseException:
             self._backend.undo(self)

@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 from .._core import Hold, KeyTable
+from .._statistics import FlightStatistics, LockStatistics
 from ._context import LockContext
 
 __all__ = ["FlightBackend", "LockBackend", "WideScope"]
@@ -158,6 +159,23 @@ class LockBackend(Protocol):
         """How many keys have a holder or a waiter (this process's in the local model)."""
         ...
 
+    def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
+        """A snapshot of ``key`` (``shown`` is the user's key, for the snapshot)."""
+        ...
+
+    def keys(self) -> list[Hashable]:
+        """The user's keys that have a holder or a waiter (this process's in the local
+        model; every process's for a remote queue)."""
+        ...
+
+    def user_key(self, key: Hashable) -> Hashable:
+        """The user's key that the backend's ``key`` was mapped from (for messages)."""
+        ...
+
+    def holds(self, ctx: LockContext) -> bool:
+        """True while ``ctx`` holds its key, as far as this process can tell."""
+        ...
+
 
 class WideScope(Protocol):
     """What a scope wider than the process implements in the local-then-wide model.
@@ -181,6 +199,10 @@ class WideScope(Protocol):
     @property
     def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
         """As :attr:`LockBackend.mapped_keys`, for :meth:`map_key`."""
+        ...
+
+    def user_key(self, local_key: Hashable) -> Hashable:
+        """The user's key that ``local_key`` was mapped from (the first, if several were)."""
         ...
 
     def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
@@ -301,4 +323,12 @@ class FlightBackend(Protocol):
 
     def busy(self) -> int:
         """How many keys have a call in flight."""
+        ...
+
+    def statistics(self, key: Hashable, shown: Hashable) -> FlightStatistics:
+        """A snapshot of ``key`` (``shown`` is the user's key, for the snapshot)."""
+        ...
+
+    def keys(self) -> list[Hashable]:
+        """The user's keys that have a call in flight."""
         ...

@@ -22,10 +22,11 @@ from .._core import (
     Hold,
     KeyHold,
     KeyTable,
+    fresh_copy,
     outcome_of,
     reacquire_error,
 )
-from .._errors import Aborted
+from .._errors import Abandoned, Aborted
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -42,22 +43,35 @@ from .._runtime import (
     wait_asyncio,
     wait_thread,
 )
+from .._statistics import LockStatistics
+from ._abandon import Abandonment
 from ._context import ENTERED, REUSE, LockContext, timeout_error
+from ._stats import lock_statistics
 
-__all__ = ["NO_MAPPED_KEYS", "LocalBackend", "LocalContext", "settle"]
+__all__ = ["NO_MAPPED_KEYS", "LocalBackend", "LocalContext", "settle", "watched_table"]
 
 #: The :attr:`~._contract.LockBackend.mapped_keys` of a backend that keeps none.
 NO_MAPPED_KEYS: Mapping[type, Mapping[Any, Hashable]] = MappingProxyType({})
 
 
+def watched_table(max_waiters: int | None) -> KeyTable:
+    """A table whose holders are watched while others wait for them (see :mod:`._abandon`)."""
+    table = KeyTable(max_waiters)
+    table.on_wait = Abandonment(table).watch
+    return table
+
+
 @internal
 def settle(state: int, hold: Hold, key: Hashable) -> bool:
-    """Map a finished wait to True (acquired) / False (timed out), or raise Aborted."""
+    """Map a finished wait to True (acquired) / False (timed out), or raise Aborted (or
+    Abandoned)."""
     if state == GRANTED:
         return True
     if state == ABORTED:
         cause = outcome_of(hold)
         assert isinstance(cause, BaseException)
+        if isinstance(cause, Abandoned):
+            raise fresh_copy(cause)
         raise Aborted(
             f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
         ) from cause
@@ -154,7 +168,7 @@ class LocalBackend:
     context: type[LockContext] = LocalContext
 
     def __init__(self, max_waiters: int | None, fast_acquire: bool = False) -> None:
-        self.table = KeyTable(max_waiters)
+        self.table = watched_table(max_waiters)
         self.fast_acquire = fast_acquire
 
     @property
@@ -235,3 +249,17 @@ class LocalBackend:
 
     def busy(self) -> int:
         return len(self.table)
+
+    def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
+        holder, waiting = self.table.snapshot(key)
+        return lock_statistics(shown, holder is not None, holder, waiting)
+
+    def keys(self) -> list[Hashable]:
+        return self.table.busy_keys()
+
+    def user_key(self, key: Hashable) -> Hashable:
+        return key
+
+    def holds(self, ctx: LockContext) -> bool:
+        table: KeyTable = ctx._table  # type: ignore[assignment]
+        return table.holder(ctx._key) is ctx

@@ -10,6 +10,7 @@ follower as it raises it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Hashable
 from time import monotonic
 from typing import Any, Final, final
@@ -18,6 +19,8 @@ from .._core import GRANTED, IDLE, MISS, FlightTable, Hold, decided, outcome_of
 from .._errors import follower_copy
 from .._ki import internal
 from .._runtime import ASYNCIO, READY, park_async, wait_asyncio, wait_thread
+from .._statistics import FlightStatistics
+from ._stats import by_runtime, owner_of, since
 
 __all__ = ["LocalFlightBackend", "Outcome", "recursion_error"]
 
@@ -123,3 +126,18 @@ class LocalFlightBackend:
 
     def busy(self) -> int:
         return len(self.table)
+
+    def statistics(self, key: Hashable, shown: Hashable) -> FlightStatistics:
+        leader, waiting = self.table.snapshot(key)
+        return FlightStatistics(
+            key=shown,
+            in_flight=leader is not None,
+            leader=owner_of(leader, os.getpid()),
+            running_for=since(leader),
+            followers=len(waiting),
+            followers_by_runtime=by_runtime(waiting),
+            cached=bool(self.table.ttl) and self.table.cached(key, monotonic()) is not MISS,
+        )
+
+    def keys(self) -> list[Hashable]:
+        return self.table.busy_keys()

@@ -11,6 +11,7 @@ scope for a key at a time. ``timeout`` covers both steps.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
@@ -24,9 +25,11 @@ from .._runtime import (
     sniffio_local,
     thread_owners,
 )
+from .._statistics import LockStatistics
 from ._context import ENTERED, REUSE, LockContext, timeout_error
 from ._contract import WideScope
 from ._local import LocalBackend
+from ._stats import lock_statistics
 
 __all__ = ["WideBackend", "WideContext", "remaining"]
 
@@ -167,3 +170,22 @@ class WideBackend(LocalBackend):
 
     def locked(self, key: Hashable) -> bool:
         return self.table.locked(key) or self.scope.locked(key)
+
+    def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
+        holder, waiting = self.table.snapshot(key)
+        if holder is not None and not self.scope.holds(holder):
+            # This process's first caller still waits for the wide scope: the key is held,
+            # if at all, by another process, which this process cannot name.
+            stats = lock_statistics(shown, self.scope.locked(key), None, waiting)
+        else:
+            stats = lock_statistics(shown, holder is not None, holder, waiting)
+        if not stats.locked and self.scope.locked(key):
+            return replace(stats, locked=True)  # held by another process
+        return stats
+
+    def keys(self) -> list[Hashable]:
+        user_key = self.scope.user_key
+        return [user_key(key) for key in self.table.busy_keys()]
+
+    def user_key(self, key: Hashable) -> Hashable:
+        return self.scope.user_key(key)

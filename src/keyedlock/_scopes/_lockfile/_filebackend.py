@@ -22,6 +22,7 @@ from ..._core import KeyTable
 from ..._ki import internal
 from ..._runtime import READY, blocking_call_error, running_loop, sniffio_local, thread_owners
 from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+from .._local import watched_table
 from .._wide import WideBackend, WideContext
 from ._keys import SETLK, KeyOffset, fcntl_call
 from ._scope import FileScope
@@ -130,7 +131,7 @@ class FileBackend(WideBackend):
 
     def forked(self) -> None:
         """In a fork child: no holder and no waiter (the parent's did not fork with it)."""
-        self.table = KeyTable(self.table.max_waiters)
+        self.table = watched_table(self.table.max_waiters)
 
 
 #: Every live backend, to reset their local state in a fork child.

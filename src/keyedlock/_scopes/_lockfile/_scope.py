@@ -149,6 +149,11 @@ class FileScope(LockFile):
     #: The offsets of keys used lately, by type (see :data:`._keys.offsets`).
     mapped_keys: Mapping[type, Mapping[Any, Hashable]] = offsets
 
+    @staticmethod
+    def user_key(local_key: Hashable) -> Hashable:
+        """The key a :class:`KeyOffset` was made for."""
+        return cast(KeyOffset, local_key).key
+
     def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
         """Lock the key's byte if it is free, without waiting (the uncontended path)."""
         if self.pending and local_key in self.pending:

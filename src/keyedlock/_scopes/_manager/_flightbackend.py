@@ -16,10 +16,12 @@ helper thread).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
 
 from ..._core import MISS
 from ..._ki import internal
+from ..._statistics import FlightStatistics, Owner
 from ._client import Wait, client_for, next_serial
 from ._lockbackend import check_wire_key, wait_off_loop
 from ._owners import owner_id
@@ -32,6 +34,8 @@ from ._protocol import (
     FORGET,
     IN_FLIGHT,
     JOIN,
+    KEYS,
+    STATS,
     Reply,
     encode,
 )
@@ -41,9 +45,10 @@ __all__ = ["ManagerFlightBackend"]
 
 
 class _Ticket:
-    """One caller's part in a call: who it is, and its JOIN request (whose reply decides)."""
+    """One caller's part in a call: who it is, and its JOIN request (whose reply decides).
+    (``_since``, as a Hold's, is left unread: the manager records when calls start.)"""
 
-    __slots__ = ("key", "owner", "serial", "wait")
+    __slots__ = ("_since", "key", "owner", "serial", "wait")
 
     def __init__(self, owner: int) -> None:
         self.owner = owner
@@ -153,3 +158,20 @@ class ManagerFlightBackend:
 
     def busy(self) -> int:
         return int(client_for(self.address).call(encode(FLIGHT_LEN, self.fid)))
+
+    def statistics(self, key: Hashable, shown: Hashable) -> FlightStatistics:
+        running, leader, waiting, cached = client_for(self.address).call(
+            encode(STATS, self.fid, key)
+        )
+        return FlightStatistics(
+            key=shown,
+            in_flight=running,
+            leader=None if leader is None else Owner(leader[1], None, leader[0]),
+            running_for=None if leader is None else leader[2],
+            followers=len(waiting),
+            followers_by_runtime=dict(Counter(waiting)),
+            cached=cached,
+        )
+
+    def keys(self) -> list[Hashable]:
+        return list(client_for(self.address).call(encode(KEYS, self.fid)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import pickle
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +26,14 @@ from ..._runtime import (
     trio_checkpoint_if_cancelled,
     trio_shielded_checkpoint,
 )
+from ..._statistics import LockStatistics, Owner
 from ..._validate import check_key
-from .._context import LockContext
+from .._context import ENTERED, LockContext
 from .._local import NO_MAPPED_KEYS
 from ._client import Wait, client_for, next_serial
 from ._owners import owner_id
 from ._payloads import dump_cause, load_cause
-from ._protocol import ACQUIRE, LEN, LOCKED, RELEASE, WAITERS, Reply, encode
+from ._protocol import ACQUIRE, KEYS, LEN, LOCKED, RELEASE, STATS, WAITERS, Reply, encode
 from ._transport import REPLY_GRACE, NoAnswer, deadline_for
 
 __all__ = ["ManagerContext", "ManagerLockBackend", "check_wire_key", "wait_off_loop"]
@@ -229,3 +231,23 @@ class ManagerLockBackend:
 
     def busy(self) -> int:
         return int(client_for(self.address).call(encode(LEN, self.tid)))
+
+    def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
+        held, holder, waiting, _ = client_for(self.address).call(encode(STATS, self.tid, key))
+        return LockStatistics(
+            key=shown,
+            locked=held,
+            holder=None if holder is None else Owner(holder[1], None, holder[0]),
+            held_for=None if holder is None else holder[2],
+            waiters=len(waiting),
+            waiters_by_runtime=dict(Counter(waiting)),
+        )
+
+    def keys(self) -> list[Hashable]:
+        return list(client_for(self.address).call(encode(KEYS, self.tid)))
+
+    def user_key(self, key: Hashable) -> Hashable:
+        return key
+
+    def holds(self, ctx: LockContext) -> bool:
+        return ctx._phase == ENTERED  # (as far as this process can tell without asking)

@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import Final
 
-from ..._runtime import thread_owners
+from ..._runtime import describe_owner, thread_owners
 
 __all__ = ["owner_id", "task_owner_id", "thread_owner_id"]
 
@@ -54,10 +54,12 @@ def thread_owner_id() -> int:
 
 
 def task_owner_id(task: object) -> int:
-    """The wire form of an asyncio or trio task as an owner (negative)."""
+    """The wire form of an asyncio or trio task as an owner: negative, even for asyncio and
+    odd for trio (the manager reports the runtime of holders and waiters)."""
     number = _owner_numbers.get(task)
     if number is None:
-        number = _owner_numbers.setdefault(task, -_new_owner_number())
+        trio = describe_owner(task)[0] == "trio"
+        number = _owner_numbers.setdefault(task, -(2 * _new_owner_number() + trio))
     return number
 
 

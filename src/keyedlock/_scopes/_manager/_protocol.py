@@ -27,6 +27,7 @@ __all__ = [
     "FORGET",
     "IN_FLIGHT",
     "JOIN",
+    "KEYS",
     "LEN",
     "LOCKED",
     "NEW_FLIGHT",
@@ -34,6 +35,7 @@ __all__ = [
     "RELEASE",
     "REQUESTS",
     "SHUTDOWN",
+    "STATS",
     "WAITERS",
     "Reply",
     "Request",
@@ -104,6 +106,14 @@ FLIGHT_WAITERS: Final = Request(
     15, "waiters", ("fid", "key"), "How many callers wait for the call for ``key``."
 )
 SHUTDOWN: Final = Request(16, "shutdown", (), "Stop the manager.")
+STATS: Final = Request(
+    17,
+    "stats",
+    ("tid", "key"),
+    "A snapshot of ``key`` of lock or group ``tid``: (held, (pid, runtime, seconds held) or "
+    "None, [each waiter's runtime], a fresh kept value).",
+)
+KEYS: Final = Request(18, "keys", ("tid",), "The keys of lock or group ``tid`` that are busy.")
 
 #: Every request, by code.
 REQUESTS: Final = {
@@ -125,6 +135,8 @@ REQUESTS: Final = {
         FLIGHT_LEN,
         FLIGHT_WAITERS,
         SHUTDOWN,
+        STATS,
+        KEYS,
     )
 }
 

@@ -22,6 +22,7 @@ exactly once.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -41,9 +42,12 @@ from ..._core import (
 )
 from ..._ki import internal
 from ..._runtime import wait_thread
+from ._introspect import Introspection
 from ._protocol import Reply
 
 __all__ = ["GONE", "LIVE", "PENDING", "Conn", "Proc", "Service"]
+
+logger = logging.getLogger("keyedlock")
 
 PENDING: Final = 0
 LIVE: Final = 1
@@ -133,7 +137,7 @@ class Conn:
 
 
 @internal
-class Service:
+class Service(Introspection):
     """The tables and the holds of one manager process, and the requests that change them."""
 
     def __init__(self) -> None:
@@ -150,12 +154,22 @@ class Service:
             proc.dead = True
             if self.procs.get(proc.pid) is proc:
                 del self.procs[proc.pid]
+            freed = []
             for hold in list(proc.holds.values()):
                 if hold.phase == LIVE:
                     self._drop(hold)
                     hold.table.release(hold.key, hold)
+                    freed.append(hold.key)
                 else:  # PENDING: the thread serving it finishes it (it sees void)
                     self._void(hold)
+        if freed:
+            logger.warning(
+                "process %d ended holding %d key(s) of the manager (%s); "
+                "each passed to its next waiter",
+                proc.pid,
+                len(freed),
+                ", ".join(repr(key) for key in freed[:10]) + (", ..." if len(freed) > 10 else ""),
+            )
 
     # -- shared helpers (under the mutex) ---------------------------------------
 
@@ -219,6 +233,7 @@ class Service:
             holder = table.take(key, hold)
             if holder is hold:
                 hold.phase = LIVE
+                hold._since = monotonic()
                 state.proc.holds[serial] = hold
                 state.granted = hold
                 return Reply.GRANTED
@@ -247,6 +262,7 @@ class Service:
         if hold.phase == GONE:  # released by release(key) in the meantime
             return Reply.GRANTED
         hold.phase = LIVE
+        hold._since = monotonic()
         return Reply.GRANTED
 
     def release(
@@ -282,15 +298,6 @@ class Service:
             assert isinstance(holder, _RemoteHold)
             self._drop(holder)
             table.release(key, holder, abort)
-
-    def locked(self, state: Conn, tid: int, key: Hashable) -> bool:
-        return self._table(tid).locked(key)
-
-    def waiters(self, state: Conn, tid: int, key: Hashable) -> int:
-        return self._table(tid).waiters(key)
-
-    def length(self, state: Conn, tid: int) -> int:
-        return len(self._table(tid))
 
     def cancel(self, state: Conn, conn_id: int, serial: int, give_back: bool) -> None:
         """Withdraw the request ``serial`` sent on the connection ``conn_id``.
@@ -338,6 +345,7 @@ class Service:
             leader = table.take(key, hold)
             if leader is hold:
                 hold.phase = LIVE
+                hold._since = monotonic()
                 state.proc.holds[serial] = hold
                 state.granted = hold
                 return Reply.LEAD
@@ -370,6 +378,7 @@ class Service:
                     table.finish(key, hold, (False, kept), MISS, 0.0)
                     return (Reply.OUTCOME, (False, kept))
             hold.phase = LIVE
+            hold._since = monotonic()
             state.granted = hold
             return Reply.LEAD
 

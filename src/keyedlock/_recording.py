@@ -1,0 +1,223 @@
+"""What a lock records about its holds, only once someone asks: time held, and long holds.
+
+A lock's contexts record nothing by default: the uncontended path pays for
+no clock. Two things turn recording on, for one lock:
+
+- the first call of its ``statistics()``: from then on each hold records when
+  it took its key (one clock read, tens of nanoseconds), for ``held_for``;
+- ``warn_after=``: each hold also records where it was acquired and is
+  watched; a hold still held ``warn_after`` seconds later is logged once, on
+  the ``keyedlock`` logger, at WARNING (see :class:`Watch`).
+
+Both work by giving the lock a subclass of its backend's context class that
+records after entering (and, when watched, forgets on leaving).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from time import monotonic
+from types import FrameType
+from typing import Any
+
+from ._ki import internal
+from ._runtime import owner_text
+from ._scopes import ENTERED, LockBackend, LockContext
+
+__all__ = ["Watch", "logger", "site_of", "timed_context", "watched_context"]
+
+#: The library's logger. Silent unless the application configures logging.
+logger = logging.getLogger("keyedlock")
+logger.addHandler(logging.NullHandler())
+
+_timed: dict[type[LockContext], type[LockContext]] = {}
+_timed_lock = threading.Lock()
+
+
+def timed_context(base: type[LockContext]) -> type[LockContext]:
+    """``base``, recording when each hold took its key (``_since``)."""
+    with _timed_lock:
+        made = _timed.get(base)
+        if made is None:
+            made = _timed[base] = _subclass(base, None)
+        return made
+
+
+def watched_context(base: type[LockContext], watch: Watch) -> type[LockContext]:
+    """``base``, recording the time and the place of each acquisition for ``watch``."""
+    return _subclass(base, watch)
+
+
+def site_of(frame: FrameType | None) -> str:
+    """``file:line in function`` of ``frame``."""
+    if frame is None:
+        return "an unknown place"
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}()"
+
+
+def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]:
+    enter = base.__enter__
+    aenter = base.__aenter__
+    namespace: dict[str, Any] = {"__slots__": (), "__module__": base.__module__}
+    if watch is None:
+
+        def __enter__(self: LockContext) -> LockContext:
+            enter(self)
+            self._since = monotonic()
+            return self
+
+        async def __aenter__(self: LockContext) -> LockContext:
+            await aenter(self)
+            self._since = monotonic()
+            return self
+
+    else:
+        held = watch.held
+        left = watch.left
+        exit_ = base.__exit__
+        aexit = base.__aexit__
+        finish = base._finish
+        undo = base._undo
+
+        def __enter__(self: LockContext) -> LockContext:
+            enter(self)
+            self._since = monotonic()
+            held(self, sys._getframe(1))
+            return self
+
+        async def __aenter__(self: LockContext) -> LockContext:
+            await aenter(self)
+            self._since = monotonic()
+            held(self, sys._getframe(1))
+            return self
+
+        def __exit__(self: LockContext, *exc_info: Any) -> Any:
+            left(self)
+            return exit_(self, *exc_info)
+
+        def __aexit__(self: LockContext, *exc_info: Any) -> Any:
+            left(self)
+            return aexit(self, *exc_info)
+
+        def _finish(self: LockContext, abort: BaseException | None = None) -> None:
+            left(self)
+            finish(self, abort)
+
+        def _undo(self: LockContext) -> None:
+            left(self)
+            undo(self)
+
+        namespace.update(__exit__=__exit__, __aexit__=__aexit__, _finish=_finish, _undo=_undo)
+    namespace.update(__enter__=__enter__, __aenter__=__aenter__)
+    prefix = "Timed" if watch is None else "Watched"
+    made: type[LockContext] = internal(type(prefix + base.__name__, (base,), namespace))
+    return made
+
+
+@internal
+class Watch:
+    """The holds of one lock with ``warn_after``: each held longer is logged once.
+
+    ``live`` maps each entered context to where it was acquired; leaving
+    forgets it, and so does ``release(key)`` for a key taken with
+    ``acquire()`` (``by_key``). The watchdog thread looks at every watch a
+    few times per ``warn_after`` (see :func:`_watchdog`).
+    """
+
+    def __init__(self, warn_after: float, backend: LockBackend) -> None:
+        self.warn_after = warn_after
+        self.backend = backend
+        self.guard = threading.Lock()
+        self.live: dict[LockContext, str] = {}
+        self.by_key: dict[Hashable, LockContext] = {}
+        self.warned: set[LockContext] = set()
+        _watches.add(self)
+        _start_watchdog()
+
+    def held(self, ctx: LockContext, frame: FrameType | None, explicit: bool = False) -> None:
+        site = site_of(frame)
+        with self.guard:
+            self.live[ctx] = site
+            if explicit:
+                self.by_key[ctx._key] = ctx
+
+    def left(self, ctx: LockContext) -> None:
+        with self.guard:
+            self.live.pop(ctx, None)
+            self.warned.discard(ctx)
+            if self.by_key.get(ctx._key) is ctx:
+                del self.by_key[ctx._key]
+
+    def released(self, key: Hashable) -> None:
+        """``release(key)`` released ``key``: forget the hold ``acquire()`` took, if any."""
+        with self.guard:
+            ctx = self.by_key.pop(key, None)
+            if ctx is not None:
+                self.live.pop(ctx, None)
+                self.warned.discard(ctx)
+
+    def check(self, now: float, report: Callable[[Watch, LockContext, str, float], None]) -> None:
+        """Report each hold held longer than ``warn_after`` (once); forget the ones gone."""
+        with self.guard:
+            entries = list(self.live.items())
+        for ctx, site in entries:
+            if ctx._phase != ENTERED or not self.backend.holds(ctx):
+                self.left(ctx)
+                continue
+            held_for = now - getattr(ctx, "_since", now)
+            if held_for >= self.warn_after and ctx not in self.warned:
+                with self.guard:
+                    if ctx not in self.live:
+                        continue
+                    self.warned.add(ctx)
+                report(self, ctx, site, held_for)
+
+
+def _report(watch: Watch, ctx: LockContext, site: str, held_for: float) -> None:
+    logger.warning(
+        "key %r has been held for %.2f s (warn_after=%s) by %s, acquired at %s",
+        watch.backend.user_key(ctx._key),
+        held_for,
+        watch.warn_after,
+        owner_text(ctx._owner),
+        site,
+    )
+
+
+_watches: weakref.WeakSet[Watch] = weakref.WeakSet()
+_watchdog_state: dict[str, threading.Thread | None] = {"thread": None}
+_watchdog_guard = threading.Lock()
+
+
+def _start_watchdog() -> None:
+    with _watchdog_guard:
+        thread = _watchdog_state["thread"]
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=_watchdog, name="keyedlock-watchdog", daemon=True)
+        _watchdog_state["thread"] = thread
+        thread.start()
+
+
+def _watchdog() -> None:
+    """Look at every watch a few times per its ``warn_after``; end once none is left."""
+    pause = threading.Event()
+    while True:
+        watches = list(_watches)
+        if not watches:
+            with _watchdog_guard:
+                if not _watches:
+                    _watchdog_state["thread"] = None
+                    return
+            continue
+        now = monotonic()
+        for watch in watches:
+            watch.check(now, _report)
+        interval = min(watch.warn_after for watch in watches) / 4
+        del watches
+        pause.wait(min(max(interval, 0.01), 1.0))

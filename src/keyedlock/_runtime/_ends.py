@@ -1,0 +1,142 @@
+"""When an owner ends: a thread that finishes, an asyncio or trio task that returns or raises.
+
+A key is released by its holder's exit; a hold taken with ``acquire()``
+waits for a ``release(key)`` that may come from anyone. If its owner ends
+first, the scope hears of it here and decides (see ``abandoned`` in
+:mod:`keyedlock._scopes._local`). Nothing is registered on the uncontended
+path: a caller that is about to wait for a key asks :func:`when_ended` to
+watch the holder's owner, once per holder.
+
+- a thread: each thread's owner token keeps a weak reference to an object
+  stored in the thread's own thread-local data, which the interpreter drops
+  when the thread ends; the reference's callback reports the end;
+- an asyncio task: a done callback, added on the task's own loop;
+- a trio task: an instrument of its run (``task_exited``), added from inside
+  that run (by a waiter of the same run); a waiter in another run or thread
+  only sees an ended trio holder when it asks (:func:`has_ended`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .._ki import internal
+from ._detect import ThreadToken, describe_owner, sniffio_local
+
+__all__ = ["has_ended", "when_ended"]
+
+Callback = Callable[[], object]
+
+#: The callbacks waiting for each watched owner's end.
+_waiting: weakref.WeakKeyDictionary[Any, list[Callback]] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+def has_ended(owner: object) -> bool:
+    """True if ``owner`` (a thread's token, an asyncio or trio task) has ended."""
+    if isinstance(owner, ThreadToken):
+        return owner.ended
+    if isinstance(owner, asyncio.Task):
+        return owner.done()
+    coro = getattr(owner, "coro", None)
+    if inspect.iscoroutine(coro):  # a trio task
+        return inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+    return False
+
+
+@internal
+def when_ended(owner: object, callback: Callback) -> bool:
+    """Call ``callback`` once ``owner`` ends (at once if it has). False if this owner's
+    end cannot be watched from here (a trio task of another run)."""
+    if has_ended(owner):
+        callback()
+        return True
+    with _guard:
+        callbacks = _waiting.get(owner)
+        if callbacks is not None:
+            callbacks.append(callback)
+            return True
+        if not _watch(owner):
+            return False
+        _waiting[owner] = [callback]
+    if has_ended(owner):  # ended while it was being watched: the watch may have missed it
+        _ended(owner)
+    return True
+
+
+def _ended(owner: object) -> None:
+    """``owner`` ended: run (and forget) the callbacks that wait for it."""
+    with _guard:
+        callbacks = _waiting.pop(owner, [])
+    for callback in callbacks:
+        callback()
+
+
+def _watch(owner: object) -> bool:
+    """Start watching ``owner`` (under ``_guard``); False if it cannot be watched."""
+    if isinstance(owner, ThreadToken):
+        owner.on_end = _ended
+        return True
+    if isinstance(owner, asyncio.Task):
+        loop = owner.get_loop()
+        done = _on_task_done
+        try:
+            loop.call_soon_threadsafe(owner.add_done_callback, done)
+        except RuntimeError:  # its loop is closed: the task will never end otherwise
+            return False
+        return True
+    if describe_owner(owner)[0] == "trio":
+        return _watch_trio(owner)
+    return False
+
+
+def _on_task_done(task: asyncio.Task[Any]) -> None:
+    _ended(task)
+
+
+def _watch_trio(task: Any) -> bool:
+    """Watch a trio task from inside its own run (the caller's run must be the task's)."""
+    if sniffio_local.name != "trio":
+        return False
+    from trio import lowlevel
+
+    try:
+        if _root_of(task) is not lowlevel.current_root_task():
+            return False
+        instrument = _trio_instruments.get(lowlevel.current_root_task())
+        if instrument is None:
+            instrument = _TaskEnds()
+            lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
+            _trio_instruments[lowlevel.current_root_task()] = instrument
+    except RuntimeError:  # not inside a trio task after all
+        return False
+    instrument.watched.add(task)
+    return True
+
+
+def _root_of(task: Any) -> Any:
+    while True:
+        nursery = task.parent_nursery
+        if nursery is None:
+            return task
+        task = nursery.parent_task
+
+
+class _TaskEnds:
+    """A trio instrument that reports the end of the watched tasks of its run."""
+
+    def __init__(self) -> None:
+        self.watched: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def task_exited(self, task: Any) -> None:
+        if task in self.watched:
+            self.watched.discard(task)
+            _ended(task)
+
+
+_trio_instruments: weakref.WeakKeyDictionary[Any, _TaskEnds] = weakref.WeakKeyDictionary()

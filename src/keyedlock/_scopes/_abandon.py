@@ -1,0 +1,102 @@
+"""Holds whose owner ended while holding their key: found, logged, and their waiters told.
+
+A context always releases its key on exit, so only a key taken with
+``acquire()`` can outlive its owner (the thread or task that took it). When
+callers wait for a key, the table tells :class:`Abandonment` which hold they
+wait behind (``KeyTable.on_wait``); it asks the runtime layer to report that
+hold's owner's end (:func:`~keyedlock._runtime.when_ended`, once per owner).
+If the owner ends still holding the key, the hold is *abandoned*: logged, and
+the core ends its waiters' wait with :class:`~keyedlock.Abandoned` (see
+``KeyTable.abandon``), which callers that would wait for it get too, until
+``release(key)`` frees it. The uncontended path registers nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Hashable
+from functools import partial
+from typing import Any
+
+from .._core import Hold, KeyTable
+from .._errors import Abandoned
+from .._ki import internal
+from .._runtime import describe_owner, owner_text, when_ended
+
+__all__ = ["Abandonment"]
+
+logger = logging.getLogger("keyedlock")
+
+
+@internal
+class Abandonment:
+    """Watches the owners of the holds of one table that others wait for."""
+
+    def __init__(self, table: KeyTable) -> None:
+        self.table = table
+        self.guard = threading.Lock()
+        #: owner -> {key: the owner's hold of it that someone waited behind}
+        self.watched: weakref.WeakKeyDictionary[Any, dict[Hashable, Hold]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def watch(self, key: Hashable, holder: Hold) -> None:
+        """``table.on_wait``: callers wait behind ``holder``; watch its owner."""
+        owner = holder._owner
+        with self.guard:
+            holds = self.watched.get(owner)
+            if holds is not None:
+                if holds.get(key) is not holder:
+                    holds[key] = holder
+                    if len(holds) > 64:
+                        self._prune(holds)
+                return
+            self.watched[owner] = {key: holder}
+        if not when_ended(owner, partial(self.ended, weakref.ref(owner))):
+            with self.guard:
+                self.watched.pop(owner, None)
+
+    def _prune(self, holds: dict[Hashable, Hold]) -> None:
+        """Forget the holds that no longer hold their key (under the guard)."""
+        holder = self.table.holder
+        for key, hold in list(holds.items()):
+            if holder(key) is not hold:
+                del holds[key]
+
+    def ended(self, owner_ref: weakref.ref[Any]) -> None:
+        """The owner ended: each of its holds still holding its key is abandoned."""
+        owner = owner_ref()
+        if owner is None:
+            return
+        with self.guard:
+            holds = self.watched.pop(owner, {})
+        for key, hold in holds.items():
+            if self.table.holder(key) is not hold:
+                continue
+            who = owner_text(owner)
+            if describe_owner(owner)[0] == "thread":
+                # threading.Lock's convention: any thread may release, so a thread that
+                # ends may have left the key for another one to release. Said, not broken.
+                logger.warning(
+                    "key %r is still held by %s, which ended without releasing it (in process "
+                    "%d); its waiters wait until someone calls release(key)",
+                    key,
+                    who,
+                    os.getpid(),
+                )
+                continue
+            error = Abandoned(
+                f"key {key!r} is held by {who}, which ended without releasing it; "
+                "nobody is bound to release it (release(key) still can)"
+            )
+            if self.table.abandon(key, hold, error):
+                logger.warning(
+                    "key %r was left held by %s, which ended without releasing it "
+                    "(in process %d); the callers waiting for it raise Abandoned",
+                    key,
+                    who,
+                    os.getpid(),
+                )

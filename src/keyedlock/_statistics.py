@@ -1,0 +1,79 @@
+"""What ``statistics(key)`` reports: frozen snapshots of one key, for every scope.
+
+A snapshot is taken in one step and never changes afterwards; by the time
+it is read the key may have moved on. Nothing is recorded for it on the
+uncontended path until a lock's statistics are first asked for (see
+:meth:`keyedlock.KeyedLock.statistics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["FlightStatistics", "LockStatistics", "Owner"]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a key (or leads a single-flight call).
+
+    Attributes:
+        runtime: ``"thread"``, ``"asyncio"`` or ``"trio"`` (``"unknown"`` where the
+            scope cannot tell; ``"process"`` for a holder in another process whose
+            runtime the scope does not know).
+        name: the thread's or the task's name, where the scope knows it.
+        pid: the process id of the holder, where the scope knows it.
+    """
+
+    runtime: str
+    name: str | None
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LockStatistics:
+    """A snapshot of one key of a keyed lock.
+
+    Attributes:
+        key: the key, as given.
+        locked: True if someone holds it (in the lock's whole scope: for
+            :class:`~keyedlock.FileKeyedLock`, any process of the host).
+        holder: who holds it, if known (None if free, or held where the scope
+            cannot see).
+        held_for: seconds since the holder acquired it, if recorded (see
+            :meth:`~keyedlock.KeyedLock.statistics`).
+        waiters: how many callers wait for it (as :meth:`~keyedlock.KeyedLock.waiters`).
+        waiters_by_runtime: those waiters by runtime (``{"thread": 2, "asyncio": 1}``);
+            runtimes with no waiter are left out.
+    """
+
+    key: Hashable
+    locked: bool
+    holder: Owner | None
+    held_for: float | None
+    waiters: int
+    waiters_by_runtime: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FlightStatistics:
+    """A snapshot of one key of a single-flight group.
+
+    Attributes:
+        key: the key, as given.
+        in_flight: True if a call for it runs.
+        leader: who runs the call, if known.
+        running_for: seconds since the call started, if recorded.
+        followers: how many callers wait for its outcome.
+        followers_by_runtime: those followers by runtime.
+        cached: True if a value kept by ``ttl`` is fresh (the next caller reuses it).
+    """
+
+    key: Hashable
+    in_flight: bool
+    leader: Owner | None
+    running_for: float | None
+    followers: int
+    followers_by_runtime: Mapping[str, int]
+    cached: bool

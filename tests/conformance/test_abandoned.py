@@ -1,0 +1,210 @@
+"""A key taken with acquire() whose owner ends without releasing it.
+
+Tasks (asyncio, trio): the hold is *abandoned*: logged, its waiters raise Abandoned, and so do
+callers that would wait for it, until release(key) frees it. Threads: logged only (any thread
+may release a key, as with threading.Lock), its waiters keep waiting for that release.
+Contexts never leave a key behind: their exit releases it, however the task ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+
+from keyedlock import Abandoned, KeyedLock, KeyedLockError
+
+from ..support import WAIT, start_thread, wait_waiters
+from .scopes import Scope, differs
+from .test_warn_after import Records
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    handler = Records()
+    logger = logging.getLogger("keyedlock")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def local(scope: Scope) -> None:
+    """Holders are watched by the process that holds the key (the local table)."""
+    differs(scope, "manager", why="a holder's end is seen by its own process only")
+
+
+def test_abandoned_is_a_keyed_lock_error() -> None:
+    assert issubclass(Abandoned, KeyedLockError)
+
+
+def ended_asyncio_holder(lock: KeyedLock, key: str) -> None:
+    """An asyncio task takes ``key`` with acquire_async() and ends without releasing it."""
+
+    async def main() -> None:
+        async def leaker() -> None:
+            assert await lock.acquire_async(key)
+
+        await asyncio.create_task(leaker(), name="leaker")
+
+    asyncio.run(main())
+    assert lock.locked(key)
+
+
+@pytest.mark.usefixtures("local")
+def test_callers_of_a_key_left_by_an_ended_task_raise(lock: KeyedLock, records: Records) -> None:
+    ended_asyncio_holder(lock, "k")
+    with pytest.raises(Abandoned, match="asyncio task 'leaker'"), lock("k", timeout=WAIT):
+        pass
+    with pytest.raises(Abandoned):
+        lock.acquire("k")
+    assert lock.acquire("k", blocking=False) is False  # trying once never waits: no error
+    assert lock.locked("k")
+    assert any("asyncio task 'leaker'" in message for message in records.messages())
+
+    lock.release("k")  # anyone may still release it: then the key works as always
+    with lock("k"):
+        pass
+    assert len(lock) == 0
+
+
+@pytest.mark.usefixtures("local")
+def test_waiters_queued_when_the_task_ends_raise(lock: KeyedLock) -> None:
+    entered, end = threading.Event(), threading.Event()
+
+    async def holder() -> None:
+        assert await lock.acquire_async("k")
+        entered.set()
+        await asyncio.to_thread(end.wait, WAIT)
+
+    holding = start_thread(lambda: asyncio.run(holder()), "holder loop")
+    assert entered.wait(WAIT)
+
+    def wait_in_a_thread() -> object:
+        with lock("k", timeout=WAIT):
+            return "entered"
+
+    async def wait_in_trio() -> object:
+        async with lock("k"):
+            return "entered"
+
+    waiters = [
+        start_thread(wait_in_a_thread, "thread waiter"),
+        start_thread(lambda: trio.run(wait_in_trio), "trio waiter"),
+    ]
+    wait_waiters(lock, "k", 2)
+    end.set()
+    holding.result()
+    for waiter in waiters:
+        with pytest.raises(Abandoned):
+            waiter.result()
+    assert lock.waiters("k") == 0
+    lock.release("k")
+    assert len(lock) == 0
+
+
+@pytest.mark.usefixtures("local")
+def test_a_trio_task_that_ends_holding(lock: KeyedLock) -> None:
+    outcomes: list[str] = []
+
+    async def main() -> None:
+        got_it = trio.Event()
+
+        async def leaker() -> None:
+            assert await lock.acquire_async("k")
+            got_it.set()
+
+        async def waiter() -> None:
+            try:
+                async with lock("k"):
+                    outcomes.append("entered")
+            except Abandoned:
+                outcomes.append("abandoned")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leaker, name="leaker")
+            await got_it.wait()
+            nursery.start_soon(waiter)
+        with trio.fail_after(WAIT), pytest.raises(Abandoned, match="trio task"):
+            await lock.acquire_async("k")
+
+    trio.run(main)
+    assert outcomes == ["abandoned"]
+    lock.release("k")
+
+
+@pytest.mark.usefixtures("local")
+def test_a_thread_that_ends_holding_is_only_reported(lock: KeyedLock, records: Records) -> None:
+    """threading.Lock's convention: another thread may release it, so its waiters wait."""
+    done = threading.Event()
+
+    def taker() -> None:
+        assert lock.acquire("k")
+
+    def waiter() -> object:
+        with lock("k", timeout=WAIT):
+            done.set()
+            return "entered"
+
+    holder = threading.Thread(target=taker, name="taker")
+    holder.start()
+    holder.join(WAIT)
+    waiting = start_thread(waiter, "waiter")
+    wait_waiters(lock, "k", 1)
+    assert records.arrived.wait(WAIT), "the thread's end was not reported"
+    assert "thread 'taker'" in records.messages()[0]
+    assert not done.is_set()  # still waiting: nobody said the key is lost
+    lock.release("k")  # the release the ended thread left to someone else
+    assert waiting.result() == "entered"
+
+
+@pytest.mark.usefixtures("local")
+def test_a_context_never_leaves_its_key(lock: KeyedLock, records: Records) -> None:
+    async def main() -> None:
+        async def in_a_context() -> None:
+            async with lock("k"):
+                pass
+
+        await asyncio.create_task(in_a_context())
+
+    asyncio.run(main())
+    assert not lock.locked("k")
+    assert records.records == []
+
+
+@pytest.mark.usefixtures("local")
+def test_a_key_released_before_its_owner_ends_is_not_abandoned(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    lock = make_lock()
+
+    async def main() -> None:
+        released = asyncio.Event()
+
+        async def short() -> None:
+            assert await lock.acquire_async("k")
+            await released.wait()
+
+        async def waiter() -> None:
+            async with lock("k"):
+                pass
+
+        holder = asyncio.create_task(short())
+        await asyncio.sleep(0)  # it takes the key (no yield before it does)
+        waiting = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # it queues (likewise)
+        assert lock.waiters("k") == 1
+        lock.release("k")  # released by someone else while its owner still runs
+        released.set()
+        await holder
+        await waiting
+
+    asyncio.run(main())
+    assert len(lock) == 0
+    assert records.records == []

@@ -1,0 +1,122 @@
+"""statistics(key) and keys(): what a key looks like now, in every scope, cheap until asked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+import pytest
+
+from keyedlock import KeyedLock, LockStatistics, Owner
+
+from ..drivers import RUNTIMES, Driver
+from ..support import wait_waiters
+from .scopes import Scope
+
+
+def test_a_free_key() -> None:
+    stats = KeyedLock().statistics("k")
+    assert stats == LockStatistics(
+        key="k", locked=False, holder=None, held_for=None, waiters=0, waiters_by_runtime={}
+    )
+
+
+def test_a_snapshot_is_frozen(lock: KeyedLock) -> None:
+    stats = lock.statistics("k")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.locked = True  # type: ignore[misc]
+
+
+def test_holder_time_and_waiters_by_runtime(
+    scope: Scope, drivers: dict[str, Driver], lock: KeyedLock
+) -> None:
+    lock.statistics("k")  # the first call turns on recording the acquisition time
+    holder = drivers["asyncio"].hold(lock, "k")
+    holder.wait_entered()
+    waiters = []
+    for runtime in RUNTIMES:
+        for _ in range(2):
+            waiters.append(drivers[runtime].hold(lock, "k"))
+            wait_waiters(lock, "k", len(waiters))  # queued in this order
+
+    stats = lock.statistics("k")
+    assert stats.key == "k"
+    assert stats.locked
+    assert stats.holder is not None
+    assert stats.holder.runtime == "asyncio"
+    assert stats.holder.pid == os.getpid()
+    if not scope.remote:  # (the manager knows the process and the runtime, not the name)
+        assert stats.holder.name is not None
+        assert stats.holder.name.startswith("Task-")
+    assert stats.held_for is not None
+    assert stats.held_for >= 0
+    assert stats.waiters == len(waiters) == lock.waiters("k")
+    assert stats.waiters_by_runtime == {"thread": 2, "asyncio": 2, "trio": 2}
+    assert lock.keys() == ["k"]
+
+    holder.leave()
+    assert holder.result() == "left"
+    for agent in waiters:
+        agent.leave()
+        assert agent.result() == "left"
+    assert lock.statistics("k").locked is False
+    assert lock.keys() == []
+
+
+def test_a_thread_holder_is_named(scope: Scope, lock: KeyedLock) -> None:
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock("k"):
+            entered.set()
+            assert leave.wait(10)
+
+    thread = threading.Thread(target=hold, name="checkout-worker")
+    thread.start()
+    try:
+        assert entered.wait(10)
+        holder = lock.statistics("k").holder
+        expected = None if scope.remote else "checkout-worker"
+        assert holder == Owner("thread", expected, os.getpid())
+    finally:
+        leave.set()
+        thread.join(10)
+
+
+def test_held_for_is_known_from_the_first_question_on(scope: Scope, lock: KeyedLock) -> None:
+    with lock("before"):
+        if not scope.remote:  # (the manager records it on its side, always)
+            assert lock.statistics("before").held_for is None  # taken before anyone asked
+    with lock("after"):
+        held_for = lock.statistics("after").held_for
+        assert held_for is not None
+        assert held_for >= 0
+    assert lock.acquire("explicit")
+    try:
+        assert lock.statistics("explicit").held_for is not None
+    finally:
+        lock.release("explicit")
+
+
+@pytest.mark.anyio
+async def test_statistics_from_a_task(lock: KeyedLock) -> None:
+    lock.statistics("k")
+    async with lock("k"):
+        stats = lock.statistics("k")
+        assert stats.locked
+        assert stats.holder is not None
+        assert stats.holder.runtime in ("asyncio", "trio")
+        assert stats.held_for is not None
+
+
+def test_keys_lists_the_busy_keys(lock: KeyedLock) -> None:
+    assert lock.keys() == []
+    with lock("a"), lock("b"):
+        assert set(lock.keys()) == {"a", "b"}
+    assert lock.keys() == []
+
+
+def test_a_bad_key_is_refused(lock: KeyedLock) -> None:
+    with pytest.raises(TypeError):
+        lock.statistics([1])  # type: ignore[arg-type]

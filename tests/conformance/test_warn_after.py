@@ -1,0 +1,96 @@
+"""warn_after=: a hold still held after that many seconds is logged once, on "keyedlock"."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from keyedlock import KeyedLock
+
+from ..support import WAIT
+from .scopes import Scope
+
+
+class Records(logging.Handler):
+    """Collects the records of the ``keyedlock`` logger; ``arrived`` is set by each one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.arrived.set()
+
+    def messages(self) -> list[str]:
+        return [record.getMessage() for record in self.records]
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    handler = Records()
+    logger = logging.getLogger("keyedlock")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_logger_is_silent_by_default() -> None:
+    logger = logging.getLogger("keyedlock")
+    assert any(isinstance(handler, logging.NullHandler) for handler in logger.handlers)
+
+
+def test_a_long_hold_is_logged_once(
+    scope: Scope, make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    lock = make_lock(warn_after=0.01)
+    assert lock.warn_after == 0.01
+    with lock("order:7"):  # this line is the place the message names
+        assert records.arrived.wait(WAIT), "no warning for a hold longer than warn_after"
+        records.arrived.clear()
+        [message] = records.messages()
+    assert "'order:7'" in message
+    assert "warn_after=0.01" in message
+    assert "thread" in message
+    assert "test_warn_after.py" in message
+    assert "test_a_long_hold_is_logged_once" in message
+    assert len(records.records) == 1  # once per hold
+
+
+def test_a_hold_taken_with_acquire_is_watched_until_release(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    lock = make_lock(warn_after=0.01)
+    assert lock.acquire("k")
+    try:
+        assert records.arrived.wait(WAIT)
+    finally:
+        lock.release("k")
+    assert "'k'" in records.messages()[0]
+
+
+@pytest.mark.anyio
+async def test_a_long_hold_of_a_task_is_logged(
+    make_lock: Callable[..., KeyedLock], records: Records, anyio_backend: str
+) -> None:
+    lock = make_lock(warn_after=0.01)
+    async with lock("k"):
+        assert await anyio.to_thread.run_sync(records.arrived.wait, WAIT)
+    assert f"{anyio_backend} task" in records.messages()[0]
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError)])
+def test_bad_warn_after_is_refused(
+    make_lock: Callable[..., KeyedLock], value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="warn_after"):
+        make_lock(warn_after=value)
