@@ -224,5 +224,10 @@ class KeyedLock(RunMixin):
         return self._backend.busy()
 
 
-#: A ready module-level :class:`KeyedLock` shared by the whole process.
 klock: Final = KeyedLock()
+"""A ready :class:`KeyedLock` shared by the whole process.
+
+Two parts of a program that use one key through ``klock`` exclude each
+other. Create a :class:`KeyedLock` of your own for a separate key space or a
+``max_waiters`` bound.
+"""
