@@ -73,9 +73,25 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site into site/; any warning is an error."""
-    session.install(".[docs]")
+    """Build the documentation site into site/ (any warning is an error), then check it.
+
+    The check: the site loads no script or stylesheet from another host (it works
+    offline), its code is coloured, and the API reference documents every public name.
+    """
+    session.install(".[docs,redis]")  # (redis: the check imports every public module)
     session.run("mkdocs", "build", "--strict", *session.posargs)
+    session.run("python", "docs/_ext/check_site.py", _site_dir(session.posargs))
+
+
+def _site_dir(args: list[str]) -> str:
+    """The directory `mkdocs build ARGS` builds into."""
+    site = "site"
+    for i, arg in enumerate(args):
+        if arg in ("-d", "--site-dir") and i + 1 < len(args):
+            site = args[i + 1]
+        elif arg.startswith("--site-dir="):
+            site = arg.partition("=")[2]
+    return site
 
 
 @nox.session

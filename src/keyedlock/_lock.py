@@ -292,5 +292,10 @@ class KeyedLock(RunMixin):
             self._watch.held(ctx, sys._getframe(2), explicit=True)
 
 
-#: A ready module-level :class:`KeyedLock` shared by the whole process.
 klock: Final = KeyedLock()
+"""A ready :class:`KeyedLock` shared by the whole process.
+
+Two parts of a program that use one key through ``klock`` exclude each
+other. Create a :class:`KeyedLock` of your own for a separate key space or a
+``max_waiters`` bound.
+"""

@@ -316,5 +316,10 @@ class SingleFlight:
         return decorate
 
 
-#: A ready module-level :class:`SingleFlight` shared by the whole process.
 flight: Final = SingleFlight()
+"""A ready :class:`SingleFlight` shared by the whole process.
+
+Two parts of a program that call one key through ``flight`` share the call.
+Create a :class:`SingleFlight` of your own for a separate key space or a
+``ttl``.
+"""

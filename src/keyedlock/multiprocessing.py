@@ -118,10 +118,13 @@ _START_TIMEOUT: Final = 60.0
 #: How long shutdown() waits for the manager process to exit before killing it.
 _STOP_TIMEOUT: Final = 5.0
 
-#: The context a manager's lock hands out: ``klock(key, timeout=...)`` of a
-#: :class:`KeyedLockProxy`. Entering is one round trip to the manager
-#: (however long it waits), exiting one more.
 ManagerLockContext = ManagerContext
+"""The context a manager's lock hands out: ``klock(key, timeout=...)`` of a :class:`KeyedLockProxy`.
+
+A :class:`~keyedlock.LockContext`, used the same way: once, with ``with`` in
+a thread or ``async with`` in an asyncio or trio task. Entering is one round
+trip to the manager (however long it waits), exiting one more.
+"""
 
 
 # -- the manager ------------------------------------------------------------------
@@ -159,7 +162,8 @@ def _stop_server(process: multiprocessing.process.BaseProcess, address: str, own
 class KeyedLockManager:
     """A server process holding keyed locks and single-flight calls for many processes.
 
-    ::
+    Start it with ``with`` (or :meth:`start`, then :meth:`shutdown`), and pass
+    the objects it makes to the worker processes::
 
         with KeyedLockManager() as manager:       # or manager.start() ... manager.shutdown()
             klock = manager.KeyedLock()
