@@ -85,21 +85,17 @@ import multiprocessing
 import os
 import sys
 import weakref
-from collections.abc import Hashable
 from multiprocessing.context import BaseContext
 from time import monotonic
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Any, Final
 
-from ._lock import KeyedLock
+from ._proxies import KeyedLockProxy, ManagerLockContext, SingleFlightProxy
 from ._scopes._manager import (
     NEW_FLIGHT,
     NEW_LOCK,
     SHUTDOWN,
     Client,
-    ManagerContext,
-    ManagerFlightBackend,
-    ManagerLockBackend,
     NoAnswer,
     client_for,
     drop_client,
@@ -108,7 +104,6 @@ from ._scopes._manager import (
     remove_socket_path,
     serve,
 )
-from ._singleflight import SingleFlight
 from ._validate import check_flag, check_max_waiters, check_ttl, check_warn_after
 
 __all__ = ["KeyedLockManager", "KeyedLockProxy", "ManagerLockContext", "SingleFlightProxy"]
@@ -117,15 +112,6 @@ __all__ = ["KeyedLockManager", "KeyedLockProxy", "ManagerLockContext", "SingleFl
 _START_TIMEOUT: Final = 60.0
 #: How long shutdown() waits for the manager process to exit before killing it.
 _STOP_TIMEOUT: Final = 5.0
-
-ManagerLockContext = ManagerContext
-"""The context a manager's lock hands out: ``klock(key, timeout=...)`` of a :class:`KeyedLockProxy`.
-
-A :class:`~keyedlock.LockContext`, used the same way: once, with ``with`` in
-a thread or ``async with`` in an asyncio or trio task. Entering is one round
-trip to the manager (however long it waits), exiting one more.
-"""
-
 
 # -- the manager ------------------------------------------------------------------
 
@@ -314,137 +300,3 @@ class KeyedLockManager:
         seconds = check_ttl(ttl)
         fid = client_for(self.address).call(encode(NEW_FLIGHT, seconds))
         return SingleFlightProxy._make(self.address, fid, seconds)
-
-
-# -- the objects it makes ---------------------------------------------------------
-
-
-def _rebuild_lock(
-    address: str,
-    tid: int,
-    max_waiters: int | None,
-    fast_acquire: bool = False,
-    warn_after: float | None = None,
-) -> KeyedLockProxy:
-    return KeyedLockProxy._make(address, tid, max_waiters, fast_acquire, warn_after)
-
-
-@final
-class KeyedLockProxy(KeyedLock):
-    """A :class:`~keyedlock.KeyedLock` living in a :class:`KeyedLockManager`, for every process.
-
-    Made by :meth:`KeyedLockManager.KeyedLock`; pickles into worker
-    processes. Same API and semantics as :class:`~keyedlock.KeyedLock`
-    (``with`` / ``async with klock(key, timeout=...)``, ``acquire``,
-    ``acquire_async``, ``release``, ``locked``, ``waiters``, ``len``, ``run``,
-    ``run_sync``, ``guard``; :class:`~keyedlock.LockTimeout`,
-    :class:`~keyedlock.Aborted`, :class:`~keyedlock.QueueFull`), with the
-    exclusion, the FIFO queue and ``max_waiters`` spanning every process.
-
-    Round trips: a synchronous acquire costs one (its wait happens in the
-    manager), a release one; an async acquire one if the key is free, else
-    two (a try, then the wait, in a helper thread). Cancelling an async
-    waiter sends a cancel request; a grant that raced with it is released
-    (asyncio) or kept until the task's next checkpoint (trio), never leaked.
-    With ``on_error="stop"``, the exception reaches the aborted waiters of
-    other processes pickled (as :class:`~keyedlock.Aborted`'s ``__cause__``;
-    a stand-in RuntimeError if it cannot be pickled). If a holder's process
-    dies, its keys pass to the next waiters at once.
-    """
-
-    __slots__ = ()
-
-    _backend: ManagerLockBackend
-
-    def __init__(self) -> None:
-        raise TypeError("make a KeyedLockProxy with KeyedLockManager.KeyedLock()")
-
-    @classmethod
-    def _make(
-        cls,
-        address: str,
-        tid: int,
-        max_waiters: int | None,
-        fast_acquire: bool = False,
-        warn_after: float | None = None,
-    ) -> KeyedLockProxy:
-        self = object.__new__(cls)
-        self._bind(ManagerLockBackend(address, tid, max_waiters, fast_acquire), warn_after)
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        backend = self._backend
-        return (
-            _rebuild_lock,
-            (
-                backend.address,
-                backend.tid,
-                backend.max_waiters,
-                backend.fast_acquire,
-                self.warn_after,
-            ),
-        )
-
-    def __repr__(self) -> str:
-        backend = self._backend
-        return (
-            f"<KeyedLockProxy #{backend.tid} at {backend.address!r} "
-            f"max_waiters={backend.max_waiters}>"
-        )
-
-
-def _rebuild_flight(address: str, fid: int, ttl: float) -> SingleFlightProxy:
-    return SingleFlightProxy._make(address, fid, ttl)
-
-
-@final
-class SingleFlightProxy(SingleFlight):
-    """A :class:`~keyedlock.SingleFlight` living in a :class:`KeyedLockManager`, for every process.
-
-    Made by :meth:`KeyedLockManager.SingleFlight`; pickles into worker
-    processes. Concurrent callers of one key, in any processes, threads,
-    asyncio or trio tasks, share one call: the first runs its ``fn`` (in
-    its own process), the others wait in the manager and get the outcome.
-
-    - The result reaches the other callers pickled. A result that cannot
-      be pickled makes *every* caller, the one that ran it included, raise
-      :class:`TypeError` naming its type (so the outcome never depends on
-      who ran the call).
-    - An exception from ``fn`` is raised in the caller that ran it as is,
-      and in every other caller as an unpickled copy: same type, ``args``
-      and attributes, even when the class's ``__init__`` formats its
-      message (tracebacks and chained exceptions stay behind). One that
-      cannot be pickled reaches them as a :class:`TypeError` describing it.
-    - If the caller running the call is cancelled, interrupted, or its
-      process dies, the earliest waiting caller takes over and runs its own
-      ``fn``; the others keep waiting.
-
-    Round trips: the caller running the call pays two (join, finish), a
-    synchronous waiter one; an async waiter two (a try, then the wait in a
-    helper thread).
-    """
-
-    __slots__ = ()
-
-    _backend: ManagerFlightBackend
-
-    def __init__(self) -> None:
-        raise TypeError("make a SingleFlightProxy with KeyedLockManager.SingleFlight()")
-
-    @classmethod
-    def _make(cls, address: str, fid: int, ttl: float) -> SingleFlightProxy:
-        self = object.__new__(cls)
-        self._bind(ManagerFlightBackend(address, fid, ttl))
-        return self
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        backend = self._backend
-        return (_rebuild_flight, (backend.address, backend.fid, backend.ttl))
-
-    def __repr__(self) -> str:
-        backend = self._backend
-        return f"<SingleFlightProxy #{backend.fid} at {backend.address!r} ttl={backend.ttl}>"
-
-    def _waiting(self, key: Hashable) -> int:
-        """How many callers wait for the call in flight for ``key`` (for tests and diagnostics)."""
-        return self._backend.waiters(self._local(key))
