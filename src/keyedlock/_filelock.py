@@ -8,9 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from ._lock import KeyedLock
-from ._scopes import FileBackend, key_offset
+from ._scopes import DEFAULT_MAX_THREADS, FileBackend, key_offset
 from ._statistics import LockStatistics, Owner
-from ._validate import check_flag, check_max_waiters
+from ._validate import check_flag, check_max_threads, check_max_waiters
 
 __all__ = ["FileKeyedLock"]
 
@@ -58,7 +58,21 @@ class FileKeyedLock(KeyedLock):
     Waiting never blocks an event loop: an ``async`` caller that has to wait
     for another process waits in a helper thread (a daemon thread) and stays
     cancellable; a cancelled or timed-out waiter never ends up holding the
-    key.
+    key. A thread with a timeout waits the same way; a thread without one
+    waits in the kernel itself.
+
+    Helper threads are capped: each lock waits in at most ``max_threads``
+    of them at once. A blocked kernel wait needs a thread of its own, so the
+    waits beyond the cap queue (first come, first served) and each starts
+    when a helper thread ends its wait. So with a cap of N and N+1 keys held
+    by other processes, the last key's waiter waits until one of the first N
+    waits ends, even if its own key is freed meanwhile. A timeout still
+    bounds that wait, and cancellation (or a timeout) withdraws a queued wait
+    at once, leaving nothing behind. A wait already in the kernel when its
+    waiter gives up keeps its thread until the other process frees the key
+    (the next caller of that key takes it over meanwhile). A lock keeps at
+    most two descriptors of the lock file open, however many keys it waits
+    for or holds.
 
     ``release(key)`` releases the key for whichever thread or task of this
     process holds it. A caller that was handed the key by this process but
@@ -84,10 +98,19 @@ class FileKeyedLock(KeyedLock):
             checkpoints (see :class:`~keyedlock.KeyedLock`).
         warn_after: log a hold of this process still held after this many
             seconds (see :class:`~keyedlock.KeyedLock`).
+        max_threads: how many helper threads this lock waits in at most, at
+            once, for keys held by other processes (an int >= 1; default
+            64). The cap is per lock object, so that the waits of one lock
+            never hold back those of another (each library or component with
+            a lock of its own gets its own threads); a process's total is
+            the sum over the locks that wait at the same time.
 
     Raises:
         NotImplementedError: the platform lacks open file description locks
             (Linux 3.15+ has them; macOS, the BSDs and Windows do not).
+        OSError: ``EMFILE`` (or ``ENFILE``) when even the lock's two
+            descriptors cannot be opened: the message names the limit
+            reached and says to raise it.
     """
 
     __slots__ = ()
@@ -101,8 +124,14 @@ class FileKeyedLock(KeyedLock):
         max_waiters: int | None = None,
         fast_acquire: bool = False,
         warn_after: float | None = None,
+        max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
-        backend = FileBackend(path, check_max_waiters(max_waiters), check_flag(fast_acquire))
+        backend = FileBackend(
+            path,
+            check_max_waiters(max_waiters),
+            check_flag(fast_acquire),
+            check_max_threads(max_threads),
+        )
         self._bind(backend, warn_after)
 
     @property
@@ -110,12 +139,23 @@ class FileKeyedLock(KeyedLock):
         """The lock file's absolute path."""
         return self._backend.scope.path
 
+    @property
+    def max_threads(self) -> int:
+        """The most helper threads this lock waits in at once (see the class docstring)."""
+        return self._backend.scope.max_threads
+
     def __repr__(self) -> str:
-        return f"<FileKeyedLock path={self.path!r} keys={len(self)} max_waiters={self.max_waiters}>"
+        return (
+            f"<FileKeyedLock path={self.path!r} keys={len(self)} max_waiters={self.max_waiters} "
+            f"max_threads={self.max_threads}>"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A copy in another process (multiprocessing with spawn) opens the same file.
-        return (_restore, (self.path, self.max_waiters, self.fast_acquire, self.warn_after))
+        return (
+            _restore,
+            (self.path, self.max_waiters, self.fast_acquire, self.warn_after, self.max_threads),
+        )
 
     def statistics(self, key: Hashable) -> LockStatistics:
         """As :meth:`KeyedLock.statistics`; for a key held by another process, its holder
@@ -148,7 +188,12 @@ def _restore(
     max_waiters: int | None,
     fast_acquire: bool = False,
     warn_after: float | None = None,
+    max_threads: int = DEFAULT_MAX_THREADS,
 ) -> FileKeyedLock:
     return FileKeyedLock(
-        path, max_waiters=max_waiters, fast_acquire=fast_acquire, warn_after=warn_after
+        path,
+        max_waiters=max_waiters,
+        fast_acquire=fast_acquire,
+        warn_after=warn_after,
+        max_threads=max_threads,
     )

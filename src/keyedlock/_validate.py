@@ -12,6 +12,7 @@ __all__ = [
     "check_flag",
     "check_fn",
     "check_key",
+    "check_max_threads",
     "check_max_waiters",
     "check_on_error",
     "check_sync_fn",
@@ -73,6 +74,18 @@ def check_max_waiters(max_waiters: int | None) -> int | None:
     if max_waiters < 0:
         raise ValueError(f"max_waiters must be >= 0 or None, got {max_waiters!r}")
     return max_waiters
+
+
+def check_max_threads(max_threads: object) -> int:
+    """A cap on helper threads: an int >= 1 (TypeError / ValueError otherwise)."""
+    if isinstance(max_threads, bool) or not isinstance(max_threads, int):
+        raise TypeError(f"max_threads must be an int >= 1, got {max_threads!r}")
+    if max_threads < 1:
+        raise ValueError(
+            f"max_threads must be >= 1 (the most helper threads that wait for keys at once), "
+            f"got {max_threads!r}"
+        )
+    return max_threads
 
 
 def check_flag(value: object, name: str = "fast_acquire") -> bool:

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from keyedlock import FileKeyedLock
 
-from ..support import WAIT, wait_until
+from ..support import WAIT, scope_of, wait_until
 
 __all__ = [
     "AGENT",
@@ -41,6 +41,7 @@ __all__ = [
     "fork_child_report",
     "helper_threads",
     "hold_until_set",
+    "own_fds",
     "wait_waiters",
 ]
 
@@ -63,6 +64,12 @@ for line in sys.stdin:
     elif cmd == "release":              # release KEY -> ok
         lock.release(args[0])
         reply = "ok"
+    elif cmd == "hold":                 # hold PREFIX N -> how many of PREFIX0.. it took at once
+        reply = sum(lock.acquire(f"{args[0]}{i}", timeout=0) for i in range(int(args[1])))
+    elif cmd == "unhold":               # unhold PREFIX N -> ok (releases PREFIX0..PREFIXN-1)
+        for i in range(int(args[1])):
+            lock.release(f"{args[0]}{i}")
+        reply = "ok"
     elif cmd == "locked":               # locked KEY -> True / False
         reply = lock.locked(args[0])
     elif cmd == "offset":               # offset KEY -> the key's byte in the file
@@ -84,12 +91,16 @@ for line in sys.stdin:
 
 
 class Agent:
-    """An unrelated process (``python -c``) using a FileKeyedLock on ``path``."""
+    """An unrelated process (``python -c``) using a FileKeyedLock on ``path``.
 
-    def __init__(self, path: str | Path) -> None:
+    ``program``: what it runs (:data:`AGENT` by default), with ``path`` and ``args`` as its
+    arguments; it must print ``ready`` first.
+    """
+
+    def __init__(self, path: str | Path, program: str = AGENT, *args: object) -> None:
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", AGENT, str(path)],
+            [sys.executable, "-c", program, str(path), *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -154,8 +165,8 @@ class Children:
         self.agents: list[Agent] = []
         self.processes: list[BaseProcess] = []
 
-    def agent(self, path: str | Path) -> Agent:
-        agent = Agent(path)
+    def agent(self, path: str | Path, program: str = AGENT, *args: object) -> Agent:
+        agent = Agent(path, program, *args)
         self.agents.append(agent)
         return agent
 
@@ -205,6 +216,13 @@ def fds_of(path: str) -> list[int]:
         if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
             found.append(int(name))
     return found
+
+
+def own_fds(lock: FileKeyedLock) -> list[int]:
+    """The descriptors ``lock`` keeps open: the shared one, and the waits' one once it waited
+    in a helper thread (never more, however many keys it waits for or holds)."""
+    scope = scope_of(lock)
+    return sorted(fd for fd in (scope.fd, scope.waits_fd) if fd >= 0)
 
 
 # -- worker functions (module level: spawn children import them) ------------------------------

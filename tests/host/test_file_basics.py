@@ -471,7 +471,7 @@ def test_a_lost_descriptor_is_opened_again_on_first_use(file_lock: FileKeyedLock
 
 
 def test_replaced_lock_file_is_detected(lock_path: str) -> None:
-    """A private descriptor is opened through the path only if /proc is unusable; then a
+    """A descriptor is opened again through the path only if /proc is unusable; then a
     replaced file is refused rather than silently splitting the processes."""
     lock = FileKeyedLock(lock_path)
     os.unlink(lock_path)

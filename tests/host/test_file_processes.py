@@ -23,6 +23,7 @@ from .file_support import (
     fork_child_report,
     helper_threads,
     hold_until_set,
+    own_fds,
 )
 
 pytestmark = [
@@ -136,7 +137,7 @@ def test_fork_child_holds_nothing_and_never_drops_the_parents_keys(
     other = children.agent(lock_path)
     assert other.ask("acquire", "w", 0) == "True"
     assert file_lock.acquire("k")
-    # A pending kernel wait (private descriptor) exists when the child forks.
+    # A pending kernel wait (on the waits' descriptor) exists when the child forks.
     assert not file_lock.acquire("w", timeout=0.01)
     assert scope_of(file_lock).pending
     try:
@@ -161,7 +162,7 @@ def test_fork_child_holds_nothing_and_never_drops_the_parents_keys(
     assert other.ask("release", "w") == "ok"
     wait_until(lambda: not scope_of(file_lock).pending, "the abandoned wait ends")
     assert other.ask("acquire", "w", WAIT) == "True"
-    assert fds_of(lock_path) == [scope_of(file_lock).fd]
+    assert fds_of(lock_path) == own_fds(file_lock)
     wait_until(lambda: not helper_threads(), "the helper thread exits")
 
 

@@ -1,16 +1,18 @@
 """Offload: a blocking call in a helper thread, awaited cancellably; exactly one party (the
-claimant or ``dispose``) ends up with its outcome, whatever the timing."""
+claimant or ``dispose``) ends up with its outcome, whatever the timing. With a pool, calls
+beyond its cap queue in order, and a queued call whose claimant gives up never runs."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 import trio
 import trio.testing
 
-from keyedlock._runtime import Finished, Offload
+from keyedlock._runtime import Finished, Offload, OffloadPool
 
 from ..support import WAIT, wait_until
 
@@ -224,3 +226,166 @@ def test_wait_async_needs_a_task() -> None:
     coro = job.wait_async(None)
     with pytest.raises(RuntimeError, match="asyncio task or trio task"):
         coro.send(None)
+
+
+# -- a pool: a cap on helper threads ------------------------------------------------------------
+
+
+class Recorder:
+    """A call that records that it ran (in order, with its thread), then waits for ``go``."""
+
+    def __init__(self, name: str, ran: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.ran = ran
+        self.go = threading.Event()
+        self.started = threading.Event()
+
+    def __call__(self) -> str:
+        self.ran.append((self.name, threading.current_thread().name))
+        self.started.set()
+        assert self.go.wait(WAIT)
+        return self.name
+
+
+class Withdrawals:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def of(self, name: str) -> Callable[[], None]:
+        return lambda: self.names.append(name)
+
+
+def _pooled(
+    pool: OffloadPool, call: Recorder, disposal: Disposal, withdrawals: Withdrawals
+) -> Offload[str]:
+    job = Offload(call, disposal, pool=pool, withdrawn=withdrawals.of(call.name))
+    assert job.claim()
+    job.start()
+    return job
+
+
+def test_pool_runs_queued_calls_in_order_in_the_freed_thread() -> None:
+    ran: list[tuple[str, str]] = []
+    disposal, withdrawals = Disposal(), Withdrawals()
+    pool = OffloadPool(1, "pool-test")
+    calls = [Recorder(name, ran) for name in "abcd"]
+    jobs = [_pooled(pool, call, disposal, withdrawals) for call in calls]
+    assert calls[0].started.wait(WAIT)
+    assert (pool.threads, pool.queued) == (1, 3)
+    assert [job.queued for job in jobs] == [False, True, True, True]
+    for call, job in zip(calls, jobs, strict=True):
+        call.go.set()
+        outcome = job.wait(WAIT)
+        assert outcome is not None
+        assert outcome.unwrap() == call.name
+    assert [name for name, _ in ran] == ["a", "b", "c", "d"]
+    assert {thread for _, thread in ran} == {"pool-test"}  # one thread ran them all
+    wait_until(lambda: pool.threads == 0, "the thread ends with the queue empty")
+    assert not disposal.outcomes
+    assert not withdrawals.names
+
+
+def test_pool_rejects_a_cap_below_one() -> None:
+    with pytest.raises(ValueError, match="at least one thread"):
+        OffloadPool(0, "pool-test")
+
+
+def test_a_queued_call_whose_claimant_times_out_is_withdrawn() -> None:
+    ran: list[tuple[str, str]] = []
+    disposal, withdrawals = Disposal(), Withdrawals()
+    pool = OffloadPool(1, "pool-test")
+    first, second, third = (Recorder(name, ran) for name in "abc")
+    job_a = _pooled(pool, first, disposal, withdrawals)
+    job_b = _pooled(pool, second, disposal, withdrawals)
+    job_c = _pooled(pool, third, disposal, withdrawals)
+    assert job_b.wait(0.01) is None  # timed out while queued
+    assert withdrawals.names == ["b"]
+    assert job_b.done
+    assert not job_b.queued
+    assert not job_b.claim()  # withdrawn: nothing to adopt
+    assert pool.queued == 1
+    first.go.set()
+    third.go.set()
+    assert job_a.wait(WAIT) is not None
+    assert job_c.wait(WAIT) is not None
+    assert [name for name, _ in ran] == ["a", "c"]  # b never ran
+    assert not disposal.outcomes
+
+
+def test_let_go_of_a_queued_call_withdraws_it() -> None:
+    ran: list[tuple[str, str]] = []
+    disposal, withdrawals = Disposal(), Withdrawals()
+    pool = OffloadPool(1, "pool-test")
+    first, second = Recorder("a", ran), Recorder("b", ran)
+    job_a = _pooled(pool, first, disposal, withdrawals)
+    job_b = _pooled(pool, second, disposal, withdrawals)
+    job_b.let_go()
+    assert withdrawals.names == ["b"]
+    assert pool.queued == 0
+    first.go.set()
+    assert job_a.wait(WAIT) is not None
+    wait_until(lambda: pool.threads == 0, "the thread ends")
+    assert [name for name, _ in ran] == ["a"]
+
+
+def test_a_running_call_is_not_withdrawn() -> None:
+    """A claimant that gives up after the call started detaches as without a pool."""
+    ran: list[tuple[str, str]] = []
+    disposal, withdrawals = Disposal(), Withdrawals()
+    pool = OffloadPool(1, "pool-test")
+    call = Recorder("a", ran)
+    job = _pooled(pool, call, disposal, withdrawals)
+    assert call.started.wait(WAIT)
+    assert job.wait(0.01) is None
+    assert not withdrawals.names
+    call.go.set()
+    assert disposal.called.wait(WAIT)
+    assert [o.unwrap() for o in disposal.outcomes] == ["a"]
+
+
+def test_asyncio_cancel_of_a_queued_call_withdraws_it() -> None:
+    ran: list[tuple[str, str]] = []
+    disposal, withdrawals = Disposal(), Withdrawals()
+    pool = OffloadPool(1, "pool-test")
+    first, second = Recorder("a", ran), Recorder("b", ran)
+
+    job_a = _pooled(pool, first, disposal, withdrawals)
+
+    async def main() -> None:
+        job = _pooled(pool, second, disposal, withdrawals)
+        task = asyncio.create_task(job.wait_async(None))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert withdrawals.names == ["b"]
+        assert pool.queued == 0
+
+    asyncio.run(main())
+    first.go.set()
+    assert job_a.wait(WAIT) is not None
+    wait_until(lambda: pool.threads == 0, "the thread ends")
+    assert [name for name, _ in ran] == ["a"]
+
+
+def test_trio_cancel_of_a_queued_call_withdraws_it() -> None:
+    ran: list[tuple[str, str]] = []
+    disposal, withdrawals = Disposal(), Withdrawals()
+    pool = OffloadPool(1, "pool-test")
+    first, second = Recorder("a", ran), Recorder("b", ran)
+
+    job_a = _pooled(pool, first, disposal, withdrawals)
+
+    async def main() -> None:
+        job = _pooled(pool, second, disposal, withdrawals)
+        with trio.move_on_after(0.01):
+            await job.wait_async(None)
+            pytest.fail("not cancelled")
+        assert withdrawals.names == ["b"]
+        assert pool.queued == 0
+
+    trio.run(main)
+    first.go.set()
+    assert job_a.wait(WAIT) is not None
+    wait_until(lambda: pool.threads == 0, "the thread ends")
+    assert [name for name, _ in ran] == ["a"]

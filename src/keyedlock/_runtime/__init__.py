@@ -45,6 +45,7 @@ from ._detect import (
 )
 from ._ends import has_ended, when_ended
 from ._offload import Finished, Offload
+from ._pool import OffloadPool
 from ._ready import READY
 from ._threads import ThreadWaker, wait_thread
 
@@ -58,6 +59,7 @@ __all__ = [
     "AsyncioWaker",
     "Finished",
     "Offload",
+    "OffloadPool",
     "ThreadToken",
     "ThreadWaker",
     "async_owner",

@@ -22,6 +22,13 @@ mutex; callbacks run outside it.
 Helper threads are daemon threads: an interpreter (or a multiprocessing
 child) that exits does not wait for a blocking call that may never return.
 
+An offload given a *pool* (an :class:`~._pool.OffloadPool`) runs in one of
+the pool's threads, which are capped: beyond the cap, the call waits its turn
+in the pool's queue. A claimant may wait for a queued call as for a running
+one (a timeout covers the time in the queue). If it stops waiting before the
+call got a thread, the call is *withdrawn*: it never runs, no later claim can
+adopt it, and the ``withdrawn`` callback is called (in the claimant's thread).
+
 Example, a cancellable blocking call whose late result is closed::
 
     def close_late(done: Finished[socket.socket]) -> None:
@@ -50,6 +57,7 @@ if TYPE_CHECKING:
 
 from ._asyncio import WAKE_UP, wake_future, woken
 from ._detect import asyncio_task, running_loop, sniffio_local
+from ._pool import OffloadPool
 
 __all__ = ["Finished", "Offload"]
 
@@ -94,7 +102,11 @@ class Offload(Generic[T]):
             loop is gone, or the claimant gave up in the very instant the call
             finished. Called once, in whichever thread decided it (the helper
             thread, except in that last race); it must not raise.
-        name: the helper thread's name.
+        name: the helper thread's name (a pool names its own threads).
+        pool: run in a thread of this pool, once one is free (None: a thread
+            of its own, at once).
+        withdrawn: called when a claimant stops waiting for a call that is
+            still queued in ``pool``: the call will never run.
 
     Use: :meth:`claim` (optional before :meth:`start`), :meth:`start`, then
     :meth:`wait` or :meth:`wait_async`. A wait returns the :class:`Finished`
@@ -112,6 +124,9 @@ class Offload(Generic[T]):
         "_name",
         "_notify",
         "_outcome",
+        "_pool",
+        "_queued",
+        "_withdrawn",
         "call",
     )
 
@@ -123,10 +138,16 @@ class Offload(Generic[T]):
         dispose: Callable[[Finished[T]], None],
         *,
         name: str = "keyedlock-offload",
+        pool: OffloadPool | None = None,
+        withdrawn: Callable[[], None] | None = None,
     ) -> None:
         self.call = call
         self._dispose = dispose
         self._name = name
+        self._pool = pool
+        self._withdrawn = withdrawn
+        #: In the pool's queue, not started yet (can be withdrawn).
+        self._queued = False
         self._mutex = threading.Lock()
         self._claimed = False
         self._done = False
@@ -135,16 +156,35 @@ class Offload(Generic[T]):
         self._accept: Callable[[Finished[T]], None] | None = None
 
     def __repr__(self) -> str:
-        state = "done" if self._done else "running"
+        state = "done" if self._done else "queued" if self._queued else "running"
         return f"<Offload {self._name} {state} claimed={self._claimed}>"
 
     # -- the helper thread -------------------------------------------------
 
     def start(self) -> None:
-        """Start the helper thread."""
-        threading.Thread(target=self._run, name=self._name, daemon=True).start()
+        """Start the helper thread (with a pool: start the call in a free thread of the pool,
+        or queue it there until one is free)."""
+        pool = self._pool
+        if pool is None:
+            threading.Thread(target=self.run, name=self._name, daemon=True).start()
+            return
+        self._queued = True
+        try:
+            pool.submit(self)
+        except BaseException:
+            self._queued = False
+            raise
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The helper thread's work: the call, then its outcome to the claimant or ``dispose``.
+
+        A call withdrawn from its pool's queue does not run.
+        """
+        if self._pool is not None:
+            with self._mutex:
+                if self._done:
+                    return  # withdrawn while queued
+                self._queued = False
         try:
             outcome: Finished[T] = Finished(self.call(), None)
         except BaseException as exc:
@@ -187,8 +227,34 @@ class Offload(Generic[T]):
 
     @property
     def done(self) -> bool:
-        """True once the call has returned or raised."""
+        """True once the call has returned or raised (or was withdrawn: it never runs)."""
         return self._done
+
+    @property
+    def queued(self) -> bool:
+        """True while the call waits in its pool's queue for a thread."""
+        return self._queued
+
+    def _unclaim(self) -> bool:
+        """Under the mutex: end the claim (the claimant stopped waiting). True if the call
+        was still queued: then it is withdrawn, and done without an outcome."""
+        self._notify = None
+        self._claimed = False
+        self._accept = None
+        if self._queued:
+            self._queued = False
+            self._done = True  # never runs: nothing to claim any more
+            return True
+        return False
+
+    def _withdraw(self) -> None:
+        """Outside the mutex, after :meth:`_unclaim` said so: out of the queue, and report it."""
+        pool = self._pool
+        if pool is not None:
+            pool.withdraw(self)  # (if a thread took it already, run() sees it is done)
+        withdrawn = self._withdrawn
+        if withdrawn is not None:
+            withdrawn()
 
     def _take(self) -> Finished[T] | None:
         """Take the outcome if there is one (the claim ends with it); None otherwise."""
@@ -212,15 +278,16 @@ class Offload(Generic[T]):
             return None
 
     def _detach(self) -> Finished[T] | None:
-        """Stop waiting: detach and return None, or take the outcome if it just arrived."""
+        """Stop waiting: detach and return None, or take the outcome if it just arrived
+        (a call still queued is withdrawn)."""
         with self._mutex:
             outcome = self._outcome
             if outcome is not None:
                 self._outcome = None
-            self._notify = None
-            self._claimed = False
-            self._accept = None
-            return outcome
+            withdrawn = self._unclaim()
+        if withdrawn:
+            self._withdraw()
+        return outcome
 
     def _wake_lost(self) -> None:
         """The claimant's loop was closed with our wake-up still queued: it will never look.
@@ -237,9 +304,10 @@ class Offload(Generic[T]):
         if outcome is not None:
             self._dispose(outcome)
 
-    def _give_up(self) -> None:
-        """Stop waiting because of an exception; dispose of an outcome that just arrived
-        (unless the claim accepted it: then the claimant owns it)."""
+    def let_go(self) -> None:
+        """End the claim without waiting any more (an exception, or a claim left behind by
+        an interrupted claimant): dispose of an outcome that arrived (unless the claim
+        accepted it: then the claimant owns it); a call still queued is withdrawn."""
         accepting = self._accept is not None
         outcome = self._detach()
         if outcome is not None and not accepting:
@@ -262,7 +330,7 @@ class Offload(Generic[T]):
         try:
             parked.acquire(timeout=wait)
         except BaseException:
-            self._give_up()
+            self.let_go()
             raise
         return self._detach()
 
@@ -301,7 +369,7 @@ class Offload(Generic[T]):
                 if not woken(exc, fut, task, before):
                     raise  # the task itself was cancelled
         except BaseException:
-            self._give_up()
+            self.let_go()
             raise
         finally:
             if timer is not None:
@@ -325,16 +393,17 @@ class Offload(Generic[T]):
         return self._take()
 
     def _abort_trio(self, _: RaiseCancelT) -> Abort:
-        """trio's abort function of the claimant: detach, unless the outcome just arrived."""
+        """trio's abort function of the claimant: detach (withdrawing a call still queued),
+        unless the outcome just arrived."""
         from trio.lowlevel import Abort
 
         with self._mutex:
             if self._done:
                 return Abort.FAILED  # the outcome's wake is on its way
-            self._notify = None
-            self._claimed = False
-            self._accept = None
-            return Abort.SUCCEEDED
+            withdrawn = self._unclaim()
+        if withdrawn:
+            self._withdraw()
+        return Abort.SUCCEEDED
 
 
 def _release(parked: threading.Lock) -> bool:

@@ -22,11 +22,12 @@ from ._context import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, LockContext, timeou
 from ._contract import FlightBackend, LockBackend, WideScope
 from ._local import LocalBackend, LocalContext, settle
 from ._localflight import LocalFlightBackend, Outcome, recursion_error
-from ._lockfile import FileBackend, KeyOffset, default_path, key_offset
+from ._lockfile import DEFAULT_MAX_THREADS, FileBackend, KeyOffset, default_path, key_offset
 from ._wide import WideBackend, WideContext
 
 __all__ = [
     "BAD_EXIT",
+    "DEFAULT_MAX_THREADS",
     "ENTERED",
     "EXITED",
     "NEW",

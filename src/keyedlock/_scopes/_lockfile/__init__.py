@@ -11,9 +11,11 @@ from __future__ import annotations
 from ._filebackend import FileBackend, FileContext
 from ._keys import KeyOffset, key_offset, offset_of
 from ._paths import default_path
-from ._scope import FileScope, not_held_error
+from ._scope import DEFAULT_MAX_THREADS, WAIT_THREAD, FileScope, not_held_error
 
 __all__ = [
+    "DEFAULT_MAX_THREADS",
+    "WAIT_THREAD",
     "FileBackend",
     "FileContext",
     "FileScope",

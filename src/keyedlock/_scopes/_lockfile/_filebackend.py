@@ -25,7 +25,7 @@ from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_er
 from .._local import watched_table
 from .._wide import WideBackend, WideContext
 from ._keys import SETLK, KeyOffset, fcntl_call
-from ._scope import FileScope
+from ._scope import DEFAULT_MAX_THREADS, FileScope
 
 __all__ = ["FileBackend", "FileContext"]
 
@@ -101,7 +101,7 @@ class FileContext(WideContext):
                 fcntl_call(fd, SETLK, self._key.unlock)
                 self._table.leave(self._key, self)
             else:
-                backend.release(self, None)  # a private descriptor, or no record: it says why
+                backend.release(self, None)  # the waits' descriptor, or no record: it says why
         except BaseException:
             backend.undo(self)  # interrupted: never leave the key held
             raise
@@ -125,8 +125,9 @@ class FileBackend(WideBackend):
         path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None,
         max_waiters: int | None,
         fast_acquire: bool = False,
+        max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
-        super().__init__(FileScope(path), max_waiters, fast_acquire)
+        super().__init__(FileScope(path, max_threads), max_waiters, fast_acquire)
         _live.add(self)
 
     def forked(self) -> None:

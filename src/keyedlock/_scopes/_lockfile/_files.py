@@ -1,6 +1,6 @@
 """The lock file's descriptors: opened, registered and closed safely, across ``fork``.
 
-A :class:`LockFile` owns the *shared* descriptor (``fd``) and every private
+A :class:`LockFile` owns the *shared* descriptor (``fd``) and every other
 one it opens (``fds``). Descriptors are opened, registered and closed under
 :data:`FDS_LOCK`, which ``fork`` takes, so a child's list is exact; a fork
 child closes (never unlocks: that would drop the parent's locks) every
@@ -25,17 +25,15 @@ from ._paths import identity, open_default, open_path, unsupported_reason
 __all__ = ["FDS_LOCK", "LockFile", "fds_lock"]
 
 
-def _out_of_descriptors(exc: OSError, path: str) -> OSError:
-    """A clear error for a kernel wait that could not get a descriptor of its own."""
+def _out_of_descriptors(exc: OSError, path: str, remedy: str) -> OSError:
+    """A clear error for a descriptor the lock file could not get: what ran out, and
+    ``remedy``."""
     limit = "the process's limit on open files (RLIMIT_NOFILE, `ulimit -n`)"
     if exc.errno == errno.ENFILE:
         limit = "the system-wide limit on open files"
     error = OSError(
         exc.errno,
-        f"FileKeyedLock could not open the lock file {path!r} again to wait for a key held "
-        f"by another process: {limit} is reached. Each key this process waits for "
-        "asynchronously or with a timeout holds one descriptor while it waits; raise the "
-        "limit, or wait for fewer keys at once",
+        f"FileKeyedLock could not open the lock file {path!r} again: {limit} is reached; {remedy}",
     )
     error.__cause__ = exc
     return error
@@ -142,6 +140,10 @@ class LockFile:
 
     # -- descriptors -------------------------------------------------------
 
+    def remedy(self) -> str:
+        """What to do when the descriptors run out (said by the error that reports it)."""
+        return "raise the limit, or use fewer descriptors"
+
     def _open_again(self, template: int) -> int:
         """Under FDS_LOCK: a new open file description of the lock file, registered.
 
@@ -155,7 +157,7 @@ class LockFile:
                 fd = os.open(f"/proc/self/fd/{template}", os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    raise _out_of_descriptors(exc, self._path) from None
+                    raise _out_of_descriptors(exc, self._path, self.remedy()) from None
                 fd = -1
         if fd < 0:
             try:
@@ -164,7 +166,7 @@ class LockFile:
                 fd = -1
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    raise _out_of_descriptors(exc, self._path) from None
+                    raise _out_of_descriptors(exc, self._path, self.remedy()) from None
                 raise
             if fd < 0 or identity(fd) != self._ident:
                 if fd >= 0:
@@ -186,13 +188,6 @@ class LockFile:
             if self.fd < 0:
                 self.fd = self._open_again(-1)
             return self.fd
-
-    def close(self, fd: int) -> None:
-        """Close a private descriptor (dropping its lock), if it is still registered."""
-        with FDS_LOCK:
-            if fd in self.fds:
-                self.fds -= {fd}  # (no call: nothing between this and the close below)
-                os.close(fd)
 
     def forked(self) -> None:
         """In a fork child: close every inherited descriptor (never unlock), hold nothing."""

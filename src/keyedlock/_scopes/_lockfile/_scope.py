@@ -16,30 +16,48 @@ which shapes everything here:
   threads without a timeout (``F_OFD_SETLKW`` in the caller's thread; Ctrl-C
   interrupts it). A wait that may be abandoned (an async caller, or a
   timeout) runs in a daemon helper thread (an
-  :class:`~keyedlock._runtime.Offload`) on a *private* descriptor (the file
-  opened again), so that a lock the kernel grants after its waiter gave up
-  can be dropped without touching anything else. ``held`` records, for each
+  :class:`~keyedlock._runtime.Offload`) on the *waits' descriptor*
+  (``waits_fd``: the file opened once more, on the first such wait), so
+  that a lock the kernel grants after its waiter gave up can be dropped
+  without touching the shared descriptor's locks. ``held`` records, for each
   local holder (keyed by its hold), the descriptor that holds its byte;
-  release unlocks through that one (a private one is closed, which drops its
-  lock).
+  release unlocks through that one.
+- Helper threads are capped per scope (``threads``, an
+  :class:`~keyedlock._runtime.OffloadPool` of ``max_threads``): a blocked
+  ``F_OFD_SETLKW`` needs a thread of its own, so beyond the cap a wait is
+  queued (first in, first out) and starts in the first thread that finishes
+  its wait. A queued wait whose waiter gives up is withdrawn at once: it
+  never reaches the kernel. All waits share the one waits' descriptor, so
+  a process needs two descriptors per scope however many keys it waits for
+  or holds.
 - A waiter that gives up leaves its kernel wait running (``F_OFD_SETLKW``
   cannot be interrupted): the next local holder of that offset adopts it
-  instead of starting another thread, so there is at most one helper thread
-  per offset. If the kernel grants it while nobody has adopted it, the helper
-  thread unlocks and closes it at once (the waiter's event loop may be gone).
+  instead of starting another thread, so there is at most one kernel wait
+  (and one helper thread) per offset. If the kernel grants it while nobody
+  has adopted it, the helper thread unlocks it at once (the waiter's event
+  loop may be gone).
+- One wait per offset is also what makes the waits' descriptor safe to
+  share: its locks on one byte all come from that byte's wait. A new wait
+  for an offset starts only once the previous one ended and gave back what
+  it was granted (:meth:`FileScope.end_wait`, exactly once per wait), and a
+  lock granted to a claimant is released by that claimant only.
 - A forked child shares its parent's descriptions. After ``fork`` the child
   closes (never unlocks: that would drop the parent's locks) every inherited
   descriptor, opens a description of its own and starts with nothing held.
   (See :mod:`._files`.)
 
-Interrupts: a hold's record is written *before* its byte is locked, marked
-as in progress (``~fd``, negative), and completed once the kernel said yes;
-it is taken for release in one step with no signal check in between (``fd =
-held[hold]; del held[hold]``, no call). So a signal at any point leaves either
-a record the cleanup (:meth:`FileScope.abandon`) acts on (an unlock of a byte
-one does not hold is harmless), or nothing to act on. ``release(key)`` from
-another thread releases only complete records: a caller still locking in the
-kernel does not hold the key yet.
+Interrupts: a hold's record is written *before* its byte is locked through
+the shared descriptor, marked as in progress (``~fd``, negative), and
+completed once the kernel said yes (a helper thread's grant is recorded
+complete, at once); it is taken for release in one step with no signal check
+in between (``fd = held[hold]; del held[hold]``, no call). So a signal at any
+point leaves either a record the cleanup (:meth:`FileScope.abandon`) acts on
+(an unlock through the shared descriptor of a byte one does not hold is
+harmless: only the key's local holder locks it there), or nothing to act on.
+The cleanup also lets go of the hold's claim on a kernel wait, so that an
+interrupted claimant never keeps one. ``release(key)`` from another thread
+releases only complete records: a caller still locking in the kernel does
+not hold the key yet.
 """
 
 from __future__ import annotations
@@ -52,7 +70,7 @@ from typing import Any, cast
 
 from ..._core import Hold
 from ..._ki import internal
-from ..._runtime import Finished, Offload
+from ..._runtime import Finished, Offload, OffloadPool
 from ._files import LockFile, fds_lock
 from ._keys import (
     BUSY,
@@ -67,7 +85,13 @@ from ._keys import (
     offsets,
 )
 
-__all__ = ["FileScope", "not_held_error"]
+__all__ = ["DEFAULT_MAX_THREADS", "WAIT_THREAD", "FileScope", "not_held_error"]
+
+#: How many helper threads (each with a descriptor) one scope waits in at most, by default.
+DEFAULT_MAX_THREADS = 64
+
+#: The name of the helper threads that wait in the kernel.
+WAIT_THREAD = "keyedlock-file-wait"
 
 
 def not_held_error(local_key: object) -> RuntimeError:
@@ -83,20 +107,39 @@ def not_held_error(local_key: object) -> RuntimeError:
 
 @internal
 class _KernelWait:
-    """A blocking ``F_OFD_SETLKW`` on a private descriptor, in a helper thread."""
+    """A blocking ``F_OFD_SETLKW`` on the waits' descriptor, in a thread of the scope's pool."""
 
-    __slots__ = ("fd", "holder", "job", "offset", "owned", "scope")
+    __slots__ = ("claimant", "ended", "fd", "granted", "holder", "job", "offset", "owned", "scope")
 
     def __init__(self, scope: FileScope, offset: KeyOffset, fd: int) -> None:
         self.scope = scope
         self.offset = offset
         self.fd = fd
+        #: The hold whose claim is on the wait (None once it let go).
+        self.claimant: Hold | None = None
+        #: Set (in the helper thread) once the kernel granted the lock.
+        self.granted = False
         #: Set once a claimant (``holder``) was granted the lock through this wait.
         self.owned = False
         self.holder: Hold | None = None
+        #: Set by :meth:`FileScope.end_wait`, which deals with a wait's grant once.
+        self.ended = False
         self.job: Offload[bytes] = Offload(
-            partial(fcntl_call, fd, SETLKW, offset), self._drop, name="keyedlock-file-wait"
+            self._wait, self._drop, name=WAIT_THREAD, pool=scope.threads, withdrawn=self._withdrawn
         )
+
+    def _wait(self) -> bytes:
+        """In the helper thread: the kernel wait."""
+        reply = fcntl_call(self.fd, SETLKW, self.offset)
+        self.granted = True  # (before the outcome is delivered: whoever ends the wait sees it)
+        return reply
+
+    def claim(self, hold: Hold) -> bool:
+        """Under FDS_LOCK: make ``hold`` the wait's claimant; False if it cannot be claimed."""
+        if not self.job.claim(partial(self.accept, hold)):
+            return False
+        self.claimant = hold
+        return True
 
     def accept(self, hold: Hold, finished: Finished[bytes]) -> None:
         """The kernel answered while ``hold`` waited: record a grant for it, at once."""
@@ -106,7 +149,11 @@ class _KernelWait:
             self.scope.held[hold] = self.fd
 
     def _drop(self, finished: Finished[bytes]) -> None:
-        """Nobody wants the outcome: give the lock back (if granted) and close the descriptor."""
+        """Nobody wants the outcome: give the lock back, if granted."""
+        self.scope.end_wait(self)
+
+    def _withdrawn(self) -> None:
+        """The waiter gave up before the wait got a thread: forget it (it holds nothing)."""
         self.scope.end_wait(self)
 
 
@@ -120,27 +167,57 @@ class FileScope(LockFile):
     The attributes the fast path of :mod:`._filebackend` uses: ``fd`` (the shared
     descriptor; -1 until a fork child reopens it), ``held`` (hold -> the
     descriptor holding its byte, or ``~fd`` while it is being locked through
-    ``fd``) and ``pending`` (offset -> a kernel wait left running by a waiter
-    that gave up).
+    ``fd``) and ``pending`` (offset -> the kernel wait of the offset's local
+    holder, running or queued for a thread, or left running by a waiter that
+    gave up).
+
+    ``max_threads``: how many helper threads the scope waits in at most; the
+    waits beyond are queued for a thread.
     """
 
-    __slots__ = ("held", "pending")
+    __slots__ = ("held", "pending", "threads", "waits_fd")
 
     held: dict[Hold, int]
     pending: dict[Hashable, _KernelWait]
+    threads: OffloadPool
 
     def __init__(
-        self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None
+        self,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None = None,
+        max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
+        self.threads = OffloadPool(max_threads, WAIT_THREAD)
+        self.waits_fd = -1
         super().__init__(path)
         self.held = {}
         self.pending = {}
 
+    @property
+    def max_threads(self) -> int:
+        """The cap on helper threads (see the class docstring)."""
+        return self.threads.limit
+
     def forked(self) -> None:
         """In a fork child: close every inherited descriptor (never unlock), hold nothing."""
         super().forked()
+        self.waits_fd = -1  # (closed with the other inherited descriptors)
         self.held = {}
         self.pending = {}
+        self.threads.forked()
+
+    def remedy(self) -> str:
+        """What to do when the descriptors run out (see :meth:`LockFile.remedy`)."""
+        return (
+            "raise the limit (each FileKeyedLock needs two descriptors once it waits for a key "
+            "held by another process, however many keys it waits for)"
+        )
+
+    def waits_descriptor(self) -> int:
+        """Under FDS_LOCK: the waits' descriptor, opened on first use."""
+        fd = self.waits_fd
+        if fd < 0:
+            fd = self.waits_fd = self._open_again(self.fd)
+        return fd
 
     # -- WideScope ---------------------------------------------------------
 
@@ -222,7 +299,13 @@ class FileScope(LockFile):
         return True
 
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
-        """After an interrupt: unlock whatever ``hold`` holds or was locking; False if nothing."""
+        """After an interrupt: unlock whatever ``hold`` holds or was locking, and let go of its
+        claim on a kernel wait; False if it held nothing."""
+        pending = self.pending
+        wait = pending.get(local_key) if pending else None
+        if wait is not None and wait.claimant is hold:
+            wait.claimant = None
+            wait.job.let_go()  # (a grant that arrives now goes to the helper thread, or is held)
         held = self.held
         try:
             fd = held[hold]
@@ -233,10 +316,7 @@ class FileScope(LockFile):
         return True
 
     def _unlock(self, offset: KeyOffset, fd: int) -> None:
-        if fd == self.fd:
-            fcntl_call(fd, SETLK, offset.unlock)
-        else:
-            self.close(fd)  # a private descriptor, from a wait in a helper thread
+        fcntl_call(fd, SETLK, offset.unlock)  # the shared descriptor, or the waits' one
 
     def locked(self, local_key: Hashable) -> bool:
         """True if another open file description holds the key's byte (``F_OFD_GETLK``).
@@ -254,23 +334,38 @@ class FileScope(LockFile):
     # -- kernel waits in helper threads ------------------------------------
 
     def _start_wait(self, offset: KeyOffset, hold: Hold) -> _KernelWait:
-        """Adopt the offset's pending kernel wait, or start one on a private descriptor."""
+        """Adopt the offset's pending kernel wait, or start one (queued if every helper thread
+        is busy)."""
         with fds_lock():
             wait = self.pending.get(offset)
-            if wait is not None and wait.job.claim(partial(wait.accept, hold)):
-                return wait
-            if wait is not None and not wait.owned:
-                self.end_wait(wait)  # finished unclaimed, or failed: it is being dropped
-            # None pending (or it just finished): a new one.
-            wait = _KernelWait(self, offset, self._open_again(self.fd))
-            wait.job.claim(partial(wait.accept, hold))
+            if wait is not None:
+                if wait.claim(hold):
+                    return wait  # adopted
+                if not wait.job.done:
+                    # Claimed by a caller that is no longer the key's local holder
+                    # (interrupted before it let go): its claim is void.
+                    wait.job.let_go()
+                    if wait.claim(hold):
+                        return wait
+                if not wait.owned:
+                    self.end_wait(wait)  # finished unclaimed, failed or withdrawn: ended here
+            # None pending (or it just ended): a new one.
+            wait = _KernelWait(self, offset, self.waits_descriptor())
+            wait.claim(hold)
             self.pending[offset] = wait
-        wait.job.start()
+        try:
+            wait.job.start()
+        except RuntimeError:  # no thread could start: it never runs
+            with fds_lock():
+                if self.pending.get(offset) is wait:
+                    del self.pending[offset]
+            raise
         return wait
 
     def _settle(self, wait: _KernelWait, finished: Finished[bytes] | None, hold: Hold) -> bool:
         """The claimant stopped waiting: True if it was granted the lock (its record is
-        there), False if it timed out (the wait keeps running, to be adopted); the error."""
+        there), False if it timed out (the wait keeps running, to be adopted, unless it was
+        still queued: then it was withdrawn); the error."""
         if hold in self.held:
             with fds_lock():
                 if self.pending.get(wait.offset) is wait:
@@ -282,12 +377,24 @@ class FileScope(LockFile):
         return False
 
     def end_wait(self, wait: _KernelWait) -> None:
-        """Forget a kernel wait nobody holds through: closing its descriptor drops its lock."""
+        """Forget a finished (or withdrawn) kernel wait, and unlock a grant nobody holds
+        through: once per wait, whoever calls first (the helper thread, the next waiter)."""
         with fds_lock():
+            if not wait.job.done or wait.ended:
+                return  # still in the kernel (its thread ends it), or ended already
+            wait.ended = True
             if self.pending.get(wait.offset) is wait:
                 del self.pending[wait.offset]
+            if not wait.granted:
+                return  # failed or withdrawn: nothing to give back
             hold = wait.holder
-            held = self.held
-            if hold is not None and hold in held and held[hold] == wait.fd:
-                del held[hold]  # granted to a claimant whose loop is gone
-            self.close(wait.fd)
+            if hold is not None:
+                # Granted to a claimant whose loop is gone: its record goes with the lock.
+                held = self.held
+                if held.get(hold) != wait.fd:
+                    return  # released by its holder already (that unlocked it)
+                try:
+                    del held[hold]  # the claim, as in release()
+                except KeyError:
+                    return  # released in the same instant
+            fcntl_call(wait.fd, SETLK, wait.offset.unlock)

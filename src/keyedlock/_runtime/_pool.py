@@ -1,0 +1,114 @@
+"""A cap on the helper threads of a family of offloads: the calls beyond it wait their turn.
+
+A blocking call (a kernel lock wait) needs a thread of its own for as long
+as it blocks: nothing can wait for several of them in one thread. An
+:class:`OffloadPool` bounds how many such threads run at once. A call
+submitted while ``limit`` threads are busy is queued, first in, first out,
+and starts in the first thread that finishes its call: that thread takes the
+next queued call instead of ending, so nothing polls and no thread waits
+idle. A thread that finds the queue empty ends.
+
+A queued call has not started: it can be *withdrawn* (its waiter gave up),
+and then never runs. :class:`~keyedlock._runtime.Offload` does that when its
+claimant stops waiting before the call got a thread.
+
+A fork child starts with an empty pool (:meth:`OffloadPool.forked`): the
+parent's threads and queued calls did not fork with it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Protocol
+
+from .._ki import internal
+
+__all__ = ["OffloadPool", "Queued"]
+
+
+class Queued(Protocol):
+    """A call an :class:`OffloadPool` runs: ``run()`` must not raise."""
+
+    def run(self) -> None: ...
+
+
+@internal
+class OffloadPool:
+    """At most ``limit`` daemon threads named ``name``, running queued calls in FIFO order."""
+
+    __slots__ = ("_mutex", "_queue", "_running", "limit", "name")
+
+    def __init__(self, limit: int, name: str) -> None:
+        if limit < 1:
+            raise ValueError(f"an offload pool needs at least one thread, got {limit!r}")
+        self.limit = limit
+        self.name = name
+        self._mutex = threading.Lock()
+        self._running = 0
+        self._queue: OrderedDict[Queued, None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"<OffloadPool {self.name} threads={self._running}/{self.limit} "
+            f"queued={len(self._queue)}>"
+        )
+
+    @property
+    def threads(self) -> int:
+        """How many of the pool's threads are running a call."""
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        """How many calls wait for a thread."""
+        return len(self._queue)
+
+    def submit(self, call: Queued) -> None:
+        """Run ``call.run()`` in a thread of the pool now, or queue it until one is free."""
+        with self._mutex:
+            if self._running >= self.limit:
+                self._queue[call] = None
+                return
+            self._running += 1
+        try:
+            threading.Thread(target=self._work, args=(call,), name=self.name, daemon=True).start()
+        except BaseException:
+            with self._mutex:
+                self._running -= 1
+            raise
+
+    def withdraw(self, call: Queued) -> bool:
+        """Take ``call`` out of the queue; False if it is not queued (it started already)."""
+        with self._mutex:
+            if call not in self._queue:
+                return False
+            del self._queue[call]
+            return True
+
+    def forked(self) -> None:
+        """In a fork child: no thread and nothing queued (a new mutex: the parent's may be held)."""
+        self._mutex = threading.Lock()
+        self._running = 0
+        self._queue = OrderedDict()
+
+    def _work(self, call: Queued) -> None:
+        """A thread of the pool: run ``call``, then each queued call in turn, until none is left."""
+        try:
+            while True:
+                call.run()
+                with self._mutex:
+                    if not self._queue:
+                        self._running -= 1
+                        return
+                    call = self._queue.popitem(last=False)[0]
+        except BaseException:
+            # run() does not raise; if it ever did, the queue must not be stranded.
+            with self._mutex:
+                self._running -= 1
+                restart = bool(self._queue)
+                if restart:
+                    call = self._queue.popitem(last=False)[0]
+            if restart:
+                self.submit(call)
+            raise
