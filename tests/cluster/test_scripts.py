@@ -15,7 +15,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from keyedlock._scopes._redis._scripts import (
+from keyedlock._scopes._redis import (
     TOKEN_KEEP_MS,
     Granted,
     LockKeys,

@@ -27,7 +27,7 @@ def test_importing_keyedlock_does_not_import_redis() -> None:
         """
         import sys
         import keyedlock
-        import keyedlock._scopes._redis._scripts
+        import keyedlock._scopes._redis
         assert "redis" not in sys.modules, "keyedlock imported redis"
         """
     )
