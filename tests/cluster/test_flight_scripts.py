@@ -46,14 +46,16 @@ def keys() -> FlightKeys:
 
 
 def join(
-    client: AnyClient, keys: FlightKeys, member: str, *, lease_ms: int = LONG
+    client: AnyClient, keys: FlightKeys, member: str, *, lease_ms: int = LONG, previous: str = ""
 ) -> Granted | Following | Done:
-    call = flight_join(keys, member, lease_ms=lease_ms, place_ms=LONG)
+    call = flight_join(keys, member, lease_ms=lease_ms, place_ms=LONG, previous=previous)
     return parse_flight_join(run(client, call))
 
 
-def leads(client: AnyClient, keys: FlightKeys, member: str, *, lease_ms: int = LONG) -> int:
-    reply = join(client, keys, member, lease_ms=lease_ms)
+def leads(
+    client: AnyClient, keys: FlightKeys, member: str, *, lease_ms: int = LONG, previous: str = ""
+) -> int:
+    reply = join(client, keys, member, lease_ms=lease_ms, previous=previous)
     assert isinstance(reply, Granted), f"{member} does not lead: {reply}"
     return reply.token
 
@@ -149,9 +151,7 @@ def test_a_blocked_follower_gets_the_outcome(any_client: AnyClient, keys: Flight
     )
     follower.start()
     try:
-        wait_until(
-            lambda: any_client.zscore(keys.followers("a"), "b") is not None, "b follows"
-        )
+        wait_until(lambda: any_client.zscore(keys.followers("a"), "b") is not None, "b follows")
         assert finish(any_client, keys, "a", b"value") == 1
     finally:
         follower.join(WAIT)
@@ -184,8 +184,36 @@ def test_abandon_tells_the_followers_to_ask_again(any_client: AnyClient, keys: F
     assert run(any_client, flight_abandon(keys, "a", place_ms=LONG)) == 2
     assert woken(any_client, keys, "b") is None
     assert woken(any_client, keys, "c") is None
-    assert leads(any_client, keys, "b") > first
-    assert follows(any_client, keys, "c").lead == "b"
+    assert leads(any_client, keys, "b", previous="a") > first
+    # b took the call over: c follows it before it even asks again.
+    assert sorted(any_client.zrange(keys.followers("b"), 0, -1)) == [b"c"]
+    assert finish(any_client, keys, "b", b"value") == 1
+    assert join(any_client, keys, "c") == Done(b"value")
+
+
+def test_the_first_follower_to_ask_again_takes_over_a_crashed_leaders_call(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    leads(any_client, keys, "a", lease_ms=SHORT)
+    follows(any_client, keys, "b")
+    follows(any_client, keys, "c")
+    wait_server_ms(any_client, keys.lead, SHORT)  # a crashed: its lease runs out
+    leads(any_client, keys, "c", previous="a")
+    assert finish(any_client, keys, "c", b"once") == 1  # before b even asked again
+    assert join(any_client, keys, "b", previous="a") == Done(b"once")
+
+
+def test_asking_again_finds_the_outcome_behind_an_ask_again(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    leads(any_client, keys, "a")
+    follows(any_client, keys, "b")
+    run(any_client, flight_abandon(keys, "a", place_ms=LONG))
+    leads(any_client, keys, "c")
+    follows(any_client, keys, "b")
+    finish(any_client, keys, "c", b"value")
+    any_client.rpush(keys.wake("b"), "!")  # an older "ask again" behind the outcome
+    assert join(any_client, keys, "b") == Done(b"value")
 
 
 def test_renew_extends_only_the_leaders_lease(any_client: AnyClient, keys: FlightKeys) -> None:

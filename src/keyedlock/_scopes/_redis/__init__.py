@@ -1,8 +1,9 @@
 """The cluster scope: keyed locks and single-flight shared through Redis or Valkey.
 
 So far this holds the server side only: the Lua scripts of a fair, fenced, leased lock
-(:mod:`._lockscripts`) and of single-flight across hosts (:mod:`._flightscripts`), with what
-they share (:mod:`._lua`: names, calls, tokens). The client side plugs in later.
+(:mod:`._lockscripts`, its calls and replies in :mod:`._lockcalls`) and of single-flight
+across hosts (:mod:`._flightscripts`), with what they share (:mod:`._lua`: names, calls,
+tokens). The client side plugs in later.
 
 Nothing here imports a client library: ``import keyedlock`` never imports ``redis``.
 """
@@ -26,15 +27,12 @@ from ._flightscripts import (
     parse_flight_join,
     parse_flight_wake,
 )
-from ._lockscripts import (
-    LOCK_SCRIPTS,
+from ._lockcalls import (
     Granted,
-    LockKeys,
     Refreshed,
     Waiting,
     acquire,
     inspect,
-    lock_keys,
     parse_acquire,
     parse_inspect,
     parse_refresh,
@@ -44,6 +42,7 @@ from ._lockscripts import (
     renew,
     withdraw,
 )
+from ._lockscripts import LOCK_SCRIPTS, LockKeys, lock_keys
 from ._lua import TOKEN_KEEP_MS, Call, Script, hash_tag
 
 #: Every script (to ``SCRIPT LOAD`` up front).

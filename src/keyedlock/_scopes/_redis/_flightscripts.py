@@ -22,7 +22,10 @@ Protocol
 
 - ``[2, outcome]``: an outcome is there for this caller: one pushed to its wake list (it
   followed a call that finished while it was between two waits), or the kept one (``ttl``);
-- ``[1, token]``: the caller leads (no live leader: ``SET NX`` semantics, a new token);
+- ``[1, token]``: the caller leads (no live leader: ``SET NX`` semantics, a new token). A
+  follower whose leader is gone (it gave up, or its lease ran out) names that leader
+  (``previous``) and takes its call over: the other followers of that call follow it now,
+  so the call still runs once for all of them, whoever asks again first;
 - ``[0, pttl, lead]``: it follows the call ``lead`` leads (a place in that call's followers,
   renewed by asking again or by ``flight_refresh``), and blocks on its wake list for at most
   the leader's remaining lease.
@@ -31,9 +34,10 @@ Protocol
 call (whether or not it is still the key's current call: see forget) and, if the caller still
 leads the key, ends the call and keeps the outcome ``keep_ms`` (0: not at all). Its reply is
 the number of followers woken. ``flight_abandon(lead)`` ends the call without an outcome and
-pushes ``!`` ("ask again") to its followers: the first of them to ask again leads. A leader
-that crashes leaves no outcome: its lease runs out, the followers' pops time out, they join
-again and one of them leads, with a larger token.
+pushes ``!`` ("ask again") to its followers: the first of them to ask again takes it over. A
+leader that crashes leaves no outcome: its lease runs out, the followers' pops time out, they
+join again and the first of them takes it over, with a larger token. A follower asking again
+takes every outcome pushed to it, and keeps the first one (``=``).
 
 ``flight_forget()`` detaches the current call: new callers start a new one, while the
 detached call still serves its followers (their set is named after its leader) and, as it no
@@ -45,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._lockscripts import Granted
+from ._lockcalls import Granted
 from ._lua import (
     CLOCK,
     TOKENS,
@@ -134,8 +138,8 @@ local function keep_followers(followers_key)
   end
 end
 
--- Push a message to every live follower of the caller's call; the set is gone after.
-local function wake_followers(message, keep_ms)
+-- Push a message to every live follower of the caller's call; with ``drop``, the set goes.
+local function wake_followers(message, keep_ms, drop)
   local followers_key = base .. 'followers:' .. member
   redis.call('ZREMRANGEBYSCORE', followers_key, '-inf', int(now))
   local live = redis.call('ZRANGE', followers_key, 0, -1)
@@ -144,7 +148,9 @@ local function wake_followers(message, keep_ms)
     redis.call('LPUSH', wake_key, message)
     redis.call('PEXPIRE', wake_key, int(keep_ms))
   end
-  redis.call('DEL', followers_key)
+  if drop then
+    redis.call('DEL', followers_key)
+  end
   return #live
 end
 """
@@ -153,10 +159,14 @@ end
 _FLIGHT_JOIN = (
     _FLIGHT
     + """
-local lease_ms, place_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
-local woken = redis.call('LPOP', base .. 'wake:' .. member)
-if woken and string.sub(woken, 1, 1) == '=' then
-  return {2, string.sub(woken, 2)}
+local lease_ms, place_ms, previous = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local wake_key = base .. 'wake:' .. member
+local woken = redis.call('LRANGE', wake_key, 0, -1)
+redis.call('DEL', wake_key)
+for i = 1, #woken do
+  if string.sub(woken[i], 1, 1) == '=' then
+    return {2, string.sub(woken[i], 2)}
+  end
 end
 local outcome = redis.call('GET', outcome_key)
 if outcome then
@@ -169,6 +179,15 @@ if leader == member then
 end
 if not leader then
   redis.call('SET', lead_key, member, 'PX', int(lease_ms))
+  if previous ~= '' and previous ~= member then
+    -- It takes over the call it followed: the other followers of that call follow it now.
+    local old_key = base .. 'followers:' .. previous
+    redis.call('ZREM', old_key, member)
+    redis.call('ZREMRANGEBYSCORE', old_key, '-inf', int(now))
+    if redis.call('EXISTS', old_key) == 1 then
+      redis.call('RENAME', old_key, base .. 'followers:' .. member)
+    end
+  end
   return {1, next_token(lease_ms)}
 end
 local followers_key = base .. 'followers:' .. leader
@@ -188,7 +207,7 @@ if redis.call('GET', lead_key) == member then
     redis.call('SET', outcome_key, outcome, 'PX', int(keep_ms))
   end
 end
-return wake_followers('=' .. outcome, place_ms)
+return wake_followers('=' .. outcome, place_ms, true)
 """
 )
 
@@ -199,7 +218,8 @@ local place_ms = tonumber(ARGV[3])
 if redis.call('GET', lead_key) == member then
   redis.call('DEL', lead_key)
 end
-return wake_followers('!', place_ms)
+-- The set stays: the first follower to ask again takes the call over, and its followers.
+return wake_followers('!', place_ms, false)
 """
 )
 
@@ -278,10 +298,15 @@ def _keep(value: int) -> int:
     return value
 
 
-def flight_join(keys: FlightKeys, member: str, *, lease_ms: int, place_ms: int) -> Call:
-    """Get the outcome, lead the flight, or follow it: :func:`parse_flight_join`."""
+def flight_join(
+    keys: FlightKeys, member: str, *, lease_ms: int, place_ms: int, previous: str = ""
+) -> Call:
+    """Get the outcome, lead the flight, or follow it: :func:`parse_flight_join`.
+
+    ``previous``: the leader of the call ``member`` followed so far; if ``member`` leads now,
+    it takes over that call's followers."""
     args = (keys.base, check_id(member, "member"), check_ms(lease_ms, "lease_ms"))
-    return Call(FLIGHT_JOIN, keys.keys, (*args, check_ms(place_ms, "place_ms")))
+    return Call(FLIGHT_JOIN, keys.keys, (*args, check_ms(place_ms, "place_ms"), previous))
 
 
 def flight_finish(

@@ -1,7 +1,7 @@
 """The lock's server-side scripts: a fair, fenced, leased lock on Redis or Valkey.
 
-Nothing here talks to a server: Lua sources, the names they work on, builders of each call
-and parsers of their replies (see :mod:`._lua` for names and tokens).
+Nothing here talks to a server: the Lua sources and the names they work on (see :mod:`._lua`
+for names and tokens; :mod:`._lockcalls` builds each call and reads its reply).
 
 Key layout
 ==========
@@ -83,21 +83,9 @@ side lets at most one caller per key and process reach the server).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from ._lua import (
-    CLOCK,
-    TOKENS,
-    Call,
-    Script,
-    check_id,
-    check_ms,
-    key_base,
-    reply_int,
-    reply_pair,
-)
+from ._lua import CLOCK, TOKENS, Script, key_base
 
 __all__ = [
     "ACQUIRE",
@@ -107,21 +95,8 @@ __all__ = [
     "RELEASE",
     "RENEW",
     "WITHDRAW",
-    "Granted",
     "LockKeys",
-    "Refreshed",
-    "Waiting",
-    "acquire",
-    "inspect",
     "lock_keys",
-    "parse_acquire",
-    "parse_inspect",
-    "parse_refresh",
-    "parse_wake",
-    "refresh",
-    "release",
-    "renew",
-    "withdraw",
 ]
 
 
@@ -384,88 +359,3 @@ INSPECT = Script("inspect", _INSPECT)
 
 #: The scripts of the lock (to ``SCRIPT LOAD`` up front).
 LOCK_SCRIPTS = (ACQUIRE, RELEASE, RENEW, REFRESH, WITHDRAW, INSPECT)
-
-
-# --- calls -----------------------------------------------------------------------------------
-
-
-def acquire(
-    keys: LockKeys, waiter: str, *, lease_ms: int, place_ms: int, queue: bool = True
-) -> Call:
-    """Take the key, or (``queue``) a place in line: :func:`parse_acquire` reads the reply."""
-    args = (keys.wake_prefix, check_id(waiter, "waiter"), check_ms(lease_ms, "lease_ms"))
-    return Call(ACQUIRE, keys.keys, (*args, check_ms(place_ms, "place_ms"), 1 if queue else 0))
-
-
-def release(keys: LockKeys, waiter: str) -> Call:
-    """Release the key if ``waiter`` owns it and hand it on: ``1``, or ``0`` if not the owner."""
-    return Call(RELEASE, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
-
-
-def renew(keys: LockKeys, waiter: str, *, lease_ms: int) -> Call:
-    """Extend the owner's lease to ``lease_ms``: ``1``, or ``0`` if ``waiter`` does not own it."""
-    args = (keys.wake_prefix, check_id(waiter, "waiter"), check_ms(lease_ms, "lease_ms"))
-    return Call(RENEW, keys.keys, args)
-
-
-def refresh(keys: LockKeys, waiter: str, *, lease_ms: int, place_ms: int) -> Call:
-    """Keep what ``waiter`` has on the key: :func:`parse_refresh` reads the reply."""
-    args = (keys.wake_prefix, check_id(waiter, "waiter"), check_ms(lease_ms, "lease_ms"))
-    return Call(REFRESH, keys.keys, (*args, check_ms(place_ms, "place_ms")))
-
-
-def withdraw(keys: LockKeys, waiter: str) -> Call:
-    """Leave the queue; ``1`` if the key had been handed to ``waiter`` (it is handed on)."""
-    return Call(WITHDRAW, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
-
-
-def inspect(keys: LockKeys) -> Call:
-    """Whether the key is held, and how many places wait: :func:`parse_inspect`."""
-    return Call(INSPECT, keys.keys, (keys.wake_prefix, "-"))
-
-
-# --- replies ---------------------------------------------------------------------------------
-
-
-class Granted(NamedTuple):
-    """The caller holds the key (or leads the flight) with this fencing token."""
-
-    token: int
-
-
-class Waiting(NamedTuple):
-    """The caller waits: block on its wake list for at most ``wait_ms`` (the holder's lease)."""
-
-    wait_ms: int
-
-
-class Refreshed(enum.IntEnum):
-    """What :func:`refresh` found the waiter to have."""
-
-    LOST = 0
-    WAITING = 1
-    HELD = 2
-
-
-def parse_acquire(reply: object) -> Granted | Waiting:
-    """Read the reply of :func:`acquire`."""
-    state, value = reply_pair(reply, ACQUIRE)
-    if state == 1:
-        return Granted(reply_int(value, ACQUIRE))
-    return Waiting(max(0, reply_int(value, ACQUIRE)))
-
-
-def parse_refresh(reply: object) -> Refreshed:
-    """Read the reply of :func:`refresh`."""
-    return Refreshed(reply_int(reply, REFRESH))
-
-
-def parse_wake(message: bytes | str) -> Granted:
-    """Read what a lock waiter popped from its wake list: the token it was handed."""
-    return Granted(int(message))
-
-
-def parse_inspect(reply: object) -> tuple[bool, int]:
-    """Read the reply of :func:`inspect`: (held, live places)."""
-    held, places = reply_pair(reply, INSPECT)
-    return bool(held), reply_int(places, INSPECT)
