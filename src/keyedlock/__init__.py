@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ._errors import Aborted as Aborted
 from ._errors import KeyedLockError as KeyedLockError
+from ._errors import LeaseLost as LeaseLost
 from ._errors import LockTimeout as LockTimeout
 from ._errors import QueueFull as QueueFull
 from ._filelock import FileKeyedLock as FileKeyedLock
@@ -30,6 +31,7 @@ __all__ = [
     "FileKeyedLock",
     "KeyedLock",
     "KeyedLockError",
+    "LeaseLost",
     "LockContext",
     "LockTimeout",
     "QueueFull",

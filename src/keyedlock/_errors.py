@@ -15,6 +15,7 @@ from typing import Final
 __all__ = [
     "Aborted",
     "KeyedLockError",
+    "LeaseLost",
     "LockTimeout",
     "QueueFull",
     "exception_state",
@@ -47,6 +48,21 @@ class Aborted(KeyedLockError):
 
 class QueueFull(KeyedLockError):
     """The key already has ``max_waiters`` callers queued; nothing was queued."""
+
+
+class LeaseLost(KeyedLockError):
+    """The lease on a key of a cluster scope was lost while the key was held.
+
+    Raised when the holder leaves (the context's exit, ``run``, ``release``)
+    after its lease ran out or the server forgot it: the process was stopped
+    or cut off from the server longer than the lease, or the server restarted
+    without its data. The key is released all the same (never another
+    holder's grant), but another caller may have held it meanwhile: what the
+    body wrote after the loss is protected only by the fencing token
+    (``held.token``, passed to the resources it writes). ``held.lost`` turns
+    True as soon as the loss is known, so a long body can check it between
+    steps.
+    """
 
 
 # -- copying exceptions (single-flight followers get a copy of the leader's) --
