@@ -1,11 +1,15 @@
-"""The cluster scope: keyed locks and single-flight shared through Redis or Valkey.
+"""The cluster scope: keyed locks shared through Redis or Valkey (single-flight's scripts too).
 
-So far this holds the server side only: the Lua scripts of a fair, fenced, leased lock
-(:mod:`._lockscripts`, its calls and replies in :mod:`._lockcalls`) and of single-flight
-across hosts (:mod:`._flightscripts`), with what they share (:mod:`._lua`: names, calls,
-tokens). The client side plugs in later.
+- :mod:`._lua`, :mod:`._lockscripts` (with :mod:`._lockcalls`), :mod:`._flightscripts`: the
+  server side (Lua scripts, key names, tokens, calls and replies), with no client library;
+- :mod:`._names`: a user's key as the scope's local key, and what it is called on the server;
+- :mod:`._link` (threads, trio) and :mod:`._loops` (asyncio): the connections;
+- :mod:`._renewal`: the process's renewal thread;
+- :mod:`._lockscope`: :class:`RedisScope`, the wide scope of the lock;
+- :mod:`._lockbackend`: :class:`RedisBackend` and its context, :class:`RedisContext`.
 
-Nothing here imports a client library: ``import keyedlock`` never imports ``redis``.
+This package imports ``redis``; :mod:`keyedlock._scopes` loads it on first use only, so
+``import keyedlock`` never imports ``redis``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from ._flightscripts import (
     parse_flight_join,
     parse_flight_wake,
 )
+from ._link import Link, RedisUnavailable
+from ._lockbackend import RedisBackend, RedisContext
 from ._lockcalls import (
     Granted,
     Refreshed,
@@ -42,8 +48,11 @@ from ._lockcalls import (
     renew,
     withdraw,
 )
+from ._lockscope import RedisScope
 from ._lockscripts import LOCK_SCRIPTS, LockKeys, lock_keys
 from ._lua import TOKEN_KEEP_MS, Call, Script, hash_tag
+from ._names import KeyNames, RedisKey, encode_key
+from ._renewal import renewer
 
 #: Every script (to ``SCRIPT LOAD`` up front).
 SCRIPTS = (*LOCK_SCRIPTS, *FLIGHT_SCRIPTS)
@@ -58,11 +67,19 @@ __all__ = [
     "FlightKeys",
     "Following",
     "Granted",
+    "KeyNames",
+    "Link",
     "LockKeys",
+    "RedisBackend",
+    "RedisContext",
+    "RedisKey",
+    "RedisScope",
+    "RedisUnavailable",
     "Refreshed",
     "Script",
     "Waiting",
     "acquire",
+    "encode_key",
     "flight_abandon",
     "flight_finish",
     "flight_forget",
@@ -84,5 +101,6 @@ __all__ = [
     "refresh",
     "release",
     "renew",
+    "renewer",
     "withdraw",
 ]
