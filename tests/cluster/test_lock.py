@@ -298,6 +298,46 @@ async def test_a_cancelled_wait_in_redis_leaves_no_place(make_lock: MakeLock) ->
     c.release("k")
 
 
+@pytest.mark.parametrize("contended", [False, True])
+def test_an_asyncio_cancellation_at_any_point_is_delivered_and_leaves_nothing(
+    make_lock: MakeLock, contended: bool
+) -> None:
+    """Cancel a task after 0, 1, 2, ... turns of its event loop while it takes the key (free,
+    or handed over by another process): the task ends cancelled, holding nothing."""
+    a, b = make_lock(), make_lock()
+
+    async def main() -> list[str]:
+        outcomes = []
+        for turns in range(40):
+            if contended:
+                a.acquire("k", blocking=False)
+
+            async def take() -> str:
+                await b.acquire_async("k")
+                return "held"  # (no await after the acquire: a late cancellation shows)
+
+            task = asyncio.create_task(take())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if contended:
+                a.release("k")
+            cancelled = task.cancel()
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+            if outcome == "held":
+                assert not cancelled, f"the cancellation after {turns} turns was lost"
+                b.release("k")
+            outcomes.append(outcome)
+            assert renewer.settle(WAIT)
+            assert len(b) == 0
+            assert not a.locked("k")
+        return outcomes
+
+    assert "cancelled" in asyncio.run(main())
+
+
 def test_release_by_another_thread(redis_lock: RedisKeyedLock) -> None:
     redis_lock.acquire("k")
     start_thread(lambda: redis_lock.release("k"), "releaser").result()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from typing import Any, Final
 
@@ -126,17 +126,21 @@ class AsyncSide:
         kwargs = pool.connection_kwargs if pool is not None else client.get_connection_kwargs()
         self.read_timeout: float | None = kwargs.get("socket_timeout")
 
+    async def execute(self, *args: object) -> Any:
+        """One command."""
+        return await _delivering_cancellation(self.client.execute_command(*args))
+
     async def run(self, call: Call) -> object:
         """Run one script call (loading the script on ``NOSCRIPT``)."""
         args = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            return await self.client.execute_command(*args)
+            return await self.execute(*args)
         except redis.exceptions.NoScriptError:
-            await self.client.script_load(call.script.source)
-            return await self.client.execute_command(*args)
+            await _delivering_cancellation(self.client.script_load(call.script.source))
+            return await self.execute(*args)
 
     async def command(self, *args: object) -> object:
-        return await self.client.execute_command(*args)
+        return await self.execute(*args)
 
     async def pop(self, key: bytes, block: float) -> bytes | None:
         """``BLPOP key`` for at most ``block`` seconds (less if the client's read timeout is
@@ -144,14 +148,35 @@ class AsyncSide:
         read_timeout = self.read_timeout
         if read_timeout is not None:
             block = max(0.001, min(block, read_timeout * 0.8))
-            reply: Any = await self.client.execute_command("BLPOP", key, f"{block:.3f}")
+            reply: Any = await self.execute("BLPOP", key, f"{block:.3f}")
         else:
             async with asyncio.timeout(block + MARGIN):
-                reply = await self.client.execute_command("BLPOP", key, f"{block:.3f}")
+                reply = await self.execute("BLPOP", key, f"{block:.3f}")
         if not reply:
             return None
         value: bytes = reply[1]
         return value
+
+
+async def _delivering_cancellation(command: Awaitable[Any]) -> Any:
+    """Await a command of the client, and raise the task's cancellation if it came meanwhile.
+
+    redis-py's asyncio client may complete a command whose task was cancelled while it
+    waited for the reply (or raise the command's error) as if the cancellation had not
+    come, leaving the task marked "cancelling": a caller cancelled there would go on
+    holding the key.
+    """
+    task: Any = asyncio.current_task()
+    before = task.cancelling()
+    try:
+        reply = await command
+    except Exception:
+        if task.cancelling() > before:
+            raise asyncio.CancelledError from None  # (what it raised instead)
+        raise
+    if task.cancelling() > before:
+        raise asyncio.CancelledError
+    return reply
 
 
 async def _close_with_loop(client: Any, forget: Callable[[], None]) -> AsyncGenerator[None, None]:
