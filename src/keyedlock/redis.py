@@ -1,9 +1,9 @@
-"""The cluster scope: keyed locks shared through Redis or Valkey.
+"""The cluster scope: keyed locks and single-flight shared through Redis or Valkey.
 
 ``pip install "keyedlock[redis]"`` adds redis-py. ``import keyedlock`` never imports it;
 this module does::
 
-    from keyedlock.redis import RedisKeyedLock, LeaseLost
+    from keyedlock.redis import RedisKeyedLock, RedisSingleFlight, LeaseLost
 
     lock = RedisKeyedLock("redis://localhost:6379/0")  # or a redis.Redis / redis.RedisCluster
 
@@ -20,15 +20,17 @@ the keys on the server and the limits.
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import LeaseLost
 from ._lock import KeyedLock
-from ._scopes import Link, RedisBackend, RedisContext
-from ._validate import check_flag, check_max_waiters
+from ._scopes import Link, RedisBackend, RedisContext, RedisFlightBackend
+from ._singleflight import SingleFlight
+from ._validate import check_flag, check_max_waiters, check_ttl
 
-__all__ = ["LeaseLost", "RedisContext", "RedisKeyedLock"]
+__all__ = ["LeaseLost", "RedisContext", "RedisKeyedLock", "RedisSingleFlight"]
 
 #: The shortest lease accepted (seconds): renewals come every third of it.
 MIN_LEASE: Final = 0.05
@@ -54,6 +56,17 @@ def _check_prefix(prefix: object) -> str:
             f"prefix may not contain braces (they make the key's hash tag), got {prefix!r}"
         )
     return prefix
+
+
+def _check_serializer(serializer: object) -> Any:
+    dumps = getattr(serializer, "dumps", None)
+    loads = getattr(serializer, "loads", None)
+    if not (callable(dumps) and callable(loads)):
+        raise TypeError(
+            f"serializer must have dumps(obj) -> bytes or str and loads(bytes), as the pickle "
+            f"and json modules have, got {serializer!r}"
+        )
+    return serializer
 
 
 class RedisKeyedLock(KeyedLock):
@@ -171,3 +184,69 @@ def _restore_lock(
     return RedisKeyedLock(
         url, prefix=prefix, lease=lease, max_waiters=max_waiters, fast_acquire=fast_acquire
     )
+
+
+class RedisSingleFlight(SingleFlight):
+    """Concurrent callers of one key, on every host, share one call of the function.
+
+    It has the whole :class:`~keyedlock.SingleFlight` API (``do``, ``do_ex``,
+    ``do_sync``, ``do_sync_ex``, ``coalesce``, ``forget``, ``in_flight``): the first caller
+    of a key, anywhere, runs its function; the others (threads, asyncio or trio tasks, in
+    any process of any host using the same server and prefix) wait for it and get its
+    result, or its exception (each a copy), deserialized.
+
+    - This process's callers of a key coalesce locally first; one of them joins the call in
+      Redis, as its leader or as a follower (woken by a blocking pop, no polling).
+    - The leader's lease is renewed while its function runs. If the leader is cancelled or
+      interrupted, its followers are told at once and the earliest takes over; if its process
+      dies, a follower takes over when the lease runs out.
+    - The result travels through ``serializer`` (``dumps``/``loads``; :mod:`pickle` by
+      default: only share a server with trusted clients, or pass one such as ``json`` for
+      plain data). A result that cannot be serialized makes every caller, the one that ran
+      it included, raise TypeError; an exception that cannot be reaches the others as a
+      TypeError describing it.
+
+    Args:
+        client_or_url: as for :class:`RedisKeyedLock`.
+        prefix: what every name on the server starts with (no braces).
+        lease: seconds a leader holds its call without renewal (at least 0.05).
+        serializer: carries results and exceptions to the other callers.
+        ttl: seconds a successful result is reused, by every host, after it completes
+            (0, the default: never).
+    """
+
+    __slots__ = ()
+
+    _backend: RedisFlightBackend
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        *,
+        prefix: str = "keyedlock:",
+        lease: float = 10.0,
+        serializer: Any = pickle,
+        ttl: float = 0,
+    ) -> None:
+        prefix = _check_prefix(prefix)
+        lease = _check_lease(lease)
+        serializer = _check_serializer(serializer)
+        ttl = check_ttl(ttl)
+        link = Link(client_or_url, "RedisSingleFlight")
+        self._bind(RedisFlightBackend(link, prefix, lease, ttl, serializer))
+
+    @property
+    def prefix(self) -> str:
+        """What every name of this group on the server starts with."""
+        return self._backend.map_key.prefix
+
+    @property
+    def lease(self) -> float:
+        """Seconds a leader holds its call without renewal."""
+        return self._backend.lease
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisSingleFlight {self._backend.link.server} prefix={self.prefix!r} "
+            f"in_flight={len(self)} ttl={self.ttl}>"
+        )

@@ -1,4 +1,4 @@
-"""A worker process of the cluster-scope tests: callers of a RedisKeyedLock,
+"""A worker process of the cluster-scope tests: callers of a RedisKeyedLock / RedisSingleFlight,
 steered by the test through JSON lines.
 
 Run as ``python lock_worker.py CONFIG`` (CONFIG: JSON with ``url`` or ``nodes`` (host, port
@@ -16,6 +16,10 @@ Commands (``id`` names an agent):
 - ``watch``: wait (bounded) until agent ``id``'s lease is known lost; ``lost``;
 - ``work``: ``rounds`` critical sections on ``key``, each a read-then-write of the counter
   ``counter`` and an ``RPUSH`` of ``"<id> <token>"`` to ``log``; ``done``;
+- ``flight``: ``do_sync`` / ``await do`` on ``key``; the function reports ``running``, waits
+  for ``finish`` if ``block``, and returns ``value`` (raises ValueError(value) if ``fail``);
+  ``result`` (value, shared) or ``error``;
+- ``finish``: let agent ``id``'s function return;
 - ``exit``: end the process.
 """
 
@@ -33,7 +37,7 @@ import redis
 import trio
 from redis.cluster import ClusterNode, RedisCluster
 
-from keyedlock.redis import RedisKeyedLock
+from keyedlock.redis import RedisKeyedLock, RedisSingleFlight
 
 #: Bound of every wait of the worker (seconds): the test fails before this matters.
 WAIT = 30.0
@@ -60,6 +64,7 @@ class Worker:
             self.plain = redis.Redis.from_url(target)
         options = {"prefix": config.get("prefix", "keyedlock:"), "lease": config["lease"]}
         self.lock = RedisKeyedLock(target, **options)
+        self.flight = RedisSingleFlight(target, **options)
         self.gates: dict[str, threading.Event] = {}
         self.contexts: dict[str, Any] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -192,6 +197,27 @@ class Worker:
 
         self.start(runtime, agent, sync, task)
 
+    def do_flight(
+        self, agent: str, key: str, runtime: str, value: Any, block: bool, fail: bool
+    ) -> None:
+        def fn() -> Any:
+            emit("running", agent)
+            if block:
+                self.gate("finish:" + agent).wait(WAIT)
+            if fail:
+                raise ValueError(value)
+            return value
+
+        def sync() -> None:
+            result = self.flight.do_sync_ex(key, fn)
+            emit("result", agent, value=result.value, shared=result.shared)
+
+        async def task() -> None:
+            result = await self.flight.do_ex(key, fn)
+            emit("result", agent, value=result.value, shared=result.shared)
+
+        self.start(runtime, agent, sync, task)
+
     def serve(self) -> None:
         emit("ready", "worker")
         for line in sys.stdin:
@@ -217,6 +243,17 @@ class Worker:
                     command["counter"],
                     command["log"],
                 )
+            elif op == "flight":
+                self.do_flight(
+                    agent,
+                    command["key"],
+                    command["runtime"],
+                    command["value"],
+                    command.get("block", False),
+                    command.get("fail", False),
+                )
+            elif op == "finish":
+                self.gate("finish:" + agent).set()
             else:
                 emit("error", agent, type="ValueError", message=f"unknown op {op!r}")
 

@@ -51,7 +51,7 @@ async def test_forget_during_a_call(sf: SingleFlight, first_to_finish: str) -> N
                 await wait_until_async(lambda: len(results) == 2, "the old call's callers end")
                 assert sf.in_flight("k"), "the old call ending removed the new one"
                 assert len(sf) == 1
-                assert table_of(sf).waiters("k") == 1
+                assert table_of(sf).waiters(sf._local("k")) == 1
                 gates["new"].set()
             else:
                 gates["new"].set()

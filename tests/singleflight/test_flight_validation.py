@@ -212,7 +212,7 @@ def test_a_thread_joining_its_own_call_with_followers(sf: SingleFlight, threads:
     joined: list[str] = []
 
     def recursive() -> str:
-        wait_until(lambda: table_of(sf).waiters("k") == 1, "a follower waits")
+        wait_until(lambda: table_of(sf).waiters(sf._local("k")) == 1, "a follower waits")
         joined.append("inner")
         return sf.do_sync("k", recursive)
 

@@ -9,8 +9,8 @@
 - :mod:`._localflight`: single-flight in the process scope;
 - :mod:`._manager`: the host scope through a manager process;
 - :mod:`._redis`: the cluster scope on Redis or Valkey. It imports ``redis``, so its names
-  (:class:`RedisBackend`, :class:`RedisContext`, :class:`Link`,
-  :class:`RedisUnavailable`) are loaded on first use (``import keyedlock``
+  (:class:`RedisBackend`, :class:`RedisContext`, :class:`RedisFlightBackend`,
+  :class:`Link`, :class:`RedisUnavailable`) are loaded on first use (``import keyedlock``
   never imports ``redis``).
 
 This module is the package-internal API of the scope layer: the public
@@ -35,10 +35,13 @@ if TYPE_CHECKING:  # (at run time: __getattr__ below)
     from ._redis import Link as Link
     from ._redis import RedisBackend as RedisBackend
     from ._redis import RedisContext as RedisContext
+    from ._redis import RedisFlightBackend as RedisFlightBackend
     from ._redis import RedisUnavailable as RedisUnavailable
 
 #: The cluster scope's names, loaded on first use (they import ``redis``).
-_REDIS = frozenset({"Link", "RedisBackend", "RedisContext", "RedisUnavailable"})
+_REDIS = frozenset(
+    {"Link", "RedisBackend", "RedisContext", "RedisFlightBackend", "RedisUnavailable"}
+)
 
 
 def __getattr__(name: str) -> object:
@@ -47,6 +50,7 @@ def __getattr__(name: str) -> object:
             Link,
             RedisBackend,
             RedisContext,
+            RedisFlightBackend,
             RedisUnavailable,
         )
 
@@ -54,6 +58,7 @@ def __getattr__(name: str) -> object:
             "Link": Link,
             "RedisBackend": RedisBackend,
             "RedisContext": RedisContext,
+            "RedisFlightBackend": RedisFlightBackend,
             "RedisUnavailable": RedisUnavailable,
         }
         return found[name]

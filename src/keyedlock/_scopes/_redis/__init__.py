@@ -1,4 +1,4 @@
-"""The cluster scope: keyed locks shared through Redis or Valkey (single-flight's scripts too).
+"""The cluster scope: keyed locks and single-flight shared through Redis or Valkey.
 
 - :mod:`._lua`, :mod:`._lockscripts` (with :mod:`._lockcalls`), :mod:`._flightscripts`: the
   server side (Lua scripts, key names, tokens, calls and replies), with no client library;
@@ -6,7 +6,8 @@
 - :mod:`._link` (threads, trio) and :mod:`._loops` (asyncio): the connections;
 - :mod:`._renewal`: the process's renewal thread;
 - :mod:`._lockscope`: :class:`RedisScope`, the wide scope of the lock;
-- :mod:`._lockbackend`: :class:`RedisBackend` and its context, :class:`RedisContext`.
+- :mod:`._lockbackend`: :class:`RedisBackend` and its context, :class:`RedisContext`;
+- :mod:`._outcomes`, :mod:`._flightbackend`: single-flight across hosts.
 
 This package imports ``redis``; :mod:`keyedlock._scopes` loads it on first use only, so
 ``import keyedlock`` never imports ``redis``.
@@ -14,6 +15,7 @@ This package imports ``redis``; :mod:`keyedlock._scopes` loads it on first use o
 
 from __future__ import annotations
 
+from ._flightbackend import RedisFlightBackend
 from ._flightscripts import (
     FLIGHT_SCRIPTS,
     Done,
@@ -52,6 +54,7 @@ from ._lockscope import RedisScope
 from ._lockscripts import LOCK_SCRIPTS, LockKeys, lock_keys
 from ._lua import TOKEN_KEEP_MS, Call, Script, hash_tag
 from ._names import KeyNames, RedisKey, encode_key
+from ._outcomes import Serializer
 from ._renewal import renewer
 
 #: Every script (to ``SCRIPT LOAD`` up front).
@@ -72,11 +75,13 @@ __all__ = [
     "LockKeys",
     "RedisBackend",
     "RedisContext",
+    "RedisFlightBackend",
     "RedisKey",
     "RedisScope",
     "RedisUnavailable",
     "Refreshed",
     "Script",
+    "Serializer",
     "Waiting",
     "acquire",
     "encode_key",
