@@ -338,6 +338,37 @@ def test_an_asyncio_cancellation_at_any_point_is_delivered_and_leaves_nothing(
     assert "cancelled" in asyncio.run(main())
 
 
+def test_an_asyncio_waiter_cancelled_at_any_point_ends_at_once(
+    make_lock: MakeLock, redis_server: Server
+) -> None:
+    """The holder keeps the key for a long lease, and the waiter's client has a longer read
+    timeout, so its pop blocks that long: cancelled at any point of its wait (even while its
+    pop is being sent), the waiter ends well before."""
+    holder = make_lock(lease=3 * WAIT)
+    patient = redis.Redis(host=redis_server.host, port=redis_server.port, socket_timeout=4 * WAIT)
+    waiting = make_lock(target=patient)
+    holder.acquire("k")
+
+    async def main() -> None:
+        for turns in range(40):
+            task = asyncio.create_task(waiting.acquire_async("k"))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=WAIT)
+            assert task in done, f"the waiter cancelled after {turns} turns is still waiting"
+            assert task.cancelled()
+            assert renewer.settle(WAIT)
+            assert len(waiting) == 0
+            assert holder.waiters("k") == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.release("k")
+        patient.close()
+
+
 def test_release_by_another_thread(redis_lock: RedisKeyedLock) -> None:
     redis_lock.acquire("k")
     start_thread(lambda: redis_lock.release("k"), "releaser").result()

@@ -144,18 +144,39 @@ class AsyncSide:
 
     async def pop(self, key: bytes, block: float) -> bytes | None:
         """``BLPOP key`` for at most ``block`` seconds (less if the client's read timeout is
-        shorter: the caller asks again); None if nothing came."""
+        shorter: the caller asks again); None if nothing came.
+
+        The pop runs in a task of its own, which this one awaits through a shield: a
+        cancellation ends the wait at once, even where the client would only notice it
+        once the pop returns (a cancellation that lands while the command is being sent
+        is lost on Python 3.11). The pop is then cancelled and left to end by itself;
+        what it may still take is the caller's to give back (by withdrawing).
+        """
         read_timeout = self.read_timeout
         if read_timeout is not None:
             block = max(0.001, min(block, read_timeout * 0.8))
-            reply: Any = await self.execute("BLPOP", key, f"{block:.3f}")
-        else:
-            async with asyncio.timeout(block + MARGIN):
-                reply = await self.execute("BLPOP", key, f"{block:.3f}")
+        pop = asyncio.ensure_future(self.client.execute_command("BLPOP", key, f"{block:.3f}"))
+        try:
+            if read_timeout is not None:
+                reply: Any = await asyncio.shield(pop)
+            else:
+                async with asyncio.timeout(block + MARGIN):
+                    reply = await asyncio.shield(pop)
+        except BaseException:
+            if not pop.done():
+                pop.cancel()
+            pop.add_done_callback(_forget)
+            raise
         if not reply:
             return None
         value: bytes = reply[1]
         return value
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """An abandoned pop ended: its outcome goes nowhere (the caller withdrew)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _delivering_cancellation(command: Awaitable[Any]) -> Any:
