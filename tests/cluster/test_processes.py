@@ -7,7 +7,7 @@ a lease run out; every wait is bounded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,22 +23,35 @@ from .servers import Server
 #: A lease short enough to run out within a test (seconds).
 SHORT_LEASE = 0.5
 
-MakeWorker = Callable[..., WorkerProcess]
+
+class Workers:
+    """Four worker processes shared by the module's tests (each test uses agent names of its
+    own); a worker a test killed is replaced when the next test asks for it."""
+
+    def __init__(self, url: str) -> None:
+        self.config = {"url": url, "lease": SHORT_LEASE}
+        self.made: list[WorkerProcess] = []
+
+    def __getitem__(self, n: int) -> WorkerProcess:
+        while len(self.made) <= n:
+            self.made.append(WorkerProcess(self.config, f"p{len(self.made)}"))
+        if self.made[n].process.poll() is not None:  # killed by an earlier test
+            self.made[n].close()
+            self.made[n] = WorkerProcess(self.config, f"p{n}")
+        return self.made[n]
+
+    def close(self) -> None:
+        for worker in self.made:
+            worker.close()
 
 
-@pytest.fixture
-def make_worker(redis_server: Server, redis_client: redis.Redis) -> Iterator[MakeWorker]:
-    made: list[WorkerProcess] = []
-
-    def make(name: str, *, lease: float = SHORT_LEASE, **config: Any) -> WorkerProcess:
-        config = {"url": redis_server.url, "lease": lease, **config}
-        worker = WorkerProcess(config, name)
-        made.append(worker)
-        return worker
-
-    yield make
-    for worker in made:
-        worker.close()
+@pytest.fixture(scope="module")
+def workers(redis_server: Server) -> Iterator[Workers]:
+    pool = Workers(redis_server.url)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 def log_of(client: redis.Redis, log: str) -> list[tuple[str, int]]:
@@ -48,12 +61,11 @@ def log_of(client: redis.Redis, log: str) -> list[tuple[str, int]]:
 
 
 def test_exclusion_across_processes_threads_and_tasks(
-    make_worker: MakeWorker, redis_client: redis.Redis
+    workers: Workers, redis_client: redis.Redis
 ) -> None:
     rounds = 15
-    workers = [make_worker(f"p{n}") for n in range(4)]
     agents = []
-    for n, worker in enumerate(workers):
+    for n, worker in enumerate(workers[n] for n in range(4)):
         for runtime in ("thread", "asyncio", "trio"):
             agent = f"p{n}-{runtime}"
             worker.send(
@@ -71,25 +83,25 @@ def test_exclusion_across_processes_threads_and_tasks(
 
 
 def test_fifo_across_processes_with_threads_and_tasks(
-    make_worker: MakeWorker, make_lock: MakeLock
+    workers: Workers, make_lock: MakeLock
 ) -> None:
     """Callers take their places in Redis in arrival order and are served in that order: a
     process's first caller at once, its next one when its turn comes in the process (so no
     process keeps a key while others wait)."""
     observer = make_lock()
     observer.acquire("k")
-    workers = [make_worker(f"p{n}") for n in range(4)]
     runtimes = ["thread", "asyncio", "trio", "thread"]
-    for n, (worker, runtime) in enumerate(zip(workers, runtimes, strict=True)):
+    procs = [workers[n] for n in range(4)]
+    for n, (worker, runtime) in enumerate(zip(procs, runtimes, strict=True)):
         worker.send("hold", id=f"p{n}a", key="k", runtime=runtime)
         wait_until(lambda n=n: observer.waiters("k") == n + 1, f"p{n}a queues")  # type: ignore[misc]
-    for n, worker in enumerate(workers):  # second callers: queued in their own process
+    for n, worker in enumerate(procs):  # second callers: queued in their own process
         worker.send("hold", id=f"p{n}b", key="k", runtime=runtimes[(n + 1) % 4])
         worker.send("queued", id=f"p{n}q", key="k", count=1)
         worker.expect("queued", f"p{n}q")
     assert observer.waiters("k") == 4  # (the second callers wait in their processes)
     observer.release("k")
-    order = [(workers[n], f"p{n}a") for n in range(4)] + [(workers[n], f"p{n}b") for n in range(4)]
+    order = [(procs[n], f"p{n}a") for n in range(4)] + [(procs[n], f"p{n}b") for n in range(4)]
     tokens = []
     for step, (worker, agent) in enumerate(order):
         tokens.append(worker.expect("held", agent)["token"])
@@ -101,10 +113,10 @@ def test_fifo_across_processes_with_threads_and_tasks(
 
 
 def test_a_killed_holder_frees_its_key_when_its_lease_runs_out(
-    make_worker: MakeWorker, make_lock: MakeLock
+    workers: Workers, make_lock: MakeLock
 ) -> None:
     observer = make_lock()
-    first, second = make_worker("first"), make_worker("second")
+    first, second = workers[2], workers[3]
     first.send("hold", id="a", key="k", runtime="thread")
     token_a = first.expect("held", "a")["token"]
     second.send("hold", id="b", key="k", runtime="asyncio")
@@ -117,12 +129,10 @@ def test_a_killed_holder_frees_its_key_when_its_lease_runs_out(
     assert not observer.locked("k")
 
 
-def test_a_killed_waiter_never_blocks_the_queue(
-    make_worker: MakeWorker, make_lock: MakeLock
-) -> None:
+def test_a_killed_waiter_never_blocks_the_queue(workers: Workers, make_lock: MakeLock) -> None:
     holder = make_lock()
     holder.acquire("k")
-    doomed, patient = make_worker("doomed"), make_worker("patient")
+    doomed, patient = workers[2], workers[3]
     doomed.send("hold", id="d", key="k", runtime="trio")
     wait_until(lambda: holder.waiters("k") == 1, "the doomed waiter queues")
     patient.send("hold", id="p", key="k", runtime="thread")
@@ -136,27 +146,27 @@ def test_a_killed_waiter_never_blocks_the_queue(
 
 
 def test_a_killed_waiter_handed_the_key_frees_it_when_its_lease_runs_out(
-    make_worker: MakeWorker, make_lock: MakeLock
+    workers: Workers, make_lock: MakeLock
 ) -> None:
     holder = make_lock()
     holder.acquire("k")
-    doomed, patient = make_worker("doomed"), make_worker("patient")
-    doomed.send("hold", id="d", key="k", runtime="asyncio")
+    doomed, patient = workers[2], workers[3]
+    doomed.send("hold", id="d2", key="k", runtime="asyncio")
     wait_until(lambda: holder.waiters("k") == 1, "the doomed waiter queues")
-    patient.send("hold", id="p", key="k", runtime="thread")
+    patient.send("hold", id="p2", key="k", runtime="thread")
     wait_until(lambda: holder.waiters("k") == 2, "the patient waiter queues")
     doomed.kill()
     holder.release("k")  # handed to the dead waiter's place, which has not expired yet
-    patient.expect("held", "p")
-    patient.send("release", id="p")
-    patient.expect("released", "p")
+    patient.expect("held", "p2")
+    patient.send("release", id="p2")
+    patient.expect("released", "p2")
 
 
 def test_a_holder_stopped_past_its_lease_loses_the_key_and_its_exit_raises(
-    make_worker: MakeWorker, make_lock: MakeLock
+    workers: Workers, make_lock: MakeLock
 ) -> None:
     observer = make_lock()
-    stopped, waiting = make_worker("stopped"), make_worker("waiting")
+    stopped, waiting = workers[0], workers[1]
     stopped.send("hold", id="s", key="k", runtime="thread")
     token_s = stopped.expect("held", "s")["token"]
     waiting.send("hold", id="w", key="k", runtime="trio")
@@ -178,6 +188,7 @@ def test_a_holder_stopped_past_its_lease_loses_the_key_and_its_exit_raises(
     assert not observer.locked("k")
 
 
+@pytest.mark.slow
 def test_exclusion_on_a_cluster_across_processes(redis_cluster: Any, cluster_client: Any) -> None:
     nodes = [(node.host, node.port) for node in redis_cluster.nodes]
     workers = [WorkerProcess({"nodes": nodes, "lease": SHORT_LEASE}, f"p{n}") for n in range(3)]
