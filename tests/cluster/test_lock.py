@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.connection
 import trio
 
 import keyedlock
@@ -399,6 +400,37 @@ def test_renewal_keeps_many_keys_with_one_thread(make_lock: MakeLock) -> None:
         lock.acquire(key)
     time.sleep(1.0)  # three leases
     assert not any(other.acquire(key, blocking=False) for key in keys)
+    for key in keys:
+        lock.release(key)
+
+
+def test_a_renewal_round_after_the_scripts_were_flushed_takes_three_round_trips(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    """A server that lost its scripts (a restart) answers NOSCRIPT to every renewal of the
+    round: the script is loaded once and the round sent again, never call by call."""
+    lock = make_lock()
+    keys = [f"k{n}" for n in range(20)]
+    for key in keys:
+        lock.acquire(key)
+    scope: Any = lock._backend.scope
+    renewals = scope.renewals()
+    redis_client.script_flush()
+    sent: list[None] = []
+    connection: Any = redis.connection.AbstractConnection
+    original = connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(None)
+        original(self, command, check_health)
+
+    connection.send_packed_command = counting
+    try:
+        replies = scope.link.run_many([call for call, _ in renewals])
+    finally:
+        connection.send_packed_command = original
+    assert replies == [1] * len(keys)
+    assert len(sent) == 3  # the round, SCRIPT LOAD, the round again
     for key in keys:
         lock.release(key)
 

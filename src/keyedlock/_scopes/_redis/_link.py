@@ -176,7 +176,12 @@ class Link:
         return value
 
     def run_many(self, calls: Sequence[Call]) -> list[Any]:
-        """Run ``calls`` in one round trip per node; each reply, or the exception it raised."""
+        """Run ``calls`` in one round trip per node; each reply, or the exception it raised.
+
+        Calls a node did not run for want of their script (``NOSCRIPT``: it restarted) go
+        again once the scripts are loaded, in one more round trip per node; calls that
+        met a moved slot go again one by one.
+        """
         replies: list[Any] = [None] * len(calls)
         by_pool: dict[Any, list[int]] = {}
         for n, call in enumerate(calls):
@@ -184,14 +189,27 @@ class Link:
                 by_pool.setdefault(self._pool_of(call.keys[0]), []).append(n)
             except _DOWN as exc:
                 replies[n] = self.unavailable(exc)
-        for pool, indexes in by_pool.items():
-            try:
-                self._batch(pool, calls, indexes, replies)
-            except _DOWN as exc:
-                for n in indexes:
-                    replies[n] = self.unavailable(exc, pool)
+        for _ in (1, 2):
+            again: dict[Any, list[int]] = {}
+            for pool, indexes in by_pool.items():
+                try:
+                    self._batch(pool, calls, indexes, replies)
+                    missing = [
+                        n for n in indexes if isinstance(replies[n], redis.exceptions.NoScriptError)
+                    ]
+                    for script in {calls[n].script for n in missing}:
+                        self._exec(pool, ("SCRIPT", "LOAD", script.source))
+                except _DOWN as exc:
+                    for n in indexes:
+                        replies[n] = self.unavailable(exc, pool)
+                else:
+                    if missing:
+                        again[pool] = missing
+            if not again:
+                break
+            by_pool = again
         for n, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError | redis.exceptions.AskError):
+            if isinstance(reply, redis.exceptions.AskError):
                 try:
                     replies[n] = self.run(calls[n])
                 except Exception as exc:
