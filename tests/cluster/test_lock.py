@@ -390,7 +390,7 @@ def test_a_critical_section_five_times_the_lease_keeps_the_key(make_lock: MakeLo
             time.sleep(0.05)
         assert held.lost is False
     with other("k") as after:
-        assert after.token == held.token + 1
+        assert after.token > held.token
 
 
 def test_renewal_keeps_many_keys_with_one_thread(make_lock: MakeLock) -> None:

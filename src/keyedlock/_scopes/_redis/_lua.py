@@ -22,19 +22,19 @@ braces.
 Tokens
 ======
 
-Every grant of a key (a lock's holder, a flight's leader) takes the next value of the key's
-counter: tokens strictly increase, per key, cluster-wide (one key lives on one node), and the
-holder passes its token to the resources it writes so that they refuse a holder whose lease ran
-out (fencing). Every grant and every renewal sets the counter's expiry to
-``max(TOKEN_KEEP_MS, lease)``, so it never expires while the key is in use, and a key idle for
-a day leaves nothing behind.
+Every grant of a key (a lock's holder, a flight's leader) takes a new token from the key's
+counter: ``max(counter + 1, server clock in microseconds)``, stored back. Tokens strictly
+increase, per key, cluster-wide (one key lives on one node), and the holder passes its token to
+the resources it writes so that they refuse a holder whose lease ran out (fencing). Every grant
+and every renewal sets the counter's expiry to ``max(TOKEN_KEEP_MS, lease)``, so it never
+expires while the key is in use, and a key idle for a day leaves nothing behind.
 
-A counter that is missing (idle for a day, evicted, or the server restarted without
-persistence) does not restart at 1: ``INCR`` makes it 1, which no live counter ever is, and it
-is then seeded with the server clock in microseconds. That is above every token it issued
-before, as long as that counter issued fewer than one token per microsecond on average (a
-grant is a script run: it takes longer than that) and the server clock did not step back.
-Tokens stay below 2**53 (exact in Lua's doubles) until the year 2255.
+Taking the clock makes tokens survive what loses the counter: a key idle for a day, an
+eviction, a restart without persistence (the clock is past every token issued before, as long
+as it did not step back), and a failover to a replica that missed the last grants (its clock
+is past them, as long as the failover takes longer than the two servers' clocks disagree:
+seconds against milliseconds). Tokens stay below 2**53 (exact in Lua's doubles) until the year
+2255.
 """
 
 from __future__ import annotations
@@ -123,12 +123,13 @@ local function keep_token(lease_ms)
   redis.call('PEXPIRE', token_key, int(math.max(TOKEN_KEEP_MS, lease_ms)))
 end
 
--- A new token: the counter plus one. A missing counter (INCR made it 1) starts from the
--- server clock in microseconds, above every token it issued before it went missing.
+-- A new token: the counter plus one, or the server clock in microseconds if that is more
+-- (a counter that went missing, a replica that missed the last grants).
 local function next_token(lease_ms)
   local token = redis.call('INCR', token_key)
-  if token == 1 then
-    token = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) + 1
+  local clock_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  if token < clock_us then
+    token = clock_us
     redis.call('SET', token_key, int(token))
   end
   keep_token(lease_ms)
