@@ -655,7 +655,13 @@ class CrowdScenario:
                 "acquisition, how many "
                 "processes that arrived after it were served before it (0 for every "
                 "acquisition is strict FIFO); the worst over the run, and the mean. "
-                "Share: the fewest and the most acquisitions one process got."
+                "Share: the fewest and the most acquisitions one process got. A lock "
+                "whose waiters poll lets the process that just released take the key "
+                "straight back (the others are asleep between two tries): in a tight "
+                "loop that serves mostly one process at a time, fast but unfair (see "
+                "its worst wait and share); FIFO hands every acquisition to another "
+                "process, one wake-up each. With work outside the lock, the releaser "
+                "cannot take it back at once and polling costs what it costs."
             ),
         )
         rows = []
