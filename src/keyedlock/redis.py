@@ -147,7 +147,11 @@ class RedisKeyedLock(KeyedLock):
 
     if TYPE_CHECKING:
 
-        def __call__(self, key: Hashable, *, timeout: float | None = None) -> RedisContext: ...
+        def __call__(self, key: Hashable, *, timeout: float | None = None) -> RedisContext:
+            """A context manager holding ``key`` for the body of a ``with`` / ``async with``
+            (see :class:`~keyedlock.KeyedLock`); entering returns it, with ``token`` and
+            ``lost`` (:class:`RedisContext`)."""
+            ...
 
     @property
     def prefix(self) -> str:
