@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .cluster.servers import Server, find_server_binary
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
@@ -17,15 +21,34 @@ def test_examples_exist() -> None:
     assert EXAMPLES, f"no examples found in {EXAMPLES_DIR}"
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A server of the module's own, for the examples of the cluster scope (``redis_*.py``):
+    they read ``REDIS_URL``."""
+    binary = find_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server or valkey-server binary for the cluster-scope examples")
+    server = Server(binary)
+    try:
+        server.start()
+        yield server.url + "/0"
+    finally:
+        server.close()
+
+
 @pytest.mark.timeout(TIMEOUT + 10)
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_runs(example: Path) -> None:
+def test_example_runs(example: Path, request: pytest.FixtureRequest) -> None:
+    env = dict(os.environ)
+    if example.name.startswith("redis_"):
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
     proc = subprocess.run(
         [sys.executable, str(example)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         cwd=example.parent,
+        env=env,
         check=False,
     )
     assert proc.returncode == 0, (

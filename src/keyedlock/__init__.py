@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._errors import Abandoned as Abandoned
 from ._errors import Aborted as Aborted
 from ._errors import KeyedLockError as KeyedLockError
+from ._errors import LeaseLost as LeaseLost
 from ._errors import LockTimeout as LockTimeout
 from ._errors import QueueFull as QueueFull
 from ._filelock import FileKeyedLock as FileKeyedLock
@@ -36,6 +37,7 @@ __all__ = [
     "FlightStatistics",
     "KeyedLock",
     "KeyedLockError",
+    "LeaseLost",
     "LockContext",
     "LockStatistics",
     "LockTimeout",

@@ -16,6 +16,7 @@ __all__ = [
     "Abandoned",
     "Aborted",
     "KeyedLockError",
+    "LeaseLost",
     "LockTimeout",
     "QueueFull",
     "exception_state",
@@ -58,6 +59,21 @@ class Abandoned(KeyedLockError):
     and so do callers that would wait for it, until ``release(key)`` (by
     anyone) frees it. Like trio's ``BrokenResourceError`` for a ``Lock``
     whose owner exited: a clear error instead of waiting forever.
+    """
+
+
+class LeaseLost(KeyedLockError):
+    """The lease on a key of a cluster scope was lost while the key was held.
+
+    Raised when the holder leaves (the context's exit, ``run``, ``release``)
+    after its lease ran out or the server forgot it: the process was stopped
+    or cut off from the server longer than the lease, or the server restarted
+    without its data. The key is released all the same (never another
+    holder's grant), but another caller may have held it meanwhile: what the
+    body wrote after the loss is protected only by the fencing token
+    (``held.token``, passed to the resources it writes). ``held.lost`` turns
+    True as soon as the loss is known, so a long body can check it between
+    steps.
     """
 
 

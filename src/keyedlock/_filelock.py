@@ -170,7 +170,7 @@ class FileKeyedLock(KeyedLock):
 
 def _holder_pid(path: str, offset: int) -> int | None:
     """The process holding byte ``offset`` of the lock file, if /proc tells."""
-    from .cli._holders import scan
+    from .cli import scan
 
     try:
         report = scan(path)

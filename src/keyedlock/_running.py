@@ -38,7 +38,12 @@ async def run_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    """``await lock.run(...)``: ``fn`` (sync or async) under the key of ``ctx``."""
+    """``await lock.run(...)``: ``fn`` (sync or async) under the key of ``ctx``.
+
+    A context whose release is a network round trip (the cluster scope's) has an
+    ``_finish_async`` coroutine, awaited here so that the task's event loop never blocks
+    on it; every other context releases with ``_finish``, synchronously.
+    """
     check_fn(fn)
     abort = None
     try:
@@ -52,7 +57,12 @@ async def run_async(
                 abort = exc
             raise
         finally:
-            ctx._finish(abort)  # in `finally`: even after an interrupt right as fn returns
+            # In `finally`: even after an interrupt right as fn returns.
+            finish_async = getattr(ctx, "_finish_async", None)
+            if finish_async is None:
+                ctx._finish(abort)
+            else:
+                await finish_async(abort)  # a release that is a round trip: never blocking
     except BaseException:
         ctx._undo()  # interrupted between taking the key and the inner try: give it back
         raise

@@ -88,7 +88,7 @@ class SingleFlight:
             nothing. Errors are never reused.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_map_key", "_timed")
+    __slots__ = ("__weakref__", "_backend", "_conclude_async", "_map_key", "_timed")
 
     _backend: FlightBackend
 
@@ -100,6 +100,9 @@ class SingleFlight:
         self._backend = backend
         self._map_key = backend.map_key
         self._timed = False
+        # A backend whose conclusion is a round trip (the cluster scope's) also has an
+        # awaitable one, for tasks.
+        self._conclude_async = getattr(backend, "conclude_async", None)
 
     def _local(self, key: object) -> Hashable:
         """Validate ``key`` and map it to the backend's key."""
@@ -198,7 +201,11 @@ class SingleFlight:
             done, payload = True, result
         finally:
             # Whatever happened, however far it got: nothing stays in flight.
-            shared = _conclude(backend, key, ticket, done, payload, keep)
+            conclude_async = self._conclude_async
+            if conclude_async is None:
+                shared = _conclude(backend, key, ticket, done, payload, keep)
+            else:
+                shared = await conclude_async(key, ticket, done, payload, keep)
         return Result(result, shared) if ex else result
 
     # -- threads -----------------------------------------------------------

@@ -18,12 +18,17 @@ Every server is stopped and reaped when its fixture ends, even when the test fai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from keyedlock._scopes._redis import renewer
+from keyedlock.redis import RedisKeyedLock
+
+from ..support import WAIT
 from .servers import Cluster, Server, find_server_binary
 
 #: What a test that talks to a server receives: a standalone or a cluster client.
@@ -98,3 +103,37 @@ def fresh_server(server_binary: str) -> Iterator[Server]:
         yield server
     finally:
         server.close()
+
+
+#: The lease of the locks the tests make (seconds): long enough never to run out by itself
+#: during a test, short enough that a test may wait for one to run out.
+LEASE = 2.0
+
+#: What makes locks for a test: ``make_lock(lease=..., target=...)``.
+MakeLock = Callable[..., RedisKeyedLock]
+
+
+@pytest.fixture
+def make_lock(redis_server: Server, redis_client: redis.Redis) -> Iterator[MakeLock]:
+    """Makes RedisKeyedLock objects of the shared server (flushed first). Two of them act as
+    two processes would: each has its own local table. At the end, none may hold a key,
+    here or on the server."""
+    made: list[RedisKeyedLock] = []
+
+    def make(*, lease: float = LEASE, target: object = None, **options: Any) -> RedisKeyedLock:
+        lock = RedisKeyedLock(target or redis_server.url, lease=lease, **options)
+        made.append(lock)
+        return lock
+
+    yield make
+    for lock in made:
+        assert len(lock) == 0, f"keys left behind: {lock!r}"
+    assert renewer.settle(WAIT), "clean-up calls still queued"
+    left = redis_client.keys("*:owner")
+    assert left == [], f"keys left held on the server: {left}"
+
+
+@pytest.fixture
+def redis_lock(make_lock: MakeLock) -> RedisKeyedLock:
+    """A RedisKeyedLock of the shared server, checked clean at the end (see make_lock)."""
+    return make_lock()

@@ -21,7 +21,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from keyedlock._scopes._redis._scripts import (
+from keyedlock._scopes._redis import (
     SCRIPTS,
     Call,
     Granted,

@@ -27,8 +27,15 @@ def test_importing_keyedlock_does_not_import_redis() -> None:
         """
         import sys
         import keyedlock
-        import keyedlock._scopes._redis._scripts
+        from keyedlock import KeyedLock, LeaseLost, flight
+
+        with KeyedLock()("k"):
+            pass
+        flight.do_sync("k", lambda: 1)
         assert "redis" not in sys.modules, "keyedlock imported redis"
+        import keyedlock.redis
+        assert "redis" in sys.modules
+        assert keyedlock.redis.LeaseLost is LeaseLost
         """
     )
 

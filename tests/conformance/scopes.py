@@ -10,6 +10,7 @@ Where a scope's documented semantics differ from the process scope's, the test s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,50 @@ _manager = _Manager()
 _files: list[Path] = []
 
 
+class _Redis:
+    """One Redis (or Valkey) server for the whole run, started on first use; every lock or
+    group made on it has names of its own (a prefix per object)."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.made = itertools.count()
+
+    def url(self) -> str:
+        if self.server is None:
+            from ..cluster.servers import Server, find_server_binary
+
+            binary = find_server_binary()
+            if binary is None:
+                pytest.skip("no redis-server or valkey-server binary (see tests/cluster)")
+            server = Server(binary)
+            server.start()
+            self.server = server
+        return str(self.server.url)
+
+    def prefix(self) -> str:
+        return f"conformance-{next(self.made)}:"
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+_redis = _Redis()
+
+
+def _redis_lock(**options: Any) -> Any:
+    from keyedlock.redis import RedisKeyedLock
+
+    return RedisKeyedLock(_redis.url(), prefix=_redis.prefix(), lease=2.0, **options)
+
+
+def _redis_flight(**options: Any) -> Any:
+    from keyedlock.redis import RedisSingleFlight
+
+    return RedisSingleFlight(_redis.url(), prefix=_redis.prefix(), lease=2.0, **options)
+
+
 def _file_lock(**options: Any) -> FileKeyedLock:
     directory = _files[-1]
     count = len(list(directory.iterdir()))
@@ -73,11 +118,13 @@ LOCK_SCOPES: list[Scope] = [
     Scope("process", KeyedLock),
     Scope("file", _file_lock, keys="str, bytes or int"),
     Scope("manager", lambda **options: _manager.get().KeyedLock(**options), remote=True),
+    Scope("redis", _redis_lock, keys="str, bytes or int"),
 ]
 
 FLIGHT_SCOPES: list[Scope] = [
     Scope("process", SingleFlight),
     Scope("manager", lambda **options: _manager.get().SingleFlight(**options), remote=True),
+    Scope("redis", _redis_flight, keys="str, bytes or int"),
 ]
 
 
@@ -92,3 +139,4 @@ def _scopes_cleanup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     _files.append(tmp_path_factory.mktemp("lock-files"))
     yield
     _manager.close()
+    _redis.close()

@@ -18,7 +18,7 @@ import trio
 
 from keyedlock import Abandoned, KeyedLock, KeyedLockError
 
-from ..support import WAIT, start_thread, wait_waiters
+from ..support import WAIT, start_thread, wait_waiters, wait_waiters_async
 from .scopes import Scope, differs
 from .test_warn_after import Records
 
@@ -185,10 +185,11 @@ def test_a_key_released_before_its_owner_ends_is_not_abandoned(
     lock = make_lock()
 
     async def main() -> None:
-        released = asyncio.Event()
+        taken, released = asyncio.Event(), asyncio.Event()
 
         async def short() -> None:
             assert await lock.acquire_async("k")
+            taken.set()
             await released.wait()
 
         async def waiter() -> None:
@@ -196,10 +197,9 @@ def test_a_key_released_before_its_owner_ends_is_not_abandoned(
                 pass
 
         holder = asyncio.create_task(short())
-        await asyncio.sleep(0)  # it takes the key (no yield before it does)
+        await asyncio.wait_for(taken.wait(), WAIT)
         waiting = asyncio.create_task(waiter())
-        await asyncio.sleep(0)  # it queues (likewise)
-        assert lock.waiters("k") == 1
+        await wait_waiters_async(lock, "k", 1)
         lock.release("k")  # released by someone else while its owner still runs
         released.set()
         await holder

@@ -13,13 +13,17 @@ __all__ = ["traceback_functions", "wait_followers", "wait_followers_async"]
 
 def wait_followers(group: SingleFlight, key: Hashable, count: int) -> None:
     """Wait (bounded) until ``count`` callers wait on the call in flight for ``key``."""
-    wait_until(lambda: group._backend.waiters(key) == count, f"{count} follower(s) wait on {key!r}")
+    local = group._local(key)  # the backend's key (a scope may map keys)
+    wait_until(
+        lambda: group._backend.waiters(local) == count, f"{count} follower(s) wait on {key!r}"
+    )
 
 
 async def wait_followers_async(group: SingleFlight, key: Hashable, count: int) -> None:
     """As :func:`wait_followers`, from an asyncio or trio task (lets the other tasks run)."""
+    local = group._local(key)
     await wait_until_async(
-        lambda: group._backend.waiters(key) == count, f"{count} follower(s) wait on {key!r}"
+        lambda: group._backend.waiters(local) == count, f"{count} follower(s) wait on {key!r}"
     )
 
 

@@ -92,11 +92,11 @@ def test_coalesce_a_sync_function(sf: SingleFlight, threads: Threads) -> None:
 @pytest.mark.anyio
 async def test_coalesce_with_a_key_function(sf: SingleFlight) -> None:
     def key_of(region: str, item: int) -> Hashable:
-        return ("stock", region, item)
+        return f"stock:{region}:{item}"
 
     @sf.coalesce(key_of)
     async def stock(region: str, item: int) -> int:
-        assert sf.in_flight(("stock", region, item))
+        assert sf.in_flight(f"stock:{region}:{item}")
         return item * 10
 
     assert await stock("eu", 3) == 30

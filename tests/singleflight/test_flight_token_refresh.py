@@ -37,7 +37,7 @@ class OAuthClient:
 
     def __init__(self, sf: SingleFlight, checkpoint: Callable[[], Awaitable[None]]) -> None:
         self.sf = sf
-        self.key = ("oauth-token", id(self))
+        self.key = f"oauth-token:{id(self)}"
         self.checkpoint = checkpoint
         self.now = 0.0
         self.token: str | None = None
@@ -68,7 +68,7 @@ class ThreadOAuthClient:
 
     def __init__(self, sf: SingleFlight) -> None:
         self.sf = sf
-        self.key = ("oauth-token", id(self))
+        self.key = f"oauth-token:{id(self)}"
         self.now = 0.0
         self.token: str | None = None
         self.expires_at = 0.0
@@ -113,7 +113,7 @@ async def burst(client: OAuthClient, *, hold_refresh: bool = False) -> list[dict
                 tg.start_soon(request)
             if client.refresh_gate is not None:
                 await wait_until_async(
-                    lambda: client.sf._backend.waiters(client.key) == CALLERS - 1,
+                    lambda: client.sf._backend.waiters(client.sf._local(client.key)) == CALLERS - 1,
                     "every other caller waits on the refresh",
                 )
                 client.refresh_gate.set()

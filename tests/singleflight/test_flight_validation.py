@@ -148,7 +148,7 @@ async def test_do_sync_refuses_to_block_a_loop_even_as_a_follower(sf: SingleFlig
             await wait_until_async(lambda: started == ["leader"], "the leader runs the call")
             with pytest.raises(RuntimeError, match="event loop"):
                 sf.do_sync("k", never_called)
-            assert sf._backend.waiters("k") == 0
+            assert sf._backend.waiters(sf._local("k")) == 0
             gate.set()
 
 
@@ -212,7 +212,7 @@ def test_a_thread_joining_its_own_call_with_followers(sf: SingleFlight, threads:
     joined: list[str] = []
 
     def recursive() -> str:
-        wait_until(lambda: sf._backend.waiters("k") == 1, "a follower waits")
+        wait_until(lambda: sf._backend.waiters(sf._local("k")) == 1, "a follower waits")
         joined.append("inner")
         return sf.do_sync("k", recursive)
 

@@ -306,6 +306,11 @@ class FlightBackend(Protocol):
         outcome (cancelled, interrupted) and the earliest follower takes
         over. Returns True if the outcome reached another caller. May raise
         if the outcome cannot be shared (a remote scope that cannot pickle it).
+
+        A backend for which this is a round trip may also define ``conclude_async``
+        (same arguments, a coroutine): :meth:`~keyedlock.SingleFlight.do` awaits it, so
+        that a task's event loop never blocks on it. It must conclude even if cancelled
+        or interrupted while it waits (then raise).
         """
         ...
 

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 from keyedlock import __version__
 
+from ._holders import scan
 from ._run import BUSY, CANNOT_EXECUTE, LOCK_FILE_ERROR, NOT_FOUND, run_command
 
-__all__ = ["main"]
+__all__ = ["main", "scan"]
 
 
 def count(text: str) -> int:

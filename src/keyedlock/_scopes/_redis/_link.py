@@ -1,0 +1,285 @@
+"""The cluster scope's connections to its server: run a script, a batch, a blocking pop.
+
+A :class:`Link` serves every runtime from one target (a URL, a ``redis.Redis`` or a
+``redis.RedisCluster``):
+
+- threads, and the process's renewal thread, use the sync client. Commands go straight to a
+  connection of its pool (the pool of the key's node on a cluster): one command, one reply,
+  no client-side retry (a release sent twice would answer "not the owner" the second time,
+  which reads as a lost lease), and the reply read raw (``decode_responses`` is ignored). A
+  script the server does not know (``NOSCRIPT``: it restarted) is loaded and run again; a
+  cluster's ``MOVED`` refreshes its slot map once.
+- asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`).
+- trio tasks run the sync calls in trio's worker threads: the trio run never blocks.
+
+Every failure to reach the server (refused, reset, timed out, a cluster that is down) is
+raised as :class:`RedisUnavailable`, a builtin :class:`ConnectionError` naming the server.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Final
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from ..._ki import internal
+from ..._runtime import running_loop
+from ._loops import MARGIN, LoopClients, async_client_for, url_options
+from ._lua import Call
+
+__all__ = ["Link", "RedisUnavailable"]
+
+#: What redis-py raises when the server cannot serve a command now.
+_DOWN: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+    TimeoutError,  # an asyncio timeout around a blocking pop
+)
+
+# redis-py 5.0 needs a command name to get a connection; later versions deprecate it.
+_get_params = inspect.signature(redis.ConnectionPool.get_connection).parameters
+_NAMED: Final = (
+    "command_name" in _get_params and _get_params["command_name"].default is inspect.Parameter.empty
+)
+
+
+class RedisUnavailable(ConnectionError):
+    """The Redis server (or a node of the cluster) could not be reached, or did not answer."""
+
+
+def _where(kwargs: dict[str, Any]) -> str:
+    path = kwargs.get("path")
+    if path:
+        return str(path)
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def _connection(pool: Any) -> Any:
+    return pool.get_connection("_") if _NAMED else pool.get_connection()
+
+
+@internal
+class Link:
+    """The connections of a scope to one server or cluster (see the module docstring)."""
+
+    __slots__ = ("_pool", "client", "cluster", "loops", "server", "url")
+
+    def __init__(self, target: object, who: str) -> None:
+        self.url: str | None = None
+        if isinstance(target, str):
+            self.url = target
+            client: Any = redis.Redis.from_url(target, **url_options(Retry(NoBackoff(), 0)))
+        elif isinstance(target, RedisCluster | redis.Redis):
+            client = target
+        else:
+            raise TypeError(
+                f"{who} needs a redis:// URL, a redis.Redis or a redis.RedisCluster client "
+                f"(the asyncio client is made for each event loop from its settings), got "
+                f"{type(target).__name__}: {target!r}"
+            )
+        self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self._pool = None if self.cluster else client.connection_pool
+        if self.cluster:
+            nodes = ", ".join(node.name for node in client.get_primaries())
+            self.server = f"the Redis Cluster of {nodes}"
+        else:
+            self.server = f"the Redis server at {_where(client.connection_pool.connection_kwargs)}"
+        self.loops = LoopClients(partial(async_client_for, client, self.url))
+
+    def __repr__(self) -> str:
+        return f"<Link {self.server}>"
+
+    # -- errors ------------------------------------------------------------
+
+    def unavailable(self, exc: BaseException, pool: Any = None) -> RedisUnavailable:
+        """The error to raise for ``exc``: it names the server (the node, on a cluster)."""
+        where = self.server
+        if pool is not None:
+            where = f"the Redis server at {_where(pool.connection_kwargs)}"
+        error = RedisUnavailable(f"{where} cannot be reached: {exc}")
+        error.__cause__ = exc
+        return error
+
+    # -- threads -----------------------------------------------------------
+
+    def _pool_of(self, key: bytes) -> Any:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        client = self.client
+        return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
+
+    def _exec(self, pool: Any, args: Sequence[object], wait: float | None = None) -> Any:
+        """One command on a connection of ``pool``; its reply (``wait``: at most that long)."""
+        conn = _connection(pool)
+        try:
+            conn.send_command(*args)
+            if wait is not None and not conn.can_read(timeout=wait):
+                raise redis.exceptions.TimeoutError(f"no answer within {wait:.3g} s")
+            return conn.read_response(disable_decoding=True)
+        except redis.exceptions.ResponseError:
+            raise  # an error reply, read whole: the connection is fine
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way: never reuse it
+            raise
+        finally:
+            pool.release(conn)
+
+    def _call(
+        self, key: bytes, args: Sequence[object], call: Call | None, wait: float | None
+    ) -> Any:
+        pool = None
+        try:
+            for attempt in (1, 2, 3):
+                pool = self._pool_of(key)
+                try:
+                    return self._exec(pool, args, wait)
+                except redis.exceptions.NoScriptError:
+                    if call is None or attempt == 3:
+                        raise
+                    self._exec(pool, ("SCRIPT", "LOAD", call.script.source))
+                except redis.exceptions.AskError:  # MOVED too: the slot map changed
+                    if not self.cluster or attempt == 3:
+                        raise
+                    self.client.nodes_manager.initialize()
+            raise AssertionError("unreachable")  # pragma: no cover
+        except _DOWN as exc:
+            raise self.unavailable(exc, pool) from exc
+
+    def run(self, call: Call) -> Any:
+        """Run one script call; its raw reply."""
+        args = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        return self._call(call.keys[0], args, call, None)
+
+    def command(self, key: bytes, *args: object) -> Any:
+        """Run one plain command about ``key``; its raw reply."""
+        return self._call(key, args, None, None)
+
+    def pop(self, key: bytes, block: float) -> bytes | None:
+        """``BLPOP key`` for at most ``block`` seconds; the value popped, or None."""
+        block = max(0.001, block)
+        reply = self._call(key, ("BLPOP", key, f"{block:.3f}"), None, block + MARGIN)
+        if not reply:
+            return None
+        value: bytes = reply[1]
+        return value
+
+    def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Run ``calls`` in one round trip per node; each reply, or the exception it raised.
+
+        Calls a node did not run for want of their script (``NOSCRIPT``: it restarted) go
+        again once the scripts are loaded, in one more round trip per node; calls that
+        met a moved slot go again one by one.
+        """
+        replies: list[Any] = [None] * len(calls)
+        by_pool: dict[Any, list[int]] = {}
+        for n, call in enumerate(calls):
+            try:
+                by_pool.setdefault(self._pool_of(call.keys[0]), []).append(n)
+            except _DOWN as exc:
+                replies[n] = self.unavailable(exc)
+        for _ in (1, 2):
+            again: dict[Any, list[int]] = {}
+            for pool, indexes in by_pool.items():
+                try:
+                    self._batch(pool, calls, indexes, replies)
+                    missing = [
+                        n for n in indexes if isinstance(replies[n], redis.exceptions.NoScriptError)
+                    ]
+                    for script in {calls[n].script for n in missing}:
+                        self._exec(pool, ("SCRIPT", "LOAD", script.source))
+                except _DOWN as exc:
+                    for n in indexes:
+                        replies[n] = self.unavailable(exc, pool)
+                else:
+                    if missing:
+                        again[pool] = missing
+            if not again:
+                break
+            by_pool = again
+        for n, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.AskError):
+                try:
+                    replies[n] = self.run(calls[n])
+                except Exception as exc:
+                    replies[n] = exc
+        return replies
+
+    def _batch(self, pool: Any, calls: Sequence[Call], indexes: list[int], out: list[Any]) -> None:
+        conn = _connection(pool)
+        try:
+            commands = [
+                ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
+                for c in (calls[n] for n in indexes)
+            ]
+            conn.send_packed_command(conn.pack_commands(commands))
+            for n in indexes:
+                try:
+                    out[n] = conn.read_response(disable_decoding=True)
+                except redis.exceptions.ResponseError as exc:
+                    out[n] = exc
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
+    # -- asyncio and trio ----------------------------------------------------
+
+    async def run_async(self, call: Call, *, shielded: bool = False) -> Any:
+        """As :meth:`run`, from an asyncio or trio task. ``shielded``: under trio, finish
+        even if the task is cancelled meanwhile (a release)."""
+        loop = running_loop()
+        if loop is None:
+            return await _in_trio_thread(partial(self.run, call), shielded)
+        side = self.loops.get(loop) or await self.loops.open(loop)
+        try:
+            return await side.run(call)
+        except _DOWN as exc:
+            raise self.unavailable(exc) from exc
+
+    async def command_async(self, key: bytes, *args: object) -> Any:
+        """As :meth:`command`, from an asyncio or trio task."""
+        loop = running_loop()
+        if loop is None:
+            return await _in_trio_thread(partial(self.command, key, *args), False)
+        side = self.loops.get(loop) or await self.loops.open(loop)
+        try:
+            return await side.command(*args)
+        except _DOWN as exc:
+            raise self.unavailable(exc) from exc
+
+    async def pop_async(self, key: bytes, block: float) -> bytes | None:
+        """As :meth:`pop`, from an asyncio or trio task; cancellation stops waiting."""
+        loop = running_loop()
+        if loop is None:
+            import trio
+
+            return await trio.to_thread.run_sync(
+                partial(self.pop, key, block), abandon_on_cancel=True
+            )
+        side = self.loops.get(loop) or await self.loops.open(loop)
+        try:
+            return await side.pop(key, max(0.001, block))
+        except _DOWN as exc:
+            raise self.unavailable(exc) from exc
+
+
+async def _in_trio_thread(call: partial[Any], shielded: bool) -> Any:
+    import trio
+
+    if not shielded:
+        return await trio.to_thread.run_sync(call)
+    with trio.CancelScope(shield=True):
+        return await trio.to_thread.run_sync(call)

@@ -1,0 +1,230 @@
+"""The cluster scope as a lock backend: the local-then-wide model over :class:`RedisScope`.
+
+:class:`RedisBackend` is a :class:`~keyedlock._scopes.WideBackend`: this process's callers
+queue in its table first (FIFO, any runtime), and only a key's local holder takes it in Redis.
+What differs from the lock file:
+
+- the network is slow next to a table step, so the context's entry takes the key locally and
+  then asks the server once (a grant or a place in line: one round trip), rather than trying
+  first and queueing after; under asyncio and trio it never blocks the loop (asyncio's client,
+  or trio's worker threads), so ``__aexit__`` is a coroutine of its own, and so is ``run``'s
+  release (:meth:`RedisContext._finish_async`);
+- the context carries ``token`` (the fencing token of its grant) and ``lost`` (the lease was
+  lost while held), and leaving a context whose lease was lost raises LeaseLost, after
+  releasing it here and (compare-and-delete) in Redis;
+- :meth:`RedisBackend.waiters` counts the callers queued anywhere: this process's, and the
+  places in the key's queue in Redis (one per process waiting for it there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Hashable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from ..._core import RELEASED, KeyTable
+from ..._errors import LeaseLost
+from ..._ki import internal
+from ..._runtime import (
+    async_owner,
+    blocking_call_error,
+    running_loop,
+    sniffio_local,
+    thread_owners,
+)
+from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
+from .._local import LocalBackend
+from .._wide import WideBackend, WideContext
+from ._link import Link
+from ._lockscope import RedisScope
+
+__all__ = ["RedisBackend", "RedisContext", "lease_lost"]
+
+
+def lease_lost(key: Hashable, token: int) -> LeaseLost:
+    """The error of leaving a key whose lease was lost while it was held."""
+    return LeaseLost(
+        f"the lease of key {key!r} (fencing token {token}) was lost while it was held: the "
+        "process was stopped or cut off from Redis for longer than the lease, or the server "
+        "lost its data. The key is released; another caller may have held it meanwhile, "
+        f"with a fencing token above {token}"
+    )
+
+
+@internal
+class RedisContext(WideContext):
+    """The context of a cluster-scope lock: ``lock(key)`` of a ``RedisKeyedLock``.
+
+    Entering it returns the context itself, which carries:
+
+    - ``token``: the fencing token of this grant (0 until the key is held), an int that
+      grows strictly with every grant of the key, cluster-wide. Pass it to what the body
+      writes, so that a holder whose lease was lost is refused there;
+    - ``lost``: True once the lease is known to be lost (the renewal found the key gone, or
+      could not reach the server for a whole lease); leaving then raises
+      :class:`~keyedlock.LeaseLost`.
+    """
+
+    __slots__ = ("lost", "token")
+
+    token: int
+    lost: bool
+
+    if not TYPE_CHECKING:
+
+        def __init__(self) -> None:
+            self.token = 0
+            self.lost = False
+
+    def __repr__(self) -> str:
+        phase = ("new", "entered", "exited")[self._phase]
+        lost = " lost" if self.lost else ""
+        return f"<RedisContext key={self._key!r} {phase} token={self.token}{lost}>"
+
+    # -- threads -----------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        if running_loop() is not None or sniffio_local.name is not None:
+            raise blocking_call_error("`with lock(key)`")
+        self._owner = thread_owners.token
+        backend: RedisBackend = self._backend  # type: ignore[assignment]
+        table: KeyTable = self._table  # type: ignore[assignment]
+        key = self._key
+        try:
+            if table.take(key, self) is self:
+                # Free here: one round trip takes it in Redis, or a place in line there.
+                acquired = backend.scope.acquire_sync(key, self, self._timeout)
+                if not acquired:
+                    table.release(key, self)
+            else:
+                acquired = backend.acquire(self, self._timeout)
+        except BaseException:
+            backend.undo(self)
+            raise
+        if not acquired:
+            raise timeout_error(key, self._timeout)
+        return self
+
+    # -- asyncio and trio --------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._phase:
+            raise RuntimeError(REUSE)
+        self._phase = ENTERED
+        runtime, self._owner = async_owner()
+        await self._acquire_async(runtime, True)  # (under trio: with its checkpoints)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._finish_async()
+
+    async def _finish_async(self, abort: BaseException | None = None) -> None:
+        """Release from a task: the round trip is awaited, never blocking the loop."""
+        if self._phase != ENTERED:
+            raise RuntimeError(BAD_EXIT)
+        self._phase = EXITED
+        backend: RedisBackend = self._backend  # type: ignore[assignment]
+        try:
+            await backend.release_async(self, abort)
+        except BaseException:
+            backend.undo(self)
+            raise
+
+
+@internal
+class RedisBackend(WideBackend):
+    """The lock backend of :class:`~keyedlock.redis.RedisKeyedLock`."""
+
+    __slots__ = ("__weakref__",)
+
+    context: type[LockContext] = RedisContext
+    scope: RedisScope
+
+    def __init__(
+        self,
+        link: Link,
+        prefix: str,
+        lease: float,
+        max_waiters: int | None,
+        fast_acquire: bool = False,
+    ) -> None:
+        super().__init__(RedisScope(link, prefix, lease), max_waiters, fast_acquire)
+        _live.add(self)
+
+    def release(self, ctx: LockContext, abort: BaseException | None) -> None:
+        WideBackend.release(self, ctx, abort)
+        if ctx.lost:  # type: ignore[attr-defined]
+            raise lease_lost(ctx._key, ctx.token)  # type: ignore[attr-defined]
+
+    async def release_async(self, ctx: LockContext, abort: BaseException | None) -> None:
+        """As :meth:`release`, from an asyncio or trio task."""
+        key = ctx._key
+        if not await self.scope.release_async(key, ctx):
+            table: KeyTable = ctx._table  # type: ignore[assignment]
+            if table.holder(key) is ctx:
+                raise self.scope.not_held(key)  # (the context's undo gives the local key back)
+            table.release(key, ctx)  # raises: released by another caller
+        LocalBackend.release(self, ctx, abort)
+        if ctx.lost:  # type: ignore[attr-defined]
+            raise lease_lost(key, ctx.token)  # type: ignore[attr-defined]
+
+    def release_key(self, key: Hashable, done: list[Any]) -> None:
+        """As the wide model's, and: a release that could not reach the server still
+        releases here (the renewal thread gives the key back in Redis, or its lease runs
+        out); a hold whose lease was lost raises LeaseLost once released."""
+        table = self.table
+        retry = bool(done)
+        if retry:
+            holder = done[0]
+            if holder._state == RELEASED or table.holder(key) is not holder:
+                return  # the first try released it
+        else:
+            holder = table.holder(key)
+            if holder is None:
+                raise RuntimeError(f"release of key {key!r}, which is not held")
+            done.append(holder)
+        try:
+            released = self.scope.release(key, holder)
+        except Exception:
+            if table.holder(key) is holder:
+                table.release(key, holder)
+            raise
+        if not released and not retry:
+            # Handed the key here, but still waiting for another process: not held yet.
+            raise self.scope.not_held(key)
+        table.release(key, holder)
+        if holder.lost:
+            raise lease_lost(key, holder.token)
+
+    def waiters(self, key: Hashable) -> int:
+        """Callers queued on ``key`` anywhere: this process's, and the places in Redis."""
+        return self.table.waiters(key) + self.scope.waiting(key)
+
+    def forked(self) -> None:
+        """In a fork child: no holder and no waiter (the parent's did not fork with it)."""
+        self.table = KeyTable(self.table.max_waiters)
+
+
+#: Every live backend, to reset their local state in a fork child.
+_live: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+def _forget_holds_in_child() -> None:
+    for backend in list(_live):
+        with contextlib.suppress(Exception):
+            backend.forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_holds_in_child)

@@ -1,0 +1,331 @@
+"""The cluster scope as a wide scope: a key of this process's table, taken in Redis.
+
+:class:`RedisScope` is the :class:`~keyedlock._scopes.WideScope` of the local-then-wide
+model over the lock's scripts (:mod:`._lockscripts`): only a key's local holder reaches the
+server, so each process has at most one caller per key there (one place in the queue, one
+blocked connection).
+
+Acquiring: ``acquire`` takes the key or a place in line; a waiter then blocks on its wake
+list (``BLPOP``) for at most the holder's remaining lease and its own deadline, and asks
+again when that runs out. So nothing polls while the holder is alive, and a holder that died
+delays the queue by at most its lease. The lease (and a waiter's place) is renewed by the
+process's renewal thread (:mod:`._renewal`), every third of the lease.
+
+Records: ``held`` maps each hold the scope acts for to its :class:`Attempt` (waiter id,
+state, token). As in the lock-file scope, a record is written *before* the server is asked
+(an interrupt after the grant finds it), marked HELD only once the grant is known, and taken
+for release in one step (``attempt = held[hold]; del held[hold]``, no call in between): of two
+callers releasing one hold, one gets the record. Whatever is taken but cannot be finished
+(an interrupted acquisition, a release whose reply was lost) is handed to the renewal thread
+as a ``withdraw`` chore: compare-and-delete by waiter id, so it never touches another
+holder's grant, and it never blocks the caller's event loop.
+
+Losing the lease: a renewal that finds the key no longer its own (the server restarted, or
+the process was stopped past its lease), or that cannot reach the server until the lease is
+over, marks the attempt and its hold ``lost``; so does a release that the server refuses
+(the script only deletes its own grant). The backend then raises LeaseLost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from time import monotonic
+from typing import Any, Final, Protocol, cast
+
+from ..._core import Hold
+from ..._ki import internal
+from ._link import Link
+from ._lockcalls import (
+    Granted,
+    Refreshed,
+    acquire,
+    inspect,
+    parse_acquire,
+    parse_inspect,
+    parse_refresh,
+    parse_wake,
+    refresh,
+    release,
+    renew,
+    withdraw,
+)
+from ._names import KeyNames, RedisKey, new_id
+from ._renewal import Renewal, renewer
+
+__all__ = ["HELD", "WAITING", "Attempt", "RedisScope", "not_held_error"]
+
+#: An attempt's states: waiting in the server's queue, or holding the key.
+WAITING: Final = 0
+HELD: Final = 1
+
+
+class Fenced(Protocol):
+    """The public attributes of a cluster-scope context, which the scope keeps up to date."""
+
+    token: int
+    lost: bool
+
+
+def not_held_error(local_key: object) -> RuntimeError:
+    """The error of a release by a caller that does not hold ``local_key`` in Redis."""
+    return RuntimeError(
+        f"release of key {local_key!r}, which this caller does not hold in Redis "
+        "(not acquired yet: still waiting for another process, or released already)"
+    )
+
+
+@internal
+class Attempt:
+    """One acquisition of a key in Redis by one local holder (see the module docstring)."""
+
+    __slots__ = ("expires", "key", "lost", "state", "token", "waiter")
+
+    def __init__(self, key: RedisKey) -> None:
+        self.key = key
+        self.waiter = new_id()
+        self.state = WAITING
+        self.token = 0
+        self.lost = False
+        #: When the lease runs out at the latest, by this process's clock (monotonic).
+        self.expires = 0.0
+
+
+@internal
+class RedisScope:
+    """The :class:`~keyedlock._scopes.WideScope` of a lock on Redis (module docstring)."""
+
+    __slots__ = ("__weakref__", "held", "lease", "lease_ms", "link", "map_key", "period")
+
+    held: dict[Hold, Attempt]
+
+    def __init__(self, link: Link, prefix: str, lease: float) -> None:
+        self.link = link
+        self.map_key = KeyNames(prefix, "RedisKeyedLock")
+        self.lease = lease
+        self.lease_ms = max(1, round(lease * 1000))
+        self.period = lease / 3
+        self.held = {}
+        renewer.add(self)
+
+    def forked(self) -> None:
+        """In a fork child: nothing is held (the parent's holds did not fork with it)."""
+        self.held = {}
+
+    @property
+    def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
+        return self.map_key.cache
+
+    @staticmethod
+    def user_key(local_key: Hashable) -> Hashable:
+        return cast(RedisKey, local_key).key
+
+    # -- acquiring -----------------------------------------------------------
+
+    def _ask(self, attempt: Attempt, queue: bool) -> Any:
+        return acquire(
+            attempt.key.names,
+            attempt.waiter,
+            lease_ms=self.lease_ms,
+            place_ms=self.lease_ms,
+            queue=queue,
+        )
+
+    def _granted(self, hold: Hold, attempt: Attempt, token: int, sent: float) -> bool:
+        attempt.token = token
+        attempt.expires = sent + self.lease
+        cast(Fenced, hold).token = token
+        attempt.state = HELD  # last: until here, an interrupt finds a waiting record
+        return True
+
+    def _block(self, wait_ms: int, deadline: float | None) -> float:
+        """How long to block on the wake list: the holder's remaining lease, at most."""
+        block = max(wait_ms, 1) / 1000
+        if deadline is not None:
+            block = min(block, deadline - monotonic())
+        return max(block, 0.001)
+
+    def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
+        """Take the key if it is free and nobody waits for it, without waiting."""
+        return self.acquire_sync(local_key, hold, 0)
+
+    def acquire_sync(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
+        """Take the key, blocking this thread; False (nothing held or queued) on timeout."""
+        attempt = Attempt(cast(RedisKey, local_key))
+        held = self.held
+        held[hold] = attempt  # recorded first: an interrupt from here on finds it
+        link = self.link
+        deadline = None if timeout is None else monotonic() + timeout
+        sent = monotonic()
+        reply = parse_acquire(link.run(self._ask(attempt, timeout != 0)))
+        while not isinstance(reply, Granted):
+            if timeout == 0:
+                del held[hold]  # it took no place in line
+                return False
+            if deadline is not None and deadline <= monotonic():
+                self._give_up(hold, attempt)
+                return False
+            wake = attempt.key.names.wake(attempt.waiter)
+            message = link.pop(wake, self._block(reply.wait_ms, deadline))
+            if message is not None:
+                return self._granted(hold, attempt, parse_wake(message).token, sent)
+            sent = monotonic()
+            reply = parse_acquire(link.run(self._ask(attempt, True)))
+        return self._granted(hold, attempt, reply.token, sent)
+
+    async def acquire_async(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
+        """As :meth:`acquire_sync`, from an asyncio or trio task; cancellation (or any other
+        exception) leaves the record for :meth:`abandon`."""
+        attempt = Attempt(cast(RedisKey, local_key))
+        held = self.held
+        held[hold] = attempt
+        link = self.link
+        deadline = None if timeout is None else monotonic() + timeout
+        sent = monotonic()
+        reply = parse_acquire(await link.run_async(self._ask(attempt, timeout != 0)))
+        while not isinstance(reply, Granted):
+            if timeout == 0:
+                del held[hold]
+                return False
+            if deadline is not None and deadline <= monotonic():
+                await self._give_up_async(hold, attempt)
+                return False
+            wake = attempt.key.names.wake(attempt.waiter)
+            message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
+            if message is not None:
+                return self._granted(hold, attempt, parse_wake(message).token, sent)
+            sent = monotonic()
+            reply = parse_acquire(await link.run_async(self._ask(attempt, True)))
+        return self._granted(hold, attempt, reply.token, sent)
+
+    def _give_up(self, hold: Hold, attempt: Attempt) -> None:
+        """Timed out: leave the queue (and hand on a key handed to it meanwhile)."""
+        del self.held[hold]
+        try:
+            self.link.run(withdraw(attempt.key.names, attempt.waiter))
+        except BaseException:
+            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            raise
+
+    async def _give_up_async(self, hold: Hold, attempt: Attempt) -> None:
+        del self.held[hold]
+        try:
+            await self.link.run_async(withdraw(attempt.key.names, attempt.waiter))
+        except BaseException:
+            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            raise
+
+    # -- holding and releasing -------------------------------------------------
+
+    def holds(self, hold: Hold) -> bool:
+        """True if ``hold`` holds its key in Redis (as far as this process knows)."""
+        held = self.held
+        return hold in held and held[hold].state == HELD
+
+    def _claim(self, hold: Hold) -> Attempt | None:
+        """Take ``hold``'s record if it holds the key (one step: see the module docstring)."""
+        held = self.held
+        try:
+            attempt = held[hold]
+            if attempt.state != HELD:
+                return None  # still waiting for another process: it holds nothing yet
+            del held[hold]
+        except KeyError:
+            return None
+        return attempt
+
+    def _released(self, hold: Hold, attempt: Attempt, reply: object) -> bool:
+        if reply != 1:  # not the owner any more: the lease ran out (never deleted)
+            attempt.lost = True
+            cast(Fenced, hold).lost = True
+        return True
+
+    def release(self, local_key: Hashable, hold: Hold) -> bool:
+        """Release the key ``hold`` holds (compare-and-delete; a refusal marks it lost);
+        False if it holds nothing here."""
+        attempt = self._claim(hold)
+        if attempt is None:
+            return False
+        try:
+            reply = self.link.run(release(attempt.key.names, attempt.waiter))
+        except BaseException:
+            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            raise
+        return self._released(hold, attempt, reply)
+
+    async def release_async(self, local_key: Hashable, hold: Hold) -> bool:
+        """As :meth:`release`, from an asyncio or trio task (under trio, shielded)."""
+        attempt = self._claim(hold)
+        if attempt is None:
+            return False
+        try:
+            call = release(attempt.key.names, attempt.waiter)
+            reply = await self.link.run_async(call, shielded=True)
+        except BaseException:
+            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            raise
+        return self._released(hold, attempt, reply)
+
+    def abandon(self, local_key: Hashable, hold: Hold) -> bool:
+        """After an interrupt or a cancellation: give back whatever ``hold`` holds or waits
+        for, from the renewal thread; False if nothing."""
+        held = self.held
+        try:
+            attempt = held[hold]
+            del held[hold]
+        except KeyError:
+            return False
+        renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+        return True
+
+    # -- the key, for anyone ---------------------------------------------------------
+
+    def locked(self, local_key: Hashable) -> bool:
+        """True if anyone holds the key in Redis (one round trip)."""
+        return self.inspect(local_key)[0]
+
+    def waiting(self, local_key: Hashable) -> int:
+        """How many places wait in the key's queue in Redis (one round trip)."""
+        return self.inspect(local_key)[1]
+
+    def inspect(self, local_key: Hashable) -> tuple[bool, int]:
+        return parse_inspect(self.link.run(inspect(cast(RedisKey, local_key).names)))
+
+    not_held = staticmethod(not_held_error)
+
+    # -- renewal ------------------------------------------------------------
+
+    def renewals(self) -> list[Renewal]:
+        """This round's calls: a ``renew`` per held key, a ``refresh`` per waiting place."""
+        sent = monotonic()
+        calls: list[Renewal] = []
+        for hold, attempt in list(self.held.items()):
+            names = attempt.key.names
+            if attempt.state == HELD:
+                if not attempt.lost:
+                    call = renew(names, attempt.waiter, lease_ms=self.lease_ms)
+                    calls.append((call, self._renewed(hold, attempt, sent)))
+            else:
+                lease_ms = self.lease_ms
+                call = refresh(names, attempt.waiter, lease_ms=lease_ms, place_ms=lease_ms)
+                calls.append((call, self._refreshed(attempt, sent)))
+        return calls
+
+    def _renewed(self, hold: Hold, attempt: Attempt, sent: float) -> Any:
+        def done(reply: object) -> None:
+            if reply == 1:
+                attempt.expires = sent + self.lease
+            elif self.held.get(hold) is attempt and (
+                not isinstance(reply, BaseException) or monotonic() >= attempt.expires
+            ):
+                # Refused (not the owner), or unreachable until the lease was over.
+                attempt.lost = True
+                cast(Fenced, hold).lost = True
+
+        return done
+
+    def _refreshed(self, attempt: Attempt, sent: float) -> Any:
+        def done(reply: object) -> None:
+            if not isinstance(reply, BaseException) and parse_refresh(reply) == Refreshed.HELD:
+                attempt.expires = sent + self.lease  # handed the key: its lease was renewed
+
+        return done

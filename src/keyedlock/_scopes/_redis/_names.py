@@ -1,0 +1,127 @@
+"""Keys of the cluster scope: what a user's key is called on the server, and waiter ids.
+
+A key is encoded with its type, so ``"1"``, ``b"1"`` and ``1`` are three keys::
+
+    str    "invoice:42"  ->  s:invoice:42     (UTF-8)
+    bytes  b"\\x00\\xff"    ->  b:\\x00\\xff       (as is)
+    int    42            ->  i:42             (decimal)
+
+and the names of its structures are ``<prefix>{<tag>}:...`` (see :mod:`._lua`): with the
+default prefix, the lock on ``"invoice:42"`` is ``keyedlock:{s:invoice:42}:owner`` (and
+``:queue``, ``:places``, ``:leases``, ``:token``, ``:wake:<id>``), its single-flight
+``keyedlock:{s:invoice:42}:flight:...``, so an operator finds them with ``SCAN MATCH
+'keyedlock:*'``. Any other key type (``bool`` included: ``True == 1``) is a TypeError.
+
+The local key the process table serializes on is a :class:`RedisKey`: the encoded key
+itself (a bytes object: equal keys are equal local keys), remembering the user's key (for
+messages) and the names of its structures.
+
+Waiter ids (one per acquisition attempt, or per flight member) are ``<process>-<n>``: a
+random process id, drawn again in a fork child, and a counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Final
+
+from ._flightscripts import FlightKeys, flight_keys
+from ._lockscripts import LockKeys, lock_keys
+
+__all__ = ["KeyNames", "RedisKey", "encode_key", "new_id"]
+
+
+class RedisKey(bytes):
+    """A key of the cluster scope: its type-tagged encoding, and what it is called.
+
+    ``key``: the user's key (its repr is this object's, so messages name it);
+    ``names``: its lock's structures, or its flight's (:class:`KeyNames` decides).
+    """
+
+    key: object
+    names: LockKeys
+    flight: FlightKeys
+
+    def __repr__(self) -> str:
+        return repr(self.key)
+
+
+def encode_key(key: object, who: str = "RedisKeyedLock") -> bytes:
+    """The type-tagged encoding of a key; TypeError for keys the cluster scope refuses."""
+    if isinstance(key, str):
+        return b"s:" + key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return b"b:" + key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return b"i:" + str(int(key)).encode()
+    if isinstance(key, bool):
+        raise TypeError(
+            f"{who} keys must be str, bytes or int; bool ({key!r}) is refused "
+            "because True == 1 would make it the same key as the int; use 1/0 or a str"
+        )
+    kind = repr(type(key).__name__)
+    try:
+        hash(key)
+    except TypeError:
+        kind = "unhashable " + kind
+    raise TypeError(
+        f"{who} keys must be str, bytes or int (they name structures on the server), "
+        f"got {kind}: {key!r}; build a str, e.g. f'order:{{order_id}}'"
+    )
+
+
+#: Keys of recently used keys per scope are cached; a cache is cleared when it holds this many.
+_CACHE_MAX: Final = 1024
+
+
+class KeyNames:
+    """Maps users' keys to :class:`RedisKey` objects under one prefix (with a small cache)."""
+
+    __slots__ = ("_who", "cache", "prefix")
+
+    def __init__(self, prefix: str, who: str) -> None:
+        lock_keys(prefix, b"")  # checks the prefix (TypeError, ValueError) at construction
+        self.prefix = prefix
+        self._who = who
+        # One cache per key type: a lookup never compares keys of two types (True == 1).
+        # (Also the scope's mapped_keys: the lock looks there first.)
+        self.cache: dict[type, dict[object, RedisKey]] = {str: {}, bytes: {}, int: {}}
+
+    def __call__(self, key: object) -> RedisKey:
+        """The :class:`RedisKey` of ``key``; TypeError unless a str, bytes or int (not bool)."""
+        cache = self.cache.get(type(key))
+        if cache is not None:
+            found = cache.get(key)
+            if found is not None:
+                return found
+        encoded = encode_key(key, self._who)
+        local = RedisKey(encoded)
+        local.key = key
+        local.names = lock_keys(self.prefix, encoded)
+        local.flight = flight_keys(self.prefix, encoded)
+        if cache is not None:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[key] = local
+        return local
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+_process = [os.urandom(6).hex()]
+_counter = [itertools.count(1)]
+
+
+def new_id() -> str:
+    """A new waiter (or member) id, unique across processes and attempts."""
+    return f"{_process[0]}-{next(_counter[0])}"
+
+
+def _new_process_in_child() -> None:
+    _process[0] = os.urandom(6).hex()
+    _counter[0] = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_new_process_in_child)

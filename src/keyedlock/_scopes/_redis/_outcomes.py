@@ -1,0 +1,102 @@
+"""Single-flight outcomes on the wire: a leader's value or exception, as bytes, and back.
+
+An outcome is one tag byte and a body::
+
+    v<serializer.dumps(value)>     the call returned a value (a str is UTF-8 encoded)
+    e<serializer.dumps(state)>     the call raised: the exception (see below)
+    t<utf-8 text>                  the call raised an exception the serializer cannot carry
+
+An exception travels as ``(type, args, attributes)`` when its ``__init__`` would change its
+``args`` if called again (see :func:`~keyedlock._errors.exception_state`), otherwise as
+itself; either way followers raise the same type with the same ``args`` and attributes. One
+the serializer cannot carry (with the default, :mod:`pickle`: a class defined in a function,
+an attribute holding a lock) reaches them as a TypeError describing it, and a result the
+serializer cannot carry makes every caller, the leader included, raise TypeError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, Protocol
+
+from ..._errors import exception_state, rebuild_exception
+from .._localflight import Outcome
+
+__all__ = ["Serializer", "decode", "encode_error", "encode_value", "type_name"]
+
+
+class Serializer(Protocol):
+    """What ``serializer=`` takes: the :mod:`pickle` module, or anything with its two calls."""
+
+    def dumps(self, obj: Any, /) -> bytes | str: ...
+
+    def loads(self, data: bytes, /) -> Any: ...
+
+
+def _dumps(serializer: Serializer, obj: object) -> bytes:
+    data = serializer.dumps(obj)
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def type_name(obj: object) -> str:
+    cls = type(obj)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def encode_value(
+    serializer: Serializer, value: object, key: Hashable
+) -> tuple[bytes, TypeError | None]:
+    """The value for the followers, or (if it cannot be serialized) a TypeError for everyone:
+    (its bytes, None) or (the TypeError's bytes, the TypeError)."""
+    try:
+        return b"v" + _dumps(serializer, value), None
+    except Exception as exc:
+        error = TypeError(
+            f"the result of the single-flight call for key {key!r} cannot be shared with "
+            f"other processes: a {type_name(value)!r} object cannot be serialized ({exc})"
+        )
+        error.__cause__ = exc
+        return encode_error(serializer, error, key), error
+
+
+def encode_error(serializer: Serializer, exc: BaseException, key: Hashable) -> bytes:
+    """The leader's exception for the followers (a description if it cannot be serialized)."""
+    state = exception_state(exc)
+    payload: tuple[object, ...] = (0, exc) if state is None else (1, *state)
+    try:
+        return b"e" + _dumps(serializer, payload)
+    except Exception as why:
+        text = (
+            f"the single-flight call for key {key!r} raised {type_name(exc)}: {exc}; the "
+            f"exception cannot be serialized to share it with other processes ({why})"
+        )
+        try:
+            return b"e" + _dumps(serializer, (0, TypeError(text)))
+        except Exception:
+            return b"t" + text.encode("utf-8", "replace")
+
+
+def decode(serializer: Serializer, data: bytes, key: Hashable) -> Outcome:
+    """What :func:`encode_value` or :func:`encode_error` made, as an :class:`Outcome`."""
+    tag, body = data[:1], data[1:]
+    try:
+        if tag == b"v":
+            return Outcome(serializer.loads(body), None)
+        if tag == b"t":
+            return Outcome(None, TypeError(body.decode("utf-8", "replace")))
+        if tag != b"e":
+            raise ValueError(f"unknown outcome tag {tag!r}")
+        state = serializer.loads(body)
+        exc = state[1] if state[0] == 0 else rebuild_exception(*state[1:])
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"expected an exception, got {exc!r}")
+    except Exception as why:
+        error = TypeError(
+            f"the outcome of the single-flight call for key {key!r} could not be "
+            f"deserialized in this process: {why!r}"
+        )
+        error.__cause__ = why
+        return Outcome(None, error)
+    return Outcome(None, exc)

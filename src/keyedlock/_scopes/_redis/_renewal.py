@@ -1,0 +1,183 @@
+"""The process's renewal thread: every lease and waiting place of the cluster scope, kept alive.
+
+One daemon thread per process (started on first use, again in a fork child) serves every
+scope and single-flight group of the cluster scope. Each *round* asks every registered member
+(a :class:`Renewable`) for its renewal calls (a held key's ``renew``, a waiting place's
+``refresh``, a flight leader's lease, a follower's place) and sends them, per server, in one
+batch: one round trip per node, whatever the number of keys. Rounds come every third of the
+shortest lease among the members, so a lease is renewed twice before it could run out; a
+member learns each reply through the callback that came with its call (a lease found gone
+makes the hold ``lost``).
+
+The same thread runs *chores*: calls that must reach the server but that nobody waits for
+(the clean-up of an acquisition interrupted or cancelled mid-way, a release whose reply was
+lost, a single-flight outcome published for a task whose event loop must not block). They go
+before the next round; at interpreter exit the thread is given a moment to send those still
+queued.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, Final, Protocol
+
+from ..._ki import internal
+from ._link import Link
+from ._lua import Call
+
+__all__ = ["Renewable", "Renewal", "Renewer", "renewer"]
+
+#: A renewal call, and what to do with its reply (the reply, or the exception it raised).
+Renewal = tuple[Call, Callable[[Any], None]]
+
+#: How long, at most, interpreter exit waits for the chores still queued (seconds).
+_EXIT_GRACE: Final = 2.0
+
+
+class Renewable(Protocol):
+    """What the renewal thread needs from a scope or single-flight group."""
+
+    @property
+    def link(self) -> Link: ...
+
+    @property
+    def period(self) -> float:
+        """Seconds between two renewals of its leases (a third of the lease)."""
+        ...
+
+    def renewals(self) -> list[Renewal]:
+        """Its calls for this round (an empty list: nothing to renew)."""
+        ...
+
+    def forked(self) -> None:
+        """In a fork child: forget every hold (the parent's did not fork with it)."""
+        ...
+
+
+@internal
+class Renewer:
+    """The renewal thread of this process (see the module docstring)."""
+
+    __slots__ = ("_busy", "_chores", "_cond", "_members", "_pid", "_thread")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._members: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._chores: deque[tuple[Link, Call]] = deque()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._pid = os.getpid()
+
+    def add(self, member: Renewable) -> None:
+        """Renew ``member``'s leases from now on (for as long as it lives)."""
+        with self._cond:
+            self._members.add(member)
+            self._start()
+            self._cond.notify()  # its period may be shorter than the current one
+
+    def chore(self, link: Link, call: Call) -> None:
+        """Send ``call`` soon, from the renewal thread (its reply and errors are ignored)."""
+        with self._cond:
+            self._chores.append((link, call))
+            self._start()
+            self._cond.notify()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="keyedlock-redis-renewal", daemon=True
+            )
+            self._thread.start()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until no chore is queued or running (at most ``timeout`` s); True if so."""
+        deadline = monotonic() + timeout
+        with self._cond:
+            while self._chores or self._busy:
+                left = deadline - monotonic()
+                if left <= 0 or self._thread is None:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    # -- the thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        due = monotonic()
+        while True:
+            with self._cond:
+                while True:
+                    members = list(self._members)
+                    period = min((m.period for m in members), default=1.0)
+                    due = min(due, monotonic() + period)
+                    left = due - monotonic()
+                    if self._chores or left <= 0:
+                        break
+                    self._cond.wait(left)
+                chores = list(self._chores)
+                self._chores.clear()
+                self._busy = True
+            try:
+                for link, call in chores:
+                    with contextlib.suppress(Exception):
+                        link.run(call)
+                if monotonic() >= due:
+                    due = monotonic() + period
+                    self._round(members)
+            except Exception:  # pragma: no cover - a bug must not end the renewals
+                pass
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _round(self, members: list[Any]) -> None:
+        """One renewal round: every member's calls, in one batch per server."""
+        by_link: dict[Link, list[Renewal]] = {}
+        for member in members:
+            with contextlib.suppress(Exception):
+                renewals = member.renewals()
+                if renewals:
+                    by_link.setdefault(member.link, []).extend(renewals)
+        for link, renewals in by_link.items():
+            try:
+                replies = link.run_many([call for call, _ in renewals])
+            except Exception as exc:
+                replies = [exc] * len(renewals)
+            for (_, done), reply in zip(renewals, replies, strict=True):
+                with contextlib.suppress(Exception):
+                    done(reply)
+
+    def at_exit(self) -> None:
+        """At interpreter exit: give the chores still queued a moment to go out."""
+        if self._pid == os.getpid():
+            self.settle(_EXIT_GRACE)
+
+    def forked(self) -> None:
+        """In a fork child: no thread (it did not fork), nothing queued, a fresh condition,
+        and every member holds nothing."""
+        for member in list(self._members):
+            with contextlib.suppress(Exception):
+                member.forked()
+        self._cond = threading.Condition(threading.Lock())
+        self._chores = deque()
+        self._thread = None
+        self._busy = False
+        self._pid = os.getpid()
+
+
+#: The renewal thread of this process.
+renewer: Final = Renewer()
+
+
+atexit.register(renewer.at_exit)
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=renewer.forked)

@@ -1,0 +1,133 @@
+"""RedisKeyedLock when its server goes away: down, killed while callers wait, restarted.
+
+Each test has a server of its own (``fresh_server``) that it stops, kills or restarts. The
+promise: a clear ConnectionError naming the server, never a false grant, never a hang, and the
+lock works again once the server is back. A restart loses the data (no persistence): a holder
+learns that its lease is gone, and tokens keep increasing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from keyedlock import LeaseLost
+from keyedlock.redis import RedisKeyedLock
+
+from ..support import WAIT, AsyncioThread, TrioThread, start_thread, wait_until
+from .servers import Server
+
+
+@pytest.fixture
+def locks(fresh_server: Server) -> Iterator[list[RedisKeyedLock]]:
+    """Two locks of the test's own server (two processes, as far as Redis can tell)."""
+    made = [RedisKeyedLock(fresh_server.url, lease=1.0) for _ in range(2)]
+    yield made
+    for lock in made:
+        assert len(lock) == 0, f"keys left behind: {lock!r}"
+
+
+def where(server: Server) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+def test_a_server_that_is_down_makes_acquire_raise_and_later_work(
+    fresh_server: Server, locks: list[RedisKeyedLock]
+) -> None:
+    lock = locks[0]
+    fresh_server.stop()
+    with pytest.raises(ConnectionError, match=where(fresh_server)), lock("k"):
+        pytest.fail("granted without a server")
+    with pytest.raises(ConnectionError, match=where(fresh_server)):
+        lock.acquire("k", timeout=0)
+    assert len(lock) == 0
+    fresh_server.start()
+    with lock("k") as held:
+        assert held.token > 0
+
+
+@pytest.mark.parametrize("runtime", ["asyncio", "trio"])
+def test_a_server_that_is_down_makes_async_acquire_raise(
+    fresh_server: Server, locks: list[RedisKeyedLock], runtime: str
+) -> None:
+    lock = locks[0]
+    fresh_server.stop()
+
+    async def enter() -> None:
+        async with lock("k"):
+            pytest.fail("granted without a server")
+
+    def run_enter() -> None:
+        if runtime == "asyncio":
+            asyncio.run(enter())
+        else:
+            trio.run(enter)
+
+    with pytest.raises(ConnectionError, match=where(fresh_server)):
+        run_enter()
+    assert len(lock) == 0
+    fresh_server.start()
+
+    async def works() -> int:
+        async with lock("k") as held:
+            return held.token
+
+    assert (asyncio.run(works()) if runtime == "asyncio" else trio.run(works)) > 0
+
+
+def test_a_server_killed_while_callers_wait_fails_them_at_once(
+    fresh_server: Server, locks: list[RedisKeyedLock]
+) -> None:
+    holder, waiting = locks
+    holder.acquire("k")
+    in_thread = start_thread(lambda: waiting.acquire("k"), "thread waiter")
+    wait_until(lambda: holder.waiters("k") == 1, "the thread waits in Redis")
+    aio, trio_run = AsyncioThread(), TrioThread()
+    try:
+        in_asyncio = aio.submit(lambda: waiting.acquire_async("k"), "asyncio waiter")
+        in_trio = trio_run.submit(lambda: waiting.acquire_async("k"), "trio waiter")
+        wait_until(lambda: waiting.waiters("k") == 3, "the tasks queue behind the thread")
+        fresh_server.kill()
+        for handle in (in_thread, in_asyncio, in_trio):
+            with pytest.raises(ConnectionError, match=where(fresh_server)):
+                handle.result(WAIT)
+    finally:
+        aio.close()
+        trio_run.close()
+    with pytest.raises(ConnectionError, match=where(fresh_server)):
+        holder.release("k")
+    assert len(holder) == 0  # released here all the same
+    assert len(waiting) == 0
+    fresh_server.start()
+    with waiting("k", timeout=WAIT), holder("other"):
+        pass
+
+
+def test_a_restart_that_lost_the_data_loses_the_lease_and_tokens_go_on(
+    fresh_server: Server, locks: list[RedisKeyedLock]
+) -> None:
+    lock, other = locks
+    with pytest.raises(LeaseLost), lock("k") as held:  # noqa: PT012
+        fresh_server.restart()
+        wait_until(lambda: held.lost, "the renewal finds the lease gone")
+    with other("k") as after:
+        assert after.token > held.token
+
+
+def test_a_waiter_sees_a_restart_as_an_error_and_may_try_again(
+    fresh_server: Server, locks: list[RedisKeyedLock]
+) -> None:
+    holder, waiting = locks
+    holder.acquire("k")
+    waiter = start_thread(lambda: waiting.acquire("k"), "waiter")
+    wait_until(lambda: holder.waiters("k") == 1, "the waiter waits in Redis")
+    fresh_server.restart()
+    with pytest.raises(ConnectionError):
+        waiter.result()
+    with pytest.raises(LeaseLost):
+        holder.release("k")
+    assert waiting.acquire("k", timeout=WAIT)
+    waiting.release("k")

@@ -1,0 +1,281 @@
+"""RedisSingleFlight: one call per key across processes and hosts, on a real server.
+
+Two group objects of one server act as two hosts would (each coalesces its own callers
+first); worker processes show the same for real processes, including a leader that is
+killed while its followers wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from keyedlock import Result
+from keyedlock._scopes._redis import renewer
+from keyedlock.redis import RedisSingleFlight
+
+from ..support import WAIT, AsyncioThread, TrioThread, start_thread, wait_until
+from .processes import WorkerProcess
+from .servers import Server
+
+MakeFlight = Callable[..., RedisSingleFlight]
+
+
+@pytest.fixture
+def make_flight(redis_server: Server, redis_client: redis.Redis) -> Iterator[MakeFlight]:
+    made: list[RedisSingleFlight] = []
+
+    def make(*, lease: float = WAIT, **options: Any) -> RedisSingleFlight:
+        group = RedisSingleFlight(redis_server.url, lease=lease, **options)
+        made.append(group)
+        return group
+
+    yield make
+    for group in made:
+        assert len(group) == 0, f"calls left in flight: {group!r}"
+    assert renewer.settle(WAIT)
+    assert redis_client.keys("*:flight:lead") == []
+
+
+def waiting(group: RedisSingleFlight, key: str) -> int:
+    """How many callers wait for the call of ``key``: this group's, and followers in Redis."""
+    backend: Any = group._backend
+    return int(backend.waiters(backend.map_key(key)))
+
+
+class Gated:
+    """A function that counts its calls, reports the first, and returns once opened."""
+
+    def __init__(self, value: object = "value", error: Exception | None = None) -> None:
+        self.value = value
+        self.error = error
+        self.calls = 0
+        self.running = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self) -> object:
+        self.calls += 1
+        self.running.set()
+        assert self.gate.wait(WAIT)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def test_one_call_is_shared_by_every_caller_of_every_host_and_runtime(
+    make_flight: MakeFlight,
+) -> None:
+    here, there = make_flight(), make_flight()
+    fn = Gated("v")
+    leader = start_thread(lambda: here.do_sync_ex("k", fn), "leader")
+    assert fn.running.wait(WAIT)
+    aio, trio_run = AsyncioThread(), TrioThread()
+    try:
+        followers = [
+            start_thread(lambda: there.do_sync_ex("k", fn), "thread there"),
+            aio.submit(lambda: there.do_ex("k", fn), "asyncio there"),
+            trio_run.submit(lambda: here.do_ex("k", fn), "trio here"),
+        ]
+        wait_until(lambda: waiting(here, "k") == 2, "two callers queue here and there")
+        assert there.in_flight("k")
+        fn.gate.set()
+        assert leader.result() == Result("v", True)
+        assert [f.result() for f in followers] == [Result("v", True)] * 3
+    finally:
+        aio.close()
+        trio_run.close()
+    assert fn.calls == 1
+    assert not there.in_flight("k")
+
+
+class Formatted(Exception):
+    def __init__(self, user: str, code: int) -> None:
+        super().__init__(f"user {user} failed with {code}")
+        self.user = user
+        self.code = code
+
+
+def test_an_exception_reaches_every_host_as_a_copy(make_flight: MakeFlight) -> None:
+    here, there = make_flight(), make_flight()
+    fn = Gated(error=Formatted("ann", 7))
+    leader = start_thread(lambda: here.do_sync("k", fn), "leader")
+    assert fn.running.wait(WAIT)
+    follower = start_thread(lambda: there.do_sync("k", fn), "follower")
+    wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+    fn.gate.set()
+    with pytest.raises(Formatted) as at_leader:
+        leader.result()
+    with pytest.raises(Formatted) as at_follower:
+        follower.result()
+    assert at_follower.value is not at_leader.value
+    assert at_follower.value.args == at_leader.value.args
+    assert (at_follower.value.user, at_follower.value.code) == ("ann", 7)
+
+
+def test_a_result_that_cannot_be_shared_fails_every_caller(make_flight: MakeFlight) -> None:
+    here, there = make_flight(), make_flight()
+    fn = Gated(threading.Lock())
+    leader = start_thread(lambda: here.do_sync("k", fn), "leader")
+    assert fn.running.wait(WAIT)
+    follower = start_thread(lambda: there.do_sync("k", fn), "follower")
+    wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+    fn.gate.set()
+    for caller in (leader, follower):
+        with pytest.raises(TypeError, match="cannot be shared"):
+            caller.result()
+
+
+def test_a_serializer_of_plain_data(make_flight: MakeFlight) -> None:
+    here, there = make_flight(serializer=json), make_flight(serializer=json)
+    fn = Gated({"a": [1, 2]})
+    leader = start_thread(lambda: here.do_sync("k", fn), "leader")
+    assert fn.running.wait(WAIT)
+    follower = start_thread(lambda: there.do_sync("k", fn), "follower")
+    wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+    fn.gate.set()
+    assert leader.result() == follower.result() == {"a": [1, 2]}
+
+
+def test_a_bad_serializer_is_refused(redis_server: Server) -> None:
+    with pytest.raises(TypeError, match="dumps"):
+        RedisSingleFlight(redis_server.url, serializer=object())
+
+
+def test_a_kept_value_is_reused_by_every_host_until_forgotten(make_flight: MakeFlight) -> None:
+    here, there = make_flight(ttl=WAIT), make_flight(ttl=WAIT)
+    calls: list[str] = []
+
+    def fn(value: str) -> str:
+        calls.append(value)
+        return value
+
+    assert here.do_sync("k", fn, "first") == "first"
+    assert there.do_sync("k", fn, "second") == "first"
+    assert here.do_sync_ex("k", fn, "third") == Result("first", True)
+    there.forget("k")
+    assert here.do_sync("k", fn, "fourth") in ("fourth", "first")  # (here keeps its own copy)
+    here.forget("k")
+    assert there.do_sync("k", fn, "fifth") == "fifth"
+
+
+def test_forget_starts_a_new_call_while_the_old_one_serves_its_followers(
+    make_flight: MakeFlight,
+) -> None:
+    here, there = make_flight(), make_flight()
+    old = Gated("old")
+    leader = start_thread(lambda: here.do_sync("k", old), "old leader")
+    assert old.running.wait(WAIT)
+    follower = start_thread(lambda: there.do_sync("k", old), "old follower")
+    wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+    here.forget("k")
+    assert here.do_sync("k", lambda: "new") == "new"  # a new call, run at once
+    third = make_flight()
+    assert third.do_sync("k", lambda: "newer") == "newer"  # and so in another process
+    old.gate.set()
+    assert leader.result() == follower.result() == "old"
+
+
+@pytest.mark.parametrize("runtime", ["asyncio", "trio"])
+def test_a_cancelled_leader_hands_the_call_to_a_follower_at_once(
+    make_flight: MakeFlight, runtime: str
+) -> None:
+    """The lease is long (WAIT): the follower takes over because it is told, not by expiry."""
+    here, there = make_flight(), make_flight()
+    running = threading.Event()
+
+    async def lead() -> object:
+        async def fn() -> str:
+            running.set()
+            if runtime == "trio":
+                await trio.sleep_forever()
+            await asyncio.sleep(WAIT * 10)
+            return "never"
+
+        return await here.do("k", fn)
+
+    driver = AsyncioThread() if runtime == "asyncio" else TrioThread()
+    try:
+        leader = driver.submit(lead, "leader")
+        assert running.wait(WAIT)
+        follower = start_thread(lambda: there.do_sync("k", lambda: "taken over"), "follower")
+        wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+        leader.cancel()
+        assert follower.result() == "taken over"
+    finally:
+        driver.close()
+
+
+def test_keys_are_typed(make_flight: MakeFlight) -> None:
+    group = make_flight()
+    assert group.do_sync("1", lambda: "s") == "s"
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        group.do_sync(1.5, lambda: None)
+
+
+def test_a_caller_joining_its_own_call_is_refused(make_flight: MakeFlight) -> None:
+    group = make_flight()
+
+    def inner() -> object:
+        return group.do_sync("k", lambda: None)
+
+    with pytest.raises(RuntimeError, match="wait for itself"):
+        group.do_sync("k", inner)
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workers(redis_server: Server, redis_client: redis.Redis) -> Iterator[list[WorkerProcess]]:
+    made = [WorkerProcess({"url": redis_server.url, "lease": 0.5}, f"host{n}") for n in range(3)]
+    yield made
+    for worker in made:
+        worker.close()
+
+
+def test_processes_share_one_call_and_its_exception(
+    workers: list[WorkerProcess], make_flight: MakeFlight
+) -> None:
+    observer = make_flight()
+    lead, first, second = workers
+    lead.send("flight", id="L", key="k", runtime="thread", value="boom", block=True, fail=True)
+    lead.expect("running", "L")
+    first.send("flight", id="A", key="k", runtime="asyncio", value="not run")
+    second.send("flight", id="T", key="k", runtime="trio", value="not run")
+    wait_until(lambda: waiting(observer, "k") == 2, "both processes follow")
+    lead.send("finish", id="L")
+    for worker, agent in ((lead, "L"), (first, "A"), (second, "T")):
+        error = worker.expect_error(agent)
+        assert (error["type"], error["message"]) == ("ValueError", "boom")
+
+
+def test_a_killed_leader_is_replaced_by_a_follower_after_its_lease(
+    workers: list[WorkerProcess], make_flight: MakeFlight
+) -> None:
+    here = make_flight(lease=0.5)
+    doomed, other, _ = workers
+    doomed.send("flight", id="D", key="k", runtime="thread", value="lost", block=True)
+    doomed.expect("running", "D")
+    other.send("flight", id="O", key="k", runtime="trio", value="from other")
+    calls: list[str] = []
+
+    def mine() -> str:
+        calls.append("here")
+        return "from here"
+
+    follower = start_thread(lambda: here.do_sync_ex("k", mine), "follower here")
+    wait_until(lambda: waiting(here, "k") == 2, "both follow the doomed leader")
+    doomed.kill()
+    result_there = other.expect("result", "O")
+    result_here = follower.result()
+    # One of the two took over and ran its function; the other got its result.
+    assert result_here.value == result_there["value"]
+    assert result_here.value in ("from here", "from other")
+    assert calls == (["here"] if result_here.value == "from here" else [])

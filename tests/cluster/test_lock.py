@@ -1,0 +1,493 @@
+"""RedisKeyedLock in one process: its API, tokens, waits in Redis, leases, on a real server.
+
+Two lock objects of one server act as two processes would (each has its own local table, so
+only its local holder reaches the server): the waits here happen in Redis itself, in every
+runtime. Processes, crashes and a server going away have their own modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.connection
+import trio
+
+import keyedlock
+from keyedlock import KeyedLockError, LeaseLost, LockTimeout
+from keyedlock._scopes._redis import renewer
+from keyedlock.redis import RedisContext, RedisKeyedLock
+
+from ..support import WAIT, start_thread, wait_until, wait_until_async
+from .conftest import MakeLock
+from .servers import Server
+
+
+def owner_key(key: str, prefix: str = "keyedlock:") -> str:
+    return f"{prefix}{{s:{key}}}:owner"
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+
+def test_lease_lost_is_exported_and_a_keyed_lock_error() -> None:
+    assert keyedlock.LeaseLost is LeaseLost
+    assert issubclass(LeaseLost, KeyedLockError)
+
+
+def test_keys_are_typed_str_bytes_and_int(redis_lock: RedisKeyedLock) -> None:
+    with redis_lock("1"):
+        assert redis_lock.acquire(b"1", blocking=False)
+        assert redis_lock.acquire(1, blocking=False)
+        assert len(redis_lock) == 3
+        redis_lock.release(b"1")
+        redis_lock.release(1)
+
+
+@pytest.mark.parametrize("key", [True, 1.5, ("a", 1), None, ["list"]])
+def test_other_keys_are_refused(redis_lock: RedisKeyedLock, key: object) -> None:
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        redis_lock(key)
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        redis_lock.locked(key)
+
+
+def test_names_on_the_server_are_documented(make_lock: MakeLock, redis_client: redis.Redis) -> None:
+    lock = make_lock(prefix="app:")
+    with lock("invoice:42") as held:
+        assert redis_client.exists(owner_key("invoice:42", "app:"))
+        assert int(redis_client.get("app:{s:invoice:42}:token") or 0) == held.token
+    with lock(b"\x00"), lock(7), lock("{brace}"):
+        assert redis_client.exists("app:{b:\x00}:owner")
+        assert redis_client.exists("app:{i:7}:owner")
+        assert redis_client.exists("app:{s:%7Bbrace%7D}:owner")
+    assert redis_client.keys("app:*:owner") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"lease": 0}, ValueError),
+        ({"lease": -1}, ValueError),
+        ({"lease": float("nan")}, ValueError),
+        ({"lease": float("inf")}, ValueError),
+        ({"lease": "10"}, TypeError),
+        ({"lease": True}, TypeError),
+        ({"prefix": "a{b"}, ValueError),
+        ({"prefix": 3}, TypeError),
+        ({"max_waiters": -1}, ValueError),
+        ({"fast_acquire": 1}, TypeError),
+    ],
+)
+def test_bad_options_are_refused(
+    redis_server: Server, options: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        RedisKeyedLock(redis_server.url, **options)
+
+
+def test_a_client_of_another_kind_is_refused() -> None:
+    import redis.asyncio
+
+    with pytest.raises(TypeError, match=r"redis\.Redis"):
+        RedisKeyedLock(42)
+    client = redis.asyncio.Redis()
+    with pytest.raises(TypeError, match="asyncio client is made"):
+        RedisKeyedLock(client)
+
+
+def test_a_client_object_serves_as_well_as_a_url(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    by_client = make_lock(target=redis_client)
+    by_url = make_lock()
+    with by_client("k"):
+        assert by_url.locked("k")
+        assert not by_url.acquire("k", blocking=False)
+
+
+def test_properties_and_repr(make_lock: MakeLock, redis_server: Server) -> None:
+    lock = make_lock(prefix="p:", lease=3, max_waiters=2)
+    assert (lock.prefix, lock.lease, lock.max_waiters, lock.fast_acquire) == ("p:", 3.0, 2, False)
+    assert f"127.0.0.1:{redis_server.port}" in repr(lock)
+    ctx = lock("k")
+    assert isinstance(ctx, RedisContext)
+    assert (ctx.token, ctx.lost) == (0, False)
+    assert "new" in repr(ctx)
+
+
+def test_a_lock_made_from_a_url_pickles(make_lock: MakeLock) -> None:
+    lock = make_lock(prefix="p:", lease=3, max_waiters=2)
+    copy = pickle.loads(pickle.dumps(lock))
+    assert (copy.prefix, copy.lease, copy.max_waiters) == ("p:", 3.0, 2)
+    with lock("k"):
+        assert copy.locked("k")
+
+
+def test_a_lock_made_from_a_client_does_not_pickle(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    with pytest.raises(TypeError, match="URL"):
+        pickle.dumps(make_lock(target=redis_client))
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+def test_entering_returns_the_context_with_its_token(redis_lock: RedisKeyedLock) -> None:
+    tokens = []
+    for _ in range(3):
+        with redis_lock("k") as held:
+            assert isinstance(held, RedisContext)
+            assert held.token > 0
+            assert held.lost is False
+            tokens.append(held.token)
+        assert held.token == tokens[-1]  # kept after the exit
+    assert tokens == sorted(set(tokens))
+
+
+@pytest.mark.anyio
+async def test_async_entering_returns_the_context_with_its_token(
+    redis_lock: RedisKeyedLock,
+) -> None:
+    async with redis_lock("k") as first:
+        pass
+    async with redis_lock("k") as second:
+        assert second.token > first.token > 0
+
+
+def test_tokens_increase_across_lock_objects(make_lock: MakeLock) -> None:
+    a, b = make_lock(), make_lock()
+    seen = []
+    for lock in (a, b, a, b):
+        with lock("k") as held:
+            seen.append(held.token)
+    assert seen == sorted(set(seen))
+
+
+# -- waiting in Redis -------------------------------------------------------------------------
+
+
+def test_locked_and_waiters_are_cluster_wide(make_lock: MakeLock) -> None:
+    a, b = make_lock(), make_lock()
+    a.acquire("k")
+    waiter = start_thread(lambda: b.acquire("k", timeout=WAIT), "b")
+    wait_until(lambda: a.waiters("k") == 1, "b waits in Redis")
+    assert b.locked("k")
+    assert b.waiters("k") == 1
+    local = start_thread(lambda: a.acquire("k", timeout=WAIT), "a's second")
+    wait_until(lambda: a.waiters("k") == 2, "a's second caller queues here")
+    assert b.waiters("k") == 1  # a's local queue does not show elsewhere
+    a.release("k")
+    assert waiter.result()
+    b.release("k")
+    assert local.result()
+    a.release("k")
+    assert not b.locked("k")
+
+
+def test_a_hand_off_between_processes_wakes_the_waiter_at_once(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    """No polling: while the holder holds, the waiter blocks once on its wake list."""
+    a, b = make_lock(lease=WAIT), make_lock(lease=WAIT)
+    a.acquire("k")
+    redis_client.config_resetstat()
+    waiter = start_thread(lambda: b.acquire("k"), "b")
+    wait_until(lambda: a.waiters("k") == 1, "b waits in Redis")
+    time.sleep(0.3)  # the work of the holder: the waiter must not ask again meanwhile
+    a.release("k")
+    assert waiter.result()
+    stats: Any = redis_client.info("commandstats")
+    assert stats["cmdstat_blpop"]["calls"] == 1
+    b.release("k")
+
+
+def test_waiters_in_redis_are_served_in_arrival_order(make_lock: MakeLock) -> None:
+    locks = [make_lock() for _ in range(4)]
+    order: list[str] = []
+    locks[0].acquire("k")
+    waiters = []
+    for n, lock in enumerate(locks[1:], 1):
+
+        def wait(lock: RedisKeyedLock = lock, n: int = n) -> None:
+            with lock("k"):
+                order.append(f"w{n}")
+
+        waiters.append(start_thread(wait, f"w{n}"))
+        wait_until(lambda n=n: locks[0].waiters("k") == n, f"w{n} queues")  # type: ignore[misc]
+    locks[0].release("k")
+    for waiter in waiters:
+        waiter.result()
+    assert order == ["w1", "w2", "w3"]
+
+
+@pytest.mark.anyio
+async def test_tasks_wait_in_redis_and_get_the_key(make_lock: MakeLock) -> None:
+    a, b = make_lock(), make_lock()
+    a.acquire("k", blocking=False)
+    entered: list[int] = []
+
+    async def wait() -> None:
+        async with b("k") as held:
+            entered.append(held.token)
+
+    if _backend() == "trio":
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await wait_until_async(lambda: a.waiters("k") == 1, "b waits in Redis")
+            a.release("k")
+    else:
+        task = asyncio.create_task(wait())
+        await wait_until_async(lambda: a.waiters("k") == 1, "b waits in Redis")
+        a.release("k")
+        await asyncio.wait_for(task, WAIT)
+    assert len(entered) == 1
+    assert entered[0] > 0
+
+
+def test_a_timeout_in_redis_leaves_no_place(make_lock: MakeLock) -> None:
+    a, b = make_lock(), make_lock()
+    a.acquire("k")
+    assert b.acquire("k", timeout=0.05) is False
+    with pytest.raises(LockTimeout), b("k", timeout=0.05):
+        pass
+    assert a.waiters("k") == 0
+    assert b.acquire("k", blocking=False) is False  # a try takes no place either
+    assert a.waiters("k") == 0
+    a.release("k")
+    with b("k", timeout=0):
+        pass
+
+
+@pytest.mark.anyio
+async def test_an_async_timeout_in_redis_leaves_no_place(make_lock: MakeLock) -> None:
+    a, b = make_lock(), make_lock()
+    a.acquire("k", blocking=False)
+    assert await b.acquire_async("k", timeout=0.05) is False
+    with pytest.raises(LockTimeout):
+        async with b("k", timeout=0.05):
+            pass
+    assert a.waiters("k") == 0
+    a.release("k")
+    async with b("k", timeout=0):
+        pass
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_in_redis_leaves_no_place(make_lock: MakeLock) -> None:
+    a, b, c = make_lock(), make_lock(), make_lock()
+    a.acquire("k", blocking=False)
+    if _backend() == "trio":
+        with trio.move_on_after(0.1):
+            await b.acquire_async("k")
+    else:
+        task = asyncio.create_task(b.acquire_async("k"))
+        await wait_until_async(lambda: a.waiters("k") == 1, "b waits in Redis")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert renewer.settle(WAIT)
+    assert a.waiters("k") == 0
+    assert len(b) == 0
+    a.release("k")
+    assert c.acquire("k", blocking=False)  # nobody holds it, nobody waits
+    c.release("k")
+
+
+@pytest.mark.parametrize("contended", [False, True])
+def test_an_asyncio_cancellation_at_any_point_is_delivered_and_leaves_nothing(
+    make_lock: MakeLock, contended: bool
+) -> None:
+    """Cancel a task after 0, 1, 2, ... turns of its event loop while it takes the key (free,
+    or handed over by another process): the task ends cancelled, holding nothing."""
+    a, b = make_lock(), make_lock()
+
+    async def main() -> list[str]:
+        outcomes = []
+        for turns in range(40):
+            if contended:
+                a.acquire("k", blocking=False)
+
+            async def take() -> str:
+                await b.acquire_async("k")
+                return "held"  # (no await after the acquire: a late cancellation shows)
+
+            task = asyncio.create_task(take())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if contended:
+                a.release("k")
+            cancelled = task.cancel()
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+            if outcome == "held":
+                assert not cancelled, f"the cancellation after {turns} turns was lost"
+                b.release("k")
+            outcomes.append(outcome)
+            assert renewer.settle(WAIT)
+            assert len(b) == 0
+            assert not a.locked("k")
+        return outcomes
+
+    assert "cancelled" in asyncio.run(main())
+
+
+def test_an_asyncio_waiter_cancelled_at_any_point_ends_at_once(
+    make_lock: MakeLock, redis_server: Server
+) -> None:
+    """The holder keeps the key for a long lease, and the waiter's client has a longer read
+    timeout, so its pop blocks that long: cancelled at any point of its wait (even while its
+    pop is being sent), the waiter ends well before."""
+    holder = make_lock(lease=3 * WAIT)
+    patient = redis.Redis(host=redis_server.host, port=redis_server.port, socket_timeout=4 * WAIT)
+    waiting = make_lock(target=patient)
+    holder.acquire("k")
+
+    async def main() -> None:
+        for turns in range(40):
+            task = asyncio.create_task(waiting.acquire_async("k"))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=WAIT)
+            assert task in done, f"the waiter cancelled after {turns} turns is still waiting"
+            assert task.cancelled()
+            assert renewer.settle(WAIT)
+            assert len(waiting) == 0
+            assert holder.waiters("k") == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.release("k")
+        patient.close()
+
+
+def test_release_by_another_thread(redis_lock: RedisKeyedLock) -> None:
+    redis_lock.acquire("k")
+    start_thread(lambda: redis_lock.release("k"), "releaser").result()
+    assert not redis_lock.locked("k")
+    with pytest.raises(RuntimeError, match="not held"):
+        redis_lock.release("k")
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+def test_a_critical_section_five_times_the_lease_keeps_the_key(make_lock: MakeLock) -> None:
+    lock, other = make_lock(lease=0.3), make_lock()
+    with lock("k") as held:
+        deadline = time.monotonic() + 1.5  # five leases
+        while time.monotonic() < deadline:
+            assert not other.acquire("k", blocking=False)
+            time.sleep(0.05)
+        assert held.lost is False
+    with other("k") as after:
+        assert after.token > held.token
+
+
+def test_renewal_keeps_many_keys_with_one_thread(make_lock: MakeLock) -> None:
+    lock, other = make_lock(lease=0.3), make_lock()
+    keys = [f"k{n}" for n in range(20)]
+    for key in keys:
+        lock.acquire(key)
+    time.sleep(1.0)  # three leases
+    assert not any(other.acquire(key, blocking=False) for key in keys)
+    for key in keys:
+        lock.release(key)
+
+
+def test_a_renewal_round_after_the_scripts_were_flushed_takes_three_round_trips(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    """A server that lost its scripts (a restart) answers NOSCRIPT to every renewal of the
+    round: the script is loaded once and the round sent again, never call by call."""
+    lock = make_lock()
+    keys = [f"k{n}" for n in range(20)]
+    for key in keys:
+        lock.acquire(key)
+    scope: Any = lock._backend.scope
+    renewals = scope.renewals()
+    redis_client.script_flush()
+    sent: list[None] = []
+    connection: Any = redis.connection.AbstractConnection
+    original = connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(None)
+        original(self, command, check_health)
+
+    connection.send_packed_command = counting
+    try:
+        replies = scope.link.run_many([call for call, _ in renewals])
+    finally:
+        connection.send_packed_command = original
+    assert replies == [1] * len(keys)
+    assert len(sent) == 3  # the round, SCRIPT LOAD, the round again
+    for key in keys:
+        lock.release(key)
+
+
+def test_a_lost_lease_makes_the_exit_raise_and_spares_the_next_holder(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    lock, other = make_lock(lease=0.3), make_lock()
+    with pytest.raises(LeaseLost, match="'k'") as raised, lock("k") as held:  # noqa: PT012
+        redis_client.delete(owner_key("k"))  # as a server that lost its data
+        wait_until(lambda: held.lost, "the renewal finds the lease gone")
+        assert other.acquire("k", blocking=False)  # someone else holds it now
+    assert str(held.token) in str(raised.value)
+    assert other.locked("k")
+    assert redis_client.exists(owner_key("k"))  # the exit never deleted the new grant
+    other.release("k")
+    assert len(lock) == 0
+
+
+def test_a_release_refused_by_the_server_raises_lease_lost(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    lock = make_lock(lease=WAIT)  # the renewal will not notice in time: the release does
+    lock.acquire("k")
+    redis_client.delete(owner_key("k"))
+    with pytest.raises(LeaseLost):
+        lock.release("k")
+    assert len(lock) == 0
+
+
+@pytest.mark.anyio
+async def test_lease_lost_is_raised_by_async_with_and_run(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    lock = make_lock(lease=WAIT)
+    with pytest.raises(LeaseLost):
+        async with lock("k"):
+            redis_client.delete(owner_key("k"))
+
+    async def body() -> int:
+        redis_client.delete(owner_key("k"))
+        return 1
+
+    with pytest.raises(LeaseLost):
+        await lock.run("k", body)
+    assert len(lock) == 0
+    assert not lock.locked("k")
+
+
+def test_lease_lost_is_raised_by_run_sync(make_lock: MakeLock, redis_client: redis.Redis) -> None:
+    lock = make_lock(lease=WAIT)
+    with pytest.raises(LeaseLost):
+        lock.run_sync("k", lambda: redis_client.delete(owner_key("k")))
+    assert len(lock) == 0
+
+
+def _backend() -> str:
+    import sniffio
+
+    return sniffio.current_async_library()
