@@ -157,11 +157,15 @@ def main() -> None:
             for label, src in order:
                 results[scenario][label].append(measure(src, scenario))
         print(f"pair {pair + 1}/{args.pairs} done", file=sys.stderr)
-    print(f"{'scenario':10s} {'old ns/op':>10s} {'new ns/op':>10s} {'new/old':>8s}  (median of pairs)")
+    print(
+        f"{'scenario':10s} {'old ns/op':>10s} {'new ns/op':>10s} {'new/old':>8s}  (median of pairs)"
+    )
     for scenario in names:
         old = statistics.median(results[scenario]["old"])
         new = statistics.median(results[scenario]["new"])
-        ratios = [n / o for n, o in zip(results[scenario]["new"], results[scenario]["old"])]
+        ratios = [
+            n / o for n, o in zip(results[scenario]["new"], results[scenario]["old"], strict=True)
+        ]
         spread = f"{min(ratios):.3f}-{max(ratios):.3f}"
         print(f"{scenario:10s} {old:10.0f} {new:10.0f} {new / old:8.3f}  pairs {spread}")
 
