@@ -7,7 +7,8 @@ OLD_SRC and NEW_SRC are ``src`` directories of two checkouts (``git worktree add
 subprocess on each version, alternating which goes first, so that drift of the
 machine (other load, frequency) hits both alike; the result is the median over
 the pairs of each version's ns/op, and their ratio (new / old: below 1.0 is
-faster). The scenarios are the uncontended acquire + release of every scope:
+faster). The scenarios are the uncontended acquire + release of every scope, and the
+uncontended single-flight call:
 
 - ``threads``: ``with lock(key): pass`` in a thread;
 - ``asyncio``: ``async with lock(key): pass`` in an asyncio task;
@@ -15,6 +16,8 @@ faster). The scenarios are the uncontended acquire + release of every scope:
 - ``trio-fast``: the same with ``KeyedLock(fast_acquire=True)`` where the version has that
   option (no checkpoints for a free key, as every version before it);
 - ``file``: ``with FileKeyedLock(path)(key): pass``;
+- ``flight-threads``, ``flight-asyncio``, ``flight-trio``: a single-flight call nobody else
+  shares, ``flight.do_sync(key, fn)`` / ``await flight.do(key, fn)`` with a sync ``fn``;
 - ``manager``: ``with manager.KeyedLock()(key): pass`` (round trips to the manager process).
 """
 
@@ -93,6 +96,48 @@ SCENARIOS = {
                     pass
         """,
     ),
+    "flight-threads": (
+        200_000,
+        """
+        from keyedlock import SingleFlight
+        flight = SingleFlight()
+        def fn():
+            return 1
+        def run():
+            for _ in range(N):
+                flight.do_sync("k", fn)
+        """,
+    ),
+    "flight-asyncio": (
+        200_000,
+        """
+        import asyncio
+        from keyedlock import SingleFlight
+        flight = SingleFlight()
+        def fn():
+            return 1
+        async def main():
+            for _ in range(N):
+                await flight.do("k", fn)
+        def run():
+            asyncio.run(main())
+        """,
+    ),
+    "flight-trio": (
+        100_000,
+        """
+        import trio
+        from keyedlock import SingleFlight
+        flight = SingleFlight()
+        def fn():
+            return 1
+        async def main():
+            for _ in range(N):
+                await flight.do("k", fn)
+        def run():
+            trio.run(main)
+        """,
+    ),
     "manager": (
         5_000,
         """
@@ -126,7 +171,7 @@ print(json.dumps(elapsed / N))
 def measure(src: str, scenario: str) -> float:
     n, setup = SCENARIOS[scenario]
     code = CHILD.format(n=n, setup=textwrap.dedent(setup))
-    env = dict(os.environ, PYTHONPATH=src)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))  # (the child runs elsewhere)
     with tempfile.TemporaryDirectory() as cwd:  # never import a checkout from the cwd
         out = subprocess.run(
             [sys.executable, "-c", code],

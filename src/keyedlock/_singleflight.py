@@ -18,7 +18,6 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS
 from ._keyspec import Decorator, KeySpec, key_function
-from ._ki import internal
 from ._runtime import FLIGHT_INSTEAD, async_owner, check_can_block, thread_owners
 from ._scopes import FlightBackend, LocalFlightBackend
 from ._statistics import FlightStatistics
@@ -44,24 +43,6 @@ class Result(Generic[T]):
 
     value: T
     shared: bool
-
-
-@internal
-def _conclude(
-    backend: FlightBackend, key: Hashable, ticket: Any, done: bool, payload: Any, keep: bool
-) -> bool:
-    """The caller's part in the call is over: conclude it (a no-op for a follower).
-
-    Interrupted while concluding (copying the outcome for the followers, say),
-    it concludes again without an outcome: the earliest follower takes over,
-    or nothing, if the first try got through.
-    """
-    try:
-        return backend.conclude(key, ticket, done, payload, keep)
-    except BaseException as exc:
-        if not isinstance(exc, Exception):
-            backend.conclude(key, ticket, False, None)
-        raise
 
 
 class SingleFlight:
@@ -200,12 +181,20 @@ class SingleFlight:
                 raise
             done, payload = True, result
         finally:
-            # Whatever happened, however far it got: nothing stays in flight.
-            conclude_async = self._conclude_async
-            if conclude_async is None:
-                shared = _conclude(backend, key, ticket, done, payload, keep)
-            else:
-                shared = await conclude_async(key, ticket, done, payload, keep)
+            # Whatever happened, however far it got: nothing stays in flight. Interrupted while
+            # concluding (even at its first instruction), it concludes again without an outcome:
+            # the earliest follower takes over, or nothing, if the first try got through.
+            try:
+                conclude_async = self._conclude_async
+                if conclude_async is None:
+                    shared = backend.conclude(key, ticket, done, payload, keep)
+                else:
+                    shared = await conclude_async(key, ticket, done, payload, keep)
+            except Exception:
+                raise
+            except BaseException:
+                backend.conclude(key, ticket, False, None)
+                raise
         return Result(result, shared) if ex else result
 
     # -- threads -----------------------------------------------------------
@@ -257,7 +246,13 @@ class SingleFlight:
                 raise
             done, payload = True, result
         finally:
-            shared = _conclude(backend, key, ticket, done, payload, keep)
+            try:  # (as in _do)
+                shared = backend.conclude(key, ticket, done, payload, keep)
+            except Exception:
+                raise
+            except BaseException:
+                backend.conclude(key, ticket, False, None)
+                raise
         return result, shared
 
     # -- control and introspection -----------------------------------------

@@ -8,7 +8,8 @@ signal (as long as no Python code runs inside it, as keys with a ``__hash__`` wr
 would).
 
 :class:`Injector` numbers those points as the main thread reaches them inside keyedlock's own
-code (a trace function with opcode events, on the main thread only) and, at the chosen one,
+code (a trace function on the main thread only: a function's entry is its call event, as
+CPython reports no opcode event for it; every other point an opcode event) and, at the chosen one,
 delivers a signal the way CPython would: it calls the SIGINT handler installed at that moment
 with the interrupted frame. Under the default handler that raises KeyboardInterrupt right
 there; under trio's, the handler itself decides (trio defers the interrupt to the next
@@ -145,20 +146,28 @@ class Injector:
             return None  # (an exception in a finalizer is printed and dropped by Python)
         frame.f_trace_opcodes = True
         frame.f_trace_lines = False
+        # No opcode event is reported for the RESUME a frame starts at: the call event is it.
+        # (A resumed coroutine is a call event too, at a RESUME that is not a point.)
+        self._reach(frame, entering=True)
         return self._local
 
     def _local(self, frame: types.FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         if self.fired is not None:
             return None
-        if event != "opcode" or self._paused:
-            return self._local
+        if event == "opcode" and not self._paused:
+            self._reach(frame, entering=False)
+        return self._local
+
+    def _reach(self, frame: types.FrameType, entering: bool) -> None:
+        """The main thread is about to run the instruction at ``frame.f_lasti``: count it if a
+        signal can be delivered there, and deliver SIGINT if it is the target."""
         code = frame.f_code
         points, entry = interruptible_offsets(code)
-        if frame.f_lasti not in points:
-            return self._local
-        if frame.f_lasti == entry and code.co_name in PYTHON_WINDOW and _from_outside(frame):
+        if frame.f_lasti not in points or (frame.f_lasti == entry) != entering:
+            return
+        if entering and code.co_name in PYTHON_WINDOW and _from_outside(frame):
             self.exempt += 1  # the with statement called the exit; none of its code ran yet
-            return self._local
+            return
         index = self.seen
         self.seen += 1
         self.functions.add(code.co_qualname)
@@ -167,7 +176,6 @@ class Injector:
             handler = signal.getsignal(signal.SIGINT)
             if callable(handler):
                 handler(signal.SIGINT, frame)  # raises KeyboardInterrupt here, or defers it
-        return self._local
 
 
 def _from_outside(frame: types.FrameType) -> bool:

@@ -14,14 +14,18 @@ checks that:
 - keyedlock's helper threads ended.
 
 Run as ``python -m tests.torture.interrupt_sweep KIND SCENARIO SCOPE SAMPLE SEED``: one
-scenario's sweep in a process of its own (a signal delivered from a trace function leaves
-CPython 3.11's interpreter state unfit for much else afterwards), printing a JSON report.
-SAMPLE is how many points to try (0: all of them).
+scenario's sweep (or, for SCENARIO ``all``, every scenario of KIND, one after the other) in a
+process of its own (a signal delivered from a trace function leaves CPython 3.11's interpreter
+state unfit for much else afterwards), printing a JSON list of reports, one per scenario.
+SAMPLE is how many points to try per scenario (0: all of them). SCOPE is ``process``,
+``file`` or ``manager`` (see :mod:`.manager_sweep`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -500,11 +504,18 @@ def check_lock_clean(lock: Lock, path: str | None) -> None:
 class Outcome:
     points: int
     tried: int
+    #: How many of the tried runs were interrupted (a point the run did not reach is not).
+    fired: int
     failures: list[tuple[Point | None, BaseException]]
 
 
 def sweep(run_once: Callable[[Injector], None], label: str, sample: int, seed: int) -> Outcome:
-    """Count the points of ``run_once``, then run it with SIGINT at (a sample of) them."""
+    """Count the points of ``run_once``, then run it with SIGINT at (a sample of) them.
+
+    A first run warms up: code that runs once per process (the trio adapter, imported and
+    protected on first use) must not count as points the runs after it never reach.
+    """
+    run_once(Injector(None))
     counting = Injector(None)
     run_once(counting)
     points = counting.seen
@@ -512,6 +523,7 @@ def sweep(run_once: Callable[[Injector], None], label: str, sample: int, seed: i
     if sample and len(targets) > sample:
         targets = sorted(random.Random(f"{seed}-{label}").sample(targets, sample))
     failures: list[tuple[Point | None, BaseException]] = []
+    fired = 0
     for target in targets:
         inject = Injector(target)
         try:
@@ -519,15 +531,17 @@ def sweep(run_once: Callable[[Injector], None], label: str, sample: int, seed: i
         except BaseException as exc:
             if not is_interrupt(exc):
                 failures.append((inject.fired, exc))
-    return Outcome(points, len(targets), failures)
+        fired += inject.fired is not None
+    return Outcome(points, len(targets), fired, failures)
 
 
 # -- single-flight ----------------------------------------------------------------------------
 
 
 def flight_waiters(sf: SingleFlight) -> int:
-    """How many callers wait for the call in flight for KEY."""
-    count: int = table_of(sf).waiters(KEY)
+    """How many callers wait for the call in flight for KEY (in every process, for the
+    manager)."""
+    count: int = sf._backend.waiters(KEY)
     return count
 
 
@@ -569,73 +583,115 @@ def flight_thread_leads(fails: bool) -> Callable[[SingleFlight, Injector], None]
     return scenario
 
 
-def flight_thread_follows(sf: SingleFlight, inject: Injector) -> None:
-    done = threading.Event()
-    started = threading.Event()
-
-    def leader_call() -> str:
-        started.set()
-        _poll_until(lambda: flight_waiters(sf) > 0, done)
-        return "led"
-
-    leader = start_thread(lambda: sf.do_sync(KEY, leader_call), "leader")
-    try:
-        assert started.wait(BOUND)
-        with inject:
-            assert sf.do_sync(KEY, lambda: "own") in ("led", "own")
-    finally:
-        done.set()
-        assert leader.result(BOUND) == "led"
+class GiveUp(BaseException):
+    """What makes a leader give its call up (as an interrupt would): a follower takes over."""
 
 
-def flight_async_leads(runtime: str) -> Callable[[SingleFlight, Injector], None]:
+class Leader:
+    """A thread leading the call for KEY until the main caller follows; then it returns
+    "led", or (``gives_up``) gives the call up so that the main caller takes it over."""
+
+    def __init__(self, sf: SingleFlight, gives_up: bool) -> None:
+        self.done = threading.Event()
+        started = threading.Event()
+
+        def leader_call() -> str:
+            started.set()
+            _poll_until(lambda: flight_waiters(sf) > 0, self.done)
+            if gives_up:
+                raise GiveUp
+            return "led"
+
+        def lead() -> str:
+            try:
+                return sf.do_sync(KEY, leader_call)
+            except GiveUp:
+                return "gave up"
+
+        self.gives_up = gives_up
+        self.handle = start_thread(lead, "leader")
+        if not started.wait(BOUND):
+            self.handle.result(0)
+
+    def finish(self) -> None:
+        self.done.set()
+        assert self.handle.result(BOUND) == ("gave up" if self.gives_up else "led")
+
+
+def flight_thread_follows(gives_up: bool) -> Callable[[SingleFlight, Injector], None]:
+    def scenario(sf: SingleFlight, inject: Injector) -> None:
+        leader = Leader(sf, gives_up)
+        try:
+            with inject:
+                assert sf.do_sync(KEY, lambda: "own") in ("led", "own")
+        finally:
+            leader.finish()
+
+    return scenario
+
+
+def flight_async_alone(runtime: str) -> Callable[[SingleFlight, Injector], None]:
+    def scenario(sf: SingleFlight, inject: Injector) -> None:
+        async def main() -> None:
+            assert await sf.do(KEY, lambda: "led") == "led"
+
+        RUNNERS[runtime](main, inject)
+
+    return scenario
+
+
+def flight_async_leads(runtime: str, fails: bool) -> Callable[[SingleFlight, Injector], None]:
     def scenario(sf: SingleFlight, inject: Injector) -> None:
         tasks = Tasks(runtime)
         threads: list[ThreadHandle[object]] = []
         got: list[object] = []
 
         async def follower() -> None:
-            got.append(await sf.do(KEY, lambda: "own"))
+            try:
+                got.append(await sf.do(KEY, lambda: "own"))
+            except LookupError:
+                assert fails
+                got.append("failed")
 
         async def call() -> str:
             with inject.paused():
                 tasks.start(follower)
                 threads.append(start_follower(sf))
                 await until(lambda: flight_waiters(sf) >= 2, runtime)
+            if fails:
+                raise LookupError("the call failed")
             return "led"
 
         async def main() -> None:
-            assert await sf.do(KEY, call) == "led"
+            try:
+                assert await sf.do(KEY, call) == "led"
+            except LookupError:
+                assert fails
 
         try:
             RUNNERS[runtime](lambda: tasks.run(main), inject)
         finally:
-            got.extend(handle.result(BOUND) for handle in threads)
-        assert all(value in ("led", "own") for value in got)
+            for handle in threads:
+                try:
+                    got.append(handle.result(BOUND))
+                except LookupError:
+                    assert fails
+                    got.append("failed")
+        assert all(value in ("led", "own", "failed") for value in got)
 
     return scenario
 
 
-def flight_async_follows(runtime: str) -> Callable[[SingleFlight, Injector], None]:
+def flight_async_follows(runtime: str, gives_up: bool) -> Callable[[SingleFlight, Injector], None]:
     def scenario(sf: SingleFlight, inject: Injector) -> None:
-        done = threading.Event()
-        started = threading.Event()
-
-        def leader_call() -> str:
-            started.set()
-            _poll_until(lambda: flight_waiters(sf) > 0, done)
-            return "led"
-
         async def main() -> None:
             assert await sf.do(KEY, lambda: "own") in ("led", "own")
 
-        leader = start_thread(lambda: sf.do_sync(KEY, leader_call), "leader")
+        leader = Leader(sf, gives_up)
         try:
-            assert started.wait(BOUND)
             RUNNERS[runtime](main, inject)
         finally:
-            done.set()
-            assert leader.result(BOUND) == "led"
+            leader.finish()
 
     return scenario
 
@@ -644,13 +700,17 @@ FLIGHT_SCENARIOS: dict[str, Callable[[SingleFlight, Injector], None]] = {
     "thread-alone": flight_thread_alone,
     "thread-leads": flight_thread_leads(fails=False),
     "thread-leads-and-fails": flight_thread_leads(fails=True),
-    "thread-follows": flight_thread_follows,
+    "thread-follows": flight_thread_follows(gives_up=False),
+    "thread-follows-and-takes-over": flight_thread_follows(gives_up=True),
 }
 for _rt in ("asyncio", "trio"):
     FLIGHT_SCENARIOS.update(
         {
-            f"{_rt}-leads": flight_async_leads(_rt),
-            f"{_rt}-follows": flight_async_follows(_rt),
+            f"{_rt}-alone": flight_async_alone(_rt),
+            f"{_rt}-leads": flight_async_leads(_rt, fails=False),
+            f"{_rt}-leads-and-fails": flight_async_leads(_rt, fails=True),
+            f"{_rt}-follows": flight_async_follows(_rt, gives_up=False),
+            f"{_rt}-follows-and-takes-over": flight_async_follows(_rt, gives_up=True),
         }
     )
 
@@ -668,18 +728,18 @@ def check_flight_clean(sf: SingleFlight) -> None:
 # -- running one sweep ------------------------------------------------------------------------
 
 
+_lock_files = itertools.count(1)
+
+
 def run_lock_scenario(name: str, scope: str, directory: str) -> Callable[[Injector], None]:
     body = LOCK_SCENARIOS[name]
-    count = 0
 
     def run_once(inject: Injector) -> None:
-        nonlocal count
-        count += 1
         lock: Lock
         if scope == "process":
             lock = KeyedLock()
         else:
-            lock = FileKeyedLock(os.path.join(directory, f"keys-{count}.lock"))
+            lock = FileKeyedLock(os.path.join(directory, f"keys-{next(_lock_files)}.lock"))
         path = lock.path if isinstance(lock, FileKeyedLock) else None
         try:
             body(lock, inject)
@@ -706,24 +766,48 @@ def run_flight_scenario(name: str) -> Callable[[Injector], None]:
     return run_once
 
 
+def sweep_all(kind: str, names: list[str], scope: str, sample: int, seed: int) -> list[Any]:
+    """The reports of the sweeps of ``names`` (scenarios of ``kind``) in ``scope``, one after
+    the other in this process (in the manager scope, with one manager for all of them)."""
+    reports = []
+    with contextlib.ExitStack() as stack:
+        directory = stack.enter_context(tempfile.TemporaryDirectory())
+        if scope == "manager":
+            from keyedlock.multiprocessing import KeyedLockManager
+
+            from .manager_sweep import run_manager_scenario
+
+            manager = stack.enter_context(KeyedLockManager())  # never the one interrupted
+        for name in names:
+            if scope == "manager":
+                run_once = run_manager_scenario(kind, name, manager)
+            elif kind == "lock":
+                run_once = run_lock_scenario(name, scope, directory)
+            else:
+                run_once = run_flight_scenario(name)
+            outcome = sweep(run_once, f"{kind}-{name}-{scope}", sample, seed)
+            reports.append(
+                {
+                    "scenario": name,
+                    "points": outcome.points,
+                    "tried": outcome.tried,
+                    "fired": outcome.fired,
+                    "failures": [
+                        {"point": str(point), "error": f"{type(exc).__name__}: {exc}"}
+                        for point, exc in outcome.failures
+                    ],
+                }
+            )
+    return reports
+
+
 def main(argv: list[str]) -> None:
     kind, name, scope, sample, seed = argv
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
-    with tempfile.TemporaryDirectory() as directory:
-        if kind == "lock":
-            run_once = run_lock_scenario(name, scope, directory)
-        else:
-            run_once = run_flight_scenario(name)
-        outcome = sweep(run_once, f"{kind}-{name}-{scope}", int(sample), int(seed))
-    report = {
-        "points": outcome.points,
-        "tried": outcome.tried,
-        "failures": [
-            {"point": str(point), "error": f"{type(exc).__name__}: {exc}"}
-            for point, exc in outcome.failures
-        ],
-    }
-    sys.stdout.write(json.dumps(report) + "\n")
+    scenarios = LOCK_SCENARIOS if kind == "lock" else FLIGHT_SCENARIOS
+    names = sorted(scenarios) if name == "all" else [name]
+    reports = sweep_all(kind, names, scope, int(sample), int(seed))
+    sys.stdout.write(json.dumps(reports) + "\n")
     sys.stdout.flush()
     os._exit(0)  # helper threads a failed run left stuck must not hold the exit up
 

@@ -223,8 +223,8 @@ class LocalBackend:
 
     def undo(self, ctx: LockContext) -> None:
         table: KeyTable = ctx._table  # type: ignore[assignment]
-        if table.holder(ctx._key) is ctx:
-            table.release(ctx._key, ctx)
+        # Held: passed on. Still queued (a wait interrupted as it withdrew): withdrawn.
+        table.cancel(ctx._key, ctx)
 
     # -- any caller -----------------------------------------------------------------
 

@@ -87,8 +87,8 @@ async def wait_off_loop(wait: Wait) -> object:
         wait.run, functools.partial(_dispose, wait), name="keyedlock-manager-wait"
     )
     job.claim()
-    job.start()
     try:
+        job.start()  # (interrupted as it returns, the wait runs and nobody waits for it)
         done = await job.wait_async(None)
     except BaseException:
         wait.cancel(give_back=True)
