@@ -194,6 +194,7 @@ class KeyedLock(RunMixin):
             timeout = 0
         ctx = self(key, timeout=timeout)
         ctx._phase = ENTERED
+        ctx._watched = True  # taken by acquire(): it may outlive its owner
         if ctx._timeout == 0:
             ctx._owner = sync_owner()
         else:
@@ -218,6 +219,7 @@ class KeyedLock(RunMixin):
         """
         ctx = self(key, timeout=timeout)
         ctx._phase = ENTERED
+        ctx._watched = True  # taken by acquire(): it may outlive its owner
         runtime, ctx._owner = async_owner()
         try:
             acquired = bool(await ctx._acquire_async(runtime, False))

@@ -62,10 +62,12 @@ class Hold:
     - ``_wake`` and ``_queue`` (the queue it waits in): set only for a hold
       that had to wait;
     - ``_since``: when it took the key (``time.monotonic()``), if the scope
-      records it (for statistics); the core never reads it.
+      records it (for statistics); the core never reads it;
+    - ``_watched``: True (else unset) for a hold whose waiters the table
+      reports to its ``on_wait`` (a hold that may outlive its owner).
     """
 
-    __slots__ = ("_owner", "_queue", "_since", "_state", "_waiters", "_wake")
+    __slots__ = ("_owner", "_queue", "_since", "_state", "_waiters", "_wake", "_watched")
 
     _owner: object
     _waiters: WaitQueue | None
@@ -73,6 +75,7 @@ class Hold:
     _wake: Callable[[], bool]
     _queue: WaitQueue
     _since: float
+    _watched: bool
 
     def __init__(self, owner: object = None) -> None:
         self._owner = owner

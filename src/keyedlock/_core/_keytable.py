@@ -116,8 +116,8 @@ class KeyTable(Orphans, TableViews):
         self.take = self._holds.setdefault
         self.holder = self._holds.get
         #: ``on_wait(key, holder)``, if set: called (outside the guard, best effort) when the
-        #: first caller starts waiting behind ``holder``, and when a hold is handed the key
-        #: with waiters still behind it: the scope watches holders that others wait for.
+        #: first caller starts waiting behind a ``_watched`` holder, and when a watched hold
+        #: is handed the key with waiters behind it: the scope watches those holders.
         self.on_wait: Callable[[Hashable, Hold], object] | None = None
 
     # -- acquiring ---------------------------------------------------------
@@ -171,7 +171,7 @@ class KeyTable(Orphans, TableViews):
                 guard.release()
             except RuntimeError:  # an interrupt stopped acquire() before it took it
                 pass
-            if waits_for is not None and self.on_wait is not None:
+            if waits_for is not None and getattr(waits_for, "_watched", False):
                 self._waiting(key, waits_for)
 
     def _waiting(self, key: Hashable, holder: Hold) -> None:
@@ -377,7 +377,7 @@ class KeyTable(Orphans, TableViews):
                         hold._wake()
             elif not item._wake():
                 self._skip(key, item, out)
-            elif item._waiters is not None and self.on_wait is not None:
+            elif item._waiters is not None and getattr(item, "_watched", False):
                 self._waiting(key, item)  # handed the key with waiters behind it
 
     def _skip(self, key: Hashable, dead: Hold, out: Record) -> None:

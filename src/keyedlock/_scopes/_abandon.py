@@ -44,7 +44,8 @@ class Abandonment:
         )
 
     def watch(self, key: Hashable, holder: Hold) -> None:
-        """``table.on_wait``: callers wait behind ``holder``; watch its owner."""
+        """``table.on_wait``: callers wait behind ``holder`` (a hold taken with ``acquire()``:
+        a context always releases its key on exit); watch its owner."""
         owner = holder._owner
         with self.guard:
             holds = self.watched.get(owner)

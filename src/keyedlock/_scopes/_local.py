@@ -123,33 +123,37 @@ class LocalContext(LockContext):
             self._ready = seen[1]
         else:  # (under trio, no asyncio loop to look for: one system call less on 3.11)
             task = None if sniffio_local.name == "trio" else asyncio_task()
+        owner: Any
         if task is None:  # not an asyncio task: trio, or an error
             runtime, owner = async_runtime(None)
             self._owner = owner
-            timeout = self._timeout
-            if timeout == 0:
-                await self._acquire_async(runtime, True)
-                return self
-            # LocalBackend.acquire_async, written out: a coroutine less per acquire.
-            table = self._table
-            key = self._key
+        else:
+            self._owner = owner = task
+            runtime = ASYNCIO
             try:
-                fast: bool = self._backend.fast_acquire
-                state = await park_async(table, key, self, timeout, runtime, owner, not fast)
+                if self._table.take(self._key, self) is self:
+                    return self  # the uncontended fast path
             except BaseException:
                 self._backend.undo(self)
                 raise
-            if state != GRANTED and not settle(state, self, key):
-                raise timeout_error(key, timeout)
+        timeout = self._timeout
+        if timeout == 0:
+            await self._acquire_async(runtime, True)
             return self
-        self._owner = task
+        # LocalBackend.acquire_async, written out: two coroutines less on every wait.
+        table = self._table
+        key = self._key
         try:
-            if self._table.take(self._key, self) is self:
-                return self  # the uncontended fast path
+            if runtime == ASYNCIO:
+                state = await wait_asyncio(table, key, self, timeout, owner.get_loop())
+            else:
+                fast: bool = self._backend.fast_acquire
+                state = await park_async(table, key, self, timeout, runtime, owner, not fast)
         except BaseException:
             self._backend.undo(self)
             raise
-        await self._acquire_async(ASYNCIO, True)
+        if state != GRANTED and not settle(state, self, key):
+            raise timeout_error(key, timeout)
         return self
 
     if not TYPE_CHECKING:
