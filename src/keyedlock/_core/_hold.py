@@ -63,8 +63,8 @@ class Hold:
       that had to wait;
     - ``_since``: when it took the key (``time.monotonic()``), if the scope
       records it (for statistics); the core never reads it;
-    - ``_watched``: True (else unset) for a hold whose waiters the table
-      reports to its ``on_wait`` (a hold that may outlive its owner).
+    - ``_watched``: True for a hold whose waiters the table reports to its
+      ``on_wait`` (a hold that may outlive its owner); always set.
     """
 
     __slots__ = ("_owner", "_queue", "_since", "_state", "_waiters", "_wake", "_watched")
@@ -81,6 +81,7 @@ class Hold:
         self._owner = owner
         self._waiters = None
         self._state = IDLE
+        self._watched = False
 
 
 class WaitQueue(deque[Hold]):

@@ -19,7 +19,7 @@ from typing import Any
 
 from .._core import Hold, KeyTable
 from .._ki import internal
-from ._asyncio import WAKE_UP, AsyncioWaker, wait_asyncio, wake_future, woken
+from ._asyncio import WAKE_UP, AsyncioWaker, park_asyncio, wait_asyncio, wake_future, woken
 from ._detect import (
     ASYNCIO,
     FLIGHT_INSTEAD,
@@ -42,6 +42,7 @@ from ._detect import (
     sync_owner,
     task_of,
     thread_owners,
+    trio_lowlevel,
 )
 from ._ends import has_ended, when_ended
 from ._offload import Finished, Offload
@@ -75,12 +76,14 @@ __all__ = [
     "on_loop_thread",
     "owner_text",
     "park_async",
+    "park_asyncio",
     "running_loop",
     "sniffio_local",
     "sync_owner",
     "task_of",
     "thread_owners",
     "trio_checkpoint_if_cancelled",
+    "trio_lowlevel",
     "trio_shielded_checkpoint",
     "wait_asyncio",
     "wait_thread",

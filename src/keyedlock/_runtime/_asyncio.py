@@ -14,13 +14,20 @@ import asyncio
 import threading
 from collections.abc import Callable, Hashable
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .._core import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import ABORTED, CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
 from .._ki import internal
 from ._detect import get_ident, on_loop_thread, running_loop
 
-__all__ = ["WAKE_UP", "AsyncioWaker", "wait_asyncio", "wake_future", "woken"]
+__all__ = [
+    "WAKE_UP",
+    "AsyncioWaker",
+    "park_asyncio",
+    "wait_asyncio",
+    "wake_future",
+    "woken",
+]
 
 #: The message of the cancellation that wakes a waiting task without running any Python code
 #: of ours: a waiter's timer, and a wake from another thread, are ``fut.cancel(WAKE_UP)``
@@ -31,7 +38,7 @@ WAKE_UP: Final = "keyedlock: wake up"
 
 
 def woken(
-    exc: asyncio.CancelledError, fut: asyncio.Future[None], task: asyncio.Task[object], before: int
+    exc: BaseException, fut: asyncio.Future[None], task: asyncio.Task[Any], before: int
 ) -> bool:
     """True if ``exc``, raised in ``task`` by awaiting ``fut``, is a wake-up, not a cancellation.
 
@@ -100,20 +107,17 @@ class AsyncioWaker:
 
     __slots__ = ("answer", "fut", "hold", "key", "loop", "table")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        fut: asyncio.Future[None],
-        table: KeyTable,
-        key: Hashable,
-        hold: Hold,
-    ) -> None:
-        self.loop = loop
-        self.fut = fut
-        self.table = table
-        self.key = key
-        self.hold = hold
-        self.answer: bool | None = None
+    loop: asyncio.AbstractEventLoop
+    fut: asyncio.Future[None]
+    table: KeyTable
+    key: Hashable
+    hold: Hold
+    answer: bool | None
+
+    if not TYPE_CHECKING:
+        # Made by calling the class, then filled in (see wait_asyncio): object's own
+        # __init__ runs no Python frame, and this is on every wait's path.
+        __init__ = object.__init__
 
     def __call__(self) -> bool:
         answer = self.answer
@@ -154,6 +158,30 @@ def _lost(table: KeyTable, key: Hashable, hold: Hold) -> None:
         pass
 
 
+@internal
+def park_asyncio(
+    table: KeyTable, key: Hashable, hold: Hold, task: asyncio.Task[Any]
+) -> asyncio.Future[None] | None:
+    """Queue ``hold`` for ``key``, for a wait with no deadline: None if it took the key at
+    once, else the future the waiting ``task`` awaits (what :func:`wait_asyncio` does,
+    as a plain function: its caller awaits the future itself, one coroutine less).
+
+    The caller records ``task.cancelling()`` before awaiting, takes what the
+    await raises for a wake-up if :func:`woken` says so, then acts on
+    :func:`~keyedlock._core.decided`; whatever else escapes, it cancels the hold.
+    """
+    loop = task.get_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    waker = AsyncioWaker()
+    waker.loop = loop
+    waker.fut = fut
+    waker.table = table
+    waker.key = key
+    waker.hold = hold
+    waker.answer = None
+    return None if table.enqueue(key, hold, waker) else fut
+
+
 async def wait_asyncio(
     table: KeyTable,
     key: Hashable,
@@ -169,7 +197,14 @@ async def wait_asyncio(
     fut: asyncio.Future[None] = loop.create_future()
     timer = None
     try:
-        if table.enqueue(key, hold, AsyncioWaker(loop, fut, table, key, hold)):
+        waker = AsyncioWaker()
+        waker.loop = loop
+        waker.fut = fut
+        waker.table = table
+        waker.key = key
+        waker.hold = hold
+        waker.answer = None
+        if table.enqueue(key, hold, waker):
             return GRANTED
         if timeout is not None:
             timer = loop.call_later(timeout, fut.cancel, WAKE_UP)
@@ -180,6 +215,9 @@ async def wait_asyncio(
         except asyncio.CancelledError as exc:
             if not woken(exc, fut, task, before):
                 raise  # the task itself was cancelled
+        state = hold._state
+        if state == GRANTED or (state == WAITING and hold._queue.outcome is not None):
+            return ABORTED if state == WAITING else GRANTED  # decided(hold), without the call
         state = decided(hold)
         if state == WAITING:  # the timer fired first
             state = table.withdraw(key, hold)

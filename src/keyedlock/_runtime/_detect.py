@@ -43,6 +43,7 @@ __all__ = [
     "sync_owner",
     "task_of",
     "thread_owners",
+    "trio_lowlevel",
 ]
 
 ASYNCIO: Final = 1
@@ -181,11 +182,11 @@ def _trio_task() -> object | None:
     """The current trio task, or None if this thread is not in a trio task."""
     if sniffio_local.name != "trio":
         return None
-    lowlevel = _trio_lowlevel[0]
+    lowlevel = trio_lowlevel[0]
     if lowlevel is None:  # the first time under trio (imported already: it is running)
         from trio import lowlevel
 
-        _trio_lowlevel[0] = lowlevel
+        trio_lowlevel[0] = lowlevel
     try:
         task: object = lowlevel.current_task()
     except RuntimeError:  # in the run's thread, but not in a task (a run_sync_soon callback)
@@ -193,8 +194,9 @@ def _trio_task() -> object | None:
     return task
 
 
-#: ``trio.lowlevel`` once a caller was seen under trio (never imported before).
-_trio_lowlevel: list[Any] = [None]
+#: ``trio.lowlevel`` once a caller was seen under trio (never imported before); its
+#: ``current_task()`` raises RuntimeError outside a trio task.
+trio_lowlevel: list[Any] = [None]
 
 
 def sync_owner() -> object:

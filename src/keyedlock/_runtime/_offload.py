@@ -378,11 +378,11 @@ class Offload(Generic[T]):
 
     async def _wait_trio(self, timeout: float | None) -> Finished[T] | None:
         import trio
-        from trio.lowlevel import current_task, wait_task_rescheduled
+        from trio.lowlevel import wait_task_rescheduled
 
-        from ._trio import TrioWaker
+        from ._trio import trio_waker
 
-        outcome = self._arm(TrioWaker(trio.lowlevel.current_trio_token(), current_task()))
+        outcome = self._arm(trio_waker())
         if outcome is not None:
             return outcome
         if timeout is None:

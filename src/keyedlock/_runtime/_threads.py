@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from .._core import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
 from .._ki import internal
@@ -18,15 +19,19 @@ _TIMEOUT_MAX = threading.TIMEOUT_MAX
 class ThreadWaker:
     """Wakes one parked thread, once: calling it again does nothing (and answers True).
 
-    ``parked`` is acquired when made; the thread waits by acquiring it again.
+    ``parked`` is acquired before it is queued (see wait_thread); the thread waits by
+    acquiring it again.
     """
 
     __slots__ = ("parked", "woken")
 
-    def __init__(self) -> None:
-        self.parked = threading.Lock()
-        self.parked.acquire()
-        self.woken = False
+    parked: threading.Lock
+    woken: bool
+
+    if not TYPE_CHECKING:
+        # Made by calling the class, then filled in (see wait_thread): object's own
+        # __init__ runs no Python frame, and this is on every wait's path.
+        __init__ = object.__init__
 
     def __call__(self) -> bool:
         if not self.woken:
@@ -43,11 +48,18 @@ def wait_thread(table: KeyTable, key: Hashable, hold: Hold, timeout: float | Non
     withdraws the waiter, passing the key on if it was granted meanwhile.
     """
     waker = ThreadWaker()
+    parked = waker.parked = threading.Lock()
+    parked.acquire()
+    waker.woken = False
     try:
         if table.enqueue(key, hold, waker):
             return GRANTED
-        wait = -1.0 if timeout is None or timeout > _TIMEOUT_MAX else timeout
-        woken = waker.parked.acquire(timeout=wait)
+        if timeout is None:
+            woken = parked.acquire()
+        else:
+            woken = parked.acquire(timeout=-1.0 if timeout > _TIMEOUT_MAX else timeout)
+        if hold._state == GRANTED:  # (decided()'s first answer, without the call)
+            return GRANTED
         # Once decided, only a release by someone else changes a hold's state (to RELEASED).
         state = decided(hold)
         if not woken and state == WAITING:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import (
@@ -23,7 +24,6 @@ from trio.lowlevel import (
     TrioToken,
     current_task,
     current_trio_token,
-    in_trio_run,
     reschedule,
     wait_task_rescheduled,
 )
@@ -36,6 +36,7 @@ __all__ = [
     "cancel_shielded_checkpoint",
     "checkpoint",
     "checkpoint_if_cancelled",
+    "trio_waker",
     "wait_trio",
 ]
 
@@ -55,16 +56,24 @@ class TrioWaker:
 
     __slots__ = ("answer", "task", "token")
 
-    def __init__(self, token: TrioToken, task: Task) -> None:
-        self.token = token
-        self.task = task
-        self.answer: bool | None = None
+    token: TrioToken
+    task: Task
+    answer: bool | None
+
+    if not TYPE_CHECKING:
+        # Made by calling the class, then filled in (see wait_trio): object's own
+        # __init__ runs no Python frame, and this is on every wait's path.
+        __init__ = object.__init__
 
     def __call__(self) -> bool:
         answer = self.answer
         if answer is not None:
             return answer
-        if in_trio_run() and current_trio_token() is self.token:
+        try:
+            here = current_trio_token() is self.token
+        except RuntimeError:  # not in a trio run
+            here = False
+        if here:
             self.answer = True  # (no signal can land between this and reschedule)
             reschedule(self.task)
             return True
@@ -75,6 +84,15 @@ class TrioWaker:
             self.answer = False
             return False
         return True
+
+
+def trio_waker() -> TrioWaker:
+    """A waker of the current trio task."""
+    waker = TrioWaker()
+    waker.token = current_trio_token()
+    waker.task = current_task()
+    waker.answer = None
+    return waker
 
 
 @internal
@@ -98,18 +116,21 @@ async def wait_trio(
     try:
         if checkpoints:
             await checkpoint_if_cancelled()
-        if table.take(key, hold) is not hold and not table.enqueue(
-            key, hold, TrioWaker(current_trio_token(), current_task())
-        ):
-            abort = partial(_abort, table, key, hold)
-            if timeout is None:
-                await wait_task_rescheduled(abort)
-            else:
-                with trio.move_on_after(timeout):
+        if table.take(key, hold) is not hold:
+            waker = TrioWaker()  # trio_waker(), written out: this is every wait's path
+            waker.token = current_trio_token()
+            waker.task = current_task()
+            waker.answer = None
+            if not table.enqueue(key, hold, waker):
+                abort = partial(_abort, table, key, hold)
+                if timeout is None:
                     await wait_task_rescheduled(abort)
-            # GRANTED or ABORTED after a wake (the wait was a checkpoint); CANCELLED if
-            # the timeout withdrew it.
-            return decided(hold)
+                else:
+                    with trio.move_on_after(timeout):
+                        await wait_task_rescheduled(abort)
+                # GRANTED or ABORTED after a wake (the wait was a checkpoint); CANCELLED if
+                # the timeout withdrew it.
+                return GRANTED if hold._state == GRANTED else decided(hold)
         if checkpoints:  # a free key: the yield trio.Lock makes after taking it
             await cancel_shielded_checkpoint()
         return GRANTED

@@ -22,6 +22,7 @@ from .._core import (
     Hold,
     KeyHold,
     KeyTable,
+    decided,
     fresh_copy,
     outcome_of,
     reacquire_error,
@@ -30,18 +31,22 @@ from .._errors import Abandoned, Aborted
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
+    TRIO,
     async_runtime,
     asyncio_task,
     blocking_call_error,
     get_ident,
     last_loop,
     park_async,
+    park_asyncio,
     running_loop,
     sniffio_local,
     task_of,
     thread_owners,
+    trio_lowlevel,
     wait_asyncio,
     wait_thread,
+    woken,
 )
 from .._statistics import LockStatistics
 from ._abandon import Abandonment
@@ -99,15 +104,24 @@ class LocalContext(LockContext):
         if running_loop() is not None or sniffio_local.name is not None:
             raise blocking_call_error("`with klock(key)`")
         self._owner = thread_owners.token
+        timeout = self._timeout
         try:
             if self._table.take(self._key, self) is self:
                 return self  # the uncontended fast path
-            acquired = self._backend.acquire(self, self._timeout)
+            if timeout == 0:
+                acquired = self._backend.acquire(self, timeout)
+            else:
+                # LocalBackend.acquire, written out: the wait queues the hold (or takes a key
+                # that just became free), and raises RuntimeError if this owner holds it.
+                state = wait_thread(self._table, self._key, self, timeout)
+                if state == GRANTED:
+                    return self
+                acquired = settle(state, self, self._key)
         except BaseException:
             self._backend.undo(self)  # interrupted after taking the key: give it back
             raise
         if not acquired:
-            raise timeout_error(self._key, self._timeout)
+            raise timeout_error(self._key, timeout)
         return self
 
     async def __aenter__(self) -> Self:
@@ -125,7 +139,11 @@ class LocalContext(LockContext):
             task = None if sniffio_local.name == "trio" else asyncio_task()
         owner: Any
         if task is None:  # not an asyncio task: trio, or an error
-            runtime, owner = async_runtime(None)
+            try:  # async_runtime(None), written out for a trio task (seen before)
+                owner = trio_lowlevel[0].current_task()
+                runtime = TRIO
+            except (AttributeError, RuntimeError):  # trio not seen yet, or not in its task
+                runtime, owner = async_runtime(None)
             self._owner = owner
         else:
             self._owner = owner = task
@@ -144,7 +162,22 @@ class LocalContext(LockContext):
         table = self._table
         key = self._key
         try:
-            if runtime == ASYNCIO:
+            if runtime == ASYNCIO and timeout is None:
+                # wait_asyncio with no deadline, written out: one coroutine less per wait.
+                fut = park_asyncio(table, key, self, owner)
+                if fut is None:
+                    return self  # the key became free meanwhile
+                before = owner.cancelling()
+                try:
+                    await fut
+                except BaseException as exc:
+                    if not woken(exc, fut, owner, before):  # the task itself was cancelled
+                        table.cancel(key, self)  # (as wait_asyncio; undo below tries again)
+                        raise
+                state = self._state
+                if state != GRANTED:
+                    state = decided(self)
+            elif runtime == ASYNCIO:
                 state = await wait_asyncio(table, key, self, timeout, owner.get_loop())
             else:
                 fast: bool = self._backend.fast_acquire
