@@ -18,7 +18,17 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS
 from ._keyspec import Decorator, KeySpec, key_function
-from ._runtime import FLIGHT_INSTEAD, async_owner, check_can_block, thread_owners
+from ._runtime import (
+    ASYNCIO,
+    FLIGHT_INSTEAD,
+    async_runtime,
+    asyncio_task,
+    check_can_block,
+    get_ident,
+    last_loop,
+    task_of,
+    thread_owners,
+)
 from ._scopes import FlightBackend, LocalFlightBackend
 from ._statistics import FlightStatistics
 from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
@@ -147,14 +157,33 @@ class SingleFlight:
         ex: bool,
     ) -> Any:
         """The value (``ex``: the :class:`Result`) of the call for ``key``."""
-        key = self._local(key)
-        check_fn(fn)
+        # _local(), check_fn() and async_owner() written out: every caller of a herd pays
+        # for each call.
+        if self._map_key is None:
+            try:
+                hash(key)
+            except TypeError:
+                check_key(key)
+        else:
+            key = self._map_key(key)
+        given: object = fn  # (typed callable; a caller may pass anything)
+        if not callable(given):
+            check_fn(given)
         backend = self._backend
         if backend.ttl:
             kept = backend.cached(key)
             if kept is not MISS:
                 return Result(kept, True) if ex else kept
-        runtime, owner = async_owner()
+        seen = last_loop[0]  # asyncio_task(), written out as in LocalContext.__aenter__
+        owner: Any = (
+            task_of(seen[0])
+            if seen is not None and seen[0]._thread_id == get_ident()
+            else asyncio_task()
+        )
+        if owner is None:
+            runtime, owner = async_runtime(None)
+        else:
+            runtime = ASYNCIO
         ticket = backend.ticket(owner)
         done = False
         payload: Any = None

@@ -11,11 +11,11 @@ follower as it raises it.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from typing import Any, Final, final
 
-from .._core import GRANTED, IDLE, MISS, FlightTable, Hold, decided, outcome_of
+from .._core import GRANTED, IDLE, MISS, RELEASED, FlightTable, Hold, outcome_of
 from .._errors import follower_copy
 from .._ki import internal
 from .._runtime import ASYNCIO, READY, park_async, wait_asyncio, wait_thread
@@ -47,23 +47,21 @@ def recursion_error(key: Hashable) -> RuntimeError:
 class LocalFlightBackend:
     """The :class:`~keyedlock._scopes.FlightBackend` of the process scope."""
 
-    __slots__ = ("table",)
+    __slots__ = ("table", "ttl")
 
     #: Any hashable key is taken as it is.
     map_key: Final = None
 
     def __init__(self, ttl: float) -> None:
         self.table = FlightTable(ttl)
-
-    @property
-    def ttl(self) -> float:
-        return self.table.ttl
+        #: (An attribute, not a property: every caller reads it.)
+        self.ttl: float = ttl
 
     def cached(self, key: Hashable) -> object:
         return self.table.cached(key, monotonic())
 
-    def ticket(self, owner: object) -> Hold:
-        return Hold(owner)
+    #: ``ticket(owner)``: a new hold of the table (the class itself: no frame of ours).
+    ticket: Final[Callable[[object], Hold]] = Hold
 
     def join(self, key: Hashable, ticket: Hold) -> None:
         table = self.table
@@ -88,8 +86,10 @@ class LocalFlightBackend:
         return park_async(table, key, ticket, None, runtime, owner)
 
     def leads(self, ticket: Hold) -> bool:
-        state = decided(ticket)
-        return state in (IDLE, GRANTED)
+        # decided(ticket) in (IDLE, GRANTED), without the call: RELEASED is GRANTED there,
+        # and a joined WAITING ticket is ABORTED (its call concluded).
+        state = ticket._state
+        return state in (IDLE, GRANTED, RELEASED)
 
     def shared(self, ticket: Hold) -> object:
         outcome = outcome_of(ticket)
