@@ -188,9 +188,11 @@ class SingleFlight:
         done = False
         payload: Any = None
         keep = True
+        follows = False
         try:
             await backend.join_async(key, ticket, runtime)
             if not backend.leads(ticket):
+                follows = True  # (a follower never leads: nothing to conclude)
                 result = backend.shared(ticket)
                 return Result(result, True) if ex else result
             # This caller runs the call (it arrived first, or took over).
@@ -213,17 +215,18 @@ class SingleFlight:
             # Whatever happened, however far it got: nothing stays in flight. Interrupted while
             # concluding (even at its first instruction), it concludes again without an outcome:
             # the earliest follower takes over, or nothing, if the first try got through.
-            try:
-                conclude_async = self._conclude_async
-                if conclude_async is None:
-                    shared = backend.conclude(key, ticket, done, payload, keep)
-                else:
-                    shared = await conclude_async(key, ticket, done, payload, keep)
-            except Exception:
-                raise
-            except BaseException:
-                backend.conclude(key, ticket, False, None)
-                raise
+            if not follows:
+                try:
+                    conclude_async = self._conclude_async
+                    if conclude_async is None:
+                        shared = backend.conclude(key, ticket, done, payload, keep)
+                    else:
+                        shared = await conclude_async(key, ticket, done, payload, keep)
+                except Exception:
+                    raise
+                except BaseException:
+                    backend.conclude(key, ticket, False, None)
+                    raise
         return Result(result, shared) if ex else result
 
     # -- threads -----------------------------------------------------------

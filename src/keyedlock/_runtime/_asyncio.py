@@ -158,6 +158,18 @@ def _lost(table: KeyTable, key: Hashable, hold: Hold) -> None:
         pass
 
 
+#: asyncio's own ``create_future``, which only makes a ``Future(loop=loop)``.
+_BASE_CREATE_FUTURE: Final = asyncio.BaseEventLoop.create_future
+
+
+def new_future(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+    """``loop.create_future()``, made directly for asyncio's own loops (their method is a
+    Python frame that only calls the class: this is on every wait's path)."""
+    if type(loop).create_future is _BASE_CREATE_FUTURE:
+        return asyncio.Future(loop=loop)
+    return loop.create_future()
+
+
 @internal
 def park_asyncio(
     table: KeyTable, key: Hashable, hold: Hold, task: asyncio.Task[Any]
@@ -171,7 +183,7 @@ def park_asyncio(
     :func:`~keyedlock._core.decided`; whatever else escapes, it cancels the hold.
     """
     loop = task.get_loop()
-    fut: asyncio.Future[None] = loop.create_future()
+    fut = new_future(loop)
     waker = AsyncioWaker()
     waker.loop = loop
     waker.fut = fut
@@ -194,7 +206,7 @@ async def wait_asyncio(
     Cancellation withdraws the waiter and leaves no trace; if the key was
     handed over in the same instant it is passed on to the next waiter.
     """
-    fut: asyncio.Future[None] = loop.create_future()
+    fut = new_future(loop)
     timer = None
     try:
         waker = AsyncioWaker()
