@@ -574,7 +574,7 @@ def _asyncio_scenario() -> HerdScenario:
         metrics=[OVERHEAD, naive, CPU, ARRIVAL, DELIVERY],
         ratios=[
             HerdRatio(OURS, HAND, naive, TARGET, short=f"{OURS} vs hand-rolled, wall - call"),
-            HerdRatio(OURS, HAND, OVERHEAD, short=f"{OURS} vs hand-rolled"),
+            HerdRatio(OURS, HAND, OVERHEAD, TARGET, short=f"{OURS} vs hand-rolled"),
             HerdRatio(OURS, (PACKAGE,), OVERHEAD),
             HerdRatio(OURS, (HAND_SHIELD,), OVERHEAD),
             HerdRatio(OURS, HAND, CPU, short=f"{OURS} vs hand-rolled, CPU"),
