@@ -19,7 +19,15 @@ from ._errors import LockTimeout
 from ._ki import internal
 from ._recording import Watch, timed_context, watched_context
 from ._running import RunMixin
-from ._runtime import READY, async_owner, blocking_owner, sync_owner
+from ._runtime import (
+    READY,
+    async_owner,
+    blocking_owner,
+    running_loop,
+    sniffio_local,
+    sync_owner,
+    thread_owners,
+)
 from ._scopes import ENTERED, NEW, LocalBackend, LockBackend, LockContext
 from ._statistics import LockStatistics
 from ._validate import check_flag, check_key, check_max_waiters, check_timeout, check_warn_after
@@ -167,7 +175,6 @@ class KeyedLock(RunMixin):
         ctx = self._context()
         ctx._waiters = None
         ctx._state = IDLE
-        ctx._watched = False
         ctx._backend = backend
         ctx._table = backend.table  # (a fork child's backend has a new one)
         ctx._key = key
@@ -193,13 +200,15 @@ class KeyedLock(RunMixin):
             if timeout is not None:
                 raise ValueError("can't specify a timeout for a non-blocking acquire")
             timeout = 0
-        ctx = self(key, timeout=timeout)
+        ctx = self.__call__(key, timeout=timeout)  # (not self(...): a type slot more)
         ctx._phase = ENTERED
         ctx._watched = True  # taken by acquire(): it may outlive its owner
         if ctx._timeout == 0:
             ctx._owner = sync_owner()
+        elif running_loop() is None and sniffio_local.name is None:
+            ctx._owner = thread_owners.token  # blocking_owner(), written out: every acquire()
         else:
-            ctx._owner = blocking_owner("a blocking acquire(key)")
+            ctx._owner = blocking_owner("a blocking acquire(key)")  # raises
         try:
             acquired = self._backend.acquire(ctx, ctx._timeout)
             if acquired and self._timed:
@@ -218,7 +227,7 @@ class KeyedLock(RunMixin):
         Returns False if ``timeout`` elapses (0 tries once). Cancellation while
         waiting leaves no trace. Release with :meth:`release`.
         """
-        ctx = self(key, timeout=timeout)
+        ctx = self.__call__(key, timeout=timeout)  # (not self(...): a type slot more)
         ctx._phase = ENTERED
         ctx._watched = True  # taken by acquire(): it may outlive its owner
         runtime, ctx._owner = async_owner()
@@ -242,7 +251,20 @@ class KeyedLock(RunMixin):
         """
         done: list[Any] = []
         try:
-            self._backend.release_key(self._local(key), done)
+            # _local(key), written out (as in __call__): every release(key) maps its key.
+            map_key = self._map_key
+            local: Hashable = key
+            if map_key is None:
+                try:
+                    hash(key)
+                except TypeError:
+                    check_key(key)
+            else:
+                try:
+                    local = self._mapped[type(key)][key]  # a key mapped lately: no call
+                except (KeyError, TypeError):
+                    local = map_key(key)
+            self._backend.release_key(local, done)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 raise

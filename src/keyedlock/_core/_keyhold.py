@@ -81,7 +81,10 @@ class KeyHold(Hold):
                 holds = table._holds
                 if holds.get(key) is self:
                     queue = self._waiters
-                    if queue is None or not queue.live:
+                    if queue is None:  # never waited for: nothing can act on this hold
+                        del holds[key]
+                        return self._ready if exc_type is None else self._raised
+                    if not queue.live:
                         self._state = RELEASED
                         del holds[key]
                         return self._ready if exc_type is None else self._raised
@@ -104,7 +107,9 @@ class KeyHold(Hold):
                     pass
             if granted is None:
                 table.release(key, self)  # not held by this hold: says so
-            elif not granted._wake() or (granted._waiters is not None and granted._watched):
+            elif not granted._wake() or (
+                granted._waiters is not None and getattr(granted, "_watched", False)
+            ):
                 table._deliver(key, [granted])  # pass it on, or watch it (wakes are idempotent)
         except BaseException:
             if granted is not None:

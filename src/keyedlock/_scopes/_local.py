@@ -104,10 +104,10 @@ class LocalContext(LockContext):
         if running_loop() is not None or sniffio_local.name is not None:
             raise blocking_call_error("`with klock(key)`")
         self._owner = thread_owners.token
-        timeout = self._timeout
         try:
             if self._table.take(self._key, self) is self:
                 return self  # the uncontended fast path
+            timeout = self._timeout
             if timeout == 0:
                 acquired = self._backend.acquire(self, timeout)
             else:
@@ -121,7 +121,7 @@ class LocalContext(LockContext):
             self._backend.undo(self)  # interrupted after taking the key: give it back
             raise
         if not acquired:
-            raise timeout_error(self._key, timeout)
+            raise timeout_error(self._key, self._timeout)
         return self
 
     async def __aenter__(self) -> Self:

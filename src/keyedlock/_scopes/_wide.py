@@ -116,12 +116,21 @@ class WideBackend(LocalBackend):
     # -- a context's key ----------------------------------------------------------
 
     def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
-        start = monotonic() if timeout else 0.0
-        if not LocalBackend.acquire(self, ctx, timeout):
-            return False
+        key = ctx._key
+        if not timeout:  # (None or 0: no deadline to share between the two scopes)
+            if ctx._table.take(key, ctx) is not ctx and not LocalBackend.acquire(  # type: ignore[union-attr]
+                self, ctx, timeout
+            ):
+                return False
+            wide_timeout = timeout
+        else:
+            start = monotonic()
+            if not LocalBackend.acquire(self, ctx, timeout):
+                return False
+            wide_timeout = remaining(timeout, start)
         # Held here: now in the wide scope, or given back here. (What raises is undone by
         # the caller: the context's undo.)
-        if self.scope.acquire_sync(ctx._key, ctx, remaining(timeout, start)):
+        if self.scope.acquire_sync(key, ctx, wide_timeout):
             return True
         ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
         return False

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ..._core import KeyTable
 from ..._ki import internal
@@ -129,6 +129,48 @@ class FileBackend(WideBackend):
     ) -> None:
         super().__init__(FileScope(path, max_threads), max_waiters, fast_acquire)
         _live.add(self)
+
+    def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
+        # FileContext.__enter__'s uncontended path, written out for acquire(): a key free
+        # here and on the host is one dictionary step and one system call, no other frame.
+        key: KeyOffset = ctx._key  # type: ignore[assignment]
+        if ctx._table.take(key, ctx) is ctx:  # type: ignore[union-attr]
+            scope = self.scope
+            fd = scope.fd
+            if fd >= 0 and not scope.pending:
+                held = scope.held
+                held[ctx] = ~fd  # recorded first, in progress: see FileScope
+                try:
+                    fcntl_call(fd, SETLK, key)
+                except OSError:
+                    del held[ctx]  # busy (or worse): the general path tries again, and says
+                else:
+                    held[ctx] = fd
+                    return True
+        return WideBackend.acquire(self, ctx, timeout)
+
+    def release_key(self, key: Hashable, done: list[Any]) -> None:
+        if done:
+            WideBackend.release_key(self, key, done)  # a second try, after an interrupt
+            return
+        table = self.table
+        holder = table.holder(key)
+        if holder is None:
+            raise RuntimeError(f"release of key {key!r}, which is not held")
+        done.append(holder)
+        # FileScope.release, written out (every release(key)): claim the hold's record,
+        # then unlock its byte; no record: still waiting for another process.
+        scope = self.scope
+        held = scope.held
+        try:
+            fd = held[holder]
+            if fd < 0:
+                raise scope.not_held(key)
+            del held[holder]  # the claim: of two releases of one hold, one gets here
+        except KeyError:
+            raise scope.not_held(key) from None
+        fcntl_call(fd, SETLK, key.unlock)  # type: ignore[attr-defined]  # a KeyOffset
+        table.leave(key, holder)  # (the holder's own release: one guard pass if nobody waits)
 
     def forked(self) -> None:
         """In a fork child: no holder and no waiter (the parent's did not fork with it)."""

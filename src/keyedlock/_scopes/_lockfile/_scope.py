@@ -241,7 +241,7 @@ class FileScope(LockFile):
         held = self.held
         held[hold] = ~fd  # recorded first (in progress): an interrupt after the lock finds it
         try:
-            fcntl_call(fd, SETLK, cast(KeyOffset, local_key))
+            fcntl_call(fd, SETLK, local_key)  # type: ignore[arg-type]  # a KeyOffset (no cast(): a call)
         except OSError as exc:
             with contextlib.suppress(KeyError):
                 del held[hold]
@@ -253,7 +253,7 @@ class FileScope(LockFile):
 
     def acquire_sync(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
         """Lock the key's byte, blocking this thread; False if ``timeout`` elapses."""
-        offset = cast(KeyOffset, local_key)
+        offset: KeyOffset = local_key  # type: ignore[assignment]  # (no cast(): a call)
         if self.try_acquire(offset, hold):
             return True
         if timeout == 0:
@@ -295,7 +295,7 @@ class FileScope(LockFile):
             del held[hold]  # the claim: of two releases of one hold, one gets here
         except KeyError:
             return False
-        self._unlock(cast(KeyOffset, local_key), fd)
+        fcntl_call(fd, SETLK, local_key.unlock)  # type: ignore[attr-defined]  # _unlock, written out
         return True
 
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
