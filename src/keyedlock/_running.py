@@ -217,7 +217,8 @@ class RunMixin:
         ``timeout`` and ``on_error`` are the lock's: they never reach ``fn``.
         """
         stop = check_on_error(on_error)
-        return await run_async(self(key, timeout=timeout), stop, fn, args, kwargs)
+        # (self.__call__, not self(...): calling the instance with a keyword is a type slot more)
+        return await run_async(self.__call__(key, timeout=timeout), stop, fn, args, kwargs)
 
     @overload
     def run_sync(
@@ -254,7 +255,8 @@ class RunMixin:
         a thread running an event loop.
         """
         stop = check_on_error(on_error)
-        return run_blocking(self(key, timeout=timeout), stop, fn, args, kwargs, "run_sync(...)")
+        ctx = self.__call__(key, timeout=timeout)  # (as in run)
+        return run_blocking(ctx, stop, fn, args, kwargs, "run_sync(...)")
 
     # -- decorator ---------------------------------------------------------
 
