@@ -175,6 +175,7 @@ class KeyedLock(RunMixin):
         ctx = self._context()
         ctx._waiters = None
         ctx._state = IDLE
+        ctx._watched = False  # (set, not left unset: reading an unset slot raises inside)
         ctx._backend = backend
         ctx._table = backend.table  # (a fork child's backend has a new one)
         ctx._key = key

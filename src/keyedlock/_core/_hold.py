@@ -63,9 +63,8 @@ class Hold:
       that had to wait;
     - ``_since``: when it took the key (``time.monotonic()``), if the scope
       records it (for statistics); the core never reads it;
-    - ``_watched``: True (else unset: contexts are made without it) for a
-      hold whose waiters the table reports to its ``on_wait`` (a hold that
-      may outlive its owner).
+    - ``_watched``: True for a hold whose waiters the table reports to its
+      ``on_wait`` (a hold that may outlive its owner); always set.
     """
 
     __slots__ = ("_owner", "_queue", "_since", "_state", "_waiters", "_wake", "_watched")

@@ -107,9 +107,7 @@ class KeyHold(Hold):
                     pass
             if granted is None:
                 table.release(key, self)  # not held by this hold: says so
-            elif not granted._wake() or (
-                granted._waiters is not None and getattr(granted, "_watched", False)
-            ):
+            elif not granted._wake() or (granted._waiters is not None and granted._watched):
                 table._deliver(key, [granted])  # pass it on, or watch it (wakes are idempotent)
         except BaseException:
             if granted is not None:

@@ -171,7 +171,7 @@ class KeyTable(Orphans, TableViews):
                 guard.release()
             except RuntimeError:  # an interrupt stopped acquire() before it took it
                 pass
-            if waits_for is not None and getattr(waits_for, "_watched", False):
+            if waits_for is not None and waits_for._watched:
                 self._waiting(key, waits_for)
 
     def _waiting(self, key: Hashable, holder: Hold) -> None:
@@ -377,7 +377,7 @@ class KeyTable(Orphans, TableViews):
                         hold._wake()
             elif not item._wake():
                 self._skip(key, item, out)
-            elif item._waiters is not None and getattr(item, "_watched", False):
+            elif item._waiters is not None and item._watched:
                 self._waiting(key, item)  # handed the key with waiters behind it
 
     def _skip(self, key: Hashable, dead: Hold, out: Record) -> None:

@@ -135,6 +135,9 @@ class AsyncioWaker:
                 return True
             self.answer = True  # (no signal can land between this and set_result)
             fut.set_result(None)
+            # Only a wake from another thread can be lost (see _lost): let go of the hold,
+            # which refers to this waker, so that no cycle is left for the collector.
+            self.hold = None  # type: ignore[assignment]
             return True
         # From another thread: a second wake-up would only cancel a future that is done.
         answer = wake_future(loop, self.fut, partial(_lost, self.table, self.key, self.hold))
