@@ -92,7 +92,9 @@ class WaitQueue(deque[Hold]):
     ``outcome`` is None while the queue waits for the key; once set (an
     abort, or a single-flight call's result) it is the outcome of every hold
     still WAITING in it, and the queue never changes again: one store ends
-    every wait at once.
+    every wait at once. (Only the thread that concluded it empties it, once
+    it has woken every waiter: a hold's state, not the queue, says it was
+    aborted, through ``outcome``.)
     """
 
     __slots__ = ("live", "outcome")

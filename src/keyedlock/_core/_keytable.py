@@ -372,9 +372,12 @@ class KeyTable(Orphans, TableViews):
         """
         for item in out:  # (it grows while this runs: see _skip)
             if isinstance(item, WaitQueue):
-                for hold in item:  # a concluded queue never changes again
+                for hold in item:  # a concluded queue never changes again, but here:
                     if hold._state == WAITING:
                         hold._wake()
+                # Every waiter is woken (and its state says why). Emptied, the queue no longer
+                # refers to holds that refer to it: no cycle is left for the collector.
+                item.clear()
             elif not item._wake():
                 self._skip(key, item, out)
             elif item._waiters is not None and item._watched:
