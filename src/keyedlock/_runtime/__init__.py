@@ -73,6 +73,7 @@ __all__ = [
     "get_ident",
     "has_ended",
     "last_loop",
+    "load_trio_adapter",
     "on_loop_thread",
     "owner_text",
     "park_async",
@@ -82,6 +83,7 @@ __all__ = [
     "sync_owner",
     "task_of",
     "thread_owners",
+    "trio_adapter",
     "trio_checkpoint_if_cancelled",
     "trio_lowlevel",
     "trio_shielded_checkpoint",
@@ -112,29 +114,29 @@ def park_async(
     """
     if runtime == ASYNCIO:
         return wait_asyncio(table, key, hold, timeout, task.get_loop())
-    adapter = _trio_module[0] or _trio_adapter_()
+    adapter = trio_adapter[0] or load_trio_adapter()
     wait: Awaitable[int] = adapter.wait_trio(table, key, hold, timeout, checkpoints)
     return wait
 
 
 def trio_checkpoint_if_cancelled() -> Awaitable[None]:
     """Under trio: raise Cancelled if the task's scope is cancelled (no yield otherwise)."""
-    return _trio_adapter_().checkpoint_if_cancelled()  # type: ignore[no-any-return]
+    return load_trio_adapter().checkpoint_if_cancelled()  # type: ignore[no-any-return]
 
 
 def trio_shielded_checkpoint() -> Awaitable[None]:
     """Under trio: yield to the scheduler once, without raising Cancelled."""
-    return _trio_adapter_().cancel_shielded_checkpoint()  # type: ignore[no-any-return]
+    return load_trio_adapter().cancel_shielded_checkpoint()  # type: ignore[no-any-return]
 
 
-def _trio_adapter_() -> Any:
+def load_trio_adapter() -> Any:
     """The trio adapter, imported by the first caller under trio (an import statement on
     every call would cost more than an uncontended acquire)."""
-    adapter = _trio_module[0]
+    adapter = trio_adapter[0]
     if adapter is None:
-        adapter = _trio_module[0] = importlib.import_module("._trio", __name__)
+        adapter = trio_adapter[0] = importlib.import_module("._trio", __name__)
     return adapter
 
 
 #: The trio adapter module, once imported.
-_trio_module: list[Any] = [None]
+trio_adapter: list[Any] = [None]

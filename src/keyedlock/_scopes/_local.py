@@ -32,17 +32,18 @@ from .._ki import internal
 from .._runtime import (
     ASYNCIO,
     TRIO,
-    async_runtime,
-    asyncio_task,
+    async_owner,
     blocking_call_error,
     get_ident,
     last_loop,
+    load_trio_adapter,
     park_async,
     park_asyncio,
     running_loop,
     sniffio_local,
     task_of,
     thread_owners,
+    trio_adapter,
     trio_lowlevel,
     wait_asyncio,
     wait_thread,
@@ -135,17 +136,23 @@ class LocalContext(LockContext):
         if seen is not None and seen[0]._thread_id == get_ident():
             task: Any = task_of(seen[0])
             self._ready = seen[1]
-        else:  # (under trio, no asyncio loop to look for: one system call less on 3.11)
-            task = None if sniffio_local.name == "trio" else asyncio_task()
-        owner: Any
-        if task is None:  # not an asyncio task: trio, or an error
-            try:  # async_runtime(None), written out for a trio task (seen before)
-                owner = trio_lowlevel[0].current_task()
-                runtime = TRIO
-            except (AttributeError, RuntimeError):  # trio not seen yet, or not in its task
-                runtime, owner = async_runtime(None)
-            self._owner = owner
         else:
+            task = None
+        owner: Any
+        if task is None:  # not a task of the loop seen last: a trio task, or another loop's
+            lowlevel = trio_lowlevel[0]  # (trio's, once seen)
+            try:  # trio first: no asyncio loop to look for (a system call on 3.11)
+                owner = None if lowlevel is None else lowlevel.current_task()
+            except RuntimeError:  # not in a trio task
+                owner = None
+            if owner is not None:
+                runtime = TRIO
+            else:
+                runtime, owner = async_owner()  # RuntimeError outside both
+                if runtime == ASYNCIO:
+                    task = owner
+            self._owner = owner
+        if task is not None:
             self._owner = owner = task
             runtime = ASYNCIO
             try:
@@ -179,9 +186,10 @@ class LocalContext(LockContext):
                     state = decided(self)
             elif runtime == ASYNCIO:
                 state = await wait_asyncio(table, key, self, timeout, owner.get_loop())
-            else:
+            else:  # park_async, written out for trio: a frame less on every trio acquire
+                adapter = trio_adapter[0] or load_trio_adapter()
                 fast: bool = self._backend.fast_acquire
-                state = await park_async(table, key, self, timeout, runtime, owner, not fast)
+                state = await adapter.wait_trio(table, key, self, timeout, not fast)
         except BaseException:
             self._backend.undo(self)
             raise
