@@ -91,9 +91,10 @@ def test_no_command_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("x", "argument --checkouts: expected a whole number >= 1, got 'x'"),
-        ("0", "argument --checkouts: expected a whole number >= 1, got 0"),
-        ("1.5", "argument --checkouts: expected a whole number >= 1, got '1.5'"),
+        ("x", "argument --checkouts: expected a whole number from 1 to 100, got 'x'"),
+        ("0", "argument --checkouts: expected a whole number from 1 to 100, got 0"),
+        ("1.5", "argument --checkouts: expected a whole number from 1 to 100, got '1.5'"),
+        ("101", "argument --checkouts: expected a whole number from 1 to 100, got 101"),
     ],
 )
 def test_demo_checkouts_errors(value: str, message: str) -> None:
@@ -107,6 +108,28 @@ def test_argument_errors_name_no_private_helper() -> None:
     proc = run_as_script("demo", "--checkouts", "many")
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1] == (
-        "keyedlock demo: error: argument --checkouts: expected a whole number >= 1, got 'many'"
+        "keyedlock demo: error: argument --checkouts: "
+        "expected a whole number from 1 to 100, got 'many'"
     )
     assert "_" not in proc.stderr.splitlines()[-1].replace("--", "")
+
+
+@pytest.mark.parametrize("command", [["holders"], ["holders", "--json"]])
+def test_a_closed_pipe_ends_quietly(command: list[str], tmp_path: Path) -> None:
+    # `keyedlock holders --json | head -1`: the reader is gone before the output is written
+    # (its end of the pipe is closed before the program starts, so every write fails).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyedlock", *command, "--file", str(tmp_path / "locks")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=WAIT * 3,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == ""

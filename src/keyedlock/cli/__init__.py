@@ -21,15 +21,32 @@ from ._run import BUSY, CANNOT_EXECUTE, LOCK_FILE_ERROR, NOT_FOUND, run_command
 __all__ = ["main", "scan"]
 
 
+#: The most concurrent checkouts the demo runs (each is a thread, a task and a process).
+MAX_CHECKOUTS = 100
+
+
 def count(text: str) -> int:
-    """An argument that is a whole number >= 1."""
+    """An argument that is a whole number from 1 to :data:`MAX_CHECKOUTS`."""
+    expected = f"expected a whole number from 1 to {MAX_CHECKOUTS}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if not 1 <= value <= MAX_CHECKOUTS:
+        raise argparse.ArgumentTypeError(f"{expected}, got {value}")
     return value
+
+
+def _closed_output() -> int:
+    """Standard output was closed by its reader (``keyedlock holders | head -1``).
+
+    Exit quietly with status 1, as a broken pipe asks: what is still buffered
+    goes nowhere, instead of to a traceback at interpreter exit.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 #: ``run``'s usage line: argparse cannot show the ``--`` before COMMAND by itself.
@@ -157,7 +174,7 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
         type=count,
         default=None,
         metavar="N",
-        help="concurrent checkouts per run (default: 10)",
+        help="concurrent checkouts per run, 1 to 100 (default: 10)",
     )
     return parser, {"run": run, "holders": holders, "demo": demo}
 
@@ -218,11 +235,19 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         )
     if extra:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "holders":
-        return _show_holders(args.file, args.keys, as_json=args.json, prog=command_parser.prog)
-    if args.command == "demo":
-        from ._demo import CHECKOUTS, run_demo
+    try:
+        if args.command == "holders":
+            status = _show_holders(
+                args.file, args.keys, as_json=args.json, prog=command_parser.prog
+            )
+        elif args.command == "demo":
+            from ._demo import CHECKOUTS, run_demo
 
-        checkouts: int = args.checkouts if args.checkouts is not None else CHECKOUTS
-        return run_demo(sys.stdout, checkouts=checkouts)
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
+            checkouts: int = args.checkouts if args.checkouts is not None else CHECKOUTS
+            status = run_demo(sys.stdout, checkouts=checkouts)
+        else:
+            raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
+        sys.stdout.flush()  # (a closed pipe shows here, not at interpreter exit)
+    except BrokenPipeError:
+        return _closed_output()
+    return status
