@@ -8,6 +8,7 @@ runtime. Processes, crashes and a server going away have their own modules.
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import time
 from typing import Any
@@ -436,14 +437,22 @@ def test_a_renewal_round_after_the_scripts_were_flushed_takes_three_round_trips(
 
 
 def test_a_lost_lease_makes_the_exit_raise_and_spares_the_next_holder(
-    make_lock: MakeLock, redis_client: redis.Redis
+    make_lock: MakeLock, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="keyedlock")
     lock, other = make_lock(lease=0.3), make_lock()
     with pytest.raises(LeaseLost, match="'k'") as raised, lock("k") as held:  # noqa: PT012
         redis_client.delete(owner_key("k"))  # as a server that lost its data
         wait_until(lambda: held.lost, "the renewal finds the lease gone")
         assert other.acquire("k", blocking=False)  # someone else holds it now
     assert str(held.token) in str(raised.value)
+    [record] = [r for r in caplog.records if "lease" in r.getMessage()]  # logged once
+    assert record.name == "keyedlock"
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"the lease of key 'k' (fencing token {held.token}) was lost while it was held: "
+        "the renewal found it held by someone else or by nobody"
+    )
     assert other.locked("k")
     assert redis_client.exists(owner_key("k"))  # the exit never deleted the new grant
     other.release("k")
@@ -451,14 +460,18 @@ def test_a_lost_lease_makes_the_exit_raise_and_spares_the_next_holder(
 
 
 def test_a_release_refused_by_the_server_raises_lease_lost(
-    make_lock: MakeLock, redis_client: redis.Redis
+    make_lock: MakeLock, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="keyedlock")
     lock = make_lock(lease=WAIT)  # the renewal will not notice in time: the release does
     lock.acquire("k")
     redis_client.delete(owner_key("k"))
     with pytest.raises(LeaseLost):
         lock.release("k")
     assert len(lock) == 0
+    assert [r.getMessage().rsplit(": ", 1)[-1] for r in caplog.records] == [
+        "the release found it held by someone else or by nobody"
+    ]
 
 
 @pytest.mark.anyio

@@ -28,6 +28,7 @@ over, marks the attempt and its hold ``lost``; so does a release that the server
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from time import monotonic
 from typing import Any, Final, Protocol, cast
@@ -88,6 +89,23 @@ class Attempt:
         self.lost = False
         #: When the lease runs out at the latest, by this process's clock (monotonic).
         self.expires = 0.0
+
+
+logger = logging.getLogger("keyedlock")
+
+
+def lose(hold: Hold, attempt: Attempt, why: str) -> None:
+    """Mark ``hold``'s lease lost (its exit raises LeaseLost) and log it, once."""
+    if attempt.lost:
+        return
+    attempt.lost = True
+    cast(Fenced, hold).lost = True
+    logger.warning(
+        "the lease of key %r (fencing token %d) was lost while it was held: %s",
+        attempt.key,
+        attempt.token,
+        why,
+    )
 
 
 @internal
@@ -235,8 +253,7 @@ class RedisScope:
 
     def _released(self, hold: Hold, attempt: Attempt, reply: object) -> bool:
         if reply != 1:  # not the owner any more: the lease ran out (never deleted)
-            attempt.lost = True
-            cast(Fenced, hold).lost = True
+            lose(hold, attempt, "the release found it held by someone else or by nobody")
         return True
 
     def release(self, local_key: Hashable, hold: Hold) -> bool:
@@ -318,8 +335,13 @@ class RedisScope:
                 not isinstance(reply, BaseException) or monotonic() >= attempt.expires
             ):
                 # Refused (not the owner), or unreachable until the lease was over.
-                attempt.lost = True
-                cast(Fenced, hold).lost = True
+                lose(
+                    hold,
+                    attempt,
+                    "Redis could not be reached until the lease ran out"
+                    if isinstance(reply, BaseException)
+                    else "the renewal found it held by someone else or by nobody",
+                )
 
         return done
 
