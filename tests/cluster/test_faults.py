@@ -9,6 +9,7 @@ learns that its lease is gone, and tokens keep increasing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -131,3 +132,19 @@ def test_a_waiter_sees_a_restart_as_an_error_and_may_try_again(
         holder.release("k")
     assert waiting.acquire("k", timeout=WAIT)
     waiting.release("k")
+
+
+def test_a_server_gone_past_the_lease_loses_it_and_logs_why(
+    fresh_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keyedlock")
+    lock = RedisKeyedLock(fresh_server.url, lease=0.3)
+    with pytest.raises(LeaseLost), lock("k") as held:  # noqa: PT012
+        fresh_server.kill()
+        wait_until(lambda: held.lost, "the renewal gives up once the lease has run out")
+        fresh_server.start()
+    assert [r.getMessage() for r in caplog.records] == [  # once: the release logs no more
+        f"the lease of key 'k' (fencing token {held.token}) was lost while it was held: "
+        "Redis could not be reached until the lease ran out"
+    ]
+    assert len(lock) == 0
