@@ -340,6 +340,46 @@ def test_an_asyncio_cancellation_at_any_point_is_delivered_and_leaves_nothing(
     assert "cancelled" in asyncio.run(main())
 
 
+def test_an_asyncio_holder_cancelled_while_it_releases_gives_the_key_back_first(
+    make_lock: MakeLock,
+) -> None:
+    """Cancel a task after 0, 1, 2, ... turns of its event loop while it leaves ``async
+    with``: its release reaches the server before the task ends (nothing is left to the
+    renewal thread), and the cancellation is still delivered."""
+    a, b = make_lock(), make_lock()
+
+    async def hold(entered: asyncio.Event, leave: asyncio.Event) -> str:
+        async with b("k"):
+            entered.set()
+            await leave.wait()
+        return "ended"
+
+    async def main() -> list[str]:
+        outcomes = []
+        for turns in range(40):
+            entered, leave = asyncio.Event(), asyncio.Event()
+            task = asyncio.create_task(hold(entered, leave))
+            await entered.wait()
+            leave.set()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            cancelled = task.cancel()
+            try:
+                outcomes.append(await task)
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+            else:
+                assert not cancelled, f"the cancellation after {turns} turns was lost"
+            assert renewer.settle(0), f"cancelled after {turns} turns, a release was left over"
+            assert not a.locked("k"), f"cancelled after {turns} turns, the key is still held"
+            assert len(b) == 0
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert "cancelled" in outcomes
+    assert "ended" in outcomes
+
+
 def test_an_asyncio_waiter_cancelled_at_any_point_ends_at_once(
     make_lock: MakeLock, redis_server: Server
 ) -> None:

@@ -307,24 +307,31 @@ class RedisFlightBackend:
     async def conclude_async(
         self, key: Hashable, ticket: Ticket, done: bool, payload: object, keep: bool = True
     ) -> bool:
-        """As :meth:`conclude`, from a task: the round trip is awaited (under trio, shielded),
-        never blocking the loop. Cancelled or interrupted meanwhile, it concludes all the
-        same (the renewal thread tells Redis) and raises."""
+        """As :meth:`conclude`, from a task: the round trip is awaited, never blocking the
+        loop, and finishes even if the task is cancelled meanwhile (the cancellation is
+        raised after it). Interrupted meanwhile, it concludes all the same (the renewal
+        thread tells Redis) and raises."""
         state = ticket._state
         if state != IDLE and state != GRANTED:
             return False
         call, error = self._ending(cast(RedisKey, key), ticket, done, payload)
         woken = 0
+        cancelled = None
         if call is not None:
             try:
-                woken = int(await self.link.run_async(call, shielded=True))
+                reply, cancelled = await self.link.finish_async(call)
+                woken = int(reply)
             except Exception:
                 renewer.chore(self.link, call)
             except BaseException:
                 renewer.chore(self.link, call)
                 self._end_here(key, ticket, done, payload, keep, error)
                 raise
-        return self._end_here(key, ticket, done, payload, keep, error) or woken > 0
+        try:
+            return self._end_here(key, ticket, done, payload, keep, error) or woken > 0
+        finally:
+            if cancelled is not None:
+                raise cancelled
 
     # -- control and introspection ---------------------------------------------------
 

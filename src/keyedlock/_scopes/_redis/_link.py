@@ -18,6 +18,7 @@ raised as :class:`RedisUnavailable`, a builtin :class:`ConnectionError` naming t
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Sequence
 from functools import partial
@@ -237,17 +238,35 @@ class Link:
 
     # -- asyncio and trio ----------------------------------------------------
 
-    async def run_async(self, call: Call, *, shielded: bool = False) -> Any:
-        """As :meth:`run`, from an asyncio or trio task. ``shielded``: under trio, finish
-        even if the task is cancelled meanwhile (a release)."""
+    async def run_async(self, call: Call) -> Any:
+        """As :meth:`run`, from an asyncio or trio task."""
         loop = running_loop()
         if loop is None:
-            return await _in_trio_thread(partial(self.run, call), shielded)
+            return await _in_trio_thread(partial(self.run, call), False)
         side = self.loops.get(loop) or await self.loops.open(loop)
         try:
             return await side.run(call)
         except _DOWN as exc:
             raise self.unavailable(exc) from exc
+
+    async def finish_async(self, call: Call) -> tuple[Any, BaseException | None]:
+        """As :meth:`run_async`, but finished even if the task is cancelled meanwhile (a
+        release, a conclusion: the server must know before the task goes on). Returns the
+        reply and the cancellation that came meanwhile (None under trio, whose shield
+        delivers it at the next checkpoint), for the caller to raise once the reply is
+        handled."""
+        if running_loop() is None:
+            return await _in_trio_thread(partial(self.run, call), True), None
+        inner = asyncio.ensure_future(self.run_async(call))
+        cancelled: asyncio.CancelledError | None = None
+        while not inner.done():
+            try:
+                await asyncio.wait((inner,))
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None and (inner.cancelled() or inner.exception() is not None):
+            raise cancelled  # the call did not go through: the caller hands it on
+        return inner.result(), cancelled
 
     async def command_async(self, key: bytes, *args: object) -> Any:
         """As :meth:`command`, from an asyncio or trio task."""

@@ -270,17 +270,22 @@ class RedisScope:
         return self._released(hold, attempt, reply)
 
     async def release_async(self, local_key: Hashable, hold: Hold) -> bool:
-        """As :meth:`release`, from an asyncio or trio task (under trio, shielded)."""
+        """As :meth:`release`, from an asyncio or trio task: the round trip finishes even
+        if the task is cancelled meanwhile, and the cancellation is raised after it."""
         attempt = self._claim(hold)
         if attempt is None:
             return False
         try:
             call = release(attempt.key.names, attempt.waiter)
-            reply = await self.link.run_async(call, shielded=True)
+            reply, cancelled = await self.link.finish_async(call)
         except BaseException:
             renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
             raise
-        return self._released(hold, attempt, reply)
+        try:
+            return self._released(hold, attempt, reply)
+        finally:
+            if cancelled is not None:
+                raise cancelled
 
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
         """After an interrupt or a cancellation: give back whatever ``hold`` holds or waits
