@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from keyedlock import LeaseLost
+from keyedlock import LeaseLost, LockTimeout
+from keyedlock._scopes._redis import renewer
 from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, AsyncioThread, TrioThread, start_thread, wait_until
+from .conftest import LEASE
 from .servers import Server
 
 
@@ -148,3 +150,78 @@ def test_a_server_gone_past_the_lease_loses_it_and_logs_why(
         "Redis could not be reached until the lease ran out"
     ]
     assert len(lock) == 0
+
+
+# -- a server that stops answering (SIGSTOP) ------------------------------------------------------
+
+
+@pytest.fixture
+def patient(fresh_server: Server) -> Iterator[RedisKeyedLock]:
+    """A lock whose client waits a minute for a reply: longer than any test waits, so only
+    the caller's own timeout can end a call to a stopped server. Its connection is made
+    before the server stops (a stopped server's kernel still accepts connections)."""
+    lock = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=60", lease=LEASE)
+    with lock("warm-up"):
+        pass
+    yield lock
+    assert renewer.settle(WAIT), "clean-up calls still queued"
+    assert len(lock) == 0, f"keys left behind: {lock!r}"
+
+
+def test_timeout_bounds_acquire_against_a_stopped_server(
+    fresh_server: Server, patient: RedisKeyedLock
+) -> None:
+    with fresh_server.paused():
+        assert start_thread(lambda: patient.acquire("k", timeout=1), "acquire").result() is False
+        assert start_thread(lambda: patient.acquire("k", blocking=False), "try").result() is False
+
+        def enter() -> str:
+            with pytest.raises(LockTimeout) as raised, patient("k", timeout=1):
+                pytest.fail("granted by a stopped server")
+            return str(raised.value)
+
+        message = start_thread(enter, "with").result()
+        assert "did not answer" in message
+        assert where(fresh_server) in message
+    assert renewer.settle(WAIT)  # the places it may have taken are withdrawn
+    assert patient.acquire("k", timeout=WAIT)  # nobody holds it, nobody waits
+    patient.release("k")
+
+
+def test_timeout_bounds_a_wait_in_redis_when_the_server_stops(
+    fresh_server: Server, patient: RedisKeyedLock
+) -> None:
+    holder = RedisKeyedLock(fresh_server.url, lease=6 * WAIT)  # never lost meanwhile
+    holder.acquire("k")
+    waiter = start_thread(lambda: patient.acquire("k", timeout=2), "waiter")
+    wait_until(lambda: holder.waiters("k") == 1, "the waiter waits in Redis")
+    with fresh_server.paused():
+        assert waiter.result() is False
+    assert renewer.settle(WAIT)
+    assert holder.waiters("k") == 0  # its place is gone
+    holder.release("k")
+    assert patient.acquire("k", timeout=WAIT)
+    patient.release("k")
+
+
+@pytest.mark.parametrize("runtime", ["asyncio", "trio"])
+def test_timeout_bounds_async_acquire_against_a_stopped_server(
+    fresh_server: Server, patient: RedisKeyedLock, runtime: str
+) -> None:
+    async def attempts() -> str:
+        assert await patient.acquire_async("k", timeout=1) is False
+        with pytest.raises(LockTimeout) as raised:
+            async with patient("k", timeout=1):
+                pytest.fail("granted by a stopped server")
+        return str(raised.value)
+
+    runner = AsyncioThread() if runtime == "asyncio" else TrioThread()
+    try:
+        with fresh_server.paused():
+            message = runner.submit(attempts, runtime).result(WAIT)
+        assert "did not answer" in message
+    finally:
+        runner.close()
+    assert renewer.settle(WAIT)
+    assert patient.acquire("k", timeout=WAIT)
+    patient.release("k")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Final
@@ -32,10 +33,10 @@ from redis.retry import Retry
 
 from ..._ki import internal
 from ..._runtime import running_loop
-from ._loops import MARGIN, LoopClients, async_client_for, url_options
+from ._loops import MARGIN, Late, LoopClients, async_client_for, url_options
 from ._lua import Call
 
-__all__ = ["Link", "RedisUnavailable"]
+__all__ = ["Link", "NoAnswer", "RedisUnavailable"]
 
 #: What redis-py raises when the server cannot serve a command now.
 _DOWN: Final = (
@@ -58,6 +59,11 @@ class RedisUnavailable(ConnectionError):
     """The Redis server (or a node of the cluster) could not be reached, or did not answer."""
 
 
+class NoAnswer(RedisUnavailable):
+    """No reply within the time the caller gave it (``wait``): the server may be stopped or
+    stuck. A caller with a deadline reports it as its timeout (see :mod:`._lockscope`)."""
+
+
 def _where(kwargs: dict[str, Any]) -> str:
     path = kwargs.get("path")
     if path:
@@ -73,7 +79,7 @@ def _connection(pool: Any) -> Any:
 class Link:
     """The connections of a scope to one server or cluster (see the module docstring)."""
 
-    __slots__ = ("_pool", "client", "cluster", "loops", "server", "url")
+    __slots__ = ("_pool", "client", "cluster", "late", "loops", "server", "url")
 
     def __init__(self, target: object, who: str) -> None:
         self.url: str | None = None
@@ -97,18 +103,24 @@ class Link:
         else:
             self.server = f"the Redis server at {_where(client.connection_pool.connection_kwargs)}"
         self.loops = LoopClients(partial(async_client_for, client, self.url))
+        #: True from a reply that did not come in time until the next one that does.
+        self.late = False
 
     def __repr__(self) -> str:
         return f"<Link {self.server}>"
 
     # -- errors ------------------------------------------------------------
 
-    def unavailable(self, exc: BaseException, pool: Any = None) -> RedisUnavailable:
+    def unavailable(
+        self, exc: BaseException, pool: Any = None, kind: type[RedisUnavailable] = RedisUnavailable
+    ) -> RedisUnavailable:
         """The error to raise for ``exc``: it names the server (the node, on a cluster)."""
         where = self.server
         if pool is not None:
             where = f"the Redis server at {_where(pool.connection_kwargs)}"
-        error = RedisUnavailable(f"{where} cannot be reached: {exc}")
+        if kind is NoAnswer:
+            return NoAnswer(f"{where} did not answer {exc}")
+        error = kind(f"{where} cannot be reached: {exc}")
         error.__cause__ = exc
         return error
 
@@ -121,14 +133,24 @@ class Link:
         client = self.client
         return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
 
-    def _exec(self, pool: Any, args: Sequence[object], wait: float | None = None) -> Any:
-        """One command on a connection of ``pool``; its reply (``wait``: at most that long)."""
+    def _exec(
+        self,
+        pool: Any,
+        args: Sequence[object],
+        wait: float | None = None,
+        gave_up: threading.Event | None = None,
+    ) -> Any:
+        """One command on a connection of ``pool``; its reply (``wait``: at most that long).
+        ``gave_up`` set once the connection is there: the caller stopped waiting, send
+        nothing."""
         conn = _connection(pool)
         try:
+            if gave_up is not None and gave_up.is_set():
+                return None
             conn.send_command(*args)
-            if wait is not None and not conn.can_read(timeout=wait):
-                raise redis.exceptions.TimeoutError(f"no answer within {wait:.3g} s")
-            return conn.read_response(disable_decoding=True)
+            if wait is not None and not conn.can_read(timeout=max(wait, 0.001)):
+                raise Late(f"within {wait:.3g} s")
+            reply = conn.read_response(disable_decoding=True)
         except redis.exceptions.ResponseError:
             raise  # an error reply, read whole: the connection is fine
         except BaseException:
@@ -136,6 +158,38 @@ class Link:
             raise
         finally:
             pool.release(conn)
+        if self.late:
+            self.late = False
+        return reply
+
+    def _exec_bounded(self, pool: Any, args: Sequence[object], wait: float) -> Any:
+        """:meth:`_exec` in a thread of its own, waited for ``wait`` at most.
+
+        Once a server did not answer in time, the connection that waited is dropped, and
+        the next command needs a new one, whose handshake (``HELLO``, ``CLIENT SETINFO``,
+        ...) only the client's socket timeout bounds. So until a reply comes in time again,
+        calls with a deadline run this way: the caller keeps its deadline.
+        """
+        done = threading.Event()
+        gave_up = threading.Event()
+        out: list[tuple[bool, Any]] = []
+
+        def work() -> None:
+            try:
+                out.append((True, self._exec(pool, args, wait, gave_up)))
+            except BaseException as exc:  # (handed to the caller, if it still waits)
+                out.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="keyedlock-redis-late", daemon=True).start()
+        if not done.wait(max(wait, 0.001)):
+            gave_up.set()
+            raise Late(f"within {wait:.3g} s")
+        ok, value = out[0]
+        if not ok:
+            raise value
+        return value
 
     def _call(
         self, key: bytes, args: Sequence[object], call: Call | None, wait: float | None
@@ -145,6 +199,8 @@ class Link:
             for attempt in (1, 2, 3):
                 pool = self._pool_of(key)
                 try:
+                    if wait is not None and self.late:
+                        return self._exec_bounded(pool, args, wait)
                     return self._exec(pool, args, wait)
                 except redis.exceptions.NoScriptError:
                     if call is None or attempt == 3:
@@ -155,13 +211,16 @@ class Link:
                         raise
                     self.client.nodes_manager.initialize()
             raise AssertionError("unreachable")  # pragma: no cover
+        except Late as exc:
+            self.late = True
+            raise self.unavailable(exc, pool, NoAnswer) from None
         except _DOWN as exc:
             raise self.unavailable(exc, pool) from exc
 
-    def run(self, call: Call) -> Any:
-        """Run one script call; its raw reply."""
+    def run(self, call: Call, wait: float | None = None) -> Any:
+        """Run one script call; its raw reply (``wait``: NoAnswer after that long)."""
         args = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-        return self._call(call.keys[0], args, call, None)
+        return self._call(call.keys[0], args, call, wait)
 
     def command(self, key: bytes, *args: object) -> Any:
         """Run one plain command about ``key``; its raw reply."""
@@ -238,15 +297,25 @@ class Link:
 
     # -- asyncio and trio ----------------------------------------------------
 
-    async def run_async(self, call: Call) -> Any:
+    async def run_async(self, call: Call, wait: float | None = None) -> Any:
         """As :meth:`run`, from an asyncio or trio task."""
         loop = running_loop()
         if loop is None:
-            return await _in_trio_thread(partial(self.run, call), False)
+            return await _in_trio_thread(partial(self.run, call, wait), False)
         side = self.loops.get(loop) or await self.loops.open(loop)
+        if wait is None:
+            try:
+                return await side.run(call)
+            except _DOWN as exc:
+                raise self.unavailable(exc) from exc
+        bound = asyncio.timeout(max(wait, 0.001))
         try:
-            return await side.run(call)
+            async with bound:
+                return await side.run(call)
         except _DOWN as exc:
+            if bound.expired():
+                late = Late(f"within {wait:.3g} s")
+                raise self.unavailable(late, None, NoAnswer) from None
             raise self.unavailable(exc) from exc
 
     async def finish_async(self, call: Call) -> tuple[Any, BaseException | None]:
@@ -289,8 +358,11 @@ class Link:
                 partial(self.pop, key, block), abandon_on_cancel=True
             )
         side = self.loops.get(loop) or await self.loops.open(loop)
+        block = max(0.001, block)
         try:
-            return await side.pop(key, max(0.001, block))
+            return await side.pop(key, block)
+        except Late as exc:
+            raise self.unavailable(exc, None, NoAnswer) from None
         except _DOWN as exc:
             raise self.unavailable(exc) from exc
 

@@ -34,8 +34,9 @@ from time import monotonic
 from typing import Any, Final, Protocol, cast
 
 from ..._core import Hold
+from ..._errors import LockTimeout
 from ..._ki import internal
-from ._link import Link
+from ._link import Link, NoAnswer
 from ._lockcalls import (
     Granted,
     Refreshed,
@@ -50,6 +51,7 @@ from ._lockcalls import (
     renew,
     withdraw,
 )
+from ._loops import MARGIN
 from ._names import KeyNames, RedisKey, new_id
 from ._renewal import Renewal, renewer
 
@@ -65,6 +67,18 @@ class Fenced(Protocol):
 
     token: int
     lost: bool
+
+
+#: A round trip's wait longer than this is no bound (a huge timeout): the client's own.
+_UNBOUNDED: Final = 1e6
+
+
+def _wait(deadline: float | None) -> float | None:
+    """How long a round trip may wait for its reply: until ``deadline``, plus MARGIN."""
+    if deadline is None:
+        return None
+    wait = deadline - monotonic() + MARGIN
+    return None if wait > _UNBOUNDED else wait
 
 
 def not_held_error(local_key: object) -> RuntimeError:
@@ -162,9 +176,21 @@ class RedisScope:
             block = min(block, deadline - monotonic())
         return max(block, 0.001)
 
+    def _no_answer(self, local_key: Hashable, timeout: float | None) -> LockTimeout:
+        """The error of a timed acquire whose server did not answer by its deadline."""
+        return LockTimeout(
+            f"{self.link.server} did not answer in time: no reply to the acquire of key "
+            f"{self.user_key(local_key)!r} (timeout={timeout} s, plus {MARGIN} s of grace at "
+            "most); its process may be stopped or stuck"
+        )
+
     def try_acquire(self, local_key: Hashable, hold: Hold) -> bool:
         """Take the key if it is free and nobody waits for it, without waiting."""
         return self.acquire_sync(local_key, hold, 0)
+
+    # With a timeout, every round trip is bounded by the deadline (plus MARGIN): a server
+    # that stops answering (SIGSTOP, stuck) ends the acquire with LockTimeout, not after the
+    # client's socket timeout; what it may have taken is withdrawn by the renewal thread.
 
     def acquire_sync(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
         """Take the key, blocking this thread; False (nothing held or queued) on timeout."""
@@ -173,21 +199,26 @@ class RedisScope:
         held[hold] = attempt  # recorded first: an interrupt from here on finds it
         link = self.link
         deadline = None if timeout is None else monotonic() + timeout
-        sent = monotonic()
-        reply = parse_acquire(link.run(self._ask(attempt, timeout != 0)))
-        while not isinstance(reply, Granted):
-            if timeout == 0:
-                del held[hold]  # it took no place in line
-                return False
-            if deadline is not None and deadline <= monotonic():
-                self._give_up(hold, attempt)
-                return False
-            wake = attempt.key.names.wake(attempt.waiter)
-            message = link.pop(wake, self._block(reply.wait_ms, deadline))
-            if message is not None:
-                return self._granted(hold, attempt, parse_wake(message).token, sent)
+        try:
             sent = monotonic()
-            reply = parse_acquire(link.run(self._ask(attempt, True)))
+            reply = parse_acquire(link.run(self._ask(attempt, timeout != 0), _wait(deadline)))
+            while not isinstance(reply, Granted):
+                if timeout == 0:
+                    del held[hold]  # it took no place in line
+                    return False
+                if deadline is not None and deadline <= monotonic():
+                    self._give_up(hold, attempt)
+                    return False
+                wake = attempt.key.names.wake(attempt.waiter)
+                message = link.pop(wake, self._block(reply.wait_ms, deadline))
+                if message is not None:
+                    return self._granted(hold, attempt, parse_wake(message).token, sent)
+                sent = monotonic()
+                reply = parse_acquire(link.run(self._ask(attempt, True), _wait(deadline)))
+        except NoAnswer:
+            if deadline is None:
+                raise
+            raise self._no_answer(local_key, timeout) from None  # (the undo withdraws)
         return self._granted(hold, attempt, reply.token, sent)
 
     async def acquire_async(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
@@ -198,38 +229,52 @@ class RedisScope:
         held[hold] = attempt
         link = self.link
         deadline = None if timeout is None else monotonic() + timeout
-        sent = monotonic()
-        reply = parse_acquire(await link.run_async(self._ask(attempt, timeout != 0)))
-        while not isinstance(reply, Granted):
-            if timeout == 0:
-                del held[hold]
-                return False
-            if deadline is not None and deadline <= monotonic():
-                await self._give_up_async(hold, attempt)
-                return False
-            wake = attempt.key.names.wake(attempt.waiter)
-            message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
-            if message is not None:
-                return self._granted(hold, attempt, parse_wake(message).token, sent)
+        try:
             sent = monotonic()
-            reply = parse_acquire(await link.run_async(self._ask(attempt, True)))
+            call = self._ask(attempt, timeout != 0)
+            reply = parse_acquire(await link.run_async(call, _wait(deadline)))
+            while not isinstance(reply, Granted):
+                if timeout == 0:
+                    del held[hold]
+                    return False
+                if deadline is not None and deadline <= monotonic():
+                    await self._give_up_async(hold, attempt)
+                    return False
+                wake = attempt.key.names.wake(attempt.waiter)
+                message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
+                if message is not None:
+                    return self._granted(hold, attempt, parse_wake(message).token, sent)
+                sent = monotonic()
+                call = self._ask(attempt, True)
+                reply = parse_acquire(await link.run_async(call, _wait(deadline)))
+        except NoAnswer:
+            if deadline is None:
+                raise
+            raise self._no_answer(local_key, timeout) from None
         return self._granted(hold, attempt, reply.token, sent)
 
     def _give_up(self, hold: Hold, attempt: Attempt) -> None:
-        """Timed out: leave the queue (and hand on a key handed to it meanwhile)."""
+        """Timed out: leave the queue (and hand on a key handed to it meanwhile). A server
+        that does not answer within MARGIN leaves it to the renewal thread."""
         del self.held[hold]
+        call = withdraw(attempt.key.names, attempt.waiter)
         try:
-            self.link.run(withdraw(attempt.key.names, attempt.waiter))
+            self.link.run(call, MARGIN)
+        except NoAnswer:
+            renewer.chore(self.link, call)
         except BaseException:
-            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            renewer.chore(self.link, call)
             raise
 
     async def _give_up_async(self, hold: Hold, attempt: Attempt) -> None:
         del self.held[hold]
+        call = withdraw(attempt.key.names, attempt.waiter)
         try:
-            await self.link.run_async(withdraw(attempt.key.names, attempt.waiter))
+            await self.link.run_async(call, MARGIN)
+        except NoAnswer:
+            renewer.chore(self.link, call)
         except BaseException:
-            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            renewer.chore(self.link, call)
             raise
 
     # -- holding and releasing -------------------------------------------------

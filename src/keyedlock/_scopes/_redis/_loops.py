@@ -29,11 +29,16 @@ from redis.cluster import RedisCluster
 from ..._ki import internal
 from ._lua import Call
 
-__all__ = ["MARGIN", "AsyncSide", "LoopClients"]
+__all__ = ["MARGIN", "AsyncSide", "Late", "LoopClients"]
 
 #: How much longer than a blocking pop's own timeout its reply may take before the server is
 #: taken for unresponsive (seconds).
 MARGIN: Final = 1.0
+
+
+class Late(Exception):
+    """No reply within the time the caller gave the server (see ``Link``'s ``NoAnswer``)."""
+
 
 #: The connection settings copied from the sync client: what makes it reach the same server
 #: as the same user, nothing that is an object of the sync client.
@@ -156,16 +161,16 @@ class AsyncSide:
         if read_timeout is not None:
             block = max(0.001, min(block, read_timeout * 0.8))
         pop = asyncio.ensure_future(self.client.execute_command("BLPOP", key, f"{block:.3f}"))
+        bound = asyncio.timeout(block + MARGIN)  # (a stopped server: the caller's deadline)
         try:
-            if read_timeout is not None:
+            async with bound:
                 reply: Any = await asyncio.shield(pop)
-            else:
-                async with asyncio.timeout(block + MARGIN):
-                    reply = await asyncio.shield(pop)
         except BaseException:
             if not pop.done():
                 pop.cancel()
             pop.add_done_callback(_forget)
+            if bound.expired():
+                raise Late(f"within {block + MARGIN:.3g} s") from None
             raise
         if not reply:
             return None
