@@ -15,7 +15,6 @@ records after entering (and, when watched, forgets on leaving).
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import weakref
@@ -25,14 +24,11 @@ from types import FrameType
 from typing import Any
 
 from ._ki import internal
+from ._log import logger
 from ._runtime import owner_text
 from ._scopes import ENTERED, LockBackend, LockContext
 
-__all__ = ["Watch", "logger", "site_of", "timed_context", "watched_context"]
-
-#: The library's logger. Silent unless the application configures logging.
-logger = logging.getLogger("keyedlock")
-logger.addHandler(logging.NullHandler())
+__all__ = ["Watch", "site_of", "timed_context", "watched_context"]
 
 _timed: dict[type[LockContext], type[LockContext]] = {}
 _timed_lock = threading.Lock()

@@ -13,7 +13,6 @@ the core ends its waiters' wait with :class:`~keyedlock.Abandoned` (see
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import weakref
@@ -24,11 +23,10 @@ from typing import Any
 from .._core import Hold, KeyTable
 from .._errors import Abandoned
 from .._ki import internal
+from .._log import logger
 from .._runtime import describe_owner, owner_text, when_ended
 
 __all__ = ["Abandonment"]
-
-logger = logging.getLogger("keyedlock")
 
 
 @internal

@@ -10,7 +10,6 @@ the core's :meth:`~keyedlock._core.KeyHold._exit`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -18,15 +17,13 @@ from typing import TYPE_CHECKING, Self
 from .._core import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
 from .._errors import LockTimeout
 from .._ki import internal
+from .._log import logger
 from .._runtime import READY, async_owner, blocking_owner
 
 if TYPE_CHECKING:
     from ._contract import LockBackend
 
 __all__ = ["BAD_EXIT", "ENTERED", "EXITED", "NEW", "REUSE", "LockContext", "timeout_error"]
-
-
-logger = logging.getLogger("keyedlock")
 
 
 def _log_abort(backend: LockBackend, key: Hashable, abort: BaseException) -> None:

@@ -22,7 +22,6 @@ exactly once.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -41,13 +40,12 @@ from ..._core import (
     reacquire_error,
 )
 from ..._ki import internal
+from ..._log import logger
 from ..._runtime import wait_thread
 from ._introspect import Introspection
 from ._protocol import Reply
 
 __all__ = ["GONE", "LIVE", "PENDING", "Conn", "Proc", "Service"]
-
-logger = logging.getLogger("keyedlock")
 
 PENDING: Final = 0
 LIVE: Final = 1

@@ -28,7 +28,6 @@ over, marks the attempt and its hold ``lost``; so does a release that the server
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Mapping
 from time import monotonic
 from typing import Any, Final, Protocol, cast
@@ -36,6 +35,7 @@ from typing import Any, Final, Protocol, cast
 from ..._core import Hold
 from ..._errors import LockTimeout
 from ..._ki import internal
+from ..._log import logger
 from ._link import Link, NoAnswer
 from ._lockcalls import (
     Granted,
@@ -103,9 +103,6 @@ class Attempt:
         self.lost = False
         #: When the lease runs out at the latest, by this process's clock (monotonic).
         self.expires = 0.0
-
-
-logger = logging.getLogger("keyedlock")
 
 
 def lose(hold: Hold, attempt: Attempt, why: str) -> None:
