@@ -327,13 +327,18 @@ class Link:
         if running_loop() is None:
             return await _in_trio_thread(partial(self.run, call), True), None
         inner = asyncio.ensure_future(self.run_async(call))
-        cancelled: asyncio.CancelledError | None = None
-        while not inner.done():
+        try:
+            return await asyncio.shield(inner), None
+        except asyncio.CancelledError as exc:
+            if inner.cancelled():
+                raise  # the call itself was cancelled (its loop is closing)
+            cancelled = exc
+        while not inner.done():  # cancelled meanwhile: the call goes on to its end
             try:
                 await asyncio.wait((inner,))
             except asyncio.CancelledError as exc:
                 cancelled = exc
-        if cancelled is not None and (inner.cancelled() or inner.exception() is not None):
+        if inner.cancelled() or inner.exception() is not None:
             raise cancelled  # the call did not go through: the caller hands it on
         return inner.result(), cancelled
 
