@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Iterator
+from functools import partial
+from typing import ClassVar
 
 import pytest
 import trio
@@ -225,3 +229,97 @@ def test_timeout_bounds_async_acquire_against_a_stopped_server(
     assert renewer.settle(WAIT)
     assert patient.acquire("k", timeout=WAIT)
     patient.release("k")
+
+
+@pytest.mark.parametrize("runtime", ["threads", "asyncio", "trio"])
+def test_a_socket_timeout_before_the_deadline_is_a_connection_error(
+    fresh_server: Server, runtime: str
+) -> None:
+    """Whichever comes first ends a timed acquire on a stopped server: the client's socket
+    timeout (a ConnectionError, as for any call) or the caller's deadline (LockTimeout)."""
+    lock = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=0.5", lease=LEASE)
+
+    async def attempt() -> None:
+        await lock.acquire_async("k", timeout=WAIT)
+
+    with lock("warm-up"):
+        pass
+    with fresh_server.paused():
+        if runtime == "threads":
+            outcome = start_thread(lambda: lock.acquire("k", timeout=WAIT), "acquire")
+            with pytest.raises(ConnectionError, match=where(fresh_server)) as raised:
+                outcome.result()
+        else:
+            runner = AsyncioThread() if runtime == "asyncio" else TrioThread()
+            try:
+                with pytest.raises(ConnectionError, match=where(fresh_server)) as raised:
+                    runner.submit(attempt, runtime).result(WAIT)
+            finally:
+                runner.close()
+        assert not isinstance(raised.value, LockTimeout)
+    assert renewer.settle(WAIT)
+    assert lock.acquire("k", timeout=WAIT)
+    lock.release("k")
+    assert len(lock) == 0
+
+
+def test_callers_with_deadlines_never_pile_threads_up_on_a_stopped_server(
+    fresh_server: Server, patient: RedisKeyedLock
+) -> None:
+    """Once a reply came late, calls with a deadline send through one thread at a time per
+    lock (its handshake may hang on a stopped server); the others wait for it within their
+    own deadline."""
+
+    def senders() -> list[str]:
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t.name.startswith("keyedlock-redis-") and t.name != "keyedlock-redis-renewal"
+        ]
+
+    with fresh_server.paused():
+        assert patient.acquire("k", timeout=0.2) is False  # late from here on
+        callers = [  # (keys of their own: each goes to the server)
+            start_thread(partial(patient.acquire, f"k{n}", timeout=0.3), f"caller {n}")
+            for n in range(4)
+        ]
+        assert [caller.result() for caller in callers] == [False] * 4
+        assert len(senders()) <= 1, senders()
+    assert renewer.settle(WAIT)
+    assert patient.acquire("k", timeout=WAIT)
+    patient.release("k")
+
+
+def test_an_outside_cancellation_is_kept_when_a_pop_runs_late() -> None:
+    """A task cancelled from outside just as its pop's own bound expires ends cancelled: the
+    bound reports only its own expiry as a late reply."""
+    from keyedlock._scopes._redis._loops import MARGIN, AsyncSide, Late
+
+    class Pool:
+        connection_kwargs: ClassVar[dict[str, object]] = {}
+
+    class Stuck:
+        connection_pool = Pool()
+        waiter: asyncio.Task[object]
+
+        async def execute_command(self, *args: object) -> object:
+            time.sleep(MARGIN + 0.05)  # noqa: ASYNC251 - past the bound, with no turn of the loop
+            await asyncio.sleep(0)  # the bound expires at this turn; the outside cancel too:
+            self.waiter.cancel()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    async def main() -> str:
+        client = Stuck()
+        side = AsyncSide(client, None)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(side.pop(b"k", 0.001))
+        client.waiter = task
+        try:
+            await task
+        except Late:
+            return "late"
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "popped"
+
+    assert asyncio.run(main()) == "cancelled"

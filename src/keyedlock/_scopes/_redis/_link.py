@@ -19,10 +19,13 @@ raised as :class:`RedisUnavailable`, a builtin :class:`ConnectionError` naming t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import sys
 import threading
 from collections.abc import Sequence
 from functools import partial
+from time import monotonic
 from typing import Any, Final
 
 import redis
@@ -79,7 +82,7 @@ def _connection(pool: Any) -> Any:
 class Link:
     """The connections of a scope to one server or cluster (see the module docstring)."""
 
-    __slots__ = ("_pool", "client", "cluster", "late", "loops", "server", "url")
+    __slots__ = ("_guard", "_pool", "_probe", "client", "cluster", "late", "loops", "server", "url")
 
     def __init__(self, target: object, who: str) -> None:
         self.url: str | None = None
@@ -105,6 +108,9 @@ class Link:
         self.loops = LoopClients(partial(async_client_for, client, self.url))
         #: True from a reply that did not come in time until the next one that does.
         self.late = False
+        self._guard = threading.Lock()
+        #: Set once the command sent while late (see :meth:`_exec_bounded`) has ended.
+        self._probe: threading.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Link {self.server}>"
@@ -148,8 +154,10 @@ class Link:
             if gave_up is not None and gave_up.is_set():
                 return None
             conn.send_command(*args)
-            if wait is not None and not conn.can_read(timeout=max(wait, 0.001)):
-                raise Late(f"within {wait:.3g} s")
+            if wait is not None:
+                limit = conn.socket_timeout  # (the reply's own bound: whichever comes first)
+                if (limit is None or wait < limit) and not conn.can_read(max(wait, 0.001)):
+                    raise Late(f"within {wait:.3g} s")
             reply = conn.read_response(disable_decoding=True)
         except redis.exceptions.ResponseError:
             raise  # an error reply, read whole: the connection is fine
@@ -168,9 +176,30 @@ class Link:
         Once a server did not answer in time, the connection that waited is dropped, and
         the next command needs a new one, whose handshake (``HELLO``, ``CLIENT SETINFO``,
         ...) only the client's socket timeout bounds. So until a reply comes in time again,
-        calls with a deadline run this way: the caller keeps its deadline.
+        calls with a deadline run this way: the caller keeps its deadline. One such thread
+        at a time per link (the probe): other callers wait for its outcome, within their
+        own deadline, rather than start threads that would pile up on a stopped server.
         """
-        done = threading.Event()
+        deadline = monotonic() + wait
+        while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                raise Late(f"within {wait:.3g} s")
+            if not self.late:
+                return self._exec(pool, args, left)  # (the probe's reply came in time)
+            with self._guard:
+                probe = self._probe
+                mine = probe is None or probe.is_set()
+                if mine:
+                    probe = self._probe = threading.Event()
+            assert probe is not None
+            if mine:
+                return self._send_probe(pool, args, left, probe)
+            probe.wait(left)
+
+    def _send_probe(
+        self, pool: Any, args: Sequence[object], wait: float, done: threading.Event
+    ) -> Any:
         gave_up = threading.Event()
         out: list[tuple[bool, Any]] = []
 
@@ -182,9 +211,14 @@ class Link:
             finally:
                 done.set()
 
-        threading.Thread(target=work, name="keyedlock-redis-late", daemon=True).start()
-        if not done.wait(max(wait, 0.001)):
-            gave_up.set()
+        threading.Thread(target=work, name="keyedlock-redis-probe", daemon=True).start()
+        answered = False
+        try:
+            answered = done.wait(max(wait, 0.001))
+        finally:
+            if not answered:
+                gave_up.set()  # (an interrupt too: whatever it got is nobody's)
+        if not answered:
             raise Late(f"within {wait:.3g} s")
         ok, value = out[0]
         if not ok:
@@ -195,17 +229,20 @@ class Link:
         self, key: bytes, args: Sequence[object], call: Call | None, wait: float | None
     ) -> Any:
         pool = None
+        deadline = None if wait is None else monotonic() + wait
         try:
             for attempt in (1, 2, 3):
                 pool = self._pool_of(key)
+                left = None if deadline is None else deadline - monotonic()
                 try:
-                    if wait is not None and self.late:
-                        return self._exec_bounded(pool, args, wait)
-                    return self._exec(pool, args, wait)
+                    if left is not None and self.late:
+                        return self._exec_bounded(pool, args, left)
+                    return self._exec(pool, args, left)
                 except redis.exceptions.NoScriptError:
                     if call is None or attempt == 3:
                         raise
-                    self._exec(pool, ("SCRIPT", "LOAD", call.script.source))
+                    left = None if deadline is None else deadline - monotonic()
+                    self._exec(pool, ("SCRIPT", "LOAD", call.script.source), left)
                 except redis.exceptions.AskError:  # MOVED too: the slot map changed
                     if not self.cluster or attempt == 3:
                         raise
@@ -227,7 +264,11 @@ class Link:
         return self._call(key, args, None, None)
 
     def pop(self, key: bytes, block: float) -> bytes | None:
-        """``BLPOP key`` for at most ``block`` seconds; the value popped, or None."""
+        """``BLPOP key`` for at most ``block`` seconds (less if the client's socket timeout
+        is shorter: the caller asks again); the value popped, or None."""
+        read_timeout = self._pool_of(key).connection_kwargs.get("socket_timeout")
+        if read_timeout is not None:
+            block = min(block, read_timeout * 0.8)
         block = max(0.001, block)
         reply = self._call(key, ("BLPOP", key, f"{block:.3f}"), None, block + MARGIN)
         if not reply:
@@ -333,11 +374,12 @@ class Link:
             if inner.cancelled():
                 raise  # the call itself was cancelled (its loop is closing)
             cancelled = exc
-        while not inner.done():  # cancelled meanwhile: the call goes on to its end
-            try:
-                await asyncio.wait((inner,))
-            except asyncio.CancelledError as exc:
-                cancelled = exc
+        with _anyio_shield():
+            while not inner.done():  # cancelled meanwhile: the call goes on to its end
+                try:
+                    await asyncio.wait((inner,))
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
         if inner.cancelled() or inner.exception() is not None:
             raise cancelled  # the call did not go through: the caller hands it on
         return inner.result(), cancelled
@@ -370,6 +412,17 @@ class Link:
             raise self.unavailable(exc, None, NoAnswer) from None
         except _DOWN as exc:
             raise self.unavailable(exc) from exc
+
+
+def _anyio_shield() -> contextlib.AbstractContextManager[object]:
+    """A shield from anyio's cancel scopes, if anyio is in use: a cancelled scope cancels
+    its task again at every turn of the loop, which would make the wait for a finishing
+    call a busy loop. (A plain cancellation still reaches the task, and is kept.)"""
+    anyio = sys.modules.get("anyio")
+    if anyio is None:
+        return contextlib.nullcontext()
+    shield: contextlib.AbstractContextManager[object] = anyio.CancelScope(shield=True)
+    return shield
 
 
 async def _in_trio_thread(call: partial[Any], shielded: bool) -> Any:

@@ -168,16 +168,24 @@ class RedisBackend(WideBackend):
             raise lease_lost(ctx._key, ctx.token)  # type: ignore[attr-defined]
 
     async def release_async(self, ctx: LockContext, abort: BaseException | None) -> None:
-        """As :meth:`release`, from an asyncio or trio task."""
+        """As :meth:`release`, from an asyncio or trio task. A cancellation that comes
+        while the server releases the key is raised once the release is done here too
+        (``abort`` and all); a lost lease then rides along as its context."""
         key = ctx._key
-        if not await self.scope.release_async(key, ctx):
+        released, cancelled = await self.scope.release_async(key, ctx)
+        if not released:
             table: KeyTable = ctx._table  # type: ignore[assignment]
             if table.holder(key) is ctx:
                 raise self.scope.not_held(key)  # (the context's undo gives the local key back)
             table.release(key, ctx)  # raises: released by another caller
         LocalBackend.release(self, ctx, abort)
-        if ctx.lost:  # type: ignore[attr-defined]
-            raise lease_lost(key, ctx.token)  # type: ignore[attr-defined]
+        lost = lease_lost(key, ctx.token) if ctx.lost else None  # type: ignore[attr-defined]
+        if cancelled is not None:
+            if lost is not None:
+                cancelled.__context__ = lost
+            raise cancelled
+        if lost is not None:
+            raise lost
 
     def release_key(self, key: Hashable, done: list[Any]) -> None:
         """As the wide model's, and: a release that could not reach the server still

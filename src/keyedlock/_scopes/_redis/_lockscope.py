@@ -311,23 +311,23 @@ class RedisScope:
             raise
         return self._released(hold, attempt, reply)
 
-    async def release_async(self, local_key: Hashable, hold: Hold) -> bool:
+    async def release_async(
+        self, local_key: Hashable, hold: Hold
+    ) -> tuple[bool, BaseException | None]:
         """As :meth:`release`, from an asyncio or trio task: the round trip finishes even
-        if the task is cancelled meanwhile, and the cancellation is raised after it."""
+        if the task is cancelled meanwhile. Returns what :meth:`release` would, and the
+        cancellation that came meanwhile (None if none), for the caller to raise once it
+        has finished the release on its side."""
         attempt = self._claim(hold)
         if attempt is None:
-            return False
+            return False, None
         try:
             call = release(attempt.key.names, attempt.waiter)
             reply, cancelled = await self.link.finish_async(call)
         except BaseException:
             renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
             raise
-        try:
-            return self._released(hold, attempt, reply)
-        finally:
-            if cancelled is not None:
-                raise cancelled
+        return self._released(hold, attempt, reply), cancelled
 
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
         """After an interrupt or a cancellation: give back whatever ``hold`` holds or waits

@@ -165,12 +165,12 @@ class AsyncSide:
         try:
             async with bound:
                 reply: Any = await asyncio.shield(pop)
-        except BaseException:
+        except BaseException as exc:
             if not pop.done():
                 pop.cancel()
             pop.add_done_callback(_forget)
-            if bound.expired():
-                raise Late(f"within {block + MARGIN:.3g} s") from None
+            if isinstance(exc, TimeoutError) and bound.expired():
+                raise Late(f"within {block + MARGIN:.3g} s") from None  # (only the bound's own)
             raise
         if not reply:
             return None
