@@ -123,7 +123,7 @@ class Renewer:
                     self._cond.wait(left)
                 chores = list(self._chores)
                 self._chores.clear()
-                self._busy = True
+                self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
             try:
                 for link, call in chores:
                     with contextlib.suppress(Exception):
