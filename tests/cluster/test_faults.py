@@ -14,16 +14,18 @@ import threading
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+import redis
 import trio
 
 from keyedlock import LeaseLost, LockTimeout
 from keyedlock._scopes._redis import renewer
+from keyedlock._scopes._redis._link import Link
 from keyedlock.redis import RedisKeyedLock
 
-from ..support import WAIT, AsyncioThread, TrioThread, start_thread, wait_until
+from ..support import WAIT, AsyncioThread, Handle, TrioThread, start_thread, wait_until
 from .conftest import LEASE
 from .servers import Server
 
@@ -323,3 +325,108 @@ def test_an_outside_cancellation_is_kept_when_a_pop_runs_late() -> None:
         return "popped"
 
     assert asyncio.run(main()) == "cancelled"
+
+
+def test_a_read_timeout_makes_later_timed_calls_wait_for_the_server_to_answer(
+    fresh_server: Server,
+) -> None:
+    """A socket timeout is a late reply too: the next caller with a deadline does not open a
+    connection whose handshake (bounded by the socket timeout alone) could overstay it."""
+    lock = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=0.5", lease=LEASE)
+    with lock("warm-up"):
+        pass
+    with fresh_server.paused():
+        with pytest.raises(ConnectionError):
+            start_thread(lambda: lock.acquire("k", timeout=WAIT), "untimed").result()
+        assert start_thread(lambda: lock.acquire("k", timeout=0.1), "timed").result() is False
+    assert renewer.settle(WAIT)
+    assert lock.acquire("k", timeout=WAIT)
+    lock.release("k")
+    assert len(lock) == 0
+
+
+@pytest.mark.parametrize("runtime", ["threads", "asyncio", "trio"])
+def test_waits_in_redis_work_with_a_short_socket_timeout(
+    fresh_server: Server, runtime: str
+) -> None:
+    """A wait in Redis is a series of blocking pops, each cut short of the socket timeout by
+    more than the server's clock tick: with a socket timeout of 0.3 s, a waiter waits
+    through several of them (the holder keeps the key for a second) and gets the key."""
+    holder = RedisKeyedLock(fresh_server.url, lease=LEASE)
+    waiter = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=0.3", lease=LEASE)
+    holder.acquire("k")
+
+    async def wait_async() -> int:
+        async with waiter("k", timeout=WAIT) as held:
+            return held.token
+
+    def wait() -> int:
+        with waiter("k", timeout=WAIT) as held:
+            return held.token
+
+    outcome: Handle[int]
+    runner: AsyncioThread | TrioThread | None = None
+    if runtime == "threads":
+        outcome = start_thread(wait, "waiter")
+    else:
+        runner = AsyncioThread() if runtime == "asyncio" else TrioThread()
+        outcome = runner.submit(wait_async, runtime)
+    try:
+        wait_until(lambda: holder.waiters("k") == 1, "the waiter waits in Redis")
+        time.sleep(1.0)  # (several pops time out meanwhile; any length would do)
+        holder.release("k")
+        assert outcome.result(WAIT) > 0
+    finally:
+        if runner is not None:
+            runner.close()
+    assert len(waiter) == 0
+    assert len(holder) == 0
+
+
+def test_a_late_server_holds_up_no_call_to_another_server(
+    fresh_server: Server, redis_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a cluster with one node stopped: the lock's keys ``x-*`` live on a server that
+    stops, the others on a healthy one. Callers waiting for the stopped one to answer hold
+    up nobody whose keys live elsewhere."""
+    stopped = redis.Redis.from_url(f"{fresh_server.url}?socket_timeout=60").connection_pool
+    pool_of = Link._pool_of
+
+    def routed(self: Link, key: bytes) -> Any:
+        return stopped if b"x-" in key else pool_of(self, key)
+
+    monkeypatch.setattr(Link, "_pool_of", routed)
+    lock = RedisKeyedLock(redis_server.url, prefix="routed:", lease=LEASE)
+    with lock("x-warm-up"):
+        pass
+    with fresh_server.paused():
+        assert lock.acquire("x-1", timeout=0.1) is False  # that server is late from here on
+        blocked = start_thread(lambda: lock.acquire("x-2", timeout=WAIT), "waits for it")
+        assert lock.acquire("y-1", timeout=WAIT / 2), "held up by another server's probe"
+        lock.release("y-1")
+        assert not blocked.finished.is_set()
+    assert blocked.result() is True
+    lock.release("x-2")
+    assert renewer.settle(WAIT)
+    assert len(lock) == 0
+
+
+def test_a_clean_up_that_cannot_reach_the_server_goes_again_until_it_does(
+    fresh_server: Server,
+) -> None:
+    """A timed acquire sent to a stopped server gives up; the clean-up of what it may take
+    there cannot reach the server either (its socket times out). Once the server goes on,
+    it runs the acquire (granting the key to nobody), and the clean-up goes again with the
+    next renewal round: the key is free at once, not after a whole lease."""
+    lock = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=0.5", lease=6 * WAIT)
+    other = RedisKeyedLock(fresh_server.url, lease=LEASE)
+    with lock("warm-up"):
+        pass
+    with fresh_server.paused():
+        with pytest.raises(ConnectionError):
+            lock.acquire("k", timeout=0.2)
+        wait_until(lambda: bool(renewer._later), "the clean-up failed once")
+    assert renewer.settle(WAIT)
+    assert other.acquire("k", blocking=False), "the acquire sent before the stop holds the key"
+    other.release("k")
+    assert len(lock) == 0

@@ -442,6 +442,54 @@ def test_work_failing_with_stop_aborts_its_waiters_even_if_cancelled_as_it_relea
         assert "cancelled" in outcomes
 
 
+@pytest.mark.parametrize("runtime", ["asyncio", "trio"])
+def test_a_lost_lease_is_raised_even_if_cancelled_as_it_releases(
+    make_lock: MakeLock, redis_client: redis.Redis, runtime: str
+) -> None:
+    """The lease is gone on the server (as after a restart), and the holder's cancel scope
+    is cancelled after 0, 2, 4, ... turns of the loop while its release goes out: the exit
+    raises LeaseLost every time (caused by the cancellation when one came), which the
+    cancel scope does not swallow."""
+    lock = make_lock()
+
+    async def one_round(turns: int) -> str:
+        entered, leave, leaving = anyio.Event(), anyio.Event(), anyio.Event()
+        seen: dict[str, str] = {}
+
+        async def hold(scope: anyio.CancelScope) -> None:
+            seen["raised"] = "nothing"
+            with scope:
+                try:
+                    async with lock("k"):
+                        entered.set()
+                        await leave.wait()
+                        leaving.set()
+                except LeaseLost as exc:
+                    seen["raised"] = f"LeaseLost from {type(exc.__cause__).__name__}"
+
+        scope = anyio.CancelScope()
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(hold, scope)
+                await entered.wait()
+                assert redis_client.delete(owner_key("k")) == 1
+                leave.set()
+                await leaving.wait()
+                for _ in range(turns):
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+        assert seen["raised"].startswith("LeaseLost"), f"cancelled after {turns} turns: {seen}"
+        assert len(lock) == 0
+        return seen["raised"]
+
+    async def main() -> list[str]:
+        return [await one_round(turns) for turns in range(0, 30, 2)]
+
+    outcomes = anyio.run(main, backend=runtime)
+    if runtime == "asyncio":
+        assert "LeaseLost from CancelledError" in outcomes
+
+
 def test_an_asyncio_waiter_cancelled_at_any_point_ends_at_once(
     make_lock: MakeLock, redis_server: Server
 ) -> None:

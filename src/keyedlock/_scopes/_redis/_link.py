@@ -8,7 +8,10 @@ A :class:`Link` serves every runtime from one target (a URL, a ``redis.Redis`` o
   no client-side retry (a release sent twice would answer "not the owner" the second time,
   which reads as a lost lease), and the reply read raw (``decode_responses`` is ignored). A
   script the server does not know (``NOSCRIPT``: it restarted) is loaded and run again; a
-  cluster's ``MOVED`` refreshes its slot map once.
+  cluster's ``MOVED`` refreshes its slot map once. A caller with a deadline waits for a
+  reply until then (or the socket timeout, if that comes first), and does not open new
+  connections to a server that did not answer in time until it answers again (see
+  :mod:`._probe`).
 - asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`).
 - trio tasks run the sync calls in trio's worker threads: the trio run never blocks.
 
@@ -22,7 +25,6 @@ import asyncio
 import contextlib
 import inspect
 import sys
-import threading
 from collections.abc import Sequence
 from functools import partial
 from time import monotonic
@@ -36,8 +38,9 @@ from redis.retry import Retry
 
 from ..._ki import internal
 from ..._runtime import running_loop
-from ._loops import MARGIN, Late, LoopClients, async_client_for, url_options
+from ._loops import MARGIN, Late, LoopClients, async_client_for, pop_block, url_options
 from ._lua import Call
+from ._probe import LateServers
 
 __all__ = ["Link", "NoAnswer", "RedisUnavailable"]
 
@@ -82,7 +85,7 @@ def _connection(pool: Any) -> Any:
 class Link:
     """The connections of a scope to one server or cluster (see the module docstring)."""
 
-    __slots__ = ("_guard", "_pool", "_probe", "client", "cluster", "late", "loops", "server", "url")
+    __slots__ = ("_pool", "client", "cluster", "late", "loops", "server", "url")
 
     def __init__(self, target: object, who: str) -> None:
         self.url: str | None = None
@@ -106,11 +109,8 @@ class Link:
         else:
             self.server = f"the Redis server at {_where(client.connection_pool.connection_kwargs)}"
         self.loops = LoopClients(partial(async_client_for, client, self.url))
-        #: True from a reply that did not come in time until the next one that does.
-        self.late = False
-        self._guard = threading.Lock()
-        #: Set once the command sent while late (see :meth:`_exec_bounded`) has ended.
-        self._probe: threading.Event | None = None
+        #: Its servers whose last reply did not come in time (see :mod:`._probe`).
+        self.late = LateServers()
 
     def __repr__(self) -> str:
         return f"<Link {self.server}>"
@@ -139,20 +139,16 @@ class Link:
         client = self.client
         return client.get_redis_connection(client.get_node_from_key(key)).connection_pool
 
-    def _exec(
-        self,
-        pool: Any,
-        args: Sequence[object],
-        wait: float | None = None,
-        gave_up: threading.Event | None = None,
-    ) -> Any:
-        """One command on a connection of ``pool``; its reply (``wait``: at most that long).
-        ``gave_up`` set once the connection is there: the caller stopped waiting, send
-        nothing."""
-        conn = _connection(pool)
+    def _exec(self, pool: Any, args: Sequence[object], wait: float | None = None) -> Any:
+        """One command on a connection of ``pool``; its reply. ``wait``: Late after that
+        long, unless the socket timeout is shorter (a read timeout: ConnectionError)."""
+        late = self.late
         try:
-            if gave_up is not None and gave_up.is_set():
-                return None
+            conn = _connection(pool)
+        except redis.exceptions.TimeoutError:
+            late.mark(pool)  # (its handshake did not come back in time)
+            raise
+        try:
             conn.send_command(*args)
             if wait is not None:
                 limit = conn.socket_timeout  # (the reply's own bound: whichever comes first)
@@ -161,69 +157,16 @@ class Link:
             reply = conn.read_response(disable_decoding=True)
         except redis.exceptions.ResponseError:
             raise  # an error reply, read whole: the connection is fine
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()  # a reply may still be on its way: never reuse it
+            if isinstance(exc, Late | redis.exceptions.TimeoutError):
+                late.mark(pool)
             raise
         finally:
             pool.release(conn)
-        if self.late:
-            self.late = False
+        if late.pools:
+            late.answered(pool)
         return reply
-
-    def _exec_bounded(self, pool: Any, args: Sequence[object], wait: float) -> Any:
-        """:meth:`_exec` in a thread of its own, waited for ``wait`` at most.
-
-        Once a server did not answer in time, the connection that waited is dropped, and
-        the next command needs a new one, whose handshake (``HELLO``, ``CLIENT SETINFO``,
-        ...) only the client's socket timeout bounds. So until a reply comes in time again,
-        calls with a deadline run this way: the caller keeps its deadline. One such thread
-        at a time per link (the probe): other callers wait for its outcome, within their
-        own deadline, rather than start threads that would pile up on a stopped server.
-        """
-        deadline = monotonic() + wait
-        while True:
-            left = deadline - monotonic()
-            if left <= 0:
-                raise Late(f"within {wait:.3g} s")
-            if not self.late:
-                return self._exec(pool, args, left)  # (the probe's reply came in time)
-            with self._guard:
-                probe = self._probe
-                mine = probe is None or probe.is_set()
-                if mine:
-                    probe = self._probe = threading.Event()
-            assert probe is not None
-            if mine:
-                return self._send_probe(pool, args, left, probe)
-            probe.wait(left)
-
-    def _send_probe(
-        self, pool: Any, args: Sequence[object], wait: float, done: threading.Event
-    ) -> Any:
-        gave_up = threading.Event()
-        out: list[tuple[bool, Any]] = []
-
-        def work() -> None:
-            try:
-                out.append((True, self._exec(pool, args, wait, gave_up)))
-            except BaseException as exc:  # (handed to the caller, if it still waits)
-                out.append((False, exc))
-            finally:
-                done.set()
-
-        threading.Thread(target=work, name="keyedlock-redis-probe", daemon=True).start()
-        answered = False
-        try:
-            answered = done.wait(max(wait, 0.001))
-        finally:
-            if not answered:
-                gave_up.set()  # (an interrupt too: whatever it got is nobody's)
-        if not answered:
-            raise Late(f"within {wait:.3g} s")
-        ok, value = out[0]
-        if not ok:
-            raise value
-        return value
 
     def _call(
         self, key: bytes, args: Sequence[object], call: Call | None, wait: float | None
@@ -233,26 +176,33 @@ class Link:
         try:
             for attempt in (1, 2, 3):
                 pool = self._pool_of(key)
-                left = None if deadline is None else deadline - monotonic()
                 try:
-                    if left is not None and self.late:
-                        return self._exec_bounded(pool, args, left)
-                    return self._exec(pool, args, left)
+                    return self._exec(pool, args, self._left(pool, deadline))
                 except redis.exceptions.NoScriptError:
                     if call is None or attempt == 3:
                         raise
-                    left = None if deadline is None else deadline - monotonic()
-                    self._exec(pool, ("SCRIPT", "LOAD", call.script.source), left)
+                    script = ("SCRIPT", "LOAD", call.script.source)
+                    self._exec(pool, script, self._left(pool, deadline))
                 except redis.exceptions.AskError:  # MOVED too: the slot map changed
                     if not self.cluster or attempt == 3:
                         raise
                     self.client.nodes_manager.initialize()
             raise AssertionError("unreachable")  # pragma: no cover
         except Late as exc:
-            self.late = True
             raise self.unavailable(exc, pool, NoAnswer) from None
         except _DOWN as exc:
             raise self.unavailable(exc, pool) from exc
+
+    def _left(self, pool: Any, deadline: float | None) -> float | None:
+        """The time left until ``deadline`` for a command to ``pool``'s server. If that
+        server is late, a caller with a deadline first waits (within it) for it to answer a
+        probe, rather than open a connection whose handshake could overstay the deadline."""
+        if deadline is None:
+            return None
+        late = self.late
+        if late.pools and pool in late.pools and not late.wait(pool, deadline):
+            raise Late("since it last did not answer in time")
+        return deadline - monotonic()
 
     def run(self, call: Call, wait: float | None = None) -> Any:
         """Run one script call; its raw reply (``wait``: NoAnswer after that long)."""
@@ -266,10 +216,11 @@ class Link:
     def pop(self, key: bytes, block: float) -> bytes | None:
         """``BLPOP key`` for at most ``block`` seconds (less if the client's socket timeout
         is shorter: the caller asks again); the value popped, or None."""
-        read_timeout = self._pool_of(key).connection_kwargs.get("socket_timeout")
-        if read_timeout is not None:
-            block = min(block, read_timeout * 0.8)
-        block = max(0.001, block)
+        try:
+            pool = self._pool_of(key)
+        except _DOWN as exc:
+            raise self.unavailable(exc) from exc
+        block = pop_block(block, pool.connection_kwargs.get("socket_timeout"))
         reply = self._call(key, ("BLPOP", key, f"{block:.3f}"), None, block + MARGIN)
         if not reply:
             return None

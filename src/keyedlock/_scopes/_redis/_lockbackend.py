@@ -170,7 +170,8 @@ class RedisBackend(WideBackend):
     async def release_async(self, ctx: LockContext, abort: BaseException | None) -> None:
         """As :meth:`release`, from an asyncio or trio task. A cancellation that comes
         while the server releases the key is raised once the release is done here too
-        (``abort`` and all); a lost lease then rides along as its context."""
+        (``abort`` and all). A lost lease is raised all the same, caused by the
+        cancellation: never dropped, whatever catches cancellations above."""
         key = ctx._key
         released, cancelled = await self.scope.release_async(key, ctx)
         if not released:
@@ -179,13 +180,13 @@ class RedisBackend(WideBackend):
                 raise self.scope.not_held(key)  # (the context's undo gives the local key back)
             table.release(key, ctx)  # raises: released by another caller
         LocalBackend.release(self, ctx, abort)
-        lost = lease_lost(key, ctx.token) if ctx.lost else None  # type: ignore[attr-defined]
-        if cancelled is not None:
-            if lost is not None:
-                cancelled.__context__ = lost
-            raise cancelled
-        if lost is not None:
+        if ctx.lost:  # type: ignore[attr-defined]
+            lost = lease_lost(key, ctx.token)  # type: ignore[attr-defined]
+            if cancelled is not None:
+                raise lost from cancelled
             raise lost
+        if cancelled is not None:
+            raise cancelled
 
     def release_key(self, key: Hashable, done: list[Any]) -> None:
         """As the wide model's, and: a release that could not reach the server still

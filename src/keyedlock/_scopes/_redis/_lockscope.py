@@ -69,6 +69,9 @@ class Fenced(Protocol):
     lost: bool
 
 
+#: For how many leases a clean-up call (a withdraw) goes again while the server is away.
+CLEAN_UP_LEASES: Final = 3
+
 #: A round trip's wait longer than this is no bound (a huge timeout): the client's own.
 _UNBOUNDED: Final = 1e6
 
@@ -123,7 +126,16 @@ def lose(hold: Hold, attempt: Attempt, why: str) -> None:
 class RedisScope:
     """The :class:`~keyedlock._scopes.WideScope` of a lock on Redis (module docstring)."""
 
-    __slots__ = ("__weakref__", "held", "lease", "lease_ms", "link", "map_key", "period")
+    __slots__ = (
+        "__weakref__",
+        "held",
+        "lease",
+        "lease_ms",
+        "link",
+        "map_key",
+        "patience",
+        "period",
+    )
 
     held: dict[Hold, Attempt]
 
@@ -133,6 +145,9 @@ class RedisScope:
         self.lease = lease
         self.lease_ms = max(1, round(lease * 1000))
         self.period = lease / 3
+        #: How long a clean-up call that cannot reach the server goes again: what a stopped
+        #: server runs once it goes on (an acquire sent before it stopped) is then undone.
+        self.patience = CLEAN_UP_LEASES * lease
         self.held = {}
         renewer.add(self)
 
@@ -258,9 +273,9 @@ class RedisScope:
         try:
             self.link.run(call, MARGIN)
         except NoAnswer:
-            renewer.chore(self.link, call)
+            renewer.chore(self.link, call, self.patience)
         except BaseException:
-            renewer.chore(self.link, call)
+            renewer.chore(self.link, call, self.patience)
             raise
 
     async def _give_up_async(self, hold: Hold, attempt: Attempt) -> None:
@@ -269,9 +284,9 @@ class RedisScope:
         try:
             await self.link.run_async(call, MARGIN)
         except NoAnswer:
-            renewer.chore(self.link, call)
+            renewer.chore(self.link, call, self.patience)
         except BaseException:
-            renewer.chore(self.link, call)
+            renewer.chore(self.link, call, self.patience)
             raise
 
     # -- holding and releasing -------------------------------------------------
@@ -307,7 +322,7 @@ class RedisScope:
         try:
             reply = self.link.run(release(attempt.key.names, attempt.waiter))
         except BaseException:
-            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
             raise
         return self._released(hold, attempt, reply)
 
@@ -325,7 +340,7 @@ class RedisScope:
             call = release(attempt.key.names, attempt.waiter)
             reply, cancelled = await self.link.finish_async(call)
         except BaseException:
-            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
             raise
         return self._released(hold, attempt, reply), cancelled
 
@@ -338,7 +353,7 @@ class RedisScope:
             del held[hold]
         except KeyError:
             return False
-        renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter))
+        renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
         return True
 
     # -- the key, for anyone ---------------------------------------------------------

@@ -29,11 +29,25 @@ from redis.cluster import RedisCluster
 from ..._ki import internal
 from ._lua import Call
 
-__all__ = ["MARGIN", "AsyncSide", "Late", "LoopClients"]
+__all__ = ["MARGIN", "POP_SLACK", "AsyncSide", "Late", "LoopClients", "pop_block"]
 
 #: How much longer than a blocking pop's own timeout its reply may take before the server is
 #: taken for unresponsive (seconds).
 MARGIN: Final = 1.0
+
+
+#: How much shorter than the socket timeout a blocking pop's own timeout is: the server
+#: answers a pop that timed out at its next clock tick (100 ms by default), then the reply
+#: travels back.
+POP_SLACK: Final = 0.25
+
+
+def pop_block(block: float, read_timeout: float | None) -> float:
+    """How long a blocking pop may block: ``block``, cut short so that the server's reply
+    to a pop that timed out comes within the client's read timeout."""
+    if read_timeout is not None:
+        block = min(block, read_timeout - POP_SLACK)
+    return max(0.001, block)
 
 
 class Late(Exception):
@@ -157,9 +171,7 @@ class AsyncSide:
         is lost on Python 3.11). The pop is then cancelled and left to end by itself;
         what it may still take is the caller's to give back (by withdrawing).
         """
-        read_timeout = self.read_timeout
-        if read_timeout is not None:
-            block = max(0.001, min(block, read_timeout * 0.8))
+        block = pop_block(block, self.read_timeout)
         pop = asyncio.ensure_future(self.client.execute_command("BLPOP", key, f"{block:.3f}"))
         bound = asyncio.timeout(block + MARGIN)  # (a stopped server: the caller's deadline)
         try:

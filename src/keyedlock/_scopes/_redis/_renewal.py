@@ -29,13 +29,17 @@ from time import monotonic
 from typing import Any, Final, Protocol
 
 from ..._ki import internal
-from ._link import Link
+from ._link import Link, RedisUnavailable
 from ._lua import Call
 
 __all__ = ["Renewable", "Renewal", "Renewer", "renewer"]
 
 #: A renewal call, and what to do with its reply (the reply, or the exception it raised).
 Renewal = tuple[Call, Callable[[Any], None]]
+
+#: A chore: the link to send it on, the call, and until when to send it again if it cannot
+#: reach the server (monotonic time).
+Chore = tuple[Link, Call, float]
 
 #: How long, at most, interpreter exit waits for the chores still queued (seconds).
 _EXIT_GRACE: Final = 2.0
@@ -61,16 +65,31 @@ class Renewable(Protocol):
         ...
 
 
+def _sent(chore: Chore) -> bool:
+    """Send a chore once; False if it is to go again (its server is away, and its time to
+    go again has not run out)."""
+    link, call, until = chore
+    try:
+        link.run(call)
+    except RedisUnavailable:
+        return monotonic() >= until
+    except Exception:  # (an error reply: sending it again would not help)
+        return True
+    return True
+
+
 @internal
 class Renewer:
     """The renewal thread of this process (see the module docstring)."""
 
-    __slots__ = ("_busy", "_chores", "_cond", "_members", "_pid", "_thread")
+    __slots__ = ("_busy", "_chores", "_cond", "_later", "_members", "_pid", "_thread")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._members: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._chores: deque[tuple[Link, Call]] = deque()
+        self._chores: deque[Chore] = deque()
+        #: Chores that could not reach their server, sent again with the next round.
+        self._later: list[Chore] = []
         self._thread: threading.Thread | None = None
         self._busy = False
         self._pid = os.getpid()
@@ -82,10 +101,12 @@ class Renewer:
             self._start()
             self._cond.notify()  # its period may be shorter than the current one
 
-    def chore(self, link: Link, call: Call) -> None:
-        """Send ``call`` soon, from the renewal thread (its reply and errors are ignored)."""
+    def chore(self, link: Link, call: Call, retry_for: float = 0.0) -> None:
+        """Send ``call`` soon, from the renewal thread (its reply and errors are ignored).
+        If the server cannot be reached or does not answer, it goes again with each round
+        for ``retry_for`` seconds (a call that may be sent twice: a withdraw, a release)."""
         with self._cond:
-            self._chores.append((link, call))
+            self._chores.append((link, call, monotonic() + retry_for))
             self._start()
             self._cond.notify()
 
@@ -97,10 +118,11 @@ class Renewer:
             self._thread.start()
 
     def settle(self, timeout: float) -> bool:
-        """Wait until no chore is queued or running (at most ``timeout`` s); True if so."""
+        """Wait until no chore is queued, running or waiting to go again (at most
+        ``timeout`` s); True if so."""
         deadline = monotonic() + timeout
         with self._cond:
-            while self._chores or self._busy:
+            while self._chores or self._busy or self._later:
                 left = deadline - monotonic()
                 if left <= 0 or self._thread is None:
                     return False
@@ -123,11 +145,15 @@ class Renewer:
                     self._cond.wait(left)
                 chores = list(self._chores)
                 self._chores.clear()
+                if self._later and left <= 0:
+                    chores += self._later
+                    self._later.clear()
                 self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
             try:
-                for link, call in chores:
-                    with contextlib.suppress(Exception):
-                        link.run(call)
+                later = [chore for chore in chores if not _sent(chore)]
+                if later:
+                    with self._cond:
+                        self._later += later
                 if monotonic() >= due:
                     due = monotonic() + period
                     self._round(members)
@@ -168,6 +194,7 @@ class Renewer:
                 member.forked()
         self._cond = threading.Condition(threading.Lock())
         self._chores = deque()
+        self._later = []
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
