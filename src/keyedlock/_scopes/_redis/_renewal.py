@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 
 from ..._ki import internal
 from ._link import Link, RedisUnavailable
+from ._loops import MARGIN
 from ._lua import Call
 
 __all__ = ["Renewable", "Renewal", "Renewer", "renewer"]
@@ -65,17 +66,26 @@ class Renewable(Protocol):
         ...
 
 
-def _sent(chore: Chore) -> bool:
-    """Send a chore once; False if it is to go again (its server is away, and its time to
-    go again has not run out)."""
-    link, call, until = chore
-    try:
-        link.run(call)
-    except RedisUnavailable:
-        return monotonic() >= until
-    except Exception:  # (an error reply: sending it again would not help)
-        return True
-    return True
+def _send(chores: list[Chore]) -> list[Chore]:
+    """Send each chore once; those to go again (their server is away, and their time to go
+    again has not run out). Each waits MARGIN at most for its reply, and once a server is
+    away its other chores wait for the next round: a stopped server holds the renewals of
+    the others up for about MARGIN per round, not a socket timeout per chore."""
+    later: list[Chore] = []
+    away: set[Link] = set()
+    for chore in chores:
+        link, call, until = chore
+        if link not in away:
+            try:
+                link.run(call, MARGIN)
+                continue
+            except RedisUnavailable:
+                away.add(link)
+            except Exception:  # (an error reply: sending it again would not help)
+                continue
+        if monotonic() < until:
+            later.append(chore)
+    return later
 
 
 @internal
@@ -150,7 +160,7 @@ class Renewer:
                     self._later.clear()
                 self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
             try:
-                later = [chore for chore in chores if not _sent(chore)]
+                later = _send(chores)
                 if later:
                     with self._cond:
                         self._later += later
