@@ -345,6 +345,25 @@ def test_a_read_timeout_makes_later_timed_calls_wait_for_the_server_to_answer(
     assert len(lock) == 0
 
 
+@pytest.mark.parametrize(
+    ("block", "socket_timeout", "expected"),
+    [
+        (30.0, None, 30.0),  # no socket timeout: the whole wait
+        (30.0, 5.0, 4.0),  # a fifth of it (a stall near the end of a pop is no timeout)
+        (100.0, 60.0, 59.0),  # MARGIN at most
+        (30.0, 0.3, 0.05),  # POP_SLACK at least (the server's clock tick)
+        (0.5, 5.0, 0.5),  # a wait shorter than that
+        (30.0, 0.1, 0.001),  # a socket timeout too short for any pop: the shortest
+    ],
+)
+def test_a_blocking_pop_ends_before_the_socket_timeout(
+    block: float, socket_timeout: float | None, expected: float
+) -> None:
+    from keyedlock._scopes._redis._loops import pop_block
+
+    assert pop_block(block, socket_timeout) == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("runtime", ["threads", "asyncio", "trio"])
 def test_waits_in_redis_work_with_a_short_socket_timeout(
     fresh_server: Server, runtime: str

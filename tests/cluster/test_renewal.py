@@ -1,4 +1,4 @@
-"""The renewal thread on its own: what ``settle`` waits for.
+"""The renewal thread on its own: what ``settle`` waits for, how chores go again.
 
 ``settle`` is what tests (and interpreter exit) use to know that nothing is left for the
 thread to send: a chore queued or running. A renewal round is no such thing; it comes every
@@ -8,9 +8,11 @@ third of a lease whether anything was left over or not.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from keyedlock._scopes._redis._renewal import Renewer
+from keyedlock._scopes._redis._link import RedisUnavailable
+from keyedlock._scopes._redis._renewal import Renewer, _send
 
 from ..support import WAIT
 
@@ -43,3 +45,34 @@ def test_a_renewal_round_in_progress_is_not_a_chore_left_over() -> None:
         assert renewer.settle(0), "a renewal round counted as a chore left over"
     finally:
         member.go.set()
+
+
+class AwayLink:
+    """A link whose server cannot be reached: every call raises, and is counted."""
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    def run(self, call: object, wait: float | None = None) -> object:
+        self.calls.append(call)
+        raise RedisUnavailable("the server is away")
+
+
+def test_chores_behind_one_that_found_the_server_away_wait_for_the_next_round() -> None:
+    """One chore finds its server away: the others for it are not sent this round (each
+    would wait too), and none is dropped untried, even one not meant to go again."""
+    away = AwayLink()
+    now = time.monotonic()
+    chores: list[Any] = [(away, "withdraw", now + 60), (away, "conclude", now), (away, "x", now)]
+    later: list[Any] = _send(chores)
+    assert away.calls == ["withdraw"]
+    assert [call for _, call, _ in later] == ["withdraw", "conclude", "x"]
+    again: list[Any] = _send(later)
+    assert [call for _, call, _ in again] == ["withdraw", "conclude", "x"]
+    assert away.calls == ["withdraw", "withdraw"]
+
+
+def test_a_chore_not_meant_to_go_again_goes_once() -> None:
+    away = AwayLink()
+    assert _send([(away, "conclude", time.monotonic())]) == []  # type: ignore[list-item]
+    assert away.calls == ["conclude"]

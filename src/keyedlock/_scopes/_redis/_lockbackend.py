@@ -170,8 +170,9 @@ class RedisBackend(WideBackend):
     async def release_async(self, ctx: LockContext, abort: BaseException | None) -> None:
         """As :meth:`release`, from an asyncio or trio task. A cancellation that comes
         while the server releases the key is raised once the release is done here too
-        (``abort`` and all). A lost lease is raised all the same, caused by the
-        cancellation: never dropped, whatever catches cancellations above."""
+        (``abort`` and all), with a lost lease as its ``__cause__``: asyncio delivers a
+        cancellation once, so it must not be swallowed for LeaseLost. (Under trio the
+        cancellation comes at the next checkpoint, so the exit raises LeaseLost itself.)"""
         key = ctx._key
         released, cancelled = await self.scope.release_async(key, ctx)
         if not released:
@@ -183,7 +184,7 @@ class RedisBackend(WideBackend):
         if ctx.lost:  # type: ignore[attr-defined]
             lost = lease_lost(key, ctx.token)  # type: ignore[attr-defined]
             if cancelled is not None:
-                raise lost from cancelled
+                raise cancelled from lost
             raise lost
         if cancelled is not None:
             raise cancelled

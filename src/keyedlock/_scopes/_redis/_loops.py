@@ -36,9 +36,10 @@ __all__ = ["MARGIN", "POP_SLACK", "AsyncSide", "Late", "LoopClients", "pop_block
 MARGIN: Final = 1.0
 
 
-#: How much shorter than the socket timeout a blocking pop's own timeout is: the server
-#: answers a pop that timed out at its next clock tick (100 ms by default), then the reply
-#: travels back.
+#: How much shorter than the socket timeout a blocking pop's own timeout is, at least: the
+#: server answers a pop that timed out at its next clock tick (100 ms by default), then the
+#: reply travels back. (A fifth of the socket timeout, up to MARGIN, when that is more: a
+#: server that stalls a moment near the end of a pop is no read timeout.)
 POP_SLACK: Final = 0.25
 
 
@@ -46,7 +47,8 @@ def pop_block(block: float, read_timeout: float | None) -> float:
     """How long a blocking pop may block: ``block``, cut short so that the server's reply
     to a pop that timed out comes within the client's read timeout."""
     if read_timeout is not None:
-        block = min(block, read_timeout - POP_SLACK)
+        slack = max(POP_SLACK, min(MARGIN, read_timeout / 5))
+        block = min(block, read_timeout - slack)
     return max(0.001, block)
 
 

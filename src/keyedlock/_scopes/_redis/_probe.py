@@ -18,13 +18,23 @@ import os
 import threading
 import weakref
 from time import monotonic
-from typing import Any
+from typing import Any, Final
 
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..._ki import internal
+from ._loops import MARGIN
 
 __all__ = ["LateServers"]
+
+#: The probe connection's own settings (see :meth:`LateServers.ping`).
+_PROBE_OPTIONS: Final = {
+    "socket_timeout": MARGIN,
+    "socket_connect_timeout": MARGIN,
+    "retry": Retry(NoBackoff(), 0),
+}
 
 
 @internal
@@ -57,11 +67,13 @@ class LateServers:
 
     def mark(self, pool: Any) -> None:
         """A reply from ``pool``'s server did not come in time."""
-        self.pools.setdefault(pool, None)
+        with self._lock:
+            self.pools.setdefault(pool, None)
 
     def answered(self, pool: Any) -> None:
         """``pool``'s server answered: no longer late (its waiting callers go on)."""
-        probe = self.pools.pop(pool, None)
+        with self._lock:
+            probe = self.pools.pop(pool, None)
         if probe is not None:
             probe.ended.set()
 
@@ -86,7 +98,10 @@ class LateServers:
     def ping(self, pool: Any, probe: _Probe) -> None:
         """The probe's thread: PING ``pool``'s server on a connection of its own."""
         try:
-            conn = pool.connection_class(**pool.connection_kwargs)
+            # Its own short timeouts, no retries: a probe lost with its connection (a
+            # failover behind a proxy) gives way to the next one within MARGIN.
+            options = dict(pool.connection_kwargs, **_PROBE_OPTIONS)
+            conn = pool.connection_class(**options)
             try:
                 conn.connect()
                 conn.send_command("PING")

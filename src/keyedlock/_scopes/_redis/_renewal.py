@@ -75,16 +75,17 @@ def _send(chores: list[Chore]) -> list[Chore]:
     away: set[Link] = set()
     for chore in chores:
         link, call, until = chore
-        if link not in away:
-            try:
-                link.run(call, MARGIN)
-                continue
-            except RedisUnavailable:
-                away.add(link)
-            except Exception:  # (an error reply: sending it again would not help)
-                continue
-        if monotonic() < until:
-            later.append(chore)
+        if link in away:
+            later.append(chore)  # (not tried yet: goes with the next round, whatever its time)
+            continue
+        try:
+            link.run(call, MARGIN)
+        except RedisUnavailable:
+            away.add(link)
+            if monotonic() < until:
+                later.append(chore)
+        except Exception:  # (an error reply: sending it again would not help)
+            continue
     return later
 
 
