@@ -1,4 +1,5 @@
-"""The renewal thread on its own: what ``settle`` waits for, how chores go again.
+"""The renewal thread on its own: what ``settle`` waits for, how chores go again, and that
+it keeps no lock alive.
 
 ``settle`` is what tests (and interpreter exit) use to know that nothing is left for the
 thread to send: a chore queued or running. A renewal round is no such thing; it comes every
@@ -7,14 +8,19 @@ third of a lease whether anything was left over or not.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from typing import Any
 
 from keyedlock._scopes._redis._link import RedisUnavailable
 from keyedlock._scopes._redis._renewal import Renewer, _send
+from keyedlock.redis import RedisKeyedLock
 
-from ..support import WAIT
+from ..support import WAIT, wait_until
+from .conftest import LEASE
+from .servers import Server
 
 
 class SlowMember:
@@ -76,3 +82,19 @@ def test_a_chore_not_meant_to_go_again_goes_once() -> None:
     away = AwayLink()
     assert _send([(away, "conclude", time.monotonic())]) == []  # type: ignore[list-item]
     assert away.calls == ["conclude"]
+
+
+def test_a_lock_nobody_uses_any_more_goes_with_its_connections(redis_server: Server) -> None:
+    """The renewal thread keeps no lock alive while it waits: a lock dropped by its program
+    is freed (and its client's connections closed), not kept for the process's life."""
+    lock = RedisKeyedLock(redis_server.url, lease=LEASE)
+    with lock("k"):
+        pass
+    gone = weakref.ref(lock._backend.scope)  # (what the renewal thread renews: the link's owner)
+    del lock
+
+    def freed() -> bool:
+        gc.collect()
+        return gone() is None
+
+    wait_until(freed, "the dropped lock is freed")

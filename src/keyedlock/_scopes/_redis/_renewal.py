@@ -145,35 +145,42 @@ class Renewer:
     def _run(self) -> None:
         due = monotonic()
         while True:
-            with self._cond:
-                while True:
-                    members = list(self._members)
-                    period = min((m.period for m in members), default=1.0)
-                    due = min(due, monotonic() + period)
-                    left = due - monotonic()
-                    if self._chores or left <= 0:
-                        break
-                    self._cond.wait(left)
-                chores = list(self._chores)
-                self._chores.clear()
-                if self._later and left <= 0:
-                    chores += self._later
-                    self._later.clear()
-                self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
-            try:
-                later = _send(chores)
-                if later:
-                    with self._cond:
-                        self._later += later
-                if monotonic() >= due:
-                    due = monotonic() + period
-                    self._round(members)
-            except Exception:  # pragma: no cover - a bug must not end the renewals
-                pass
-            finally:
+            due = self._turn(due)
+
+    def _turn(self, due: float) -> float:
+        """Wait for the round due at ``due`` or a chore, and run what came; when the next
+        round is due. (A method of its own: while the thread waits, no local of it keeps a
+        member or a link alive, so a lock nobody uses any more goes, with its connections.)
+        """
+        with self._cond:
+            while True:
+                period = min((m.period for m in self._members), default=1.0)
+                due = min(due, monotonic() + period)
+                left = due - monotonic()
+                if self._chores or left <= 0:
+                    break
+                self._cond.wait(left)
+            chores = list(self._chores)
+            self._chores.clear()
+            if self._later and left <= 0:
+                chores += self._later
+                self._later.clear()
+            self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
+        try:
+            later = _send(chores)
+            if later:
                 with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                    self._later += later
+            if monotonic() >= due:
+                due = monotonic() + period
+                self._round(list(self._members))
+        except Exception:  # pragma: no cover - a bug must not end the renewals
+            pass
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        return due
 
     def _round(self, members: list[Any]) -> None:
         """One renewal round: every member's calls, in one batch per server."""
