@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import subprocess
 import sys
 import textwrap
@@ -157,6 +158,15 @@ class ThreadHandle(Handle[T]):
         if self.thread.is_alive():
             raise AssertionError(f"{self.name} reported its outcome but did not exit")
         return super().result(0)
+
+
+def readable(source: Any, timeout: float) -> bool:
+    """Wait (at most ``timeout`` s) until ``source`` (a file object, socket or descriptor)
+    has something to read. Through epoll (or the platform's best): ``select.select``
+    refuses descriptors above 1023, which a long test session reaches."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(source, selectors.EVENT_READ)
+        return bool(selector.select(timeout))
 
 
 def start_thread(fn: Callable[[], T], name: str = "worker") -> ThreadHandle[T]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 from keyedlock import FileKeyedLock
 
-from .support import WAIT, wait_until
+from .support import WAIT, readable, wait_until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="FileKeyedLock needs Linux"
@@ -54,8 +53,7 @@ def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str
 
 def read_line(stream: IO[str]) -> str:
     """The next line of a child's output; AssertionError if none comes within WAIT."""
-    ready, _, _ = select.select([stream], [], [], WAIT)
-    assert ready, "the child said nothing"
+    assert readable(stream, WAIT), "the child said nothing"
     return stream.readline()
 
 
@@ -483,8 +481,8 @@ class Terminal:
                 text = line.decode(errors="replace").strip()
                 if start in text:
                     return text[text.index(start) :]
-            ready, _, _ = select.select([self.master], [], [], WAIT)
-            assert ready, f"the terminal showed no line starting with {start!r}"
+            shown = readable(self.master, WAIT)
+            assert shown, f"the terminal showed no line starting with {start!r}"
             self.pending += os.read(self.master, 4096)
 
 

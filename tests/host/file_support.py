@@ -12,7 +12,6 @@ Every wait is bounded by :data:`~tests.support.WAIT`.
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import IO, Any
 
 from keyedlock import FileKeyedLock
 
-from ..support import WAIT, scope_of, wait_until
+from ..support import WAIT, readable, scope_of, wait_until
 
 __all__ = [
     "AGENT",
@@ -125,7 +124,7 @@ class Agent:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not readable(fd, left):
                 raise AssertionError(f"agent {self.pid} did not reply within {timeout} s")
             chunk = os.read(fd, 4096)
             if not chunk:

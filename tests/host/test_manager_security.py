@@ -23,7 +23,6 @@ import os
 import pwd
 import re
 import secrets
-import select
 import shutil
 import signal
 import socket
@@ -41,7 +40,7 @@ from keyedlock import LockTimeout
 from keyedlock._scopes._manager import _server as manager_server
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy
 
-from ..support import WAIT, start_thread, wait_until
+from ..support import WAIT, readable, start_thread, wait_until
 from .file_support import Children
 
 _HAS_FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -130,7 +129,7 @@ def connected(peer: socket.socket) -> bool:
 
 def closed_by_manager(peer: socket.socket) -> bool:
     """Wait (bounded) until the manager closes ``peer``; False if it is still open after WAIT."""
-    while select.select([peer], [], [], WAIT)[0]:
+    while readable(peer, WAIT):
         if not peer.recv(4096):
             return True
     return False
@@ -262,7 +261,7 @@ def _connect_as(uid: int, gid: int, address: str, report: Connection, leave: Eve
         except PermissionError:
             report.send("permission denied")
             return
-        if not select.select([peer], [], [], WAIT)[0]:
+        if not readable(peer, WAIT):
             report.send("connected, and left waiting")
         else:
             report.send("challenged" if peer.recv(1) else "closed at once")
