@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import inspect
 import sys
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from time import monotonic
@@ -85,13 +86,14 @@ def _connection(pool: Any) -> Any:
 class Link:
     """The connections of a scope to one server or cluster (see the module docstring)."""
 
-    __slots__ = ("_pool", "client", "cluster", "late", "loops", "server", "url")
+    __slots__ = ("__weakref__", "_pool", "client", "cluster", "late", "loops", "server", "url")
 
     def __init__(self, target: object, who: str) -> None:
         self.url: str | None = None
         if isinstance(target, str):
             self.url = target
             client: Any = redis.Redis.from_url(target, **url_options(Retry(NoBackoff(), 0)))
+            weakref.finalize(self, client.close)  # its own client: closed when it goes
         elif isinstance(target, RedisCluster | redis.Redis):
             client = target
         else:
