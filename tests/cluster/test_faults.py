@@ -449,3 +449,29 @@ def test_a_clean_up_that_cannot_reach_the_server_goes_again_until_it_does(
     assert other.acquire("k", blocking=False), "the acquire sent before the stop holds the key"
     other.release("k")
     assert len(lock) == 0
+
+
+def test_a_stopped_server_does_not_cost_the_leases_on_another(
+    fresh_server: Server, redis_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a cluster with one node stopped: keys ``x-*`` live on a server that stops, whose
+    client would wait a minute for a reply; the renewal rounds still renew the key held on
+    the healthy server, so its lease is never lost. (The key on the stopped one is.)"""
+    stopped = redis.Redis.from_url(f"{fresh_server.url}?socket_timeout=60").connection_pool
+    pool_of = Link._pool_of
+
+    def routed(self: Link, key: bytes) -> Any:
+        return stopped if b"x-" in key else pool_of(self, key)
+
+    monkeypatch.setattr(Link, "_pool_of", routed)
+    lock = RedisKeyedLock(redis_server.url, prefix="renewed:", lease=LEASE)
+    on_stopped = lock("x-1")
+    on_stopped.__enter__()  # first: its renewal comes first in each round
+    with lock("y-1") as healthy:
+        with fresh_server.paused():
+            time.sleep(2 * LEASE)  # (long enough to lose the lease if renewals were held up)
+        assert not healthy.lost
+    with pytest.raises(LeaseLost):
+        on_stopped.__exit__(None, None, None)
+    assert renewer.settle(WAIT)
+    assert len(lock) == 0

@@ -229,12 +229,14 @@ class Link:
         value: bytes = reply[1]
         return value
 
-    def run_many(self, calls: Sequence[Call]) -> list[Any]:
+    def run_many(self, calls: Sequence[Call], wait: float | None = None) -> list[Any]:
         """Run ``calls`` in one round trip per node; each reply, or the exception it raised.
 
         Calls a node did not run for want of their script (``NOSCRIPT``: it restarted) go
         again once the scripts are loaded, in one more round trip per node; calls that
-        met a moved slot go again one by one.
+        met a moved slot go again one by one. Each node's replies come within ``wait``
+        (NoAnswer otherwise), nodes that did not answer in time last go last (see
+        :mod:`._probe`): a stopped node holds the others up for no longer than that.
         """
         replies: list[Any] = [None] * len(calls)
         by_pool: dict[Any, list[int]] = {}
@@ -243,16 +245,21 @@ class Link:
                 by_pool.setdefault(self._pool_of(call.keys[0]), []).append(n)
             except _DOWN as exc:
                 replies[n] = self.unavailable(exc)
+        late = self.late.pools
         for _ in (1, 2):
             again: dict[Any, list[int]] = {}
-            for pool, indexes in by_pool.items():
+            for pool, indexes in sorted(by_pool.items(), key=lambda item: item[0] in late):
                 try:
-                    self._batch(pool, calls, indexes, replies)
+                    deadline = None if wait is None else monotonic() + wait
+                    self._batch(pool, calls, indexes, replies, deadline)
                     missing = [
                         n for n in indexes if isinstance(replies[n], redis.exceptions.NoScriptError)
                     ]
                     for script in {calls[n].script for n in missing}:
                         self._exec(pool, ("SCRIPT", "LOAD", script.source))
+                except Late as exc:
+                    for n in indexes:
+                        replies[n] = self.unavailable(exc, pool, NoAnswer)
                 except _DOWN as exc:
                     for n in indexes:
                         replies[n] = self.unavailable(exc, pool)
@@ -270,8 +277,24 @@ class Link:
                     replies[n] = exc
         return replies
 
-    def _batch(self, pool: Any, calls: Sequence[Call], indexes: list[int], out: list[Any]) -> None:
-        conn = _connection(pool)
+    def _batch(
+        self,
+        pool: Any,
+        calls: Sequence[Call],
+        indexes: list[int],
+        out: list[Any],
+        deadline: float | None,
+    ) -> None:
+        """One pipelined round trip of ``calls[indexes]`` to ``pool``'s server, the replies
+        into ``out`` (``deadline``: Late if they are not all there by then)."""
+        late = self.late
+        if deadline is not None and not late.wait(pool, deadline):
+            raise Late("since it last did not answer in time")
+        try:
+            conn = _connection(pool)
+        except redis.exceptions.TimeoutError:
+            late.mark(pool)
+            raise
         try:
             commands = [
                 ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
@@ -279,15 +302,21 @@ class Link:
             ]
             conn.send_packed_command(conn.pack_commands(commands))
             for n in indexes:
+                if deadline is not None and not conn.can_read(max(deadline - monotonic(), 0.001)):
+                    raise Late("in time")
                 try:
                     out[n] = conn.read_response(disable_decoding=True)
                 except redis.exceptions.ResponseError as exc:
                     out[n] = exc
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()
+            if isinstance(exc, Late | redis.exceptions.TimeoutError):
+                late.mark(pool)
             raise
         finally:
             pool.release(conn)
+        if late.pools:
+            late.answered(pool)
 
     # -- asyncio and trio ----------------------------------------------------
 

@@ -183,7 +183,8 @@ class Renewer:
         return due
 
     def _round(self, members: list[Any]) -> None:
-        """One renewal round: every member's calls, in one batch per server."""
+        """One renewal round: every member's calls, in one batch per server, each waited
+        for MARGIN at most (a stopped server does not hold the renewals of the others up)."""
         by_link: dict[Link, list[Renewal]] = {}
         for member in members:
             with contextlib.suppress(Exception):
@@ -192,7 +193,7 @@ class Renewer:
                     by_link.setdefault(member.link, []).extend(renewals)
         for link, renewals in by_link.items():
             try:
-                replies = link.run_many([call for call, _ in renewals])
+                replies = link.run_many([call for call, _ in renewals], MARGIN)
             except Exception as exc:
                 replies = [exc] * len(renewals)
             for (_, done), reply in zip(renewals, replies, strict=True):
