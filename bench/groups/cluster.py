@@ -782,9 +782,9 @@ def _renewal_rounds(url: str, count: int, lease: float, hold: float) -> tuple[in
     batches: list[int] = []
     original = Link.run_many
 
-    def counting(self: Link, calls: Sequence[Any]) -> list[Any]:
+    def counting(self: Link, calls: Sequence[Any], wait: float | None = None) -> list[Any]:
         batches.append(len(calls))
-        return original(self, calls)
+        return original(self, calls, wait)
 
     for key in keys:
         lock.acquire(key)
