@@ -93,7 +93,9 @@ class Link:
         if isinstance(target, str):
             self.url = target
             client: Any = redis.Redis.from_url(target, **url_options(Retry(NoBackoff(), 0)))
-            weakref.finalize(self, client.close)  # its own client: closed when it goes
+            # Its own client: closed when it goes (not at exit, where the renewal thread
+            # may still send clean-ups through it).
+            weakref.finalize(self, client.close).atexit = False
         elif isinstance(target, RedisCluster | redis.Redis):
             client = target
         else:
@@ -250,8 +252,7 @@ class Link:
             again: dict[Any, list[int]] = {}
             for pool, indexes in sorted(by_pool.items(), key=lambda item: item[0] in late):
                 try:
-                    deadline = None if wait is None else monotonic() + wait
-                    self._batch(pool, calls, indexes, replies, deadline)
+                    self._batch(pool, calls, indexes, replies, wait)
                     missing = [
                         n for n in indexes if isinstance(replies[n], redis.exceptions.NoScriptError)
                     ]
@@ -283,18 +284,20 @@ class Link:
         calls: Sequence[Call],
         indexes: list[int],
         out: list[Any],
-        deadline: float | None,
+        wait: float | None,
     ) -> None:
         """One pipelined round trip of ``calls[indexes]`` to ``pool``'s server, the replies
-        into ``out`` (``deadline``: Late if they are not all there by then)."""
+        into ``out`` (``wait``: Late if they are not all there that long after the send; a
+        late server first answers a probe within ``wait``)."""
         late = self.late
-        if deadline is not None and not late.wait(pool, deadline):
+        if wait is not None and pool in late.pools and not late.wait(pool, monotonic() + wait):
             raise Late("since it last did not answer in time")
         try:
             conn = _connection(pool)
         except redis.exceptions.TimeoutError:
             late.mark(pool)
             raise
+        deadline = None if wait is None else monotonic() + wait  # (from the send: no handshake)
         try:
             commands = [
                 ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)

@@ -184,7 +184,9 @@ class Renewer:
 
     def _round(self, members: list[Any]) -> None:
         """One renewal round: every member's calls, in one batch per server, each waited
-        for MARGIN at most (a stopped server does not hold the renewals of the others up)."""
+        for a renewal period at most (MARGIN at least): a stopped server does not hold the
+        renewals of the others up for long, and a far or busy one still has time."""
+        wait = max(MARGIN, min((member.period for member in members), default=MARGIN))
         by_link: dict[Link, list[Renewal]] = {}
         for member in members:
             with contextlib.suppress(Exception):
@@ -193,7 +195,7 @@ class Renewer:
                     by_link.setdefault(member.link, []).extend(renewals)
         for link, renewals in by_link.items():
             try:
-                replies = link.run_many([call for call, _ in renewals], MARGIN)
+                replies = link.run_many([call for call, _ in renewals], wait)
             except Exception as exc:
                 replies = [exc] * len(renewals)
             for (_, done), reply in zip(renewals, replies, strict=True):
