@@ -146,12 +146,7 @@ class Link:
     def _exec(self, pool: Any, args: Sequence[object], wait: float | None = None) -> Any:
         """One command on a connection of ``pool``; its reply. ``wait``: Late after that
         long, unless the socket timeout is shorter (a read timeout: ConnectionError)."""
-        late = self.late
-        try:
-            conn = _connection(pool)
-        except redis.exceptions.TimeoutError:
-            late.mark(pool)  # (its handshake did not come back in time)
-            raise
+        conn = self._connected(pool)
         try:
             conn.send_command(*args)
             if wait is not None:
@@ -162,15 +157,33 @@ class Link:
         except redis.exceptions.ResponseError:
             raise  # an error reply, read whole: the connection is fine
         except BaseException as exc:
-            conn.disconnect()  # a reply may still be on its way: never reuse it
-            if isinstance(exc, Late | redis.exceptions.TimeoutError):
-                late.mark(pool)
+            self._dropped(pool, conn, exc)
             raise
         finally:
             pool.release(conn)
+        self._answered(pool)
+        return reply
+
+    def _connected(self, pool: Any) -> Any:
+        """A connection of ``pool`` (a handshake that timed out marks its server late)."""
+        try:
+            return _connection(pool)
+        except redis.exceptions.TimeoutError:
+            self.late.mark(pool)
+            raise
+
+    def _dropped(self, pool: Any, conn: Any, exc: BaseException) -> None:
+        """``conn`` failed with ``exc``: a reply may still be on its way, so it is never
+        reused; no reply in time marks its server late."""
+        conn.disconnect()
+        if isinstance(exc, Late | redis.exceptions.TimeoutError):
+            self.late.mark(pool)
+
+    def _answered(self, pool: Any) -> None:
+        """A reply came in time from ``pool``'s server: it is not late (if it was)."""
+        late = self.late
         if late.pools:
             late.answered(pool)
-        return reply
 
     def _call(
         self, key: bytes, args: Sequence[object], call: Call | None, wait: float | None
@@ -289,14 +302,9 @@ class Link:
         """One pipelined round trip of ``calls[indexes]`` to ``pool``'s server, the replies
         into ``out`` (``wait``: Late if they are not all there that long after the send; a
         late server first answers a probe within ``wait``)."""
-        late = self.late
-        if wait is not None and pool in late.pools and not late.wait(pool, monotonic() + wait):
-            raise Late("since it last did not answer in time")
-        try:
-            conn = _connection(pool)
-        except redis.exceptions.TimeoutError:
-            late.mark(pool)
-            raise
+        if wait is not None:
+            self._left(pool, monotonic() + wait)  # (a late server: its probe first)
+        conn = self._connected(pool)
         deadline = None if wait is None else monotonic() + wait  # (from the send: no handshake)
         try:
             commands = [
@@ -312,14 +320,11 @@ class Link:
                 except redis.exceptions.ResponseError as exc:
                     out[n] = exc
         except BaseException as exc:
-            conn.disconnect()
-            if isinstance(exc, Late | redis.exceptions.TimeoutError):
-                late.mark(pool)
+            self._dropped(pool, conn, exc)
             raise
         finally:
             pool.release(conn)
-        if late.pools:
-            late.answered(pool)
+        self._answered(pool)
 
     # -- asyncio and trio ----------------------------------------------------
 

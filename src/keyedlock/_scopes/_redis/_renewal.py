@@ -173,7 +173,7 @@ class Renewer:
                     self._later += later
             if monotonic() >= due:
                 due = monotonic() + period
-                self._round(list(self._members))
+                self._round(list(self._members), period)
         except Exception:  # pragma: no cover - a bug must not end the renewals
             pass
         finally:
@@ -182,11 +182,11 @@ class Renewer:
                 self._cond.notify_all()
         return due
 
-    def _round(self, members: list[Any]) -> None:
+    def _round(self, members: list[Any], period: float) -> None:
         """One renewal round: every member's calls, in one batch per server, each waited
         for a renewal period at most (MARGIN at least): a stopped server does not hold the
         renewals of the others up for long, and a far or busy one still has time."""
-        wait = max(MARGIN, min((member.period for member in members), default=MARGIN))
+        wait = max(MARGIN, period)
         by_link: dict[Link, list[Renewal]] = {}
         for member in members:
             with contextlib.suppress(Exception):
