@@ -402,12 +402,13 @@ def test_waits_in_redis_work_with_a_short_socket_timeout(
     assert len(holder) == 0
 
 
-def test_a_late_server_holds_up_no_call_to_another_server(
+@pytest.fixture
+def split(
     fresh_server: Server, redis_server: Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As on a cluster with one node stopped: the lock's keys ``x-*`` live on a server that
-    stops, the others on a healthy one. Callers waiting for the stopped one to answer hold
-    up nobody whose keys live elsewhere."""
+) -> Iterator[str]:
+    """As on a cluster of two nodes: for the locks of the URL this yields, keys ``x-*`` live
+    on ``fresh_server`` (the node the test stops, whose client would wait a minute for a
+    reply), the others on the shared server."""
     stopped = redis.Redis.from_url(f"{fresh_server.url}?socket_timeout=60").connection_pool
     pool_of = Link._pool_of
 
@@ -415,7 +416,15 @@ def test_a_late_server_holds_up_no_call_to_another_server(
         return stopped if b"x-" in key else pool_of(self, key)
 
     monkeypatch.setattr(Link, "_pool_of", routed)
-    lock = RedisKeyedLock(redis_server.url, prefix="routed:", lease=LEASE)
+    yield redis_server.url
+    stopped.disconnect()
+
+
+def test_a_late_server_holds_up_no_call_to_another_server(fresh_server: Server, split: str) -> None:
+    """As on a cluster with one node stopped: the lock's keys ``x-*`` live on a server that
+    stops, the others on a healthy one. Callers waiting for the stopped one to answer hold
+    up nobody whose keys live elsewhere."""
+    lock = RedisKeyedLock(split, prefix="routed:", lease=LEASE)
     with lock("x-warm-up"):
         pass
     with fresh_server.paused():
@@ -452,19 +461,12 @@ def test_a_clean_up_that_cannot_reach_the_server_goes_again_until_it_does(
 
 
 def test_a_stopped_server_does_not_cost_the_leases_on_another(
-    fresh_server: Server, redis_server: Server, monkeypatch: pytest.MonkeyPatch
+    fresh_server: Server, split: str
 ) -> None:
     """As on a cluster with one node stopped: keys ``x-*`` live on a server that stops, whose
     client would wait a minute for a reply; the renewal rounds still renew the key held on
     the healthy server, so its lease is never lost. (The key on the stopped one is.)"""
-    stopped = redis.Redis.from_url(f"{fresh_server.url}?socket_timeout=60").connection_pool
-    pool_of = Link._pool_of
-
-    def routed(self: Link, key: bytes) -> Any:
-        return stopped if b"x-" in key else pool_of(self, key)
-
-    monkeypatch.setattr(Link, "_pool_of", routed)
-    lock = RedisKeyedLock(redis_server.url, prefix="renewed:", lease=LEASE)
+    lock = RedisKeyedLock(split, prefix="renewed:", lease=LEASE)
     on_stopped = lock("x-1")
     on_stopped.__enter__()  # first: its renewal comes first in each round
     with lock("y-1") as healthy:
