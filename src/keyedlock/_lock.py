@@ -297,10 +297,9 @@ class KeyedLock(RunMixin):
         Nothing is recorded for it until asked: the first call turns on
         recording the acquisition time of this lock's holds (one clock read
         per acquisition), so ``held_for`` is None for a hold taken before it
-        (and always known with ``warn_after``). In the process and file
-        scopes, the holder is named (runtime, thread or task name, this
-        process's id); the manager reports the holder's process id and
-        runtime.
+        (and always known with ``warn_after``). The holder is named by its
+        runtime, thread or task name and process id (the file scope knows
+        only the process id of a holder in another process).
         """
         if not self._timed:
             self._timed = True

@@ -46,9 +46,8 @@ def test_holder_time_and_waiters_by_runtime(
     assert stats.holder is not None
     assert stats.holder.runtime == "asyncio"
     assert stats.holder.pid == os.getpid()
-    if not scope.remote:  # (the manager knows the process and the runtime, not the name)
-        assert stats.holder.name is not None
-        assert stats.holder.name.startswith("Task-")
+    assert stats.holder.name is not None
+    assert stats.holder.name.startswith("Task-")
     assert stats.held_for is not None
     assert stats.held_for >= 0
     assert stats.waiters == len(waiters) == lock.waiters("k")
@@ -64,7 +63,7 @@ def test_holder_time_and_waiters_by_runtime(
     assert lock.keys() == []
 
 
-def test_a_thread_holder_is_named(scope: Scope, lock: KeyedLock) -> None:
+def test_a_thread_holder_is_named(lock: KeyedLock) -> None:
     entered, leave = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -77,8 +76,7 @@ def test_a_thread_holder_is_named(scope: Scope, lock: KeyedLock) -> None:
     try:
         assert entered.wait(10)
         holder = lock.statistics("k").holder
-        expected = None if scope.remote else "checkout-worker"
-        assert holder == Owner("thread", expected, os.getpid())
+        assert holder == Owner("thread", "checkout-worker", os.getpid())
     finally:
         leave.set()
         thread.join(10)

@@ -42,7 +42,7 @@ async def test_a_call_in_flight(sf: SingleFlight, anyio_backend: str) -> None:
 
     with anyio.fail_after(WAIT):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
+            tg.start_soon(caller, name="the-leader")
             await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
             for i in range(3):
                 tg.start_soon(caller)
@@ -56,6 +56,7 @@ async def test_a_call_in_flight(sf: SingleFlight, anyio_backend: str) -> None:
     assert stats.leader is not None
     assert stats.leader.runtime == anyio_backend
     assert stats.leader.pid == os.getpid()
+    assert stats.leader.name == "the-leader"
     assert stats.running_for is not None
     assert stats.followers == 3
     assert stats.followers_by_runtime == {anyio_backend: 3}

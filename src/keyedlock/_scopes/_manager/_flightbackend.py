@@ -24,7 +24,7 @@ from ..._ki import internal
 from ..._statistics import FlightStatistics, Owner
 from ._client import Wait, client_for, next_serial
 from ._lockbackend import check_wire_key, wait_off_loop
-from ._owners import owner_id
+from ._owners import owner_id, owner_name
 from ._payloads import outcome, pack_error, pack_value
 from ._protocol import (
     ABANDON,
@@ -48,10 +48,11 @@ class _Ticket:
     """One caller's part in a call: who it is, and its JOIN request (whose reply decides).
     (``_since``, as a Hold's, is left unread: the manager records when calls start.)"""
 
-    __slots__ = ("_since", "key", "owner", "serial", "wait")
+    __slots__ = ("_since", "key", "name", "owner", "serial", "wait")
 
-    def __init__(self, owner: int) -> None:
+    def __init__(self, owner: int, name: str | None) -> None:
         self.owner = owner
+        self.name = name
         self.serial = next_serial()
         self.key: Hashable = None
         self.wait: Wait | None = None
@@ -76,7 +77,7 @@ class ManagerFlightBackend:
         return MISS  # (the manager answers a JOIN with a kept value itself)
 
     def ticket(self, owner: object) -> _Ticket:
-        return _Ticket(owner_id(owner))
+        return _Ticket(owner_id(owner), owner_name(owner))
 
     # -- joining --------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class ManagerFlightBackend:
 
     def _join(self, key: Hashable, ticket: _Ticket, wait: bool) -> Wait:
         ticket.key = key
-        data = encode(JOIN, self.fid, key, ticket.owner, ticket.serial, wait)
+        data = encode(JOIN, self.fid, key, ticket.owner, ticket.serial, wait, ticket.name)
         request = ticket.wait = Wait(
             client_for(self.address), data, ticket.serial, self._abandon_reply(key, ticket.serial)
         )
@@ -166,7 +167,7 @@ class ManagerFlightBackend:
         return FlightStatistics(
             key=shown,
             in_flight=running,
-            leader=None if leader is None else Owner(leader[1], None, leader[0]),
+            leader=None if leader is None else Owner(leader[1], leader[3], leader[0]),
             running_for=None if leader is None else leader[2],
             followers=len(waiting),
             followers_by_runtime=dict(Counter(waiting)),

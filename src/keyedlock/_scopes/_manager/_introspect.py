@@ -46,15 +46,15 @@ class Introspection:
         return self._table(tid).busy_keys()
 
     def stats(self, state: Any, tid: int, key: Hashable) -> tuple[Any, ...]:
-        """(held, (pid, runtime, seconds held or None) or None, [waiters' runtimes],
-        a fresh kept value: True/False)."""
+        """(held, (pid, runtime, seconds held or None, name or None) or None,
+        [waiters' runtimes], a fresh kept value: True/False)."""
         table = self._table(tid)
         holder, waiting = table.snapshot(key)
         described = None
         if holder is not None:
             started = getattr(holder, "_since", None)
             held_for = None if started is None else max(0.0, monotonic() - started)
-            described = (*_described(holder), held_for)
+            described = (*_described(holder), held_for, getattr(holder, "name", None))
         kept = table.results.get(key) if isinstance(table, FlightTable) else None
         cached = kept is not None and kept[0] > monotonic()
         return (

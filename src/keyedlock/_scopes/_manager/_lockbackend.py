@@ -31,7 +31,7 @@ from ..._validate import check_key
 from .._context import ENTERED, LockContext
 from .._local import NO_MAPPED_KEYS
 from ._client import Wait, client_for, next_serial
-from ._owners import owner_id
+from ._owners import owner_id, owner_name
 from ._payloads import dump_cause, load_cause
 from ._protocol import ACQUIRE, KEYS, LEN, LOCKED, RELEASE, STATS, WAITERS, Reply, encode
 from ._transport import REPLY_GRACE, NoAnswer, deadline_for
@@ -152,7 +152,8 @@ class ManagerLockBackend:
         """The ACQUIRE request of ``ctx`` (kept on it: its reply is what ``undo`` reads)."""
         key = ctx._key
         serial = ctx._serial
-        data = encode(ACQUIRE, self.tid, key, owner_id(ctx._owner), serial, timeout)
+        owner = ctx._owner
+        data = encode(ACQUIRE, self.tid, key, owner_id(owner), serial, timeout, owner_name(owner))
         wait = ctx._wait = Wait(
             client_for(self.address), data, serial, self._undo_reply(key, serial), deadline
         )
@@ -237,7 +238,7 @@ class ManagerLockBackend:
         return LockStatistics(
             key=shown,
             locked=held,
-            holder=None if holder is None else Owner(holder[1], None, holder[0]),
+            holder=None if holder is None else Owner(holder[1], holder[3], holder[0]),
             held_for=None if holder is None else holder[2],
             waiters=len(waiting),
             waiters_by_runtime=dict(Counter(waiting)),

@@ -16,7 +16,7 @@ from typing import Final
 
 from ..._runtime import describe_owner, thread_owners
 
-__all__ = ["owner_id", "task_owner_id", "thread_owner_id"]
+__all__ = ["owner_id", "owner_name", "task_owner_id", "thread_owner_id"]
 
 
 _owner_numbers: Final = weakref.WeakKeyDictionary[object, int]()
@@ -68,3 +68,9 @@ def owner_id(owner: object) -> int:
     if owner is thread_owners.token:
         return thread_owner_id()
     return task_owner_id(owner)
+
+
+def owner_name(owner: object) -> str | None:
+    """The name the manager reports for an owner: its thread's or task's name (None if it
+    has none)."""
+    return describe_owner(owner)[1]

@@ -61,9 +61,10 @@ NEW_FLIGHT: Final = Request(
 ACQUIRE: Final = Request(
     3,
     "acquire",
-    ("tid", "key", "owner", "serial", "timeout"),
-    "Take ``key`` of lock ``tid`` for ``owner`` (request ``serial``), waiting up to "
-    "``timeout`` (None: forever, 0: try once): GRANTED, BUSY, CANCELLED or (ABORTED, cause).",
+    ("tid", "key", "owner", "serial", "timeout", "name"),
+    "Take ``key`` of lock ``tid`` for ``owner`` (request ``serial``; ``name``: the thread's or "
+    "task's name, or None), waiting up to ``timeout`` (None: forever, 0: try once): GRANTED, "
+    "BUSY, CANCELLED or (ABORTED, cause).",
 )
 RELEASE: Final = Request(
     4,
@@ -86,9 +87,10 @@ CANCEL: Final = Request(
 JOIN: Final = Request(
     9,
     "join",
-    ("fid", "key", "owner", "serial", "wait"),
-    "Lead the call for ``key`` of group ``fid`` or, if ``wait``, wait for its outcome: LEAD, "
-    "BUSY, CANCELLED or (OUTCOME, (is_error, payload)).",
+    ("fid", "key", "owner", "serial", "wait", "name"),
+    "Lead the call for ``key`` of group ``fid`` (``name``: the caller's thread or task name, or "
+    "None) or, if ``wait``, wait for its outcome: LEAD, BUSY, CANCELLED or (OUTCOME, "
+    "(is_error, payload)).",
 )
 FINISH: Final = Request(
     10,
@@ -110,8 +112,8 @@ STATS: Final = Request(
     17,
     "stats",
     ("tid", "key"),
-    "A snapshot of ``key`` of lock or group ``tid``: (held, (pid, runtime, seconds held) or "
-    "None, [each waiter's runtime], a fresh kept value).",
+    "A snapshot of ``key`` of lock or group ``tid``: (held, (pid, runtime, seconds held, name) "
+    "or None, [each waiter's runtime], a fresh kept value).",
 )
 KEYS: Final = Request(18, "keys", ("tid",), "The keys of lock or group ``tid`` that are busy.")
 

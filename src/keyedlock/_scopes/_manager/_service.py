@@ -53,10 +53,15 @@ GONE: Final = 2
 
 
 @internal
+def _name(name: object) -> str | None:
+    """An owner's name as a client sent it: a str (cut to 200 characters), else None."""
+    return name[:200] if isinstance(name, str) else None
+
+
 class _RemoteHold(Hold):
     """A hold of a client process: the core's Hold plus the server's bookkeeping."""
 
-    __slots__ = ("key", "phase", "proc", "serial", "table", "void")
+    __slots__ = ("key", "name", "phase", "proc", "serial", "table", "void")
 
     key: Hashable
     table: KeyTable
@@ -64,9 +69,20 @@ class _RemoteHold(Hold):
     serial: int
     phase: int
     void: bool
+    #: The owner's thread or task name, as its process gave it (for statistics).
+    name: str | None
 
-    def __init__(self, proc: Proc, owner: int, serial: int, table: KeyTable, key: Hashable):
+    def __init__(
+        self,
+        proc: Proc,
+        owner: int,
+        serial: int,
+        table: KeyTable,
+        key: Hashable,
+        name: str | None = None,
+    ):
         super().__init__((proc.pid, owner))
+        self.name = name
         self.proc = proc
         self.serial = serial
         self.table = table
@@ -220,11 +236,18 @@ class Service(Introspection):
     # -- locks ----------------------------------------------------------------
 
     def acquire(
-        self, state: Conn, tid: int, key: Hashable, owner: int, serial: int, timeout: float | None
+        self,
+        state: Conn,
+        tid: int,
+        key: Hashable,
+        owner: int,
+        serial: int,
+        timeout: float | None,
+        name: str | None,
     ) -> object:
         """Take ``key``, waiting up to ``timeout`` (None: forever, 0: try once)."""
         table = self._table(tid)
-        hold = _RemoteHold(state.proc, owner, serial, table, key)
+        hold = _RemoteHold(state.proc, owner, serial, table, key, _name(name))
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
@@ -327,7 +350,14 @@ class Service(Introspection):
     # -- single-flight ----------------------------------------------------------
 
     def join(
-        self, state: Conn, fid: int, key: Hashable, owner: int, serial: int, wait: bool
+        self,
+        state: Conn,
+        fid: int,
+        key: Hashable,
+        owner: int,
+        serial: int,
+        wait: bool,
+        name: str | None,
     ) -> object:
         """Lead the call for ``key`` or, if ``wait``, wait for its outcome."""
         table = self._table(fid)
@@ -336,7 +366,7 @@ class Service(Introspection):
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 return (Reply.OUTCOME, (False, kept))
-        hold = _RemoteHold(state.proc, owner, serial, table, key)
+        hold = _RemoteHold(state.proc, owner, serial, table, key, _name(name))
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
