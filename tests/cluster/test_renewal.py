@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Any
 
-from keyedlock._scopes._redis._link import RedisUnavailable
+from keyedlock._scopes._redis._failures import RedisUnavailable
 from keyedlock._scopes._redis._renewal import Renewer, _send
 from keyedlock.redis import RedisKeyedLock
 

@@ -39,7 +39,8 @@ from typing import Any, Final
 
 from ..._ki import internal
 from ._protocol import REQUESTS, encode_reply
-from ._service import LIVE, Conn, Proc, Service
+from ._records import LIVE, Conn, Proc
+from ._service import Service
 from ._transport import (
     HELLO_HEADER,
     HELLO_SIZE,

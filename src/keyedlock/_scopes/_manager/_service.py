@@ -8,12 +8,9 @@ parks that thread with the thread adapter until the core grants, aborts or
 withdraws it: a blocking acquire is one request and one reply, whatever
 happens in between, and waiters of all processes queue in one FIFO per key.
 
-Bookkeeping. Each request that takes a key gets a client-chosen serial
-(unique within its process). The service tracks every hold of a process
-(:class:`Proc`) from the request's arrival until its release, in one of
-three phases: PENDING (the request is being served: queued, or granted but
-not yet reported), LIVE (granted and reported: the client owns it) and GONE
-(released). A hold whose client no longer wants it (a cancel request, or the
+Bookkeeping (the records are in :mod:`._records`). Every hold of a process
+is tracked from its request's arrival until its release, PENDING, LIVE,
+then GONE. A hold whose client no longer wants it (a cancel request, or the
 process died) is marked *void*: a void hold that is granted anyway is
 released by the thread serving it instead of being reported. Every phase
 change and every release happens under one mutex, so each hold is released
@@ -23,10 +20,8 @@ exactly once.
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from time import monotonic
-from typing import Final
 
 from ..._core import (
     ABORTED,
@@ -34,7 +29,6 @@ from ..._core import (
     MISS,
     WAITING,
     FlightTable,
-    Hold,
     KeyTable,
     outcome_of,
     reacquire_error,
@@ -44,110 +38,19 @@ from ..._log import logger
 from ..._runtime import wait_thread
 from ._introspect import Introspection
 from ._protocol import Reply
+from ._records import (
+    GONE,
+    LIVE,
+    PENDING,
+    Conn,
+    FlightRecordTable,
+    LockRecordTable,
+    Proc,
+    RemoteHold,
+    owner_name,
+)
 
-__all__ = ["GONE", "LIVE", "PENDING", "Conn", "Proc", "Service"]
-
-PENDING: Final = 0
-LIVE: Final = 1
-GONE: Final = 2
-
-
-@internal
-def _name(name: object) -> str | None:
-    """An owner's name as a client sent it: a str (cut to 200 characters), else None."""
-    return name[:200] if isinstance(name, str) else None
-
-
-class _RemoteHold(Hold):
-    """A hold of a client process: the core's Hold plus the server's bookkeeping."""
-
-    __slots__ = ("key", "name", "phase", "proc", "serial", "table", "void")
-
-    key: Hashable
-    table: KeyTable
-    proc: Proc
-    serial: int
-    phase: int
-    void: bool
-    #: The owner's thread or task name, as its process gave it (for statistics).
-    name: str | None
-
-    def __init__(
-        self,
-        proc: Proc,
-        owner: int,
-        serial: int,
-        table: KeyTable,
-        key: Hashable,
-        name: str | None = None,
-    ):
-        super().__init__((proc.pid, owner))
-        self.name = name
-        self.proc = proc
-        self.serial = serial
-        self.table = table
-        self.key = key
-        self.phase = PENDING
-        self.void = False
-        # Not WAITING: a withdrawal before the hold is queued changes nothing.
-        self._state = GRANTED
-
-
-@internal
-class _VoidAware(KeyTable):
-    """A table that refuses to keep a void hold queued.
-
-    A hold is registered (under the server mutex) before its thread queues
-    it in the core. If it becomes void in between, the canceller's
-    withdrawal finds it not yet queued; the check after queueing closes that
-    window: whichever of the two withdraws it while it is WAITING wakes it.
-    """
-
-    __slots__ = ()
-
-    def enqueue(self, key: Hashable, hold: Hold, wake: Callable[[], bool]) -> bool:
-        if super().enqueue(key, hold, wake):
-            return True
-        if isinstance(hold, _RemoteHold) and hold.void and self.withdraw(key, hold) == WAITING:
-            wake()
-        return False
-
-
-class _LockTable(_VoidAware):
-    __slots__ = ()
-
-
-class _FlightTable(_VoidAware, FlightTable):
-    __slots__ = ()
-
-
-class Proc:
-    """A client process: its holds (PENDING and LIVE, by serial) and how it is watched."""
-
-    __slots__ = ("conns", "dead", "holds", "pid", "pidfd", "released")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.holds: dict[int, _RemoteHold] = {}
-        self.conns = 0
-        self.dead = False
-        self.pidfd: int | None = None
-        #: The tickets of its latest releases by key: a repeat of one changes nothing.
-        self.released: deque[int] = deque(maxlen=64)
-
-
-class Conn:
-    """The server's view of one client connection."""
-
-    __slots__ = ("cancelled", "granted", "id", "proc")
-
-    def __init__(self, conn_id: int, proc: Proc) -> None:
-        self.id = conn_id
-        self.proc = proc
-        # A cancel that arrived before its request (they travel on two connections).
-        self.cancelled: int | None = None
-        # The hold the reply being sent grants (LIVE): released if it cannot be delivered.
-        self.granted: _RemoteHold | None = None
+__all__ = ["Service"]
 
 
 @internal
@@ -187,19 +90,19 @@ class Service(Introspection):
 
     # -- shared helpers (under the mutex) ---------------------------------------
 
-    def _drop(self, hold: _RemoteHold) -> None:
+    def _drop(self, hold: RemoteHold) -> None:
         """Under the mutex: ``hold`` leaves the bookkeeping; the caller releases it."""
         hold.phase = GONE
         hold.proc.holds.pop(hold.serial, None)
 
     @staticmethod
-    def _void(hold: _RemoteHold) -> None:
+    def _void(hold: RemoteHold) -> None:
         """Under the mutex: nobody wants ``hold`` any more; withdraw it if it is queued."""
         hold.void = True
         if hold.table.withdraw(hold.key, hold) == WAITING:
             hold._wake()
 
-    def _register(self, state: Conn, hold: _RemoteHold) -> bool:
+    def _register(self, state: Conn, hold: RemoteHold) -> bool:
         """Under the mutex: False if the request was cancelled before it arrived."""
         if state.proc.dead or state.cancelled == hold.serial:
             state.cancelled = None
@@ -212,7 +115,7 @@ class Service(Introspection):
         except (IndexError, TypeError):
             raise ValueError(f"no lock or single-flight object with id {tid!r}") from None
 
-    def _wait(self, hold: _RemoteHold, timeout: float | None) -> int:
+    def _wait(self, hold: RemoteHold, timeout: float | None) -> int:
         """Park this thread until ``hold`` (registered, PENDING) is decided."""
         try:
             return wait_thread(hold.table, hold.key, hold, timeout)
@@ -225,12 +128,12 @@ class Service(Introspection):
 
     def new_lock(self, state: Conn, max_waiters: int | None) -> int:
         with self.mutex:
-            self.tables.append(_LockTable(max_waiters))
+            self.tables.append(LockRecordTable(max_waiters))
             return len(self.tables) - 1
 
     def new_flight(self, state: Conn, ttl: float) -> int:
         with self.mutex:
-            self.tables.append(_FlightTable(ttl))
+            self.tables.append(FlightRecordTable(ttl))
             return len(self.tables) - 1
 
     # -- locks ----------------------------------------------------------------
@@ -247,7 +150,7 @@ class Service(Introspection):
     ) -> object:
         """Take ``key``, waiting up to ``timeout`` (None: forever, 0: try once)."""
         table = self._table(tid)
-        hold = _RemoteHold(state.proc, owner, serial, table, key, _name(name))
+        hold = RemoteHold(state.proc, owner, serial, table, key, owner_name(name))
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
@@ -273,7 +176,7 @@ class Service(Introspection):
                 return (Reply.ABORTED, outcome_of(hold))
             return Reply.CANCELLED if hold.void else Reply.BUSY
 
-    def _granted(self, hold: _RemoteHold) -> int:
+    def _granted(self, hold: RemoteHold) -> int:
         """Under the mutex: report a granted PENDING hold, unless it is void."""
         if hold.void:
             if hold.phase != GONE:
@@ -316,7 +219,7 @@ class Service(Introspection):
                         f"this hold of key {key!r} was already released by another caller; "
                         "the key is now held by someone else and stays held"
                     )
-            assert isinstance(holder, _RemoteHold)
+            assert isinstance(holder, RemoteHold)
             self._drop(holder)
             table.release(key, holder, abort)
 
@@ -366,7 +269,7 @@ class Service(Introspection):
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 return (Reply.OUTCOME, (False, kept))
-        hold = _RemoteHold(state.proc, owner, serial, table, key, _name(name))
+        hold = RemoteHold(state.proc, owner, serial, table, key, owner_name(name))
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
@@ -410,7 +313,7 @@ class Service(Introspection):
             state.granted = hold
             return Reply.LEAD
 
-    def _leader(self, state: Conn, table: KeyTable, key: Hashable, serial: int) -> _RemoteHold:
+    def _leader(self, state: Conn, table: KeyTable, key: Hashable, serial: int) -> RemoteHold:
         """Under the mutex: the LIVE leader hold ``serial`` of this process, dropped."""
         hold = state.proc.holds.get(serial)
         if hold is None or hold.phase != LIVE or hold.table is not table:

@@ -15,6 +15,7 @@ This package imports ``redis``; :mod:`keyedlock._scopes` loads it on first use o
 
 from __future__ import annotations
 
+from ._failures import RedisUnavailable
 from ._flightbackend import RedisFlightBackend
 from ._flightscripts import (
     FLIGHT_SCRIPTS,
@@ -33,7 +34,7 @@ from ._flightscripts import (
     parse_flight_join,
     parse_flight_wake,
 )
-from ._link import Link, RedisUnavailable
+from ._link import Link
 from ._lockbackend import RedisBackend, RedisContext
 from ._lockcalls import (
     Granted,

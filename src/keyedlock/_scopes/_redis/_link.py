@@ -12,19 +12,18 @@ A :class:`Link` serves every runtime from one target (a URL, a ``redis.Redis`` o
   reply until then (or the socket timeout, if that comes first), and does not open new
   connections to a server that did not answer in time until it answers again (see
   :mod:`._probe`).
-- asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`).
-- trio tasks run the sync calls in trio's worker threads: the trio run never blocks.
+- asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`), and
+  trio tasks run the sync calls in trio's worker threads: the trio run never blocks (the
+  async half is :class:`~._linkasync.AsyncCalls`).
 
 Every failure to reach the server (refused, reset, timed out, a cluster that is down) is
-raised as :class:`RedisUnavailable`, a builtin :class:`ConnectionError` naming the server.
+raised as :class:`~._failures.RedisUnavailable`, a builtin :class:`ConnectionError` naming
+the server.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import inspect
-import sys
 import weakref
 from collections.abc import Sequence
 from functools import partial
@@ -38,22 +37,13 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from ..._ki import internal
-from ..._runtime import running_loop
+from ._failures import DOWN, NoAnswer, RedisUnavailable, where
+from ._linkasync import AsyncCalls
 from ._loops import MARGIN, Late, LoopClients, async_client_for, pop_block, url_options
 from ._lua import Call
 from ._probe import LateServers
 
-__all__ = ["Link", "NoAnswer", "RedisUnavailable"]
-
-#: What redis-py raises when the server cannot serve a command now.
-_DOWN: Final = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterException,
-    TimeoutError,  # an asyncio timeout around a blocking pop
-)
+__all__ = ["Link"]
 
 # redis-py 5.0 needs a command name to get a connection; later versions deprecate it.
 _get_params = inspect.signature(redis.ConnectionPool.get_connection).parameters
@@ -62,28 +52,12 @@ _NAMED: Final = (
 )
 
 
-class RedisUnavailable(ConnectionError):
-    """The Redis server (or a node of the cluster) could not be reached, or did not answer."""
-
-
-class NoAnswer(RedisUnavailable):
-    """No reply within the time the caller gave it (``wait``): the server may be stopped or
-    stuck. A caller with a deadline reports it as its timeout (see :mod:`._lockscope`)."""
-
-
-def _where(kwargs: dict[str, Any]) -> str:
-    path = kwargs.get("path")
-    if path:
-        return str(path)
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-
-
 def _connection(pool: Any) -> Any:
     return pool.get_connection("_") if _NAMED else pool.get_connection()
 
 
 @internal
-class Link:
+class Link(AsyncCalls):
     """The connections of a scope to one server or cluster (see the module docstring)."""
 
     __slots__ = ("__weakref__", "_pool", "client", "cluster", "late", "loops", "server", "url")
@@ -111,7 +85,7 @@ class Link:
             nodes = ", ".join(node.name for node in client.get_primaries())
             self.server = f"the Redis Cluster of {nodes}"
         else:
-            self.server = f"the Redis server at {_where(client.connection_pool.connection_kwargs)}"
+            self.server = f"the Redis server at {where(client.connection_pool.connection_kwargs)}"
         self.loops = LoopClients(partial(async_client_for, client, self.url))
         #: Its servers whose last reply did not come in time (see :mod:`._probe`).
         self.late = LateServers()
@@ -125,12 +99,12 @@ class Link:
         self, exc: BaseException, pool: Any = None, kind: type[RedisUnavailable] = RedisUnavailable
     ) -> RedisUnavailable:
         """The error to raise for ``exc``: it names the server (the node, on a cluster)."""
-        where = self.server
+        server = self.server
         if pool is not None:
-            where = f"the Redis server at {_where(pool.connection_kwargs)}"
+            server = f"the Redis server at {where(pool.connection_kwargs)}"
         if kind is NoAnswer:
-            return NoAnswer(f"{where} did not answer {exc}")
-        error = kind(f"{where} cannot be reached: {exc}")
+            return NoAnswer(f"{server} did not answer {exc}")
+        error = kind(f"{server} cannot be reached: {exc}")
         error.__cause__ = exc
         return error
 
@@ -207,7 +181,7 @@ class Link:
             raise AssertionError("unreachable")  # pragma: no cover
         except Late as exc:
             raise self.unavailable(exc, pool, NoAnswer) from None
-        except _DOWN as exc:
+        except DOWN as exc:
             raise self.unavailable(exc, pool) from exc
 
     def _left(self, pool: Any, deadline: float | None) -> float | None:
@@ -235,7 +209,7 @@ class Link:
         is shorter: the caller asks again); the value popped, or None."""
         try:
             pool = self._pool_of(key)
-        except _DOWN as exc:
+        except DOWN as exc:
             raise self.unavailable(exc) from exc
         block = pop_block(block, pool.connection_kwargs.get("socket_timeout"))
         reply = self._call(key, ("BLPOP", key, f"{block:.3f}"), None, block + MARGIN)
@@ -258,7 +232,7 @@ class Link:
         for n, call in enumerate(calls):
             try:
                 by_pool.setdefault(self._pool_of(call.keys[0]), []).append(n)
-            except _DOWN as exc:
+            except DOWN as exc:
                 replies[n] = self.unavailable(exc)
         late = self.late.pools
         for _ in (1, 2):
@@ -274,7 +248,7 @@ class Link:
                 except Late as exc:
                     for n in indexes:
                         replies[n] = self.unavailable(exc, pool, NoAnswer)
-                except _DOWN as exc:
+                except DOWN as exc:
                     for n in indexes:
                         replies[n] = self.unavailable(exc, pool)
                 else:
@@ -325,100 +299,3 @@ class Link:
         finally:
             pool.release(conn)
         self._answered(pool)
-
-    # -- asyncio and trio ----------------------------------------------------
-
-    async def run_async(self, call: Call, wait: float | None = None) -> Any:
-        """As :meth:`run`, from an asyncio or trio task."""
-        loop = running_loop()
-        if loop is None:
-            return await _in_trio_thread(partial(self.run, call, wait), False)
-        side = self.loops.get(loop) or await self.loops.open(loop)
-        if wait is None:
-            try:
-                return await side.run(call)
-            except _DOWN as exc:
-                raise self.unavailable(exc) from exc
-        bound = asyncio.timeout(max(wait, 0.001))
-        try:
-            async with bound:
-                return await side.run(call)
-        except _DOWN as exc:
-            if bound.expired():
-                late = Late(f"within {wait:.3g} s")
-                raise self.unavailable(late, None, NoAnswer) from None
-            raise self.unavailable(exc) from exc
-
-    async def finish_async(self, call: Call) -> tuple[Any, BaseException | None]:
-        """As :meth:`run_async`, but finished even if the task is cancelled meanwhile (a
-        release, a conclusion: the server must know before the task goes on). Returns the
-        reply and the cancellation that came meanwhile (None under trio, whose shield
-        delivers it at the next checkpoint), for the caller to raise once the reply is
-        handled."""
-        if running_loop() is None:
-            return await _in_trio_thread(partial(self.run, call), True), None
-        inner = asyncio.ensure_future(self.run_async(call))
-        try:
-            return await asyncio.shield(inner), None
-        except asyncio.CancelledError as exc:
-            if inner.cancelled():
-                raise  # the call itself was cancelled (its loop is closing)
-            cancelled = exc
-        with _anyio_shield():
-            while not inner.done():  # cancelled meanwhile: the call goes on to its end
-                try:
-                    await asyncio.wait((inner,))
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-        if inner.cancelled() or inner.exception() is not None:
-            raise cancelled  # the call did not go through: the caller hands it on
-        return inner.result(), cancelled
-
-    async def command_async(self, key: bytes, *args: object) -> Any:
-        """As :meth:`command`, from an asyncio or trio task."""
-        loop = running_loop()
-        if loop is None:
-            return await _in_trio_thread(partial(self.command, key, *args), False)
-        side = self.loops.get(loop) or await self.loops.open(loop)
-        try:
-            return await side.command(*args)
-        except _DOWN as exc:
-            raise self.unavailable(exc) from exc
-
-    async def pop_async(self, key: bytes, block: float) -> bytes | None:
-        """As :meth:`pop`, from an asyncio or trio task; cancellation stops waiting."""
-        loop = running_loop()
-        if loop is None:
-            import trio
-
-            return await trio.to_thread.run_sync(
-                partial(self.pop, key, block), abandon_on_cancel=True
-            )
-        side = self.loops.get(loop) or await self.loops.open(loop)
-        block = max(0.001, block)
-        try:
-            return await side.pop(key, block)
-        except Late as exc:
-            raise self.unavailable(exc, None, NoAnswer) from None
-        except _DOWN as exc:
-            raise self.unavailable(exc) from exc
-
-
-def _anyio_shield() -> contextlib.AbstractContextManager[object]:
-    """A shield from anyio's cancel scopes, if anyio is in use: a cancelled scope cancels
-    its task again at every turn of the loop, which would make the wait for a finishing
-    call a busy loop. (A plain cancellation still reaches the task, and is kept.)"""
-    anyio = sys.modules.get("anyio")
-    if anyio is None:
-        return contextlib.nullcontext()
-    shield: contextlib.AbstractContextManager[object] = anyio.CancelScope(shield=True)
-    return shield
-
-
-async def _in_trio_thread(call: partial[Any], shielded: bool) -> Any:
-    import trio
-
-    if not shielded:
-        return await trio.to_thread.run_sync(call)
-    with trio.CancelScope(shield=True):
-        return await trio.to_thread.run_sync(call)

@@ -36,7 +36,8 @@ from ..._core import Hold
 from ..._errors import LockTimeout
 from ..._ki import internal
 from ..._log import logger
-from ._link import Link, NoAnswer
+from ._failures import NoAnswer
+from ._link import Link
 from ._lockcalls import (
     Granted,
     Refreshed,

@@ -29,7 +29,8 @@ from time import monotonic
 from typing import Any, Final, Protocol
 
 from ..._ki import internal
-from ._link import Link, RedisUnavailable
+from ._failures import RedisUnavailable
+from ._link import Link
 from ._loops import MARGIN
 from ._lua import Call
 

@@ -1,0 +1,132 @@
+"""The manager's records: client processes, their connections, their holds, and the tables.
+
+Each request that takes a key gets a client-chosen serial (unique within its
+process); the service tracks every hold of a process (:class:`Proc`) from the
+request's arrival until its release, in one of three phases: PENDING (the
+request is being served: queued, or granted but not yet reported), LIVE
+(granted and reported: the client owns it) and GONE (released). A hold whose
+client no longer wants it is marked *void* (see :class:`_VoidAware`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Final
+
+from ..._core import GRANTED, WAITING, FlightTable, Hold, KeyTable
+from ..._ki import internal
+
+__all__ = [
+    "GONE",
+    "LIVE",
+    "PENDING",
+    "Conn",
+    "FlightRecordTable",
+    "LockRecordTable",
+    "Proc",
+    "RemoteHold",
+    "owner_name",
+]
+
+PENDING: Final = 0
+LIVE: Final = 1
+GONE: Final = 2
+
+
+@internal
+def owner_name(name: object) -> str | None:
+    """An owner's name as a client sent it: a str (cut to 200 characters), else None."""
+    return name[:200] if isinstance(name, str) else None
+
+
+class RemoteHold(Hold):
+    """A hold of a client process: the core's Hold plus the server's bookkeeping."""
+
+    __slots__ = ("key", "name", "phase", "proc", "serial", "table", "void")
+
+    key: Hashable
+    table: KeyTable
+    proc: Proc
+    serial: int
+    phase: int
+    void: bool
+    #: The owner's thread or task name, as its process gave it (for statistics).
+    name: str | None
+
+    def __init__(
+        self,
+        proc: Proc,
+        owner: int,
+        serial: int,
+        table: KeyTable,
+        key: Hashable,
+        name: str | None = None,
+    ):
+        super().__init__((proc.pid, owner))
+        self.name = name
+        self.proc = proc
+        self.serial = serial
+        self.table = table
+        self.key = key
+        self.phase = PENDING
+        self.void = False
+        # Not WAITING: a withdrawal before the hold is queued changes nothing.
+        self._state = GRANTED
+
+
+@internal
+class _VoidAware(KeyTable):
+    """A table that refuses to keep a void hold queued.
+
+    A hold is registered (under the server mutex) before its thread queues
+    it in the core. If it becomes void in between, the canceller's
+    withdrawal finds it not yet queued; the check after queueing closes that
+    window: whichever of the two withdraws it while it is WAITING wakes it.
+    """
+
+    __slots__ = ()
+
+    def enqueue(self, key: Hashable, hold: Hold, wake: Callable[[], bool]) -> bool:
+        if super().enqueue(key, hold, wake):
+            return True
+        if isinstance(hold, RemoteHold) and hold.void and self.withdraw(key, hold) == WAITING:
+            wake()
+        return False
+
+
+class LockRecordTable(_VoidAware):
+    __slots__ = ()
+
+
+class FlightRecordTable(_VoidAware, FlightTable):
+    __slots__ = ()
+
+
+class Proc:
+    """A client process: its holds (PENDING and LIVE, by serial) and how it is watched."""
+
+    __slots__ = ("conns", "dead", "holds", "pid", "pidfd", "released")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.holds: dict[int, RemoteHold] = {}
+        self.conns = 0
+        self.dead = False
+        self.pidfd: int | None = None
+        #: The tickets of its latest releases by key: a repeat of one changes nothing.
+        self.released: deque[int] = deque(maxlen=64)
+
+
+class Conn:
+    """The server's view of one client connection."""
+
+    __slots__ = ("cancelled", "granted", "id", "proc")
+
+    def __init__(self, conn_id: int, proc: Proc) -> None:
+        self.id = conn_id
+        self.proc = proc
+        # A cancel that arrived before its request (they travel on two connections).
+        self.cancelled: int | None = None
+        # The hold the reply being sent grants (LIVE): released if it cannot be delivered.
+        self.granted: RemoteHold | None = None

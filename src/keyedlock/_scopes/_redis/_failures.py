@@ -1,0 +1,36 @@
+"""How the cluster scope reports a server it cannot reach, or that does not answer."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import redis
+import redis.exceptions
+
+__all__ = ["DOWN", "NoAnswer", "RedisUnavailable", "where"]
+
+#: What redis-py raises when the server cannot serve a command now.
+DOWN: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+    TimeoutError,  # an asyncio timeout around a blocking pop
+)
+
+
+class RedisUnavailable(ConnectionError):
+    """The Redis server (or a node of the cluster) could not be reached, or did not answer."""
+
+
+class NoAnswer(RedisUnavailable):
+    """No reply within the time the caller gave it (``wait``): the server may be stopped or
+    stuck. A caller with a deadline reports it as its timeout (see :mod:`._lockscope`)."""
+
+
+def where(kwargs: dict[str, Any]) -> str:
+    path = kwargs.get("path")
+    if path:
+        return str(path)
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"

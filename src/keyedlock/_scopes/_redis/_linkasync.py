@@ -1,0 +1,138 @@
+"""The cluster scope's calls from asyncio and trio tasks (the async half of :class:`~._link.Link`).
+
+asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`); trio
+tasks run the sync calls in trio's worker threads, so that the trio run never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from functools import partial
+from typing import Any
+
+from ..._runtime import running_loop
+from ._failures import DOWN, NoAnswer, RedisUnavailable
+from ._loops import Late, LoopClients
+from ._lua import Call
+
+__all__ = ["AsyncCalls"]
+
+
+class AsyncCalls:
+    """The async calls of a :class:`~._link.Link`, over its sync ones (in trio) and the
+    asyncio clients of its loops (``loops``)."""
+
+    __slots__ = ()
+
+    loops: LoopClients
+
+    def unavailable(
+        self, exc: BaseException, pool: Any = None, kind: type[RedisUnavailable] = RedisUnavailable
+    ) -> RedisUnavailable:
+        raise NotImplementedError
+
+    def run(self, call: Call, wait: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def command(self, key: bytes, *args: object) -> Any:
+        raise NotImplementedError
+
+    def pop(self, key: bytes, block: float) -> bytes | None:
+        raise NotImplementedError
+
+    async def run_async(self, call: Call, wait: float | None = None) -> Any:
+        """As :meth:`run`, from an asyncio or trio task."""
+        loop = running_loop()
+        if loop is None:
+            return await _in_trio_thread(partial(self.run, call, wait), False)
+        side = self.loops.get(loop) or await self.loops.open(loop)
+        if wait is None:
+            try:
+                return await side.run(call)
+            except DOWN as exc:
+                raise self.unavailable(exc) from exc
+        bound = asyncio.timeout(max(wait, 0.001))
+        try:
+            async with bound:
+                return await side.run(call)
+        except DOWN as exc:
+            if bound.expired():
+                late = Late(f"within {wait:.3g} s")
+                raise self.unavailable(late, None, NoAnswer) from None
+            raise self.unavailable(exc) from exc
+
+    async def finish_async(self, call: Call) -> tuple[Any, BaseException | None]:
+        """As :meth:`run_async`, but finished even if the task is cancelled meanwhile (a
+        release, a conclusion: the server must know before the task goes on). Returns the
+        reply and the cancellation that came meanwhile (None under trio, whose shield
+        delivers it at the next checkpoint), for the caller to raise once the reply is
+        handled."""
+        if running_loop() is None:
+            return await _in_trio_thread(partial(self.run, call), True), None
+        inner = asyncio.ensure_future(self.run_async(call))
+        try:
+            return await asyncio.shield(inner), None
+        except asyncio.CancelledError as exc:
+            if inner.cancelled():
+                raise  # the call itself was cancelled (its loop is closing)
+            cancelled = exc
+        with _anyio_shield():
+            while not inner.done():  # cancelled meanwhile: the call goes on to its end
+                try:
+                    await asyncio.wait((inner,))
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+        if inner.cancelled() or inner.exception() is not None:
+            raise cancelled  # the call did not go through: the caller hands it on
+        return inner.result(), cancelled
+
+    async def command_async(self, key: bytes, *args: object) -> Any:
+        """As :meth:`command`, from an asyncio or trio task."""
+        loop = running_loop()
+        if loop is None:
+            return await _in_trio_thread(partial(self.command, key, *args), False)
+        side = self.loops.get(loop) or await self.loops.open(loop)
+        try:
+            return await side.command(*args)
+        except DOWN as exc:
+            raise self.unavailable(exc) from exc
+
+    async def pop_async(self, key: bytes, block: float) -> bytes | None:
+        """As :meth:`pop`, from an asyncio or trio task; cancellation stops waiting."""
+        loop = running_loop()
+        if loop is None:
+            import trio
+
+            return await trio.to_thread.run_sync(
+                partial(self.pop, key, block), abandon_on_cancel=True
+            )
+        side = self.loops.get(loop) or await self.loops.open(loop)
+        block = max(0.001, block)
+        try:
+            return await side.pop(key, block)
+        except Late as exc:
+            raise self.unavailable(exc, None, NoAnswer) from None
+        except DOWN as exc:
+            raise self.unavailable(exc) from exc
+
+
+def _anyio_shield() -> contextlib.AbstractContextManager[object]:
+    """A shield from anyio's cancel scopes, if anyio is in use: a cancelled scope cancels
+    its task again at every turn of the loop, which would make the wait for a finishing
+    call a busy loop. (A plain cancellation still reaches the task, and is kept.)"""
+    anyio = sys.modules.get("anyio")
+    if anyio is None:
+        return contextlib.nullcontext()
+    shield: contextlib.AbstractContextManager[object] = anyio.CancelScope(shield=True)
+    return shield
+
+
+async def _in_trio_thread(call: partial[Any], shielded: bool) -> Any:
+    import trio
+
+    if not shielded:
+        return await trio.to_thread.run_sync(call)
+    with trio.CancelScope(shield=True):
+        return await trio.to_thread.run_sync(call)
