@@ -24,11 +24,14 @@ class Owner:
             runtime the scope does not know).
         name: the thread's or the task's name, where the scope knows it.
         pid: the process id of the holder, where the scope knows it.
+        host: the name of the holder's host, for a holder in another process of a
+            cluster scope (Redis); None otherwise.
     """
 
     runtime: str
     name: str | None
     pid: int | None
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 import redis
 import trio
 
-from keyedlock import Result
+from keyedlock import Owner, Result
 from keyedlock._scopes._redis import renewer
 from keyedlock.redis import RedisSingleFlight
 
@@ -254,6 +255,22 @@ def test_processes_share_one_call_and_its_exception(
     for worker, agent in ((lead, "L"), (first, "A"), (second, "T")):
         error = worker.expect_error(agent)
         assert (error["type"], error["message"]) == ("ValueError", "boom")
+
+
+def test_statistics_name_a_leader_in_another_process(
+    workers: list[WorkerProcess], make_flight: MakeFlight
+) -> None:
+    observer = make_flight()
+    lead = workers[0]
+    lead.send("flight", id="S", key="k", runtime="thread", value="v", block=True)
+    lead.expect("running", "S")
+    stats = observer.statistics("k")
+    assert stats.in_flight
+    assert stats.leader == Owner("process", None, lead.pid, socket.gethostname())
+    assert stats.running_for is None  # (recorded by the leader's process only)
+    lead.send("finish", id="S")
+    assert lead.expect("result", "S")["value"] == "v"
+    assert observer.statistics("k").leader is None
 
 
 def test_a_killed_leader_is_replaced_by_a_follower_after_its_lease(

@@ -109,7 +109,7 @@ def test_the_first_joiner_leads_and_the_others_follow(
     assert follows(any_client, keys, "c").lead == "a"
     assert sorted(any_client.zrange(keys.followers("a"), 0, -1)) == [b"b", b"c"]
     assert leads(any_client, keys, "a") > 0  # the leader asking again still leads
-    assert parse_flight_inspect(run(any_client, flight_inspect(keys))) == (True, 2)
+    assert parse_flight_inspect(run(any_client, flight_inspect(keys))) == (True, 2, "a")
 
 
 def test_finish_wakes_every_follower_and_keeps_nothing_by_default(

@@ -7,12 +7,14 @@ a lease run out; every wait is bounded.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
+from keyedlock import Owner
 from keyedlock.redis import RedisKeyedLock
 
 from ..support import wait_until
@@ -110,6 +112,21 @@ def test_fifo_across_processes_with_threads_and_tasks(
         if step < 4:  # its process's second caller takes its place in Redis now
             wait_until(lambda: observer.waiters("k") == 3, f"{agent}'s next caller queues")
     assert tokens == sorted(set(tokens))
+
+
+def test_statistics_name_a_holder_in_another_process(workers: Workers, make_lock: MakeLock) -> None:
+    observer = make_lock()
+    assert observer.statistics("k").holder is None
+    worker = workers[1]
+    worker.send("hold", id="s", key="k", runtime="asyncio")
+    worker.expect("held", "s")
+    stats = observer.statistics("k")
+    assert stats.locked
+    assert stats.holder == Owner("process", None, worker.pid, socket.gethostname())
+    assert stats.held_for is None  # (recorded by the holder's process only)
+    worker.send("release", id="s")
+    worker.expect("released", "s")
+    assert observer.statistics("k").holder is None
 
 
 def test_a_killed_holder_frees_its_key_when_its_lease_runs_out(

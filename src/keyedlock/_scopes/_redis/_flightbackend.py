@@ -58,7 +58,7 @@ from ._flightscripts import (
     parse_flight_wake,
 )
 from ._link import Link
-from ._names import KeyNames, RedisKey, new_id
+from ._names import KeyNames, RedisKey, id_owner, new_id
 from ._outcomes import Serializer, decode, encode_error, encode_value
 from ._renewal import Renewal, renewer
 
@@ -340,15 +340,20 @@ class RedisFlightBackend:
         self.link.run(flight_forget(cast(RedisKey, key).flight))
 
     def statistics(self, key: Hashable, shown: Hashable) -> FlightStatistics:
-        """In flight and followers cluster-wide; the leader and followers by runtime as
-        this process sees them."""
+        """In flight and followers cluster-wide (one round trip); followers by runtime as this
+        process sees them; the leader named if it is in this process, else by its process
+        id and host."""
         leader, waiting = self.table.snapshot(key)
+        busy, followers, member = parse_flight_inspect(
+            self.link.run(flight_inspect(cast(RedisKey, key).flight))
+        )
+        here = isinstance(leader, Ticket) and leader.role == LEADING  # (else it follows)
         return FlightStatistics(
             key=shown,
-            in_flight=self.in_flight(key),
-            leader=owner_of(leader, os.getpid()),
-            running_for=since(leader),
-            followers=self.waiters(key),
+            in_flight=here or busy,
+            leader=owner_of(leader, os.getpid()) if here else id_owner(member) if busy else None,
+            running_for=since(leader) if here else None,
+            followers=self.table.waiters(key) + followers,
             followers_by_runtime=by_runtime(waiting),
             cached=bool(self.table.ttl) and self.cached(key) is not MISS,
         )

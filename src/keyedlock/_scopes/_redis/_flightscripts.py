@@ -58,6 +58,7 @@ from ._lua import (
     check_id,
     check_ms,
     key_base,
+    reply_id,
     reply_int,
     reply_pair,
 )
@@ -263,9 +264,9 @@ _FLIGHT_INSPECT = (
     + """
 local leader = redis.call('GET', lead_key)
 if not leader then
-  return {0, 0}
+  return {0, 0, ''}
 end
-return {1, redis.call('ZCOUNT', base .. 'followers:' .. leader, '(' .. int(now), '+inf')}
+return {1, redis.call('ZCOUNT', base .. 'followers:' .. leader, '(' .. int(now), '+inf'), leader}
 """
 )
 
@@ -387,7 +388,8 @@ def parse_flight_wake(message: bytes) -> Done | None:
     return None
 
 
-def parse_flight_inspect(reply: object) -> tuple[bool, int]:
-    """Read the reply of :func:`flight_inspect`: (in flight, live followers)."""
+def parse_flight_inspect(reply: object) -> tuple[bool, int, str | None]:
+    """Read the reply of :func:`flight_inspect`: (in flight, live followers, the leader's
+    member id or None)."""
     busy, followers = reply_pair(reply, FLIGHT_INSPECT)
-    return bool(busy), reply_int(followers, FLIGHT_INSPECT)
+    return bool(busy), reply_int(followers, FLIGHT_INSPECT), reply_id(reply, FLIGHT_INSPECT)

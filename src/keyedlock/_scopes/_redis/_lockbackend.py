@@ -22,6 +22,7 @@ import contextlib
 import os
 import weakref
 from collections.abc import Hashable
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -35,11 +36,14 @@ from ..._runtime import (
     sniffio_local,
     thread_owners,
 )
+from ..._statistics import LockStatistics
 from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
 from .._local import LocalBackend
+from .._stats import lock_statistics
 from .._wide import WideBackend, WideContext
 from ._link import Link
 from ._lockscope import RedisScope
+from ._names import id_owner
 
 __all__ = ["RedisBackend", "RedisContext", "lease_lost"]
 
@@ -220,6 +224,20 @@ class RedisBackend(WideBackend):
     def waiters(self, key: Hashable) -> int:
         """Callers queued on ``key`` anywhere: this process's, and the places in Redis."""
         return self.table.waiters(key) + self.scope.waiting(key)
+
+    def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
+        """One round trip: held and waiting cluster-wide (``waiters`` as :meth:`waiters`; by
+        runtime, this process's); the holder named if it is in this process, else by its
+        process id and host."""
+        holder, waiting = self.table.snapshot(key)
+        held, places, owner = self.scope.inspect(key)
+        if holder is not None and self.scope.holds(holder):
+            stats = lock_statistics(shown, True, holder, waiting)
+        else:
+            stats = lock_statistics(shown, held, None, waiting)
+            if held:
+                stats = replace(stats, holder=id_owner(owner))
+        return replace(stats, waiters=len(waiting) + places)
 
     def forked(self) -> None:
         """In a fork child: no holder and no waiter (the parent's did not fork with it)."""

@@ -10,7 +10,7 @@ import enum
 from typing import NamedTuple
 
 from ._lockscripts import ACQUIRE, INSPECT, REFRESH, RELEASE, RENEW, WITHDRAW, LockKeys
-from ._lua import Call, check_id, check_ms, reply_int, reply_pair
+from ._lua import Call, check_id, check_ms, reply_id, reply_int, reply_pair
 
 __all__ = [
     "Granted",
@@ -108,7 +108,8 @@ def parse_wake(message: bytes | str) -> Granted:
     return Granted(int(message))
 
 
-def parse_inspect(reply: object) -> tuple[bool, int]:
-    """Read the reply of :func:`inspect`: (held, live places)."""
+def parse_inspect(reply: object) -> tuple[bool, int, str | None]:
+    """Read the reply of :func:`inspect`: (held, live places, the holder's waiter id or
+    None)."""
     held, places = reply_pair(reply, INSPECT)
-    return bool(held), reply_int(places, INSPECT)
+    return bool(held), reply_int(places, INSPECT), reply_id(reply, INSPECT)

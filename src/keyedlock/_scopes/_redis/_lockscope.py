@@ -367,7 +367,8 @@ class RedisScope:
         """How many places wait in the key's queue in Redis (one round trip)."""
         return self.inspect(local_key)[1]
 
-    def inspect(self, local_key: Hashable) -> tuple[bool, int]:
+    def inspect(self, local_key: Hashable) -> tuple[bool, int, str | None]:
+        """(held, waiting places, the holder's waiter id or None), in one round trip."""
         return parse_inspect(self.link.run(inspect(cast(RedisKey, local_key).names)))
 
     not_held = staticmethod(not_held_error)

@@ -65,8 +65,8 @@ waiting places in one round trip per node: a batch of ``EVALSHA`` calls.
 ``withdraw(waiter)``: the waiter leaves (timeout, cancellation). If the key was handed to it
 meanwhile, it is released and handed on (reply ``1``); otherwise the reply is ``0``.
 
-``inspect()``: ``[held, waiting]``: whether anyone holds the key, and how many live places
-the queue has (read only).
+``inspect()``: ``[held, waiting, owner]``: whether anyone holds the key, how many live places
+the queue has, and the holder's waiter id (``""`` if none; read only).
 
 Why a wake list and not pub/sub
 -------------------------------
@@ -346,7 +346,11 @@ return held
 _INSPECT = (
     _LOCK
     + """
-return {redis.call('EXISTS', owner_key), redis.call('ZCOUNT', places_key, '(' .. int(now), '+inf')}
+return {
+  redis.call('EXISTS', owner_key),
+  redis.call('ZCOUNT', places_key, '(' .. int(now), '+inf'),
+  redis.call('GET', owner_key) or ''
+}
 """
 )
 

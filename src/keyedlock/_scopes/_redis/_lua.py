@@ -53,6 +53,7 @@ __all__ = [
     "check_ms",
     "hash_tag",
     "key_base",
+    "reply_id",
     "reply_int",
     "reply_pair",
 ]
@@ -171,6 +172,20 @@ def reply_pair(reply: object, script: Script) -> tuple[int, object]:
     if not isinstance(reply, list | tuple) or len(reply) < 2 or not isinstance(reply[0], int):
         raise ValueError(f"unexpected reply of {script.name}: {reply!r}")
     return reply[0], reply[1]
+
+
+def reply_id(reply: object, script: Script) -> str | None:
+    """The id a ``{state, value, id}`` reply ends with (``""``: None); ValueError if it is
+    not text."""
+    assert isinstance(reply, list | tuple)
+    if len(reply) < 3 or reply[2] in (b"", ""):
+        return None
+    value = reply[2]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"unexpected reply of {script.name}: {reply!r}")
 
 
 def reply_int(value: object, script: Script) -> int:

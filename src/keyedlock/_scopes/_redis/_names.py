@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from typing import Final
 
+from ..._statistics import Owner
 from ._flightscripts import FlightKeys, flight_keys
 from ._lockscripts import LockKeys, lock_keys
 
-__all__ = ["KeyNames", "RedisKey", "encode_key", "new_id"]
+__all__ = ["KeyNames", "RedisKey", "encode_key", "id_owner", "new_id"]
 
 
 class RedisKey(bytes):
@@ -109,17 +111,37 @@ class KeyNames:
 
 # --- ids ---------------------------------------------------------------------------------------
 
-_process = [os.urandom(6).hex()]
+
+def _process_part() -> str:
+    """This process's part of every id: ``<host>/<pid>/<random>`` (the random part tells
+    apart two processes that had one pid, on one host, one after the other)."""
+    host = socket.gethostname().replace("/", "_") or "-"
+    return f"{host}/{os.getpid()}/{os.urandom(4).hex()}"
+
+
+_process = [_process_part()]
 _counter = [itertools.count(1)]
 
 
 def new_id() -> str:
-    """A new waiter (or member) id, unique across processes and attempts."""
+    """A new waiter (or member) id, unique across processes and attempts: it names the
+    host and the process it comes from (see :func:`id_owner`)."""
     return f"{_process[0]}-{next(_counter[0])}"
 
 
+def id_owner(waiter: str | None) -> Owner | None:
+    """Who an id read back from Redis belongs to: its process (runtime ``"process"``), by
+    process id and host; None for None or an id not made by :func:`new_id`."""
+    if not waiter:
+        return None
+    parts = waiter.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return Owner("process", None, int(parts[1]), parts[0])
+
+
 def _new_process_in_child() -> None:
-    _process[0] = os.urandom(6).hex()
+    _process[0] = _process_part()
     _counter[0] = itertools.count(1)
 
 
