@@ -298,8 +298,9 @@ class KeyedLock(RunMixin):
         recording the acquisition time of this lock's holds (one clock read
         per acquisition), so ``held_for`` is None for a hold taken before it
         (and always known with ``warn_after``). The holder is named by its
-        runtime, thread or task name and process id (the file scope knows
-        only the process id of a holder in another process).
+        runtime, thread or task name and process id; a holder in another
+        process is known by its process id only in the file scope, and by
+        its process id and host in the Redis scope.
         """
         if not self._timed:
             self._timed = True

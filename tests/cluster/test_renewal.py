@@ -14,7 +14,9 @@ import time
 import weakref
 from typing import Any
 
+from keyedlock import _ki
 from keyedlock._scopes._redis._failures import RedisUnavailable
+from keyedlock._scopes._redis._link import Link
 from keyedlock._scopes._redis._renewal import Renewer, _send
 from keyedlock.redis import RedisKeyedLock
 
@@ -98,3 +100,11 @@ def test_a_lock_nobody_uses_any_more_goes_with_its_connections(redis_server: Ser
         return gone() is None
 
     wait_until(freed, "the dropped lock is freed")
+
+
+def test_the_links_calls_are_protected_from_ctrl_c_under_trio() -> None:
+    """Every call of the link, sync and async, is one of keyedlock's internals (a Ctrl-C under
+    trio waits for a checkpoint: a release that went through is never reported as
+    interrupted)."""
+    for name in ("run", "run_many", "command", "pop", "run_async", "finish_async", "pop_async"):
+        assert getattr(Link, name) in _ki._marked, name

@@ -73,4 +73,5 @@ def owner_id(owner: object) -> int:
 def owner_name(owner: object) -> str | None:
     """The name the manager reports for an owner: its thread's or task's name (None if it
     has none)."""
-    return describe_owner(owner)[1]
+    name = describe_owner(owner)[1]
+    return None if name is None else name[:200]  # (as the manager keeps it)

@@ -26,7 +26,7 @@ __all__ = [
     "LockRecordTable",
     "Proc",
     "RemoteHold",
-    "owner_name",
+    "sent_name",
 ]
 
 PENDING: Final = 0
@@ -34,12 +34,12 @@ LIVE: Final = 1
 GONE: Final = 2
 
 
-@internal
-def owner_name(name: object) -> str | None:
+def sent_name(name: object) -> str | None:
     """An owner's name as a client sent it: a str (cut to 200 characters), else None."""
     return name[:200] if isinstance(name, str) else None
 
 
+@internal
 class RemoteHold(Hold):
     """A hold of a client process: the core's Hold plus the server's bookkeeping."""
 

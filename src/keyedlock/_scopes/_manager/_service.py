@@ -47,7 +47,7 @@ from ._records import (
     LockRecordTable,
     Proc,
     RemoteHold,
-    owner_name,
+    sent_name,
 )
 
 __all__ = ["Service"]
@@ -150,7 +150,7 @@ class Service(Introspection):
     ) -> object:
         """Take ``key``, waiting up to ``timeout`` (None: forever, 0: try once)."""
         table = self._table(tid)
-        hold = RemoteHold(state.proc, owner, serial, table, key, owner_name(name))
+        hold = RemoteHold(state.proc, owner, serial, table, key, sent_name(name))
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
@@ -269,7 +269,7 @@ class Service(Introspection):
             kept = table.cached(key, monotonic())
             if kept is not MISS:
                 return (Reply.OUTCOME, (False, kept))
-        hold = RemoteHold(state.proc, owner, serial, table, key, owner_name(name))
+        hold = RemoteHold(state.proc, owner, serial, table, key, sent_name(name))
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED

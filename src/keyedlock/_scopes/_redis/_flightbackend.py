@@ -347,12 +347,17 @@ class RedisFlightBackend:
         busy, followers, member = parse_flight_inspect(
             self.link.run(flight_inspect(cast(RedisKey, key).flight))
         )
-        here = isinstance(leader, Ticket) and leader.role == LEADING  # (else it follows)
+        # This process's first caller leads in Redis (or is about to: its reply is on its
+        # way), unless Redis names another leader, which it follows.
+        elsewhere = busy and not (
+            isinstance(leader, Ticket)
+            and (leader.role == LEADING or (member is not None and member == leader.member))
+        )
         return FlightStatistics(
             key=shown,
-            in_flight=here or busy,
-            leader=owner_of(leader, os.getpid()) if here else id_owner(member) if busy else None,
-            running_for=since(leader) if here else None,
+            in_flight=leader is not None or busy,
+            leader=id_owner(member) if elsewhere else owner_of(leader, os.getpid()),
+            running_for=None if elsewhere else since(leader),
             followers=self.table.waiters(key) + followers,
             followers_by_runtime=by_runtime(waiting),
             cached=bool(self.table.ttl) and self.cached(key) is not MISS,

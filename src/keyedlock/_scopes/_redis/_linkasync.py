@@ -12,6 +12,7 @@ import sys
 from functools import partial
 from typing import Any
 
+from ..._ki import internal
 from ..._runtime import running_loop
 from ._failures import DOWN, NoAnswer, RedisUnavailable
 from ._loops import Late, LoopClients
@@ -20,6 +21,7 @@ from ._lua import Call
 __all__ = ["AsyncCalls"]
 
 
+@internal
 class AsyncCalls:
     """The async calls of a :class:`~._link.Link`, over its sync ones (in trio) and the
     asyncio clients of its loops (``loops``)."""

@@ -231,7 +231,10 @@ class RedisBackend(WideBackend):
         process id and host."""
         holder, waiting = self.table.snapshot(key)
         held, places, owner = self.scope.inspect(key)
-        if holder is not None and self.scope.holds(holder):
+        scope = self.scope
+        if holder is not None and (
+            scope.holds(holder) or (owner is not None and owner == scope.waiter_of(holder))
+        ):  # (held here, or handed the key in Redis and about to take it here)
             stats = lock_statistics(shown, True, holder, waiting)
         else:
             stats = lock_statistics(shown, held, None, waiting)

@@ -297,6 +297,11 @@ class RedisScope:
         held = self.held
         return hold in held and held[hold].state == HELD
 
+    def waiter_of(self, hold: Hold) -> str | None:
+        """The waiter id of ``hold``'s attempt in Redis, if it made one."""
+        attempt = self.held.get(hold)
+        return None if attempt is None else attempt.waiter
+
     def _claim(self, hold: Hold) -> Attempt | None:
         """Take ``hold``'s record if it holds the key (one step: see the module docstring)."""
         held = self.held

@@ -135,7 +135,7 @@ def id_owner(waiter: str | None) -> Owner | None:
     if not waiter:
         return None
     parts = waiter.rsplit("/", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdecimal()):
         return None
     return Owner("process", None, int(parts[1]), parts[0])
 
