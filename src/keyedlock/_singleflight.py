@@ -17,6 +17,7 @@ from time import monotonic
 from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS
+from ._errors import follower_copy
 from ._keyspec import Decorator, KeySpec, key_function
 from ._runtime import (
     ASYNCIO,
@@ -29,7 +30,7 @@ from ._runtime import (
     task_of,
     thread_owners,
 )
-from ._scopes import FlightBackend, LocalFlightBackend
+from ._scopes import FlightBackend, LocalFlightBackend, Outcome
 from ._statistics import FlightStatistics
 from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
 
@@ -190,7 +191,12 @@ class SingleFlight:
         keep = True
         follows = False
         try:
-            await backend.join_async(key, ticket, runtime)
+            joined = await backend.join_async(key, ticket, runtime)
+            if isinstance(joined, Outcome):  # a follower, handed the outcome by its wait
+                follows = True  # (a follower never leads: nothing to conclude)
+                if joined.error is not None:
+                    raise follower_copy(joined.error)
+                return Result(joined.value, True) if ex else joined.value
             if not backend.leads(ticket):
                 follows = True  # (a follower never leads: nothing to conclude)
                 result = backend.shared(ticket)

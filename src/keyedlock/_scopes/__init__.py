@@ -25,9 +25,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._context import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, LockContext, timeout_error
-from ._contract import FlightBackend, LockBackend, WideScope
+from ._contract import FlightBackend, LockBackend, Outcome, WideScope
 from ._local import LocalBackend, LocalContext, settle
-from ._localflight import LocalFlightBackend, Outcome, recursion_error
+from ._localflight import LocalFlightBackend, recursion_error
 from ._lockfile import DEFAULT_MAX_THREADS, FileBackend, KeyOffset, default_path, key_offset
 from ._wide import WideBackend, WideContext
 

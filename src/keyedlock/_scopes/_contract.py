@@ -47,13 +47,13 @@ has: a signal at the very first instruction of ``__exit__``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, final
 
 from .._core import Hold, KeyTable
 from .._statistics import FlightStatistics, LockStatistics
 from ._context import LockContext
 
-__all__ = ["FlightBackend", "LockBackend", "WideScope"]
+__all__ = ["FlightBackend", "LockBackend", "Outcome", "WideScope"]
 
 # -- locks ----------------------------------------------------------------------------------
 
@@ -246,6 +246,18 @@ class WideScope(Protocol):
 # -- single-flight ----------------------------------------------------------------------------
 
 
+@final
+class Outcome:
+    """What the followers of a finished call receive: its value, or its exception (a copy
+    made as the call failed; each follower raises a copy of it)."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: object, error: BaseException | None) -> None:
+        self.value = value
+        self.error = error
+
+
 class FlightBackend(Protocol):
     """What :class:`~keyedlock.SingleFlight` needs from the scope its calls are shared in.
 
@@ -283,7 +295,13 @@ class FlightBackend(Protocol):
         ...
 
     def join_async(self, key: Hashable, ticket: Any, runtime: int) -> Awaitable[object]:
-        """As :meth:`join`, from a task of ``runtime``, never blocking its loop."""
+        """As :meth:`join`, from a task of ``runtime``, never blocking its loop.
+
+        What it awaits to may be the call's :class:`Outcome`, for a ticket that followed
+        it to the end: the caller then shares it without asking :meth:`leads` and
+        :meth:`shared` (the process scope does so for asyncio followers, for whom each
+        call is a frame more per follower of a herd). Anything else: the caller asks.
+        """
         ...
 
     def leads(self, ticket: Any) -> bool:

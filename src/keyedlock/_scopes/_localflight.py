@@ -13,27 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
-from typing import Any, Final, final
+from typing import Any, Final
 
-from .._core import GRANTED, IDLE, MISS, RELEASED, FlightTable, Hold, outcome_of
+from .._core import GRANTED, IDLE, MISS, RELEASED, WAITING, FlightTable, Hold, KeyTable, outcome_of
 from .._errors import follower_copy
 from .._ki import internal
-from .._runtime import ASYNCIO, READY, park_async, wait_asyncio, wait_thread
+from .._runtime import ASYNCIO, READY, park_async, park_asyncio, wait_thread, woken
 from .._statistics import FlightStatistics
+from ._contract import Outcome
 from ._stats import by_runtime, owner_of, since
 
-__all__ = ["LocalFlightBackend", "Outcome", "recursion_error"]
-
-
-@final
-class Outcome:
-    """What followers of a finished call receive: a value or an exception."""
-
-    __slots__ = ("error", "value")
-
-    def __init__(self, value: object, error: BaseException | None) -> None:
-        self.value = value
-        self.error = error
+__all__ = ["LocalFlightBackend", "recursion_error"]
 
 
 def recursion_error(key: Hashable) -> RuntimeError:
@@ -82,7 +72,7 @@ class LocalFlightBackend:
         if leader._owner == owner:
             raise recursion_error(key)
         if runtime == ASYNCIO:
-            return wait_asyncio(table, key, ticket, None, owner.get_loop())
+            return _follow_asyncio(table, key, ticket, owner)
         return park_async(table, key, ticket, None, runtime, owner)
 
     def leads(self, ticket: Hold) -> bool:
@@ -141,3 +131,29 @@ class LocalFlightBackend:
 
     def keys(self) -> list[Hashable]:
         return self.table.busy_keys()
+
+
+async def _follow_asyncio(table: KeyTable, key: Hashable, ticket: Hold, task: Any) -> object:
+    """An asyncio follower's wait: the call's :class:`Outcome` once it concludes, or None if
+    the ticket took the call over (it leads now).
+
+    ``wait_asyncio`` with no deadline, written out with the outcome read at the end: every
+    follower of a herd pays for each frame. Whatever escapes (cancellation, an interrupt)
+    withdraws the ticket, and passes the call on if it was handed over in the same instant.
+    """
+    try:
+        fut = park_asyncio(table, key, ticket, task)
+        if fut is None:
+            return None  # the call ended meanwhile: this ticket leads the next one
+        before = task.cancelling()
+        try:
+            await fut
+        except BaseException as exc:
+            if not woken(exc, fut, task, before):  # the task itself was cancelled
+                raise
+        if ticket._state == WAITING:  # still queued when woken: the call concluded
+            return outcome_of(ticket)
+        return None  # handed the call (it took over)
+    except BaseException:
+        table.cancel(key, ticket)
+        raise

@@ -41,7 +41,8 @@ from ..._runtime import (
     wait_thread,
 )
 from ..._statistics import FlightStatistics
-from .._localflight import Outcome, recursion_error
+from .._contract import Outcome
+from .._localflight import recursion_error
 from .._stats import by_runtime, owner_of, since
 from ._flightscripts import (
     Done,

@@ -20,7 +20,7 @@ from collections.abc import Hashable
 from typing import Any, Protocol
 
 from ..._errors import exception_state, rebuild_exception
-from .._localflight import Outcome
+from .._contract import Outcome
 
 __all__ = ["Serializer", "decode", "encode_error", "encode_value", "type_name"]
 
