@@ -67,11 +67,14 @@ def test_a_thread_holder_is_named(lock: KeyedLock) -> None:
     entered, leave = threading.Event(), threading.Event()
 
     def hold() -> None:
+        with lock("warm-up"):  # (the thread's first use of the lock, under its first name)
+            pass
+        threading.current_thread().name = "checkout-worker"  # the name now is the one shown
         with lock("k"):
             entered.set()
             assert leave.wait(10)
 
-    thread = threading.Thread(target=hold, name="checkout-worker")
+    thread = threading.Thread(target=hold, name="first-name")
     thread.start()
     try:
         assert entered.wait(10)

@@ -944,3 +944,29 @@ def test_manager_lifecycle() -> None:
     assert not manager.running
     with pytest.raises(ConnectionError):
         lock.release("k")
+
+
+def test_statistics_name_a_holder_in_another_process(klock: KeyedLockProxy) -> None:
+    """The manager keeps the holder's thread name (its first 200 characters) for anyone who
+    asks, in any process."""
+    parent, child = FORK.Pipe()
+
+    def hold(conn: Connection) -> None:
+        threading.current_thread().name = "w" * 300
+        with klock("k"):
+            conn.send("held")
+            conn.recv()
+
+    process: BaseProcess = FORK.Process(target=hold, args=(child,))  # type: ignore[attr-defined]
+    process.start()
+    try:
+        assert parent.poll(WAIT)
+        assert parent.recv() == "held"
+        holder = klock.statistics("k").holder
+        assert holder is not None
+        assert (holder.runtime, holder.name, holder.pid) == ("thread", "w" * 200, process.pid)
+    finally:
+        parent.send("go")
+        process.join(WAIT)
+    assert process.exitcode == 0
+    assert klock.statistics("k").holder is None

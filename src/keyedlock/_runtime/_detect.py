@@ -59,14 +59,23 @@ class ThreadToken:
     called then if set (see :mod:`._ends`).
     """
 
-    __slots__ = ("__weakref__", "_alive", "ended", "ident", "name", "on_end")
+    __slots__ = ("__weakref__", "_alive", "_name", "_thread", "ended", "ident", "on_end")
 
     def __init__(self, thread: threading.Thread) -> None:
-        self.name = thread.name
+        self._thread = weakref.ref(thread)
+        self._name = thread.name
         self.ident = thread.ident
         self.ended = False
         self.on_end: Callable[[ThreadToken], object] | None = None
         self._alive: weakref.ref[_Alive] | None = None
+
+    @property
+    def name(self) -> str:
+        """The thread's name now (as it was last seen, once the thread is gone)."""
+        thread = self._thread()
+        if thread is not None:
+            self._name = thread.name
+        return self._name
 
     def __repr__(self) -> str:
         return f"<thread {self.name!r}>"
