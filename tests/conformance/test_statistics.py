@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import threading
 
@@ -83,6 +84,26 @@ def test_a_thread_holder_is_named(lock: KeyedLock) -> None:
     finally:
         leave.set()
         thread.join(10)
+
+
+def test_a_thread_that_ended_holding_is_named_by_its_last_name(lock: KeyedLock) -> None:
+    def run() -> None:
+        with lock("warm-up"):  # (the thread's first use of the lock, under its first name)
+            pass
+        threading.current_thread().name = "renamed"
+        assert lock.acquire("k")  # and it ends holding the key
+
+    thread = threading.Thread(target=run, name="first-name")
+    thread.start()
+    thread.join(10)
+    del thread  # (the lock alone keeps what it needs to name the holder)
+    gc.collect()
+    try:
+        holder = lock.statistics("k").holder
+        assert holder is not None
+        assert (holder.runtime, holder.name) == ("thread", "renamed")
+    finally:
+        lock.release("k")
 
 
 def test_held_for_is_known_from_the_first_question_on(scope: Scope, lock: KeyedLock) -> None:

@@ -59,11 +59,13 @@ class ThreadToken:
     called then if set (see :mod:`._ends`).
     """
 
-    __slots__ = ("__weakref__", "_alive", "_name", "_thread", "ended", "ident", "on_end")
+    __slots__ = ("__weakref__", "_alive", "_thread", "ended", "ident", "on_end")
 
     def __init__(self, thread: threading.Thread) -> None:
-        self._thread = weakref.ref(thread)
-        self._name = thread.name
+        # Kept (not a weak reference): a thread that ended holding a key is still named by
+        # its last name. An ended Thread is small (run() drops its target and arguments),
+        # and the token lives only while holds refer to it.
+        self._thread = thread
         self.ident = thread.ident
         self.ended = False
         self.on_end: Callable[[ThreadToken], object] | None = None
@@ -71,11 +73,8 @@ class ThreadToken:
 
     @property
     def name(self) -> str:
-        """The thread's name now (as it was last seen, once the thread is gone)."""
-        thread = self._thread()
-        if thread is not None:
-            self._name = thread.name
-        return self._name
+        """The thread's name now (its last name, once it ended)."""
+        return self._thread.name
 
     def __repr__(self) -> str:
         return f"<thread {self.name!r}>"

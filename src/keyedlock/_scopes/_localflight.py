@@ -152,7 +152,10 @@ async def _follow_asyncio(table: KeyTable, key: Hashable, ticket: Hold, task: An
             if not woken(exc, fut, task, before):  # the task itself was cancelled
                 raise
         if ticket._state == WAITING:  # still queued when woken: the call concluded
-            return outcome_of(ticket)
+            outcome = outcome_of(ticket)
+            if outcome is None:  # (never: a waiter is decided before it is woken)
+                table.cancel(key, ticket)
+            return outcome
         return None  # handed the call (it took over)
     except BaseException:
         table.cancel(key, ticket)
