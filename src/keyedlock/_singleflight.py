@@ -194,6 +194,7 @@ class SingleFlight:
             joined = await backend.join_async(key, ticket, runtime)
             if isinstance(joined, Outcome):  # a follower, handed the outcome by its wait
                 follows = True  # (a follower never leads: nothing to conclude)
+                # Outcome.share(), written out: a frame less for every follower of a herd.
                 if joined.error is not None:
                     raise follower_copy(joined.error)
                 return Result(joined.value, True) if ex else joined.value

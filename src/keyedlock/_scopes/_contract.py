@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, Protocol, final
 
 from .._core import Hold, KeyTable
+from .._errors import follower_copy
 from .._statistics import FlightStatistics, LockStatistics
 from ._context import LockContext
 
@@ -256,6 +257,12 @@ class Outcome:
     def __init__(self, value: object, error: BaseException | None) -> None:
         self.value = value
         self.error = error
+
+    def share(self) -> object:
+        """What one follower gets: the value, or raise a copy of the exception of its own."""
+        if self.error is not None:
+            raise follower_copy(self.error)
+        return self.value
 
 
 class FlightBackend(Protocol):

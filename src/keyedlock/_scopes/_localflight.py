@@ -84,9 +84,7 @@ class LocalFlightBackend:
     def shared(self, ticket: Hold) -> object:
         outcome = outcome_of(ticket)
         assert isinstance(outcome, Outcome)
-        if outcome.error is not None:
-            raise follower_copy(outcome.error)
-        return outcome.value
+        return outcome.share()
 
     def conclude(
         self, key: Hashable, ticket: Hold, done: bool, payload: object, keep: bool = True

@@ -136,9 +136,7 @@ class RedisFlightBackend:
     def shared(self, ticket: Ticket) -> object:
         outcome = ticket.remote if ticket.remote is not None else outcome_of(ticket)
         assert isinstance(outcome, Outcome)
-        if outcome.error is not None:
-            raise follower_copy(outcome.error)
-        return outcome.value
+        return outcome.share()
 
     # -- joining -------------------------------------------------------------
 
