@@ -15,6 +15,7 @@ import weakref
 from typing import Final
 
 from ..._runtime import describe_owner, thread_owners
+from ._protocol import NAME_LIMIT
 
 __all__ = ["owner_id", "owner_name", "task_owner_id", "thread_owner_id"]
 
@@ -74,4 +75,4 @@ def owner_name(owner: object) -> str | None:
     """The name the manager reports for an owner: its thread's or task's name (None if it
     has none)."""
     name = describe_owner(owner)[1]
-    return None if name is None else name[:200]  # (as the manager keeps it)
+    return None if name is None else name[:NAME_LIMIT]  # (as the manager keeps it)

@@ -30,6 +30,7 @@ __all__ = [
     "KEYS",
     "LEN",
     "LOCKED",
+    "NAME_LIMIT",
     "NEW_FLIGHT",
     "NEW_LOCK",
     "RELEASE",
@@ -154,6 +155,10 @@ class Reply:
     OUTCOME: Final = 6  # JOIN: (OUTCOME, (is_error, pickled value or exception))
     NO_ANSWER: Final = 7  # never sent: the client gave up waiting (see deadline_for)
 
+
+#: The most characters of an owner's name (the ``name`` of ACQUIRE and JOIN) a client sends
+#: and the manager keeps.
+NAME_LIMIT: Final = 200
 
 _HIGHEST: Final = pickle.HIGHEST_PROTOCOL
 

@@ -16,6 +16,7 @@ from typing import Final
 
 from ..._core import GRANTED, WAITING, FlightTable, Hold, KeyTable
 from ..._ki import internal
+from ._protocol import NAME_LIMIT
 
 __all__ = [
     "GONE",
@@ -35,8 +36,8 @@ GONE: Final = 2
 
 
 def sent_name(name: object) -> str | None:
-    """An owner's name as a client sent it: a str (cut to 200 characters), else None."""
-    return name[:200] if isinstance(name, str) else None
+    """An owner's name as a client sent it: a str (cut to NAME_LIMIT characters), else None."""
+    return name[:NAME_LIMIT] if isinstance(name, str) else None
 
 
 @internal

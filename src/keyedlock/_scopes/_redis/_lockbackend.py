@@ -229,9 +229,9 @@ class RedisBackend(WideBackend):
         """One round trip: held and waiting cluster-wide (``waiters`` as :meth:`waiters`; by
         runtime, this process's); the holder named if it is in this process, else by its
         process id and host."""
-        holder, waiting = self.table.snapshot(key)
-        held, places, owner = self.scope.inspect(key)
         scope = self.scope
+        holder, waiting = self.table.snapshot(key)
+        held, places, owner = scope.inspect(key)
         if holder is not None and (
             scope.holds(holder) or (owner is not None and owner == scope.waiter_of(holder))
         ):  # (held here, or handed the key in Redis and about to take it here)
