@@ -9,9 +9,12 @@ Contexts never leave a key behind: their exit releases it, however the task ends
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
+from functools import partial
 
 import pytest
 import trio
@@ -208,3 +211,41 @@ def test_a_key_released_before_its_owner_ends_is_not_abandoned(
     asyncio.run(main())
     assert len(lock) == 0
     assert records.records == []
+
+
+class _Key:
+    """A key that can be weakly referenced (hashed by identity)."""
+
+
+def test_a_dropped_lock_is_freed_though_the_holder_it_watched_goes_on() -> None:
+    """Waiting behind an acquire() makes the lock watch the holder's thread; the watch must
+    not keep the lock (its holds, their keys) alive as long as that thread (here the main
+    one) lives."""
+    key = _Key()
+    freed = weakref.ref(key)
+    lock = KeyedLock()
+    wait_behind_an_acquire(lock, key)
+    del lock, key
+    gc.collect()
+    assert freed() is None
+
+
+def wait_behind_an_acquire(lock: KeyedLock, key: Hashable) -> None:
+    """This thread takes ``key`` with acquire(); another one waits for it, gets it, leaves."""
+    assert lock.acquire(key)
+    waiter = start_thread(partial(lock.acquire, key, timeout=WAIT), "waiter")
+    wait_waiters(lock, key, 1)
+    lock.release(key)  # to the waiter
+    assert waiter.result() is True
+    lock.release(key)
+
+
+def test_watching_many_locks_from_one_thread_keeps_no_trace() -> None:
+    """Each lock watches the holder's thread once; locks dropped meanwhile are forgotten."""
+    import keyedlock._runtime._ends as ends
+    from keyedlock._runtime import thread_owners
+
+    for _ in range(40):
+        wait_behind_an_acquire(KeyedLock(), "k")
+        gc.collect()
+    assert len(ends._waiting.get(thread_owners.token, ())) < 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import sys
@@ -24,7 +25,7 @@ from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
 from keyedlock._core import Hold
 
 from ..support import WAIT, run_python, scope_of, start_thread, wait_until
-from .file_support import wait_waiters
+from .file_support import fds_of, wait_waiters
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="open file description locks"
@@ -184,6 +185,25 @@ def test_an_interrupted_release_leaves_nothing_held(
     assert not lock.locked("k")
     assert lock.acquire("k", blocking=False)
     lock.release("k")
+
+
+def test_a_dropped_lock_closes_its_file_though_the_holder_it_watched_goes_on(
+    lock_path: str,
+) -> None:
+    """A caller that waited behind an acquire() makes the lock watch the holder's thread (for
+    an end without release); the watch must not keep the lock, nor its descriptors, alive
+    for as long as that thread (here the main one) lives."""
+    lock = FileKeyedLock(lock_path)
+    assert lock.acquire("k")
+    waiter = start_thread(partial(lock.acquire, "k", timeout=WAIT), "waiter")
+    wait_waiters(lock, "k", 1)
+    lock.release("k")  # to the waiter
+    assert waiter.result() is True
+    lock.release("k")
+    assert fds_of(lock_path)
+    del lock, waiter
+    gc.collect()
+    assert fds_of(lock_path) == []
 
 
 def test_two_objects_on_one_file_exclude_each_other(lock_path: str) -> None:

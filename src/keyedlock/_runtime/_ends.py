@@ -30,10 +30,14 @@ from ._detect import ThreadToken, describe_owner, sniffio_local
 
 __all__ = ["has_ended", "when_ended"]
 
-Callback = Callable[[], object]
+#: A subscriber's method, called with the owner that ended.
+Callback = Callable[[Any], object]
 
-#: The callbacks waiting for each watched owner's end.
-_waiting: weakref.WeakKeyDictionary[Any, list[Callback]] = weakref.WeakKeyDictionary()
+#: The subscribers waiting for each watched owner's end, held weakly: a lock dropped while
+#: a long-lived thread that it watched goes on is freed, and its entry pruned.
+_waiting: weakref.WeakKeyDictionary[Any, list[weakref.WeakMethod[Callback]]] = (
+    weakref.WeakKeyDictionary()
+)
 _guard = threading.Lock()
 
 
@@ -50,31 +54,42 @@ def has_ended(owner: object) -> bool:
 
 
 @internal
-def when_ended(owner: object, callback: Callback) -> bool:
-    """Call ``callback`` once ``owner`` ends (at once if it has). False if this owner's
-    end cannot be watched from here (a trio task of another run)."""
+def when_ended(owner: object, method: Callback) -> bool:
+    """Call ``method(owner)`` once ``owner`` ends (at once if it has). False if this
+    owner's end cannot be watched from here (a trio task of another run).
+
+    ``method`` is a bound method, held weakly: if its object is garbage-collected
+    first, it is not called (a dropped lock does not live as long as the threads it
+    watched).
+    """
     if has_ended(owner):
-        callback()
+        method(owner)
         return True
+    subscriber = weakref.WeakMethod(method)
     with _guard:
-        callbacks = _waiting.get(owner)
-        if callbacks is not None:
-            callbacks.append(callback)
+        subscribers = _waiting.get(owner)
+        if subscribers is not None:
+            if len(subscribers) >= 8 and len(subscribers) & (len(subscribers) - 1) == 0:
+                # At each power of two: drop those whose object is gone (amortized).
+                subscribers[:] = [each for each in subscribers if each() is not None]
+            subscribers.append(subscriber)
             return True
         if not _watch(owner):
             return False
-        _waiting[owner] = [callback]
+        _waiting[owner] = [subscriber]
     if has_ended(owner):  # ended while it was being watched: the watch may have missed it
         _ended(owner)
     return True
 
 
 def _ended(owner: object) -> None:
-    """``owner`` ended: run (and forget) the callbacks that wait for it."""
+    """``owner`` ended: call (and forget) the subscribers that wait for it."""
     with _guard:
-        callbacks = _waiting.pop(owner, [])
-    for callback in callbacks:
-        callback()
+        subscribers = _waiting.pop(owner, [])
+    for subscriber in subscribers:
+        method = subscriber()
+        if method is not None:
+            method(owner)
 
 
 def _watch(owner: object) -> bool:

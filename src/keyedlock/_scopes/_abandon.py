@@ -17,7 +17,6 @@ import os
 import threading
 import weakref
 from collections.abc import Hashable
-from functools import partial
 from typing import Any
 
 from .._core import Hold, KeyTable
@@ -49,12 +48,11 @@ class Abandonment:
             holds = self.watched.get(owner)
             if holds is not None:
                 if holds.get(key) is not holder:
+                    self._prune(holds)  # (so a released hold stays here until the next one)
                     holds[key] = holder
-                    if len(holds) > 64:
-                        self._prune(holds)
                 return
             self.watched[owner] = {key: holder}
-        if not when_ended(owner, partial(self.ended, weakref.ref(owner))):
+        if not when_ended(owner, self.ended):  # (held weakly there)
             with self.guard:
                 self.watched.pop(owner, None)
 
@@ -65,11 +63,8 @@ class Abandonment:
             if holder(key) is not hold:
                 del holds[key]
 
-    def ended(self, owner_ref: weakref.ref[Any]) -> None:
+    def ended(self, owner: object) -> None:
         """The owner ended: each of its holds still holding its key is abandoned."""
-        owner = owner_ref()
-        if owner is None:
-            return
         with self.guard:
             holds = self.watched.pop(owner, {})
         for key, hold in holds.items():
