@@ -13,6 +13,7 @@ call) are never marked: a Ctrl-C inside the user's function is the user's.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +21,8 @@ __all__ = ["internal", "protect_with"]
 
 T = TypeVar("T")
 
-_marked: list[Callable[..., Any]] = []
+#: Held weakly: the classes a lock makes for itself (see _recording) go with it.
+_marked: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 _enable: Callable[[Callable[..., Any]], object] | None = None
 
 
@@ -44,7 +46,7 @@ def internal(obj: T) -> T:
     Returns ``obj`` unchanged: no wrapper, no cost at call time.
     """
     for fn in _functions(obj):
-        _marked.append(fn)
+        _marked.add(fn)
         if _enable is not None:
             _enable(fn)
     return obj
@@ -55,5 +57,5 @@ def protect_with(enable: Callable[[Callable[..., Any]], object]) -> None:
     ``enable_ki_protection``, which marks the function's code object)."""
     global _enable
     _enable = enable
-    for fn in _marked:
+    for fn in list(_marked):
         enable(fn)

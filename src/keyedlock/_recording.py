@@ -204,16 +204,26 @@ def _watchdog() -> None:
     """Look at every watch a few times per its ``warn_after``; end once none is left."""
     pause = threading.Event()
     while True:
-        watches = list(_watches)
-        if not watches:
+        interval = _look()
+        if interval is None:
             with _watchdog_guard:
                 if not _watches:
                     _watchdog_state["thread"] = None
                     return
             continue
-        now = monotonic()
-        for watch in watches:
-            watch.check(now, _report)
-        interval = min(watch.warn_after for watch in watches) / 4
-        del watches
         pause.wait(min(max(interval, 0.01), 1.0))
+
+
+def _look() -> float | None:
+    """Check every watch once; how long to pause before the next look (None: no watch).
+
+    (A function of its own, so that no watch stays referred to while the watchdog pauses:
+    a lock dropped meanwhile goes, and its watch with it.)
+    """
+    watches = list(_watches)
+    if not watches:
+        return None
+    now = monotonic()
+    for watch in watches:
+        watch.check(now, _report)
+    return min(watch.warn_after for watch in watches) / 4

@@ -230,6 +230,19 @@ def test_a_dropped_lock_is_freed_though_the_holder_it_watched_goes_on() -> None:
     assert freed() is None
 
 
+def test_a_released_key_is_not_kept_by_the_watch_of_its_holder() -> None:
+    """Once released, a key that was waited for costs nothing, although its holder's
+    thread goes on and the lock lives."""
+    key = _Key()
+    freed = weakref.ref(key)
+    lock = KeyedLock()
+    wait_behind_an_acquire(lock, key)
+    del key
+    gc.collect()
+    assert freed() is None
+    assert len(lock) == 0
+
+
 def wait_behind_an_acquire(lock: KeyedLock, key: Hashable) -> None:
     """This thread takes ``key`` with acquire(); another one waits for it, gets it, leaves."""
     assert lock.acquire(key)

@@ -206,6 +206,18 @@ def test_a_dropped_lock_closes_its_file_though_the_holder_it_watched_goes_on(
     assert fds_of(lock_path) == []
 
 
+def test_a_dropped_lock_with_warn_after_closes_its_file(lock_path: str) -> None:
+    """``warn_after`` gives the lock a context class of its own, watched by a thread of the
+    process: neither may keep the lock's descriptors once it is dropped."""
+    lock = FileKeyedLock(lock_path, warn_after=60)
+    with lock("k"):
+        pass
+    assert fds_of(lock_path)
+    del lock
+    gc.collect()
+    assert fds_of(lock_path) == []
+
+
 def test_two_objects_on_one_file_exclude_each_other(lock_path: str) -> None:
     first, second = FileKeyedLock(lock_path), FileKeyedLock(lock_path)
     with first("k"):

@@ -17,6 +17,7 @@ import os
 import threading
 import weakref
 from collections.abc import Hashable
+from functools import partial
 from typing import Any
 
 from .._core import Hold, KeyTable
@@ -34,9 +35,13 @@ class Abandonment:
 
     def __init__(self, table: KeyTable) -> None:
         self.table = table
-        self.guard = threading.Lock()
-        #: owner -> {key: the owner's hold of it that someone waited behind}
-        self.watched: weakref.WeakKeyDictionary[Any, dict[Hashable, Hold]] = (
+        # (Re-entrant: a watched hold freed by the collector, inside a section under the
+        # guard, forgets itself under it too: see _forget.)
+        self.guard = threading.RLock()
+        #: owner -> {key: the owner's hold of it that someone waited behind}, the holds
+        #: referred to weakly: a released hold (its context, the waiters it had) is not
+        #: kept alive by its watch.
+        self.watched: weakref.WeakKeyDictionary[Any, dict[Hashable, weakref.ref[Hold]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -47,28 +52,34 @@ class Abandonment:
         with self.guard:
             holds = self.watched.get(owner)
             if holds is not None:
-                if holds.get(key) is not holder:
-                    self._prune(holds)  # (so a released hold stays here until the next one)
-                    holds[key] = holder
+                seen = holds.get(key)
+                if seen is None or seen() is not holder:
+                    self._prune(holds)
+                    holds[key] = self._ref(owner, key, holder)
                 return
-            self.watched[owner] = {key: holder}
+            self.watched[owner] = {key: self._ref(owner, key, holder)}
         if not when_ended(owner, self.ended):  # (held weakly there)
             with self.guard:
                 self.watched.pop(owner, None)
 
-    def _prune(self, holds: dict[Hashable, Hold]) -> None:
+    def _ref(self, owner: object, key: Hashable, holder: Hold) -> weakref.ref[Hold]:
+        """A weak reference to ``holder`` whose end forgets its entry (and with it the key)."""
+        return weakref.ref(holder, partial(_forget, weakref.ref(self), weakref.ref(owner), key))
+
+    def _prune(self, holds: dict[Hashable, weakref.ref[Hold]]) -> None:
         """Forget the holds that no longer hold their key (under the guard)."""
         holder = self.table.holder
         for key, hold in list(holds.items()):
-            if holder(key) is not hold:
-                del holds[key]
+            if holder(key) is not hold():
+                holds.pop(key, None)
 
     def ended(self, owner: object) -> None:
         """The owner ended: each of its holds still holding its key is abandoned."""
         with self.guard:
             holds = self.watched.pop(owner, {})
-        for key, hold in holds.items():
-            if self.table.holder(key) is not hold:
+        for key, seen in holds.items():
+            hold = seen()
+            if hold is None or self.table.holder(key) is not hold:
                 continue
             who = owner_text(owner)
             if describe_owner(owner)[0] == "thread":
@@ -94,3 +105,20 @@ class Abandonment:
                     who,
                     os.getpid(),
                 )
+
+
+def _forget(
+    abandonment: weakref.ref[Abandonment],
+    owner: weakref.ref[Any],
+    key: Hashable,
+    seen: weakref.ref[Hold],
+) -> None:
+    """A watched hold was freed: drop its entry, if it is still the key's."""
+    watcher = abandonment()
+    watched_owner = owner()
+    if watcher is None or watched_owner is None:
+        return
+    with watcher.guard:
+        holds = watcher.watched.get(watched_owner)
+        if holds is not None and holds.get(key) is seen:
+            del holds[key]

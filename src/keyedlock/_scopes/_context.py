@@ -58,7 +58,7 @@ class LockContext(KeyHold):
     exiting raises RuntimeError and leaves the key's current holder alone.
     """
 
-    __slots__ = ("_backend", "_timeout")
+    __slots__ = ("__weakref__", "_backend", "_timeout")  # (weakly watched: see _abandon)
 
     _backend: LockBackend
     _timeout: float | None
