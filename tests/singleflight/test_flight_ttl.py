@@ -241,6 +241,32 @@ def test_expired_values_are_dropped(last_key: str, monkeypatch: pytest.MonkeyPat
     assert list(table_of(sf).results) == [key], "expired values are still kept"
 
 
+@pytest.mark.parametrize("next_call", ["a hit of a fresh value", "a call that fails"])
+def test_expired_values_are_dropped_by_any_next_call(
+    next_call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a call that keeps a value: whatever the next call does, expired ones go."""
+    now = [1000.0]
+    monkeypatch.setattr(localflight, "monotonic", lambda: now[0])
+    sf = SingleFlight(ttl=SHORT_TTL)
+    for i in range(100):
+        sf.do_sync(f"key-{i}", lambda: "value")
+    now[0] += SHORT_TTL / 2
+    sf.do_sync("fresh", lambda: "fresh value")
+    now[0] += SHORT_TTL * 0.75  # the first 100 expired; "fresh" has not
+
+    if next_call == "a hit of a fresh value":
+        assert sf.do_sync_ex("fresh", lambda: "unused") == Result("fresh value", True)
+    else:
+
+        def fail() -> str:
+            raise FetchError("no")
+
+        with pytest.raises(FetchError):
+            sf.do_sync("failing", fail)
+    assert list(table_of(sf).results) == ["fresh"], "expired values are still kept"
+
+
 @pytest.mark.anyio
 async def test_many_keys_over_time_keep_the_results_bounded() -> None:
     sf = SingleFlight(ttl=SHORT_TTL)

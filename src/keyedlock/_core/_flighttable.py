@@ -108,15 +108,24 @@ class FlightTable(KeyTable):
         return self.conclude(key, leader, outcome, value, now)
 
     def cached(self, key: Hashable, now: float) -> object:
-        """A value kept for ``key`` that is still fresh at ``now``, else MISS."""
-        entry = self.results.get(key)
-        if entry is None:
+        """A value kept for ``key`` that is still fresh at ``now``, else MISS.
+
+        Every look drops the values expired by ``now`` (for any key): a key's
+        value lives until the first call after it expired, however the calls
+        end (a hit, an error, another key).
+        """
+        results = self.results
+        entry = results.get(key)
+        try:
+            expired = results[next(iter(results))][0] <= now  # the oldest (insertion order)
+        except (StopIteration, KeyError, RuntimeError):  # none, or changing meanwhile
+            expired = False
+        if expired:
+            with self._guard:
+                self._expire(now)
+        if entry is None or entry[0] <= now:
             return MISS
-        if entry[0] > now:
-            return entry[1]
-        with self._guard:
-            self._expire(now)
-        return MISS
+        return entry[1]
 
     def _expire(self, now: float) -> None:
         """Under the guard: drop every kept value that expired by ``now``."""
