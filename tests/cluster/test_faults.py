@@ -158,6 +158,53 @@ def test_a_server_gone_past_the_lease_loses_it_and_logs_why(
     assert len(lock) == 0
 
 
+@pytest.mark.parametrize("leave", ["with", "release(key)", "asyncio", "trio"])
+def test_a_lease_lost_to_a_server_still_down_is_lease_lost_on_exit(
+    fresh_server: Server, leave: str
+) -> None:
+    """The lease ran out while Redis could not be reached, and it still cannot be at the
+    exit: LeaseLost (the unreachable server is its cause), not a bare ConnectionError."""
+    lock = RedisKeyedLock(fresh_server.url, lease=0.3)
+    with pytest.raises(LeaseLost) as raised:
+        hold_losing_the_lease(lock, fresh_server, leave)
+    assert isinstance(raised.value.__cause__, ConnectionError)
+    assert where(fresh_server) in str(raised.value.__cause__)
+    assert len(lock) == 0
+    fresh_server.start()
+    with lock("k"):  # and the lock works again once the server is back
+        pass
+
+
+def hold_losing_the_lease(lock: RedisKeyedLock, server: Server, leave: str) -> None:
+    """Hold "k", kill the server until the lease is known lost, then leave as ``leave``."""
+
+    def lose(held: Any) -> None:
+        server.kill()
+        wait_until(lambda: held.lost, "the renewal gives up once the lease has run out")
+
+    if leave == "with":
+        with lock("k") as held:
+            lose(held)
+    elif leave == "release(key)":
+        assert lock.acquire("k")
+        lose(lock._backend.table.holder(lock._local("k")))  # the hold acquire() took
+        lock.release("k")
+    elif leave == "asyncio":
+
+        async def main() -> None:
+            async with lock("k") as held:
+                await asyncio.to_thread(lose, held)
+
+        asyncio.run(main())
+    else:
+
+        async def trio_main() -> None:
+            async with lock("k") as held:
+                await trio.to_thread.run_sync(lose, held)
+
+        trio.run(trio_main)
+
+
 # -- a server that stops answering (SIGSTOP) ------------------------------------------------------
 
 

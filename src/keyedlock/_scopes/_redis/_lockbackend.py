@@ -167,7 +167,13 @@ class RedisBackend(WideBackend):
         _live.add(self)
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
-        WideBackend.release(self, ctx, abort)
+        try:
+            WideBackend.release(self, ctx, abort)
+        except Exception as exc:
+            # (Redis unreachable, say): a lease known lost is still what the caller learns.
+            if ctx.lost:  # type: ignore[attr-defined]
+                raise lease_lost(ctx._key, ctx.token) from exc  # type: ignore[attr-defined]
+            raise
         if ctx.lost:  # type: ignore[attr-defined]
             raise lease_lost(ctx._key, ctx.token)  # type: ignore[attr-defined]
 
@@ -178,7 +184,12 @@ class RedisBackend(WideBackend):
         cancellation once, so it must not be swallowed for LeaseLost. (Under trio the
         cancellation comes at the next checkpoint, so the exit raises LeaseLost itself.)"""
         key = ctx._key
-        released, cancelled = await self.scope.release_async(key, ctx)
+        try:
+            released, cancelled = await self.scope.release_async(key, ctx)
+        except Exception as exc:
+            if ctx.lost:  # type: ignore[attr-defined]  # (as in release)
+                raise lease_lost(key, ctx.token) from exc  # type: ignore[attr-defined]
+            raise
         if not released:
             table: KeyTable = ctx._table  # type: ignore[assignment]
             if table.holder(key) is ctx:
@@ -210,9 +221,11 @@ class RedisBackend(WideBackend):
             done.append(holder)
         try:
             released = self.scope.release(key, holder)
-        except Exception:
+        except Exception as exc:
             if table.holder(key) is holder:
                 table.release(key, holder)
+            if holder.lost:  # (as in release)
+                raise lease_lost(key, holder.token) from exc
             raise
         if not released and not retry:
             # Handed the key here, but still waiting for another process: not held yet.
