@@ -48,7 +48,10 @@ class LockStatistics:
             :meth:`~keyedlock.KeyedLock.statistics`).
         waiters: how many callers wait for it (as :meth:`~keyedlock.KeyedLock.waiters`).
         waiters_by_runtime: those waiters by runtime (``{"thread": 2, "asyncio": 1}``);
-            runtimes with no waiter are left out.
+            runtimes with no waiter are left out; the counts add up to ``waiters``. In
+            the Redis scope, the places in line of other processes count under
+            ``"process"`` (one per process: a process queues its callers of a key
+            itself, and only the first of them waits in Redis).
     """
 
     key: Hashable
@@ -69,7 +72,9 @@ class FlightStatistics:
         leader: who runs the call, if known.
         running_for: seconds since the call started, if recorded.
         followers: how many callers wait for its outcome.
-        followers_by_runtime: those followers by runtime.
+        followers_by_runtime: those followers by runtime; the counts add up to
+            ``followers`` (in the Redis scope, other processes' followers count under
+            ``"process"``).
         cached: True if a value kept by ``ttl`` is fresh (the next caller reuses it).
     """
 

@@ -273,6 +273,29 @@ def test_statistics_name_a_leader_in_another_process(
     assert observer.statistics("k").leader is None
 
 
+def test_followers_add_up_by_runtime(make_flight: MakeFlight) -> None:
+    """A follower here of a leader in another process counts by its runtime here, and as
+    "process" there."""
+    leader, here = make_flight(), make_flight()  # two processes, as far as Redis can tell
+    started, finish = threading.Event(), threading.Event()
+
+    def call() -> str:
+        started.set()
+        assert finish.wait(WAIT)
+        return "v"
+
+    leading = start_thread(lambda: leader.do_sync("k", call), "leader")
+    assert started.wait(WAIT)
+    following = start_thread(lambda: here.do_sync("k", lambda: "not run"), "follower")
+    wait_until(lambda: waiting(here, "k") == 1, "the follower joins")
+    stats = here.statistics("k")
+    assert (stats.followers, dict(stats.followers_by_runtime)) == (1, {"thread": 1})
+    seen = leader.statistics("k")
+    assert (seen.followers, dict(seen.followers_by_runtime)) == (1, {"process": 1})
+    finish.set()
+    assert leading.result() == following.result() == "v"
+
+
 def test_a_killed_leader_is_replaced_by_a_follower_after_its_lease(
     workers: list[WorkerProcess], make_flight: MakeFlight
 ) -> None:

@@ -21,7 +21,7 @@ import redis.connection
 import trio
 
 import keyedlock
-from keyedlock import KeyedLockError, LeaseLost, LockTimeout
+from keyedlock import KeyedLockError, LeaseLost, LockTimeout, QueueFull
 from keyedlock._scopes._redis import renewer
 from keyedlock.redis import RedisContext, RedisKeyedLock
 
@@ -697,3 +697,27 @@ def _backend() -> str:
     import sniffio
 
     return sniffio.current_async_library()
+
+
+def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
+    """Waiters add up: this process's, its first one (waiting in Redis) included, and the
+    places of other processes under "process"; max_waiters bounds the first one too."""
+    holder, here = make_lock(), make_lock()  # two processes, as far as Redis can tell
+    assert holder.acquire("k")
+
+    def wait() -> bool:
+        with here("k", timeout=WAIT):
+            return True
+
+    waiters = [start_thread(wait, f"waiter {i}") for i in range(2)]
+    wait_until(lambda: here.waiters("k") == 2, "both wait")
+    stats = here.statistics("k")
+    assert (stats.waiters, dict(stats.waiters_by_runtime)) == (2, {"thread": 2})
+    seen = holder.statistics("k")  # one place in line: the other process's first caller
+    assert (seen.waiters, dict(seen.waiters_by_runtime)) == (1, {"process": 1})
+    bounded = make_lock(max_waiters=0)
+    with pytest.raises(QueueFull, match="max_waiters=0"):
+        bounded.acquire("k")
+    holder.release("k")
+    for waiter in waiters:
+        assert waiter.result() is True

@@ -257,7 +257,8 @@ async def test_cancellation_withdraws_a_queued_wait_at_once(
                 await wait_until_async(lambda: _queued(lock, "k1"), "k1's wait queues")
                 withdrawn = _wait_of(lock, "k1")
                 tg.start_soon(waiter, "k1", "next")
-                await wait_until_async(lambda: lock.waiters("k1") == 1, "the next one queues")
+                # (The first one waits for the other process: a waiter too.)
+                await wait_until_async(lambda: lock.waiters("k1") == 2, "the next one queues")
                 inner.cancel_scope.cancel()
             assert withdrawn.job.done
             assert not withdrawn.job.queued
@@ -265,7 +266,7 @@ async def test_cancellation_withdraws_a_queued_wait_at_once(
             await wait_until_async(lambda: _queued(lock, "k1"), "the next one's wait queues")
             assert _wait_of(lock, "k1") is not withdrawn
             assert _pool(lock).queued == 1
-            assert lock.waiters("k1") == 0
+            assert lock.waiters("k1") == 1  # the next one, now first, waiting for the other
             # Then the next one cancelled too: nothing at all is left for k1.
             tg.cancel_scope.cancel()
     assert entered == []
@@ -396,7 +397,9 @@ async def _many_waiters(lock: FileKeyedLock, holder: Any, keys: int) -> None:
                     if j == 0:
                         await wait_until_async(partial(_waits, lock, f"k{i}"), "waits")
                     else:
-                        await wait_until_async(partial(_local_waiters, lock, f"k{i}", j), "queues")
+                        # (the first, waiting for the other process, counts too)
+                        queued = partial(_local_waiters, lock, f"k{i}", j + 1)
+                        await wait_until_async(queued, "queues")
             for i in range(ORDERED_KEYS, keys):
                 tg.start_soon(waiter, i, 0)
             pool = _pool(lock)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from functools import partial
 
 import anyio
 import pytest
 
-from keyedlock import FileKeyedLock, LockTimeout
+from keyedlock import FileKeyedLock, LockTimeout, QueueFull
 
 from ..support import WAIT, scope_of, start_thread, table_of, wait_until, wait_until_async
 from .file_support import Children, fds_of, helper_threads, own_fds, wait_waiters
@@ -181,12 +182,48 @@ def test_local_waiters_are_served_in_arrival_order(
         if i == 0:
             wait_until(lambda: _pending(file_lock) == 1, "the first waits in the kernel")
         else:
-            wait_waiters(file_lock, "k", i)
-    assert file_lock.waiters("k") == 3  # this process's waiters; the kernel wait is the first
+            wait_waiters(file_lock, "k", i + 1)
+    assert file_lock.waiters("k") == 4  # this process's waiters; the kernel wait is the first
     assert holder.ask("release", "k") == "ok"
     for handle in handles:
         handle.result()
     assert order == [0, 1, 2, 3]
+
+
+def test_the_first_waiter_for_another_process_counts_as_a_waiter(lock_path: str) -> None:
+    """The caller of this process that waits in the kernel is counted (waiters, statistics)
+    and bounded (max_waiters) as the ones queued behind it are."""
+    other = FileKeyedLock(lock_path)  # its own open file description: as another process
+    assert other.acquire("k")
+    lock = FileKeyedLock(lock_path)
+    bounded = FileKeyedLock(lock_path, max_waiters=0)
+    try:
+        waiter = start_thread(partial(lock.acquire, "k", timeout=WAIT), "waiter")
+        wait_waiters(lock, "k", 1)
+        stats = lock.statistics("k")
+        assert (stats.locked, stats.waiters, dict(stats.waiters_by_runtime)) == (
+            True,
+            1,
+            {"thread": 1},
+        )
+        with pytest.raises(QueueFull, match="max_waiters=0"):
+            bounded.acquire("k")
+        with pytest.raises(QueueFull), bounded("k", timeout=WAIT):
+            pass
+
+        async def in_a_task() -> None:
+            async with bounded("k"):
+                pass
+
+        with pytest.raises(QueueFull):
+            asyncio.run(in_a_task())
+        assert bounded.acquire("k", timeout=0) is False  # trying once is never queueing
+        assert len(bounded) == 0
+    finally:
+        other.release("k")
+    assert waiter.result() is True
+    lock.release("k")
+    assert lock.waiters("k") == 0
 
 
 def test_asyncio_loop_closed_while_its_task_waits(

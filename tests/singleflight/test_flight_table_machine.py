@@ -289,15 +289,17 @@ class FlightMachine(RuleBasedStateMachine):
 
     @rule(key=st.sampled_from(KEYS))
     def lookup(self, key: str) -> None:
-        """A kept value is found while fresh; an expired one is not, and sweeps the table."""
+        """A kept value is found while fresh; an expired one is not. A look sweeps the table
+        if any value expired (for any key: the oldest is first)."""
         entry = self.kept.get(key)
+        oldest = next(iter(self.kept.values()), None)
         found = self.table.cached(key, self.now)
         if entry is not None and entry[0] > self.now:
             assert found is entry[1]
         else:
             assert found is MISS
-            if entry is not None:
-                self.sweep()
+        if oldest is not None and oldest[0] <= self.now:
+            self.sweep()
 
     # -- invariants --------------------------------------------------------
 

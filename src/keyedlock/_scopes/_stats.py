@@ -27,24 +27,29 @@ def since(hold: Hold | None) -> float | None:
     return None if started is None else max(0.0, monotonic() - started)
 
 
-def by_runtime(holds: Iterable[Hold]) -> dict[str, int]:
-    """How many of ``holds`` belong to each runtime."""
+def by_runtime(holds: Iterable[Hold], elsewhere: int = 0) -> dict[str, int]:
+    """How many of ``holds`` belong to each runtime; ``elsewhere`` more (callers that
+    other processes have in a wider scope) under ``"process"``."""
     counts: dict[str, int] = {}
     for hold in holds:
         runtime = describe_owner(hold._owner)[0]
         counts[runtime] = counts.get(runtime, 0) + 1
+    if elsewhere > 0:
+        counts["process"] = elsewhere
     return counts
 
 
 def lock_statistics(
-    shown: Hashable, locked: bool, holder: Hold | None, waiting: list[Hold]
+    shown: Hashable, locked: bool, holder: Hold | None, waiting: list[Hold], elsewhere: int = 0
 ) -> LockStatistics:
-    """The snapshot of a key of this process's table: ``holder`` (if known) and ``waiting``."""
+    """The snapshot of a key of this process's table: ``holder`` (if known), ``waiting``, and
+    ``elsewhere`` waiters of other processes (those a wider scope counts)."""
+    elsewhere = max(0, elsewhere)
     return LockStatistics(
         key=shown,
         locked=locked,
         holder=owner_of(holder, os.getpid()),
         held_for=since(holder),
-        waiters=len(waiting),
-        waiters_by_runtime=by_runtime(waiting),
+        waiters=len(waiting) + elsewhere,
+        waiters_by_runtime=by_runtime(waiting, elsewhere),
     )

@@ -16,6 +16,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
 from .._core import RELEASED, KeyTable
+from .._errors import QueueFull
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -31,7 +32,16 @@ from ._contract import WideScope
 from ._local import LocalBackend
 from ._stats import lock_statistics
 
-__all__ = ["WideBackend", "WideContext", "remaining"]
+__all__ = ["WideBackend", "WideContext", "check_room", "remaining"]
+
+
+def check_room(ctx: LockContext) -> None:
+    """QueueFull if ``ctx``, this process's first caller of its key, may not wait for it in
+    the wide scope: it counts as one of the process's waiters, as ``max_waiters`` bounds."""
+    table: KeyTable = ctx._table  # type: ignore[assignment]
+    limit = table.max_waiters
+    if limit is not None and table.waiters(ctx._key) + 1 > limit:
+        raise QueueFull(f"key {ctx._key!r} already has {limit} waiter(s) (max_waiters={limit})")
 
 
 def remaining(timeout: float | None, start: float) -> float | None:
@@ -130,6 +140,10 @@ class WideBackend(LocalBackend):
             wide_timeout = remaining(timeout, start)
         # Held here: now in the wide scope, or given back here. (What raises is undone by
         # the caller: the context's undo.)
+        if wide_timeout != 0 and ctx._table.max_waiters is not None:  # type: ignore[union-attr]
+            if self.scope.acquire_sync(key, ctx, 0):
+                return True
+            check_room(ctx)  # (it would wait for another process)
         if self.scope.acquire_sync(key, ctx, wide_timeout):
             return True
         ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
@@ -139,9 +153,15 @@ class WideBackend(LocalBackend):
         start = monotonic() if timeout else 0.0
         if not await LocalBackend.acquire_async(self, ctx, runtime, timeout):
             return False
-        if await self.scope.acquire_async(ctx._key, ctx, remaining(timeout, start)):
+        key = ctx._key
+        wide_timeout = remaining(timeout, start)
+        if wide_timeout != 0 and ctx._table.max_waiters is not None:  # type: ignore[union-attr]
+            if await self.scope.acquire_async(key, ctx, 0):
+                return True
+            check_room(ctx)  # (as in acquire)
+        if await self.scope.acquire_async(key, ctx, wide_timeout):
             return True
-        ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
+        ctx._table.release(key, ctx)  # type: ignore[union-attr]
         return False
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
@@ -180,12 +200,20 @@ class WideBackend(LocalBackend):
     def locked(self, key: Hashable) -> bool:
         return self.table.locked(key) or self.scope.locked(key)
 
+    def waiters(self, key: Hashable) -> int:
+        """This process's callers that wait: the queue here, and the first of them if it
+        still waits for the key in the wide scope."""
+        holder = self.table.holder(key)
+        first = holder is not None and not self.scope.holds(holder)
+        return self.table.waiters(key) + first
+
     def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
         holder, waiting = self.table.snapshot(key)
         if holder is not None and not self.scope.holds(holder):
-            # This process's first caller still waits for the wide scope: the key is held,
-            # if at all, by another process, which this process cannot name.
-            stats = lock_statistics(shown, self.scope.locked(key), None, waiting)
+            # This process's first caller still waits for the wide scope, ahead of the others
+            # here: the key is held, if at all, by another process, which this process
+            # cannot name.
+            stats = lock_statistics(shown, self.scope.locked(key), None, [holder, *waiting])
         else:
             stats = lock_statistics(shown, holder is not None, holder, waiting)
         if not stats.locked and self.scope.locked(key):

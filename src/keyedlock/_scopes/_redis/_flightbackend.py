@@ -352,13 +352,18 @@ class RedisFlightBackend:
             isinstance(leader, Ticket)
             and (leader.role == LEADING or (member is not None and member == leader.member))
         )
+        if elsewhere and leader is not None:
+            # This process's first caller follows in Redis, ahead of the others here.
+            waiting = [leader, *waiting]
+            followers -= 1
+        followers = max(0, followers)
         return FlightStatistics(
             key=shown,
             in_flight=leader is not None or busy,
             leader=id_owner(member) if elsewhere else owner_of(leader, os.getpid()),
             running_for=None if elsewhere else since(leader),
-            followers=self.table.waiters(key) + followers,
-            followers_by_runtime=by_runtime(waiting),
+            followers=len(waiting) + followers,
+            followers_by_runtime=by_runtime(waiting, followers),
             cached=bool(self.table.ttl) and self.cached(key) is not MISS,
         )
 

@@ -239,21 +239,27 @@ class RedisBackend(WideBackend):
         return self.table.waiters(key) + self.scope.waiting(key)
 
     def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
-        """One round trip: held and waiting cluster-wide (``waiters`` as :meth:`waiters`; by
-        runtime, this process's); the holder named if it is in this process, else by its
-        process id and host."""
+        """One round trip: held and waiting cluster-wide (``waiters`` as :meth:`waiters`: by
+        runtime, this process's, and a ``"process"`` count for the places of other
+        processes); the holder named if it is in this process, else by its process id and
+        host."""
         scope = self.scope
         holder, waiting = self.table.snapshot(key)
         held, places, owner = scope.inspect(key)
         if holder is not None and (
             scope.holds(holder) or (owner is not None and owner == scope.waiter_of(holder))
         ):  # (held here, or handed the key in Redis and about to take it here)
-            stats = lock_statistics(shown, True, holder, waiting)
+            return lock_statistics(shown, True, holder, waiting, places)
+        if holder is not None:
+            # This process's first caller waits in Redis, ahead of the others here (in its
+            # place in line there, once it has one).
+            placed = scope.waiter_of(holder) is not None
+            stats = lock_statistics(shown, held, None, [holder, *waiting], places - placed)
         else:
-            stats = lock_statistics(shown, held, None, waiting)
-            if held:
-                stats = replace(stats, holder=id_owner(owner))
-        return replace(stats, waiters=len(waiting) + places)
+            stats = lock_statistics(shown, held, None, waiting, places)
+        if held:
+            stats = replace(stats, holder=id_owner(owner))
+        return stats
 
     def forked(self) -> None:
         """In a fork child: no holder and no waiter (the parent's did not fork with it)."""
