@@ -721,3 +721,26 @@ def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
     holder.release("k")
     for waiter in waiters:
         assert waiter.result() is True
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_in_redis_is_not_counted_at_once(make_lock: MakeLock) -> None:
+    """A cancelled waiter leaves its place through the renewal thread; its process does not
+    count that place meanwhile: waiters(key) is 0 right after the cancellation."""
+    holder, here = make_lock(), make_lock()  # two processes, as far as Redis can tell
+    assert holder.acquire("k", blocking=False)  # (a blocking one is refused in a task)
+    try:
+        for _ in range(5):
+
+            async def wait_for_key() -> None:
+                async with here("k"):
+                    raise AssertionError("the key is held elsewhere")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_key)
+                await wait_until_async(lambda: here.waiters("k") == 1, "it waits in Redis")
+                tg.cancel_scope.cancel()
+            assert here.waiters("k") == 0
+            assert here.statistics("k").waiters == 0
+    finally:
+        holder.release("k")

@@ -7,6 +7,7 @@ leader gets.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from ._lockscripts import ACQUIRE, INSPECT, REFRESH, RELEASE, RENEW, WITHDRAW, LockKeys
@@ -62,9 +63,10 @@ def withdraw(keys: LockKeys, waiter: str) -> Call:
     return Call(WITHDRAW, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
 
 
-def inspect(keys: LockKeys) -> Call:
-    """Whether the key is held, and how many places wait: :func:`parse_inspect`."""
-    return Call(INSPECT, keys.keys, (keys.wake_prefix, "-"))
+def inspect(keys: LockKeys, leaving: Iterable[str] = ()) -> Call:
+    """Whether the key is held, and how many places wait, not counting those of
+    ``leaving`` (waiters whose withdraw is on its way): :func:`parse_inspect`."""
+    return Call(INSPECT, keys.keys, (keys.wake_prefix, "-", *leaving))
 
 
 # --- replies ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from ..._errors import LockTimeout
 from ..._ki import internal
 from ..._log import logger
 from ._failures import NoAnswer
+from ._leaving import Leaving
 from ._link import Link
 from ._lockcalls import (
     Granted,
@@ -132,6 +133,7 @@ class RedisScope:
         "held",
         "lease",
         "lease_ms",
+        "leaving",
         "link",
         "map_key",
         "patience",
@@ -150,11 +152,14 @@ class RedisScope:
         #: server runs once it goes on (an acquire sent before it stopped) is then undone.
         self.patience = CLEAN_UP_LEASES * lease
         self.held = {}
+        #: Places whose withdraw went to the renewal thread: not counted meanwhile.
+        self.leaving = Leaving(self.patience + lease)
         renewer.add(self)
 
     def forked(self) -> None:
         """In a fork child: nothing is held (the parent's holds did not fork with it)."""
         self.held = {}
+        self.leaving = Leaving(self.leaving.keep)  # (its guard may have been held)
 
     @property
     def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
@@ -274,9 +279,9 @@ class RedisScope:
         try:
             self.link.run(call, MARGIN)
         except NoAnswer:
-            renewer.chore(self.link, call, self.patience)
+            self._withdraw_later(attempt)
         except BaseException:
-            renewer.chore(self.link, call, self.patience)
+            self._withdraw_later(attempt)
             raise
 
     async def _give_up_async(self, hold: Hold, attempt: Attempt) -> None:
@@ -285,10 +290,16 @@ class RedisScope:
         try:
             await self.link.run_async(call, MARGIN)
         except NoAnswer:
-            renewer.chore(self.link, call, self.patience)
+            self._withdraw_later(attempt)
         except BaseException:
-            renewer.chore(self.link, call, self.patience)
+            self._withdraw_later(attempt)
             raise
+
+    def _withdraw_later(self, attempt: Attempt) -> None:
+        """Withdraw ``attempt`` from the renewal thread (it goes again while the server
+        cannot be reached); until it surely has, this process does not count its place."""
+        renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
+        self.leaving.add(attempt.waiter, attempt.key)
 
     # -- holding and releasing -------------------------------------------------
 
@@ -328,7 +339,7 @@ class RedisScope:
         try:
             reply = self.link.run(release(attempt.key.names, attempt.waiter))
         except BaseException:
-            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
+            self._withdraw_later(attempt)
             raise
         return self._released(hold, attempt, reply)
 
@@ -346,7 +357,7 @@ class RedisScope:
             call = release(attempt.key.names, attempt.waiter)
             reply, cancelled = await self.link.finish_async(call)
         except BaseException:
-            renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
+            self._withdraw_later(attempt)
             raise
         return self._released(hold, attempt, reply), cancelled
 
@@ -359,7 +370,7 @@ class RedisScope:
             del held[hold]
         except KeyError:
             return False
-        renewer.chore(self.link, withdraw(attempt.key.names, attempt.waiter), self.patience)
+        self._withdraw_later(attempt)
         return True
 
     # -- the key, for anyone ---------------------------------------------------------
@@ -374,7 +385,8 @@ class RedisScope:
 
     def inspect(self, local_key: Hashable) -> tuple[bool, int, str | None]:
         """(held, waiting places, the holder's waiter id or None), in one round trip."""
-        return parse_inspect(self.link.run(inspect(cast(RedisKey, local_key).names)))
+        call = inspect(cast(RedisKey, local_key).names, self.leaving.of(local_key))
+        return parse_inspect(self.link.run(call))
 
     not_held = staticmethod(not_held_error)
 

@@ -346,9 +346,18 @@ return held
 _INSPECT = (
     _LOCK
     + """
+-- ARGV[3...]: places of the asking process that are on their way out (a withdraw queued
+-- in its renewal thread): not counted.
+local places = redis.call('ZCOUNT', places_key, '(' .. int(now), '+inf')
+for i = 3, #ARGV do
+  local score = redis.call('ZSCORE', places_key, ARGV[i])
+  if score and tonumber(score) > tonumber(int(now)) then
+    places = places - 1
+  end
+end
 return {
   redis.call('EXISTS', owner_key),
-  redis.call('ZCOUNT', places_key, '(' .. int(now), '+inf'),
+  places,
   redis.call('GET', owner_key) or ''
 }
 """
