@@ -95,7 +95,7 @@ class RedisContext(WideContext):
             raise RuntimeError(REUSE)
         self._phase = ENTERED
         if running_loop() is not None or sniffio_local.name is not None:
-            raise blocking_call_error("`with lock(key)`")
+            raise blocking_call_error("`with klock(key)`")
         self._owner = thread_owners.token
         backend: RedisBackend = self._backend  # type: ignore[assignment]
         table: KeyTable = self._table  # type: ignore[assignment]
