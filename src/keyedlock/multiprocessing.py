@@ -23,8 +23,9 @@ offer the API of :class:`~keyedlock.KeyedLock` and
 round trip to it over a local socket: a synchronous acquire is *one* request
 (the manager answers it when the key is granted or the timeout elapses:
 nobody polls) and a release is one more. An ``async`` acquire first asks
-once without waiting (the manager answers at once); if the key is busy it
-waits in a helper thread, so the event loop keeps running. ``locked``,
+once without waiting (the manager answers at once; a manager that does not
+answer within a second of grace is waited for from a helper thread); if the
+key is busy it waits in a helper thread, so the event loop keeps running. ``locked``,
 ``waiters`` and ``len`` are one round trip each. Roughly tens of
 microseconds per round trip: use it where the work under the key is worth
 that, across processes; use :class:`~keyedlock.KeyedLock` within one.

@@ -17,6 +17,7 @@ continued, and every manager is shut down (killed if it does not stop) at teardo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -454,6 +455,51 @@ async def test_timeout_bounds_async_acquire_against_a_stopped_manager(
     assert await lock.acquire_async("k", timeout=WAIT)
     lock.release("k")
     wait_until(lambda: len(lock) == 0, "nothing is left in the manager")
+
+
+@pytest.mark.parametrize("call", ["async with, no timeout", "acquire_async, timeout", "flight.do"])
+def test_async_calls_wait_for_a_stopped_manager_off_the_event_loop(
+    managers: Callable[[], KeyedLockManager], call: str
+) -> None:
+    """An async call tries from the event loop for the grace at most, then goes on waiting
+    from a helper thread: the loop runs meanwhile, and the call succeeds once the manager
+    runs again (a timeout longer than the stop does not end it early)."""
+    manager = managers()
+    lock, flight = manager.KeyedLock(), manager.SingleFlight()
+    assert not lock.locked("warm-up")  # (a connection in the pool)
+    ticks: list[float] = []
+
+    async def op() -> object:
+        if call == "async with, no timeout":
+            async with lock("k"):
+                return "held"
+        if call == "acquire_async, timeout":
+            acquired = await lock.acquire_async("k", timeout=WAIT * 3)
+            lock.release("k")
+            return acquired
+        return await flight.do("k", lambda: "shared")
+
+    async def main() -> object:
+        async def ticker() -> None:
+            while True:
+                ticks.append(0)
+                await asyncio.sleep(0.01)
+
+        beating = asyncio.create_task(ticker())
+        try:
+            return await op()
+        finally:
+            beating.cancel()
+
+    with stopped(manager):
+        running = start_thread(lambda: asyncio.run(main()), "event loop")
+        wait_until(lambda: len(ticks) > 0, "the loop runs")
+        seen = len(ticks)
+        # More than the grace's worth of ticks while the manager is stopped: the loop
+        # was not blocked by the call for longer.
+        wait_until(lambda: len(ticks) > seen + 200, "the loop keeps running")
+    assert running.result() in ("held", True, "shared")
+    wait_until(lambda: len(lock) == 0 and len(flight) == 0, "nothing is left in the manager")
 
 
 def test_a_queued_wait_whose_client_gave_up_times_out_in_the_manager(

@@ -39,7 +39,7 @@ from ._protocol import (
     Reply,
     encode,
 )
-from ._transport import NoAnswer
+from ._transport import NoAnswer, deadline_for
 
 __all__ = ["ManagerFlightBackend"]
 
@@ -88,11 +88,17 @@ class ManagerFlightBackend:
 
         return undo
 
-    def _join(self, key: Hashable, ticket: _Ticket, wait: bool) -> Wait:
+    def _join(
+        self, key: Hashable, ticket: _Ticket, wait: bool, deadline: float | None = None
+    ) -> Wait:
         ticket.key = key
         data = encode(JOIN, self.fid, key, ticket.owner, ticket.serial, wait, ticket.name)
         request = ticket.wait = Wait(
-            client_for(self.address), data, ticket.serial, self._abandon_reply(key, ticket.serial)
+            client_for(self.address),
+            data,
+            ticket.serial,
+            self._abandon_reply(key, ticket.serial),
+            deadline,
         )
         return request
 
@@ -103,7 +109,12 @@ class ManagerFlightBackend:
         return self._join_async(key, ticket)
 
     async def _join_async(self, key: Hashable, ticket: _Ticket) -> object:
-        if self._join(key, ticket, False).run() == Reply.BUSY:  # one round trip on the loop
+        # One round trip on the loop (at most REPLY_GRACE if the manager does not answer);
+        # if busy, or not answered by then, wait in a helper thread (as acquire_async).
+        reply = self._join(key, ticket, False, deadline_for(0)).run()
+        if reply == Reply.NO_ANSWER:
+            ticket.serial = next_serial()
+        if reply in (Reply.BUSY, Reply.NO_ANSWER):
             await wait_off_loop(self._join(key, ticket, True))
         return None
 

@@ -15,6 +15,7 @@ import functools
 import pickle
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import Aborted, LockTimeout
@@ -184,20 +185,28 @@ class ManagerLockBackend:
 
     async def acquire_async(self, ctx: LockContext, runtime: int, timeout: float | None) -> bool:
         """Try once at once (blocking the loop for one round trip: at most REPLY_GRACE if
-        the manager does not answer); if busy, wait in a helper thread (cancellable)."""
+        the manager does not answer); if busy, or not answered by then, wait in a helper
+        thread (cancellable) for the rest of ``timeout``."""
         assert isinstance(ctx, ManagerContext)
         checkpoints = runtime == TRIO and not self.fast_acquire
         if checkpoints:
             await trio_checkpoint_if_cancelled()
+        start = monotonic()
         deadline = deadline_for(timeout)
         ctx._serial = next_serial()  # (one for the try and the wait: the try leaves no trace)
-        now = self._request(ctx, 0, None if deadline is None else deadline_for(0)).run()
-        if now != Reply.BUSY or timeout == 0:
+        now = self._request(ctx, 0, deadline_for(0)).run()
+        if now == Reply.NO_ANSWER and timeout != 0:
+            # The manager did not answer within the grace (stopped, stuck): ask again, from
+            # a helper thread. (If the try is granted once it goes on, the manager hands the
+            # key on, as the try's client is gone; meanwhile it lets this owner queue.)
+            ctx._serial = next_serial()
+        elif now != Reply.BUSY or timeout == 0:
             acquired = self._granted(ctx, now, timeout)
             if acquired and checkpoints:
                 await trio_shielded_checkpoint()
             return acquired
-        reply = await wait_off_loop(self._request(ctx, timeout, deadline))
+        left = None if timeout is None else max(0.0, timeout - (monotonic() - start))
+        reply = await wait_off_loop(self._request(ctx, left, deadline))
         return self._granted(ctx, reply, timeout)
 
     def _release(self, key: Hashable, serial: int, abort: BaseException | None) -> None:

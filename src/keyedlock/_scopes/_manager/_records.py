@@ -44,7 +44,7 @@ def sent_name(name: object) -> str | None:
 class RemoteHold(Hold):
     """A hold of a client process: the core's Hold plus the server's bookkeeping."""
 
-    __slots__ = ("key", "name", "phase", "proc", "serial", "table", "void")
+    __slots__ = ("delivering", "key", "name", "phase", "proc", "serial", "table", "void")
 
     key: Hashable
     table: KeyTable
@@ -54,6 +54,9 @@ class RemoteHold(Hold):
     void: bool
     #: The owner's thread or task name, as its process gave it (for statistics).
     name: str | None
+    #: Granted, with the reply on its way (see Service.deliver): its client may have
+    #: given up on it, and asks again.
+    delivering: bool
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class RemoteHold(Hold):
         self.key = key
         self.phase = PENDING
         self.void = False
+        self.delivering = False
         # Not WAITING: a withdrawal before the hold is queued changes nothing.
         self._state = GRANTED
 

@@ -231,9 +231,17 @@ class Server(Service):
                 except OSError:  # the client gave up waiting (or died): nobody has the reply
                     self.undelivered(state)
                     return
+                self.delivered(state)
         finally:
             sock.close()
             self._closed(state)
+
+    @staticmethod
+    def delivered(state: Conn) -> None:
+        """The reply to ``state``'s request reached its client: what it granted is known."""
+        hold = state.granted
+        if hold is not None:
+            hold.delivering = False
 
     def undelivered(self, state: Conn) -> None:
         """The reply granting ``state.granted`` never reached its client: hand the key on."""

@@ -29,6 +29,7 @@ from ..._core import (
     MISS,
     WAITING,
     FlightTable,
+    Hold,
     KeyTable,
     outcome_of,
     reacquire_error,
@@ -160,8 +161,10 @@ class Service(Introspection):
                 hold._since = monotonic()
                 state.proc.holds[serial] = hold
                 state.granted = hold
+                hold.delivering = True
                 return Reply.GRANTED
-            if holder._owner == hold._owner and timeout != 0:
+            if holder._owner == hold._owner and timeout != 0 and not _delivering(holder):
+                # (Delivering: a try its client gave up on, asking again now: see deliver.)
                 raise reacquire_error(key)
             if timeout == 0:
                 return Reply.BUSY
@@ -170,6 +173,7 @@ class Service(Introspection):
         with self.mutex:
             if decided == GRANTED:
                 state.granted = hold
+                hold.delivering = True
                 return self._granted(hold)
             self._drop(hold)
             if decided == ABORTED:
@@ -279,8 +283,9 @@ class Service(Introspection):
                 hold._since = monotonic()
                 state.proc.holds[serial] = hold
                 state.granted = hold
+                hold.delivering = True
                 return Reply.LEAD
-            if leader._owner == hold._owner:
+            if leader._owner == hold._owner and not _delivering(leader):  # (as in acquire)
                 raise RuntimeError(
                     f"the call for key {key!r} is being run by this same task or thread; "
                     "joining it from inside would wait for itself forever"
@@ -311,6 +316,7 @@ class Service(Introspection):
             hold.phase = LIVE
             hold._since = monotonic()
             state.granted = hold
+            hold.delivering = True
             return Reply.LEAD
 
     def _leader(self, state: Conn, table: KeyTable, key: Hashable, serial: int) -> RemoteHold:
@@ -350,3 +356,8 @@ class Service(Introspection):
         assert isinstance(table, FlightTable)
         with self.mutex:
             table.forget(key)
+
+
+def _delivering(hold: Hold) -> bool:
+    """True if ``hold`` was granted with its reply still on its way (see RemoteHold)."""
+    return isinstance(hold, RemoteHold) and hold.delivering
