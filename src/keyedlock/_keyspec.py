@@ -95,6 +95,12 @@ def _template_key(template: str, fn: Callable[..., Any]) -> Callable[..., Hashab
                     "positional parameter(s); name the parameter instead, e.g. {user_id}"
                 )
             continue
+        if root == var_kw:
+            raise ValueError(
+                f"key template {template!r} names {{{root}}}, the **{root} of "
+                f"{getattr(fn, '__qualname__', fn)!r}{sig}: name the keyword argument "
+                "itself, e.g. {user_id}"
+            )
         if root not in params and var_kw is None:
             raise ValueError(
                 f"key template {template!r} names {{{root}}}, which is not a parameter of "
@@ -108,6 +114,13 @@ def _template_key(template: str, fn: Callable[..., Any]) -> Callable[..., Hashab
         if var_kw is not None:
             names = dict(names)
             names.update(names.pop(var_kw, {}))
+            try:
+                return template.format(*bound.args, **names)
+            except KeyError as exc:  # a field left to **kwargs that this call did not pass
+                raise TypeError(
+                    f"key template {template!r} needs the keyword argument {exc.args[0]!r}, "
+                    "which this call did not pass"
+                ) from None
         return template.format(*bound.args, **names)
 
     return template_key

@@ -224,6 +224,28 @@ def test_template_from_var_keyword_arguments(lock: KeyedLock) -> None:
     assert seen == [True]
 
 
+def test_template_naming_the_var_keyword_parameter_is_refused_at_decoration(
+    lock: KeyedLock,
+) -> None:
+    def work(**options: Any) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"\*\*options.*name the keyword argument itself"):
+        lock.guard("tenant:{options[tenant]}")(work)
+
+
+def test_template_field_left_to_var_keyword_and_not_passed_is_a_type_error(
+    lock: KeyedLock,
+) -> None:
+    @lock.guard("tenant:{tenant}")
+    def work(**options: Any) -> None:
+        raise AssertionError("never runs")
+
+    with pytest.raises(TypeError, match="needs the keyword argument 'tenant'"):
+        work(other="x")
+    assert len(lock) == 0
+
+
 def test_template_without_fields_is_a_constant_key(lock: KeyedLock) -> None:
     seen: list[bool] = []
 
