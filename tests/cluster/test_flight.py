@@ -120,6 +120,48 @@ def test_an_exception_reaches_every_host_as_a_copy(make_flight: MakeFlight) -> N
     assert (at_follower.value.user, at_follower.value.code) == ("ann", 7)
 
 
+def test_an_exception_reaches_every_host_with_its_chain(make_flight: MakeFlight) -> None:
+    """__cause__ and __context__ (and notes) travel with the exception, rebuilt there."""
+    here, there = make_flight(), make_flight()
+
+    def fail() -> None:
+        try:
+            raise KeyError("inner")
+        except KeyError:
+            try:
+                raise OSError(5, "io")
+            except OSError as io:
+                error = Formatted("bob", 3)
+                error.add_note("while fetching")
+                raise error from io
+
+    fn = Gated()
+    gate = fn.gate
+
+    def call() -> object:
+        fn()
+        fail()
+        return None
+
+    leader = start_thread(lambda: here.do_sync("k", call), "leader")
+    assert fn.running.wait(WAIT)
+    follower = start_thread(lambda: there.do_sync("k", call), "follower")
+    wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+    gate.set()
+    with pytest.raises(Formatted):
+        leader.result()
+    with pytest.raises(Formatted) as raised:
+        follower.result()
+    error = raised.value
+    assert (error.user, error.code, error.__notes__) == ("bob", 3, ["while fetching"])
+    assert isinstance(error.__cause__, OSError)
+    assert error.__cause__.args == (5, "io")
+    assert error.__suppress_context__
+    assert isinstance(error.__context__, OSError)
+    assert isinstance(error.__context__.__context__, KeyError)
+    assert fn.calls == 1
+
+
 def test_a_result_that_cannot_be_shared_fails_every_caller(make_flight: MakeFlight) -> None:
     here, there = make_flight(), make_flight()
     fn = Gated(threading.Lock())

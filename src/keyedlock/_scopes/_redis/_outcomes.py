@@ -3,15 +3,20 @@
 An outcome is one tag byte and a body::
 
     v<serializer.dumps(value)>     the call returned a value (a str is UTF-8 encoded)
-    e<serializer.dumps(state)>     the call raised: the exception (see below)
+    E<serializer.dumps(chain)>     the call raised: the exception and its chain (see below)
+    e<serializer.dumps(state)>     the call raised: the exception alone (its chain could not
+                                   be carried)
     t<utf-8 text>                  the call raised an exception the serializer cannot carry
 
 An exception travels as ``(type, args, attributes)`` when its ``__init__`` would change its
 ``args`` if called again (see :func:`~keyedlock._errors.exception_state`), otherwise as
-itself; either way followers raise the same type with the same ``args`` and attributes. One
-the serializer cannot carry (with the default, :mod:`pickle`: a class defined in a function,
-an attribute holding a lock) reaches them as a TypeError describing it, and a result the
-serializer cannot carry makes every caller, the leader included, raise TypeError.
+itself; either way followers raise the same type with the same ``args``, attributes and
+notes. A chain is ``(state, cause chain, context chain, suppress_context)``, up to
+:data:`CHAIN_DEPTH` links deep, so followers in other processes see the same ``__cause__``
+and ``__context__``. One the serializer cannot carry (with the default, :mod:`pickle`: a
+class defined in a function, an attribute holding a lock) reaches them as a TypeError
+describing it, and a result the serializer cannot carry makes every caller, the leader
+included, raise TypeError.
 """
 
 from __future__ import annotations
@@ -61,12 +66,66 @@ def encode_value(
         return encode_error(serializer, error, key), error
 
 
-def encode_error(serializer: Serializer, exc: BaseException, key: Hashable) -> bytes:
-    """The leader's exception for the followers (a description if it cannot be serialized)."""
+#: How many exceptions deep a ``__cause__`` / ``__context__`` chain travels.
+CHAIN_DEPTH = 8
+
+
+def _state(exc: BaseException) -> tuple[object, ...]:
     state = exception_state(exc)
-    payload: tuple[object, ...] = (0, exc) if state is None else (1, *state)
+    return (0, exc) if state is None else (1, *state)
+
+
+def _chain(exc: BaseException, seen: frozenset[int], depth: int) -> tuple[object, ...]:
+    return (
+        _state(exc),
+        _link(exc.__cause__, seen, depth),
+        _link(exc.__context__, seen, depth),
+        exc.__suppress_context__,
+    )
+
+
+def _link(
+    linked: BaseException | None, seen: frozenset[int], depth: int
+) -> tuple[object, ...] | None:
+    if linked is None or id(linked) in seen or depth >= CHAIN_DEPTH:
+        return None
+    return _chain(linked, seen | {id(linked)}, depth + 1)
+
+
+def _rebuilt(state: Any) -> BaseException:
+    exc = state[1] if state[0] == 0 else rebuild_exception(*state[1:])
+    if not isinstance(exc, BaseException):
+        raise TypeError(f"expected an exception, got {exc!r}")
+    return exc
+
+
+def _unchained(chain: Any) -> BaseException:
+    state, cause, context, suppress = chain
+    exc = _rebuilt(state)
+    exc.__cause__ = _unchained_link(cause)
+    exc.__context__ = _unchained_link(context)
+    exc.__suppress_context__ = bool(suppress)
+    return exc
+
+
+def _unchained_link(chain: Any) -> BaseException | None:
+    if chain is None:
+        return None
     try:
-        return b"e" + _dumps(serializer, payload)
+        return _unchained(chain)
+    except Exception:
+        return None  # a link that cannot be rebuilt here is left out; the exception is not
+
+
+def encode_error(serializer: Serializer, exc: BaseException, key: Hashable) -> bytes:
+    """The leader's exception for the followers, with its chain if that can be serialized
+    (a description if the exception itself cannot be)."""
+    try:
+        return b"E" + _dumps(serializer, _chain(exc, frozenset({id(exc)}), 0))
+    except Exception:
+        pass
+    try:
+        return b"e" + _dumps(serializer, _state(exc))
     except Exception as why:
         text = (
             f"the single-flight call for key {key!r} raised {type_name(exc)}: {exc}; the "
@@ -86,12 +145,12 @@ def decode(serializer: Serializer, data: bytes, key: Hashable) -> Outcome:
             return Outcome(serializer.loads(body), None)
         if tag == b"t":
             return Outcome(None, TypeError(body.decode("utf-8", "replace")))
-        if tag != b"e":
+        if tag == b"E":
+            exc = _unchained(serializer.loads(body))
+        elif tag == b"e":
+            exc = _rebuilt(serializer.loads(body))
+        else:
             raise ValueError(f"unknown outcome tag {tag!r}")
-        state = serializer.loads(body)
-        exc = state[1] if state[0] == 0 else rebuild_exception(*state[1:])
-        if not isinstance(exc, BaseException):
-            raise TypeError(f"expected an exception, got {exc!r}")
     except Exception as why:
         error = TypeError(
             f"the outcome of the single-flight call for key {key!r} could not be "
