@@ -60,16 +60,31 @@ def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]
     enter = base.__enter__
     aenter = base.__aenter__
     namespace: dict[str, Any] = {"__slots__": (), "__module__": base.__module__}
+    # What an entry records comes after the key is taken: an interrupt there (or anything
+    # else raised) gives the key back, as the entry itself does for what it raises. (Only
+    # for a context not used before: the entry of a used one raises before taking anything.)
     if watch is None:
 
         def __enter__(self: LockContext) -> LockContext:
-            enter(self)
-            self._since = monotonic()
+            fresh = not self._phase
+            try:
+                enter(self)
+                self._since = monotonic()
+            except BaseException:
+                if fresh:
+                    self._undo()
+                raise
             return self
 
         async def __aenter__(self: LockContext) -> LockContext:
-            await aenter(self)
-            self._since = monotonic()
+            fresh = not self._phase
+            try:
+                await aenter(self)
+                self._since = monotonic()
+            except BaseException:
+                if fresh:
+                    self._undo()
+                raise
             return self
 
     else:
@@ -81,32 +96,55 @@ def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]
         undo = base._undo
 
         def __enter__(self: LockContext) -> LockContext:
-            enter(self)
-            self._since = monotonic()
-            held(self, sys._getframe(1))
+            fresh = not self._phase
+            try:
+                enter(self)
+                self._since = monotonic()
+                held(self, sys._getframe(1))
+            except BaseException:
+                if fresh:
+                    self._undo()
+                raise
             return self
 
         async def __aenter__(self: LockContext) -> LockContext:
-            await aenter(self)
-            self._since = monotonic()
-            held(self, sys._getframe(1))
+            fresh = not self._phase
+            try:
+                await aenter(self)
+                self._since = monotonic()
+                held(self, sys._getframe(1))
+            except BaseException:
+                if fresh:
+                    self._undo()
+                raise
             return self
 
+        # Leaving releases first, then forgets the watch (in ``finally``: an interrupt in
+        # between leaves no watch behind; a watch of a released hold is dropped anyway).
+
         def __exit__(self: LockContext, *exc_info: Any) -> Any:
-            left(self)
-            return exit_(self, *exc_info)
+            try:
+                return exit_(self, *exc_info)
+            finally:
+                left(self)
 
         def __aexit__(self: LockContext, *exc_info: Any) -> Any:
-            left(self)
-            return aexit(self, *exc_info)
+            try:
+                return aexit(self, *exc_info)
+            finally:
+                left(self)
 
         def _finish(self: LockContext, abort: BaseException | None = None) -> None:
-            left(self)
-            finish(self, abort)
+            try:
+                finish(self, abort)
+            finally:
+                left(self)
 
         def _undo(self: LockContext) -> None:
-            left(self)
-            undo(self)
+            try:
+                undo(self)
+            finally:
+                left(self)
 
         namespace.update(__exit__=__exit__, __aexit__=__aexit__, _finish=_finish, _undo=_undo)
     namespace.update(__enter__=__enter__, __aenter__=__aenter__)

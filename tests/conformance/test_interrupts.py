@@ -364,3 +364,49 @@ def test_internals_are_ki_protected_under_trio_and_user_code_is_not() -> None:
 
     trio.run(main)
     assert seen == {"in release": True, "in the body": False, "in run's function": False}
+
+
+class _InterruptOnce:
+    """A stand-in for ``monotonic`` that raises KeyboardInterrupt on its first call: what a
+    signal does right after an entry took its key, before the lock recorded the hold."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self) -> float:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return 0.0
+
+
+@pytest.mark.parametrize("recording", ["statistics", "warn_after"])
+@pytest.mark.parametrize("entry", ["with", "async with"])
+def test_interrupt_while_a_hold_is_recorded_gives_the_key_back(
+    make_lock: Any, monkeypatch: pytest.MonkeyPatch, recording: str, entry: str
+) -> None:
+    import keyedlock._recording as recording_module
+
+    lock = make_lock(warn_after=60) if recording == "warn_after" else make_lock()
+    if recording == "statistics":
+        lock.statistics("k")  # turns on recording when each hold took its key
+    interrupt = _InterruptOnce()
+    monkeypatch.setattr(recording_module, "monotonic", interrupt)
+
+    def enter() -> None:
+        with lock("k"):
+            raise AssertionError("the body never runs")
+
+    async def enter_async() -> None:
+        async with lock("k"):
+            raise AssertionError("the body never runs")
+
+    with pytest.raises(KeyboardInterrupt):
+        enter() if entry == "with" else asyncio.run(enter_async())
+    assert interrupt.fired
+    assert len(lock) == 0
+    # (A wider scope may give it back there from a thread of its own: Redis.)
+    wait_until(lambda: not lock.locked("k"), "the key is given back")
+    monkeypatch.undo()
+    with lock("k", timeout=WAIT):  # and the key works as always
+        pass
