@@ -15,6 +15,7 @@ records after entering (and, when watched, forgets on leaving).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import weakref
@@ -226,6 +227,23 @@ def _report(watch: Watch, ctx: LockContext, site: str, held_for: float) -> None:
 _watches: weakref.WeakSet[Watch] = weakref.WeakSet()
 _watchdog_state: dict[str, threading.Thread | None] = {"thread": None}
 _watchdog_guard = threading.Lock()
+
+
+def _forked() -> None:
+    """In a fork child: locks of its own (a thread of the parent may have held one), and no
+    watchdog thread until a watch needs one."""
+    global _watchdog_guard, _timed_lock
+    _watchdog_guard = threading.Lock()
+    _timed_lock = threading.Lock()
+    _watchdog_state["thread"] = None
+    for watch in list(_watches):
+        watch.guard = threading.Lock()
+    if _watches:
+        _start_watchdog()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _start_watchdog() -> None:

@@ -120,6 +120,12 @@ class KeyTable(Orphans, TableViews):
         #: is handed the key with waiters behind it: the scope watches those holders.
         self.on_wait: Callable[[Hashable, Hold], object] | None = None
 
+    def forked(self) -> None:
+        """In a fork child: a guard of its own. The parent's may have been held by one of
+        its threads, which the child does not have (what the table holds stays as it was:
+        the scope gives the child a new table)."""
+        self._guard = threading.RLock()
+
     # -- acquiring ---------------------------------------------------------
 
     def enqueue(self, key: Hashable, hold: Hold, wake: Callable[[], bool]) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -39,6 +40,18 @@ _waiting: weakref.WeakKeyDictionary[Any, list[weakref.WeakMethod[Callback]]] = (
     weakref.WeakKeyDictionary()
 )
 _guard = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """In a fork child: the parent's threads and tasks do not end here (nor exist), and the
+    guard may have been held by one of them."""
+    global _guard
+    _guard = threading.Lock()
+    _waiting.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def has_ended(owner: object) -> bool:

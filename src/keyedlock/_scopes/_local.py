@@ -11,6 +11,9 @@ acquisition's path; everything else goes through the backend.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
@@ -208,13 +211,21 @@ class LocalContext(LockContext):
 class LocalBackend:
     """The :class:`~keyedlock._scopes.LockBackend` of the process scope."""
 
-    __slots__ = ("fast_acquire", "table")
+    __slots__ = ("__weakref__", "fast_acquire", "table")
 
     context: type[LockContext] = LocalContext
 
     def __init__(self, max_waiters: int | None, fast_acquire: bool = False) -> None:
         self.table = watched_table(max_waiters)
         self.fast_acquire = fast_acquire
+        _live.add(self)
+
+    def forked(self) -> None:
+        """In a fork child: no holder and no waiter (the parent's threads and tasks did not
+        fork with it), and the old table usable by the contexts entered before the fork."""
+        old = self.table
+        old.forked()
+        self.table = watched_table(old.max_waiters)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
@@ -308,3 +319,17 @@ class LocalBackend:
     def holds(self, ctx: LockContext) -> bool:
         table: KeyTable = ctx._table  # type: ignore[assignment]
         return table.holder(ctx._key) is ctx
+
+
+#: Every live backend of this scope and the wider ones, to reset in a fork child.
+_live: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+
+
+def _forget_holds_in_child() -> None:
+    for backend in list(_live):
+        with contextlib.suppress(Exception):
+            backend.forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_holds_in_child)

@@ -10,7 +10,9 @@ follower as it raises it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from typing import Any, Final
@@ -37,7 +39,7 @@ def recursion_error(key: Hashable) -> RuntimeError:
 class LocalFlightBackend:
     """The :class:`~keyedlock._scopes.FlightBackend` of the process scope."""
 
-    __slots__ = ("table", "ttl")
+    __slots__ = ("__weakref__", "table", "ttl")
 
     #: Any hashable key is taken as it is.
     map_key: Final = None
@@ -46,6 +48,13 @@ class LocalFlightBackend:
         self.table = FlightTable(ttl)
         #: (An attribute, not a property: every caller reads it.)
         self.ttl: float = ttl
+        _live.add(self)
+
+    def forked(self) -> None:
+        """In a fork child: no call in flight (the parent's threads and tasks did not fork
+        with it)."""
+        self.table.forked()
+        self.table = FlightTable(self.ttl)
 
     def cached(self, key: Hashable) -> object:
         return self.table.cached(key, monotonic())
@@ -129,6 +138,20 @@ class LocalFlightBackend:
 
     def keys(self) -> list[Hashable]:
         return self.table.busy_keys()
+
+
+#: Every live backend, to reset in a fork child.
+_live: weakref.WeakSet[LocalFlightBackend] = weakref.WeakSet()
+
+
+def _forget_calls_in_child() -> None:
+    for backend in list(_live):
+        with contextlib.suppress(Exception):
+            backend.forked()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_calls_in_child)
 
 
 async def _follow_asyncio(table: KeyTable, key: Hashable, ticket: Hold, task: Any) -> object:

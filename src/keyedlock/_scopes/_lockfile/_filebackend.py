@@ -11,9 +11,7 @@ the file yet) takes the backend's general path, which tries again.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import weakref
 from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -22,7 +20,6 @@ from ..._core import KeyTable
 from ..._ki import internal
 from ..._runtime import READY, blocking_call_error, running_loop, sniffio_local, thread_owners
 from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
-from .._local import watched_table
 from .._wide import WideBackend, WideContext
 from ._keys import SETLK, KeyOffset, fcntl_call
 from ._scope import DEFAULT_MAX_THREADS, FileScope
@@ -115,7 +112,7 @@ class FileContext(WideContext):
 class FileBackend(WideBackend):
     """The lock backend of :class:`~keyedlock.FileKeyedLock`."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ()
 
     context: type[LockContext] = FileContext
     scope: FileScope
@@ -128,7 +125,6 @@ class FileBackend(WideBackend):
         max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
         super().__init__(FileScope(path, max_threads), max_waiters, fast_acquire)
-        _live.add(self)
 
     def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
         # FileContext.__enter__'s uncontended path, written out for acquire(): a key free
@@ -171,21 +167,3 @@ class FileBackend(WideBackend):
             raise scope.not_held(key) from None
         fcntl_call(fd, SETLK, key.unlock)  # type: ignore[attr-defined]  # a KeyOffset
         table.leave(key, holder)  # (the holder's own release: one guard pass if nobody waits)
-
-    def forked(self) -> None:
-        """In a fork child: no holder and no waiter (the parent's did not fork with it)."""
-        self.table = watched_table(self.table.max_waiters)
-
-
-#: Every live backend, to reset their local state in a fork child.
-_live: weakref.WeakSet[FileBackend] = weakref.WeakSet()
-
-
-def _forget_holds_in_child() -> None:
-    for backend in list(_live):
-        with contextlib.suppress(Exception):
-            backend.forked()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_forget_holds_in_child)

@@ -117,6 +117,7 @@ class RedisFlightBackend:
 
     def forked(self) -> None:
         """In a fork child: no call in flight (the parent's did not fork with it)."""
+        self.table.forked()
         self.table = FlightTable(self.table.ttl)
         self.active = {}
 

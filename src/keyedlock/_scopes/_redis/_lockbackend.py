@@ -18,9 +18,6 @@ What differs from the lock file:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import weakref
 from collections.abc import Hashable
 from dataclasses import replace
 from types import TracebackType
@@ -150,7 +147,7 @@ class RedisContext(WideContext):
 class RedisBackend(WideBackend):
     """The lock backend of :class:`~keyedlock.redis.RedisKeyedLock`."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ()
 
     context: type[LockContext] = RedisContext
     scope: RedisScope
@@ -164,7 +161,6 @@ class RedisBackend(WideBackend):
         fast_acquire: bool = False,
     ) -> None:
         super().__init__(RedisScope(link, prefix, lease), max_waiters, fast_acquire)
-        _live.add(self)
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
         try:
@@ -260,21 +256,3 @@ class RedisBackend(WideBackend):
         if held:
             stats = replace(stats, holder=id_owner(owner))
         return stats
-
-    def forked(self) -> None:
-        """In a fork child: no holder and no waiter (the parent's did not fork with it)."""
-        self.table = KeyTable(self.table.max_waiters)
-
-
-#: Every live backend, to reset their local state in a fork child.
-_live: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
-
-
-def _forget_holds_in_child() -> None:
-    for backend in list(_live):
-        with contextlib.suppress(Exception):
-            backend.forked()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_forget_holds_in_child)
