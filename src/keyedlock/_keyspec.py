@@ -35,9 +35,11 @@ class Decorator(Protocol):
 
 def _field_roots(template: str) -> list[str]:
     roots = []
-    for _, field, _, _ in string.Formatter().parse(template):
+    for _, field, _, conversion in string.Formatter().parse(template):
         if field is None:
             continue
+        if conversion not in (None, "r", "s", "a"):
+            raise ValueError(f"unknown conversion !{conversion} (use !r, !s or !a)")
         root = field
         for sep in (".", "["):
             root = root.split(sep, 1)[0]

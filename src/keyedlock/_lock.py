@@ -197,6 +197,8 @@ class KeyedLock(RunMixin):
         a thread running an event loop raises RuntimeError; a non-blocking one
         is allowed there. Release with :meth:`release`.
         """
+        if not isinstance(blocking, int):  # (bool included; as threading.Lock)
+            raise TypeError(f"blocking must be a bool, got {blocking!r}")
         if not blocking:
             if timeout is not None:
                 raise ValueError("can't specify a timeout for a non-blocking acquire")

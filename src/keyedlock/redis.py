@@ -39,7 +39,10 @@ MIN_LEASE: Final = 0.05
 def _check_lease(lease: object) -> float:
     if isinstance(lease, bool) or not isinstance(lease, int | float):
         raise TypeError(f"lease must be a number of seconds, got {lease!r}")
-    value = float(lease)
+    try:
+        value = float(lease)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
     if not math.isfinite(value) or value < MIN_LEASE:
         raise ValueError(
             f"lease must be a finite number of seconds >= {MIN_LEASE} (it is renewed every "

@@ -273,6 +273,14 @@ def test_malformed_template_is_refused_at_decoration(lock: KeyedLock) -> None:
         lock.guard("checkout:{user_id")(work)
 
 
+def test_a_template_with_an_unknown_conversion_is_refused_at_decoration(lock: KeyedLock) -> None:
+    def work(user_id: int) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="conversion !x"):
+        lock.guard("user:{user_id!x}")(work)
+
+
 def test_a_key_spec_that_is_neither_template_nor_callable_is_refused(lock: KeyedLock) -> None:
     def work() -> None:
         pass

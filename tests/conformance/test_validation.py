@@ -113,6 +113,13 @@ def test_a_non_blocking_acquire_takes_no_timeout(lock: KeyedLock, timeout: float
     assert len(lock) == 0
 
 
+@pytest.mark.parametrize("blocking", [None, "no", "False", 0.0, []], ids=repr)
+def test_blocking_must_be_a_bool(lock: KeyedLock, blocking: Any) -> None:
+    with pytest.raises(TypeError, match="blocking must be a bool"):
+        lock.acquire("k", blocking=blocking)
+    assert len(lock) == 0
+
+
 BAD_ON_ERROR: list[object] = ["abort", "STOP", "", None, True]
 
 
