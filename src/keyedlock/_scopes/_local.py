@@ -11,9 +11,6 @@ acquisition's path; everything else goes through the backend.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import weakref
 from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
@@ -55,6 +52,7 @@ from .._runtime import (
 from .._statistics import LockStatistics
 from ._abandon import Abandonment
 from ._context import ENTERED, REUSE, LockContext, timeout_error
+from ._forking import reset_in_child
 from ._stats import lock_statistics
 
 __all__ = ["NO_MAPPED_KEYS", "LocalBackend", "LocalContext", "settle", "watched_table"]
@@ -218,7 +216,7 @@ class LocalBackend:
     def __init__(self, max_waiters: int | None, fast_acquire: bool = False) -> None:
         self.table = watched_table(max_waiters)
         self.fast_acquire = fast_acquire
-        _live.add(self)
+        reset_in_child(self)
 
     def forked(self) -> None:
         """In a fork child: no holder and no waiter (the parent's threads and tasks did not
@@ -319,17 +317,3 @@ class LocalBackend:
     def holds(self, ctx: LockContext) -> bool:
         table: KeyTable = ctx._table  # type: ignore[assignment]
         return table.holder(ctx._key) is ctx
-
-
-#: Every live backend of this scope and the wider ones, to reset in a fork child.
-_live: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
-
-
-def _forget_holds_in_child() -> None:
-    for backend in list(_live):
-        with contextlib.suppress(Exception):
-            backend.forked()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_forget_holds_in_child)

@@ -10,9 +10,7 @@ follower as it raises it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from typing import Any, Final
@@ -23,6 +21,7 @@ from .._ki import internal
 from .._runtime import ASYNCIO, READY, park_async, park_asyncio, wait_thread, woken
 from .._statistics import FlightStatistics
 from ._contract import Outcome
+from ._forking import reset_in_child
 from ._stats import by_runtime, owner_of, since
 
 __all__ = ["LocalFlightBackend", "recursion_error"]
@@ -48,7 +47,7 @@ class LocalFlightBackend:
         self.table = FlightTable(ttl)
         #: (An attribute, not a property: every caller reads it.)
         self.ttl: float = ttl
-        _live.add(self)
+        reset_in_child(self)
 
     def forked(self) -> None:
         """In a fork child: no call in flight (the parent's threads and tasks did not fork
@@ -138,20 +137,6 @@ class LocalFlightBackend:
 
     def keys(self) -> list[Hashable]:
         return self.table.busy_keys()
-
-
-#: Every live backend, to reset in a fork child.
-_live: weakref.WeakSet[LocalFlightBackend] = weakref.WeakSet()
-
-
-def _forget_calls_in_child() -> None:
-    for backend in list(_live):
-        with contextlib.suppress(Exception):
-            backend.forked()
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_forget_calls_in_child)
 
 
 async def _follow_asyncio(table: KeyTable, key: Hashable, ticket: Hold, task: Any) -> object:
