@@ -719,6 +719,8 @@ def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
     bounded = make_lock(max_waiters=0)
     with pytest.raises(QueueFull, match="max_waiters=0"):
         bounded.acquire("k")
+    with pytest.raises(QueueFull), bounded("k", timeout=WAIT):
+        pass
     holder.release("k")
     for waiter in waiters:
         assert waiter.result() is True

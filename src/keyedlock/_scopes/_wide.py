@@ -37,11 +37,11 @@ __all__ = ["WideBackend", "WideContext", "check_room", "remaining"]
 
 def check_room(ctx: LockContext) -> None:
     """QueueFull if ``ctx``, this process's first caller of its key, may not wait for it in
-    the wide scope: it counts as one of the process's waiters, as ``max_waiters`` bounds."""
+    the wide scope: with ``max_waiters=0`` no caller waits at all. (Otherwise the bound is
+    on the callers queued behind it here, as the table keeps it.)"""
     table: KeyTable = ctx._table  # type: ignore[assignment]
-    limit = table.max_waiters
-    if limit is not None and table.waiters(ctx._key) + 1 > limit:
-        raise QueueFull(f"key {ctx._key!r} already has {limit} waiter(s) (max_waiters={limit})")
+    if table.max_waiters == 0:
+        raise QueueFull(f"key {ctx._key!r} already has 0 waiter(s) (max_waiters=0)")
 
 
 def remaining(timeout: float | None, start: float) -> float | None:
@@ -140,7 +140,7 @@ class WideBackend(LocalBackend):
             wide_timeout = remaining(timeout, start)
         # Held here: now in the wide scope, or given back here. (What raises is undone by
         # the caller: the context's undo.)
-        if wide_timeout != 0 and ctx._table.max_waiters is not None:  # type: ignore[union-attr]
+        if wide_timeout != 0 and ctx._table.max_waiters == 0:  # type: ignore[union-attr]
             if self.scope.acquire_sync(key, ctx, 0):
                 return True
             check_room(ctx)  # (it would wait for another process)
@@ -155,7 +155,7 @@ class WideBackend(LocalBackend):
             return False
         key = ctx._key
         wide_timeout = remaining(timeout, start)
-        if wide_timeout != 0 and ctx._table.max_waiters is not None:  # type: ignore[union-attr]
+        if wide_timeout != 0 and ctx._table.max_waiters == 0:  # type: ignore[union-attr]
             if await self.scope.acquire_async(key, ctx, 0):
                 return True
             check_room(ctx)  # (as in acquire)

@@ -98,8 +98,9 @@ class RedisContext(WideContext):
         table: KeyTable = self._table  # type: ignore[assignment]
         key = self._key
         try:
-            if table.take(key, self) is self:
+            if table.take(key, self) is self and table.max_waiters != 0:
                 # Free here: one round trip takes it in Redis, or a place in line there.
+                # (With max_waiters=0, the general path: it may not wait there at all.)
                 acquired = backend.scope.acquire_sync(key, self, self._timeout)
                 if not acquired:
                     table.release(key, self)
