@@ -180,6 +180,15 @@ class Watch:
             self.live[ctx] = site
             if explicit:
                 self.by_key[ctx._key] = ctx
+        if _watchdog_state["thread"] is None:  # (a fork child's first hold watched)
+            _start_watchdog()
+
+    def forked(self) -> None:
+        """In a fork child: the parent's holds are not the child's (nor watched)."""
+        self.guard = threading.Lock()
+        self.live = {}
+        self.by_key = {}
+        self.warned = set()
 
     def left(self, ctx: LockContext) -> None:
         with self.guard:
@@ -235,11 +244,9 @@ def _forked() -> None:
     global _watchdog_guard, _timed_lock
     _watchdog_guard = threading.Lock()
     _timed_lock = threading.Lock()
-    _watchdog_state["thread"] = None
+    _watchdog_state["thread"] = None  # (started again by the next hold watched)
     for watch in list(_watches):
-        watch.guard = threading.Lock()
-    if _watches:
-        _start_watchdog()
+        watch.forked()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX

@@ -113,3 +113,52 @@ def test_a_child_finds_free_what_the_parents_threads_held_waited_for_or_ran() ->
 
 def test_a_child_forked_while_a_thread_was_inside_the_tables_guard_can_use_the_lock() -> None:
     assert run_python(GUARD_HELD).strip() == "child 0"
+
+
+WATCHED = """
+import logging, os, sys, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+from keyedlock import KeyedLock
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+lock = KeyedLock(warn_after=0.2)
+holding, done = threading.Event(), threading.Event()
+
+def hold():
+    with lock("parent's"):
+        holding.set()
+        done.wait()
+
+thread = threading.Thread(target=hold, name="parent-holder")
+thread.start(); holding.wait()
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        records = Records()
+        logging.getLogger("keyedlock").addHandler(records)
+        with lock("child's"):
+            deadline = time.monotonic() + 10
+            while not records.messages and time.monotonic() < deadline:
+                time.sleep(0.05)
+        time.sleep(0.5)  # (a warning about the parent's hold would come by now)
+        assert len(records.messages) == 1, records.messages
+        assert "child's" in records.messages[0], records.messages
+        code = 0
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+done.set(); thread.join()
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_watches_its_own_holds_not_its_parents() -> None:
+    """warn_after in a fork child: its long holds are logged; the parent's are not its own."""
+    assert run_python(WATCHED).strip() == "child 0"
