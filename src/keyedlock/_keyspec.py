@@ -118,7 +118,10 @@ def _template_key(template: str, fn: Callable[..., Any]) -> Callable[..., Hashab
             names.update(names.pop(var_kw, {}))
             try:
                 return template.format(*bound.args, **names)
-            except KeyError as exc:  # a field left to **kwargs that this call did not pass
+            except KeyError as exc:
+                if not exc.args or exc.args[0] not in roots or exc.args[0] in names:
+                    raise  # (a missing index inside a field, say)
+                # A field left to **kwargs that this call did not pass.
                 raise TypeError(
                     f"key template {template!r} needs the keyword argument {exc.args[0]!r}, "
                     "which this call did not pass"

@@ -13,6 +13,7 @@ call) are never marked: a Ctrl-C inside the user's function is the user's.
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ T = TypeVar("T")
 
 #: Held weakly: the classes a lock makes for itself (see _recording) go with it.
 _marked: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+_marked_lock = threading.Lock()
 _enable: Callable[[Callable[..., Any]], object] | None = None
 
 
@@ -46,7 +48,8 @@ def internal(obj: T) -> T:
     Returns ``obj`` unchanged: no wrapper, no cost at call time.
     """
     for fn in _functions(obj):
-        _marked.add(fn)
+        with _marked_lock:
+            _marked.add(fn)
         if _enable is not None:
             _enable(fn)
     return obj
@@ -57,5 +60,7 @@ def protect_with(enable: Callable[[Callable[..., Any]], object]) -> None:
     ``enable_ki_protection``, which marks the function's code object)."""
     global _enable
     _enable = enable
-    for fn in list(_marked):
+    with _marked_lock:
+        marked = list(_marked)
+    for fn in marked:
         enable(fn)

@@ -246,6 +246,15 @@ def test_template_field_left_to_var_keyword_and_not_passed_is_a_type_error(
     assert len(lock) == 0
 
 
+def test_a_missing_index_inside_a_field_stays_a_key_error(lock: KeyedLock) -> None:
+    @lock.guard("user:{user[name]}")
+    def work(user: dict[str, int], **options: Any) -> None:
+        raise AssertionError("never runs")
+
+    with pytest.raises(KeyError, match="name"):
+        work({"id": 1})
+
+
 def test_template_without_fields_is_a_constant_key(lock: KeyedLock) -> None:
     seen: list[bool] = []
 

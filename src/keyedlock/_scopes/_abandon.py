@@ -69,7 +69,11 @@ class Abandonment:
     def _prune(self, holds: dict[Hashable, weakref.ref[Hold]]) -> None:
         """Forget the holds that no longer hold their key (under the guard)."""
         holder = self.table.holder
-        for key, hold in list(holds.items()):
+        try:
+            entries = list(holds.items())
+        except RuntimeError:  # a hold freed meanwhile forgot itself (see _forget): next time
+            return
+        for key, hold in entries:
             if holder(key) is not hold():
                 holds.pop(key, None)
 

@@ -54,8 +54,9 @@ class RemoteHold(Hold):
     void: bool
     #: The owner's thread or task name, as its process gave it (for statistics).
     name: str | None
-    #: Granted, with the reply on its way (see Service.deliver): its client may have
-    #: given up on it, and asks again.
+    #: Granted to a try (no wait), with the reply on its way: its client may have given
+    #: up on the try (an async acquire's first try, past its grace) and asks again, as a
+    #: wait; the manager lets that wait queue behind it instead of calling it a re-acquire.
     delivering: bool
 
     def __init__(

@@ -161,7 +161,7 @@ class Service(Introspection):
                 hold._since = monotonic()
                 state.proc.holds[serial] = hold
                 state.granted = hold
-                hold.delivering = True
+                hold.delivering = timeout == 0  # (a try: see RemoteHold.delivering)
                 return Reply.GRANTED
             if holder._owner == hold._owner and timeout != 0 and not _delivering(holder):
                 # (Delivering: a try its client gave up on, asking again now: see deliver.)
@@ -173,7 +173,6 @@ class Service(Introspection):
         with self.mutex:
             if decided == GRANTED:
                 state.granted = hold
-                hold.delivering = True
                 return self._granted(hold)
             self._drop(hold)
             if decided == ABORTED:
@@ -283,7 +282,7 @@ class Service(Introspection):
                 hold._since = monotonic()
                 state.proc.holds[serial] = hold
                 state.granted = hold
-                hold.delivering = True
+                hold.delivering = not wait  # (a try: see RemoteHold.delivering)
                 return Reply.LEAD
             if leader._owner == hold._owner and not _delivering(leader):  # (as in acquire)
                 raise RuntimeError(
@@ -316,7 +315,6 @@ class Service(Introspection):
             hold.phase = LIVE
             hold._since = monotonic()
             state.granted = hold
-            hold.delivering = True
             return Reply.LEAD
 
     def _leader(self, state: Conn, table: KeyTable, key: Hashable, serial: int) -> RemoteHold:

@@ -75,11 +75,17 @@ def _state(exc: BaseException) -> tuple[object, ...]:
     return (0, exc) if state is None else (1, *state)
 
 
+#: The context of a chain that is its cause (``raise ... from`` inside ``except``): sent once.
+_SAME_AS_CAUSE = "cause"
+
+
 def _chain(exc: BaseException, seen: frozenset[int], depth: int) -> tuple[object, ...]:
+    cause = exc.__cause__
+    context = exc.__context__
     return (
         _state(exc),
-        _link(exc.__cause__, seen, depth),
-        _link(exc.__context__, seen, depth),
+        _link(cause, seen, depth),
+        _SAME_AS_CAUSE if context is cause and cause is not None else _link(context, seen, depth),
         exc.__suppress_context__,
     )
 
@@ -103,7 +109,7 @@ def _unchained(chain: Any) -> BaseException:
     state, cause, context, suppress = chain
     exc = _rebuilt(state)
     exc.__cause__ = _unchained_link(cause)
-    exc.__context__ = _unchained_link(context)
+    exc.__context__ = exc.__cause__ if context == _SAME_AS_CAUSE else _unchained_link(context)
     exc.__suppress_context__ = bool(suppress)
     return exc
 
