@@ -25,7 +25,7 @@ from ._hold import (
     state_of,
 )
 from ._keyhold import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
-from ._keytable import KeyTable, guard_is_owned
+from ._keytable import KeyTable, guard_is_owned, queue_full_error
 
 __all__ = [
     "ABORTED",
@@ -50,6 +50,7 @@ __all__ = [
     "fresh_copy",
     "guard_is_owned",
     "outcome_of",
+    "queue_full_error",
     "reacquire_error",
     "state_of",
 ]

@@ -92,6 +92,11 @@ guard_is_owned: Final[Callable[[threading.RLock], bool]] = type(threading.RLock(
 _COMPACT_SLACK: Final = 8
 
 
+def queue_full_error(key: Hashable, limit: int) -> QueueFull:
+    """The error of a caller that would queue on ``key`` past ``max_waiters=limit``."""
+    return QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
+
+
 @internal
 class KeyTable(Orphans, TableViews):
     """Lock state for every busy key of one lock object.
@@ -163,7 +168,7 @@ class KeyTable(Orphans, TableViews):
                 raise fresh_copy(queue.outcome)
             limit = self.max_waiters
             if limit is not None and queue.live >= limit:
-                raise QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
+                raise queue_full_error(key, limit)
             # One straight run, recorded by the append: no signal can split it.
             hold._wake = wake
             hold._queue = queue

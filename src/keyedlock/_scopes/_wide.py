@@ -15,8 +15,7 @@ from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
-from .._core import RELEASED, KeyTable
-from .._errors import QueueFull
+from .._core import RELEASED, KeyTable, queue_full_error
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -32,16 +31,7 @@ from ._contract import WideScope
 from ._local import LocalBackend
 from ._stats import lock_statistics
 
-__all__ = ["WideBackend", "WideContext", "check_room", "remaining"]
-
-
-def check_room(ctx: LockContext) -> None:
-    """QueueFull if ``ctx``, this process's first caller of its key, may not wait for it in
-    the wide scope: with ``max_waiters=0`` no caller waits at all. (Otherwise the bound is
-    on the callers queued behind it here, as the table keeps it.)"""
-    table: KeyTable = ctx._table  # type: ignore[assignment]
-    if table.max_waiters == 0:
-        raise QueueFull(f"key {ctx._key!r} already has 0 waiter(s) (max_waiters=0)")
+__all__ = ["WideBackend", "WideContext", "remaining"]
 
 
 def remaining(timeout: float | None, start: float) -> float | None:
@@ -139,11 +129,12 @@ class WideBackend(LocalBackend):
                 return False
             wide_timeout = remaining(timeout, start)
         # Held here: now in the wide scope, or given back here. (What raises is undone by
-        # the caller: the context's undo.)
+        # the caller: the context's undo.) With max_waiters=0 nobody waits, here or there:
+        # one try, then QueueFull. (Otherwise the bound is on the callers queued here.)
         if wide_timeout != 0 and ctx._table.max_waiters == 0:  # type: ignore[union-attr]
             if self.scope.acquire_sync(key, ctx, 0):
                 return True
-            check_room(ctx)  # (it would wait for another process)
+            raise queue_full_error(key, 0)
         if self.scope.acquire_sync(key, ctx, wide_timeout):
             return True
         ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
@@ -156,9 +147,9 @@ class WideBackend(LocalBackend):
         key = ctx._key
         wide_timeout = remaining(timeout, start)
         if wide_timeout != 0 and ctx._table.max_waiters == 0:  # type: ignore[union-attr]
-            if await self.scope.acquire_async(key, ctx, 0):
+            if await self.scope.acquire_async(key, ctx, 0):  # (as in acquire)
                 return True
-            check_room(ctx)  # (as in acquire)
+            raise queue_full_error(key, 0)
         if await self.scope.acquire_async(key, ctx, wide_timeout):
             return True
         ctx._table.release(key, ctx)  # type: ignore[union-attr]
