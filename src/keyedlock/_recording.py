@@ -64,61 +64,40 @@ def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]
     # What an entry records comes after the key is taken: an interrupt there (or anything
     # else raised) gives the key back, as the entry itself does for what it raises. (Only
     # for a context not used before: the entry of a used one raises before taking anything.)
-    if watch is None:
+    held = None if watch is None else watch.held
 
-        def __enter__(self: LockContext) -> LockContext:
-            fresh = not self._phase
-            try:
-                enter(self)
-                self._since = monotonic()
-            except BaseException:
-                if fresh:
-                    self._undo()
-                raise
-            return self
+    def __enter__(self: LockContext) -> LockContext:
+        fresh = not self._phase
+        try:
+            enter(self)
+            self._since = monotonic()
+            if held is not None:
+                held(self, sys._getframe(1))
+        except BaseException:
+            if fresh:
+                self._undo()
+            raise
+        return self
 
-        async def __aenter__(self: LockContext) -> LockContext:
-            fresh = not self._phase
-            try:
-                await aenter(self)
-                self._since = monotonic()
-            except BaseException:
-                if fresh:
-                    self._undo()
-                raise
-            return self
+    async def __aenter__(self: LockContext) -> LockContext:
+        fresh = not self._phase
+        try:
+            await aenter(self)
+            self._since = monotonic()
+            if held is not None:
+                held(self, sys._getframe(1))
+        except BaseException:
+            if fresh:
+                self._undo()
+            raise
+        return self
 
-    else:
-        held = watch.held
+    if watch is not None:
         left = watch.left
         exit_ = base.__exit__
         aexit = base.__aexit__
         finish = base._finish
         undo = base._undo
-
-        def __enter__(self: LockContext) -> LockContext:
-            fresh = not self._phase
-            try:
-                enter(self)
-                self._since = monotonic()
-                held(self, sys._getframe(1))
-            except BaseException:
-                if fresh:
-                    self._undo()
-                raise
-            return self
-
-        async def __aenter__(self: LockContext) -> LockContext:
-            fresh = not self._phase
-            try:
-                await aenter(self)
-                self._since = monotonic()
-                held(self, sys._getframe(1))
-            except BaseException:
-                if fresh:
-                    self._undo()
-                raise
-            return self
 
         # Leaving releases first, then forgets the watch (in ``finally``: an interrupt in
         # between leaves no watch behind; a watch of a released hold is dropped anyway).
