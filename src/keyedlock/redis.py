@@ -107,8 +107,10 @@ class RedisKeyedLock(KeyedLock):
     anything else, ``bool`` included, raises TypeError); the lock on ``"invoice:42"`` lives in
     ``<prefix>{s:invoice:42}:owner`` and its neighbours (one hash slot per key, so it works on
     a Redis Cluster). :meth:`locked` and :meth:`waiters` answer for the whole cluster (one
-    round trip each); ``len()``, ``max_waiters`` / :class:`~keyedlock.QueueFull` and
-    ``on_error="stop"`` / :class:`~keyedlock.Aborted` concern this process's callers.
+    round trip each; ``waiters`` counts every waiting caller of every process, those queued
+    in their process behind its place in Redis included); ``len()``, ``max_waiters`` /
+    :class:`~keyedlock.QueueFull` and ``on_error="stop"`` / :class:`~keyedlock.Aborted`
+    concern this process's callers.
 
     One object serves threads (the sync client), asyncio tasks (redis-py's asyncio client,
     one per event loop, closed with it) and trio tasks (the sync client in trio's worker

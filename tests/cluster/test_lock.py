@@ -177,6 +177,8 @@ def test_tokens_increase_across_lock_objects(make_lock: MakeLock) -> None:
 
 
 def test_locked_and_waiters_are_cluster_wide(make_lock: MakeLock) -> None:
+    """Every caller counts, wherever it waits: in Redis (one per process), or queued in its
+    process behind the one there; another process learns the count without asking."""
     a, b = make_lock(), make_lock()
     a.acquire("k")
     waiter = start_thread(lambda: b.acquire("k", timeout=WAIT), "b")
@@ -184,14 +186,62 @@ def test_locked_and_waiters_are_cluster_wide(make_lock: MakeLock) -> None:
     assert b.locked("k")
     assert b.waiters("k") == 1
     local = start_thread(lambda: a.acquire("k", timeout=WAIT), "a's second")
-    wait_until(lambda: a.waiters("k") == 2, "a's second caller queues here")
-    assert b.waiters("k") == 1  # a's local queue does not show elsewhere
+    # (b asks first: a's count reaches the server from its renewal thread, unasked.)
+    wait_until(lambda: b.waiters("k") == 2, "a's second caller counts in b")
+    assert a.waiters("k") == 2
+    more = [start_thread(lambda: b.acquire("k", timeout=WAIT), f"b's {n}") for n in (2, 3)]
+    wait_until(lambda: a.waiters("k") == 4, "b's callers behind its first count in a")
+    assert b.waiters("k") == 4
+    short = start_thread(lambda: b.acquire("k", timeout=0.3), "b's short one")
+    wait_until(lambda: a.waiters("k") == 5, "b's short caller counts in a")
+    assert not short.result()  # it gave up: it no longer counts anywhere
+    wait_until(lambda: a.waiters("k") == 4, "b's short caller gave up")
+    assert b.waiters("k") == 4
     a.release("k")
     assert waiter.result()
+    # a's second takes its place in Redis (b's others wait behind b's first, which holds).
+    wait_until(lambda: b.waiters("k") == 3, "a's second waits in Redis")
+    assert a.waiters("k") == 3
     b.release("k")
-    assert local.result()
+    assert local.result()  # (a's second: it arrived before b's others)
+    assert b.waiters("k") == 2
     a.release("k")
+    for thread in more:
+        assert thread.result()
+        b.release("k")
     assert not b.locked("k")
+    assert a.waiters("k") == b.waiters("k") == 0
+
+
+@pytest.mark.anyio
+async def test_tasks_queued_in_a_process_count_cluster_wide(make_lock: MakeLock) -> None:
+    """Tasks waiting behind their process's first caller count in every process, and a
+    cancelled one stops counting."""
+    a, b = make_lock(), make_lock()
+    assert a.acquire("k", blocking=False)  # (a blocking one is refused in a task)
+    entered: list[int] = []
+
+    async def wait_for_key(n: int) -> None:
+        async with b("k", timeout=WAIT):
+            entered.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(3):
+            tg.start_soon(wait_for_key, n)
+        await wait_until_async(lambda: a.waiters("k") == 3, "b's tasks count in a")
+        scope = anyio.CancelScope()
+
+        async def cancelled() -> None:
+            with scope:
+                await wait_for_key(3)
+
+        tg.start_soon(cancelled)
+        await wait_until_async(lambda: a.waiters("k") == 4, "b's fourth task counts")
+        scope.cancel()
+        await wait_until_async(lambda: a.waiters("k") == 3, "a cancelled task stops counting")
+        a.release("k")
+    assert sorted(entered) == [0, 1, 2]
+    assert a.waiters("k") == 0
 
 
 def test_a_hand_off_between_processes_wakes_the_waiter_at_once(
@@ -702,7 +752,7 @@ def _backend() -> str:
 
 def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
     """Waiters add up: this process's, its first one (waiting in Redis) included, and the
-    places of other processes under "process"; max_waiters bounds the first one too."""
+    callers of other processes under "process"; max_waiters bounds the first one too."""
     holder, here = make_lock(), make_lock()  # two processes, as far as Redis can tell
     assert holder.acquire("k")
 
@@ -714,8 +764,8 @@ def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
     wait_until(lambda: here.waiters("k") == 2, "both wait")
     stats = here.statistics("k")
     assert (stats.waiters, dict(stats.waiters_by_runtime)) == (2, {"thread": 2})
-    seen = holder.statistics("k")  # one place in line: the other process's first caller
-    assert (seen.waiters, dict(seen.waiters_by_runtime)) == (1, {"process": 1})
+    seen = holder.statistics("k")  # the other process's first caller, and the one behind it
+    assert (seen.waiters, dict(seen.waiters_by_runtime)) == (2, {"process": 2})
     bounded = make_lock(max_waiters=0)
     with pytest.raises(QueueFull, match="max_waiters=0"):
         bounded.acquire("k")

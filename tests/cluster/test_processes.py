@@ -101,7 +101,9 @@ def test_fifo_across_processes_with_threads_and_tasks(
         worker.send("hold", id=f"p{n}b", key="k", runtime=runtimes[(n + 1) % 4])
         worker.send("queued", id=f"p{n}q", key="k", count=1)
         worker.expect("queued", f"p{n}q")
-    assert observer.waiters("k") == 4  # (the second callers wait in their processes)
+    # Every caller counts: the first ones in Redis, the second ones behind them in their
+    # processes (each process tells Redis how many wait behind its first one).
+    wait_until(lambda: observer.waiters("k") == 8, "the second callers count")
     observer.release("k")
     order = [(procs[n], f"p{n}a") for n in range(4)] + [(procs[n], f"p{n}b") for n in range(4)]
     tokens = []
@@ -110,7 +112,8 @@ def test_fifo_across_processes_with_threads_and_tasks(
         worker.send("release", id=agent)
         worker.expect("released", agent)
         if step < 4:  # its process's second caller takes its place in Redis now
-            wait_until(lambda: observer.waiters("k") == 3, f"{agent}'s next caller queues")
+            left = 8 - step - 2  # (not the released ones, nor the next holder)
+            wait_until(lambda: observer.waiters("k") == left, f"{agent}'s next caller queues")  # noqa: B023
     assert tokens == sorted(set(tokens))
 
 

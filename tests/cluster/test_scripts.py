@@ -18,17 +18,21 @@ from redis.crc import key_slot
 from keyedlock._scopes._redis import (
     TOKEN_KEEP_MS,
     Granted,
+    Inspected,
     LockKeys,
     Refreshed,
     Waiting,
     acquire,
+    inspect,
     lock_keys,
     parse_acquire,
+    parse_inspect,
     parse_refresh,
     parse_wake,
     refresh,
     release,
     renew,
+    report,
     withdraw,
 )
 
@@ -318,6 +322,74 @@ def test_renewing_many_keys_in_one_pipeline(any_client: AnyClient) -> None:
         place = any_client.zscore(keys.places, "p")
         assert place is not None
         assert place > server_ms(any_client, keys.places) + LONG
+
+
+# --- callers behind, in their processes ------------------------------------------------------
+
+
+def look(client: AnyClient, keys: LockKeys, *leaving: str, waiter: str | None = None) -> Inspected:
+    return parse_inspect(run(client, inspect(keys, leaving, waiter=waiter, behind=0)))
+
+
+def behind(client: AnyClient, keys: LockKeys, waiter: str, count: int) -> int:
+    reply: Any = run(client, report(keys, waiter, behind=count, keep_ms=LONG))
+    return int(reply)
+
+
+def test_callers_behind_count_while_their_waiter_holds_or_waits(
+    any_client: AnyClient, keys: LockKeys
+) -> None:
+    assert look(any_client, keys) == Inspected(False, 0, None, 0)
+    call = acquire(keys, "a", lease_ms=LONG, place_ms=LONG, behind=2)
+    assert isinstance(parse_acquire(run(any_client, call)), Granted)  # a, and 2 behind it
+    waiting(any_client, keys, "b")
+    waiting(any_client, keys, "c")
+    assert behind(any_client, keys, "b", 3) == 1
+    assert behind(any_client, keys, "x", 5) == 0  # neither holds nor waits: not counted
+    assert look(any_client, keys) == Inspected(True, 2, "a", 5)
+    # (The asking process counts its own place and callers: b's are left out.)
+    assert look(any_client, keys, waiter="b") == Inspected(True, 1, "a", 2)
+    assert look(any_client, keys, "b").behind == 2  # (b is leaving: its callers too)
+    assert behind(any_client, keys, "b", 1) == 1  # (one of them gave up)
+    assert look(any_client, keys).behind == 3
+    assert run(any_client, release(keys, "a")) == 1  # a's callers behind go with it
+    assert owner(any_client, keys) == "b"  # and b's stay with b, the holder now
+    assert look(any_client, keys) == Inspected(True, 1, "b", 1)
+    assert run(any_client, withdraw(keys, "c")) == 0
+    assert run(any_client, renew(keys, "b", lease_ms=LONG, behind=0)) == 1
+    assert look(any_client, keys) == Inspected(True, 0, "b", 0)
+    assert run(any_client, release(keys, "b")) == 1
+    assert not any_client.exists(keys.behind)
+
+
+def test_callers_behind_an_expired_place_do_not_count(
+    any_client: AnyClient, keys: LockKeys
+) -> None:
+    granted(any_client, keys, "a")
+    call = acquire(keys, "b", lease_ms=LONG, place_ms=SHORT, behind=4)  # b's process crashes
+    assert isinstance(parse_acquire(run(any_client, call)), Waiting)
+    waiting(any_client, keys, "c")
+    call = refresh(keys, "c", lease_ms=LONG, place_ms=LONG, behind=1)
+    assert parse_refresh(run(any_client, call)) == Refreshed.WAITING
+    assert look(any_client, keys).behind == 5
+    wait_server_ms(any_client, keys.places, SHORT)
+    assert look(any_client, keys) == Inspected(True, 1, "a", 1)
+    assert run(any_client, release(keys, "a")) == 1  # (prunes b: its entry goes)
+    assert not any_client.hexists(keys.behind, "b")
+
+
+def test_an_inspect_reports_the_asking_process_own_count(
+    any_client: AnyClient, keys: LockKeys
+) -> None:
+    granted(any_client, keys, "a")
+    waiting(any_client, keys, "b")
+    run(any_client, inspect(keys, waiter="b", behind=2, keep_ms=LONG))
+    assert look(any_client, keys).behind == 2
+    run(any_client, inspect(keys, waiter="x", behind=7, keep_ms=LONG))  # (no place: ignored)
+    assert look(any_client, keys).behind == 2
+    run(any_client, withdraw(keys, "b"))
+    run(any_client, release(keys, "a"))
+    assert not any_client.exists(keys.behind)
 
 
 # --- withdraw --------------------------------------------------------------------------------

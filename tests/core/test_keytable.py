@@ -107,6 +107,40 @@ def test_withdraw_while_waiting_and_after_hand_off() -> None:
     assert table._holds == {}
 
 
+def test_on_queue_hears_of_every_caller_joining_or_leaving_a_queue() -> None:
+    """A wide scope counts the callers queued here (see RedisScope): it hears of each one
+    that queues or withdraws, and of nothing else."""
+    table, log = KeyTable(), Log()
+    heard: list[tuple[str, int]] = []
+    table.on_queue = lambda key: heard.append((str(key), table.waiters(key)))
+    holder = Hold("h")
+    assert table.take("k", holder) is holder  # (the uncontended path: nothing to hear)
+    first, second, third = queued(table, log, "first", "second", "third")
+    assert heard == [("k", 1), ("k", 2), ("k", 3)]
+    assert table.withdraw("k", second) == WAITING
+    assert table.withdraw("k", second) == CANCELLED  # (already gone: nothing new)
+    assert table.cancel("k", third) == WAITING
+    assert heard[3:] == [("k", 2), ("k", 1)]
+    table.release("k")  # a hand-off: the new holder asks with its own count
+    assert table.cancel("k", first) == GRANTED
+    assert len(heard) == 5
+    assert table._holds == {}
+
+
+def test_a_failing_on_queue_does_not_break_the_table() -> None:
+    table, log = KeyTable(), Log()
+
+    def fail(key: object) -> None:
+        raise OSError("a count that cannot be sent")
+
+    table.on_queue = fail
+    table.take("k", Hold("h"))
+    (waiter,) = queued(table, log, "w")
+    assert table.withdraw("k", waiter) == WAITING
+    table.release("k")
+    assert table._holds == {}
+
+
 def test_abort_ends_every_wait_with_the_cause() -> None:
     table, log = KeyTable(), Log()
     holder = Hold("h")

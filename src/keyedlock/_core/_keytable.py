@@ -104,7 +104,16 @@ class KeyTable(Orphans, TableViews):
     ``max_waiters`` bounds each key's queue (``None``: unbounded).
     """
 
-    __slots__ = ("_guard", "_holds", "_lost", "holder", "max_waiters", "on_wait", "take")
+    __slots__ = (
+        "_guard",
+        "_holds",
+        "_lost",
+        "holder",
+        "max_waiters",
+        "on_queue",
+        "on_wait",
+        "take",
+    )
 
     #: ``take(key, hold)``: take ``key`` for ``hold`` if nobody holds it or waits for it;
     #: returns the key's holder, ``hold`` itself on success. The uncontended acquire: one
@@ -124,6 +133,10 @@ class KeyTable(Orphans, TableViews):
         #: first caller starts waiting behind a ``_watched`` holder, and when a watched hold
         #: is handed the key with waiters behind it: the scope watches those holders.
         self.on_wait: Callable[[Hashable, Hold], object] | None = None
+        #: ``on_queue(key)``, if set: called (outside the guard, best effort) when a caller
+        #: joined ``key``'s queue or left it while waiting (withdrawn, cancelled): a wide
+        #: scope that tells the others how many wait here (see ``waiters``).
+        self.on_queue: Callable[[Hashable], object] | None = None
 
     def forked(self) -> None:
         """In a fork child: a guard of its own. The parent's may have been held by one of
@@ -152,6 +165,7 @@ class KeyTable(Orphans, TableViews):
         guard = self._guard
         waits_for: Hold | None = None
         first: Hold | None = None
+        queued = False
         try:
             guard.acquire()
             holder = self._holds.setdefault(key, hold)
@@ -176,6 +190,7 @@ class KeyTable(Orphans, TableViews):
             queue.live += 1
             queue.append(hold)
             waits_for = first
+            queued = True
             return False
         finally:
             try:  # noqa: SIM105 - one call, no window: see the module docstring
@@ -184,6 +199,8 @@ class KeyTable(Orphans, TableViews):
                 pass
             if waits_for is not None and waits_for._watched:
                 self._waiting(key, waits_for)
+            if queued and self.on_queue is not None:
+                self._queue_changed(key)
 
     def _waiting(self, key: Hashable, holder: Hold) -> None:
         """Tell ``on_wait`` that callers wait behind ``holder`` (its failures are its own)."""
@@ -191,6 +208,13 @@ class KeyTable(Orphans, TableViews):
         if on_wait is not None:
             with contextlib.suppress(Exception):  # a watch that failed only loses the watch
                 on_wait(key, holder)
+
+    def _queue_changed(self, key: Hashable) -> None:
+        """Tell ``on_queue`` that ``key``'s queue changed (its failures are its own)."""
+        on_queue = self.on_queue
+        if on_queue is not None:
+            with contextlib.suppress(Exception):  # (only a count is late)
+                on_queue(key)
 
     def withdraw(self, key: Hashable, hold: Hold) -> int:
         """Withdraw a queued ``hold`` (timeout, cancellation).
@@ -208,7 +232,9 @@ class KeyTable(Orphans, TableViews):
                 if hold._queue.outcome is not None:
                     return ABORTED
                 self._remove(hold)
-            return state
+        if state == WAITING and self.on_queue is not None:
+            self._queue_changed(key)
+        return state
 
     def cancel(self, key: Hashable, hold: Hold) -> int:
         """Withdraw ``hold`` for good, however far it got: its waiter stops.
@@ -226,14 +252,16 @@ class KeyTable(Orphans, TableViews):
                     if hold._queue.outcome is not None:
                         return ABORTED
                     self._remove(hold)
-                    return state
-                holds = self._holds
-                if state == GRANTED or (key in holds and holds[key] is hold):
-                    self._give_up(key, hold, out)  # (GRANTED and not the entry: a detached call)
+                else:
+                    holds = self._holds
+                    if state == GRANTED or (key in holds and holds[key] is hold):
+                        self._give_up(key, hold, out)  # (GRANTED, not the entry: detached)
             self._deliver(key, out)
         except BaseException:
             self._deliver(key, out)
             raise
+        if state == WAITING and self.on_queue is not None:
+            self._queue_changed(key)
         return state
 
     def _remove(self, hold: Hold) -> None:

@@ -38,6 +38,7 @@ from ._link import Link
 from ._lockbackend import RedisBackend, RedisContext
 from ._lockcalls import (
     Granted,
+    Inspected,
     Refreshed,
     Waiting,
     acquire,
@@ -49,6 +50,7 @@ from ._lockcalls import (
     refresh,
     release,
     renew,
+    report,
     withdraw,
 )
 from ._lockscope import RedisScope
@@ -71,6 +73,7 @@ __all__ = [
     "FlightKeys",
     "Following",
     "Granted",
+    "Inspected",
     "KeyNames",
     "Link",
     "LockKeys",
@@ -108,5 +111,6 @@ __all__ = [
     "release",
     "renew",
     "renewer",
+    "report",
     "withdraw",
 ]

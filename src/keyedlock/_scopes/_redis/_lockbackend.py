@@ -23,7 +23,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from ..._core import RELEASED, KeyTable
+from ..._core import RELEASED, Hold, KeyTable
 from ..._errors import LeaseLost
 from ..._ki import internal
 from ..._runtime import (
@@ -162,6 +162,17 @@ class RedisBackend(WideBackend):
         fast_acquire: bool = False,
     ) -> None:
         super().__init__(RedisScope(link, prefix, lease), max_waiters, fast_acquire)
+        self.scope.count_with(self._local_queue)
+        self.table.on_queue = self.scope.queue_changed
+
+    def forked(self) -> None:
+        super().forked()
+        self.table.on_queue = self.scope.queue_changed
+
+    def _local_queue(self, key: Hashable) -> tuple[Hold | None, int]:
+        """The key's holder here (None if free), and how many callers wait behind it here."""
+        table = self.table
+        return table.holder(key), table.waiters(key)
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
         try:
@@ -232,26 +243,28 @@ class RedisBackend(WideBackend):
             raise lease_lost(key, holder.token)
 
     def waiters(self, key: Hashable) -> int:
-        """Callers queued on ``key`` anywhere: this process's, and the places in Redis."""
-        return self.table.waiters(key) + self.scope.waiting(key)
+        """Callers queued on ``key`` anywhere: this process's (its first one too, while it
+        waits for Redis), and the other processes' (a place in Redis per process, and the
+        callers queued behind it there)."""
+        return WideBackend.waiters(self, key) + self.scope.waiting(key)
 
     def statistics(self, key: Hashable, shown: Hashable) -> LockStatistics:
         """One round trip: held and waiting cluster-wide (``waiters`` as :meth:`waiters`: by
-        runtime, this process's, and a ``"process"`` count for the places of other
+        runtime, this process's, and a ``"process"`` count for the callers of other
         processes); the holder named if it is in this process, else by its process id and
         host."""
         scope = self.scope
         holder, waiting = self.table.snapshot(key)
-        held, places, owner = scope.inspect(key)
+        held, places, owner, behind = scope.inspect(key)
+        places += behind  # (every caller waiting in another process counts under "process")
         if holder is not None and (
             scope.holds(holder) or (owner is not None and owner == scope.waiter_of(holder))
         ):  # (held here, or handed the key in Redis and about to take it here)
             return lock_statistics(shown, True, holder, waiting, places)
         if holder is not None:
-            # This process's first caller waits in Redis, ahead of the others here (in its
-            # place in line there, once it has one).
-            placed = scope.waiter_of(holder) is not None
-            stats = lock_statistics(shown, held, None, [holder, *waiting], places - placed)
+            # This process's first caller waits in Redis, ahead of the others here (its place
+            # there, if it has one yet, is not among the places counted).
+            stats = lock_statistics(shown, held, None, [holder, *waiting], places)
         else:
             stats = lock_statistics(shown, held, None, waiting, places)
         if held:

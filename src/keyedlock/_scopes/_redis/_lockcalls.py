@@ -10,11 +10,21 @@ import enum
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ._lockscripts import ACQUIRE, INSPECT, REFRESH, RELEASE, RENEW, WITHDRAW, LockKeys
+from ._lockscripts import (
+    ACQUIRE,
+    INSPECT,
+    REFRESH,
+    RELEASE,
+    RENEW,
+    REPORT,
+    WITHDRAW,
+    LockKeys,
+)
 from ._lua import Call, check_id, check_ms, reply_id, reply_int, reply_pair
 
 __all__ = [
     "Granted",
+    "Inspected",
     "Refreshed",
     "Waiting",
     "acquire",
@@ -26,6 +36,7 @@ __all__ = [
     "refresh",
     "release",
     "renew",
+    "report",
     "withdraw",
 ]
 
@@ -33,12 +44,27 @@ __all__ = [
 # --- calls -----------------------------------------------------------------------------------
 
 
+def _count(behind: int) -> int:
+    """``behind``, checked: a count of callers (an int >= 0, not a bool)."""
+    if type(behind) is not int or behind < 0:
+        raise ValueError(f"behind must be an int >= 0, not {behind!r}")
+    return behind
+
+
 def acquire(
-    keys: LockKeys, waiter: str, *, lease_ms: int, place_ms: int, queue: bool = True
+    keys: LockKeys,
+    waiter: str,
+    *,
+    lease_ms: int,
+    place_ms: int,
+    queue: bool = True,
+    behind: int = 0,
 ) -> Call:
-    """Take the key, or (``queue``) a place in line: :func:`parse_acquire` reads the reply."""
+    """Take the key, or (``queue``) a place in line: :func:`parse_acquire` reads the reply.
+    ``behind``: the callers of this process queued behind this one."""
     args = (keys.wake_prefix, check_id(waiter, "waiter"), check_ms(lease_ms, "lease_ms"))
-    return Call(ACQUIRE, keys.keys, (*args, check_ms(place_ms, "place_ms"), 1 if queue else 0))
+    flags = (1 if queue else 0, _count(behind))
+    return Call(ACQUIRE, keys.keys, (*args, check_ms(place_ms, "place_ms"), *flags))
 
 
 def release(keys: LockKeys, waiter: str) -> Call:
@@ -46,16 +72,24 @@ def release(keys: LockKeys, waiter: str) -> Call:
     return Call(RELEASE, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
 
 
-def renew(keys: LockKeys, waiter: str, *, lease_ms: int) -> Call:
-    """Extend the owner's lease to ``lease_ms``: ``1``, or ``0`` if ``waiter`` does not own it."""
+def renew(keys: LockKeys, waiter: str, *, lease_ms: int, behind: int = 0) -> Call:
+    """Extend the owner's lease to ``lease_ms``: ``1``, or ``0`` if ``waiter`` does not own it.
+    ``behind``: the callers of this process queued behind it, now."""
     args = (keys.wake_prefix, check_id(waiter, "waiter"), check_ms(lease_ms, "lease_ms"))
-    return Call(RENEW, keys.keys, args)
+    return Call(RENEW, keys.keys, (*args, _count(behind)))
 
 
-def refresh(keys: LockKeys, waiter: str, *, lease_ms: int, place_ms: int) -> Call:
+def refresh(keys: LockKeys, waiter: str, *, lease_ms: int, place_ms: int, behind: int = 0) -> Call:
     """Keep what ``waiter`` has on the key: :func:`parse_refresh` reads the reply."""
     args = (keys.wake_prefix, check_id(waiter, "waiter"), check_ms(lease_ms, "lease_ms"))
-    return Call(REFRESH, keys.keys, (*args, check_ms(place_ms, "place_ms")))
+    return Call(REFRESH, keys.keys, (*args, check_ms(place_ms, "place_ms"), _count(behind)))
+
+
+def report(keys: LockKeys, waiter: str, *, behind: int, keep_ms: int) -> Call:
+    """Say how many callers of this process wait behind ``waiter`` (counted while it holds
+    the key or has a place; kept ``keep_ms`` at least): ``1``, or ``0`` if it has neither."""
+    args = (keys.wake_prefix, check_id(waiter, "waiter"), _count(behind))
+    return Call(REPORT, keys.keys, (*args, check_ms(keep_ms, "keep_ms")))
 
 
 def withdraw(keys: LockKeys, waiter: str) -> Call:
@@ -63,10 +97,20 @@ def withdraw(keys: LockKeys, waiter: str) -> Call:
     return Call(WITHDRAW, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
 
 
-def inspect(keys: LockKeys, leaving: Iterable[str] = ()) -> Call:
-    """Whether the key is held, and how many places wait, not counting those of
-    ``leaving`` (waiters whose withdraw is on its way): :func:`parse_inspect`."""
-    return Call(INSPECT, keys.keys, (keys.wake_prefix, "-", *leaving))
+def inspect(
+    keys: LockKeys,
+    leaving: Iterable[str] = (),
+    *,
+    waiter: str | None = None,
+    behind: int = 0,
+    keep_ms: int = 1,
+) -> Call:
+    """Whether the key is held, and who waits, not counting the places of ``leaving``
+    (waiters whose withdraw is on its way) nor the callers behind ``waiter`` (this process's
+    attempt, if any: its count ``behind`` is reported instead): :func:`parse_inspect`."""
+    own = "-" if waiter is None else check_id(waiter, "waiter")
+    args = (keys.wake_prefix, own, _count(behind), check_ms(keep_ms, "keep_ms"))
+    return Call(INSPECT, keys.keys, (*args, *leaving))
 
 
 # --- replies ---------------------------------------------------------------------------------
@@ -110,8 +154,24 @@ def parse_wake(message: bytes | str) -> Granted:
     return Granted(int(message))
 
 
-def parse_inspect(reply: object) -> tuple[bool, int, str | None]:
-    """Read the reply of :func:`inspect`: (held, live places, the holder's waiter id or
-    None)."""
+class Inspected(NamedTuple):
+    """What :func:`inspect` found."""
+
+    #: Whether anyone holds the key.
+    held: bool
+    #: How many live places wait in the key's queue.
+    places: int
+    #: The holder's waiter id, or None.
+    owner: str | None
+    #: How many callers wait behind the holder and the places, in their processes (those
+    #: of the asking process's own attempt not counted).
+    behind: int
+
+
+def parse_inspect(reply: object) -> Inspected:
+    """Read the reply of :func:`inspect`."""
     held, places = reply_pair(reply, INSPECT)
-    return bool(held), reply_int(places, INSPECT), reply_id(reply, INSPECT)
+    if not isinstance(reply, list | tuple) or len(reply) != 4:
+        raise ValueError(f"unexpected reply of {INSPECT.name}: {reply!r}")
+    behind = reply_int(reply[3], INSPECT)
+    return Inspected(bool(held), reply_int(places, INSPECT), reply_id(reply, INSPECT), behind)

@@ -28,7 +28,8 @@ over, marks the attempt and its hold ``lost``; so does a release that the server
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import weakref
+from collections.abc import Callable, Hashable, Mapping
 from time import monotonic
 from typing import Any, Final, Protocol, cast
 
@@ -41,6 +42,7 @@ from ._leaving import Leaving
 from ._link import Link
 from ._lockcalls import (
     Granted,
+    Inspected,
     Refreshed,
     acquire,
     inspect,
@@ -51,9 +53,11 @@ from ._lockcalls import (
     refresh,
     release,
     renew,
+    report,
     withdraw,
 )
 from ._loops import MARGIN
+from ._lua import Call
 from ._names import KeyNames, RedisKey, new_id
 from ._renewal import Renewal, renewer
 
@@ -98,7 +102,7 @@ def not_held_error(local_key: object) -> RuntimeError:
 class Attempt:
     """One acquisition of a key in Redis by one local holder (see the module docstring)."""
 
-    __slots__ = ("expires", "key", "lost", "state", "token", "waiter")
+    __slots__ = ("behind", "expires", "key", "lost", "state", "token", "waiter")
 
     def __init__(self, key: RedisKey) -> None:
         self.key = key
@@ -106,8 +110,19 @@ class Attempt:
         self.state = WAITING
         self.token = 0
         self.lost = False
+        #: The count of this process's callers queued behind it, as last sent to the server.
+        self.behind = 0
         #: When the lease runs out at the latest, by this process's clock (monotonic).
         self.expires = 0.0
+
+
+#: ``local(key)``: the key's holder in this process (None if free) and how many callers
+#: wait behind it here.
+LocalQueue = Callable[[Hashable], tuple[Hold | None, int]]
+
+
+def _nobody(local_key: Hashable) -> tuple[Hold | None, int]:
+    return None, 0
 
 
 def lose(hold: Hold, attempt: Attempt, why: str) -> None:
@@ -130,6 +145,8 @@ class RedisScope:
 
     __slots__ = (
         "__weakref__",
+        "_local",
+        "changed_keys",
         "held",
         "lease",
         "lease_ms",
@@ -154,12 +171,25 @@ class RedisScope:
         self.held = {}
         #: Places whose withdraw went to the renewal thread: not counted meanwhile.
         self.leaving = Leaving(self.patience + lease)
+        #: Keys whose count of callers queued here changed since it was last sent.
+        self.changed_keys: set[Hashable] = set()
+        self._local: Callable[[], LocalQueue | None] = lambda: _nobody
         renewer.add(self)
+
+    def count_with(self, local: LocalQueue) -> None:
+        """Count this process's callers behind each attempt with ``local`` (a bound method
+        of the backend, held weakly: the backend holds this scope)."""
+        self._local = weakref.WeakMethod(local)
+
+    def _behind(self, local_key: Hashable) -> tuple[Hold | None, int]:
+        local = self._local()
+        return (None, 0) if local is None else local(local_key)
 
     def forked(self) -> None:
         """In a fork child: nothing is held (the parent's holds did not fork with it)."""
         self.held = {}
         self.leaving = Leaving(self.leaving.keep)  # (its guard may have been held)
+        self.changed_keys = set()
 
     @property
     def mapped_keys(self) -> Mapping[type, Mapping[Any, Hashable]]:
@@ -172,13 +202,21 @@ class RedisScope:
     # -- acquiring -----------------------------------------------------------
 
     def _ask(self, attempt: Attempt, queue: bool) -> Any:
+        attempt.behind = behind = self._behind(attempt.key)[1]
         return acquire(
             attempt.key.names,
             attempt.waiter,
             lease_ms=self.lease_ms,
             place_ms=self.lease_ms,
             queue=queue,
+            behind=behind,
         )
+
+    def _asked(self, attempt: Attempt) -> None:
+        """After a reply to :meth:`_ask`: if callers joined or left the queue here while it
+        was on its way, their count goes too (the renewal thread sends it)."""
+        if self._behind(attempt.key)[1] != attempt.behind:
+            self.queue_changed(attempt.key)
 
     def _granted(self, hold: Hold, attempt: Attempt, token: int, sent: float) -> bool:
         attempt.token = token
@@ -220,6 +258,7 @@ class RedisScope:
         try:
             sent = monotonic()
             reply = parse_acquire(link.run(self._ask(attempt, timeout != 0), _wait(deadline)))
+            self._asked(attempt)
             while not isinstance(reply, Granted):
                 if timeout == 0:
                     del held[hold]  # it took no place in line
@@ -233,6 +272,7 @@ class RedisScope:
                     return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
                 reply = parse_acquire(link.run(self._ask(attempt, True), _wait(deadline)))
+                self._asked(attempt)
         except NoAnswer:
             if deadline is None:
                 raise
@@ -251,6 +291,7 @@ class RedisScope:
             sent = monotonic()
             call = self._ask(attempt, timeout != 0)
             reply = parse_acquire(await link.run_async(call, _wait(deadline)))
+            self._asked(attempt)
             while not isinstance(reply, Granted):
                 if timeout == 0:
                     del held[hold]
@@ -265,6 +306,7 @@ class RedisScope:
                 sent = monotonic()
                 call = self._ask(attempt, True)
                 reply = parse_acquire(await link.run_async(call, _wait(deadline)))
+                self._asked(attempt)
         except NoAnswer:
             if deadline is None:
                 raise
@@ -380,13 +422,53 @@ class RedisScope:
         return self.inspect(local_key)[0]
 
     def waiting(self, local_key: Hashable) -> int:
-        """How many places wait in the key's queue in Redis (one round trip)."""
-        return self.inspect(local_key)[1]
+        """How many callers of other processes wait for the key (one round trip): a place
+        in its queue per waiting process, and the callers queued behind it in that process
+        (this process's own place and callers are not counted: its table counts them)."""
+        found = self.inspect(local_key)
+        return found.places + found.behind
 
-    def inspect(self, local_key: Hashable) -> tuple[bool, int, str | None]:
-        """(held, waiting places, the holder's waiter id or None), in one round trip."""
-        call = inspect(cast(RedisKey, local_key).names, self.leaving.of(local_key))
+    def inspect(self, local_key: Hashable) -> Inspected:
+        """Held, the other processes' places, the holder's waiter id, and the callers that
+        wait behind the others' attempts, in one round trip (this process's own count goes
+        with it)."""
+        holder, behind = self._behind(local_key)
+        attempt = None if holder is None else self.held.get(holder)
+        leaving = self.leaving.of(local_key)
+        names = cast(RedisKey, local_key).names
+        if attempt is None:
+            call = inspect(names, leaving)
+        else:
+            attempt.behind = behind
+            waiter = attempt.waiter
+            call = inspect(names, leaving, waiter=waiter, behind=behind, keep_ms=self.lease_ms)
         return parse_inspect(self.link.run(call))
+
+    # -- this process's callers behind its attempts --------------------------------
+
+    def queue_changed(self, local_key: Hashable) -> None:
+        """Callers joined or left ``local_key``'s queue here: their count goes to the
+        server soon (from the renewal thread), if it has an attempt there."""
+        self.changed_keys.add(local_key)
+        renewer.report(self)
+
+    def reports(self) -> list[Call]:
+        """The counts that changed since they were last sent (for the renewal thread)."""
+        calls: list[Call] = []
+        changed = self.changed_keys
+        while changed:
+            try:
+                local_key = changed.pop()
+            except KeyError:  # (emptied by another thread meanwhile)
+                break
+            holder, behind = self._behind(local_key)
+            attempt = None if holder is None else self.held.get(holder)
+            if attempt is None or attempt.behind == behind:
+                continue  # (none yet: its acquire will carry the count)
+            attempt.behind = behind
+            names = attempt.key.names
+            calls.append(report(names, attempt.waiter, behind=behind, keep_ms=self.lease_ms))
+        return calls
 
     not_held = staticmethod(not_held_error)
 
@@ -396,15 +478,20 @@ class RedisScope:
         """This round's calls: a ``renew`` per held key, a ``refresh`` per waiting place."""
         sent = monotonic()
         calls: list[Renewal] = []
+        lease_ms = self.lease_ms
         for hold, attempt in list(self.held.items()):
             names = attempt.key.names
+            holder, behind = self._behind(attempt.key)
+            if holder is not hold:
+                behind = 0  # (its callers behind are another attempt's by now)
+            attempt.behind = behind
+            waiter = attempt.waiter
             if attempt.state == HELD:
                 if not attempt.lost:
-                    call = renew(names, attempt.waiter, lease_ms=self.lease_ms)
+                    call = renew(names, waiter, lease_ms=lease_ms, behind=behind)
                     calls.append((call, self._renewed(hold, attempt, sent)))
             else:
-                lease_ms = self.lease_ms
-                call = refresh(names, attempt.waiter, lease_ms=lease_ms, place_ms=lease_ms)
+                call = refresh(names, waiter, lease_ms=lease_ms, place_ms=lease_ms, behind=behind)
                 calls.append((call, self._refreshed(attempt, sent)))
         return calls
 

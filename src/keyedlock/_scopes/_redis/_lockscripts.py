@@ -13,10 +13,12 @@ Key layout
     <prefix>{<tag>}:places        zset     waiter id -> expiry of its place (server ms)
     <prefix>{<tag>}:leases        hash     waiter id -> the lease (ms) it asked for
     <prefix>{<tag>}:token         string   the fencing counter (its value: the latest grant's)
+    <prefix>{<tag>}:behind        hash     waiter id -> callers of its process queued behind it
     <prefix>{<tag>}:wake:<id>     list     a wake-up for waiter <id>: the token it was handed
 
 The queue, places and leases expire together when the last place expires, so the structures
-of crashed waiters do not outlive them. A waiter id names one acquisition attempt (unique per
+of crashed waiters do not outlive them; an entry of ``behind`` counts only while its waiter
+holds the key or has a live place. A waiter id names one acquisition attempt (unique per
 attempt, not per process), so that a late wake-up of an earlier attempt can never be mistaken
 for a grant.
 
@@ -65,8 +67,22 @@ waiting places in one round trip per node: a batch of ``EVALSHA`` calls.
 ``withdraw(waiter)``: the waiter leaves (timeout, cancellation). If the key was handed to it
 meanwhile, it is released and handed on (reply ``1``); otherwise the reply is ``0``.
 
-``inspect()``: ``[held, waiting, owner]``: whether anyone holds the key, how many live places
-the queue has, and the holder's waiter id (``""`` if none; read only).
+``inspect(waiter, behind)``: ``[held, waiting, owner, behind]``: whether anyone holds the
+key, how many live places the queue has, the holder's waiter id (``""`` if none), and how
+many callers wait in the processes of the holder and of the live places, behind them (not
+counting the place of ``waiter``, the asking process's own attempt, nor the callers behind
+it: the process counts those itself, and reports their count).
+
+Callers behind
+--------------
+
+A process sends at most one caller per key to the server; the others queue in the process,
+behind it. So that ``waiters(key)`` counts every caller cluster-wide, each process keeps the
+number of its callers queued behind its attempt in ``behind`` (waiter id -> count; no entry
+for 0): ``acquire``, ``renew`` and ``refresh`` carry it (``behind``), and ``report(waiter,
+behind, keep_ms)`` sets it when it changes in between (sent by the renewal thread). It counts
+only while its waiter holds the key or has a live place; an entry goes with its waiter's
+release, withdraw or expired place, and the hash expires ``keep_ms`` after its last write.
 
 Why a wake list and not pub/sub
 -------------------------------
@@ -94,6 +110,7 @@ __all__ = [
     "REFRESH",
     "RELEASE",
     "RENEW",
+    "REPORT",
     "WITHDRAW",
     "LockKeys",
     "lock_keys",
@@ -109,12 +126,13 @@ class LockKeys:
     places: bytes
     leases: bytes
     token: bytes
+    behind: bytes
     wake_prefix: bytes
 
     @property
     def keys(self) -> tuple[bytes, ...]:
         """The KEYS of every lock script, in order."""
-        return (self.owner, self.queue, self.places, self.leases, self.token)
+        return (self.owner, self.queue, self.places, self.leases, self.token, self.behind)
 
     def wake(self, waiter: str) -> bytes:
         """The wake list of ``waiter``: ``BLPOP`` it to wait for a hand-off."""
@@ -130,28 +148,48 @@ def lock_keys(prefix: str, key: bytes) -> LockKeys:
         places=base + b":places",
         leases=base + b":leases",
         token=base + b":token",
+        behind=base + b":behind",
         wake_prefix=base + b":wake:",
     )
 
 
 # --- Lua -------------------------------------------------------------------------------------
 
-# KEYS: owner, queue, places, leases, token. ARGV[1]: the wake-list prefix; ARGV[2]: the
+# KEYS: owner, queue, places, leases, token, behind. ARGV[1]: the wake-list prefix; ARGV[2]: the
 # waiter id; the rest depends on the script.
 _LOCK = (
     """
-local owner_key, queue_key, places_key, leases_key, token_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local owner_key, queue_key, places_key, leases_key, token_key, behind_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local wake_prefix, waiter = ARGV[1], ARGV[2]
 """
     + CLOCK
     + TOKENS
     + """
--- Take a waiter out of the queue, wherever it is.
-local function forget(id)
+-- Take a waiter out of the queue, wherever it is (its count of callers behind stays).
+local function unqueue(id)
   redis.call('LREM', queue_key, 1, id)
   redis.call('ZREM', places_key, id)
   redis.call('HDEL', leases_key, id)
+end
+
+-- A waiter leaves for good: out of the queue, and its callers behind no longer count.
+local function forget(id)
+  unqueue(id)
+  redis.call('HDEL', behind_key, id)
+end
+
+-- Set how many callers of its process wait behind a waiter (0: none, no entry); the hash
+-- is kept for at least keep_ms.
+local function set_behind(id, count, keep_ms)
+  if count > 0 then
+    redis.call('HSET', behind_key, id, count)
+    if redis.call('PTTL', behind_key) < keep_ms then
+      redis.call('PEXPIRE', behind_key, int(keep_ms))
+    end
+  else
+    redis.call('HDEL', behind_key, id)
+  end
 end
 
 -- Drop every waiter whose place expired: it crashed or stopped asking.
@@ -176,13 +214,14 @@ local function live_head()
     redis.call('LPOP', queue_key)
     redis.call('ZREM', places_key, head)
     redis.call('HDEL', leases_key, head)
+    redis.call('HDEL', behind_key, head)
   end
 end
 
 -- Make a waiter the owner; it leaves the queue. Returns its token.
 local function grant(id, lease_ms)
   redis.call('SET', owner_key, id, 'PX', int(lease_ms))
-  forget(id)
+  unqueue(id)
   return next_token(lease_ms)
 end
 
@@ -226,9 +265,13 @@ _ACQUIRE = (
     _LOCK
     + """
 local lease_ms, place_ms, queue = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] ~= '0'
+local behind = tonumber(ARGV[6])
 -- Uncontended: nobody waits, and nobody holds the key.
 if redis.call('EXISTS', queue_key) == 0
     and redis.call('SET', owner_key, waiter, 'NX', 'PX', int(lease_ms)) then
+  if behind > 0 then
+    set_behind(waiter, behind, lease_ms)
+  end
   return {1, next_token(lease_ms)}
 end
 prune()
@@ -237,7 +280,8 @@ if owner == waiter then
   -- Handed to this waiter while it was not looking: it holds the key from now on.
   redis.call('PEXPIRE', owner_key, int(lease_ms))
   redis.call('DEL', wake_prefix .. waiter)
-  forget(waiter)
+  unqueue(waiter)
+  set_behind(waiter, behind, lease_ms)
   keep_queue()
   return {1, current_token(lease_ms)}
 end
@@ -245,6 +289,7 @@ if not owner then
   local head = live_head()
   if not head or head == waiter then
     local token = grant(waiter, lease_ms)
+    set_behind(waiter, behind, lease_ms)
     keep_queue()
     return {1, token}
   end
@@ -253,6 +298,7 @@ if not owner then
 end
 if queue then
   place(waiter, lease_ms, place_ms)
+  set_behind(waiter, behind, place_ms)
 end
 keep_queue()
 return {0, redis.call('PTTL', owner_key)}
@@ -266,6 +312,7 @@ _RELEASE = (
 if redis.call('EXISTS', queue_key) == 0 then
   if redis.call('GET', owner_key) == waiter then
     redis.call('DEL', owner_key)
+    redis.call('HDEL', behind_key, waiter)
     return 1
   end
   return 0
@@ -275,6 +322,7 @@ local owner = redis.call('GET', owner_key)
 local released = 0
 if owner == waiter then
   redis.call('DEL', owner_key)
+  redis.call('HDEL', behind_key, waiter)
   released = 1
 end
 if released == 1 or not owner then
@@ -288,12 +336,13 @@ return released
 _RENEW = (
     _LOCK
     + """
-local lease_ms = tonumber(ARGV[3])
+local lease_ms, behind = tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call('GET', owner_key) ~= waiter then
   return 0
 end
 redis.call('PEXPIRE', owner_key, int(lease_ms))
 keep_token(lease_ms)
+set_behind(waiter, behind, lease_ms)
 return 1
 """
 )
@@ -301,7 +350,7 @@ return 1
 _REFRESH = (
     _LOCK
     + """
-local lease_ms, place_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease_ms, place_ms, behind = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 prune()
 local owner = redis.call('GET', owner_key)
 if not owner then
@@ -312,9 +361,11 @@ local state = 0
 if owner == waiter then
   redis.call('PEXPIRE', owner_key, int(lease_ms))
   keep_token(lease_ms)
+  set_behind(waiter, behind, lease_ms)
   state = 2
 elseif redis.call('ZSCORE', places_key, waiter) then
   place(waiter, lease_ms, place_ms)
+  set_behind(waiter, behind, place_ms)
   state = 1
 end
 keep_queue()
@@ -331,6 +382,7 @@ redis.call('DEL', wake_prefix .. waiter)
 local held = 0
 if owner == waiter then
   redis.call('DEL', owner_key)
+  redis.call('HDEL', behind_key, waiter)
   held = 1
 else
   forget(waiter)
@@ -343,22 +395,64 @@ return held
 """
 )
 
+_REPORT = (
+    _LOCK
+    + """
+-- ARGV[3]: how many callers wait behind the waiter in its process; ARGV[4]: keep_ms.
+local behind, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('GET', owner_key) == waiter or redis.call('ZSCORE', places_key, waiter) then
+  set_behind(waiter, behind, keep_ms)
+  return 1
+end
+return 0
+"""
+)
+
 _INSPECT = (
     _LOCK
     + """
--- ARGV[3...]: places of the asking process that are on their way out (a withdraw queued
--- in its renewal thread): not counted.
+-- ARGV[2]: the asking process's own attempt ('-': none), whose count of callers behind
+-- (ARGV[3], kept ARGV[4] ms) is reported, and neither its place nor that count is summed:
+-- the process counts its own. ARGV[5...]: places of the asking process that are on their
+-- way out (a withdraw queued in its renewal thread): not counted either.
+local count, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local owner = redis.call('GET', owner_key)
+if waiter ~= '-' and (owner == waiter or redis.call('ZSCORE', places_key, waiter)) then
+  set_behind(waiter, count, keep_ms)
+end
+-- The live places, but those of the asking process.
+local function live(id)
+  local score = redis.call('ZSCORE', places_key, id)
+  return score and tonumber(score) > tonumber(int(now))
+end
 local places = redis.call('ZCOUNT', places_key, '(' .. int(now), '+inf')
-for i = 3, #ARGV do
-  local score = redis.call('ZSCORE', places_key, ARGV[i])
-  if score and tonumber(score) > tonumber(int(now)) then
-    places = places - 1
+local mine = {}
+mine[waiter] = true
+if live(waiter) then
+  places = places - 1
+end
+for i = 5, #ARGV do
+  if not mine[ARGV[i]] then
+    mine[ARGV[i]] = true
+    if live(ARGV[i]) then
+      places = places - 1
+    end
+  end
+end
+-- The callers behind the holder and the live places, but those of the asking process.
+local behind = 0
+local entries = redis.call('HGETALL', behind_key)
+for i = 1, #entries, 2 do
+  local id = entries[i]
+  if not mine[id] and (id == owner or live(id)) then
+    behind = behind + tonumber(entries[i + 1])
   end
 end
 return {
-  redis.call('EXISTS', owner_key),
+  owner and 1 or 0,
   places,
-  redis.call('GET', owner_key) or ''
+  owner or '',
+  behind
 }
 """
 )
@@ -368,7 +462,8 @@ RELEASE = Script("release", _RELEASE)
 RENEW = Script("renew", _RENEW)
 REFRESH = Script("refresh", _REFRESH)
 WITHDRAW = Script("withdraw", _WITHDRAW)
+REPORT = Script("report", _REPORT)
 INSPECT = Script("inspect", _INSPECT)
 
 #: The scripts of the lock (to ``SCRIPT LOAD`` up front).
-LOCK_SCRIPTS = (ACQUIRE, RELEASE, RENEW, REFRESH, WITHDRAW, INSPECT)
+LOCK_SCRIPTS = (ACQUIRE, RELEASE, RENEW, REFRESH, WITHDRAW, REPORT, INSPECT)

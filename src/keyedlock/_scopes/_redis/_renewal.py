@@ -13,7 +13,9 @@ The same thread runs *chores*: calls that must reach the server but that nobody 
 (the clean-up of an acquisition interrupted or cancelled mid-way, a release whose reply was
 lost, a single-flight outcome published for a task whose event loop must not block). They go
 before the next round; at interpreter exit the thread is given a moment to send those still
-queued.
+queued. And *reports*: a member whose counts changed (the callers queued in this process
+behind its attempts) is asked for its :meth:`~Reporting.reports` at once, sent in one batch
+per server, their replies ignored (the next round's renewals carry the counts again).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ._link import Link
 from ._loops import MARGIN
 from ._lua import Call
 
-__all__ = ["Renewable", "Renewal", "Renewer", "renewer"]
+__all__ = ["Renewable", "Renewal", "Renewer", "Reporting", "renewer"]
 
 #: A renewal call, and what to do with its reply (the reply, or the exception it raised).
 Renewal = tuple[Call, Callable[[Any], None]]
@@ -67,6 +69,27 @@ class Renewable(Protocol):
         ...
 
 
+class Reporting(Renewable, Protocol):
+    """A member that also reports counts between rounds (see :meth:`Renewer.report`)."""
+
+    def reports(self) -> list[Call]:
+        """The calls that send what changed since last time (an empty list: nothing)."""
+        ...
+
+
+def _report(members: list[Any]) -> None:
+    """Send the members' reports, one batch per server, each waited for MARGIN at most."""
+    by_link: dict[Link, list[Call]] = {}
+    for member in members:
+        with contextlib.suppress(Exception):
+            calls = member.reports()
+            if calls:
+                by_link.setdefault(member.link, []).extend(calls)
+    for link, calls in by_link.items():
+        with contextlib.suppress(Exception):
+            link.run_many(calls, MARGIN)
+
+
 def _send(chores: list[Chore]) -> list[Chore]:
     """Send each chore once; those to go again (their server is away, and their time to go
     again has not run out). Each waits MARGIN at most for its reply, and once a server is
@@ -94,7 +117,16 @@ def _send(chores: list[Chore]) -> list[Chore]:
 class Renewer:
     """The renewal thread of this process (see the module docstring)."""
 
-    __slots__ = ("_busy", "_chores", "_cond", "_later", "_members", "_pid", "_thread")
+    __slots__ = (
+        "_busy",
+        "_chores",
+        "_cond",
+        "_later",
+        "_members",
+        "_pid",
+        "_reporting",
+        "_thread",
+    )
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -102,6 +134,8 @@ class Renewer:
         self._chores: deque[Chore] = deque()
         #: Chores that could not reach their server, sent again with the next round.
         self._later: list[Chore] = []
+        #: Members with counts to report (see :meth:`report`).
+        self._reporting: weakref.WeakSet[Any] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._busy = False
         self._pid = os.getpid()
@@ -119,6 +153,16 @@ class Renewer:
         for ``retry_for`` seconds (a call that may be sent twice: a withdraw, a release)."""
         with self._cond:
             self._chores.append((link, call, monotonic() + retry_for))
+            self._start()
+            self._cond.notify()
+
+    def report(self, member: Reporting) -> None:
+        """Ask ``member`` for its :meth:`~Reporting.reports` soon, from the renewal thread
+        (many changes before it gets there make one batch)."""
+        with self._cond:
+            if member in self._reporting:
+                return
+            self._reporting.add(member)
             self._start()
             self._cond.notify()
 
@@ -158,16 +202,20 @@ class Renewer:
                 period = min((m.period for m in self._members), default=1.0)
                 due = min(due, monotonic() + period)
                 left = due - monotonic()
-                if self._chores or left <= 0:
+                if self._chores or self._reporting or left <= 0:
                     break
                 self._cond.wait(left)
             chores = list(self._chores)
             self._chores.clear()
+            reporting = list(self._reporting)
+            self._reporting.clear()
             if self._later and left <= 0:
                 chores += self._later
                 self._later.clear()
             self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
         try:
+            if reporting:
+                _report(reporting)
             later = _send(chores)
             if later:
                 with self._cond:
@@ -217,6 +265,7 @@ class Renewer:
         self._cond = threading.Condition(threading.Lock())
         self._chores = deque()
         self._later = []
+        self._reporting = weakref.WeakSet()
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
