@@ -1,7 +1,8 @@
 """The cluster scope: keyed locks and single-flight shared through Redis or Valkey.
 
-- :mod:`._lua`, :mod:`._lockscripts` (with :mod:`._lockcalls`), :mod:`._flightscripts`: the
-  server side (Lua scripts, key names, tokens, calls and replies), with no client library;
+- :mod:`._lua`, :mod:`._lockscripts` (with :mod:`._lockkeys`, :mod:`._lockcalls`),
+  :mod:`._flightscripts`: the server side (Lua scripts, key names, tokens, calls and
+  replies), with no client library;
 - :mod:`._names`: a user's key as the scope's local key, and what it is called on the server;
 - :mod:`._link` (threads, trio) and :mod:`._loops` (asyncio): the connections;
 - :mod:`._renewal`: the process's renewal thread;
@@ -53,8 +54,9 @@ from ._lockcalls import (
     report,
     withdraw,
 )
+from ._lockkeys import LockKeys, lock_keys
 from ._lockscope import RedisScope
-from ._lockscripts import LOCK_SCRIPTS, LockKeys, lock_keys
+from ._lockscripts import LOCK_SCRIPTS
 from ._lua import TOKEN_KEEP_MS, Call, Script, hash_tag
 from ._names import KeyNames, RedisKey, encode_key
 from ._outcomes import Serializer

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from ._lockkeys import LockKeys
 from ._lockscripts import (
     ACQUIRE,
     INSPECT,
@@ -18,7 +19,6 @@ from ._lockscripts import (
     RENEW,
     REPORT,
     WITHDRAW,
-    LockKeys,
 )
 from ._lua import Call, check_id, check_ms, reply_id, reply_int, reply_pair
 

@@ -20,10 +20,7 @@ callers releasing one hold, one gets the record. Whatever is taken but cannot be
 as a ``withdraw`` chore: compare-and-delete by waiter id, so it never touches another
 holder's grant, and it never blocks the caller's event loop.
 
-Losing the lease: a renewal that finds the key no longer its own (the server restarted, or
-the process was stopped past its lease), or that cannot reach the server until the lease is
-over, marks the attempt and its hold ``lost``; so does a release that the server refuses
-(the script only deletes its own grant). The backend then raises LeaseLost.
+Losing the lease: see :mod:`._attempt`.
 """
 
 from __future__ import annotations
@@ -31,12 +28,12 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from time import monotonic
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from ..._core import Hold
 from ..._errors import LockTimeout
 from ..._ki import internal
-from ..._log import logger
+from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
 from ._failures import NoAnswer
 from ._leaving import Leaving
 from ._link import Link
@@ -56,87 +53,15 @@ from ._lockcalls import (
     report,
     withdraw,
 )
-from ._loops import MARGIN
+from ._loops import MARGIN, reply_wait
 from ._lua import Call
-from ._names import KeyNames, RedisKey, new_id
+from ._names import KeyNames, RedisKey
 from ._renewal import Renewal, renewer
 
-__all__ = ["HELD", "WAITING", "Attempt", "RedisScope", "not_held_error"]
-
-#: An attempt's states: waiting in the server's queue, or holding the key.
-WAITING: Final = 0
-HELD: Final = 1
-
-
-class Fenced(Protocol):
-    """The public attributes of a cluster-scope context, which the scope keeps up to date."""
-
-    token: int
-    lost: bool
-
+__all__ = ["RedisScope"]
 
 #: For how many leases a clean-up call (a withdraw) goes again while the server is away.
 CLEAN_UP_LEASES: Final = 3
-
-#: A round trip's wait longer than this is no bound (a huge timeout): the client's own.
-_UNBOUNDED: Final = 1e6
-
-
-def _wait(deadline: float | None) -> float | None:
-    """How long a round trip may wait for its reply: until ``deadline``, plus MARGIN."""
-    if deadline is None:
-        return None
-    wait = deadline - monotonic() + MARGIN
-    return None if wait > _UNBOUNDED else wait
-
-
-def not_held_error(local_key: object) -> RuntimeError:
-    """The error of a release by a caller that does not hold ``local_key`` in Redis."""
-    return RuntimeError(
-        f"release of key {local_key!r}, which this caller does not hold in Redis "
-        "(not acquired yet: still waiting for another process, or released already)"
-    )
-
-
-@internal
-class Attempt:
-    """One acquisition of a key in Redis by one local holder (see the module docstring)."""
-
-    __slots__ = ("behind", "expires", "key", "lost", "state", "token", "waiter")
-
-    def __init__(self, key: RedisKey) -> None:
-        self.key = key
-        self.waiter = new_id()
-        self.state = WAITING
-        self.token = 0
-        self.lost = False
-        #: The count of this process's callers queued behind it, as last sent to the server.
-        self.behind = 0
-        #: When the lease runs out at the latest, by this process's clock (monotonic).
-        self.expires = 0.0
-
-
-#: ``local(key)``: the key's holder in this process (None if free) and how many callers
-#: wait behind it here.
-LocalQueue = Callable[[Hashable], tuple[Hold | None, int]]
-
-
-def _nobody(local_key: Hashable) -> tuple[Hold | None, int]:
-    return None, 0
-
-
-def lose(hold: Hold, attempt: Attempt, why: str) -> None:
-    """Mark ``hold``'s lease lost (its exit raises LeaseLost) and log it, once."""
-    if attempt.lost:
-        return
-    attempt.lost = True
-    cast(Fenced, hold).lost = True
-    logger.warning(
-        "the lease of key %r (fencing token %d) was lost while it was held: %s",
-        attempt.key,
-        attempt.token,
-        why,
-    )
 
 
 @internal
@@ -173,7 +98,7 @@ class RedisScope:
         self.leaving = Leaving(self.patience + lease)
         #: Keys whose count of callers queued here changed since it was last sent.
         self.changed_keys: set[Hashable] = set()
-        self._local: Callable[[], LocalQueue | None] = lambda: _nobody
+        self._local: Callable[[], LocalQueue | None] = lambda: nobody
         renewer.add(self)
 
     def count_with(self, local: LocalQueue) -> None:
@@ -257,7 +182,7 @@ class RedisScope:
         deadline = None if timeout is None else monotonic() + timeout
         try:
             sent = monotonic()
-            reply = parse_acquire(link.run(self._ask(attempt, timeout != 0), _wait(deadline)))
+            reply = parse_acquire(link.run(self._ask(attempt, timeout != 0), reply_wait(deadline)))
             self._asked(attempt)
             while not isinstance(reply, Granted):
                 if timeout == 0:
@@ -271,7 +196,7 @@ class RedisScope:
                 if message is not None:
                     return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
-                reply = parse_acquire(link.run(self._ask(attempt, True), _wait(deadline)))
+                reply = parse_acquire(link.run(self._ask(attempt, True), reply_wait(deadline)))
                 self._asked(attempt)
         except NoAnswer:
             if deadline is None:
@@ -290,7 +215,7 @@ class RedisScope:
         try:
             sent = monotonic()
             call = self._ask(attempt, timeout != 0)
-            reply = parse_acquire(await link.run_async(call, _wait(deadline)))
+            reply = parse_acquire(await link.run_async(call, reply_wait(deadline)))
             self._asked(attempt)
             while not isinstance(reply, Granted):
                 if timeout == 0:
@@ -305,7 +230,7 @@ class RedisScope:
                     return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
                 call = self._ask(attempt, True)
-                reply = parse_acquire(await link.run_async(call, _wait(deadline)))
+                reply = parse_acquire(await link.run_async(call, reply_wait(deadline)))
                 self._asked(attempt)
         except NoAnswer:
             if deadline is None:

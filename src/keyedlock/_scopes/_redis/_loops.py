@@ -16,6 +16,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
+from time import monotonic
 from typing import Any, Final
 
 import redis
@@ -29,11 +30,23 @@ from redis.cluster import RedisCluster
 from ..._ki import internal
 from ._lua import Call
 
-__all__ = ["MARGIN", "POP_SLACK", "AsyncSide", "Late", "LoopClients", "pop_block"]
+__all__ = ["MARGIN", "POP_SLACK", "AsyncSide", "Late", "LoopClients", "pop_block", "reply_wait"]
 
 #: How much longer than a blocking pop's own timeout its reply may take before the server is
 #: taken for unresponsive (seconds).
 MARGIN: Final = 1.0
+
+#: A round trip's wait longer than this is no bound (a huge timeout): the client's own.
+_UNBOUNDED: Final = 1e6
+
+
+def reply_wait(deadline: float | None) -> float | None:
+    """How long a round trip may wait for its reply: until ``deadline``, plus MARGIN
+    (None: the client's own socket timeout)."""
+    if deadline is None:
+        return None
+    wait = deadline - monotonic() + MARGIN
+    return None if wait > _UNBOUNDED else wait
 
 
 #: How much shorter than the socket timeout a blocking pop's own timeout is, at least: the

@@ -29,7 +29,7 @@ from typing import Final
 
 from ..._statistics import Owner
 from ._flightscripts import FlightKeys, flight_keys
-from ._lockscripts import LockKeys, lock_keys
+from ._lockkeys import LockKeys, lock_keys
 
 __all__ = ["KeyNames", "RedisKey", "encode_key", "id_owner", "new_id"]
 
