@@ -762,6 +762,8 @@ def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
 
     waiters = [start_thread(wait, f"waiter {i}") for i in range(2)]
     wait_until(lambda: here.waiters("k") == 2, "both wait")
+    # The second one's count reaches Redis from the renewal thread, soon after it queued.
+    wait_until(lambda: holder.waiters("k") == 2, "both counted in Redis")
     stats = here.statistics("k")
     assert (stats.waiters, dict(stats.waiters_by_runtime)) == (2, {"thread": 2})
     seen = holder.statistics("k")  # the other process's first caller, and the one behind it
