@@ -92,8 +92,9 @@ class FileKeyedLock(KeyedLock):
             belongs to another user or is open to group or others is refused
             (PermissionError). The file is never deleted: do not delete it
             while processes may use it.
-        max_waiters: how many callers of this process may queue on one key
-            (None: unbounded; 0: never queue).
+        max_waiters: how many callers of this process may wait for one key, the one
+            waiting in the kernel for another process included (None: unbounded; 0:
+            never wait).
         fast_acquire: under trio, take a free key without trio.Lock's
             checkpoints (see :class:`~keyedlock.KeyedLock`).
         warn_after: log a hold of this process still held after this many

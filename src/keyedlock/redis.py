@@ -124,8 +124,8 @@ class RedisKeyedLock(KeyedLock):
         prefix: what every name on the server starts with (no braces).
         lease: seconds a grant lasts without renewal (at least 0.05). A crashed holder
             blocks its key this long; a holder cut off from the server this long loses it.
-        max_waiters: how many callers of this process may queue on one key (None:
-            unbounded; 0: never queue).
+        max_waiters: how many callers of this process may wait for one key, the one
+            waiting in Redis included (None: unbounded; 0: never wait).
         fast_acquire: under trio, take a key free in this process without trio.Lock's
             checkpoints (the round trip to Redis runs in a worker thread all the same).
         warn_after: log a hold of this process still held after this many seconds

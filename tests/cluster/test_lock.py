@@ -214,6 +214,34 @@ def test_locked_and_waiters_are_cluster_wide(make_lock: MakeLock) -> None:
 
 
 @pytest.mark.anyio
+async def test_max_waiters_counts_the_first_caller_waiting_in_redis(
+    make_lock: MakeLock,
+) -> None:
+    """This process's caller that waits in Redis (another process holds the key) is one of
+    the key's waiters here: with max_waiters=2 it and one more wait, the next is refused."""
+    holder, lock = make_lock(), make_lock(max_waiters=2)
+    assert holder.acquire("k", blocking=False)  # (a blocking one is refused in a task)
+    away: set[Any] = lock._backend.away
+    entered: list[int] = []
+
+    async def wait_for_key(n: int) -> None:
+        async with lock("k", timeout=WAIT):
+            entered.append(n)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait_for_key, 1)
+        await wait_until_async(lambda: len(away) == 1, "the first caller waits in Redis")
+        tg.start_soon(wait_for_key, 2)
+        await wait_until_async(lambda: lock.waiters("k") == 2, "the second one queues here")
+        with pytest.raises(QueueFull, match="max_waiters=2"):
+            async with lock("k", timeout=WAIT):
+                pass
+        holder.release("k")
+    assert entered == [1, 2]
+    assert not away
+
+
+@pytest.mark.anyio
 async def test_tasks_queued_in_a_process_count_cluster_wide(make_lock: MakeLock) -> None:
     """Tasks waiting behind their process's first caller count in every process, and a
     cancelled one stops counting."""

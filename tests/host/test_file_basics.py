@@ -242,6 +242,31 @@ def test_max_waiters_is_per_process(lock_path: str) -> None:
     assert len(lock) == 0
 
 
+def test_max_waiters_counts_the_first_caller_waiting_for_another_process(lock_path: str) -> None:
+    """The caller that waits in the kernel (another process holds the key) is one of the
+    key's waiters, for max_waiters as for waiters(key): with max_waiters=2 it and one more
+    wait, and the next one is refused."""
+    other = FileKeyedLock(lock_path)  # (an open file description of its own: another process)
+    assert other.acquire("k")
+    lock = FileKeyedLock(lock_path, max_waiters=2)
+    away: set[Hold] = lock._backend.away
+    first = start_thread(lambda: lock.acquire("k", timeout=WAIT), "first")
+    wait_until(lambda: len(away) == 1, "the first caller waits in the kernel")
+    assert lock.waiters("k") == 1
+    second = start_thread(lambda: lock.acquire("k", timeout=WAIT), "second")
+    wait_waiters(lock, "k", 2)
+    with pytest.raises(QueueFull, match="max_waiters=2"):
+        lock.acquire("k", timeout=WAIT)
+    other.release("k")
+    assert first.result()
+    lock.release("k")  # (first's: to the second)
+    assert second.result()
+    assert lock.waiters("k") == 0
+    lock.release("k")
+    assert len(lock) == 0
+    assert not away
+
+
 def test_on_error_stop_aborts_this_processs_waiters(file_lock: FileKeyedLock) -> None:
     gate = threading.Event()
 

@@ -21,11 +21,12 @@ from ._hold import (
     decided,
     fresh_copy,
     outcome_of,
+    queue_full_error,
     reacquire_error,
     state_of,
 )
 from ._keyhold import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
-from ._keytable import KeyTable, guard_is_owned, queue_full_error
+from ._keytable import KeyTable, guard_is_owned
 
 __all__ = [
     "ABORTED",

@@ -12,6 +12,8 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
 
+from .._errors import QueueFull
+
 __all__ = [
     "ABORTED",
     "CANCELLED",
@@ -26,6 +28,7 @@ __all__ = [
     "fresh_copy",
     "new_queue",
     "outcome_of",
+    "queue_full_error",
     "reacquire_error",
     "state_of",
 ]
@@ -137,6 +140,11 @@ def decided(hold: Hold) -> int:
 def outcome_of(hold: Hold) -> object:
     """The outcome an ABORTED hold's wait ended with (see :meth:`KeyTable.release`)."""
     return hold._queue.outcome
+
+
+def queue_full_error(key: Hashable, limit: int) -> QueueFull:
+    """The error of a caller that would queue on ``key`` past ``max_waiters=limit``."""
+    return QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
 
 
 def reacquire_error(key: Hashable) -> RuntimeError:

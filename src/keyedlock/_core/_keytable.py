@@ -64,7 +64,6 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
 
-from .._errors import QueueFull
 from .._ki import internal
 from ._hold import (
     ABORTED,
@@ -77,6 +76,7 @@ from ._hold import (
     WaitQueue,
     fresh_copy,
     new_queue,
+    queue_full_error,
     reacquire_error,
 )
 from ._orphans import Orphans
@@ -92,9 +92,8 @@ guard_is_owned: Final[Callable[[threading.RLock], bool]] = type(threading.RLock(
 _COMPACT_SLACK: Final = 8
 
 
-def queue_full_error(key: Hashable, limit: int) -> QueueFull:
-    """The error of a caller that would queue on ``key`` past ``max_waiters=limit``."""
-    return QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
+def _nowhere(holder: Hold) -> bool:
+    return False  # (this process's table is the whole scope)
 
 
 @internal
@@ -113,6 +112,7 @@ class KeyTable(Orphans, TableViews):
         "on_queue",
         "on_wait",
         "take",
+        "waits_elsewhere",
     )
 
     #: ``take(key, hold)``: take ``key`` for ``hold`` if nobody holds it or waits for it;
@@ -134,9 +134,11 @@ class KeyTable(Orphans, TableViews):
         #: is handed the key with waiters behind it: the scope watches those holders.
         self.on_wait: Callable[[Hashable, Hold], object] | None = None
         #: ``on_queue(key)``, if set: called (outside the guard, best effort) when a caller
-        #: joined ``key``'s queue or left it while waiting (withdrawn, cancelled): a wide
-        #: scope that tells the others how many wait here (see ``waiters``).
+        #: joins ``key``'s queue or leaves it waiting: for a scope that tells others of it.
         self.on_queue: Callable[[Hashable], object] | None = None
+        #: ``waits_elsewhere(holder)``: True while a holder here still waits for its key in
+        #: a wider scope; it then counts as a waiter against ``max_waiters``.
+        self.waits_elsewhere: Callable[[Hold], bool] = _nowhere
 
     def forked(self) -> None:
         """In a fork child: a guard of its own. The parent's may have been held by one of
@@ -181,7 +183,7 @@ class KeyTable(Orphans, TableViews):
             elif queue.outcome is not None:  # abandoned (see abandon): nobody to wait for
                 raise fresh_copy(queue.outcome)
             limit = self.max_waiters
-            if limit is not None and queue.live >= limit:
+            if limit is not None and queue.live + self.waits_elsewhere(holder) >= limit:
                 raise queue_full_error(key, limit)
             # One straight run, recorded by the append: no signal can split it.
             hold._wake = wake

@@ -15,7 +15,7 @@ from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
-from .._core import RELEASED, KeyTable, queue_full_error
+from .._core import RELEASED, Hold, KeyTable, queue_full_error
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -95,7 +95,7 @@ class WideContext(LockContext):
 class WideBackend(LocalBackend):
     """The :class:`~keyedlock._scopes.LockBackend` of a local table with a wide scope behind."""
 
-    __slots__ = ("scope",)
+    __slots__ = ("away", "scope")
 
     context: type[LockContext] = WideContext
 
@@ -104,6 +104,38 @@ class WideBackend(LocalBackend):
     ) -> None:
         super().__init__(max_waiters, fast_acquire)
         self.scope = scope
+        #: The local holders that wait for their key in the wide scope now: each counts
+        #: as one of its key's waiters against max_waiters (see KeyTable.waits_elsewhere).
+        self.away: set[Hold] = set()
+        self.table.waits_elsewhere = self.away.__contains__
+
+    def forked(self) -> None:
+        super().forked()
+        self.away = set()
+        self.table.waits_elsewhere = self.away.__contains__
+
+    def wait_sync(self, ctx: LockContext, timeout: float | None) -> bool:
+        """Take ``ctx``'s key (held here) in the wide scope, waiting at most ``timeout``;
+        meanwhile it counts as one of the key's waiters here."""
+        if timeout == 0:
+            return self.scope.acquire_sync(ctx._key, ctx, 0)
+        away = self.away
+        away.add(ctx)
+        try:
+            return self.scope.acquire_sync(ctx._key, ctx, timeout)
+        finally:
+            away.discard(ctx)
+
+    async def wait_async(self, ctx: LockContext, timeout: float | None) -> bool:
+        """As :meth:`wait_sync`, from an asyncio or trio task."""
+        if timeout == 0:
+            return await self.scope.acquire_async(ctx._key, ctx, 0)
+        away = self.away
+        away.add(ctx)
+        try:
+            return await self.scope.acquire_async(ctx._key, ctx, timeout)
+        finally:
+            away.discard(ctx)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
@@ -130,12 +162,13 @@ class WideBackend(LocalBackend):
             wide_timeout = remaining(timeout, start)
         # Held here: now in the wide scope, or given back here. (What raises is undone by
         # the caller: the context's undo.) With max_waiters=0 nobody waits, here or there:
-        # one try, then QueueFull. (Otherwise the bound is on the callers queued here.)
+        # one try, then QueueFull. (Otherwise this caller, while it waits there, counts
+        # against the bound as the first of the key's waiters here.)
         if wide_timeout != 0 and ctx._table.max_waiters == 0:  # type: ignore[union-attr]
             if self.scope.acquire_sync(key, ctx, 0):
                 return True
             raise queue_full_error(key, 0)
-        if self.scope.acquire_sync(key, ctx, wide_timeout):
+        if self.wait_sync(ctx, wide_timeout):
             return True
         ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
         return False
@@ -150,7 +183,7 @@ class WideBackend(LocalBackend):
             if await self.scope.acquire_async(key, ctx, 0):  # (as in acquire)
                 return True
             raise queue_full_error(key, 0)
-        if await self.scope.acquire_async(key, ctx, wide_timeout):
+        if await self.wait_async(ctx, wide_timeout):
             return True
         ctx._table.release(key, ctx)  # type: ignore[union-attr]
         return False
@@ -166,6 +199,7 @@ class WideBackend(LocalBackend):
         LocalBackend.release(self, ctx, abort)
 
     def undo(self, ctx: LockContext) -> None:
+        self.away.discard(ctx)  # (an interrupt as it began to wait there)
         self.scope.abandon(ctx._key, ctx)
         LocalBackend.undo(self, ctx)
 

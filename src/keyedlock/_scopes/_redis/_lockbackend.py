@@ -101,7 +101,7 @@ class RedisContext(WideContext):
             if table.take(key, self) is self and table.max_waiters != 0:
                 # Free here: one round trip takes it in Redis, or a place in line there.
                 # (With max_waiters=0, the general path: it may not wait there at all.)
-                acquired = backend.scope.acquire_sync(key, self, self._timeout)
+                acquired = backend.wait_sync(self, self._timeout)
                 if not acquired:
                     table.release(key, self)
             else:
