@@ -49,9 +49,9 @@ class LockStatistics:
         waiters: how many callers wait for it (as :meth:`~keyedlock.KeyedLock.waiters`).
         waiters_by_runtime: those waiters by runtime (``{"thread": 2, "asyncio": 1}``);
             runtimes with no waiter are left out; the counts add up to ``waiters``. In
-            the Redis scope, the places in line of other processes count under
-            ``"process"`` (one per process: a process queues its callers of a key
-            itself, and only the first of them waits in Redis).
+            the Redis scope, the callers of other processes count under ``"process"``
+            (the first of each process, which waits in Redis, and those it queues
+            behind it).
     """
 
     key: Hashable

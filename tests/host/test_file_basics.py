@@ -24,7 +24,7 @@ import keyedlock._scopes._lockfile._scope as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
 from keyedlock._core import Hold
 
-from ..support import WAIT, run_python, scope_of, start_thread, wait_until
+from ..support import WAIT, run_python, scope_of, start_thread, wait_until, wait_until_async
 from .file_support import fds_of, wait_waiters
 
 pytestmark = pytest.mark.skipif(
@@ -244,27 +244,55 @@ def test_max_waiters_is_per_process(lock_path: str) -> None:
 
 def test_max_waiters_counts_the_first_caller_waiting_for_another_process(lock_path: str) -> None:
     """The caller that waits in the kernel (another process holds the key) is one of the
-    key's waiters, for max_waiters as for waiters(key): with max_waiters=2 it and one more
-    wait, and the next one is refused."""
+    key's waiters, for max_waiters as for waiters(key), from the moment it takes the key
+    here: of three callers started at once with max_waiters=2, two wait and one is refused,
+    whatever their timing."""
     other = FileKeyedLock(lock_path)  # (an open file description of its own: another process)
     assert other.acquire("k")
     lock = FileKeyedLock(lock_path, max_waiters=2)
-    away: set[Hold] = lock._backend.away
-    first = start_thread(lambda: lock.acquire("k", timeout=WAIT), "first")
-    wait_until(lambda: len(away) == 1, "the first caller waits in the kernel")
-    assert lock.waiters("k") == 1
-    second = start_thread(lambda: lock.acquire("k", timeout=WAIT), "second")
-    wait_waiters(lock, "k", 2)
-    with pytest.raises(QueueFull, match="max_waiters=2"):
-        lock.acquire("k", timeout=WAIT)
+    go = threading.Barrier(3)
+
+    def caller() -> str:
+        go.wait(WAIT)
+        try:
+            return lock.run_sync("k", lambda: "ran", timeout=WAIT)
+        except QueueFull:
+            return "refused"
+
+    callers = [start_thread(caller, f"caller {i}") for i in range(3)]
+    wait_until(lambda: sum(c.finished.is_set() for c in callers) == 1, "one caller is refused")
+    assert lock.waiters("k") == 2
     other.release("k")
-    assert first.result()
-    lock.release("k")  # (first's: to the second)
-    assert second.result()
-    assert lock.waiters("k") == 0
-    lock.release("k")
+    assert sorted(c.result() for c in callers) == ["ran", "ran", "refused"]
     assert len(lock) == 0
-    assert not away
+
+
+@pytest.mark.anyio
+async def test_max_waiters_counts_the_first_task_from_the_moment_it_takes_the_key(
+    lock_path: str,
+) -> None:
+    """As above, with tasks (under trio the first one checkpoints before it reaches the
+    kernel): of three started at once with max_waiters=2, two wait and one is refused."""
+    other = FileKeyedLock(lock_path)
+    assert other.acquire("k", blocking=False)  # (a blocking one is refused in a task)
+    lock = FileKeyedLock(lock_path, max_waiters=2)
+    outcomes: list[str] = []
+
+    async def caller() -> None:
+        try:
+            async with lock("k", timeout=WAIT):
+                outcomes.append("ran")
+        except QueueFull:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(caller)
+        await wait_until_async(lambda: outcomes == ["refused"], "one task is refused")
+        assert lock.waiters("k") == 2
+        other.release("k")
+    assert outcomes == ["refused", "ran", "ran"]
+    assert len(lock) == 0
 
 
 def test_on_error_stop_aborts_this_processs_waiters(file_lock: FileKeyedLock) -> None:

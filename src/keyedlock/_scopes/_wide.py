@@ -15,7 +15,7 @@ from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
-from .._core import RELEASED, Hold, KeyTable, queue_full_error
+from .._core import RELEASED, KeyTable, queue_full_error
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -95,7 +95,7 @@ class WideContext(LockContext):
 class WideBackend(LocalBackend):
     """The :class:`~keyedlock._scopes.LockBackend` of a local table with a wide scope behind."""
 
-    __slots__ = ("away", "scope")
+    __slots__ = ("scope",)
 
     context: type[LockContext] = WideContext
 
@@ -104,38 +104,18 @@ class WideBackend(LocalBackend):
     ) -> None:
         super().__init__(max_waiters, fast_acquire)
         self.scope = scope
-        #: The local holders that wait for their key in the wide scope now: each counts
-        #: as one of its key's waiters against max_waiters (see KeyTable.waits_elsewhere).
-        self.away: set[Hold] = set()
-        self.table.waits_elsewhere = self.away.__contains__
+        self._count_first()
 
     def forked(self) -> None:
         super().forked()
-        self.away = set()
-        self.table.waits_elsewhere = self.away.__contains__
+        self._count_first()
 
-    def wait_sync(self, ctx: LockContext, timeout: float | None) -> bool:
-        """Take ``ctx``'s key (held here) in the wide scope, waiting at most ``timeout``;
-        meanwhile it counts as one of the key's waiters here."""
-        if timeout == 0:
-            return self.scope.acquire_sync(ctx._key, ctx, 0)
-        away = self.away
-        away.add(ctx)
-        try:
-            return self.scope.acquire_sync(ctx._key, ctx, timeout)
-        finally:
-            away.discard(ctx)
-
-    async def wait_async(self, ctx: LockContext, timeout: float | None) -> bool:
-        """As :meth:`wait_sync`, from an asyncio or trio task."""
-        if timeout == 0:
-            return await self.scope.acquire_async(ctx._key, ctx, 0)
-        away = self.away
-        away.add(ctx)
-        try:
-            return await self.scope.acquire_async(ctx._key, ctx, timeout)
-        finally:
-            away.discard(ctx)
+    def _count_first(self) -> None:
+        """The key's holder here counts as one of its waiters against max_waiters until it
+        holds the key in the wide scope too (as in :meth:`waiters`): with max_waiters=N, at
+        most N callers of this process wait, here or there."""
+        holds = self.scope.holds  # (not this backend: the table would keep it alive)
+        self.table.waits_elsewhere = lambda holder: not holds(holder)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
@@ -168,7 +148,7 @@ class WideBackend(LocalBackend):
             if self.scope.acquire_sync(key, ctx, 0):
                 return True
             raise queue_full_error(key, 0)
-        if self.wait_sync(ctx, wide_timeout):
+        if self.scope.acquire_sync(key, ctx, wide_timeout):
             return True
         ctx._table.release(ctx._key, ctx)  # type: ignore[union-attr]
         return False
@@ -183,7 +163,7 @@ class WideBackend(LocalBackend):
             if await self.scope.acquire_async(key, ctx, 0):  # (as in acquire)
                 return True
             raise queue_full_error(key, 0)
-        if await self.wait_async(ctx, wide_timeout):
+        if await self.scope.acquire_async(key, ctx, wide_timeout):
             return True
         ctx._table.release(key, ctx)  # type: ignore[union-attr]
         return False
@@ -199,7 +179,6 @@ class WideBackend(LocalBackend):
         LocalBackend.release(self, ctx, abort)
 
     def undo(self, ctx: LockContext) -> None:
-        self.away.discard(ctx)  # (an interrupt as it began to wait there)
         self.scope.abandon(ctx._key, ctx)
         LocalBackend.undo(self, ctx)
 

@@ -281,8 +281,8 @@ class FileScope(LockFile):
 
     def holds(self, hold: Hold) -> bool:
         """True if ``hold`` holds its key's byte."""
-        held = self.held
-        return hold in held and held[hold] >= 0
+        fd = self.held.get(hold)  # (one step: a release in another thread may take it)
+        return fd is not None and fd >= 0
 
     def release(self, local_key: Hashable, hold: Hold) -> bool:
         """Unlock the key's byte through the descriptor ``hold`` holds it by; False if none

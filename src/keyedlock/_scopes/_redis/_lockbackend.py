@@ -12,8 +12,9 @@ What differs from the lock file:
 - the context carries ``token`` (the fencing token of its grant) and ``lost`` (the lease was
   lost while held), and leaving a context whose lease was lost raises LeaseLost, after
   releasing it here and (compare-and-delete) in Redis;
-- :meth:`RedisBackend.waiters` counts the callers queued anywhere: this process's, and the
-  places in the key's queue in Redis (one per process waiting for it there).
+- :meth:`RedisBackend.waiters` counts the callers queued anywhere: this process's, and those
+  of the others (their places in the key's queue in Redis, one per process, and the callers
+  each queues behind its place).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class RedisContext(WideContext):
             if table.take(key, self) is self and table.max_waiters != 0:
                 # Free here: one round trip takes it in Redis, or a place in line there.
                 # (With max_waiters=0, the general path: it may not wait there at all.)
-                acquired = backend.wait_sync(self, self._timeout)
+                acquired = backend.scope.acquire_sync(key, self, self._timeout)
                 if not acquired:
                     table.release(key, self)
             else:

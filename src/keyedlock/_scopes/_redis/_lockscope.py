@@ -272,8 +272,8 @@ class RedisScope:
 
     def holds(self, hold: Hold) -> bool:
         """True if ``hold`` holds its key in Redis (as far as this process knows)."""
-        held = self.held
-        return hold in held and held[hold].state == HELD
+        attempt = self.held.get(hold)  # (one step: a release in another thread may take it)
+        return attempt is not None and attempt.state == HELD
 
     def waiter_of(self, hold: Hold) -> str | None:
         """The waiter id of ``hold``'s attempt in Redis, if it made one."""
