@@ -257,6 +257,31 @@ def test_timeout_bounds_a_wait_in_redis_when_the_server_stops(
     patient.release("k")
 
 
+def test_what_one_lock_learns_of_a_stopped_server_holds_for_another_on_its_client(
+    fresh_server: Server,
+) -> None:
+    """Two locks made from one client (whose calls would wait a minute): once one of them
+    found the server late, the other's timed acquire does not open a connection to it,
+    whose handshake would overstay its deadline; it waits for the probe, within it."""
+    client = redis.Redis.from_url(f"{fresh_server.url}?socket_timeout=60")
+    first = RedisKeyedLock(client, prefix="first:", lease=LEASE)
+    second = RedisKeyedLock(client, prefix="second:", lease=LEASE)
+    with first("warm-up"), second("warm-up"):
+        pass
+    try:
+        with fresh_server.paused():
+            assert start_thread(lambda: first.acquire("k", timeout=0.2), "first").result() is False
+            assert (
+                start_thread(lambda: second.acquire("k", timeout=0.2), "second").result() is False
+            )
+        assert renewer.settle(WAIT)
+        assert second.acquire("k", timeout=WAIT)
+        second.release("k")
+        assert len(first) == len(second) == 0
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("runtime", ["asyncio", "trio"])
 def test_timeout_bounds_async_acquire_against_a_stopped_server(
     fresh_server: Server, patient: RedisKeyedLock, runtime: str
@@ -522,5 +547,53 @@ def test_a_stopped_server_does_not_cost_the_leases_on_another(
         assert not healthy.lost
     with pytest.raises(LeaseLost):
         on_stopped.__exit__(None, None, None)
+    assert renewer.settle(WAIT)
+    assert len(lock) == 0
+
+
+def test_callers_on_a_stopped_server_do_not_cost_the_leases_on_another(
+    fresh_server: Server, split: str
+) -> None:
+    """While the server of keys ``x-*`` is stopped, callers keep trying them (each queued
+    behind another in this process, each timing out and leaving a clean-up to send): the
+    renewal thread does not wait for that server again for each of their reports and
+    clean-ups, so the key held on the healthy server keeps its lease."""
+    lock = RedisKeyedLock(split, prefix="churned:", lease=LEASE)
+    done = threading.Event()
+    tries = [0, 0, 0]
+
+    def churn(n: int, key: str) -> None:
+        while not done.is_set():
+            tries[n] += 1
+            try:
+                if lock.acquire(key, timeout=0.02):
+                    lock.release(key)
+            except (ConnectionError, LockTimeout):
+                pass
+
+    # Idle connections to that server, as a busy process has them: a new one, opened once
+    # it stopped, would wait this client's socket timeout (a minute) for its handshake.
+    together = threading.Barrier(4)
+
+    def hold(n: int) -> None:
+        with lock(f"x-{n}"):
+            together.wait(WAIT)
+
+    for worker in [start_thread(partial(hold, n)) for n in range(4)]:
+        worker.result(WAIT)
+    with lock("y-1") as healthy:
+        with fresh_server.paused():
+            assert not lock.acquire("x-2", timeout=0.02)  # (no answer: now it is late)
+            threads = [
+                start_thread(partial(churn, n, key)) for n, key in enumerate(("x-2", "x-2", "x-3"))
+            ]
+            try:
+                wait_until(lambda: min(tries) >= 2, "each caller tried twice")
+                time.sleep(2 * LEASE)  # (long enough to lose the lease if renewals were held up)
+            finally:
+                done.set()
+        for thread in threads:
+            thread.result(WAIT)
+        assert not healthy.lost
     assert renewer.settle(WAIT)
     assert len(lock) == 0

@@ -61,6 +61,9 @@ class AwayLink:
     def __init__(self) -> None:
         self.calls: list[object] = []
 
+    def answering(self, call: object) -> bool:
+        return True  # (not known to be late: refused, reset)
+
     def run(self, call: object, wait: float | None = None) -> object:
         self.calls.append(call)
         raise RedisUnavailable("the server is away")
@@ -84,6 +87,24 @@ def test_a_chore_not_meant_to_go_again_goes_once() -> None:
     away = AwayLink()
     assert _send([(away, "conclude", time.monotonic())]) == []  # type: ignore[list-item]
     assert away.calls == ["conclude"]
+
+
+class LateLink(AwayLink):
+    """A link whose server is late: it did not answer in time, nor the probe since."""
+
+    def answering(self, call: object) -> bool:
+        return False
+
+
+def test_chores_for_a_late_server_wait_unsent_while_their_time_runs() -> None:
+    """A late server's chores are not sent (each would wait for it): they wait for a round
+    that finds it answering, for as long as they may go again, and are dropped after."""
+    late = LateLink()
+    now = time.monotonic()
+    chores: list[Any] = [(late, "withdraw", now + 60), (late, "conclude", now)]
+    later: list[Any] = _send(chores)
+    assert late.calls == []
+    assert [call for _, call, _ in later] == ["withdraw"]
 
 
 def test_a_lock_nobody_uses_any_more_goes_with_its_connections(redis_server: Server) -> None:

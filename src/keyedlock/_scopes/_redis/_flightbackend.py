@@ -296,12 +296,12 @@ class RedisFlightBackend:
         woken = 0
         if call is not None:
             if running_loop() is not None or sniffio_local.name is not None:
-                renewer.chore(self.link, call)  # (a task that reached here: never blocking)
+                renewer.chore(self.link, call, self.lease)  # (a task here: never blocking)
             else:
                 try:
                     woken = int(self.link.run(call))
                 except Exception:
-                    renewer.chore(self.link, call)  # the server is away: one more try
+                    renewer.chore(self.link, call, self.lease)  # the server is away: again
         return self._end_here(key, ticket, done, payload, keep, error) or woken > 0
 
     async def conclude_async(
@@ -322,9 +322,9 @@ class RedisFlightBackend:
                 reply, cancelled = await self.link.finish_async(call)
                 woken = int(reply)
             except Exception:
-                renewer.chore(self.link, call)
+                renewer.chore(self.link, call, self.lease)
             except BaseException:
-                renewer.chore(self.link, call)
+                renewer.chore(self.link, call, self.lease)
                 self._end_here(key, ticket, done, payload, keep, error)
                 raise
         try:

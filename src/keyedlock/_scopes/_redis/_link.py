@@ -41,7 +41,7 @@ from ._failures import DOWN, NoAnswer, RedisUnavailable, where
 from ._linkasync import AsyncCalls
 from ._loops import MARGIN, Late, LoopClients, async_client_for, pop_block, url_options
 from ._lua import Call
-from ._probe import LateServers
+from ._probe import late_servers
 
 __all__ = ["Link"]
 
@@ -87,8 +87,8 @@ class Link(AsyncCalls):
         else:
             self.server = f"the Redis server at {where(client.connection_pool.connection_kwargs)}"
         self.loops = LoopClients(partial(async_client_for, client, self.url))
-        #: Its servers whose last reply did not come in time (see :mod:`._probe`).
-        self.late = LateServers()
+        #: The servers whose last reply did not come in time (see :mod:`._probe`).
+        self.late = late_servers
 
     def __repr__(self) -> str:
         return f"<Link {self.server}>"
@@ -194,6 +194,19 @@ class Link(AsyncCalls):
         if late.pools and pool in late.pools and not late.wait(pool, deadline):
             raise Late("since it last did not answer in time")
         return deadline - monotonic()
+
+    def answering(self, call: Call) -> bool:
+        """False if ``call``'s server is late (its last reply did not come in time), until
+        it answers the probe this starts (see :mod:`._probe`): a sender that must not wait
+        for a late server (the renewal thread's chores and reports) skips it."""
+        late = self.late
+        if not late.pools:
+            return True
+        try:
+            pool = self._pool_of(call.keys[0])
+        except DOWN:
+            return True  # (the call raises it)
+        return pool not in late.pools or late.wait(pool, monotonic())
 
     def run(self, call: Call, wait: float | None = None) -> Any:
         """Run one script call; its raw reply (``wait``: NoAnswer after that long)."""

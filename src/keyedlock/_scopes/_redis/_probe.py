@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from time import monotonic
 from typing import Any, Final
 
@@ -27,7 +26,7 @@ from redis.retry import Retry
 from ..._ki import internal
 from ._loops import MARGIN
 
-__all__ = ["LateServers"]
+__all__ = ["LateServers", "late_servers"]
 
 #: The probe connection's own settings (see :meth:`LateServers.ping`).
 _PROBE_OPTIONS: Final = {
@@ -55,15 +54,18 @@ class _Probe:
 
 @internal
 class LateServers:
-    """The connection pools of one link whose server did not answer in time."""
+    """The connection pools whose server did not answer in time, whichever link met it:
+    links may share a client (a lock and a single-flight group made from one
+    ``redis.Redis``), and what one learns of a server holds for the other. One per process
+    (:data:`late_servers`)."""
 
-    __slots__ = ("__weakref__", "_lock", "pools")
+    __slots__ = ("_lock", "pools")
 
     def __init__(self) -> None:
-        #: Late pool -> its running probe (None: none yet). Empty on the hot path.
+        #: Late pool -> its running probe (None: none yet). Empty on the hot path. (A pool
+        #: stays until its server answers a probe: one entry per server that went away.)
         self.pools: dict[Any, _Probe | None] = {}
         self._lock = threading.Lock()
-        _every.add(self)
 
     def mark(self, pool: Any) -> None:
         """A reply from ``pool``'s server did not come in time."""
@@ -123,13 +125,9 @@ class LateServers:
         self.pools = dict.fromkeys(list(self.pools))
 
 
-_every: weakref.WeakSet[LateServers] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    for late in list(_every):
-        late.forked()
+#: The late servers of this process.
+late_servers: Final = LateServers()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_reset_in_child)
+    os.register_at_fork(after_in_child=late_servers.forked)

@@ -78,29 +78,37 @@ class Reporting(Renewable, Protocol):
 
 
 def _report(members: list[Any]) -> None:
-    """Send the members' reports, one batch per server, each waited for MARGIN at most."""
+    """Send the members' reports, one batch per server, each waited for MARGIN at most.
+    Those for a late server are dropped (the next round's renewals carry the counts)."""
     by_link: dict[Link, list[Call]] = {}
     for member in members:
         with contextlib.suppress(Exception):
-            calls = member.reports()
+            link = member.link
+            calls = [call for call in member.reports() if link.answering(call)]
             if calls:
-                by_link.setdefault(member.link, []).extend(calls)
+                by_link.setdefault(link, []).extend(calls)
     for link, calls in by_link.items():
         with contextlib.suppress(Exception):
             link.run_many(calls, MARGIN)
 
 
 def _send(chores: list[Chore]) -> list[Chore]:
-    """Send each chore once; those to go again (their server is away, and their time to go
-    again has not run out). Each waits MARGIN at most for its reply, and once a server is
-    away its other chores wait for the next round: a stopped server holds the renewals of
-    the others up for about MARGIN per round, not a socket timeout per chore."""
+    """Send each chore once; those to go again. Each waits MARGIN at most for its reply;
+    once a server is away its other chores wait for the next round, untried (whatever
+    their time), and a late server's are not sent until it answers again (see
+    :meth:`Link.answering`), waiting for as long as their time to go again runs: a stopped
+    server costs the renewals of the others about MARGIN once, not MARGIN per chore or per
+    round."""
     later: list[Chore] = []
     away: set[Link] = set()
     for chore in chores:
         link, call, until = chore
         if link in away:
-            later.append(chore)  # (not tried yet: goes with the next round, whatever its time)
+            later.append(chore)
+            continue
+        if not link.answering(call):
+            if monotonic() < until:
+                later.append(chore)
             continue
         try:
             link.run(call, MARGIN)
@@ -125,6 +133,7 @@ class Renewer:
         "_members",
         "_pid",
         "_reporting",
+        "_slow",
         "_thread",
     )
 
@@ -136,6 +145,8 @@ class Renewer:
         self._later: list[Chore] = []
         #: Members with counts to report (see :meth:`report`).
         self._reporting: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Links whose last round could not reach a server: their batches go last.
+        self._slow: weakref.WeakSet[Link] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._busy = False
         self._pid = os.getpid()
@@ -149,8 +160,9 @@ class Renewer:
 
     def chore(self, link: Link, call: Call, retry_for: float = 0.0) -> None:
         """Send ``call`` soon, from the renewal thread (its reply and errors are ignored).
-        If the server cannot be reached or does not answer, it goes again with each round
-        for ``retry_for`` seconds (a call that may be sent twice: a withdraw, a release)."""
+        If the server cannot be reached, does not answer or is late (see
+        :meth:`Link.answering`), it goes again with each round for ``retry_for`` seconds (a
+        call that may be sent twice: a withdraw, a release)."""
         with self._cond:
             self._chores.append((link, call, monotonic() + retry_for))
             self._start()
@@ -214,15 +226,15 @@ class Renewer:
                 self._later.clear()
             self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
         try:
+            if monotonic() >= due:  # (first: the leases' time runs; reports and chores wait)
+                due = monotonic() + period
+                self._round(list(self._members), period)
             if reporting:
                 _report(reporting)
             later = _send(chores)
             if later:
                 with self._cond:
                     self._later += later
-            if monotonic() >= due:
-                due = monotonic() + period
-                self._round(list(self._members), period)
         except Exception:  # pragma: no cover - a bug must not end the renewals
             pass
         finally:
@@ -233,8 +245,9 @@ class Renewer:
 
     def _round(self, members: list[Any], period: float) -> None:
         """One renewal round: every member's calls, in one batch per server, each waited
-        for a renewal period at most (MARGIN at least): a stopped server does not hold the
-        renewals of the others up for long, and a far or busy one still has time."""
+        for a renewal period at most (MARGIN at least), those of a link that could not
+        reach a server last time last: a stopped server does not hold the renewals of the
+        others up, and a far or busy one still has time."""
         wait = max(MARGIN, period)
         by_link: dict[Link, list[Renewal]] = {}
         for member in members:
@@ -242,11 +255,15 @@ class Renewer:
                 renewals = member.renewals()
                 if renewals:
                     by_link.setdefault(member.link, []).extend(renewals)
-        for link, renewals in by_link.items():
+        slow = self._slow
+        self._slow = weakref.WeakSet()
+        for link, renewals in sorted(by_link.items(), key=lambda item: item[0] in slow):
             try:
                 replies = link.run_many([call for call, _ in renewals], wait)
             except Exception as exc:
                 replies = [exc] * len(renewals)
+            if any(isinstance(reply, RedisUnavailable) for reply in replies):
+                self._slow.add(link)
             for (_, done), reply in zip(renewals, replies, strict=True):
                 with contextlib.suppress(Exception):
                     done(reply)
@@ -266,6 +283,7 @@ class Renewer:
         self._chores = deque()
         self._later = []
         self._reporting = weakref.WeakSet()
+        self._slow = weakref.WeakSet()
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
