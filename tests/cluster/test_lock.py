@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+import threading
 import time
 from typing import Any
 
@@ -23,6 +24,9 @@ import trio
 import keyedlock
 from keyedlock import KeyedLockError, LeaseLost, LockTimeout, QueueFull
 from keyedlock._scopes._redis import renewer
+from keyedlock._scopes._redis._link import Link
+from keyedlock._scopes._redis._lockscope import RedisScope
+from keyedlock._scopes._redis._lockscripts import ACQUIRE, REPORT
 from keyedlock.redis import RedisContext, RedisKeyedLock
 
 from ..support import WAIT, start_thread, wait_until, wait_until_async
@@ -805,6 +809,55 @@ def test_statistics_count_every_waiter_by_runtime(make_lock: MakeLock) -> None:
     holder.release("k")
     for waiter in waiters:
         assert waiter.result() is True
+
+
+def test_a_count_that_overtook_its_acquire_goes_again(
+    make_lock: MakeLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller queues behind this process's first one while that one's acquire is on its
+    way: the renewal thread's report reaches Redis first, where there is no place yet to
+    count it in. The count goes again once the acquire is answered, not with the first
+    caller's next acquire or its next renewal (both held back meanwhile)."""
+    holder, here = make_lock(), make_lock()
+    assert holder.acquire("k")
+    scope = here._backend.scope
+    reported, go = threading.Event(), threading.Event()
+    run, run_many, pop, renewals = Link.run, Link.run_many, Link.pop, RedisScope.renewals
+    second: list[Any] = []
+
+    def reporting(link: Link, calls: Any, wait: float | None = None) -> list[Any]:
+        replies = run_many(link, calls, wait)
+        if any(call.script is REPORT for call in calls):
+            reported.set()
+        return replies
+
+    def overtaken(link: Link, call: Any, wait: float | None = None) -> Any:
+        if call.script is ACQUIRE and not second:  # (the first caller's acquire, on its way)
+            second.append(start_thread(lambda: here.acquire("k", timeout=WAIT), "second"))
+            assert reported.wait(WAIT), "no report of the second caller"
+        return run(link, call, wait)
+
+    def held_back(link: Link, key: bytes, block: float) -> bytes | None:
+        go.wait(WAIT)
+        return pop(link, key, block)
+
+    def not_here(self: RedisScope) -> list[Any]:
+        return [] if self is scope and not go.is_set() else renewals(self)
+
+    monkeypatch.setattr(Link, "run_many", reporting)
+    monkeypatch.setattr(Link, "run", overtaken)
+    monkeypatch.setattr(Link, "pop", held_back)
+    monkeypatch.setattr(RedisScope, "renewals", not_here)
+    first = start_thread(lambda: here.acquire("k", timeout=WAIT), "first")
+    try:
+        wait_until(lambda: holder.waiters("k") == 2, "the second caller counts in Redis")
+    finally:
+        go.set()
+    holder.release("k")
+    assert first.result()
+    here.release("k")
+    assert second[0].result()
+    here.release("k")
 
 
 @pytest.mark.anyio

@@ -56,7 +56,7 @@ def not_held_error(local_key: object) -> RuntimeError:
 class Attempt:
     """One acquisition of a key in Redis by one local holder (its life: :mod:`._lockscope`)."""
 
-    __slots__ = ("behind", "expires", "key", "lost", "state", "token", "waiter")
+    __slots__ = ("asked", "behind", "expires", "key", "lost", "state", "token", "waiter")
 
     def __init__(self, key: RedisKey) -> None:
         self.key = key
@@ -66,6 +66,9 @@ class Attempt:
         self.lost = False
         #: The count of this process's callers queued behind it, as last sent to the server.
         self.behind = 0
+        #: The count its last acquire carried (a report sent meanwhile may reach the server
+        #: first, and find no place there to count it in).
+        self.asked = 0
         #: When the lease runs out at the latest, by this process's clock (monotonic).
         self.expires = 0.0
 

@@ -127,7 +127,7 @@ class RedisScope:
     # -- acquiring -----------------------------------------------------------
 
     def _ask(self, attempt: Attempt, queue: bool) -> Any:
-        attempt.behind = behind = self._behind(attempt.key)[1]
+        attempt.behind = attempt.asked = behind = self._behind(attempt.key)[1]
         return acquire(
             attempt.key.names,
             attempt.waiter,
@@ -139,8 +139,10 @@ class RedisScope:
 
     def _asked(self, attempt: Attempt) -> None:
         """After a reply to :meth:`_ask`: if callers joined or left the queue here while it
-        was on its way, their count goes too (the renewal thread sends it)."""
-        if self._behind(attempt.key)[1] != attempt.behind:
+        was on its way, their count goes again (the renewal thread sends it): a report sent
+        meanwhile may have reached the server before the acquire that made its place."""
+        if self._behind(attempt.key)[1] != attempt.asked:
+            attempt.behind = attempt.asked
             self.queue_changed(attempt.key)
 
     def _granted(self, hold: Hold, attempt: Attempt, token: int, sent: float) -> bool:
