@@ -125,6 +125,11 @@ def test_on_queue_hears_of_every_caller_joining_or_leaving_a_queue() -> None:
     assert table.cancel("k", first) == GRANTED
     assert len(heard) == 5
     assert table._holds == {}
+    table.take("k", holder)
+    queued(table, log, "fourth")
+    assert table.abandon("k", holder, ValueError("its owner ended"))
+    assert heard[5:] == [("k", 1), ("k", 0)]  # (its waiters end: none is left behind it)
+    table.release("k")
 
 
 def test_a_failing_on_queue_does_not_break_the_table() -> None:

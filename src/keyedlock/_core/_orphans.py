@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from ._hold import CANCELLED, GRANTED, Hold, Record, new_queue
 
@@ -28,6 +28,7 @@ class Orphans:
     _holds: dict[Hashable, Hold]
     _guard: threading.RLock
     _lost: deque[tuple[Hashable, Hold]]
+    _queue_changed: Callable[[Hashable], None]
 
     def _give_up(self, key: Hashable, holder: Hold, out: Record) -> None:
         raise NotImplementedError
@@ -93,4 +94,5 @@ class Orphans:
         except BaseException:
             self._deliver(key, out)
             raise
+        self._queue_changed(key)  # (nobody waits behind it any more)
         return True
