@@ -257,7 +257,7 @@ class Link(AsyncCalls):
                         n for n in indexes if isinstance(replies[n], redis.exceptions.NoScriptError)
                     ]
                     for script in {calls[n].script for n in missing}:
-                        self._exec(pool, ("SCRIPT", "LOAD", script.source))
+                        self._exec(pool, ("SCRIPT", "LOAD", script.source), wait)
                 except Late as exc:
                     for n in indexes:
                         replies[n] = self.unavailable(exc, pool, NoAnswer)
