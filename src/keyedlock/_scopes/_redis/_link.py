@@ -156,7 +156,7 @@ class Link(AsyncCalls):
     def _answered(self, pool: Any) -> None:
         """A reply came in time from ``pool``'s server: it is not late (if it was)."""
         late = self.late
-        if late.pools:
+        if late.pools and pool in late.pools:  # (another server's lateness costs nothing)
             late.answered(pool)
 
     def _call(
