@@ -9,9 +9,11 @@ learns that its lease is gone, and tokens keep increasing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from functools import partial
 from typing import Any, ClassVar
@@ -23,6 +25,7 @@ import trio
 from keyedlock import LeaseLost, LockTimeout
 from keyedlock._scopes._redis import renewer
 from keyedlock._scopes._redis._link import Link
+from keyedlock._scopes._redis._probe import late_servers
 from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, AsyncioThread, Handle, TrioThread, start_thread, wait_until
@@ -597,3 +600,48 @@ def test_callers_on_a_stopped_server_do_not_cost_the_leases_on_another(
         assert not healthy.lost
     assert renewer.settle(WAIT)
     assert len(lock) == 0
+
+
+def test_a_stopped_server_costs_the_leases_on_another_nothing_whatever_the_links(
+    fresh_server: Server, split: str
+) -> None:
+    """Two locks (two links) each hold a key on either server: the renewal round waits for
+    the stopped one once for both, after renewing every key on the healthy one, not once
+    per link, one after the other."""
+    locks = [RedisKeyedLock(split, prefix=f"links-{n}:", lease=LEASE) for n in range(2)]
+    stopped = [lock("x-1") for lock in locks]
+    healthy = [lock("y-1") for lock in locks]
+    for ctx in stopped + healthy:
+        ctx.__enter__()
+    with fresh_server.paused():
+        time.sleep(3 * LEASE)  # (long enough to lose the leases if renewals were held up)
+    assert [ctx.lost for ctx in healthy] == [False, False]
+    for ctx in healthy:
+        ctx.__exit__(None, None, None)
+    for ctx in stopped:
+        with pytest.raises(LeaseLost):
+            ctx.__exit__(None, None, None)
+    assert renewer.settle(WAIT)
+    assert [len(lock) for lock in locks] == [0, 0]
+
+
+def test_a_dropped_client_of_a_late_server_is_not_kept(fresh_server: Server) -> None:
+    """What the process knows of late servers (one set for every link) does not keep the
+    connection pool of a client the program dropped, whether its server answers again or
+    not."""
+    client = redis.Redis.from_url(f"{fresh_server.url}?socket_timeout=5")
+    lock = RedisKeyedLock(client, prefix="dropped:", lease=0.3)
+    with lock("warm-up"):
+        pass
+    pool = weakref.ref(client.connection_pool)
+    with fresh_server.paused():
+        assert lock.acquire("k", timeout=0.1) is False
+        assert client.connection_pool in late_servers.pools
+        assert renewer.settle(WAIT)  # (its withdraw is given up after three leases)
+        del lock, client
+
+        def freed() -> bool:
+            gc.collect()
+            return pool() is None
+
+        wait_until(freed, "the dropped client's pool is freed")  # (once its probe ended)

@@ -12,11 +12,15 @@ import gc
 import threading
 import time
 import weakref
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from keyedlock import _ki
 from keyedlock._scopes._redis._failures import RedisUnavailable
 from keyedlock._scopes._redis._link import Link
+from keyedlock._scopes._redis._probe import late_servers
 from keyedlock._scopes._redis._renewal import Renewer, _send
 from keyedlock.redis import RedisKeyedLock
 
@@ -105,6 +109,37 @@ def test_chores_for_a_late_server_wait_unsent_while_their_time_runs() -> None:
     later: list[Any] = _send(chores)
     assert late.calls == []
     assert [call for _, call, _ in later] == ["withdraw"]
+
+
+class HealthyLink(AwayLink):
+    """A link whose server answers every call."""
+
+    def run(self, call: object, wait: float | None = None) -> object:
+        self.calls.append(call)
+        return 1
+
+
+def test_a_probe_that_cannot_start_costs_no_chore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late server's probe thread cannot start (no thread left, or interpreter exit): its
+    chore waits for a later round, and the chores for other servers still go."""
+    link = Link("redis://127.0.0.1:1", "test")  # (never connected)
+    pool = link._pool_of(b"k")
+    healthy = HealthyLink()
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    late_servers.mark(pool)
+    try:
+        now = time.monotonic()
+        call = SimpleNamespace(keys=[b"k"])
+        chores: list[Any] = [(link, call, now + 60), (healthy, "release", now + 60)]
+        later: list[Any] = _send(chores)
+        assert healthy.calls == ["release"]
+        assert [chore[1] for chore in later] == [call]
+    finally:
+        late_servers.answered(pool)
 
 
 def test_a_lock_nobody_uses_any_more_goes_with_its_connections(redis_server: Server) -> None:

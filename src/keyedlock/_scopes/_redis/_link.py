@@ -43,7 +43,10 @@ from ._loops import MARGIN, Late, LoopClients, async_client_for, pop_block, url_
 from ._lua import Call
 from ._probe import late_servers
 
-__all__ = ["Link"]
+__all__ = ["SKIPPED", "Link"]
+
+#: The reply of a call :meth:`Link.run_many` did not send, its server being late.
+SKIPPED: Final = object()
 
 # redis-py 5.0 needs a command name to get a connection; later versions deprecate it.
 _get_params = inspect.signature(redis.ConnectionPool.get_connection).parameters
@@ -199,14 +202,23 @@ class Link(AsyncCalls):
         """False if ``call``'s server is late (its last reply did not come in time), until
         it answers the probe this starts (see :mod:`._probe`): a sender that must not wait
         for a late server (the renewal thread's chores and reports) skips it."""
-        late = self.late
-        if not late.pools:
+        if not self.late.pools:
             return True
         try:
             pool = self._pool_of(call.keys[0])
         except DOWN:
             return True  # (the call raises it)
-        return pool not in late.pools or late.wait(pool, monotonic())
+        return not self._is_late(pool)
+
+    def _is_late(self, pool: Any) -> bool:
+        """Whether ``pool``'s server is late, its probe started if none runs (no wait)."""
+        late = self.late
+        if pool not in late.pools:
+            return False
+        try:
+            return not late.wait(pool, monotonic())
+        except RuntimeError:  # (no thread for its probe: at exit, or none left)
+            return True
 
     def run(self, call: Call, wait: float | None = None) -> Any:
         """Run one script call; its raw reply (``wait``: NoAnswer after that long)."""
@@ -231,7 +243,9 @@ class Link(AsyncCalls):
         value: bytes = reply[1]
         return value
 
-    def run_many(self, calls: Sequence[Call], wait: float | None = None) -> list[Any]:
+    def run_many(
+        self, calls: Sequence[Call], wait: float | None = None, *, skip_late: bool = False
+    ) -> list[Any]:
         """Run ``calls`` in one round trip per node; each reply, or the exception it raised.
 
         Calls a node did not run for want of their script (``NOSCRIPT``: it restarted) go
@@ -239,6 +253,8 @@ class Link(AsyncCalls):
         met a moved slot go again one by one. Each node's replies come within ``wait``
         (NoAnswer otherwise), nodes that did not answer in time last go last (see
         :mod:`._probe`): a stopped node holds the others up for no longer than that.
+        With ``skip_late``, the calls to a late node are not sent: their reply is
+        :data:`SKIPPED`.
         """
         replies: list[Any] = [None] * len(calls)
         by_pool: dict[Any, list[int]] = {}
@@ -251,6 +267,10 @@ class Link(AsyncCalls):
         for _ in (1, 2):
             again: dict[Any, list[int]] = {}
             for pool, indexes in sorted(by_pool.items(), key=lambda item: item[0] in late):
+                if skip_late and late and self._is_late(pool):
+                    for n in indexes:
+                        replies[n] = SKIPPED
+                    continue
                 try:
                     self._batch(pool, calls, indexes, replies, wait)
                     missing = [

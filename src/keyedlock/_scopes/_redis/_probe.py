@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from time import monotonic
 from typing import Any, Final
 
@@ -62,9 +63,9 @@ class LateServers:
     __slots__ = ("_lock", "pools")
 
     def __init__(self) -> None:
-        #: Late pool -> its running probe (None: none yet). Empty on the hot path. (A pool
-        #: stays until its server answers a probe: one entry per server that went away.)
-        self.pools: dict[Any, _Probe | None] = {}
+        #: Late pool -> its running probe (None: none yet). Empty on the hot path. Held
+        #: weakly: a pool whose client the program dropped goes, answer or not.
+        self.pools: weakref.WeakKeyDictionary[Any, _Probe | None] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def mark(self, pool: Any) -> None:
@@ -122,7 +123,7 @@ class LateServers:
     def forked(self) -> None:
         """In a fork child: no probe runs, and the lock may have been held at the fork."""
         self._lock = threading.Lock()
-        self.pools = dict.fromkeys(list(self.pools))
+        self.pools = weakref.WeakKeyDictionary(dict.fromkeys(list(self.pools.keys())))
 
 
 #: The late servers of this process.

@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 
 from ..._ki import internal
 from ._failures import RedisUnavailable
-from ._link import Link
+from ._link import SKIPPED, Link
 from ._loops import MARGIN
 from ._lua import Call
 
@@ -121,6 +121,19 @@ def _send(chores: list[Chore]) -> list[Chore]:
     return later
 
 
+def _run(link: Link, renewals: list[Renewal], wait: float, skip_late: bool) -> list[Any]:
+    """The replies to ``renewals`` (see :meth:`Link.run_many`)."""
+    try:
+        return link.run_many([call for call, _ in renewals], wait, skip_late=skip_late)
+    except Exception as exc:
+        return [exc] * len(renewals)
+
+
+def _answer(renewal: Renewal, reply: Any) -> None:
+    with contextlib.suppress(Exception):
+        renewal[1](reply)
+
+
 @internal
 class Renewer:
     """The renewal thread of this process (see the module docstring)."""
@@ -133,7 +146,6 @@ class Renewer:
         "_members",
         "_pid",
         "_reporting",
-        "_slow",
         "_thread",
     )
 
@@ -145,8 +157,6 @@ class Renewer:
         self._later: list[Chore] = []
         #: Members with counts to report (see :meth:`report`).
         self._reporting: weakref.WeakSet[Any] = weakref.WeakSet()
-        #: Links whose last round could not reach a server: their batches go last.
-        self._slow: weakref.WeakSet[Link] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._busy = False
         self._pid = os.getpid()
@@ -245,9 +255,10 @@ class Renewer:
 
     def _round(self, members: list[Any], period: float) -> None:
         """One renewal round: every member's calls, in one batch per server, each waited
-        for a renewal period at most (MARGIN at least), those of a link that could not
-        reach a server last time last: a stopped server does not hold the renewals of the
-        others up, and a far or busy one still has time."""
+        for a renewal period at most (MARGIN at least), so that a far or busy server still
+        has time. The calls to late servers go last, all of them within one such wait
+        (each link's for what is left of it): however many links a stopped server
+        serves, it holds the renewals of the others up once, not once per link."""
         wait = max(MARGIN, period)
         by_link: dict[Link, list[Renewal]] = {}
         for member in members:
@@ -255,18 +266,18 @@ class Renewer:
                 renewals = member.renewals()
                 if renewals:
                     by_link.setdefault(member.link, []).extend(renewals)
-        slow = self._slow
-        self._slow = weakref.WeakSet()
-        for link, renewals in sorted(by_link.items(), key=lambda item: item[0] in slow):
-            try:
-                replies = link.run_many([call for call, _ in renewals], wait)
-            except Exception as exc:
-                replies = [exc] * len(renewals)
-            if any(isinstance(reply, RedisUnavailable) for reply in replies):
-                self._slow.add(link)
-            for (_, done), reply in zip(renewals, replies, strict=True):
-                with contextlib.suppress(Exception):
-                    done(reply)
+        late: dict[Link, list[Renewal]] = {}
+        for link, renewals in by_link.items():
+            for renewal, reply in zip(renewals, _run(link, renewals, wait, True), strict=True):
+                if reply is SKIPPED:
+                    late.setdefault(link, []).append(renewal)
+                else:
+                    _answer(renewal, reply)
+        deadline = monotonic() + wait
+        for link, renewals in late.items():
+            left = max(deadline - monotonic(), 0.001)
+            for renewal, reply in zip(renewals, _run(link, renewals, left, False), strict=True):
+                _answer(renewal, reply)
 
     def at_exit(self) -> None:
         """At interpreter exit: give the chores still queued a moment to go out."""
@@ -283,7 +294,6 @@ class Renewer:
         self._chores = deque()
         self._later = []
         self._reporting = weakref.WeakSet()
-        self._slow = weakref.WeakSet()
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
