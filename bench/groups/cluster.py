@@ -782,9 +782,11 @@ def _renewal_rounds(url: str, count: int, lease: float, hold: float) -> tuple[in
     batches: list[int] = []
     original = Link.run_many
 
-    def counting(self: Link, calls: Sequence[Any], wait: float | None = None) -> list[Any]:
+    def counting(
+        self: Link, calls: Sequence[Any], wait: float | None = None, *, skip_late: bool = False
+    ) -> list[Any]:
         batches.append(len(calls))
-        return original(self, calls, wait)
+        return original(self, calls, wait, skip_late=skip_late)
 
     for key in keys:
         lock.acquire(key)

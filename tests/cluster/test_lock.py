@@ -825,8 +825,10 @@ def test_a_count_that_overtook_its_acquire_goes_again(
     run, run_many, pop, renewals = Link.run, Link.run_many, Link.pop, RedisScope.renewals
     second: list[Any] = []
 
-    def reporting(link: Link, calls: Any, wait: float | None = None) -> list[Any]:
-        replies = run_many(link, calls, wait)
+    def reporting(
+        link: Link, calls: Any, wait: float | None = None, *, skip_late: bool = False
+    ) -> list[Any]:
+        replies = run_many(link, calls, wait, skip_late=skip_late)
         if any(call.script is REPORT for call in calls):
             reported.set()
         return replies
