@@ -636,7 +636,7 @@ def test_a_dropped_client_of_a_late_server_is_not_kept(fresh_server: Server) -> 
     pool = weakref.ref(client.connection_pool)
     with fresh_server.paused():
         assert lock.acquire("k", timeout=0.1) is False
-        assert client.connection_pool in late_servers.pools
+        assert late_servers.late(client.connection_pool)
         assert renewer.settle(WAIT)  # (its withdraw is given up after three leases)
         del lock, client
 

@@ -159,7 +159,7 @@ class Link(AsyncCalls):
     def _answered(self, pool: Any) -> None:
         """A reply came in time from ``pool``'s server: it is not late (if it was)."""
         late = self.late
-        if late.pools and pool in late.pools:  # (another server's lateness costs nothing)
+        if late.servers and late.late(pool):  # (another server's lateness costs nothing)
             late.answered(pool)
 
     def _call(
@@ -194,7 +194,7 @@ class Link(AsyncCalls):
         if deadline is None:
             return None
         late = self.late
-        if late.pools and pool in late.pools and not late.wait(pool, deadline):
+        if late.servers and late.late(pool) and not late.wait(pool, deadline):
             raise Late("since it last did not answer in time")
         return deadline - monotonic()
 
@@ -202,7 +202,7 @@ class Link(AsyncCalls):
         """False if ``call``'s server is late (its last reply did not come in time), until
         it answers the probe this starts (see :mod:`._probe`): a sender that must not wait
         for a late server (the renewal thread's chores and reports) skips it."""
-        if not self.late.pools:
+        if not self.late.servers:
             return True
         try:
             pool = self._pool_of(call.keys[0])
@@ -213,7 +213,7 @@ class Link(AsyncCalls):
     def _is_late(self, pool: Any) -> bool:
         """Whether ``pool``'s server is late, its probe started if none runs (no wait)."""
         late = self.late
-        if pool not in late.pools:
+        if not late.late(pool):
             return False
         try:
             return not late.wait(pool, monotonic())
@@ -263,11 +263,11 @@ class Link(AsyncCalls):
                 by_pool.setdefault(self._pool_of(call.keys[0]), []).append(n)
             except DOWN as exc:
                 replies[n] = self.unavailable(exc)
-        late = self.late.pools
+        late = self.late
         for _ in (1, 2):
             again: dict[Any, list[int]] = {}
-            for pool, indexes in sorted(by_pool.items(), key=lambda item: item[0] in late):
-                if skip_late and late and self._is_late(pool):
+            for pool, indexes in sorted(by_pool.items(), key=lambda item: late.late(item[0])):
+                if skip_late and late.servers and self._is_late(pool):
                     for n in indexes:
                         replies[n] = SKIPPED
                     continue

@@ -4,19 +4,19 @@ A reply that does not come within its caller's wait (or the socket timeout) leav
 connection dropped, and the next command needs a new one, whose handshake (``HELLO``,
 ``CLIENT SETINFO``, ...) only the client's socket timeout bounds: on a stopped server, a
 caller with a deadline would overstay it there. So until that server answers again, callers
-with a deadline do not open connections to it: one thread per server (per connection pool)
-sends a ``PING`` on a connection of its own, and they wait for its answer within their own
-deadline. The probe sends nothing else, so a probe nobody waits for any more takes nothing
-on the server. An answer, or a quick failure (refused, reset: the callers then learn it from
-their own call), ends the late state; a probe that timed out is replaced by the next caller
-that still waits.
+with a deadline do not open connections to it: one thread per server sends a ``PING`` on a
+connection of its own, and they wait for its answer within their own deadline. A server is
+known by its address, whatever the client or pool that met it late (a lock and a
+single-flight group each made from a URL have a pool each, to one server). The probe sends
+nothing else, so a probe nobody waits for any more takes nothing on the server. An answer,
+or a quick failure (refused, reset: the callers then learn it from their own call), ends the
+late state; a probe that timed out is replaced by the next caller that still waits.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import weakref
 from time import monotonic
 from typing import Any, Final
 
@@ -25,13 +25,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..._ki import internal
+from ._failures import where
 from ._loops import MARGIN
 
 __all__ = ["LateServers", "late_servers"]
 
-#: The probe connection's own settings (see :meth:`LateServers.ping`).
+#: The probe connection's own settings (see :meth:`LateServers.ping`): a server that answers
+#: slowly, but within the wait of a renewal round (three MARGINs, for a lease of 9 s or more),
+#: answers its probe too.
 _PROBE_OPTIONS: Final = {
-    "socket_timeout": MARGIN,
+    "socket_timeout": 3 * MARGIN,
     "socket_connect_timeout": MARGIN,
     "retry": Retry(NoBackoff(), 0),
 }
@@ -43,10 +46,15 @@ class _Probe:
 
     __slots__ = ("ended", "thread")
 
-    def __init__(self, late: LateServers, pool: Any) -> None:
+    def __init__(self, late: LateServers, server: str, pool: Any) -> None:
         self.ended = threading.Event()
+        # (What it needs of the pool, not the pool: a dropped client's pool goes.)
+        options = dict(pool.connection_kwargs, **_PROBE_OPTIONS)
         self.thread = threading.Thread(
-            target=late.ping, args=(pool, self), name="keyedlock-redis-probe", daemon=True
+            target=late.ping,
+            args=(server, pool.connection_class, options, self),
+            name="keyedlock-redis-probe",
+            daemon=True,
         )
 
     def running(self) -> bool:
@@ -55,56 +63,83 @@ class _Probe:
 
 @internal
 class LateServers:
-    """The connection pools whose server did not answer in time, whichever link met it:
-    links may share a client (a lock and a single-flight group made from one
-    ``redis.Redis``), and what one learns of a server holds for the other. One per process
+    """The servers that did not answer in time, by address, whichever link met them: what
+    one client learns of a server holds for every other. One per process
     (:data:`late_servers`)."""
 
-    __slots__ = ("_lock", "pools")
+    __slots__ = ("_lock", "_news", "answers", "servers")
 
     def __init__(self) -> None:
-        #: Late pool -> its running probe (None: none yet). Empty on the hot path. Held
-        #: weakly: a pool whose client the program dropped goes, answer or not.
-        self.pools: weakref.WeakKeyDictionary[Any, _Probe | None] = weakref.WeakKeyDictionary()
+        #: Late server's address -> its running probe (None: none yet). Empty on the hot
+        #: path. (An entry stays until its server answers: one per server that went away.)
+        self.servers: dict[str, _Probe | None] = {}
+        #: How many times a late server answered (see :meth:`wait_answer`).
+        self.answers = 0
         self._lock = threading.Lock()
+        self._news = threading.Condition(self._lock)
+
+    def late(self, pool: Any) -> bool:
+        """Whether ``pool``'s server is late (cheap when none is)."""
+        return bool(self.servers) and where(pool.connection_kwargs) in self.servers
 
     def mark(self, pool: Any) -> None:
         """A reply from ``pool``'s server did not come in time."""
+        server = where(pool.connection_kwargs)
         with self._lock:
-            self.pools.setdefault(pool, None)
+            self.servers.setdefault(server, None)
 
     def answered(self, pool: Any) -> None:
         """``pool``'s server answered: no longer late (its waiting callers go on)."""
+        self._answered(where(pool.connection_kwargs))
+
+    def _answered(self, server: str) -> None:
         with self._lock:
-            probe = self.pools.pop(pool, None)
+            if server not in self.servers:
+                return
+            probe = self.servers.pop(server)
+            self.answers += 1
+            self._news.notify_all()
         if probe is not None:
             probe.ended.set()
 
+    def wait_answer(self, answers: int, deadline: float) -> None:
+        """Wait until a late server answers after :attr:`answers` was ``answers`` (at most
+        until ``deadline``)."""
+        with self._lock:
+            while self.answers == answers:
+                left = deadline - monotonic()
+                if left <= 0:
+                    return
+                self._news.wait(left)
+
     def wait(self, pool: Any, deadline: float) -> bool:
-        """Wait until ``pool``'s server answers a probe; False if it has not by ``deadline``."""
-        pools = self.pools
-        while pool in pools:
+        """Wait until ``pool``'s server answers a probe; False if it has not by ``deadline``.
+        (RuntimeError if its probe's thread cannot start: at exit, or none left.)"""
+        servers = self.servers
+        server = where(pool.connection_kwargs)
+        while server in servers:
             with self._lock:
                 try:
-                    probe = pools[pool]
+                    probe = servers[server]
                 except KeyError:
                     return True  # answered meanwhile
                 if probe is None or not probe.running():
-                    probe = _Probe(self, pool)
+                    probe = _Probe(self, server, pool)
                     probe.thread.start()  # (if it cannot start, nothing is recorded)
-                    pools[pool] = probe
+                    servers[server] = probe
             left = deadline - monotonic()
             if left <= 0 or not probe.ended.wait(left):
                 return False
         return True
 
-    def ping(self, pool: Any, probe: _Probe) -> None:
-        """The probe's thread: PING ``pool``'s server on a connection of its own."""
+    def ping(
+        self, server: str, connection_class: Any, options: dict[str, Any], probe: _Probe
+    ) -> None:
+        """The probe's thread: PING ``server`` on a connection of its own."""
         try:
-            # Its own short timeouts, no retries: a probe lost with its connection (a
-            # failover behind a proxy) gives way to the next one within MARGIN.
-            options = dict(pool.connection_kwargs, **_PROBE_OPTIONS)
-            conn = pool.connection_class(**options)
+            # Its own timeouts, no retries: a probe lost with its connection (a failover
+            # behind a proxy) gives way to the next one soon.
+            conn = connection_class(**options)
             try:
                 conn.connect()
                 conn.send_command("PING")
@@ -114,16 +149,17 @@ class LateServers:
         except redis.exceptions.TimeoutError:
             pass  # still late: a caller that still waits sends the next probe
         except BaseException:  # refused, reset: its callers learn it from their own call
-            self.answered(pool)
+            self._answered(server)
         else:
-            self.answered(pool)
+            self._answered(server)
         finally:
             probe.ended.set()
 
     def forked(self) -> None:
         """In a fork child: no probe runs, and the lock may have been held at the fork."""
         self._lock = threading.Lock()
-        self.pools = weakref.WeakKeyDictionary(dict.fromkeys(list(self.pools.keys())))
+        self._news = threading.Condition(self._lock)
+        self.servers = dict.fromkeys(list(self.servers))
 
 
 #: The late servers of this process.

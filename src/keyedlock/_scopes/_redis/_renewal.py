@@ -31,10 +31,11 @@ from time import monotonic
 from typing import Any, Final, Protocol
 
 from ..._ki import internal
-from ._failures import RedisUnavailable
+from ._failures import NoAnswer, RedisUnavailable
 from ._link import SKIPPED, Link
 from ._loops import MARGIN
 from ._lua import Call
+from ._probe import late_servers
 
 __all__ = ["Renewable", "Renewal", "Renewer", "Reporting", "renewer"]
 
@@ -44,6 +45,9 @@ Renewal = tuple[Call, Callable[[Any], None]]
 #: A chore: the link to send it on, the call, and until when to send it again if it cannot
 #: reach the server (monotonic time).
 Chore = tuple[Link, Call, float]
+
+#: What a renewal for a server still late after its round's wait is answered.
+NOT_YET: Final = Exception("within the renewal round's wait")
 
 #: How long, at most, interpreter exit waits for the chores still queued (seconds).
 _EXIT_GRACE: Final = 2.0
@@ -256,9 +260,10 @@ class Renewer:
     def _round(self, members: list[Any], period: float) -> None:
         """One renewal round: every member's calls, in one batch per server, each waited
         for a renewal period at most (MARGIN at least), so that a far or busy server still
-        has time. The calls to late servers go last, all of them within one such wait
-        (each link's for what is left of it): however many links a stopped server
-        serves, it holds the renewals of the others up once, not once per link."""
+        has time. The calls to late servers go last: their probes are given one such wait,
+        all together, and each batch goes as soon as its server answered (with a whole
+        wait for its replies): however many links a stopped server serves, it holds the
+        renewals of the others up once, not once per link."""
         wait = max(MARGIN, period)
         by_link: dict[Link, list[Renewal]] = {}
         for member in members:
@@ -273,11 +278,29 @@ class Renewer:
                     late.setdefault(link, []).append(renewal)
                 else:
                     _answer(renewal, reply)
+        # The late servers' renewals: each batch as soon as its server answers its probe,
+        # for one wait at most, all of them together.
         deadline = monotonic() + wait
+        while late:
+            answers = late_servers.answers
+            waiting: dict[Link, list[Renewal]] = {}
+            for link, renewals in late.items():
+                if not any(link.answering(call) for call, _ in renewals):
+                    waiting[link] = renewals  # (its probes run meanwhile)
+                    continue
+                for renewal, reply in zip(renewals, _run(link, renewals, wait, True), strict=True):
+                    if reply is SKIPPED:
+                        waiting.setdefault(link, []).append(renewal)
+                    else:
+                        _answer(renewal, reply)
+            late = waiting
+            if not late or monotonic() >= deadline:
+                break
+            late_servers.wait_answer(answers, deadline)
         for link, renewals in late.items():
-            left = max(deadline - monotonic(), 0.001)
-            for renewal, reply in zip(renewals, _run(link, renewals, left, False), strict=True):
-                _answer(renewal, reply)
+            still = link.unavailable(NOT_YET, None, NoAnswer)
+            for renewal in renewals:
+                _answer(renewal, still)
 
     def at_exit(self) -> None:
         """At interpreter exit: give the chores still queued a moment to go out."""
