@@ -10,16 +10,20 @@ answers. See also test_faults.py, whose ``split`` locks share one pool.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import Any
 
 import pytest
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from keyedlock import LeaseLost
 from keyedlock._scopes._redis import renewer
 from keyedlock._scopes._redis._link import Link
+from keyedlock._scopes._redis._lua import Call, Script
 from keyedlock._scopes._redis._probe import late_servers
+from keyedlock._scopes._redis._renewal import Renewer
 from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, scope_of, wait_until
@@ -134,3 +138,56 @@ def test_a_server_late_once_is_renewed_while_another_stays_stopped(
             with contextlib.suppress(LeaseLost, ConnectionError):
                 ctx.__exit__(None, None, None)
         assert renewer.settle(WAIT)
+
+
+def test_a_late_server_back_after_its_probe_timed_out_is_renewed_within_the_wait(
+    fresh_server: Server,
+) -> None:
+    """A round's wait is longer than a probe's (a 15 s lease: 5 s): the probe started at
+    the round's start times out while the server is still stopped; the next one, started
+    at once, finds it back, and the renewal goes within the same wait."""
+    link = Link(f"{fresh_server.url}?socket_timeout=60", "test")
+    call = Call(Script("late_renewal", "return 1"), (b"late-renewal",), ())
+    link.run(call)  # (the script loaded, a connection made)
+    replies: list[Any] = []
+
+    class Member:
+        period = 5.0
+        link: Link
+
+        def renewals(self) -> list[Any]:
+            return [(call, replies.append)]
+
+        def forked(self) -> None:
+            pass
+
+    member = Member()
+    member.link = link
+    fresh_server.pause()
+    try:
+        late_servers.mark(link._pool)  # (a reply came late)
+        back = threading.Timer(3.5, fresh_server.resume)  # (after the first probe timed out)
+        back.start()
+        Renewer()._round([member], member.period)
+        back.join()
+    finally:
+        if fresh_server.running:
+            fresh_server.resume()
+    assert replies == [1]
+
+
+def test_pools_that_find_their_server_themselves_are_not_one_server() -> None:
+    """Sentinel's pools have no address in their settings (they ask the sentinels): one
+    late master does not make every other service late."""
+
+    class Sentinels:
+        pass
+
+    a = SentinelConnectionPool("service-a", Sentinels())  # type: ignore[no-untyped-call]
+    b = SentinelConnectionPool("service-b", Sentinels())  # type: ignore[no-untyped-call]
+    late_servers.mark(a)
+    try:
+        assert late_servers.late(a)
+        assert not late_servers.late(b)
+    finally:
+        late_servers.answered(a)

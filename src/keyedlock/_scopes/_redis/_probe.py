@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Hashable
 from time import monotonic
 from typing import Any, Final
 
@@ -28,7 +29,7 @@ from ..._ki import internal
 from ._failures import where
 from ._loops import MARGIN
 
-__all__ = ["LateServers", "late_servers"]
+__all__ = ["LateServers", "late_servers", "server_of"]
 
 #: The probe connection's own settings (see :meth:`LateServers.ping`): a server that answers
 #: slowly, but within the wait of a renewal round (three MARGINs, for a lease of 9 s or more),
@@ -46,7 +47,7 @@ class _Probe:
 
     __slots__ = ("ended", "thread")
 
-    def __init__(self, late: LateServers, server: str, pool: Any) -> None:
+    def __init__(self, late: LateServers, server: Hashable, pool: Any) -> None:
         self.ended = threading.Event()
         # (What it needs of the pool, not the pool: a dropped client's pool goes.)
         options = dict(pool.connection_kwargs, **_PROBE_OPTIONS)
@@ -61,52 +62,66 @@ class _Probe:
         return not self.ended.is_set() and self.thread.is_alive()  # (dead: a fork child's)
 
 
+def server_of(pool: Any) -> Hashable:
+    """Who answers ``pool``'s calls: its server's address, or, for a pool that finds its
+    server itself (Sentinel's: no address in its settings), the pool."""
+    kwargs = pool.connection_kwargs
+    if kwargs.get("host") or kwargs.get("port") or kwargs.get("path"):
+        return where(kwargs)
+    return ("pool", id(pool))  # (not the pool: a dropped client's pool goes)
+
+
 @internal
 class LateServers:
     """The servers that did not answer in time, by address, whichever link met them: what
     one client learns of a server holds for every other. One per process
     (:data:`late_servers`)."""
 
-    __slots__ = ("_lock", "_news", "answers", "servers")
+    __slots__ = ("_lock", "_news", "news", "servers")
 
     def __init__(self) -> None:
-        #: Late server's address -> its running probe (None: none yet). Empty on the hot
-        #: path. (An entry stays until its server answers: one per server that went away.)
-        self.servers: dict[str, _Probe | None] = {}
-        #: How many times a late server answered (see :meth:`wait_answer`).
-        self.answers = 0
+        #: Late server (see :func:`server_of`) -> its running probe (None: none yet). Empty
+        #: on the hot path. (An entry stays until its server answers: one per server that
+        #: went away.)
+        self.servers: dict[Hashable, _Probe | None] = {}
+        #: How many times a late server answered, or a probe ended (see :meth:`wait_news`).
+        self.news = 0
         self._lock = threading.Lock()
         self._news = threading.Condition(self._lock)
 
     def late(self, pool: Any) -> bool:
         """Whether ``pool``'s server is late (cheap when none is)."""
-        return bool(self.servers) and where(pool.connection_kwargs) in self.servers
+        return bool(self.servers) and server_of(pool) in self.servers
 
     def mark(self, pool: Any) -> None:
         """A reply from ``pool``'s server did not come in time."""
-        server = where(pool.connection_kwargs)
+        server = server_of(pool)
         with self._lock:
             self.servers.setdefault(server, None)
 
     def answered(self, pool: Any) -> None:
         """``pool``'s server answered: no longer late (its waiting callers go on)."""
-        self._answered(where(pool.connection_kwargs))
+        self._answered(server_of(pool))
 
-    def _answered(self, server: str) -> None:
+    def _answered(self, server: Hashable) -> None:
         with self._lock:
             if server not in self.servers:
                 return
             probe = self.servers.pop(server)
-            self.answers += 1
-            self._news.notify_all()
+            self._told()
         if probe is not None:
             probe.ended.set()
 
-    def wait_answer(self, answers: int, deadline: float) -> None:
-        """Wait until a late server answers after :attr:`answers` was ``answers`` (at most
-        until ``deadline``)."""
+    def _told(self) -> None:
+        """(Under the lock.) Something happened that a :meth:`wait_news` waits for."""
+        self.news += 1
+        self._news.notify_all()
+
+    def wait_news(self, news: int, deadline: float) -> None:
+        """Wait until a late server answers, or a probe ends (the next one is then to be
+        started), after :attr:`news` was ``news``; at most until ``deadline``."""
         with self._lock:
-            while self.answers == answers:
+            while self.news == news:
                 left = deadline - monotonic()
                 if left <= 0:
                     return
@@ -116,7 +131,7 @@ class LateServers:
         """Wait until ``pool``'s server answers a probe; False if it has not by ``deadline``.
         (RuntimeError if its probe's thread cannot start: at exit, or none left.)"""
         servers = self.servers
-        server = where(pool.connection_kwargs)
+        server = server_of(pool)
         while server in servers:
             with self._lock:
                 try:
@@ -133,7 +148,7 @@ class LateServers:
         return True
 
     def ping(
-        self, server: str, connection_class: Any, options: dict[str, Any], probe: _Probe
+        self, server: Hashable, connection_class: Any, options: dict[str, Any], probe: _Probe
     ) -> None:
         """The probe's thread: PING ``server`` on a connection of its own."""
         try:
@@ -154,6 +169,8 @@ class LateServers:
             self._answered(server)
         finally:
             probe.ended.set()
+            with self._lock:
+                self._told()
 
     def forked(self) -> None:
         """In a fork child: no probe runs, and the lock may have been held at the fork."""

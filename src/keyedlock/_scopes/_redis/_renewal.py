@@ -282,11 +282,11 @@ class Renewer:
         # for one wait at most, all of them together.
         deadline = monotonic() + wait
         while late:
-            answers = late_servers.answers
+            news = late_servers.news
             waiting: dict[Link, list[Renewal]] = {}
             for link, renewals in late.items():
                 if not any(link.answering(call) for call, _ in renewals):
-                    waiting[link] = renewals  # (its probes run meanwhile)
+                    waiting[link] = renewals  # (its probes run meanwhile: started here)
                     continue
                 for renewal, reply in zip(renewals, _run(link, renewals, wait, True), strict=True):
                     if reply is SKIPPED:
@@ -296,7 +296,7 @@ class Renewer:
             late = waiting
             if not late or monotonic() >= deadline:
                 break
-            late_servers.wait_answer(answers, deadline)
+            late_servers.wait_news(news, deadline)
         for link, renewals in late.items():
             still = link.unavailable(NOT_YET, None, NoAnswer)
             for renewal in renewals:
