@@ -125,10 +125,10 @@ def _send(chores: list[Chore]) -> list[Chore]:
     return later
 
 
-def _run(link: Link, renewals: list[Renewal], wait: float, skip_late: bool) -> list[Any]:
-    """The replies to ``renewals`` (see :meth:`Link.run_many`)."""
+def _batch(link: Link, renewals: list[Renewal], wait: float) -> list[Any]:
+    """The replies to ``renewals``, SKIPPED for a late server's (see :meth:`Link.run_many`)."""
     try:
-        return link.run_many([call for call, _ in renewals], wait, skip_late=skip_late)
+        return link.run_many([call for call, _ in renewals], wait, skip_late=True)
     except Exception as exc:
         return [exc] * len(renewals)
 
@@ -271,33 +271,29 @@ class Renewer:
                 renewals = member.renewals()
                 if renewals:
                     by_link.setdefault(member.link, []).extend(renewals)
-        late: dict[Link, list[Renewal]] = {}
-        for link, renewals in by_link.items():
-            for renewal, reply in zip(renewals, _run(link, renewals, wait, True), strict=True):
-                if reply is SKIPPED:
-                    late.setdefault(link, []).append(renewal)
-                else:
-                    _answer(renewal, reply)
-        # The late servers' renewals: each batch as soon as its server answers its probe,
-        # for one wait at most, all of them together.
-        deadline = monotonic() + wait
-        while late:
+        # Each batch as soon as its server answers: at once, but for a late server's, which
+        # wait for its probe (one wait at most after the first pass, all of them together).
+        pending = by_link
+        deadline: float | None = None
+        while pending:
             news = late_servers.news
             waiting: dict[Link, list[Renewal]] = {}
-            for link, renewals in late.items():
+            for link, renewals in pending.items():
                 if not any(link.answering(call) for call, _ in renewals):
                     waiting[link] = renewals  # (its probes run meanwhile: started here)
                     continue
-                for renewal, reply in zip(renewals, _run(link, renewals, wait, True), strict=True):
+                for renewal, reply in zip(renewals, _batch(link, renewals, wait), strict=True):
                     if reply is SKIPPED:
                         waiting.setdefault(link, []).append(renewal)
                     else:
                         _answer(renewal, reply)
-            late = waiting
-            if not late or monotonic() >= deadline:
+            pending = waiting
+            if deadline is None:
+                deadline = monotonic() + wait
+            if not pending or monotonic() >= deadline:
                 break
             late_servers.wait_news(news, deadline)
-        for link, renewals in late.items():
+        for link, renewals in pending.items():
             still = link.unavailable(NOT_YET, None, NoAnswer)
             for renewal in renewals:
                 _answer(renewal, still)
