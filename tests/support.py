@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import anyio
 import trio
 
-from keyedlock import KeyedLock
+from keyedlock import KeyedLock, QueueFull
 
 __all__ = [
     "LONG_STRESS",
@@ -236,6 +236,29 @@ async def wait_until_async(predicate: Callable[[], bool], what: str, timeout: fl
 async def wait_waiters_async(lock: KeyedLock, key: Hashable, count: int) -> None:
     """As :func:`wait_waiters`, from an asyncio or trio task."""
     await wait_until_async(lambda: lock.waiters(key) == count, f"{count} waiter(s) on {key!r}")
+
+
+async def three_tasks_two_wait(lock: Any, free: Callable[[], object]) -> None:
+    """Three tasks enter ``lock("k")`` at once, with max_waiters=2 and the key held in
+    another process: one is refused at once, the other two wait (``waiters`` says 2), and
+    both run once ``free()`` lets the key go."""
+    outcomes: list[str] = []
+
+    async def caller() -> None:
+        try:
+            async with lock("k", timeout=WAIT):
+                outcomes.append("ran")
+        except QueueFull:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(caller)
+        await wait_until_async(lambda: outcomes == ["refused"], "one task is refused")
+        assert lock.waiters("k") == 2
+        free()
+    assert outcomes == ["refused", "ran", "ran"]
+    assert len(lock) == 0
 
 
 class RuntimeThread(Protocol):

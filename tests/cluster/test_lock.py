@@ -29,7 +29,7 @@ from keyedlock._scopes._redis._lockscope import RedisScope
 from keyedlock._scopes._redis._lockscripts import ACQUIRE, REPORT
 from keyedlock.redis import RedisContext, RedisKeyedLock
 
-from ..support import WAIT, start_thread, wait_until, wait_until_async
+from ..support import WAIT, start_thread, three_tasks_two_wait, wait_until, wait_until_async
 from .conftest import MakeLock
 from .servers import Server
 
@@ -225,25 +225,9 @@ async def test_max_waiters_counts_the_first_caller_waiting_in_redis(
     the key's waiters here from the moment it takes the key here (under trio, its first
     checkpoint comes before it reaches Redis): of three tasks started at once with
     max_waiters=2, two wait and one is refused."""
-    holder, lock = make_lock(), make_lock(max_waiters=2)
+    holder = make_lock()
     assert holder.acquire("k", blocking=False)  # (a blocking one is refused in a task)
-    outcomes: list[str] = []
-
-    async def caller() -> None:
-        try:
-            async with lock("k", timeout=WAIT):
-                outcomes.append("ran")
-        except QueueFull:
-            outcomes.append("refused")
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(3):
-            tg.start_soon(caller)
-        await wait_until_async(lambda: outcomes == ["refused"], "one task is refused")
-        assert lock.waiters("k") == 2
-        holder.release("k")
-    assert outcomes == ["refused", "ran", "ran"]
-    assert len(lock) == 0
+    await three_tasks_two_wait(make_lock(max_waiters=2), lambda: holder.release("k"))
 
 
 @pytest.mark.anyio

@@ -24,7 +24,14 @@ import keyedlock._scopes._lockfile._scope as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
 from keyedlock._core import Hold
 
-from ..support import WAIT, run_python, scope_of, start_thread, wait_until, wait_until_async
+from ..support import (
+    WAIT,
+    run_python,
+    scope_of,
+    start_thread,
+    three_tasks_two_wait,
+    wait_until,
+)
 from .file_support import fds_of, wait_waiters
 
 pytestmark = pytest.mark.skipif(
@@ -275,24 +282,7 @@ async def test_max_waiters_counts_the_first_task_from_the_moment_it_takes_the_ke
     kernel): of three started at once with max_waiters=2, two wait and one is refused."""
     other = FileKeyedLock(lock_path)
     assert other.acquire("k", blocking=False)  # (a blocking one is refused in a task)
-    lock = FileKeyedLock(lock_path, max_waiters=2)
-    outcomes: list[str] = []
-
-    async def caller() -> None:
-        try:
-            async with lock("k", timeout=WAIT):
-                outcomes.append("ran")
-        except QueueFull:
-            outcomes.append("refused")
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(3):
-            tg.start_soon(caller)
-        await wait_until_async(lambda: outcomes == ["refused"], "one task is refused")
-        assert lock.waiters("k") == 2
-        other.release("k")
-    assert outcomes == ["refused", "ran", "ran"]
-    assert len(lock) == 0
+    await three_tasks_two_wait(FileKeyedLock(lock_path, max_waiters=2), lambda: other.release("k"))
 
 
 def test_on_error_stop_aborts_this_processs_waiters(file_lock: FileKeyedLock) -> None:
