@@ -21,12 +21,16 @@ from ._recording import Watch, timed_context, watched_context
 from ._running import RunMixin
 from ._runtime import (
     READY,
+    TRIO,
     async_owner,
     blocking_owner,
+    describe_owner,
+    note_trio_run,
     running_loop,
     sniffio_local,
     sync_owner,
     thread_owners,
+    trio_lowlevel,
 )
 from ._scopes import ENTERED, NEW, LocalBackend, LockBackend, LockContext
 from ._statistics import LockStatistics
@@ -214,8 +218,11 @@ class KeyedLock(RunMixin):
             ctx._owner = blocking_owner("a blocking acquire(key)")  # raises
         try:
             acquired = self._backend.acquire(ctx, ctx._timeout)
-            if acquired and self._timed:
-                self._recorded(ctx)
+            if acquired:
+                if ctx._timeout == 0 and describe_owner(ctx._owner)[0] == "trio":
+                    note_trio_run(trio_lowlevel[0])  # (as in acquire_async)
+                if self._timed:
+                    self._recorded(ctx)
             return acquired
         except LockTimeout:  # a scope that says why (a manager that did not answer, say)
             ctx._undo()
@@ -236,8 +243,11 @@ class KeyedLock(RunMixin):
         runtime, ctx._owner = async_owner()
         try:
             acquired = bool(await ctx._acquire_async(runtime, False))
-            if acquired and self._timed:
-                self._recorded(ctx)
+            if acquired:
+                if runtime == TRIO:
+                    note_trio_run(trio_lowlevel[0])  # its end can be watched from any thread
+                if self._timed:
+                    self._recorded(ctx)
             return acquired
         except LockTimeout:  # a scope that says why (a manager that did not answer, say)
             ctx._undo()

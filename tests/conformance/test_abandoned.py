@@ -113,6 +113,46 @@ def test_waiters_queued_when_the_task_ends_raise(lock: KeyedLock) -> None:
 
 
 @pytest.mark.usefixtures("local")
+@pytest.mark.parametrize("took", ["acquire_async", "acquire(blocking=False)"])
+def test_waiters_in_other_threads_of_an_ended_trio_task_raise(lock: KeyedLock, took: str) -> None:
+    """The trio holder's end is watched from the waiters' threads through its run."""
+    entered, end = threading.Event(), threading.Event()
+
+    async def holder() -> None:
+        if took == "acquire_async":
+            assert await lock.acquire_async("k")
+        else:
+            assert lock.acquire("k", blocking=False)
+        entered.set()
+        await trio.to_thread.run_sync(end.wait, WAIT)
+
+    holding = start_thread(lambda: trio.run(holder), "holder run")
+    assert entered.wait(WAIT)
+
+    def wait_in_a_thread() -> object:
+        with lock("k", timeout=WAIT):
+            return "entered"
+
+    async def wait_in_asyncio() -> object:
+        async with lock("k"):
+            return "entered"
+
+    waiters = [
+        start_thread(wait_in_a_thread, "thread waiter"),
+        start_thread(lambda: asyncio.run(wait_in_asyncio()), "asyncio waiter"),
+    ]
+    wait_waiters(lock, "k", 2)
+    end.set()
+    holding.result()
+    for waiter in waiters:
+        with pytest.raises(Abandoned, match="trio task"):
+            waiter.result()
+    assert lock.waiters("k") == 0
+    lock.release("k")
+    assert len(lock) == 0
+
+
+@pytest.mark.usefixtures("local")
 def test_a_trio_task_that_ends_holding(lock: KeyedLock) -> None:
     outcomes: list[str] = []
 

@@ -44,7 +44,7 @@ from ._detect import (
     thread_owners,
     trio_lowlevel,
 )
-from ._ends import has_ended, when_ended
+from ._ends import has_ended, note_trio_run, when_ended
 from ._offload import Finished, Offload
 from ._pool import OffloadPool
 from ._ready import READY
@@ -74,6 +74,7 @@ __all__ = [
     "has_ended",
     "last_loop",
     "load_trio_adapter",
+    "note_trio_run",
     "on_loop_thread",
     "owner_text",
     "park_async",

@@ -12,13 +12,15 @@ watch the holder's owner, once per holder.
   when the thread ends; the reference's callback reports the end;
 - an asyncio task: a done callback, added on the task's own loop;
 - a trio task: an instrument of its run (``task_exited``), added from inside
-  that run (by a waiter of the same run); a waiter in another run or thread
-  only sees an ended trio holder when it asks (:func:`has_ended`).
+  that run: directly by a waiter of the same run, and through the run's
+  token by a waiter in another thread (the token is noted when a trio task
+  takes a key with ``acquire()``: :func:`note_trio_run`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import threading
@@ -29,7 +31,7 @@ from typing import Any
 from .._ki import internal
 from ._detect import ThreadToken, describe_owner, sniffio_local
 
-__all__ = ["has_ended", "when_ended"]
+__all__ = ["has_ended", "note_trio_run", "when_ended"]
 
 #: A subscriber's method, called with the owner that ended.
 Callback = Callable[[Any], object]
@@ -48,6 +50,8 @@ def _forget_in_child() -> None:
     global _guard
     _guard = threading.Lock()
     _waiting.clear()
+    _trio_runs.clear()
+    _noted[0] = None
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
@@ -127,24 +131,72 @@ def _on_task_done(task: asyncio.Task[Any]) -> None:
     _ended(task)
 
 
+#: The runs (their ``TrioToken``) whose tasks took keys with ``acquire()``, by the run's
+#: root task: a waiter outside a run watches its tasks' ends through it. (Only such holds
+#: can outlive their owner: a context releases its key on exit.)
+_trio_runs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: The token noted last, so that noting the same run again costs one comparison.
+_noted: list[Any] = [None]
+
+
+def note_trio_run(lowlevel: Any) -> None:
+    """A task of the calling trio run (``trio.lowlevel``) took a key with ``acquire()``: note
+    the run, so that a waiter in another thread can watch the task's end (see _watch_trio)."""
+    try:
+        token = lowlevel.current_trio_token()
+        if token is _noted[0]:
+            return
+        root = lowlevel.current_root_task()
+    except RuntimeError:  # not in a run after all
+        return
+    with _guard:
+        _trio_runs[root] = token
+        _noted[0] = token
+
+
 def _watch_trio(task: Any) -> bool:
-    """Watch a trio task from inside its own run (the caller's run must be the task's)."""
-    if sniffio_local.name != "trio":
+    """Watch a trio task: from inside its own run directly, from elsewhere through the run's
+    token (noted when the task acquired); False if neither is possible."""
+    if sniffio_local.name == "trio":
+        from trio import lowlevel
+
+        try:
+            here = _root_of(task) is lowlevel.current_root_task()
+        except RuntimeError:  # not inside a trio task after all
+            here = False
+        if here:
+            _add_to_instrument(task)  # (under _guard: its end is checked by when_ended)
+            return True
+    token = _trio_runs.get(_root_of(task))
+    if token is None:
         return False
+    # (trio.RunFinishedError, a RuntimeError: the run is over, and the task with it, which
+    # when_ended sees.)
+    with contextlib.suppress(RuntimeError):
+        token.run_sync_soon(_watch_in_run, task)
+    return True
+
+
+def _watch_in_run(task: Any) -> None:
+    """Called in the task's own run, by its token: report the task's end, at once if it
+    has ended since it was asked for."""
+    if has_ended(task):
+        _ended(task)
+    else:
+        _add_to_instrument(task)
+
+
+def _add_to_instrument(task: Any) -> None:
+    """From inside the task's own run: its run's instrument reports the task's end."""
     from trio import lowlevel
 
-    try:
-        if _root_of(task) is not lowlevel.current_root_task():
-            return False
-        instrument = _trio_instruments.get(lowlevel.current_root_task())
-        if instrument is None:
-            instrument = _TaskEnds()
-            lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
-            _trio_instruments[lowlevel.current_root_task()] = instrument
-    except RuntimeError:  # not inside a trio task after all
-        return False
+    root = lowlevel.current_root_task()
+    instrument = _trio_instruments.get(root)
+    if instrument is None:
+        instrument = _TaskEnds()
+        lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
+        _trio_instruments[root] = instrument
     instrument.watched.add(task)
-    return True
 
 
 def _root_of(task: Any) -> Any:
