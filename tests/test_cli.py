@@ -114,6 +114,24 @@ def test_argument_errors_name_no_private_helper() -> None:
     assert "_" not in proc.stderr.splitlines()[-1].replace("--", "")
 
 
+def test_the_command_line_starts_without_posix_only_modules() -> None:
+    """`keyedlock demo` and `--help` work where pwd is missing (Windows): the holders
+    command's POSIX-only imports wait until it runs."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pwd"] = None  # (an import of it raises ImportError)
+        from keyedlock.cli import main
+        sys.exit(main(["--help"]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT * 3, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: ")
+
+
 @pytest.mark.parametrize("command", [["holders"], ["holders", "--json"]])
 def test_a_closed_pipe_ends_quietly(command: list[str], tmp_path: Path) -> None:
     # `keyedlock holders --json | head -1`: the reader is gone before the output is written

@@ -286,9 +286,24 @@ def test_processes_that_cannot_be_inspected_are_reported(lock_file: str, start: 
     assert "permission denied" in proc.stdout
 
 
-def test_argument_errors() -> None:
-    proc = holders("--bogus")
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines()[-1] == (
-        "python -m keyedlock holders: error: unrecognized arguments: --bogus"
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--file", ""], "argument --file: expected a file name, got ''"),
+        (["k", ""], "a KEY is empty"),
+    ],
+)
+def test_argument_errors(args: list[str], message: str) -> None:
+    proc = holders(*args)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.splitlines()[-1] == f"python -m keyedlock holders: error: {message}"
+
+
+def test_a_directory_is_not_a_lock_file(tmp_path: Path) -> None:
+    proc = holders("--file", str(tmp_path))
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == (
+        f"python -m keyedlock holders: cannot inspect {tmp_path}: "
+        f"[Errno 21] Is a directory: '{tmp_path}'\n"
     )

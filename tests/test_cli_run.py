@@ -245,7 +245,11 @@ def test_timeout_when_busy(
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("wait", [[], ["--timeout", str(WAIT * 3)]], ids=["forever", "timeout"])
+@pytest.mark.parametrize(
+    "wait",
+    [[], ["--timeout", str(WAIT * 3)], ["--timeout", "inf"]],
+    ids=["forever", "timeout", "timeout inf"],
+)
 def test_waits_for_the_key(
     lock_file: str, other: FileKeyedLock, wait: list[str], start: Start
 ) -> None:
@@ -514,6 +518,7 @@ class Terminal:
             "argument --nonblock: not allowed with argument --timeout",
         ),
         (["--file", "--", "k", "--", "true"], "argument --file: expected one argument"),
+        (["--file", "", "k", "--", "true"], "argument --file: expected a file name, got ''"),
     ],
 )
 def test_argument_errors(args: list[str], message: str) -> None:

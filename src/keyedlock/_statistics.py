@@ -9,7 +9,9 @@ uncontended path until a lock's statistics are first asked for (see
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
 
 __all__ = ["FlightStatistics", "LockStatistics", "Owner"]
 
@@ -34,8 +36,27 @@ class Owner:
     host: str | None = None
 
 
+class _Snapshot:
+    """A frozen snapshot whose counts by runtime are a read-only mapping, like the rest.
+
+    (Given any mapping, it keeps a read-only copy: hashing leaves it out, and pickling
+    gives a plain dict back to the constructor.)
+    """
+
+    __slots__ = ()
+
+    def _freeze(self, name: str) -> None:
+        object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        values = (getattr(self, each.name) for each in fields(self))  # type: ignore[arg-type]
+        return type(self), tuple(
+            dict(value) if isinstance(value, MappingProxyType) else value for value in values
+        )
+
+
 @dataclass(frozen=True, slots=True)
-class LockStatistics:
+class LockStatistics(_Snapshot):
     """A snapshot of one key of a keyed lock.
 
     Attributes:
@@ -59,11 +80,14 @@ class LockStatistics:
     holder: Owner | None
     held_for: float | None
     waiters: int
-    waiters_by_runtime: Mapping[str, int]
+    waiters_by_runtime: Mapping[str, int] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        self._freeze("waiters_by_runtime")
 
 
 @dataclass(frozen=True, slots=True)
-class FlightStatistics:
+class FlightStatistics(_Snapshot):
     """A snapshot of one key of a single-flight group.
 
     Attributes:
@@ -83,5 +107,8 @@ class FlightStatistics:
     leader: Owner | None
     running_for: float | None
     followers: int
-    followers_by_runtime: Mapping[str, int]
+    followers_by_runtime: Mapping[str, int] = field(hash=False)
     cached: bool
+
+    def __post_init__(self) -> None:
+        self._freeze("followers_by_runtime")

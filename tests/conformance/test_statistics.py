@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import pickle
 import threading
 
 import pytest
 
-from keyedlock import KeyedLock, LockStatistics, Owner
+from keyedlock import FlightStatistics, KeyedLock, LockStatistics, Owner
 
 from ..drivers import RUNTIMES, Driver
 from ..support import wait_waiters
@@ -27,6 +28,36 @@ def test_a_snapshot_is_frozen(lock: KeyedLock) -> None:
     stats = lock.statistics("k")
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.locked = True  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        stats.waiters_by_runtime["thread"] = 1  # type: ignore[index]
+    assert hash(stats) == hash(lock.statistics("k"))
+
+
+def test_a_snapshot_pickles() -> None:
+    counts = {"thread": 2, "trio": 1}
+    stats = LockStatistics(
+        key="k",
+        locked=True,
+        holder=Owner("thread", "t", 1),
+        held_for=0.5,
+        waiters=3,
+        waiters_by_runtime=counts,
+    )
+    counts["thread"] = 5  # a copy was kept
+    assert stats.waiters_by_runtime == {"thread": 2, "trio": 1}
+    assert pickle.loads(pickle.dumps(stats)) == stats
+    flight = FlightStatistics(
+        key="k",
+        in_flight=True,
+        leader=None,
+        running_for=None,
+        followers=1,
+        followers_by_runtime={"asyncio": 1},
+        cached=False,
+    )
+    assert pickle.loads(pickle.dumps(flight)) == flight
+    with pytest.raises(TypeError):
+        flight.followers_by_runtime["asyncio"] = 2  # type: ignore[index]
 
 
 def test_holder_time_and_waiters_by_runtime(

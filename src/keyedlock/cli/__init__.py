@@ -56,14 +56,21 @@ _RUN_USAGE = "%(prog)s [-h] [--file PATH] [--timeout SECONDS | --nonblock] " + (
 
 
 def seconds(text: str) -> float:
-    """An argument that is a number of seconds >= 0."""
+    """An argument that is a number of seconds >= 0 (``inf``: no limit, as no --timeout)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
+    if math.isnan(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
+
+
+def file_name(text: str) -> str:
+    """An argument that names a file: not empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got ''")
+    return text
 
 
 def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -115,6 +122,7 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
     )
     run.add_argument(
         "--file",
+        type=file_name,
         metavar="PATH",
         help="the lock file (created if missing; default: the file of FileKeyedLock())",
     )
@@ -155,6 +163,7 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
     )
     holders.add_argument(
         "--file",
+        type=file_name,
         metavar="PATH",
         help="the lock file (default: the file of FileKeyedLock())",
     )
@@ -236,6 +245,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         )
     if extra:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "holders" and not all(args.keys):
+        command_parser.error("a KEY is empty")
     try:
         if args.command == "holders":
             status = _show_holders(

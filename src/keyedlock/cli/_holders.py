@@ -23,7 +23,9 @@ process's age, never as the time the key was held.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -100,6 +102,8 @@ def scan(path: str, keys: Iterable[str] = ()) -> Report:
     except FileNotFoundError:
         report.exists = False
         return report
+    if stat.S_ISDIR(st.st_mode):  # (nothing to lock there: FileKeyedLock refuses it too)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     ident = (st.st_dev, st.st_ino)
     lock_id = file_id(st)
     host = Host()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import platform
-import pwd
 import re
 import struct
 import time
@@ -123,6 +122,8 @@ class Host:
     def user(self, uid: int) -> str | None:
         """The name of user ``uid``; None if it has none."""
         if uid not in self.users:
+            import pwd  # (here: POSIX only, and the command line must start anywhere)
+
             try:
                 self.users[uid] = pwd.getpwuid(uid).pw_name
             except KeyError:
