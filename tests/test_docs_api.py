@@ -1,7 +1,7 @@
 """The API reference (docs/api.md) documents every public name.
 
-A name is public if it is in ``__all__`` of ``keyedlock``, ``keyedlock.multiprocessing``
-or, once it exists and imports, ``keyedlock.redis``. It is documented if a
+A name is public if it is in ``__all__`` of ``keyedlock``, ``keyedlock.multiprocessing``,
+``keyedlock.cli`` or, once it exists and imports, ``keyedlock.redis``. It is documented if a
 mkdocstrings directive of the page renders it: ``::: keyedlock.Name`` (any public path
 of the same object will do), or ``::: module`` for every name in that module's
 ``__all__`` (unless the directive says ``members: false``). Directives inside an HTML
@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 API_MD = Path(__file__).resolve().parent.parent / "docs" / "api.md"
-PUBLIC_MODULES = ("keyedlock", "keyedlock.multiprocessing")
+PUBLIC_MODULES = ("keyedlock", "keyedlock.multiprocessing", "keyedlock.cli")
 #: Merged separately; documented here once it exists.
 REDIS = "keyedlock.redis"
 REDIS_PLACEHOLDER = f"<!-- ::: {REDIS} -->"
@@ -127,7 +127,7 @@ def test_a_commented_out_directive_does_not_count() -> None:
 
 
 def test_a_module_directive_documents_its_names() -> None:
-    text = "# API\n\n::: keyedlock\n\n::: keyedlock.multiprocessing\n"
+    text = "# API\n\n::: keyedlock\n\n::: keyedlock.multiprocessing\n\n::: keyedlock.cli\n"
     assert [name for name in undocumented(text) if not name.startswith(f"{REDIS}.")] == []
     members_false = "::: keyedlock.multiprocessing\n    options:\n      members: false\n"
     assert "keyedlock.multiprocessing.KeyedLockManager" in undocumented(members_false)

@@ -10,8 +10,9 @@ Exits 1, listing the problems, if
   ``<link rel="stylesheet" href="https://...">``, a stylesheet's ``@import`` or ``url()``
   of one), or one that is missing from the site;
 - no code block was coloured when the site was built (Pygments' token classes);
-- a public name (``__all__`` of ``keyedlock``, ``keyedlock.multiprocessing`` and, once it
-  exists, ``keyedlock.redis``) is not in the reference's inventory (``objects.inv``).
+- a public name (``__all__`` of ``keyedlock``, ``keyedlock.multiprocessing``,
+  ``keyedlock.cli`` and, once it exists, ``keyedlock.redis``) is not in the reference's
+  inventory (``objects.inv``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 
 #: The modules whose ``__all__`` the API reference documents (the optional ones once
 #: they exist).
-PUBLIC_MODULES = ("keyedlock", "keyedlock.multiprocessing")
+PUBLIC_MODULES = ("keyedlock", "keyedlock.multiprocessing", "keyedlock.cli")
 OPTIONAL_MODULES = ("keyedlock.redis",)
 
 _CSS_URL = re.compile(r"""@import\s+(?:url\()?\s*["']?([^"')\s;]+)|url\(\s*["']?([^"')\s]+)""")

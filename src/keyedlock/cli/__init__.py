@@ -15,10 +15,9 @@ from collections.abc import Sequence
 
 from keyedlock import __version__
 
-from ._holders import scan
 from ._run import BUSY, CANNOT_EXECUTE, LOCK_FILE_ERROR, NOT_FOUND, run_command
 
-__all__ = ["main", "scan"]
+__all__ = ["main"]
 
 
 #: The most concurrent checkouts the demo runs (each is a thread, a task and a process).
