@@ -143,3 +143,24 @@ def share_one_call(here: RedisSingleFlight, there: RedisSingleFlight, key: str) 
     gate.set()
     assert leader.result() == follower.result() == "leader ran"
     assert calls == ["leader"]
+
+
+@pytest.mark.parametrize("runtime", ["thread", "asyncio"])
+def test_a_url_of_a_cluster_node_says_to_pass_a_cluster_client(
+    redis_cluster: Any, cluster_client: RedisCluster, runtime: str
+) -> None:
+    node = redis_cluster.nodes[0]
+    client: Any = cluster_client
+    elsewhere = next(  # a key that another node serves: this one answers MOVED
+        key
+        for key in KEYS
+        if client.get_node_from_key(f"keyedlock:{{s:{key}}}:owner").port != node.port
+    )
+    lock = RedisKeyedLock(f"redis://{node.host}:{node.port}", lease=1.0)
+    if runtime == "thread":
+        attempt = partial(lock.acquire, elsewhere, timeout=WAIT)
+    else:
+        attempt = partial(asyncio.run, lock.acquire_async(elsewhere, timeout=WAIT))
+    with pytest.raises(ValueError, match=r"is a node of a Redis Cluster .* redis\.RedisCluster"):
+        attempt()
+    assert len(lock) == 0

@@ -206,6 +206,8 @@ def test_the_first_waiter_for_another_process_counts_as_a_waiter(lock_path: str)
             1,
             {"thread": 1},
         )
+        assert stats.holder is not None
+        assert stats.holder.runtime == "process"  # (another open file description's)
         with pytest.raises(QueueFull, match="max_waiters=0"):
             bounded.acquire("k")
         with pytest.raises(QueueFull), bounded("k", timeout=WAIT):

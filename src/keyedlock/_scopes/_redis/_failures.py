@@ -7,7 +7,7 @@ from typing import Any, Final
 import redis
 import redis.exceptions
 
-__all__ = ["DOWN", "NoAnswer", "RedisUnavailable", "where"]
+__all__ = ["DOWN", "NoAnswer", "RedisUnavailable", "cluster_node_error", "where"]
 
 #: What redis-py raises when the server cannot serve a command now.
 DOWN: Final = (
@@ -34,3 +34,14 @@ def where(kwargs: dict[str, Any]) -> str:
     if path:
         return str(path)
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def cluster_node_error(exc: BaseException, server: str) -> ValueError:
+    """What to raise when a server that is not known as a cluster answers MOVED or ASK: it is a
+    node of a Redis Cluster, reached through a URL or a ``redis.Redis`` client."""
+    error = ValueError(
+        f"{server} is a node of a Redis Cluster (it answered {exc}); pass a redis.RedisCluster "
+        "client for a cluster, e.g. redis.RedisCluster.from_url(url)"
+    )
+    error.__cause__ = exc
+    return error

@@ -12,9 +12,11 @@ import sys
 from functools import partial
 from typing import Any
 
+import redis.exceptions
+
 from ..._ki import internal
 from ..._runtime import running_loop
-from ._failures import DOWN, NoAnswer, RedisUnavailable
+from ._failures import DOWN, NoAnswer, RedisUnavailable, cluster_node_error
 from ._loops import Late, LoopClients
 from ._lua import Call
 
@@ -29,6 +31,9 @@ class AsyncCalls:
     __slots__ = ()
 
     loops: LoopClients
+    #: The server, as errors name it, and whether it is a Redis Cluster (see Link).
+    server: str
+    cluster: bool
 
     def unavailable(
         self, exc: BaseException, pool: Any = None, kind: type[RedisUnavailable] = RedisUnavailable
@@ -55,10 +60,18 @@ class AsyncCalls:
                 return await side.run(call)
             except DOWN as exc:
                 raise self.unavailable(exc) from exc
+            except redis.exceptions.AskError as exc:  # (MOVED too)
+                if self.cluster:
+                    raise
+                raise cluster_node_error(exc, self.server) from exc
         bound = asyncio.timeout(max(wait, 0.001))
         try:
             async with bound:
                 return await side.run(call)
+        except redis.exceptions.AskError as exc:  # (as above)
+            if self.cluster:
+                raise
+            raise cluster_node_error(exc, self.server) from exc
         except DOWN as exc:
             if bound.expired():
                 late = Late(f"within {wait:.3g} s")
