@@ -7,8 +7,9 @@ blocked connection).
 
 Acquiring: ``acquire`` takes the key or a place in line; a waiter then blocks on its wake
 list (``BLPOP``) for at most the holder's remaining lease and its own deadline, and asks
-again when that runs out. So nothing polls while the holder is alive, and a holder that died
-delays the queue by at most its lease. The lease (and a waiter's place) is renewed by the
+again when it is woken (which claims the key handed to it) or that runs out. So nothing polls
+while the holder is alive, a holder that died delays the queue by at most its lease, and a
+waiter that died, handed the key, by its claim. The lease (and a waiter's place) is renewed by the
 process's renewal thread (:mod:`._renewal`), every third of the lease.
 
 Records: ``held`` maps each hold the scope acts for to its :class:`Attempt` (waiter id,
@@ -46,7 +47,6 @@ from ._lockcalls import (
     parse_acquire,
     parse_inspect,
     parse_refresh,
-    parse_wake,
     refresh,
     release,
     renew,
@@ -194,10 +194,8 @@ class RedisScope:
                     self._give_up(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                message = link.pop(wake, self._block(reply.wait_ms, deadline))
-                if message is not None:
-                    return self._granted(hold, attempt, parse_wake(message).token, sent)
-                sent = monotonic()
+                link.pop(wake, self._block(reply.wait_ms, deadline))  # woken, or the lease's end:
+                sent = monotonic()  # asking again claims a key handed to it
                 reply = parse_acquire(link.run(self._ask(attempt, True), reply_wait(deadline)))
                 self._asked(attempt)
         except NoAnswer:
@@ -227,9 +225,7 @@ class RedisScope:
                     await self._give_up_async(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
-                if message is not None:
-                    return self._granted(hold, attempt, parse_wake(message).token, sent)
+                await link.pop_async(wake, self._block(reply.wait_ms, deadline))  # (as above)
                 sent = monotonic()
                 call = self._ask(attempt, True)
                 reply = parse_acquire(await link.run_async(call, reply_wait(deadline)))
