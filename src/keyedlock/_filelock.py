@@ -171,7 +171,7 @@ class FileKeyedLock(KeyedLock):
 
 def _holder_pid(path: str, offset: int) -> int | None:
     """The process holding byte ``offset`` of the lock file, if /proc tells."""
-    from .cli._holders import scan  # (the holders command's reading of /proc)
+    from .cli import scan  # (the holders command's reading of /proc)
 
     try:
         report = scan(path)

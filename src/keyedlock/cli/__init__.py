@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 from keyedlock import __version__
 
+from ._holders import scan as scan  # (re-exported: what FileKeyedLock.statistics reads /proc with)
 from ._run import BUSY, CANNOT_EXECUTE, LOCK_FILE_ERROR, NOT_FOUND, run_command
 
-__all__ = ["main"]
+__all__ = ["main"]  # (and scan, for the package: see keyedlock._filelock)
 
 
 #: The most concurrent checkouts the demo runs (each is a thread, a task and a process).
@@ -189,7 +190,6 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
 
 
 def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str) -> int:
-    from ._holders import scan
     from ._holders_format import print_json, print_text
     from ._lockfile import default_path
 
