@@ -278,6 +278,29 @@ def test_a_hand_off_between_processes_wakes_the_waiter_at_once(
     b.release("k")
 
 
+@pytest.mark.parametrize("runtime", ["thread", "asyncio"])
+def test_a_waiter_woken_with_the_key_gets_its_whole_lease_within_a_third_of_its_claim(
+    make_lock: MakeLock, redis_client: redis.Redis, runtime: str
+) -> None:
+    """The key is handed to a waiter for a claim (a third of its lease); its renewal thread
+    makes that its whole lease in a round hurried to come within a third of the claim, not
+    at the next round of its period (here longer than the test waits)."""
+    lease = WAIT * 3.3  # (a round every 1.1 WAIT; the claim's third is a ninth of the lease)
+    a, b = make_lock(lease=lease), make_lock(lease=lease)
+    a.acquire("k")
+    if runtime == "thread":
+        waiter = start_thread(lambda: b.acquire("k"), "b")
+    else:
+        waiter = start_thread(lambda: asyncio.run(b.acquire_async("k")), "b")
+    wait_until(lambda: a.waiters("k") == 1, "b waits in Redis")
+    a.release("k")
+    assert waiter.result()
+    claim_ms = lease * 1000 / 3
+    assert int(redis_client.pttl(owner_key("k"))) <= claim_ms
+    wait_until(lambda: int(redis_client.pttl(owner_key("k"))) > claim_ms, "b's lease is renewed")
+    b.release("k")
+
+
 def test_waiters_in_redis_are_served_in_arrival_order(make_lock: MakeLock) -> None:
     locks = [make_lock() for _ in range(4)]
     order: list[str] = []

@@ -7,10 +7,10 @@ blocked connection).
 
 Acquiring: ``acquire`` takes the key or a place in line; a waiter then blocks on its wake
 list (``BLPOP``) for at most the holder's remaining lease and its own deadline, and asks
-again when it is woken (which claims the key handed to it) or that runs out. So nothing polls
-while the holder is alive, a holder that died delays the queue by at most its lease, and a
-waiter that died, handed the key, by its claim. The lease (and a waiter's place) is renewed by the
-process's renewal thread (:mod:`._renewal`), every third of the lease.
+again when that runs out. So nothing polls while the holder is alive, and a holder that died
+delays the queue by at most its lease. A waiter woken with the key holds it for a claim, which
+the renewal thread turns into its lease at once. The lease (and a waiter's place) is renewed
+by the process's renewal thread (:mod:`._renewal`), every third of the lease.
 
 Records: ``held`` maps each hold the scope acts for to its :class:`Attempt` (waiter id,
 state, token). As in the lock-file scope, a record is written *before* the server is asked
@@ -34,19 +34,29 @@ from typing import Any, Final, cast
 from ..._core import Hold
 from ..._errors import LockTimeout
 from ..._ki import internal
-from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
+from ._attempt import (
+    HELD,
+    Attempt,
+    Fenced,
+    LocalQueue,
+    lose,
+    nobody,
+    not_held_error,
+    refreshed,
+    renewed,
+)
 from ._failures import NoAnswer
 from ._leaving import Leaving
 from ._link import Link
 from ._lockcalls import (
     Granted,
     Inspected,
-    Refreshed,
     acquire,
+    claim_ms,
     inspect,
     parse_acquire,
     parse_inspect,
-    parse_refresh,
+    parse_wake,
     refresh,
     release,
     renew,
@@ -152,6 +162,16 @@ class RedisScope:
         attempt.state = HELD  # last: until here, an interrupt finds a waiting record
         return True
 
+    def _woken(self, hold: Hold, attempt: Attempt, token: int, sent: float) -> bool:
+        """Woken with the key (handed to it after its last ask, ``sent``): held for a claim,
+        which the renewal thread's next round turns into its lease; that round comes within
+        a third of the claim (unless the key is released before, it costs nothing)."""
+        self._granted(hold, attempt, token, sent)
+        claim = claim_ms(self.lease_ms) / 1000
+        attempt.expires = sent + claim  # (until a renewal says more)
+        renewer.hurry(sent + claim / 3)
+        return True
+
     def _block(self, wait_ms: int, deadline: float | None) -> float:
         """How long to block on the wake list: the holder's remaining lease, at most."""
         block = max(wait_ms, 1) / 1000
@@ -194,8 +214,10 @@ class RedisScope:
                     self._give_up(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                link.pop(wake, self._block(reply.wait_ms, deadline))  # woken, or the lease's end:
-                sent = monotonic()  # asking again claims a key handed to it
+                message = link.pop(wake, self._block(reply.wait_ms, deadline))
+                if message is not None:
+                    return self._woken(hold, attempt, parse_wake(message).token, sent)
+                sent = monotonic()
                 reply = parse_acquire(link.run(self._ask(attempt, True), reply_wait(deadline)))
                 self._asked(attempt)
         except NoAnswer:
@@ -225,7 +247,9 @@ class RedisScope:
                     await self._give_up_async(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                await link.pop_async(wake, self._block(reply.wait_ms, deadline))  # (as above)
+                message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
+                if message is not None:
+                    return self._woken(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
                 call = self._ask(attempt, True)
                 reply = parse_acquire(await link.run_async(call, reply_wait(deadline)))
@@ -412,33 +436,8 @@ class RedisScope:
             if attempt.state == HELD:
                 if not attempt.lost:
                     call = renew(names, waiter, lease_ms=lease_ms, behind=behind)
-                    calls.append((call, self._renewed(hold, attempt, sent)))
+                    calls.append((call, renewed(self.held, hold, attempt, sent, self.lease)))
             else:
                 call = refresh(names, waiter, lease_ms=lease_ms, place_ms=lease_ms, behind=behind)
-                calls.append((call, self._refreshed(attempt, sent)))
+                calls.append((call, refreshed(attempt, sent, self.lease)))
         return calls
-
-    def _renewed(self, hold: Hold, attempt: Attempt, sent: float) -> Any:
-        def done(reply: object) -> None:
-            if reply == 1:
-                attempt.expires = sent + self.lease
-            elif self.held.get(hold) is attempt and (
-                not isinstance(reply, BaseException) or monotonic() >= attempt.expires
-            ):
-                # Refused (not the owner), or unreachable until the lease was over.
-                lose(
-                    hold,
-                    attempt,
-                    "Redis could not be reached until the lease ran out"
-                    if isinstance(reply, BaseException)
-                    else "the renewal found it held by someone else or by nobody",
-                )
-
-        return done
-
-    def _refreshed(self, attempt: Attempt, sent: float) -> Any:
-        def done(reply: object) -> None:
-            if not isinstance(reply, BaseException) and parse_refresh(reply) == Refreshed.HELD:
-                attempt.expires = sent + self.lease  # handed the key: its lease was renewed
-
-        return done

@@ -16,11 +16,12 @@ its expiry to ``now + place_ms``); the reply is ``[0, pttl]``: the holder's rema
 The uncontended case (no owner, no queue) is one ``SET NX PX`` and one ``INCR``.
 
 The client then blocks on ``BLPOP <prefix>{<tag>}:wake:<id>`` for at most ``pttl`` (and at
-most its own deadline), and asks ``acquire`` again when it:
+most its own deadline), and:
 
-- pops a token: the key was handed to it (see release) for a short claim; asking again
-  claims it: it is granted, with its lease and the token of the hand-off;
-- times out. Either the holder still holds the key (renewed: wait
+- pops a token: the key was handed to it (see release) for a claim; it holds it from now on,
+  and its process's renewal thread renews it to its lease at once (``renew``: the claim only
+  bounds how long a waiter that died in line holds the queue up);
+- times out: it asks ``acquire`` again. Either the holder still holds the key (renewed: wait
   again, for its new remaining lease), or the holder's lease ran out: the key went to the
   head of the queue (which may be this waiter: granted). No polling while the holder is alive;
   a crashed holder delays the queue by at most its lease.
@@ -38,9 +39,9 @@ place by asking again or by ``refresh`` before ``place_ms`` runs out.
 ``0`` means "not yours": the lease ran out and the key may belong to someone else now, which
 is never touched). The key then goes straight to the head live waiter: ``owner = head`` for a
 claim (a third of the lease that waiter asked for, 1 s at least), a new token, and its wake
-list gets the token (LPUSH, expiring with the claim). The woken waiter claims the key by asking
-again (its lease starts then); a waiter that died in line, handed the key before its place
-expired, holds the queue up for the claim only, not a whole lease. A free key with live
+list gets the token (LPUSH, expiring with the claim). The woken waiter's renewal makes it its
+lease; a waiter that died in line, handed the key before its place expired, holds the queue up
+for the claim only, not a whole lease. A free key with live
 waiters is handed on the same way by every script that finds it so (the owner's lease ran
 out): the queue never waits for a poll.
 
@@ -178,9 +179,9 @@ local function hand_on()
   if not head then
     return
   end
-  -- Held for a claim, not the whole lease, until the waiter asks again (it does as soon as
-  -- it is woken, and is then granted its lease): one that died in line holds the queue up
-  -- for the claim only. A third of its lease, 1 s at least.
+  -- Held for a claim, not the whole lease, until the woken waiter's renewal (sent at once)
+  -- or its asking again makes it its lease: one that died in line holds the queue up for the
+  -- claim only. A third of its lease, 1 s at least (claim_ms in _lockcalls).
   local lease_ms = tonumber(redis.call('HGET', leases_key, head))
   local claim_ms = math.min(lease_ms, math.max(math.floor(lease_ms / 3), 1000))
   local token = grant(head, claim_ms)
