@@ -9,8 +9,9 @@ Acquiring: ``acquire`` takes the key or a place in line; a waiter then blocks on
 list (``BLPOP``) for at most the holder's remaining lease and its own deadline, and asks
 again when that runs out. So nothing polls while the holder is alive, and a holder that died
 delays the queue by at most its lease. A waiter woken with the key holds it for a claim, which
-the renewal thread turns into its lease at once. The lease (and a waiter's place) is renewed
-by the process's renewal thread (:mod:`._renewal`), every third of the lease.
+the renewal thread turns into its lease within a third of the claim. The lease (and a
+waiter's place) is renewed by the process's renewal thread (:mod:`._renewal`), every third
+of the lease.
 
 Records: ``held`` maps each hold the scope acts for to its :class:`Attempt` (waiter id,
 state, token). As in the lock-file scope, a record is written *before* the server is asked

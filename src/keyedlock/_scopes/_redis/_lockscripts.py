@@ -19,8 +19,8 @@ The client then blocks on ``BLPOP <prefix>{<tag>}:wake:<id>`` for at most ``pttl
 most its own deadline), and:
 
 - pops a token: the key was handed to it (see release) for a claim; it holds it from now on,
-  and its process's renewal thread renews it to its lease at once (``renew``: the claim only
-  bounds how long a waiter that died in line holds the queue up);
+  and its process's renewal thread renews it to its lease within a third of the claim
+  (``renew``: the claim only bounds how long a waiter that died in line holds the queue up);
 - times out: it asks ``acquire`` again. Either the holder still holds the key (renewed: wait
   again, for its new remaining lease), or the holder's lease ran out: the key went to the
   head of the queue (which may be this waiter: granted). No polling while the holder is alive;
@@ -179,9 +179,9 @@ local function hand_on()
   if not head then
     return
   end
-  -- Held for a claim, not the whole lease, until the woken waiter's renewal (sent at once)
-  -- or its asking again makes it its lease: one that died in line holds the queue up for the
-  -- claim only. A third of its lease, 1 s at least (claim_ms in _lockcalls).
+  -- Held for a claim, not the whole lease, until the woken waiter's renewal (within a third
+  -- of the claim) or its asking again makes it its lease: one that died in line holds the
+  -- queue up for the claim only. A third of its lease, 1 s at least (claim_ms in _lockcalls).
   local lease_ms = tonumber(redis.call('HGET', leases_key, head))
   local claim_ms = math.min(lease_ms, math.max(math.floor(lease_ms / 3), 1000))
   local token = grant(head, claim_ms)
