@@ -279,13 +279,13 @@ def test_a_hand_off_between_processes_wakes_the_waiter_at_once(
 
 
 @pytest.mark.parametrize("runtime", ["thread", "asyncio"])
-def test_a_waiter_woken_with_the_key_gets_its_whole_lease_within_a_third_of_its_claim(
+def test_a_waiter_woken_with_the_key_has_its_whole_lease_at_once(
     make_lock: MakeLock, redis_client: redis.Redis, runtime: str
 ) -> None:
-    """The key is handed to a waiter for a claim (a third of its lease); its renewal thread
-    makes that its whole lease in a round hurried to come within a third of the claim, not
-    at the next round of its period (here longer than the test waits)."""
-    lease = WAIT * 3.3  # (a round every 1.1 WAIT; the claim's third is a ninth of the lease)
+    """A key handed to a waiter is its own for its whole lease, not for a shorter claim that
+    its renewal thread would have to extend in time: a round held up by a server that just
+    stopped (up to two of its waits) could let such a claim run out on a healthy server."""
+    lease = WAIT * 3
     a, b = make_lock(lease=lease), make_lock(lease=lease)
     a.acquire("k")
     if runtime == "thread":
@@ -295,9 +295,7 @@ def test_a_waiter_woken_with_the_key_gets_its_whole_lease_within_a_third_of_its_
     wait_until(lambda: a.waiters("k") == 1, "b waits in Redis")
     a.release("k")
     assert waiter.result()
-    claim_ms = lease * 1000 / 3
-    assert int(redis_client.pttl(owner_key("k"))) <= claim_ms
-    wait_until(lambda: int(redis_client.pttl(owner_key("k"))) > claim_ms, "b's lease is renewed")
+    assert int(redis_client.pttl(owner_key("k"))) > lease * 1000 * 2 / 3
     b.release("k")
 
 

@@ -156,36 +156,6 @@ def test_a_waiter_handed_the_key_that_asks_again_gets_its_token(
     assert not any_client.exists(keys.wake("b"))  # the wake-up is spent
 
 
-def claim_ms(lease_ms: int) -> int:
-    """How long a waiter handed the key holds it before it asks again (see the scripts)."""
-    return min(lease_ms, max(lease_ms // 3, 1000))
-
-
-def test_a_waiter_handed_the_key_holds_it_for_a_claim_until_it_asks_again(
-    any_client: AnyClient, keys: LockKeys
-) -> None:
-    granted(any_client, keys, "a")
-    waiting(any_client, keys, "b")
-    run(any_client, release(keys, "a"))
-    assert owner(any_client, keys) == "b"
-    assert 0 < int(any_client.pttl(keys.owner)) <= claim_ms(LONG) < LONG
-    granted(any_client, keys, "b")  # woken, it asks again: its lease starts
-    assert int(any_client.pttl(keys.owner)) > claim_ms(LONG)
-
-
-def test_a_waiter_that_died_handed_the_key_holds_the_queue_up_for_its_claim_only(
-    any_client: AnyClient, keys: LockKeys
-) -> None:
-    granted(any_client, keys, "a")
-    waiting(any_client, keys, "b")  # b dies in line: it never asks again
-    waiting(any_client, keys, "c")
-    run(any_client, release(keys, "a"))  # before b's place ran out: handed to b
-    assert owner(any_client, keys) == "b"
-    wait_server_ms(any_client, keys.owner, claim_ms(LONG))  # not b's lease, nor its place
-    assert granted(any_client, keys, "c") > 0  # c asks (its pop timed out): it is next
-    assert queue(any_client, keys) == []
-
-
 def test_release_by_a_non_owner_is_refused(any_client: AnyClient, keys: LockKeys) -> None:
     assert run(any_client, release(keys, "x")) == 0  # a free key
     granted(any_client, keys, "a")

@@ -3,8 +3,7 @@
 An :class:`Attempt` is the record :class:`~._lockscope.RedisScope` keeps for one local holder:
 its waiter id on the server, whether it waits or holds the key, the fencing token it was
 granted, when its lease runs out, and how many of this process's callers queue behind it.
-:func:`lose` marks a hold's lease lost, once, and logs it; :func:`renewed` and
-:func:`refreshed` read the renewal thread's replies for an attempt.
+:func:`lose` marks a hold's lease lost, once, and logs it.
 
 Losing the lease: a renewal that finds the key no longer its own (the server restarted, or
 the process was stopped past its lease), or that cannot reach the server until the lease is
@@ -14,14 +13,12 @@ over, marks the attempt and its hold ``lost``; so does a release that the server
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
-from time import monotonic
+from collections.abc import Callable, Hashable
 from typing import Final, Protocol, cast
 
 from ..._core import Hold
 from ..._ki import internal
 from ..._log import logger
-from ._lockcalls import Refreshed, parse_refresh
 from ._names import RedisKey, new_id
 
 __all__ = [
@@ -33,8 +30,6 @@ __all__ = [
     "lose",
     "nobody",
     "not_held_error",
-    "refreshed",
-    "renewed",
 ]
 
 #: An attempt's states: waiting in the server's queue, or holding the key.
@@ -100,36 +95,3 @@ def lose(hold: Hold, attempt: Attempt, why: str) -> None:
         attempt.token,
         why,
     )
-
-
-def renewed(
-    held: Mapping[Hold, Attempt], hold: Hold, attempt: Attempt, sent: float, lease: float
-) -> Callable[[object], None]:
-    """What to do with the reply to the renewal of ``hold``'s ``attempt``, sent at ``sent``."""
-
-    def done(reply: object) -> None:
-        if reply == 1:
-            attempt.expires = sent + lease
-        elif held.get(hold) is attempt and (
-            not isinstance(reply, BaseException) or monotonic() >= attempt.expires
-        ):
-            # Refused (not the owner), or unreachable until the lease was over.
-            lose(
-                hold,
-                attempt,
-                "Redis could not be reached until the lease ran out"
-                if isinstance(reply, BaseException)
-                else "the renewal found it held by someone else or by nobody",
-            )
-
-    return done
-
-
-def refreshed(attempt: Attempt, sent: float, lease: float) -> Callable[[object], None]:
-    """What to do with the reply to the refresh of a waiting ``attempt``, sent at ``sent``."""
-
-    def done(reply: object) -> None:
-        if not isinstance(reply, BaseException) and parse_refresh(reply) == Refreshed.HELD:
-            attempt.expires = sent + lease  # handed the key: its lease was renewed
-
-    return done

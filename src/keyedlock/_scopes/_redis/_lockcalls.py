@@ -28,7 +28,6 @@ __all__ = [
     "Refreshed",
     "Waiting",
     "acquire",
-    "claim_ms",
     "inspect",
     "parse_acquire",
     "parse_inspect",
@@ -71,12 +70,6 @@ def acquire(
 def release(keys: LockKeys, waiter: str) -> Call:
     """Release the key if ``waiter`` owns it and hand it on: ``1``, or ``0`` if not the owner."""
     return Call(RELEASE, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
-
-
-def claim_ms(lease_ms: int) -> int:
-    """How long a waiter handed the key holds it before its lease starts (the release's
-    ``claim_ms``: a third of its lease, 1 s at least)."""
-    return min(lease_ms, max(lease_ms // 3, 1000))
 
 
 def renew(keys: LockKeys, waiter: str, *, lease_ms: int, behind: int = 0) -> Call:

@@ -8,10 +8,8 @@ blocked connection).
 Acquiring: ``acquire`` takes the key or a place in line; a waiter then blocks on its wake
 list (``BLPOP``) for at most the holder's remaining lease and its own deadline, and asks
 again when that runs out. So nothing polls while the holder is alive, and a holder that died
-delays the queue by at most its lease. A waiter woken with the key holds it for a claim, which
-the renewal thread turns into its lease within a third of the claim. The lease (and a
-waiter's place) is renewed by the process's renewal thread (:mod:`._renewal`), every third
-of the lease.
+delays the queue by at most its lease. The lease (and a waiter's place) is renewed by the
+process's renewal thread (:mod:`._renewal`), every third of the lease.
 
 Records: ``held`` maps each hold the scope acts for to its :class:`Attempt` (waiter id,
 state, token). As in the lock-file scope, a record is written *before* the server is asked
@@ -35,28 +33,19 @@ from typing import Any, Final, cast
 from ..._core import Hold
 from ..._errors import LockTimeout
 from ..._ki import internal
-from ._attempt import (
-    HELD,
-    Attempt,
-    Fenced,
-    LocalQueue,
-    lose,
-    nobody,
-    not_held_error,
-    refreshed,
-    renewed,
-)
+from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
 from ._failures import NoAnswer
 from ._leaving import Leaving
 from ._link import Link
 from ._lockcalls import (
     Granted,
     Inspected,
+    Refreshed,
     acquire,
-    claim_ms,
     inspect,
     parse_acquire,
     parse_inspect,
+    parse_refresh,
     parse_wake,
     refresh,
     release,
@@ -163,16 +152,6 @@ class RedisScope:
         attempt.state = HELD  # last: until here, an interrupt finds a waiting record
         return True
 
-    def _woken(self, hold: Hold, attempt: Attempt, token: int, sent: float) -> bool:
-        """Woken with the key (handed to it after its last ask, ``sent``): held for a claim,
-        which the renewal thread's next round turns into its lease; that round comes within
-        a third of the claim (unless the key is released before, it costs nothing)."""
-        self._granted(hold, attempt, token, sent)
-        claim = claim_ms(self.lease_ms) / 1000
-        attempt.expires = sent + claim  # (until a renewal says more)
-        renewer.hurry(sent + claim / 3)
-        return True
-
     def _block(self, wait_ms: int, deadline: float | None) -> float:
         """How long to block on the wake list: the holder's remaining lease, at most."""
         block = max(wait_ms, 1) / 1000
@@ -217,7 +196,7 @@ class RedisScope:
                 wake = attempt.key.names.wake(attempt.waiter)
                 message = link.pop(wake, self._block(reply.wait_ms, deadline))
                 if message is not None:
-                    return self._woken(hold, attempt, parse_wake(message).token, sent)
+                    return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
                 reply = parse_acquire(link.run(self._ask(attempt, True), reply_wait(deadline)))
                 self._asked(attempt)
@@ -250,7 +229,7 @@ class RedisScope:
                 wake = attempt.key.names.wake(attempt.waiter)
                 message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
                 if message is not None:
-                    return self._woken(hold, attempt, parse_wake(message).token, sent)
+                    return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
                 call = self._ask(attempt, True)
                 reply = parse_acquire(await link.run_async(call, reply_wait(deadline)))
@@ -437,8 +416,33 @@ class RedisScope:
             if attempt.state == HELD:
                 if not attempt.lost:
                     call = renew(names, waiter, lease_ms=lease_ms, behind=behind)
-                    calls.append((call, renewed(self.held, hold, attempt, sent, self.lease)))
+                    calls.append((call, self._renewed(hold, attempt, sent)))
             else:
                 call = refresh(names, waiter, lease_ms=lease_ms, place_ms=lease_ms, behind=behind)
-                calls.append((call, refreshed(attempt, sent, self.lease)))
+                calls.append((call, self._refreshed(attempt, sent)))
         return calls
+
+    def _renewed(self, hold: Hold, attempt: Attempt, sent: float) -> Any:
+        def done(reply: object) -> None:
+            if reply == 1:
+                attempt.expires = sent + self.lease
+            elif self.held.get(hold) is attempt and (
+                not isinstance(reply, BaseException) or monotonic() >= attempt.expires
+            ):
+                # Refused (not the owner), or unreachable until the lease was over.
+                lose(
+                    hold,
+                    attempt,
+                    "Redis could not be reached until the lease ran out"
+                    if isinstance(reply, BaseException)
+                    else "the renewal found it held by someone else or by nobody",
+                )
+
+        return done
+
+    def _refreshed(self, attempt: Attempt, sent: float) -> Any:
+        def done(reply: object) -> None:
+            if not isinstance(reply, BaseException) and parse_refresh(reply) == Refreshed.HELD:
+                attempt.expires = sent + self.lease  # handed the key: its lease was renewed
+
+        return done

@@ -18,18 +18,15 @@ The uncontended case (no owner, no queue) is one ``SET NX PX`` and one ``INCR``.
 The client then blocks on ``BLPOP <prefix>{<tag>}:wake:<id>`` for at most ``pttl`` (and at
 most its own deadline), and:
 
-- pops a token: the key was handed to it (see release) for a claim; it holds it from now on,
-  and its process's renewal thread renews it to its lease within a third of the claim
-  (``renew``: the claim only bounds how long a waiter that died in line holds the queue up);
+- pops a token: the key was handed to it (see release), it holds it from now on;
 - times out: it asks ``acquire`` again. Either the holder still holds the key (renewed: wait
   again, for its new remaining lease), or the holder's lease ran out: the key went to the
   head of the queue (which may be this waiter: granted). No polling while the holder is alive;
   a crashed holder delays the queue by at most its lease.
 
 The owner key is the truth, the wake list only a doorbell: a waiter that asks again after the
-key was handed to it is granted with the token of that hand-off (and so is the renewal of its
-place, see ``refresh``), so a lost wake-up (a connection that died during the pop) costs at
-most one wait, and its turn only if neither came within the claim.
+key was handed to it is granted with the token of that hand-off, so a lost wake-up (a
+connection that died during the pop) costs at most one wait, never the key.
 
 A waiter whose place expired (it crashed, or stopped asking) is dropped from the queue by any
 script that looks at the queue; it never blocks the waiters behind it. A live waiter keeps its
@@ -37,13 +34,10 @@ place by asking again or by ``refresh`` before ``place_ms`` runs out.
 
 ``release(waiter)`` is a compare-and-delete: only the current owner releases (reply ``1``;
 ``0`` means "not yours": the lease ran out and the key may belong to someone else now, which
-is never touched). The key then goes straight to the head live waiter: ``owner = head`` for a
-claim (a third of the lease that waiter asked for, 1 s at least), a new token, and its wake
-list gets the token (LPUSH, expiring with the claim). The woken waiter's renewal makes it its
-lease; a waiter that died in line, handed the key before its place expired, holds the queue up
-for the claim only, not a whole lease. A free key with live
-waiters is handed on the same way by every script that finds it so (the owner's lease ran
-out): the queue never waits for a poll.
+is never touched). The key then goes straight to the head live waiter: ``owner = head`` with
+the lease that waiter asked for, a new token, and its wake list gets the token (LPUSH, expiring
+with that lease). A free key with live waiters is handed on the same way by every script that
+finds it so (the owner's lease ran out): the queue never waits for a poll.
 
 ``renew(waiter, lease_ms)``: ``PEXPIRE`` the owner key only if the waiter still owns it
 (reply ``1``), else ``0``. ``refresh(waiter, lease_ms, place_ms)`` keeps whatever the waiter
@@ -179,15 +173,11 @@ local function hand_on()
   if not head then
     return
   end
-  -- Held for a claim, not the whole lease, until the woken waiter's renewal (within a third
-  -- of the claim) or its asking again makes it its lease: one that died in line holds the
-  -- queue up for the claim only. A third of its lease, 1 s at least (claim_ms in _lockcalls).
   local lease_ms = tonumber(redis.call('HGET', leases_key, head))
-  local claim_ms = math.min(lease_ms, math.max(math.floor(lease_ms / 3), 1000))
-  local token = grant(head, claim_ms)
+  local token = grant(head, lease_ms)
   local wake_key = wake_prefix .. head
   redis.call('LPUSH', wake_key, int(token))
-  redis.call('PEXPIRE', wake_key, int(claim_ms))
+  redis.call('PEXPIRE', wake_key, int(lease_ms))
 end
 
 -- Take a place at the tail (once), or renew the place already taken.

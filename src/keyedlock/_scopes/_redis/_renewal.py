@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import os
 import threading
 import weakref
@@ -147,7 +146,6 @@ class Renewer:
         "_busy",
         "_chores",
         "_cond",
-        "_hurry",
         "_later",
         "_members",
         "_pid",
@@ -166,8 +164,6 @@ class Renewer:
         self._thread: threading.Thread | None = None
         self._busy = False
         self._pid = os.getpid()
-        #: The next round comes by this time at the latest (see :meth:`hurry`).
-        self._hurry = math.inf
 
     def add(self, member: Renewable) -> None:
         """Renew ``member``'s leases from now on (for as long as it lives)."""
@@ -175,15 +171,6 @@ class Renewer:
             self._members.add(member)
             self._start()
             self._cond.notify()  # its period may be shorter than the current one
-
-    def hurry(self, by: float) -> None:
-        """Run the next round by ``by`` (a ``monotonic()`` time) at the latest: a key held
-        for a short claim gets its lease in it, unless released first."""
-        with self._cond:
-            if by < self._hurry:
-                self._hurry = by
-                self._start()
-                self._cond.notify()
 
     def chore(self, link: Link, call: Call, retry_for: float = 0.0) -> None:
         """Send ``call`` soon, from the renewal thread (its reply and errors are ignored).
@@ -239,7 +226,7 @@ class Renewer:
         with self._cond:
             while True:
                 period = min((m.period for m in self._members), default=1.0)
-                due = min(due, monotonic() + period, self._hurry)
+                due = min(due, monotonic() + period)
                 left = due - monotonic()
                 if self._chores or self._reporting or left <= 0:
                     break
@@ -255,8 +242,6 @@ class Renewer:
         try:
             if monotonic() >= due:  # (first: the leases' time runs; reports and chores wait)
                 due = monotonic() + period
-                with self._cond:
-                    self._hurry = math.inf
                 self._round(list(self._members), period)
             if reporting:
                 _report(reporting)
@@ -331,7 +316,6 @@ class Renewer:
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
-        self._hurry = math.inf
 
 
 #: The renewal thread of this process.
