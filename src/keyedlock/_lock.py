@@ -216,13 +216,12 @@ class KeyedLock(RunMixin):
             ctx._owner = thread_owners.token  # blocking_owner(), written out: every acquire()
         else:
             ctx._owner = blocking_owner("a blocking acquire(key)")  # raises
+        if ctx._timeout == 0 and describe_owner(ctx._owner)[0] == "trio":
+            note_trio_run(trio_lowlevel[0])  # (as in acquire_async)
         try:
             acquired = self._backend.acquire(ctx, ctx._timeout)
-            if acquired:
-                if ctx._timeout == 0 and describe_owner(ctx._owner)[0] == "trio":
-                    note_trio_run(trio_lowlevel[0])  # (as in acquire_async)
-                if self._timed:
-                    self._recorded(ctx)
+            if acquired and self._timed:
+                self._recorded(ctx)
             return acquired
         except LockTimeout:  # a scope that says why (a manager that did not answer, say)
             ctx._undo()
@@ -241,13 +240,14 @@ class KeyedLock(RunMixin):
         ctx._phase = ENTERED
         ctx._watched = True  # taken by acquire(): it may outlive its owner
         runtime, ctx._owner = async_owner()
+        if runtime == TRIO:
+            # Before it may hold the key (a waiter may watch it as soon as it is handed
+            # the key): its end can then be watched from any thread.
+            note_trio_run(trio_lowlevel[0])
         try:
             acquired = bool(await ctx._acquire_async(runtime, False))
-            if acquired:
-                if runtime == TRIO:
-                    note_trio_run(trio_lowlevel[0])  # its end can be watched from any thread
-                if self._timed:
-                    self._recorded(ctx)
+            if acquired and self._timed:
+                self._recorded(ctx)
             return acquired
         except LockTimeout:  # a scope that says why (a manager that did not answer, say)
             ctx._undo()

@@ -9,8 +9,7 @@ uncontended path until a lock's statistics are first asked for (see
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field, fields
-from types import MappingProxyType
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["FlightStatistics", "LockStatistics", "Owner"]
@@ -36,23 +35,31 @@ class Owner:
     host: str | None = None
 
 
-class _Snapshot:
-    """A frozen snapshot whose counts by runtime are a read-only mapping, like the rest.
+class _Counts(dict[str, int]):
+    """Counts by runtime in a snapshot: a dict that refuses changes (TypeError), so that the
+    snapshot is frozen all through; it copies, pickles and converts (``dataclasses.asdict``)
+    as a dict does."""
 
-    (Given any mapping, it keeps a read-only copy: hashing leaves it out, and pickling
-    gives a plain dict back to the constructor.)
-    """
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> Any:
+        raise TypeError("a statistics snapshot does not change")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return type(self), (dict(self),)
+
+
+class _Snapshot:
+    """A frozen snapshot whose counts by runtime are read-only too (a copy of what it was
+    given: hashing leaves them out)."""
 
     __slots__ = ()
 
     def _freeze(self, name: str) -> None:
-        object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        values = (getattr(self, each.name) for each in fields(self))  # type: ignore[arg-type]
-        return type(self), tuple(
-            dict(value) if isinstance(value, MappingProxyType) else value for value in values
-        )
+        object.__setattr__(self, name, _Counts(getattr(self, name)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,42 @@ def test_waiters_in_other_threads_of_an_ended_trio_task_raise(lock: KeyedLock, t
 
 
 @pytest.mark.usefixtures("local")
+def test_a_trio_task_handed_the_key_is_watched_before_it_resumes(lock: KeyedLock) -> None:
+    """The key reaches a trio task (its run's first acquire) while its run is busy; a thread
+    queues behind it before it resumes: the run was noted when the task began to wait."""
+    parked, gate = threading.Event(), threading.Event()
+    assert lock.acquire("k")
+
+    async def run() -> None:
+        async def taker() -> None:
+            assert await lock.acquire_async("k")  # and ends holding it
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(taker)
+            await wait_waiters_async(lock, "k", 1)
+            parked.set()
+            assert gate.wait(WAIT)  # (blocks the run: the taker cannot resume meanwhile)
+
+    holding = start_thread(lambda: trio.run(run), "trio run")
+    assert parked.wait(WAIT)
+    lock.release("k")  # handed to the taker, which has not resumed
+    before = lock.waiters("k")  # (a wide scope counts the taker until it holds there too)
+
+    def wait_in_a_thread() -> object:
+        with lock("k", timeout=WAIT):
+            return "entered"
+
+    waiter = start_thread(wait_in_a_thread, "thread waiter")
+    wait_waiters(lock, "k", before + 1)
+    gate.set()
+    holding.result()
+    with pytest.raises(Abandoned, match="trio task"):
+        waiter.result()
+    lock.release("k")
+    assert len(lock) == 0
+
+
+@pytest.mark.usefixtures("local")
 def test_a_trio_task_that_ends_holding(lock: KeyedLock) -> None:
     outcomes: list[str] = []
 

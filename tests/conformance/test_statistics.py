@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import os
@@ -58,6 +59,10 @@ def test_a_snapshot_pickles() -> None:
     assert pickle.loads(pickle.dumps(flight)) == flight
     with pytest.raises(TypeError):
         flight.followers_by_runtime["asyncio"] = 2  # type: ignore[index]
+    assert copy.deepcopy(stats) == stats
+    assert dataclasses.asdict(stats)["waiters_by_runtime"] == {"thread": 2, "trio": 1}
+    assert dataclasses.astuple(flight)[5] == {"asyncio": 1}
+    assert repr(stats).endswith("waiters_by_runtime={'thread': 2, 'trio': 1})")
 
 
 def test_holder_time_and_waiters_by_runtime(
