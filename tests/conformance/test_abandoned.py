@@ -21,7 +21,7 @@ import trio
 
 from keyedlock import Abandoned, KeyedLock, KeyedLockError
 
-from ..support import WAIT, start_thread, wait_waiters, wait_waiters_async
+from ..support import WAIT, ThreadHandle, start_thread, wait_waiters, wait_waiters_async
 from .scopes import Scope, differs
 from .test_warn_after import Records
 
@@ -60,6 +60,45 @@ def ended_asyncio_holder(lock: KeyedLock, key: str) -> None:
     assert lock.locked(key)
 
 
+def waiter_in(lock: KeyedLock, runtime: str) -> ThreadHandle[object]:
+    """A caller waiting for "k" in ``runtime`` (thread, asyncio or trio), in a thread of its
+    own; its result() is "entered", or what its wait raised."""
+
+    def in_a_thread() -> object:
+        with lock("k", timeout=WAIT):
+            return "entered"
+
+    async def in_a_task() -> object:
+        async with lock("k"):
+            return "entered"
+
+    run: dict[str, Callable[[], object]] = {
+        "thread": in_a_thread,
+        "asyncio": lambda: asyncio.run(in_a_task()),
+        "trio": lambda: trio.run(in_a_task),
+    }
+    return start_thread(run[runtime], f"{runtime} waiter")
+
+
+def end_holder_and_expect_abandoned(
+    lock: KeyedLock,
+    end: threading.Event,
+    holding: ThreadHandle[None],
+    waiters: list[ThreadHandle[object]],
+    match: str,
+) -> None:
+    """Let the holder's task end (holding "k"): every waiter raises Abandoned, nothing is
+    left queued, and release("k") frees the key."""
+    end.set()
+    holding.result()
+    for waiter in waiters:
+        with pytest.raises(Abandoned, match=match):
+            waiter.result()
+    assert lock.waiters("k") == 0
+    lock.release("k")
+    assert len(lock) == 0
+
+
 @pytest.mark.usefixtures("local")
 def test_callers_of_a_key_left_by_an_ended_task_raise(lock: KeyedLock, records: Records) -> None:
     ended_asyncio_holder(lock, "k")
@@ -88,28 +127,9 @@ def test_waiters_queued_when_the_task_ends_raise(lock: KeyedLock) -> None:
 
     holding = start_thread(lambda: asyncio.run(holder()), "holder loop")
     assert entered.wait(WAIT)
-
-    def wait_in_a_thread() -> object:
-        with lock("k", timeout=WAIT):
-            return "entered"
-
-    async def wait_in_trio() -> object:
-        async with lock("k"):
-            return "entered"
-
-    waiters = [
-        start_thread(wait_in_a_thread, "thread waiter"),
-        start_thread(lambda: trio.run(wait_in_trio), "trio waiter"),
-    ]
+    waiters = [waiter_in(lock, "thread"), waiter_in(lock, "trio")]
     wait_waiters(lock, "k", 2)
-    end.set()
-    holding.result()
-    for waiter in waiters:
-        with pytest.raises(Abandoned):
-            waiter.result()
-    assert lock.waiters("k") == 0
-    lock.release("k")
-    assert len(lock) == 0
+    end_holder_and_expect_abandoned(lock, end, holding, waiters, "asyncio task")
 
 
 @pytest.mark.usefixtures("local")
@@ -128,28 +148,9 @@ def test_waiters_in_other_threads_of_an_ended_trio_task_raise(lock: KeyedLock, t
 
     holding = start_thread(lambda: trio.run(holder), "holder run")
     assert entered.wait(WAIT)
-
-    def wait_in_a_thread() -> object:
-        with lock("k", timeout=WAIT):
-            return "entered"
-
-    async def wait_in_asyncio() -> object:
-        async with lock("k"):
-            return "entered"
-
-    waiters = [
-        start_thread(wait_in_a_thread, "thread waiter"),
-        start_thread(lambda: asyncio.run(wait_in_asyncio()), "asyncio waiter"),
-    ]
+    waiters = [waiter_in(lock, "thread"), waiter_in(lock, "asyncio")]
     wait_waiters(lock, "k", 2)
-    end.set()
-    holding.result()
-    for waiter in waiters:
-        with pytest.raises(Abandoned, match="trio task"):
-            waiter.result()
-    assert lock.waiters("k") == 0
-    lock.release("k")
-    assert len(lock) == 0
+    end_holder_and_expect_abandoned(lock, end, holding, waiters, "trio task")
 
 
 @pytest.mark.usefixtures("local")
@@ -173,19 +174,9 @@ def test_a_trio_task_handed_the_key_is_watched_before_it_resumes(lock: KeyedLock
     assert parked.wait(WAIT)
     lock.release("k")  # handed to the taker, which has not resumed
     before = lock.waiters("k")  # (a wide scope counts the taker until it holds there too)
-
-    def wait_in_a_thread() -> object:
-        with lock("k", timeout=WAIT):
-            return "entered"
-
-    waiter = start_thread(wait_in_a_thread, "thread waiter")
+    waiter = waiter_in(lock, "thread")
     wait_waiters(lock, "k", before + 1)
-    gate.set()
-    holding.result()
-    with pytest.raises(Abandoned, match="trio task"):
-        waiter.result()
-    lock.release("k")
-    assert len(lock) == 0
+    end_holder_and_expect_abandoned(lock, gate, holding, [waiter], "trio task")
 
 
 @pytest.mark.usefixtures("local")
