@@ -157,17 +157,18 @@ def note_trio_run(lowlevel: Any) -> None:
 def _watch_trio(task: Any) -> bool:
     """Watch a trio task: from inside its own run directly, from elsewhere through the run's
     token (noted when the task acquired); False if neither is possible."""
+    root = _root_of(task)
     if sniffio_local.name == "trio":
         from trio import lowlevel
 
         try:
-            here = _root_of(task) is lowlevel.current_root_task()
+            here = root is lowlevel.current_root_task()
         except RuntimeError:  # not inside a trio task after all
             here = False
         if here:
             _add_to_instrument(task)  # (under _guard: its end is checked by when_ended)
             return True
-    token = _trio_runs.get(_root_of(task))
+    token = _trio_runs.get(root)
     if token is None:
         return False
     # (trio.RunFinishedError, a RuntimeError: the run is over, and the task with it, which

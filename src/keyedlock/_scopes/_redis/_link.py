@@ -37,7 +37,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from ..._ki import internal
-from ._failures import DOWN, NoAnswer, RedisUnavailable, cluster_node_error, where
+from ._failures import DOWN, NoAnswer, RedisUnavailable, where
 from ._linkasync import AsyncCalls
 from ._loops import MARGIN, Late, LoopClients, async_client_for, pop_block, url_options
 from ._lua import Call
@@ -178,10 +178,8 @@ class Link(AsyncCalls):
                     script = ("SCRIPT", "LOAD", call.script.source)
                     self._exec(pool, script, self._left(pool, deadline))
                 except redis.exceptions.AskError as exc:  # MOVED too: the slot map changed
-                    if not self.cluster:
-                        raise cluster_node_error(exc, self.server) from exc
-                    if attempt == 3:
-                        raise
+                    if not self.cluster or attempt == 3:
+                        self.moved(exc)
                     self.client.nodes_manager.initialize()
             raise AssertionError("unreachable")  # pragma: no cover
         except Late as exc:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sys
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import redis.exceptions
 
@@ -40,6 +40,13 @@ class AsyncCalls:
     ) -> RedisUnavailable:
         raise NotImplementedError
 
+    def moved(self, exc: redis.exceptions.AskError) -> NoReturn:
+        """Raise for a MOVED or ASK reply: a cluster client's own (its slot map changed), or,
+        from a server not known as a cluster, the error saying to pass a cluster client."""
+        if self.cluster:
+            raise exc
+        raise cluster_node_error(exc, self.server) from exc
+
     def run(self, call: Call, wait: float | None = None) -> Any:
         raise NotImplementedError
 
@@ -61,17 +68,13 @@ class AsyncCalls:
             except DOWN as exc:
                 raise self.unavailable(exc) from exc
             except redis.exceptions.AskError as exc:  # (MOVED too)
-                if self.cluster:
-                    raise
-                raise cluster_node_error(exc, self.server) from exc
+                self.moved(exc)
         bound = asyncio.timeout(max(wait, 0.001))
         try:
             async with bound:
                 return await side.run(call)
-        except redis.exceptions.AskError as exc:  # (as above)
-            if self.cluster:
-                raise
-            raise cluster_node_error(exc, self.server) from exc
+        except redis.exceptions.AskError as exc:
+            self.moved(exc)
         except DOWN as exc:
             if bound.expired():
                 late = Late(f"within {wait:.3g} s")
