@@ -65,7 +65,7 @@ class Call:
     @property
     def taken_over(self) -> bool:
         """The current leader was a follower handed the lead (its state says GRANTED)."""
-        return getattr(self.leader, "state", None) == GRANTED
+        return self.leader._state == GRANTED
 
 
 class FlightMachine(RuleBasedStateMachine):
