@@ -5,9 +5,11 @@ event loops: callers join a key (``enqueue``), followers withdraw (a cancellatio
 finish with a value or an error (``finish``) or give up (``release``: a cancelled leader, whose
 earliest follower takes over), a follower is cancelled in the very instant it is handed the
 lead (asyncio passes it on, trio keeps it), the wake of a follower taking over is lost (its
-loop closed), keys are forgotten while a call runs (the detached call must never disturb the
-newer one), and a fake clock moves for ``ttl``. Each follower brings a fake ``wake`` that
-counts its calls; some report that their runtime is gone.
+loop closed), a leader standing for several callers passes the call to one of them
+(``take_over``, waiting again for the others or not), keys are forgotten while a call runs
+(the detached call must never disturb the newer one), and a fake clock moves for ``ttl``.
+Each follower brings a fake ``wake`` that counts its calls; some report that their runtime
+is gone.
 
 Invariants: one leader per busy key and no entry for idle keys; every call's live followers are
 queued behind its leader in arrival order, reachable from it and counted exactly; followers
@@ -227,6 +229,39 @@ class FlightMachine(RuleBasedStateMachine):
         else:
             assert self.table.withdraw(call.key, leader) == GRANTED
             assert leader._state == GRANTED
+
+    @precondition(lambda self: self.calls)
+    @rule(data=st.data(), again=st.booleans())
+    def take_over(self, data: st.DataObject, again: bool) -> None:
+        """The leader stands for several callers (an asyncio herd handed the call): one of
+        them leads in its place with a hold of its own. With ``again`` the old hold waits
+        again, first in line, for the others; else it is done. A detached call's first
+        leader cannot be taken over (it is no longer the key's entry, and was never handed
+        the call): nothing changes."""
+        call = data.draw(st.sampled_from(self.calls))
+        old = call.leader
+        new = Hold(owner=object())
+        self.wakes[new] = 0
+        wake = self.wake_for(old, True) if again else None
+        leads = old._state == GRANTED or not call.detached
+        assert self.table.take_over(call.key, old, new, wake) == leads
+        if not leads:
+            assert new._state == IDLE
+            return
+        # The new hold is the earliest of the callers the old one stood for, which stands
+        # for the later ones (if it waits again); it only passed the call on.
+        at = next(i for i, (_, h) in enumerate(self.joined) if h is old)
+        self.joined.insert(at, (call.key, new))
+        assert new._state == GRANTED
+        call.leader = new
+        call.leaders[-1] = new
+        if again:
+            assert old._state == WAITING
+            self.wakes[old] = 0  # a waiter again, woken once more
+            self.dead.discard(old)
+            call.followers.insert(0, old)
+        else:
+            assert old._state == RELEASED
 
     @precondition(lambda self: self.taken_over())
     @rule(

@@ -19,11 +19,11 @@ call when it ends. With ``ttl`` a successful value is kept for reuse.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Final
 
 from .._ki import internal
-from ._hold import GRANTED, IDLE, RELEASED, Hold, Record
+from ._hold import GRANTED, IDLE, RELEASED, WAITING, Hold, Record, new_queue
 from ._keytable import KeyTable
 
 __all__ = ["MISS", "FlightTable"]
@@ -106,6 +106,44 @@ class FlightTable(KeyTable):
     ) -> bool:
         """The leader's call ended with ``outcome``: :meth:`conclude` with it."""
         return self.conclude(key, leader, outcome, value, now)
+
+    def take_over(
+        self, key: Hashable, leader: Hold, hold: Hold, wake: Callable[[], bool] | None = None
+    ) -> bool:
+        """``hold`` (a new one) leads the call for ``key`` in place of ``leader``.
+
+        For a waiter that stands for several callers: handed the call, it
+        passes it to the one of them that runs it. With ``wake``, ``leader``
+        waits again for the others, first in line behind ``hold`` (``wake`` as
+        :meth:`enqueue` takes it); without, it is done. True if ``hold`` leads
+        now; False (nothing changes) if ``leader`` does not lead the call.
+        """
+        with self._guard:
+            state = leader._state
+            holds = self._holds
+            is_entry = key in holds and holds[key] is leader
+            if state != GRANTED and not (state == IDLE and is_entry):
+                return False
+            queue = leader._waiters
+            if wake is not None and queue is None:
+                queue = new_queue()
+            # The new leader first: an interrupt anywhere leaves ``hold`` leading or not,
+            # never the key without a leader (``hold`` concluding gives it up either way).
+            hold._waiters = queue
+            if is_entry:
+                holds[key] = hold
+            hold._state = GRANTED
+            leader._waiters = None
+            if wake is None:
+                leader._state = RELEASED
+            else:  # (as enqueue() queues a hold, at the front)
+                assert queue is not None
+                leader._wake = wake
+                leader._queue = queue
+                leader._state = WAITING
+                queue.live += 1
+                queue.appendleft(leader)
+        return True
 
     def cached(self, key: Hashable, now: float) -> object:
         """A value kept for ``key`` that is still fresh at ``now``, else MISS.

@@ -45,6 +45,7 @@ from ._detect import (
     trio_lowlevel,
 )
 from ._ends import has_ended, note_trio_run, when_ended
+from ._herd import AsyncioHerd, Herds, HerdTicket
 from ._offload import Finished, Offload
 from ._pool import OffloadPool
 from ._ready import READY
@@ -57,8 +58,11 @@ __all__ = [
     "READY",
     "TRIO",
     "WAKE_UP",
+    "AsyncioHerd",
     "AsyncioWaker",
     "Finished",
+    "HerdTicket",
+    "Herds",
     "Offload",
     "OffloadPool",
     "ThreadToken",

@@ -256,6 +256,9 @@ def describe_owner(owner: object) -> tuple[str, str | None]:
     if type(owner).__module__.startswith("trio"):
         name = getattr(owner, "name", None)
         return "trio", name if isinstance(name, str) else None
+    stands_for = getattr(type(owner), "stands_for", None)  # (a group of callers: a herd)
+    if isinstance(stands_for, str):
+        return stands_for, None
     return "unknown", None
 
 

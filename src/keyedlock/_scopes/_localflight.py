@@ -1,7 +1,8 @@
 """Single-flight in the process scope: calls in flight live in a ``FlightTable`` of the core.
 
 The leader of a key's call is the key's holder in the table; followers are
-its waiters, parked by the runtime adapters. A follower gets the leader's
+its waiters, parked by the runtime adapters (asyncio followers on one loop wait
+as a herd, one waiter for all: see :mod:`keyedlock._runtime._herd`). A follower gets the leader's
 :class:`Outcome`: its value, or a copy of its exception made as the call
 failed (so what the leader's caller does to its own exception afterwards,
 notes or chaining, never reaches the followers), copied again for each
@@ -15,10 +16,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from time import monotonic
 from typing import Any, Final
 
-from .._core import GRANTED, IDLE, MISS, RELEASED, WAITING, FlightTable, Hold, KeyTable, outcome_of
+from .._core import GRANTED, IDLE, MISS, RELEASED, FlightTable, Hold, outcome_of
 from .._errors import follower_copy
 from .._ki import internal
-from .._runtime import ASYNCIO, READY, park_async, park_asyncio, wait_thread, woken
+from .._runtime import ASYNCIO, READY, AsyncioHerd, Herds, HerdTicket, park_async, wait_thread
 from .._statistics import FlightStatistics
 from ._contract import Outcome
 from ._forking import reset_in_child
@@ -38,13 +39,15 @@ def recursion_error(key: Hashable) -> RuntimeError:
 class LocalFlightBackend:
     """The :class:`~keyedlock._scopes.FlightBackend` of the process scope."""
 
-    __slots__ = ("__weakref__", "table", "ttl")
+    __slots__ = ("__weakref__", "herds", "table", "ttl")
 
     #: Any hashable key is taken as it is.
     map_key: Final = None
 
     def __init__(self, ttl: float) -> None:
         self.table = FlightTable(ttl)
+        #: The asyncio followers of each key's call, on one loop (see AsyncioHerd).
+        self.herds: Herds = {}
         #: (An attribute, not a property: every caller reads it.)
         self.ttl: float = ttl
         reset_in_child(self)
@@ -54,12 +57,13 @@ class LocalFlightBackend:
         with it)."""
         self.table.forked()
         self.table = FlightTable(self.ttl)
+        self.herds = {}
 
     def cached(self, key: Hashable) -> object:
         return self.table.cached(key, monotonic())
 
     #: ``ticket(owner)``: a new hold of the table (the class itself: no frame of ours).
-    ticket: Final[Callable[[object], Hold]] = Hold
+    ticket: Final[Callable[[object], HerdTicket]] = HerdTicket
 
     def join(self, key: Hashable, ticket: Hold) -> None:
         table = self.table
@@ -69,18 +73,42 @@ class LocalFlightBackend:
                 raise recursion_error(key)
             wait_thread(table, key, ticket, None)
 
-    def join_async(self, key: Hashable, ticket: Hold, runtime: int) -> Awaitable[object]:
-        """A plain method returning what to await: READY for the leader, or the adapter's
-        wait (no coroutine of its own: every follower of a herd pays for each layer)."""
+    def join_async(self, key: Hashable, ticket: HerdTicket, runtime: int) -> Awaitable[object]:
+        """A plain method returning what to await: READY for the leader; for an asyncio
+        follower, its future in the key's herd (the call's :class:`Outcome`, or None once
+        the ticket leads); else the adapter's wait. No coroutine of its own: every
+        follower of a herd pays for each layer."""
         table = self.table
         leader = table.take(key, ticket)
         if leader is ticket:
             return READY
         owner: Any = ticket._owner
+        if runtime == ASYNCIO:
+            # The herd's checks, written out: every follower of a herd pays for each call.
+            # A follower joins the key's herd only while the herd is last in the key's
+            # queue: its followers are then in arrival order with every other waiter.
+            herd = self.herds.get(key)
+            if herd is not None and not herd.closed and herd.loop is owner.get_loop():
+                queue = leader._waiters
+                try:  # (another thread may conclude the call, and empty its queue, meanwhile)
+                    last = queue is herd.hold._queue and queue[-1] is herd.hold
+                except IndexError:
+                    last = False
+                if last:
+                    if leader._owner == owner:
+                        raise recursion_error(key)
+                    return herd.add(ticket)
+            if leader._owner == owner:
+                raise recursion_error(key)
+            herd = AsyncioHerd(self.herds, table, key, owner)
+            ticket.herd = herd  # (from here an interrupt leaves through the herd: see leave)
+            if herd.enqueue():
+                self.herds[key] = herd
+                return herd.add(ticket)
+            table.take_over(key, herd.hold, ticket)  # the call ended meanwhile: it leads
+            return READY
         if leader._owner == owner:
             raise recursion_error(key)
-        if runtime == ASYNCIO:
-            return _follow_asyncio(table, key, ticket, owner)
         return park_async(table, key, ticket, None, runtime, owner)
 
     def leads(self, ticket: Hold) -> bool:
@@ -100,6 +128,11 @@ class LocalFlightBackend:
         state = ticket._state
         if state != IDLE and state != GRANTED:
             return False  # a follower (or concluded already): nothing to do
+        if state == IDLE:
+            herd = getattr(ticket, "herd", None)
+            if herd is not None:  # a follower that left its herd (cancelled, interrupted)
+                herd.leave(ticket)
+                return False
         table = self.table
         if done:
             now = monotonic() if table.ttl and keep else 0.0
@@ -118,13 +151,26 @@ class LocalFlightBackend:
         return self.table.locked(key)
 
     def waiters(self, key: Hashable) -> int:
-        return self.table.waiters(key)
+        return len(self._snapshot(key)[1])
+
+    def _snapshot(self, key: Hashable) -> tuple[Hold | None, list[Hold]]:
+        """The call's leader and its followers, in arrival order: a herd's one place in the
+        queue stands for the tickets of its followers."""
+        leader, waiting = self.table.snapshot(key)
+        followers: list[Hold] = []
+        for hold in waiting:
+            herd = hold._owner
+            if isinstance(herd, AsyncioHerd):
+                followers.extend(herd.waiting())
+            else:
+                followers.append(hold)
+        return leader, followers
 
     def busy(self) -> int:
         return len(self.table)
 
     def statistics(self, key: Hashable, shown: Hashable) -> FlightStatistics:
-        leader, waiting = self.table.snapshot(key)
+        leader, waiting = self._snapshot(key)
         return FlightStatistics(
             key=shown,
             in_flight=leader is not None,
@@ -137,32 +183,3 @@ class LocalFlightBackend:
 
     def keys(self) -> list[Hashable]:
         return self.table.busy_keys()
-
-
-async def _follow_asyncio(table: KeyTable, key: Hashable, ticket: Hold, task: Any) -> object:
-    """An asyncio follower's wait: the call's :class:`Outcome` once it concludes, or None if
-    the ticket took the call over (it leads now).
-
-    ``wait_asyncio`` with no deadline, written out with the outcome read at the end: every
-    follower of a herd pays for each frame. Whatever escapes (cancellation, an interrupt)
-    withdraws the ticket, and passes the call on if it was handed over in the same instant.
-    """
-    try:
-        fut = park_asyncio(table, key, ticket, task)
-        if fut is None:
-            return None  # the call ended meanwhile: this ticket leads the next one
-        before = task.cancelling()
-        try:
-            await fut
-        except BaseException as exc:
-            if not woken(exc, fut, task, before):  # the task itself was cancelled
-                raise
-        if ticket._state == WAITING:  # still queued when woken: the call concluded
-            outcome = outcome_of(ticket)
-            if outcome is None:  # (never: a waiter is decided before it is woken)
-                table.cancel(key, ticket)
-            return outcome
-        return None  # handed the call (it took over)
-    except BaseException:
-        table.cancel(key, ticket)
-        raise

@@ -1,0 +1,258 @@
+"""asyncio followers of one single-flight call on one loop, queued as one waiter (a *herd*).
+
+Followers of a call all wait for the same thing, its outcome, so they need no
+place each in the key's queue. The first asyncio follower on a loop queues one
+hold for all of them (the herd's); the ones after it only add a future of their
+own to the herd: no hold queued, no guard taken, no frame of ours while they
+wait. When the core wakes the herd's hold, one wake-up on the loop resolves
+every follower's future with the call's outcome, in arrival order.
+
+A cancelled follower leaves alone: its own future is cancelled, the others'
+are not, and the herd skips it. If the herd is handed the call (its leader gave
+up), the earliest follower still waiting takes it over
+(``FlightTable.take_over``) and the herd waits again, first in line behind it;
+if that follower is cancelled before it runs, it gives the call up to the herd
+again, as any leader would.
+
+Everything a herd does after it is queued runs on its loop's thread: the
+core's wake from another thread only resolves the herd's *anchor* future there
+(through :class:`~keyedlock._runtime._asyncio.AsyncioWaker`), whose callback
+wakes the herd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Any, Final
+
+from .._core import GRANTED, WAITING, FlightTable, Hold
+from .._ki import internal
+from ._asyncio import AsyncioWaker
+from ._detect import get_ident, running_loop
+
+__all__ = ["AsyncioHerd", "HerdTicket", "Herds"]
+
+#: Done futures of followers that left are dropped from a herd once it has this many
+#: entries, and again each time its entries double.
+_COMPACT_AT = 64
+
+
+@internal
+class HerdTicket(Hold):
+    """A caller's hold that may follow a call in a herd: ``herd``, set once it joins one
+    (never cleared), and ``fut``, its future there while it counts as a follower."""
+
+    __slots__ = ("fut", "herd")
+
+    herd: AsyncioHerd
+    fut: asyncio.Future[Any] | None
+
+
+@internal
+class AsyncioHerd:
+    """The asyncio followers of the call for ``key`` on one loop: one hold in the queue.
+
+    The scope queues it (:meth:`enqueue`), adds followers (:meth:`add`: each
+    awaits the future it gets, resolved with the call's outcome, or with None
+    once its ticket leads the call) and tells it of those that stop waiting
+    otherwise (:meth:`leave`).
+
+    Interrupts: every step is safe to stop at any point where a signal can land
+    (after a call, at a function's entry), and the wake-up (:meth:`_wake`)
+    resumes where an interrupt stopped it (a take-over is recorded in
+    :attr:`claim` before it starts). On the loop's thread the core wakes again
+    after an interrupt; from another thread the anchor runs :meth:`_wake`
+    twice, and the second call finishes the first or finds nothing left to do.
+    An interrupted follower leaves through :meth:`leave`, safe to call again.
+    """
+
+    #: The runtime of the callers it stands for (see ``describe_owner``).
+    stands_for: Final = "asyncio"
+
+    __slots__ = (
+        "anchor",
+        "claim",
+        "closed",
+        "compact_at",
+        "count",
+        "herds",
+        "hold",
+        "key",
+        "loop",
+        "members",
+        "new_future",
+        "table",
+    )
+
+    def __init__(
+        self, herds: Herds, table: FlightTable, key: Hashable, task: asyncio.Task[Any]
+    ) -> None:
+        self.herds = herds
+        self.table = table
+        self.key = key
+        self.loop = loop = task.get_loop()
+        #: ``loop.create_future``, without its Python frame for asyncio's own loops.
+        self.new_future: Callable[[], asyncio.Future[Any]] = (
+            partial(asyncio.Future, loop=loop)
+            if type(loop).create_future is asyncio.BaseEventLoop.create_future
+            else loop.create_future
+        )
+        #: The herd's place in the queue. Its owner is the herd (no task: a follower that
+        #: left may call again, and must not find itself holding or waiting).
+        self.hold = Hold(self)
+        #: The followers, in arrival order: (future, ticket).
+        self.members: list[tuple[asyncio.Future[Any], HerdTicket]] = []
+        self.compact_at = _COMPACT_AT
+        #: Followers that have not left; the last to leave withdraws the herd.
+        self.count = 0
+        #: True once woken with the outcome, passed on or withdrawn: nobody joins any more.
+        self.closed = False
+        #: A take-over begun: (index of the follower taking the call, whether the herd
+        #: waits again for the others).
+        self.claim: tuple[int, bool] | None = None
+        #: The future the herd's waker resolves (see :meth:`_waker`).
+        self.anchor: asyncio.Future[None]
+
+    def _waker(self) -> _HerdWaker:
+        """A new anchor, and the waker that resolves it (on the loop, or from elsewhere)."""
+        self.anchor = anchor = self.new_future()
+        anchor.add_done_callback(self._wake)
+        anchor.add_done_callback(self._wake)  # (the second finishes an interrupted first)
+        waker = _HerdWaker()
+        waker.herd = self
+        waker.loop = self.loop
+        waker.fut = anchor
+        waker.table = self.table
+        waker.key = self.key
+        waker.hold = self.hold
+        waker.answer = None
+        return waker
+
+    def enqueue(self) -> bool:
+        """Queue the herd's hold behind the call; False if the key was free (the call
+        ended meanwhile): the hold took it (see ``LocalFlightBackend.join_async``)."""
+        return not self.table.enqueue(self.key, self.hold, self._waker())
+
+    def add(self, ticket: HerdTicket) -> asyncio.Future[Any]:
+        """A new follower, with its ``ticket``: the future it awaits."""
+        fut = self.new_future()
+        # Linked (one run, no call in it) before it is listed: interrupted in between,
+        # it leaves as any follower does, and is never listed without being counted.
+        ticket.herd = self
+        ticket.fut = fut
+        self.count += 1
+        members = self.members
+        members.append((fut, ticket))
+        if len(members) >= self.compact_at:
+            self._compact()
+        return fut
+
+    def _compact(self) -> None:
+        """Drop the followers that left (cancelled: their futures are done; or gone)."""
+        self.members = kept = [(f, t) for f, t in self.members if t.fut is f and not f.done()]
+        self.compact_at = max(_COMPACT_AT, 2 * len(kept))
+
+    def leave(self, ticket: HerdTicket) -> None:
+        """A follower stopped waiting without the outcome (cancelled, interrupted)."""
+        if getattr(ticket, "fut", None) is not None:  # (unset: it left before it was added)
+            # One run, no call in it; the wake-up skips it from here on (its future may
+            # still be pending: an interrupt, not a cancellation, ended its wait).
+            self.count -= 1
+            ticket.fut = None
+        if not self.count and not self.closed:  # the last one: the herd leaves the queue
+            self.table.cancel(self.key, self.hold)  # (handed the call meanwhile: passed on)
+            self._close()
+
+    def _wake(self, _anchor: object) -> None:
+        """The core woke the herd's hold: every follower gets the outcome, or the earliest
+        still waiting takes the call over."""
+        if self.closed:
+            return
+        if self.claim is not None:
+            self._take_over()
+            return
+        hold = self.hold
+        state = hold._state
+        if state == WAITING:
+            outcome = hold._queue.outcome
+            if outcome is None:
+                return  # waiting again (the first call of this wake-up took the call over)
+            for fut, ticket in self.members:
+                if ticket.fut is fut and not fut.done():
+                    fut.set_result(outcome)
+            self._close()
+        elif state == GRANTED:
+            members = self.members
+            live = [i for i, (fut, t) in enumerate(members) if t.fut is fut and not fut.done()]
+            if live:
+                self.claim = (live[0], len(live) > 1)
+                self._take_over()
+            else:  # everyone left: pass the call on
+                self.table.conclude(self.key, hold, None)
+                self._close()
+        else:  # given up, or withdrawn (an interrupted wake-up finished by the other)
+            self._close()
+
+    def _take_over(self) -> None:
+        """The follower of :attr:`claim` leads the call; the others wait again, or not."""
+        assert self.claim is not None
+        first, again = self.claim
+        fut, ticket = self.members[first]
+        if self.hold._state == GRANTED:  # (not yet)
+            waker = self._waker() if again else None
+            self.table.take_over(self.key, self.hold, ticket, waker)
+        if not fut.done():
+            fut.set_result(None)  # its ticket leads
+        # One run, no call in it: the follower is no longer one, and the claim is done.
+        if ticket.fut is not None:  # (else it left meanwhile: see leave)
+            ticket.fut = None
+            self.count -= 1
+        self.members = self.members[first + 1 :]
+        self.claim = None
+        if not again:
+            self._close()
+
+    def _close(self) -> None:
+        """Nobody joins any more: out of the scope's herds. Its followers are let go of (a
+        ticket refers to its herd: no cycle is left for the collector)."""
+        herds = self.herds
+        if herds.get(self.key) is self:
+            del herds[self.key]
+        self.closed = True
+        self.members = []
+
+    def waiting(self) -> list[Hold]:
+        """The tickets of the followers waiting in the herd, in arrival order."""
+        return [ticket for fut, ticket in self.members if ticket.fut is fut and not fut.done()]
+
+
+@internal
+class _HerdWaker(AsyncioWaker):
+    """The waker of a herd's hold. On the loop's thread it wakes the herd at once (the
+    core calls a waker again if an interrupt stops it: the herd's wake-up resumes);
+    from another thread it resolves the anchor there, as an :class:`AsyncioWaker` does,
+    and a herd whose loop is closed (it can never be woken) is dropped."""
+
+    __slots__ = ("herd",)
+
+    herd: AsyncioHerd
+
+    def __call__(self) -> bool:
+        loop = self.loop
+        try:  # on_loop_thread(loop), inlined as in AsyncioWaker
+            here = loop._thread_id == get_ident()  # type: ignore[attr-defined]
+        except AttributeError:  # a loop that does not record its thread
+            here = running_loop() is loop
+        if here:
+            self.herd._wake(None)
+            return True
+        answer = AsyncioWaker.__call__(self)
+        if not answer:
+            self.herd._close()
+        return answer
+
+
+#: The herd of each key's call (one loop's; followers on other loops wait on their own).
+Herds = dict[Hashable, AsyncioHerd]

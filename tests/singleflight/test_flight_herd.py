@@ -1,0 +1,336 @@
+"""asyncio followers of one call wait as a herd: one place in the key's queue for all of them.
+
+A herd is how the process scope parks asyncio followers (trio tasks and threads wait one by
+one), so these tests run on asyncio alone; what they check is the same behaviour every
+runtime has (see test_flight_cancel.py, which runs on all): a follower that leaves changes
+nothing for the others, the earliest follower still waiting takes a call over, in arrival
+order with followers of other runtimes, and nothing is left behind once the call ends. Each
+test also checks the herd itself (how many places it takes, that it is gone at the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from keyedlock import Result, SingleFlight
+from keyedlock._core import Hold
+
+from ..support import start_thread, wait_until, wait_until_async
+from .flight_support import wait_followers_async
+
+pytestmark = pytest.mark.timeout(30)
+
+WAIT = 10.0
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def places(sf: SingleFlight, key: str) -> int:
+    """How many places the key's queue has (a herd takes one for all its followers)."""
+    return sf._backend.table.waiters(key)  # type: ignore[attr-defined, no-any-return]
+
+
+class Gate:
+    """A call that waits for its gate and records who ran it."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.gate = asyncio.Event()
+
+    def fn(self, name: str) -> Callable[[], Coroutine[Any, Any, str]]:
+        async def call() -> str:
+            self.ran.append(name)
+            await self.gate.wait()
+            return name
+
+        return call
+
+
+def caller(
+    sf: SingleFlight, gate: Gate, name: str, results: dict[str, Any]
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def main() -> None:
+        try:
+            results[name] = await sf.do_ex("k", gate.fn(name))
+        except asyncio.CancelledError:
+            results[name] = "cancelled"
+            raise
+
+    return main
+
+
+def test_a_herd_takes_one_place_and_every_follower_gets_the_value() -> None:
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        tasks = [asyncio.create_task(caller(sf, gate, f"c{i}", results)()) for i in range(50)]
+        await wait_followers_async(sf, "k", 49)
+        assert places(sf, "k") == 1
+        stats = sf.statistics("k")
+        assert stats.followers == 49
+        assert dict(stats.followers_by_runtime) == {"asyncio": 49}
+        gate.gate.set()
+        await asyncio.gather(*tasks)
+        assert gate.ran == ["c0"]
+        assert results == {f"c{i}": Result("c0", True) for i in range(50)}
+        assert sf._backend.herds == {}  # type: ignore[attr-defined]
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_cancelled_followers_leave_the_herd_and_the_last_one_leaves_the_queue() -> None:
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        followers = [asyncio.create_task(caller(sf, gate, f"f{i}", results)()) for i in range(3)]
+        await wait_followers_async(sf, "k", 3)
+        followers[1].cancel()
+        await wait_followers_async(sf, "k", 2)
+        assert places(sf, "k") == 1
+        for task in (followers[0], followers[2]):
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        assert places(sf, "k") == 0  # the herd left the queue with its last follower
+        assert sf._backend.herds == {}  # type: ignore[attr-defined]
+        gate.gate.set()
+        await leader
+        assert results["leader"] == Result("leader", False)  # nobody shared it
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_the_earliest_follower_still_waiting_takes_over_and_the_herd_follows_it() -> None:
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        names = ["a", "b", "c", "d"]
+        tasks = {n: asyncio.create_task(caller(sf, gate, n, results)()) for n in names}
+        await wait_followers_async(sf, "k", 4)
+        tasks["a"].cancel()
+        await wait_followers_async(sf, "k", 3)
+        leader.cancel()
+        await wait_until_async(lambda: gate.ran == ["leader", "b"], "b takes over")
+        assert places(sf, "k") == 1  # c and d wait again, as a herd, behind b
+        assert sf.statistics("k").followers == 2
+        gate.gate.set()
+        await asyncio.gather(tasks["b"], tasks["c"], tasks["d"])
+        assert results == {
+            "leader": "cancelled",
+            "a": "cancelled",
+            "b": Result("b", True),
+            "c": Result("b", True),
+            "d": Result("b", True),
+        }
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_a_follower_cancelled_once_handed_the_call_passes_it_to_the_next() -> None:
+    """The follower taking a call over is cancelled after the hand-off, before it runs."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate, results = Gate(), dict[str, Any]()
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def leading() -> str:
+            try:
+                await gate.gate.wait()
+            except asyncio.CancelledError:
+                # Queued before the leader gives the call up, which hands it to "a" and
+                # queues a's wake-up: "a" is cancelled once handed the call, before it runs.
+                loop.call_soon(cancel_a)
+                raise
+            return "leader"
+
+        async def lead() -> None:
+            await sf.do("k", leading)
+
+        leaders_seen: list[str | None] = []
+
+        def cancel_a() -> None:
+            leading_now = sf.statistics("k").leader
+            leaders_seen.append(None if leading_now is None else leading_now.name)
+            tasks["a"].cancel()
+
+        leader = asyncio.create_task(lead())
+        await asyncio.sleep(0)
+        for name in ("a", "b", "c"):
+            tasks[name] = asyncio.create_task(caller(sf, gate, name, results)(), name=name)
+        await wait_followers_async(sf, "k", 3)
+        leader.cancel()
+        await wait_until_async(lambda: "b" in gate.ran, "b takes over")
+        assert leaders_seen == ["a"]  # "a" was handed the call when it was cancelled
+        assert gate.ran == ["b"]  # and never ran it
+        assert results["a"] == "cancelled"
+        gate.gate.set()
+        await asyncio.gather(tasks["b"], tasks["c"])
+        assert results["c"] == Result("b", True)
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_a_herd_whose_followers_all_left_passes_a_call_it_is_handed_on() -> None:
+    """Handed the call in the same instant as its last follower leaves: the call passes on."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        follower = asyncio.create_task(caller(sf, gate, "f", results)())
+        await wait_followers_async(sf, "k", 1)
+        # Both cancelled in one step of the loop: the leader gives the call up to the herd
+        # first, then the follower leaves it, before the herd's wake-up runs.
+        leader.cancel()
+        follower.cancel()
+        await asyncio.gather(leader, follower, return_exceptions=True)
+        assert not sf.in_flight("k")
+        assert sf._backend.herds == {}  # type: ignore[attr-defined]
+        gate.gate.set()
+        assert await sf.do("k", gate.fn("next")) == "next"
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_herd_followers_keep_their_turn_among_other_runtimes_followers() -> None:
+    """A thread that queued between two asyncio followers takes the call over before the
+    later one: a follower joins a herd only while the herd is last in the queue."""
+    sf = SingleFlight()
+    release = threading.Event()
+
+    def in_thread() -> Result[str]:
+        def call() -> str:
+            release.wait(WAIT)
+            return "thread"
+
+        return sf.do_sync_ex("k", call)
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        first = asyncio.create_task(caller(sf, gate, "first", results)())
+        await wait_followers_async(sf, "k", 1)
+        thread = start_thread(in_thread, "follower")
+        await wait_followers_async(sf, "k", 2)
+        later = asyncio.create_task(caller(sf, gate, "later", results)())
+        await wait_followers_async(sf, "k", 3)
+        assert places(sf, "k") == 3  # first's herd, the thread, later's herd
+        first.cancel()
+        await wait_followers_async(sf, "k", 2)
+        leader.cancel()
+
+        def thread_leads() -> bool:
+            lead = sf.statistics("k").leader
+            return lead is not None and lead.runtime == "thread"
+
+        await asyncio.to_thread(wait_until, thread_leads, "the thread takes over")
+        release.set()
+        await later
+        assert results["later"] == Result("thread", True)
+        assert await asyncio.to_thread(thread.result) == Result("thread", True)
+        assert gate.ran == ["leader"]
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_many_followers_leaving_one_by_one_leave_no_trace_in_the_herd() -> None:
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        stay = asyncio.create_task(caller(sf, gate, "stay", results)())
+        await wait_followers_async(sf, "k", 1)
+        (herd,) = sf._backend.herds.values()  # type: ignore[attr-defined]
+        for i in range(500):
+            task = asyncio.create_task(caller(sf, gate, f"gone{i}", results)())
+            await wait_followers_async(sf, "k", 2)
+            task.cancel()
+            await wait_followers_async(sf, "k", 1)
+        assert len(herd.members) <= 128  # the ones that left are dropped as it grows
+        gate.gate.set()
+        await asyncio.gather(leader, stay)
+        assert results["stay"] == Result("leader", True)
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_a_herd_on_a_closed_loop_is_dropped_when_a_thread_ends_the_call() -> None:
+    """The loop of a herd is closed with its followers still waiting (never cancelled); the
+    thread leading the call ends it: nothing of the herd is left."""
+    sf = SingleFlight()
+    started, release = threading.Event(), threading.Event()
+
+    def lead() -> str:
+        def call() -> str:
+            started.set()
+            release.wait(WAIT)
+            return "thread"
+
+        return sf.do_sync("k", call)
+
+    thread = start_thread(lead, "leader")
+    assert started.wait(WAIT)
+    loop = asyncio.new_event_loop()
+    try:
+        follower = loop.create_task(sf.do("k", lambda: "never"))
+        loop.run_until_complete(wait_followers_async(sf, "k", 1))
+        assert sf._backend.herds  # type: ignore[attr-defined]
+    finally:
+        loop.close()  # the follower is still waiting: it will never run again
+    release.set()
+    assert thread.result() == "thread"
+    assert sf._backend.herds == {}  # type: ignore[attr-defined]
+    assert len(sf) == 0
+    assert not follower.done()
+
+
+def test_a_call_that_ends_as_the_herd_queues_is_led_by_the_caller() -> None:
+    """The call a follower saw ends before its herd is queued (in another thread, in real
+    life): the herd's place took the key, and the caller leads in its place."""
+    sf = SingleFlight()
+    table = sf._backend.table  # type: ignore[attr-defined]
+    gone = Hold(object())  # a leader whose call has ended: the key is free again
+    real_take = table.take
+    table.take = lambda key, hold: gone  # what the caller saw
+
+    def mine() -> str:
+        table.take = real_take
+        leader = sf.statistics("k").leader
+        task = asyncio.current_task()
+        assert leader is not None
+        assert task is not None
+        assert leader.name == task.get_name()  # the caller holds the key, not the herd
+        return "mine"
+
+    async def main() -> None:
+        assert await sf.do_ex("k", mine) == Result("mine", False)
+
+    try:
+        run(main)
+    finally:
+        table.take = real_take
+    assert len(sf) == 0
+    assert sf._backend.herds == {}  # type: ignore[attr-defined]
