@@ -11,6 +11,7 @@ test also checks the herd itself (how many places it takes, that it is gone at t
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from keyedlock import Result, SingleFlight
 from keyedlock._core import Hold
+from keyedlock._runtime import AsyncioHerd
 
 from ..support import start_thread, wait_until, wait_until_async
 from .flight_support import wait_followers_async
@@ -314,10 +316,14 @@ def test_a_call_that_ends_as_the_herd_queues_is_led_by_the_caller() -> None:
     table = sf._backend.table  # type: ignore[attr-defined]
     gone = Hold(object())  # a leader whose call has ended: the key is free again
     real_take = table.take
-    table.take = lambda key, hold: gone  # what the caller saw
+
+    def take_once(key: str, hold: Hold) -> Hold:
+        table.take = real_take
+        return gone  # what the caller saw
+
+    table.take = take_once
 
     def mine() -> str:
-        table.take = real_take
         leader = sf.statistics("k").leader
         task = asyncio.current_task()
         assert leader is not None
@@ -334,3 +340,214 @@ def test_a_call_that_ends_as_the_herd_queues_is_led_by_the_caller() -> None:
         table.take = real_take
     assert len(sf) == 0
     assert sf._backend.herds == {}  # type: ignore[attr-defined]
+
+
+def test_a_call_forgotten_as_the_herd_gives_its_place_back_is_handed_on() -> None:
+    """The herd's place took the key (the call it saw had ended); before it gives the key
+    back, a thread queues behind it and the call is forgotten: the thread still gets it."""
+    sf = SingleFlight()
+    backend: Any = sf._backend
+    table = backend.table
+    real_take = table.take
+    table.take = lambda key, hold: Hold(object())  # a call that has ended: the key is free
+    real_give_back = AsyncioHerd.give_back
+    queued = threading.Event()
+    thread_results: list[str] = []
+
+    def thread_follower() -> None:
+        thread_results.append(sf.do_sync("k", lambda: "thread's own"))
+
+    def give_back(herd: AsyncioHerd) -> None:
+        table.take = real_take
+        start_thread(thread_follower, "behind the herd")
+        wait_until(lambda: table.waiters("k") == 1, "the thread queues behind the herd")
+        sf.forget("k")
+        queued.set()
+        real_give_back(herd)
+
+    async def main() -> None:
+        assert await sf.do_ex("k", lambda: "mine") == Result("mine", False)
+
+    AsyncioHerd.give_back = give_back  # type: ignore[method-assign, assignment]
+    try:
+        run(main)
+    finally:
+        AsyncioHerd.give_back = real_give_back  # type: ignore[method-assign]
+        table.take = real_take
+    assert queued.is_set()
+    wait_until(lambda: thread_results == ["thread's own"], "the thread runs its own call")
+    assert len(sf) == 0
+    assert backend.herds == {}
+
+
+def test_two_loops_closing_herds_of_one_key_at_once_raise_nothing() -> None:
+    """Two loops' herds of one key close in overlapping steps (a thread switch lands between
+    a herd's look at the scope's herds and its removal): a follower's cancellation is all
+    that it raises."""
+    sf = SingleFlight()
+    backend: Any = sf._backend
+    armed, b_go, b_done = threading.Event(), threading.Event(), threading.Event()
+
+    class SwitchingHerds(dict[Any, Any]):
+        def get(self, key: Any, default: Any = None) -> Any:
+            found = dict.get(self, key, default)
+            if armed.is_set() and threading.current_thread().name == "loop-a":
+                armed.clear()
+                b_go.set()
+                b_done.wait(WAIT)  # loop b's herd is stored and closed meanwhile
+            return found
+
+    backend.herds = SwitchingHerds()
+    started, release = threading.Event(), threading.Event()
+
+    def lead() -> str:
+        def call() -> str:
+            started.set()
+            release.wait(WAIT)
+            return "v"
+
+        return sf.do_sync("k", call)
+
+    leader = start_thread(lead, "leader")
+    assert started.wait(WAIT)
+    raised: list[BaseException] = []
+
+    async def follow_and_cancel(first: bool) -> None:
+        if not first:
+            assert await asyncio.to_thread(b_go.wait, WAIT)
+        task = asyncio.create_task(sf.do("k", lambda: "own"))
+        loop = asyncio.get_running_loop()
+        await wait_until_async(
+            lambda: "k" in backend.herds and backend.herds["k"].loop is loop, "a herd here"
+        )
+        if first:
+            armed.set()
+        task.cancel()
+        try:
+            await task
+        except BaseException as exc:  # (what it raised is the point)
+            raised.append(exc)
+        if not first:
+            b_done.set()
+
+    a = start_thread(lambda: asyncio.run(follow_and_cancel(True)), "loop-a")
+    b = start_thread(lambda: asyncio.run(follow_and_cancel(False)), "loop-b")
+    a.result(WAIT)
+    b.result(WAIT)
+    release.set()
+    assert leader.result(WAIT) == "v"
+    assert [type(exc) for exc in raised] == [asyncio.CancelledError] * 2
+    assert len(sf) == 0
+    assert dict(backend.herds) == {}
+
+
+@pytest.mark.parametrize("gives_up", [False, True], ids=["outcome", "handed-the-call"])
+def test_a_wake_up_lost_in_a_closed_loop_leaves_no_herd(gives_up: bool) -> None:
+    """The herd's wake-up is queued on a loop that is not running, which is then closed:
+    the herd is gone, and a call it was handed passes on to the thread queued after it."""
+    sf = SingleFlight()
+    backend: Any = sf._backend
+    started, go = threading.Event(), threading.Event()
+
+    class GiveUp(Exception):
+        pass
+
+    def lead() -> str:
+        def call() -> str:
+            started.set()
+            go.wait(WAIT)
+            if gives_up:
+                raise KeyboardInterrupt  # what an interrupt does: the call is handed on
+            return "led"
+
+        try:
+            return sf.do_sync("k", call)
+        except KeyboardInterrupt:
+            return "gave up"
+
+    leader = start_thread(lead, "leader")
+    assert started.wait(WAIT)
+    loop = asyncio.new_event_loop()
+    try:
+        follower = loop.create_task(sf.do("k", lambda: "never"))
+        loop.run_until_complete(wait_followers_async(sf, "k", 1))
+        behind = start_thread(lambda: sf.do_sync("k", lambda: "its own"), "behind the herd")
+        wait_until(lambda: backend.waiters("k") == 2, "a thread queues behind the herd")
+        go.set()
+        assert leader.result(WAIT) == ("gave up" if gives_up else "led")  # wake-up queued
+    finally:
+        loop.close()  # with the wake-up still queued: it is dropped unrun
+    follower._log_destroy_pending = False  # type: ignore[attr-defined]  # (it never runs)
+    del follower
+    gc.collect()
+    assert behind.result(WAIT) == ("its own" if gives_up else "led")
+    assert backend.herds == {}
+    assert len(sf) == 0
+
+
+def test_herds_leave_no_cycle_for_the_collector() -> None:
+    sf = SingleFlight()
+
+    async def main() -> None:
+        for i in range(20):
+            gate = asyncio.Event()
+
+            async def call(value: int = i, gate: asyncio.Event = gate) -> int:
+                await gate.wait()
+                return value
+
+            tasks = [asyncio.create_task(sf.do("k", call)) for _ in range(3)]
+            await wait_followers_async(sf, "k", 2)
+            gate.set()
+            assert await asyncio.gather(*tasks) == [i] * 3
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(main)
+        alive = [obj for obj in gc.get_objects() if type(obj) is AsyncioHerd]
+    finally:
+        gc.enable()
+    assert alive == []
+
+
+def test_statistics_name_who_takes_over_before_the_herds_loop_runs_its_wake_up() -> None:
+    """A thread leader gives the call up while the herd's loop is busy: the statistics show
+    the herd's earliest follower leading and the others following, at once."""
+    sf = SingleFlight()
+    started, give_up = threading.Event(), threading.Event()
+    loop_busy, unblock = threading.Event(), threading.Event()
+
+    def lead() -> str:
+        def call() -> str:
+            started.set()
+            give_up.wait(WAIT)
+            raise KeyboardInterrupt
+
+        try:
+            return sf.do_sync("k", call)
+        except KeyboardInterrupt:
+            return "gave up"
+
+    leader = start_thread(lead, "leader")
+    assert started.wait(WAIT)
+
+    async def followers() -> list[str]:
+        tasks = [asyncio.create_task(sf.do("k", lambda: "own"), name=f"f{i}") for i in range(3)]
+        await wait_followers_async(sf, "k", 3)
+        loop_busy.set()
+        unblock.wait(WAIT)  # the loop is busy: the herd's wake-up waits
+        return await asyncio.gather(*tasks)
+
+    loop_thread = start_thread(lambda: asyncio.run(followers()), "loop")
+    assert loop_busy.wait(WAIT)
+    give_up.set()
+    assert leader.result(WAIT) == "gave up"
+    stats = sf.statistics("k")
+    unblock.set()
+    assert stats.leader is not None
+    assert (stats.leader.runtime, stats.leader.name) == ("asyncio", "f0")
+    assert stats.followers == 2
+    assert dict(stats.followers_by_runtime) == {"asyncio": 2}
+    assert loop_thread.result(WAIT) == ["own"] * 3
+    assert len(sf) == 0

@@ -591,13 +591,13 @@ class Leader:
     """A thread leading the call for KEY until the main caller follows; then it returns
     "led", or (``gives_up``) gives the call up so that the main caller takes it over."""
 
-    def __init__(self, sf: SingleFlight, gives_up: bool) -> None:
+    def __init__(self, sf: SingleFlight, gives_up: bool, followers: int = 1) -> None:
         self.done = threading.Event()
         started = threading.Event()
 
         def leader_call() -> str:
             started.set()
-            _poll_until(lambda: flight_waiters(sf) > 0, self.done)
+            _poll_until(lambda: flight_waiters(sf) >= followers, self.done)
             if gives_up:
                 raise GiveUp
             return "led"
@@ -696,6 +696,36 @@ def flight_async_follows(runtime: str, gives_up: bool) -> Callable[[SingleFlight
     return scenario
 
 
+def flight_asyncio_herd(gives_up: bool) -> Callable[[SingleFlight, Injector], None]:
+    """The main task follows a thread's call with two other tasks of its loop: three
+    followers in one herd (the process scope's asyncio followers)."""
+
+    def scenario(sf: SingleFlight, inject: Injector) -> None:
+        got: list[object] = []
+
+        async def follower() -> None:
+            got.append(await sf.do(KEY, lambda: "own"))
+
+        async def main() -> None:
+            with inject.paused():
+                others = [asyncio.get_running_loop().create_task(follower()) for _ in range(2)]
+                await until(lambda: flight_waiters(sf) >= 2, "asyncio")
+            try:
+                got.append(await sf.do(KEY, lambda: "own"))
+            finally:  # (interrupted before it joined: the leader must not wait for it)
+                leader.done.set()
+            await asyncio.wait(others, timeout=BOUND)
+
+        leader = Leader(sf, gives_up, followers=3)
+        try:
+            RUNNERS["asyncio"](main, inject)
+        finally:
+            leader.finish()
+        assert set(got) <= ({"own"} if gives_up else {"led"}), got
+
+    return scenario
+
+
 FLIGHT_SCENARIOS: dict[str, Callable[[SingleFlight, Injector], None]] = {
     "thread-alone": flight_thread_alone,
     "thread-leads": flight_thread_leads(fails=False),
@@ -703,6 +733,8 @@ FLIGHT_SCENARIOS: dict[str, Callable[[SingleFlight, Injector], None]] = {
     "thread-follows": flight_thread_follows(gives_up=False),
     "thread-follows-and-takes-over": flight_thread_follows(gives_up=True),
 }
+FLIGHT_SCENARIOS["asyncio-herd"] = flight_asyncio_herd(gives_up=False)
+FLIGHT_SCENARIOS["asyncio-herd-takes-over"] = flight_asyncio_herd(gives_up=True)
 for _rt in ("asyncio", "trio"):
     FLIGHT_SCENARIOS.update(
         {
@@ -720,6 +752,8 @@ def check_flight_clean(sf: SingleFlight) -> None:
     assert not guard_is_owned(table._guard), "the guard is still held by this thread"
     wait_helper_threads_end()
     assert len(sf) == 0, f"calls left in flight: {sf!r}"
+    herds = getattr(sf._backend, "herds", {})  # (the process scope's asyncio followers)
+    assert not herds, f"herds left: {herds!r}"
     fresh = start_thread(lambda: sf.do_sync(KEY, lambda: "fresh"), "fresh-call")
     assert fresh.result(BOUND) == "fresh", "a new call does not run"
     assert len(sf) == 0

@@ -23,6 +23,7 @@ from ._detect import get_ident, on_loop_thread, running_loop
 __all__ = [
     "WAKE_UP",
     "AsyncioWaker",
+    "lost_wake",
     "park_asyncio",
     "wait_asyncio",
     "wake_future",
@@ -135,17 +136,17 @@ class AsyncioWaker:
                 return True
             self.answer = True  # (no signal can land between this and set_result)
             fut.set_result(None)
-            # Only a wake from another thread can be lost (see _lost): let go of the hold,
+            # Only a wake from another thread can be lost (see lost_wake): let go of the hold,
             # which refers to this waker, so that no cycle is left for the collector.
             self.hold = None  # type: ignore[assignment]
             return True
         # From another thread: a second wake-up would only cancel a future that is done.
-        answer = wake_future(loop, self.fut, partial(_lost, self.table, self.key, self.hold))
+        answer = wake_future(loop, self.fut, partial(lost_wake, self.table, self.key, self.hold))
         self.answer = answer
         return answer
 
 
-def _lost(table: KeyTable, key: Hashable, hold: Hold) -> None:
+def lost_wake(table: KeyTable, key: Hashable, hold: Hold) -> None:
     """A wake-up to ``hold`` was dropped unrun: pass its key on, from a helper thread.
 
     Runs in a finalizer (any thread, any moment, maybe inside keyedlock's own

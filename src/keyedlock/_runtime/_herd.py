@@ -27,9 +27,9 @@ from collections.abc import Callable, Hashable
 from functools import partial
 from typing import Any, Final
 
-from .._core import GRANTED, WAITING, FlightTable, Hold
+from .._core import GRANTED, IDLE, WAITING, FlightTable, Hold
 from .._ki import internal
-from ._asyncio import AsyncioWaker
+from ._asyncio import AsyncioWaker, lost_wake, wake_future
 from ._detect import get_ident, running_loop
 
 __all__ = ["AsyncioHerd", "HerdTicket", "Herds"]
@@ -41,12 +41,12 @@ _COMPACT_AT = 64
 
 @internal
 class HerdTicket(Hold):
-    """A caller's hold that may follow a call in a herd: ``herd``, set once it joins one
-    (never cleared), and ``fut``, its future there while it counts as a follower."""
+    """A caller's hold that may follow a call in a herd: ``herd``, set once it joins one,
+    and ``fut``, its future there while it counts as a follower."""
 
     __slots__ = ("fut", "herd")
 
-    herd: AsyncioHerd
+    herd: AsyncioHerd | None
     fut: asyncio.Future[Any] | None
 
 
@@ -83,7 +83,9 @@ class AsyncioHerd:
         "loop",
         "members",
         "new_future",
+        "start",
         "table",
+        "waker",
     )
 
     def __init__(
@@ -102,25 +104,27 @@ class AsyncioHerd:
         #: The herd's place in the queue. Its owner is the herd (no task: a follower that
         #: left may call again, and must not find itself holding or waiting).
         self.hold = Hold(self)
-        #: The followers, in arrival order: (future, ticket).
+        #: The followers, in arrival order: (future, ticket); those before ``start`` are
+        #: done with (they took the call over, or it was handed on past them).
         self.members: list[tuple[asyncio.Future[Any], HerdTicket]] = []
+        self.start = 0
         self.compact_at = _COMPACT_AT
         #: Followers that have not left; the last to leave withdraws the herd.
         self.count = 0
         #: True once woken with the outcome, passed on or withdrawn: nobody joins any more.
         self.closed = False
-        #: A take-over begun: (index of the follower taking the call, whether the herd
-        #: waits again for the others).
-        self.claim: tuple[int, bool] | None = None
-        #: The future the herd's waker resolves (see :meth:`_waker`).
-        self.anchor: asyncio.Future[None]
+        #: A take-over begun: the index of the follower taking the call over.
+        self.claim: int | None = None
+        #: The future the herd's waker resolves from another thread, and that waker.
+        self.anchor: asyncio.Future[None] | None = None
+        self.waker: _HerdWaker | None = None
 
-    def _waker(self) -> _HerdWaker:
-        """A new anchor, and the waker that resolves it (on the loop, or from elsewhere)."""
+    def _arm(self) -> _HerdWaker:
+        """A new waker for the herd's hold, with a new anchor."""
         self.anchor = anchor = self.new_future()
         anchor.add_done_callback(self._wake)
         anchor.add_done_callback(self._wake)  # (the second finishes an interrupted first)
-        waker = _HerdWaker()
+        self.waker = waker = _HerdWaker()
         waker.herd = self
         waker.loop = self.loop
         waker.fut = anchor
@@ -132,8 +136,11 @@ class AsyncioHerd:
 
     def enqueue(self) -> bool:
         """Queue the herd's hold behind the call; False if the key was free (the call
-        ended meanwhile): the hold took it (see ``LocalFlightBackend.join_async``)."""
-        return not self.table.enqueue(self.key, self.hold, self._waker())
+        ended meanwhile): the hold took it, and has given it back (see :meth:`give_back`)."""
+        if self.table.enqueue(self.key, self.hold, self._arm()):
+            self.give_back()
+            return False
+        return True
 
     def add(self, ticket: HerdTicket) -> asyncio.Future[Any]:
         """A new follower, with its ``ticket``: the future it awaits."""
@@ -145,13 +152,18 @@ class AsyncioHerd:
         self.count += 1
         members = self.members
         members.append((fut, ticket))
-        if len(members) >= self.compact_at:
+        if len(members) >= self.compact_at and self.claim is None:
             self._compact()
         return fut
 
     def _compact(self) -> None:
-        """Drop the followers that left (cancelled: their futures are done; or gone)."""
-        self.members = kept = [(f, t) for f, t in self.members if t.fut is f and not f.done()]
+        """Drop the followers done with or gone (cancelled: their futures are done)."""
+        self.members = kept = [
+            (fut, ticket)
+            for fut, ticket in self.members[self.start :]
+            if ticket.fut is fut and not fut.done()
+        ]
+        self.start = 0
         self.compact_at = max(_COMPACT_AT, 2 * len(kept))
 
     def leave(self, ticket: HerdTicket) -> None:
@@ -162,8 +174,15 @@ class AsyncioHerd:
             self.count -= 1
             ticket.fut = None
         if not self.count and not self.closed:  # the last one: the herd leaves the queue
-            self.table.cancel(self.key, self.hold)  # (handed the call meanwhile: passed on)
-            self._close()
+            self.give_back()
+
+    def give_back(self) -> None:
+        """The herd's hold leaves the call, however far it got, and the herd closes:
+        withdrawn if it waits; if it was handed the call, or took the key, passed on."""
+        table = self.table
+        if table.cancel(self.key, self.hold) == IDLE:  # it took the key: passed on,
+            table.conclude(self.key, self.hold, None)  # (or it was forgotten since)
+        self._close()
 
     def _wake(self, _anchor: object) -> None:
         """The core woke the herd's hold: every follower gets the outcome, or the earliest
@@ -171,7 +190,7 @@ class AsyncioHerd:
         if self.closed:
             return
         if self.claim is not None:
-            self._take_over()
+            self._take_over(self.claim)
             return
         hold = self.hold
         state = hold._state
@@ -179,79 +198,111 @@ class AsyncioHerd:
             outcome = hold._queue.outcome
             if outcome is None:
                 return  # waiting again (the first call of this wake-up took the call over)
-            for fut, ticket in self.members:
+            members = self.members
+            for i in range(self.start, len(members)):
+                fut, ticket = members[i]
                 if ticket.fut is fut and not fut.done():
                     fut.set_result(outcome)
             self._close()
         elif state == GRANTED:
             members = self.members
-            live = [i for i, (fut, t) in enumerate(members) if t.fut is fut and not fut.done()]
-            if live:
-                self.claim = (live[0], len(live) > 1)
-                self._take_over()
-            else:  # everyone left: pass the call on
-                self.table.conclude(self.key, hold, None)
-                self._close()
-        else:  # given up, or withdrawn (an interrupted wake-up finished by the other)
+            for i in range(self.start, len(members)):
+                fut, ticket = members[i]
+                if ticket.fut is fut and not fut.done():
+                    self.claim = i
+                    self._take_over(i)
+                    return
+            self.give_back()  # everyone left: the call passes on
+        else:  # given back, or withdrawn (an interrupted wake-up finished by the other)
             self._close()
 
-    def _take_over(self) -> None:
-        """The follower of :attr:`claim` leads the call; the others wait again, or not."""
-        assert self.claim is not None
-        first, again = self.claim
+    def _take_over(self, first: int) -> None:
+        """The follower at ``first`` leads the call; the herd waits again for the others."""
         fut, ticket = self.members[first]
+        # The others may have left (cancelled) already: then the herd's place is given back
+        # when the last of them has run (see leave).
+        again = self.count > 1
         if self.hold._state == GRANTED:  # (not yet)
-            waker = self._waker() if again else None
-            self.table.take_over(self.key, self.hold, ticket, waker)
+            self.table.take_over(self.key, self.hold, ticket, self._arm() if again else None)
         if not fut.done():
             fut.set_result(None)  # its ticket leads
         # One run, no call in it: the follower is no longer one, and the claim is done.
         if ticket.fut is not None:  # (else it left meanwhile: see leave)
             ticket.fut = None
             self.count -= 1
-        self.members = self.members[first + 1 :]
+        self.start = first + 1
         self.claim = None
         if not again:
             self._close()
 
     def _close(self) -> None:
-        """Nobody joins any more: out of the scope's herds. Its followers are let go of (a
-        ticket refers to its herd: no cycle is left for the collector)."""
+        """Nobody joins any more: out of the scope's herds. Its followers are let go of, and
+        the links back to the herd cut (no cycle is left for the collector)."""
         herds = self.herds
-        if herds.get(self.key) is self:
-            del herds[self.key]
+        if herds.get(self.key) is self:  # (first: a wake-up interrupted here closes it again)
+            # (Not ``del``: another loop's thread may replace or drop the entry meanwhile.)
+            herds.pop(self.key, None)
         self.closed = True
         self.members = []
+        self.hold._owner = None
+        anchor = self.anchor
+        if anchor is not None:
+            anchor.remove_done_callback(self._wake)
+        waker = self.waker
+        if waker is not None:
+            waker.closed()
 
     def waiting(self) -> list[Hold]:
         """The tickets of the followers waiting in the herd, in arrival order."""
-        return [ticket for fut, ticket in self.members if ticket.fut is fut and not fut.done()]
+        members = self.members
+        return [
+            ticket for fut, ticket in members[self.start :] if ticket.fut is fut and not fut.done()
+        ]
 
 
 @internal
 class _HerdWaker(AsyncioWaker):
     """The waker of a herd's hold. On the loop's thread it wakes the herd at once (the
     core calls a waker again if an interrupt stops it: the herd's wake-up resumes);
-    from another thread it resolves the anchor there, as an :class:`AsyncioWaker` does,
-    and a herd whose loop is closed (it can never be woken) is dropped."""
+    from another thread it resolves the anchor there, as an :class:`AsyncioWaker` does.
+    A herd whose loop is closed, before the wake-up or with it still queued, is closed
+    (the core passes a call it was handed on)."""
 
     __slots__ = ("herd",)
 
-    herd: AsyncioHerd
+    herd: AsyncioHerd | None
 
     def __call__(self) -> bool:
+        herd = self.herd
+        if herd is None:  # closed: nothing is left to wake
+            return self.answer is not False
         loop = self.loop
         try:  # on_loop_thread(loop), inlined as in AsyncioWaker
             here = loop._thread_id == get_ident()  # type: ignore[attr-defined]
         except AttributeError:  # a loop that does not record its thread
             here = running_loop() is loop
         if here:
-            self.herd._wake(None)
+            herd._wake(None)
             return True
-        answer = AsyncioWaker.__call__(self)
-        if not answer:
-            self.herd._close()
+        answer = self.answer
+        if answer is None:
+            self.answer = answer = wake_future(loop, self.fut, partial(_lost, herd))
+            if not answer:
+                herd._close()
         return answer
+
+    def closed(self) -> None:
+        """Its herd closed: let go of it, and of the hold (which refers to this waker)."""
+        self.herd = None
+        self.hold = None  # type: ignore[assignment]
+
+
+def _lost(herd: AsyncioHerd) -> None:
+    """A wake-up of ``herd`` queued on its loop was dropped unrun (the loop closed): the herd
+    closes, and the core passes on a call it was handed (see ``lost_wake``)."""
+    hold = herd.hold
+    herd._close()
+    lost_wake(herd.table, herd.key, hold)
 
 
 #: The herd of each key's call (one loop's; followers on other loops wait on their own).

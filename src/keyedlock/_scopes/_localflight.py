@@ -105,8 +105,8 @@ class LocalFlightBackend:
             if herd.enqueue():
                 self.herds[key] = herd
                 return herd.add(ticket)
-            table.take_over(key, herd.hold, ticket)  # the call ended meanwhile: it leads
-            return READY
+            ticket.herd = None  # the call ended meanwhile (the herd gave its place back)
+            return self.join_async(key, ticket, runtime)
         if leader._owner == owner:
             raise recursion_error(key)
         return park_async(table, key, ticket, None, runtime, owner)
@@ -158,6 +158,13 @@ class LocalFlightBackend:
         queue stands for the tickets of its followers."""
         leader, waiting = self.table.snapshot(key)
         followers: list[Hold] = []
+        if leader is not None and isinstance(leader._owner, AsyncioHerd):
+            # A herd handed the call, whose loop has not run its wake-up yet: its earliest
+            # follower still there takes the call over, the others follow it.
+            members = leader._owner.waiting()
+            if members:
+                leader = members[0]
+                followers.extend(members[1:])
         for hold in waiting:
             herd = hold._owner
             if isinstance(herd, AsyncioHerd):
