@@ -551,3 +551,41 @@ def test_statistics_name_who_takes_over_before_the_herds_loop_runs_its_wake_up()
     assert dict(stats.followers_by_runtime) == {"asyncio": 2}
     assert loop_thread.result(WAIT) == ["own"] * 3
     assert len(sf) == 0
+
+
+def test_statistics_during_a_takeover_count_the_follower_taking_it_once() -> None:
+    """A snapshot taken as a herd's follower takes the call over (right after the table
+    made it the leader, before the herd has noted it) counts it once: as the leader."""
+    sf = SingleFlight()
+    backend: Any = sf._backend
+    table = backend.table
+    seen: list[tuple[str | None, int, int]] = []
+    real_take_over = type(table).take_over
+
+    def take_over(self: Any, *args: Any) -> bool:
+        taken: bool = real_take_over(self, *args)
+        stats = sf.statistics("k")  # (what a thread switch here would let another thread see)
+        name = None if stats.leader is None else stats.leader.name
+        seen.append((name, stats.followers, backend.waiters("k")))
+        return taken
+
+    async def main() -> None:
+        gate, results = Gate(), dict[str, Any]()
+        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        tasks = [
+            asyncio.create_task(caller(sf, gate, f"f{i}", results)(), name=f"f{i}")
+            for i in range(3)
+        ]
+        await wait_followers_async(sf, "k", 3)
+        type(table).take_over = take_over
+        try:
+            leader.cancel()
+            await wait_until_async(lambda: bool(seen), "a takeover")
+        finally:
+            type(table).take_over = real_take_over
+        gate.gate.set()
+        await asyncio.gather(*tasks)
+
+    run(main)
+    assert seen == [("f0", 2, 2)]
+    assert len(sf) == 0

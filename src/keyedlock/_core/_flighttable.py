@@ -127,6 +127,8 @@ class FlightTable(KeyTable):
             queue = leader._waiters
             if wake is not None and queue is None:
                 queue = new_queue()
+            while wake is not None and queue and queue[0] is leader:
+                queue.popleft()  # (a copy an interrupted hand-off left there: it waits again)
             # The new leader first: an interrupt anywhere leaves ``hold`` leading or not,
             # never the key without a leader (``hold`` concluding gives it up either way).
             hold._waiters = queue

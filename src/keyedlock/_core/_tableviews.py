@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from ._hold import WAITING, Hold
 
@@ -47,9 +47,17 @@ class TableViews:
             self.give_back_lost()
         return len(self._holds)
 
-    def snapshot(self, key: Hashable) -> tuple[Hold | None, list[Hold]]:
+    def snapshot(
+        self, key: Hashable, callers: Callable[[Hold], list[Hold]] | None = None
+    ) -> tuple[Hold | None, list[Hold]]:
         """``key``'s holder (None if free) and its waiters still waiting, in arrival order:
-        one consistent view, taken under the guard."""
+        one consistent view, taken under the guard.
+
+        ``callers(hold)``, if given, names the callers a hold stands for, in order
+        (a hold of several callers; ``[hold]`` for one, ``[]`` for none): the
+        holder is then the first caller of the holder's hold, and the others
+        wait, ahead of the waiters, each replaced by its callers.
+        """
         if self._lost:
             self.give_back_lost()
         with self._guard:
@@ -57,9 +65,17 @@ class TableViews:
             if holder is None:
                 return None, []
             queue = holder._waiters
-            if queue is None or queue.outcome is not None:
-                return holder, []
-            return holder, [hold for hold in queue if hold._state == WAITING]
+            waiting = (
+                []
+                if queue is None or queue.outcome is not None
+                else [hold for hold in queue if hold._state == WAITING]
+            )
+            if callers is None:
+                return holder, waiting
+            first, *rest = callers(holder) or [holder]
+            for hold in waiting:
+                rest.extend(callers(hold))
+            return first, rest
 
     def busy_keys(self) -> list[Hashable]:
         """The keys with a holder (or a waiter) at this moment."""

@@ -59,7 +59,8 @@ class _WakeUp(partial[bool]):
     block: it may run in a finalizer, in any thread).
     """
 
-    on_lost: Callable[[], object] | None
+    #: (None until set: an interrupt may land between the wake-up's creation and the set.)
+    on_lost: Callable[[], object] | None = None
 
     def __del__(self) -> None:
         on_lost = self.on_lost

@@ -186,7 +186,15 @@ class AsyncioHerd:
 
     def _wake(self, _anchor: object) -> None:
         """The core woke the herd's hold: every follower gets the outcome, or the earliest
-        still waiting takes the call over."""
+        still waiting takes the call over. Interrupted, it finishes first (as the core's
+        deliveries do): a loop closed after the interrupt never runs it again."""
+        try:
+            self._wake_once()
+        except BaseException:
+            self._wake_once()
+            raise
+
+    def _wake_once(self) -> None:
         if self.closed:
             return
         if self.claim is not None:
@@ -254,9 +262,13 @@ class AsyncioHerd:
 
     def waiting(self) -> list[Hold]:
         """The tickets of the followers waiting in the herd, in arrival order."""
+        # (Read from any thread. A follower taking the call over leads from the moment its
+        # ticket is granted, under the table's guard: see KeyTable.snapshot.)
         members = self.members
         return [
-            ticket for fut, ticket in members[self.start :] if ticket.fut is fut and not fut.done()
+            ticket
+            for fut, ticket in members[self.start :]
+            if ticket.fut is fut and ticket._state == IDLE and not fut.done()
         ]
 
 
@@ -287,8 +299,8 @@ class _HerdWaker(AsyncioWaker):
         answer = self.answer
         if answer is None:
             self.answer = answer = wake_future(loop, self.fut, partial(_lost, herd))
-            if not answer:
-                herd._close()
+        if not answer:  # (again if the core calls again: an interrupt stopped the first)
+            herd._close()
         return answer
 
     def closed(self) -> None:
@@ -300,9 +312,10 @@ class _HerdWaker(AsyncioWaker):
 def _lost(herd: AsyncioHerd) -> None:
     """A wake-up of ``herd`` queued on its loop was dropped unrun (the loop closed): the herd
     closes, and the core passes on a call it was handed (see ``lost_wake``)."""
-    hold = herd.hold
-    herd._close()
-    lost_wake(herd.table, herd.key, hold)
+    try:  # the loss first: an interrupt in a finalizer is dropped, with what follows it
+        lost_wake(herd.table, herd.key, herd.hold)
+    finally:
+        herd._close()
 
 
 #: The herd of each key's call (one loop's; followers on other loops wait on their own).

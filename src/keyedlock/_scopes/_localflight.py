@@ -154,24 +154,10 @@ class LocalFlightBackend:
         return len(self._snapshot(key)[1])
 
     def _snapshot(self, key: Hashable) -> tuple[Hold | None, list[Hold]]:
-        """The call's leader and its followers, in arrival order: a herd's one place in the
-        queue stands for the tickets of its followers."""
-        leader, waiting = self.table.snapshot(key)
-        followers: list[Hold] = []
-        if leader is not None and isinstance(leader._owner, AsyncioHerd):
-            # A herd handed the call, whose loop has not run its wake-up yet: its earliest
-            # follower still there takes the call over, the others follow it.
-            members = leader._owner.waiting()
-            if members:
-                leader = members[0]
-                followers.extend(members[1:])
-        for hold in waiting:
-            herd = hold._owner
-            if isinstance(herd, AsyncioHerd):
-                followers.extend(herd.waiting())
-            else:
-                followers.append(hold)
-        return leader, followers
+        """The call's leader and its followers, in arrival order: one consistent view, in
+        which a herd's one place stands for its followers (and, handed the call, for the
+        follower that takes it over, and the others)."""
+        return self.table.snapshot(key, _callers)
 
     def busy(self) -> int:
         return len(self.table)
@@ -190,3 +176,9 @@ class LocalFlightBackend:
 
     def keys(self) -> list[Hashable]:
         return self.table.busy_keys()
+
+
+def _callers(hold: Hold) -> list[Hold]:
+    """The callers ``hold`` stands for: a herd's followers, or the hold's own caller."""
+    herd = hold._owner
+    return herd.waiting() if isinstance(herd, AsyncioHerd) else [hold]
