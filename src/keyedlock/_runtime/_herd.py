@@ -23,7 +23,7 @@ wakes the herd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from functools import partial
 from typing import Any, Final
 
@@ -156,13 +156,18 @@ class AsyncioHerd:
             self._compact()
         return fut
 
+    def _live(self) -> Iterator[tuple[int, asyncio.Future[Any], HerdTicket]]:
+        """The followers still waiting, in arrival order, with their index in ``members``
+        (not the ones done with, nor those that left or were cancelled)."""
+        members = self.members
+        for i in range(self.start, len(members)):
+            fut, ticket = members[i]
+            if ticket.fut is fut and not fut.done():
+                yield i, fut, ticket
+
     def _compact(self) -> None:
-        """Drop the followers done with or gone (cancelled: their futures are done)."""
-        self.members = kept = [
-            (fut, ticket)
-            for fut, ticket in self.members[self.start :]
-            if ticket.fut is fut and not fut.done()
-        ]
+        """Drop the followers done with or gone."""
+        self.members = kept = [(fut, ticket) for _, fut, ticket in self._live()]
         self.start = 0
         self.compact_at = max(_COMPACT_AT, 2 * len(kept))
 
@@ -206,21 +211,16 @@ class AsyncioHerd:
             outcome = hold._queue.outcome
             if outcome is None:
                 return  # waiting again (the first call of this wake-up took the call over)
-            members = self.members
-            for i in range(self.start, len(members)):
-                fut, ticket = members[i]
-                if ticket.fut is fut and not fut.done():
-                    fut.set_result(outcome)
+            for _, fut, _ in self._live():
+                fut.set_result(outcome)
             self._close()
         elif state == GRANTED:
-            members = self.members
-            for i in range(self.start, len(members)):
-                fut, ticket = members[i]
-                if ticket.fut is fut and not fut.done():
-                    self.claim = i
-                    self._take_over(i)
-                    return
-            self.give_back()  # everyone left: the call passes on
+            first = next(self._live(), None)
+            if first is None:
+                self.give_back()  # everyone left: the call passes on
+            else:
+                self.claim = first[0]
+                self._take_over(first[0])
         else:  # given back, or withdrawn (an interrupted wake-up finished by the other)
             self._close()
 
@@ -264,12 +264,7 @@ class AsyncioHerd:
         """The tickets of the followers waiting in the herd, in arrival order."""
         # (Read from any thread. A follower taking the call over leads from the moment its
         # ticket is granted, under the table's guard: see KeyTable.snapshot.)
-        members = self.members
-        return [
-            ticket
-            for fut, ticket in members[self.start :]
-            if ticket.fut is fut and ticket._state == IDLE and not fut.done()
-        ]
+        return [ticket for _, _, ticket in self._live() if ticket._state == IDLE]
 
 
 @internal

@@ -2,8 +2,8 @@
 
 The leader of a key's call is the key's holder in the table; followers are
 its waiters, parked by the runtime adapters (asyncio followers on one loop wait
-as a herd, one waiter for all: see :mod:`keyedlock._runtime._herd`). A follower gets the leader's
-:class:`Outcome`: its value, or a copy of its exception made as the call
+as a herd, one waiter for all: see :mod:`keyedlock._runtime._herd`). A follower
+gets the leader's :class:`Outcome`: its value, or a copy of its exception made as the call
 failed (so what the leader's caller does to its own exception afterwards,
 notes or chaining, never reaches the followers), copied again for each
 follower as it raises it.
@@ -83,6 +83,8 @@ class LocalFlightBackend:
         if leader is ticket:
             return READY
         owner: Any = ticket._owner
+        if leader._owner == owner:
+            raise recursion_error(key)
         if runtime == ASYNCIO:
             # The herd's checks, written out: every follower of a herd pays for each call.
             # A follower joins the key's herd only while the herd is last in the key's
@@ -95,11 +97,7 @@ class LocalFlightBackend:
                 except IndexError:
                     last = False
                 if last:
-                    if leader._owner == owner:
-                        raise recursion_error(key)
                     return herd.add(ticket)
-            if leader._owner == owner:
-                raise recursion_error(key)
             herd = AsyncioHerd(self.herds, table, key, owner)
             ticket.herd = herd  # (from here an interrupt leaves through the herd: see leave)
             if herd.enqueue():
@@ -107,8 +105,6 @@ class LocalFlightBackend:
                 return herd.add(ticket)
             ticket.herd = None  # the call ended meanwhile (the herd gave its place back)
             return self.join_async(key, ticket, runtime)
-        if leader._owner == owner:
-            raise recursion_error(key)
         return park_async(table, key, ticket, None, runtime, owner)
 
     def leads(self, ticket: Hold) -> bool:
