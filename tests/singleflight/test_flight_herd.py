@@ -40,10 +40,12 @@ def places(sf: SingleFlight, key: str) -> int:
 
 
 class Gate:
-    """A call that waits for its gate and records who ran it."""
+    """Callers of key "k" whose call waits for the gate: who ran the call, and what each
+    caller got (or "cancelled")."""
 
     def __init__(self) -> None:
         self.ran: list[str] = []
+        self.results: dict[str, Any] = {}
         self.gate = asyncio.Event()
 
     def fn(self, name: str) -> Callable[[], Coroutine[Any, Any, str]]:
@@ -54,26 +56,28 @@ class Gate:
 
         return call
 
+    def start(
+        self, sf: SingleFlight, name: str, task_name: str | None = None
+    ) -> asyncio.Task[None]:
+        """A task calling ``sf.do_ex("k", ...)`` as ``name``, its result in ``results``."""
 
-def caller(
-    sf: SingleFlight, gate: Gate, name: str, results: dict[str, Any]
-) -> Callable[[], Coroutine[Any, Any, None]]:
-    async def main() -> None:
-        try:
-            results[name] = await sf.do_ex("k", gate.fn(name))
-        except asyncio.CancelledError:
-            results[name] = "cancelled"
-            raise
+        async def main() -> None:
+            try:
+                self.results[name] = await sf.do_ex("k", self.fn(name))
+            except asyncio.CancelledError:
+                self.results[name] = "cancelled"
+                raise
 
-    return main
+        return asyncio.create_task(main(), name=task_name)
 
 
 def test_a_herd_takes_one_place_and_every_follower_gets_the_value() -> None:
     sf = SingleFlight()
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        tasks = [asyncio.create_task(caller(sf, gate, f"c{i}", results)()) for i in range(50)]
+        gate = Gate()
+        results = gate.results
+        tasks = [gate.start(sf, f"c{i}") for i in range(50)]
         await wait_followers_async(sf, "k", 49)
         assert places(sf, "k") == 1
         stats = sf.statistics("k")
@@ -93,9 +97,10 @@ def test_cancelled_followers_leave_the_herd_and_the_last_one_leaves_the_queue() 
     sf = SingleFlight()
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
-        followers = [asyncio.create_task(caller(sf, gate, f"f{i}", results)()) for i in range(3)]
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        followers = [gate.start(sf, f"f{i}") for i in range(3)]
         await wait_followers_async(sf, "k", 3)
         followers[1].cancel()
         await wait_followers_async(sf, "k", 2)
@@ -117,10 +122,11 @@ def test_the_earliest_follower_still_waiting_takes_over_and_the_herd_follows_it(
     sf = SingleFlight()
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
         names = ["a", "b", "c", "d"]
-        tasks = {n: asyncio.create_task(caller(sf, gate, n, results)()) for n in names}
+        tasks = {n: gate.start(sf, n) for n in names}
         await wait_followers_async(sf, "k", 4)
         tasks["a"].cancel()
         await wait_followers_async(sf, "k", 3)
@@ -148,7 +154,8 @@ def test_a_follower_cancelled_once_handed_the_call_passes_it_to_the_next() -> No
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        gate, results = Gate(), dict[str, Any]()
+        gate = Gate()
+        results = gate.results
         tasks: dict[str, asyncio.Task[None]] = {}
 
         async def leading() -> str:
@@ -174,7 +181,7 @@ def test_a_follower_cancelled_once_handed_the_call_passes_it_to_the_next() -> No
         leader = asyncio.create_task(lead())
         await asyncio.sleep(0)
         for name in ("a", "b", "c"):
-            tasks[name] = asyncio.create_task(caller(sf, gate, name, results)(), name=name)
+            tasks[name] = gate.start(sf, name, task_name=name)
         await wait_followers_async(sf, "k", 3)
         leader.cancel()
         await wait_until_async(lambda: "b" in gate.ran, "b takes over")
@@ -196,9 +203,9 @@ def test_a_herd_whose_followers_all_left_passes_a_call_it_is_handed_on() -> None
     sf = SingleFlight()
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
-        follower = asyncio.create_task(caller(sf, gate, "f", results)())
+        gate = Gate()
+        leader = gate.start(sf, "leader")
+        follower = gate.start(sf, "f")
         await wait_followers_async(sf, "k", 1)
         # Both cancelled in one step of the loop: the leader gives the call up to the herd
         # first, then the follower leaves it, before the herd's wake-up runs.
@@ -228,13 +235,14 @@ def test_herd_followers_keep_their_turn_among_other_runtimes_followers() -> None
         return sf.do_sync_ex("k", call)
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
-        first = asyncio.create_task(caller(sf, gate, "first", results)())
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        first = gate.start(sf, "first")
         await wait_followers_async(sf, "k", 1)
         thread = start_thread(in_thread, "follower")
         await wait_followers_async(sf, "k", 2)
-        later = asyncio.create_task(caller(sf, gate, "later", results)())
+        later = gate.start(sf, "later")
         await wait_followers_async(sf, "k", 3)
         assert places(sf, "k") == 3  # first's herd, the thread, later's herd
         first.cancel()
@@ -260,13 +268,14 @@ def test_many_followers_leaving_one_by_one_leave_no_trace_in_the_herd() -> None:
     sf = SingleFlight()
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
-        stay = asyncio.create_task(caller(sf, gate, "stay", results)())
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        stay = gate.start(sf, "stay")
         await wait_followers_async(sf, "k", 1)
         (herd,) = sf._backend.herds.values()  # type: ignore[attr-defined]
         for i in range(500):
-            task = asyncio.create_task(caller(sf, gate, f"gone{i}", results)())
+            task = gate.start(sf, f"gone{i}")
             await wait_followers_async(sf, "k", 2)
             task.cancel()
             await wait_followers_async(sf, "k", 1)
@@ -570,12 +579,9 @@ def test_statistics_during_a_takeover_count_the_follower_taking_it_once() -> Non
         return taken
 
     async def main() -> None:
-        gate, results = Gate(), dict[str, Any]()
-        leader = asyncio.create_task(caller(sf, gate, "leader", results)())
-        tasks = [
-            asyncio.create_task(caller(sf, gate, f"f{i}", results)(), name=f"f{i}")
-            for i in range(3)
-        ]
+        gate = Gate()
+        leader = gate.start(sf, "leader")
+        tasks = [gate.start(sf, f"f{i}", task_name=f"f{i}") for i in range(3)]
         await wait_followers_async(sf, "k", 3)
         type(table).take_over = take_over
         try:
