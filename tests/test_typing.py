@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any, assert_type
 
 import pytest
@@ -94,7 +95,9 @@ async def test_run_and_acquire_async_types() -> None:
 
 
 def test_run_sync_with_options_types() -> None:
-    assert_type(lock.run_sync("k", add, 1, b=2, timeout=5), int)
+    assert_type(lock.run_sync("k", add, 1, 2, timeout=5), int)
+    # With options, fn's keyword arguments go through functools.partial.
+    assert_type(lock.run_sync("k", partial(add, b=2), 1, timeout=5), int)
     assert_type(lock.run_sync("k", add, 1, on_error="stop"), int)
 
 
@@ -119,12 +122,19 @@ if TYPE_CHECKING:
     Account(1).deposit("2")  # type: ignore[arg-type]
     wrong: Callable[[str], str] = charge  # type: ignore[assignment]
     not_async: Callable[[int], list[int]] = refund  # type: ignore[assignment]
-    # run / run_sync (without options) and single-flight check fn's own arguments.
-    lock.run_sync("k", add)  # type: ignore[call-overload]
-    lock.run_sync("k", add, "1")  # type: ignore[call-overload]
+    # run / run_sync (with options or without) and single-flight check fn's own arguments.
+    lock.run_sync("k", add)  # type: ignore[call-arg, arg-type]
+    lock.run_sync("k", add, "1")  # type: ignore[arg-type]
     lock.run_sync("k", add, 1, c=2)  # type: ignore[call-arg]
-    unawaited_run = lock.run("k", add_async)  # type: ignore[call-overload]
-    unawaited_run = lock.run("k", add_async, 1, "2")  # type: ignore[call-overload]
+    unawaited_run = lock.run("k", add_async)  # type: ignore[call-arg, arg-type]
+    unawaited_run = lock.run("k", add_async, 1, "2")  # type: ignore[call-arg, arg-type]
+    lock.run_sync("k", add, timeout=5)  # type: ignore[call-arg, arg-type]
+    lock.run_sync("k", add, "1", on_error="stop")  # type: ignore[call-arg, arg-type]
+    lock.run_sync("k", add, 1, 2, 3, timeout=5)  # type: ignore[call-arg]
+    lock.run_sync("k", add, 1, b=2, timeout=5)  # type: ignore[call-arg]
+    unawaited_run = lock.run("k", add_async, timeout=5)  # type: ignore[call-arg, arg-type]
+    unawaited_run = lock.run("k", add_async, "1", on_error="stop")  # type: ignore[call-arg, arg-type]
+    unawaited_run = lock.run("k", add, 1, timeout="5")  # type: ignore[call-arg, arg-type]
     flight.do_sync("k", add)  # type: ignore[call-arg]
     flight.do_sync("k", add, "1")  # type: ignore[arg-type]
     unawaited_do = flight.do("k", add_async)  # type: ignore[call-overload]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from ._keyspec import Decorator, KeySpec, key_function
 from ._runtime import check_can_block
@@ -29,6 +29,7 @@ __all__ = ["RunMixin", "make_guard", "run_async", "run_blocking"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 
 async def run_async(
@@ -150,9 +151,11 @@ class RunMixin:
 
     # -- run a function under a key ----------------------------------------
 
-    # Typing: called without timeout/on_error, run and run_sync check fn's own arguments
-    # (ParamSpec). Python's typing cannot put keyword options next to a ParamSpec's
-    # arguments, so a call that passes an option is checked for its key, fn and result only.
+    # Typing: fn's own arguments are checked in every call. Without options, through a
+    # ParamSpec (positional and keyword arguments). Python's typing cannot put keyword options
+    # next to a ParamSpec's arguments, so a call that passes timeout= or on_error= checks fn's
+    # positional arguments (a TypeVarTuple, which can): fn's keyword arguments then go
+    # through functools.partial.
     @overload
     async def run(
         self, key: Hashable, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
@@ -162,40 +165,24 @@ class RunMixin:
         self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R: ...
     @overload
-    async def run(  # type: ignore[overload-cannot-match]
+    async def run(
         self,
         key: Hashable,
-        fn: Callable[..., Awaitable[R]],
+        fn: Callable[[*Ts], Awaitable[R]],
         /,
-        *args: Any,
-        timeout: float | None,
+        *args: *Ts,
+        timeout: float | None = None,
         on_error: OnError = "continue",
-        **kwargs: Any,
     ) -> R: ...
     @overload
-    async def run(  # type: ignore[overload-cannot-match]
+    async def run(
         self,
         key: Hashable,
-        fn: Callable[..., R],
+        fn: Callable[[*Ts], R],
         /,
-        *args: Any,
-        timeout: float | None,
+        *args: *Ts,
+        timeout: float | None = None,
         on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R: ...
-    @overload
-    async def run(  # type: ignore[overload-cannot-match]
-        self,
-        key: Hashable,
-        fn: Callable[..., Awaitable[R]],
-        /,
-        *args: Any,
-        on_error: OnError,
-        **kwargs: Any,
-    ) -> R: ...
-    @overload
-    async def run(  # type: ignore[overload-cannot-match]
-        self, key: Hashable, fn: Callable[..., R], /, *args: Any, on_error: OnError, **kwargs: Any
     ) -> R: ...
     async def run(  # type: ignore[misc]  # (a ParamSpec's kwargs could name timeout)
         self,
@@ -225,19 +212,14 @@ class RunMixin:
         self, key: Hashable, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> R: ...
     @overload
-    def run_sync(  # type: ignore[overload-cannot-match]
+    def run_sync(
         self,
         key: Hashable,
-        fn: Callable[..., R],
+        fn: Callable[[*Ts], R],
         /,
-        *args: Any,
-        timeout: float | None,
+        *args: *Ts,
+        timeout: float | None = None,
         on_error: OnError = "continue",
-        **kwargs: Any,
-    ) -> R: ...
-    @overload
-    def run_sync(  # type: ignore[overload-cannot-match]
-        self, key: Hashable, fn: Callable[..., R], /, *args: Any, on_error: OnError, **kwargs: Any
     ) -> R: ...
     def run_sync(  # type: ignore[misc]  # (a ParamSpec's kwargs could name timeout)
         self,
