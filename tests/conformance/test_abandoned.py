@@ -22,7 +22,6 @@ import trio
 from keyedlock import Abandoned, KeyedLock, KeyedLockError
 
 from ..support import WAIT, ThreadHandle, start_thread, wait_waiters, wait_waiters_async
-from .scopes import Scope, differs
 from .test_warn_after import Records
 
 
@@ -35,12 +34,6 @@ def records() -> Iterator[Records]:
         yield handler
     finally:
         logger.removeHandler(handler)
-
-
-@pytest.fixture
-def local(scope: Scope) -> None:
-    """Holders are watched by the process that holds the key (the local table)."""
-    differs(scope, "manager", why="a holder's end is seen by its own process only")
 
 
 def test_abandoned_is_a_keyed_lock_error() -> None:
@@ -99,7 +92,6 @@ def end_holder_and_expect_abandoned(
     assert len(lock) == 0
 
 
-@pytest.mark.usefixtures("local")
 def test_callers_of_a_key_left_by_an_ended_task_raise(lock: KeyedLock, records: Records) -> None:
     ended_asyncio_holder(lock, "k")
     with pytest.raises(Abandoned, match="asyncio task 'leaker'"), lock("k", timeout=WAIT):
@@ -108,6 +100,7 @@ def test_callers_of_a_key_left_by_an_ended_task_raise(lock: KeyedLock, records: 
         lock.acquire("k")
     assert lock.acquire("k", blocking=False) is False  # trying once never waits: no error
     assert lock.locked("k")
+    assert records.arrived.wait(WAIT)  # (a manager is told by the holder's process, then logs)
     assert any("asyncio task 'leaker'" in message for message in records.messages())
 
     lock.release("k")  # anyone may still release it: then the key works as always
@@ -116,7 +109,6 @@ def test_callers_of_a_key_left_by_an_ended_task_raise(lock: KeyedLock, records: 
     assert len(lock) == 0
 
 
-@pytest.mark.usefixtures("local")
 def test_waiters_queued_when_the_task_ends_raise(lock: KeyedLock) -> None:
     entered, end = threading.Event(), threading.Event()
 
@@ -132,7 +124,6 @@ def test_waiters_queued_when_the_task_ends_raise(lock: KeyedLock) -> None:
     end_holder_and_expect_abandoned(lock, end, holding, waiters, "asyncio task")
 
 
-@pytest.mark.usefixtures("local")
 @pytest.mark.parametrize("took", ["acquire_async", "acquire(blocking=False)"])
 def test_waiters_in_other_threads_of_an_ended_trio_task_raise(lock: KeyedLock, took: str) -> None:
     """The trio holder's end is watched from the waiters' threads through its run."""
@@ -153,7 +144,6 @@ def test_waiters_in_other_threads_of_an_ended_trio_task_raise(lock: KeyedLock, t
     end_holder_and_expect_abandoned(lock, end, holding, waiters, "trio task")
 
 
-@pytest.mark.usefixtures("local")
 def test_a_trio_task_handed_the_key_is_watched_before_it_resumes(lock: KeyedLock) -> None:
     """The key reaches a trio task (its run's first acquire) while its run is busy; a thread
     queues behind it before it resumes: the run was noted when the task began to wait."""
@@ -179,7 +169,6 @@ def test_a_trio_task_handed_the_key_is_watched_before_it_resumes(lock: KeyedLock
     end_holder_and_expect_abandoned(lock, gate, holding, [waiter], "trio task")
 
 
-@pytest.mark.usefixtures("local")
 def test_a_trio_task_that_ends_holding(lock: KeyedLock) -> None:
     outcomes: list[str] = []
 
@@ -209,7 +198,6 @@ def test_a_trio_task_that_ends_holding(lock: KeyedLock) -> None:
     lock.release("k")
 
 
-@pytest.mark.usefixtures("local")
 def test_a_thread_that_ends_holding_is_only_reported(lock: KeyedLock, records: Records) -> None:
     """threading.Lock's convention: another thread may release it, so its waiters wait."""
     done = threading.Event()
@@ -234,7 +222,6 @@ def test_a_thread_that_ends_holding_is_only_reported(lock: KeyedLock, records: R
     assert waiting.result() == "entered"
 
 
-@pytest.mark.usefixtures("local")
 def test_a_context_never_leaves_its_key(lock: KeyedLock, records: Records) -> None:
     async def main() -> None:
         async def in_a_context() -> None:
@@ -248,7 +235,6 @@ def test_a_context_never_leaves_its_key(lock: KeyedLock, records: Records) -> No
     assert records.records == []
 
 
-@pytest.mark.usefixtures("local")
 def test_a_key_released_before_its_owner_ends_is_not_abandoned(
     make_lock: Callable[..., KeyedLock], records: Records
 ) -> None:

@@ -28,7 +28,7 @@ import anyio.lowlevel
 import pytest
 import trio
 
-from keyedlock import Aborted, LockTimeout, QueueFull, Result
+from keyedlock import Abandoned, Aborted, LockTimeout, QueueFull, Result
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy, SingleFlightProxy
 
 pytestmark = [
@@ -269,6 +269,29 @@ def _abort_witness(klock: KeyedLockProxy, key: str) -> list[str]:
         return [type(exc).__name__, type(cause).__name__, repr(getattr(cause, "args", None))]
 
 
+def _abandon_witness(klock: KeyedLockProxy, key: str) -> list[str]:
+    try:
+        with klock(key, timeout=WAIT):
+            return ["acquired"]
+    except Abandoned as exc:
+        return ["Abandoned", str(exc)]
+
+
+def _task_leaves_a_key(klock: KeyedLockProxy, key: str, left: Event, end: Event) -> None:
+    """An asyncio task of this process takes ``key`` and ends holding it; the process goes on
+    until ``end``."""
+
+    async def leaker() -> None:
+        assert await klock.acquire_async(key)
+
+    async def main() -> None:
+        await asyncio.create_task(leaker(), name="leaker")
+
+    asyncio.run(main())
+    left.set()
+    _wait_event(end)
+
+
 def _shared_call(path: str, followers: int, flight: SingleFlightProxy, outcome: str) -> object:
     """The single-flight function: runs once; returns only after ``followers`` have joined."""
     wait_until(lambda: flight._waiting("shared") == followers, f"{followers} followers joined")
@@ -454,6 +477,78 @@ def test_dead_waiter_is_withdrawn(klock: KeyedLockProxy) -> None:
     wait_until(lambda: klock.waiters("k") == 0, "the dead waiter is withdrawn")
     klock.release("k")
     waiter.join()
+
+
+# -- a task that ends holding a key (see _leftheld) ------------------------------------
+
+
+def test_a_task_that_ends_holding_a_key_aborts_the_waiters_of_every_process(
+    klock: KeyedLockProxy,
+) -> None:
+    """The holder's process watches its task and tells the manager: the waiter of another
+    process raises Abandoned, as later callers do, until release(key) frees the key."""
+    entered, end = threading.Event(), threading.Event()
+
+    def entered_then_wait() -> None:
+        entered.set()  # (from the executor's thread: nothing is being submitted as the test forks)
+        end.wait(WAIT)
+
+    async def holder() -> None:
+        assert await klock.acquire_async("left")
+        await asyncio.to_thread(entered_then_wait)
+
+    async def main() -> None:
+        await asyncio.create_task(holder(), name="leaker")
+
+    holding = threading.Thread(target=asyncio.run, args=(main(),), name="holder loop")
+    holding.start()
+    assert entered.wait(WAIT)
+    witness = Child(FORK, _abandon_witness, klock, "left")
+    wait_until(lambda: klock.waiters("left") == 1, "the other process queued")
+    end.set()  # the task ends, still holding the key
+    holding.join(WAIT)
+    kind, message = witness.result()
+    assert kind == "Abandoned"
+    assert "asyncio task 'leaker'" in message
+    with pytest.raises(Abandoned):
+        klock.acquire("left", timeout=WAIT)
+    assert klock.acquire("left", blocking=False) is False  # a try never waits: no error
+    assert klock.locked("left")
+    klock.release("left")  # anyone may release it: then the key works as always
+    with klock("left", timeout=WAIT):
+        pass
+    assert len(klock) == 0
+    witness.join()
+
+
+def test_a_key_left_by_a_task_is_freed_when_its_process_ends(klock: KeyedLockProxy) -> None:
+    left, end = FORK.Event(), FORK.Event()
+    child = Child(FORK, _task_leaves_a_key, klock, "gone", left, end)
+    _wait_event(left)
+    with pytest.raises(Abandoned, match="asyncio task 'leaker'"):
+        klock.acquire("gone", timeout=WAIT)  # (queued, or refused: the manager is told soon)
+    end.set()
+    child.result()
+    child.join()
+    wait_until(lambda: not klock.locked("gone"), "the manager freed the ended process's key")
+    assert klock.acquire("gone", timeout=WAIT)
+    klock.release("gone")
+
+
+def test_a_task_that_takes_many_keys_is_watched_once(klock: KeyedLockProxy) -> None:
+    from keyedlock._runtime import _ends
+
+    backend: Any = klock._backend
+
+    async def main() -> None:
+        for i in range(100):
+            assert await klock.acquire_async(f"many:{i % 3}")
+            klock.release(f"many:{i % 3}")
+        assert len(_ends._waiting[asyncio.current_task()]) == 1
+        assert backend.left_held.held == {}
+
+    asyncio.run(main())
+    assert len(backend.left_held.watching) == 0  # its end was seen, and forgotten
 
 
 # -- async waiters in workers ---------------------------------------------------------

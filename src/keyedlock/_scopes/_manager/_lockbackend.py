@@ -30,8 +30,10 @@ from ..._runtime import (
 from ..._statistics import LockStatistics, Owner
 from ..._validate import check_key
 from .._context import ENTERED, LockContext
+from .._forking import reset_in_child
 from .._local import NO_MAPPED_KEYS
 from ._client import Wait, client_for, next_serial
+from ._leftheld import LeftHeld
 from ._owners import owner_id, owner_name
 from ._payloads import dump_cause, load_cause
 from ._protocol import ACQUIRE, KEYS, LEN, LOCKED, RELEASE, STATS, WAITERS, Reply, encode
@@ -117,7 +119,7 @@ class ManagerContext(LockContext):
 class ManagerLockBackend:
     """The :class:`~keyedlock._scopes.LockBackend` of a lock living in a manager process."""
 
-    __slots__ = ("address", "fast_acquire", "max_waiters", "tid")
+    __slots__ = ("__weakref__", "address", "fast_acquire", "left_held", "max_waiters", "tid")
 
     context: type[LockContext] = ManagerContext
     #: The queue is the manager's: no local table.
@@ -130,6 +132,13 @@ class ManagerLockBackend:
         self.tid = tid
         self.max_waiters = max_waiters
         self.fast_acquire = fast_acquire
+        #: This process's holds taken with acquire(), their owners watched (see _leftheld).
+        self.left_held = LeftHeld(address, tid)
+        reset_in_child(self)
+
+    def forked(self) -> None:
+        """In a fork child: none of the parent's holds or owners are this process's."""
+        self.left_held = LeftHeld(self.address, self.tid)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
@@ -163,6 +172,9 @@ class ManagerLockBackend:
     def _granted(self, ctx: LockContext, reply: object, timeout: float | None) -> bool:
         """Map an ACQUIRE reply to True (acquired) / False (timed out), or raise."""
         if reply == Reply.GRANTED:
+            if ctx._watched:  # taken by acquire(): it may outlive its owner
+                assert isinstance(ctx, ManagerContext)
+                self.left_held.taken(ctx._key, ctx._owner, ctx._serial)
             return True
         key = ctx._key
         if isinstance(reply, tuple) and reply[0] == Reply.ABORTED:
@@ -217,6 +229,8 @@ class ManagerLockBackend:
         assert isinstance(ctx, ManagerContext)
         self._release(ctx._key, ctx._serial, abort)
         ctx._wait = None
+        if ctx._watched:
+            self.left_held.released(ctx._key)
 
     def undo(self, ctx: LockContext) -> None:
         assert isinstance(ctx, ManagerContext)
@@ -225,6 +239,8 @@ class ManagerLockBackend:
             ctx._wait = None
             with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
                 self._release(ctx._key, ctx._serial, None)
+            if ctx._watched:
+                self.left_held.released(ctx._key)
 
     # -- any caller -----------------------------------------------------------------
 
@@ -232,6 +248,7 @@ class ManagerLockBackend:
         if not done:
             done.append(next_serial())  # the ticket: a repeat of this request changes nothing
         client_for(self.address).call(encode(RELEASE, self.tid, key, None, None, done[0]))
+        self.left_held.released(key)
 
     def locked(self, key: Hashable) -> bool:
         return bool(client_for(self.address).call(encode(LOCKED, self.tid, key)))

@@ -28,6 +28,7 @@ __all__ = [
     "IN_FLIGHT",
     "JOIN",
     "KEYS",
+    "LEFT_HELD",
     "LEN",
     "LOCKED",
     "NAME_LIMIT",
@@ -117,6 +118,14 @@ STATS: Final = Request(
     "or None, [each waiter's runtime], a fresh kept value).",
 )
 KEYS: Final = Request(18, "keys", ("tid",), "The keys of lock or group ``tid`` that are busy.")
+LEFT_HELD: Final = Request(
+    19,
+    "left_held",
+    ("tid", "key", "serial", "who"),
+    "The owner of the caller's hold ``serial`` (``who``, named) ended holding ``key``: its "
+    "waiters, and callers that would wait, raise Abandoned until ``key`` is released. True if "
+    "that hold still held the key.",
+)
 
 #: Every request, by code.
 REQUESTS: Final = {
@@ -140,6 +149,7 @@ REQUESTS: Final = {
         SHUTDOWN,
         STATS,
         KEYS,
+        LEFT_HELD,
     )
 }
 

@@ -31,9 +31,11 @@ from ..._core import (
     FlightTable,
     Hold,
     KeyTable,
+    fresh_copy,
     outcome_of,
     reacquire_error,
 )
+from ..._errors import Abandoned
 from ..._ki import internal
 from ..._log import logger
 from ..._runtime import wait_thread
@@ -176,7 +178,10 @@ class Service(Introspection):
                 return self._granted(hold)
             self._drop(hold)
             if decided == ABORTED:
-                return (Reply.ABORTED, outcome_of(hold))
+                outcome = outcome_of(hold)
+                if isinstance(outcome, Abandoned):  # (see left_held)
+                    raise fresh_copy(outcome)
+                return (Reply.ABORTED, outcome)
             return Reply.CANCELLED if hold.void else Reply.BUSY
 
     def _granted(self, hold: RemoteHold) -> int:
@@ -225,6 +230,22 @@ class Service(Introspection):
             assert isinstance(holder, RemoteHold)
             self._drop(holder)
             table.release(key, holder, abort)
+
+    def left_held(self, state: Conn, tid: int, key: Hashable, serial: int, who: str) -> bool:
+        """The owner of this process's hold ``serial`` ended holding ``key`` (the process
+        watches its tasks): the hold is abandoned (see ``KeyTable.abandon``). It stays the
+        key's holder, for ``release(key)`` or its process's end to free. False if it no
+        longer holds the key (released meanwhile), or was abandoned already."""
+        table = self._table(tid)
+        with self.mutex:
+            hold = state.proc.holds.get(serial)
+            if hold is None or hold.phase != LIVE or hold.table is not table:
+                return False
+            error = Abandoned(
+                f"key {key!r} is held by {who}, which ended without releasing it; "
+                "nobody is bound to release it (release(key) still can)"
+            )
+            return table.abandon(key, hold, error)
 
     def cancel(self, state: Conn, conn_id: int, serial: int, give_back: bool) -> None:
         """Withdraw the request ``serial`` sent on the connection ``conn_id``.
