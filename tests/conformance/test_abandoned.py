@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterator
@@ -315,3 +316,33 @@ def test_watching_many_locks_from_one_thread_keeps_no_trace() -> None:
         wait_behind_an_acquire(KeyedLock(), "k")
         gc.collect()
     assert len(ends._waiting.get(thread_owners.token, ())) < 16
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_child_does_not_report_the_parents_threads(records: Records) -> None:
+    """fork drops the parent's other threads in the child, before the at-fork handlers run:
+    those are not ends (the parent's holder, watched for its waiter, is not reported)."""
+    lock = KeyedLock()
+    taken, end = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        assert lock.acquire("k")
+        taken.set()
+        end.wait(WAIT)
+        lock.release("k")
+
+    holding = start_thread(holder, "holder")
+    assert taken.wait(WAIT)
+    waiting = start_thread(lambda: lock.acquire("k", timeout=WAIT), "waiter")
+    wait_waiters(lock, "k", 1)  # the holder's thread is watched now
+    pid = os.fork()
+    if pid == 0:  # the child: report how many records its logging made, and leave
+        os._exit(len(records.records))
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        end.set()
+    assert os.waitstatus_to_exitcode(status) == 0
+    holding.result()
+    assert waiting.result() is True
+    lock.release("k")

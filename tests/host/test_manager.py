@@ -8,6 +8,7 @@ module level so that ``spawn`` workers can import them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import signal
@@ -30,6 +31,8 @@ import trio
 
 from keyedlock import Abandoned, Aborted, LockTimeout, QueueFull, Result
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy, SingleFlightProxy
+
+from ..conformance.test_warn_after import Records
 
 pytestmark = [
     # Forking while helper threads of earlier tests linger is fine here (the children only
@@ -73,6 +76,18 @@ def reap_children(manager: KeyedLockManager) -> Iterator[None]:
         p.kill()
     for p in left:
         p.join(WAIT)
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    """The records of the ``keyedlock`` logger, in this process, during the test."""
+    handler = Records()
+    logger = logging.getLogger("keyedlock")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture
@@ -545,10 +560,75 @@ def test_a_task_that_takes_many_keys_is_watched_once(klock: KeyedLockProxy) -> N
             assert await klock.acquire_async(f"many:{i % 3}")
             klock.release(f"many:{i % 3}")
         assert len(_ends._waiting[asyncio.current_task()]) == 1
-        assert backend.left_held.held == {}
+        assert len(backend.left_held.watching) == 1  # nothing per key
 
     asyncio.run(main())
     assert len(backend.left_held.watching) == 0  # its end was seen, and forgotten
+
+
+def test_a_task_handed_the_key_by_a_release_is_watched(klock: KeyedLockProxy) -> None:
+    entered, end = threading.Event(), threading.Event()
+
+    def entered_then_wait() -> None:
+        entered.set()
+        end.wait(WAIT)
+
+    async def taker() -> None:
+        assert await klock.acquire_async("handed")  # waits for the main thread's key
+        await asyncio.to_thread(entered_then_wait)
+
+    async def main() -> None:
+        await asyncio.create_task(taker(), name="taker")
+
+    assert klock.acquire("handed")
+    holding = threading.Thread(target=asyncio.run, args=(main(),), name="taker loop")
+    holding.start()
+    wait_until(lambda: klock.waiters("handed") == 1, "the task queued")
+    klock.release("handed")  # handed to the task
+    assert entered.wait(WAIT)
+    end.set()
+    holding.join(WAIT)
+    with pytest.raises(Abandoned, match="asyncio task 'taker'"):
+        klock.acquire("handed", timeout=WAIT)
+    klock.release("handed")
+
+
+def _release_keys(klock: KeyedLockProxy, keys: list[str]) -> None:
+    for key in keys:
+        klock.release(key)
+
+
+def _no_report_on_its_way() -> bool:
+    return not any(thread.name == "keyedlock-left-held" for thread in threading.enumerate())
+
+
+def test_a_thread_whose_key_another_process_released_is_not_reported(
+    klock: KeyedLockProxy, records: Records
+) -> None:
+    taken, end = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        assert klock.acquire("elsewhere")
+        taken.set()
+        end.wait(WAIT)
+
+    thread = threading.Thread(target=worker, name="worker")
+    thread.start()
+    assert taken.wait(WAIT)
+    releaser = Child(FORK, _release_keys, klock, ["elsewhere"])
+    releaser.result()
+    releaser.join()
+    end.set()  # the thread ends; the key it took was released by another process
+    thread.join(WAIT)
+    wait_until(_no_report_on_its_way, "the manager answered the end of the thread")
+    assert records.messages() == []
+
+    held = threading.Thread(target=klock.acquire, args=("elsewhere",), name="taker")
+    held.start()  # the same, not released: reported
+    held.join(WAIT)
+    assert records.arrived.wait(WAIT)
+    assert "still held by thread 'taker'" in records.messages()[0]
+    klock.release("elsewhere")
 
 
 # -- async waiters in workers ---------------------------------------------------------

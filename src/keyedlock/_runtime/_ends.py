@@ -44,11 +44,18 @@ _waiting: weakref.WeakKeyDictionary[Any, list[weakref.WeakMethod[Callback]]] = (
 _guard = threading.Lock()
 
 
+#: The process whose owners are watched. In a fork child the interpreter drops the parent's
+#: other threads (their thread-local data with them) before the at-fork handlers run: those
+#: are not ends, and are ignored until the child's handler (below) takes over.
+_pid: list[int] = [os.getpid()]
+
+
 def _forget_in_child() -> None:
     """In a fork child: the parent's threads and tasks do not end here (nor exist), and the
     guard may have been held by one of them."""
     global _guard
     _guard = threading.Lock()
+    _pid[0] = os.getpid()
     _waiting.clear()
     _trio_runs.clear()
     _noted[0] = None
@@ -101,6 +108,8 @@ def when_ended(owner: object, method: Callback) -> bool:
 
 def _ended(owner: object) -> None:
     """``owner`` ended: call (and forget) the subscribers that wait for it."""
+    if os.getpid() != _pid[0]:
+        return  # a parent's thread, dropped by fork (see _pid)
     with _guard:
         subscribers = _waiting.pop(owner, [])
     for subscriber in subscribers:

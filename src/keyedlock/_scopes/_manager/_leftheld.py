@@ -5,13 +5,15 @@ waits for a ``release(key)`` that may come from anyone. The manager sees
 processes, not their threads and tasks (it frees a key when the process
 holding it ends), so each process watches the owners of its own
 ``acquire()`` holds (:func:`~keyedlock._runtime.when_ended`, once per
-owner). When a task ends still holding a key, the process tells the manager
-(``LEFT_HELD``): the hold is *abandoned* there, and the key's waiters in
-every process raise :class:`~keyedlock.Abandoned`, as callers that would
-wait for it do, until ``release(key)`` frees it; the same policy as the
-process scope's (:mod:`keyedlock._scopes._abandon`). A thread that ends
-holding a key is logged only: any thread may release it, as with
-``threading.Lock``.
+owner) and tells the manager when one ends (``LEFT_HELD``, naming the owner
+as the manager knows it). The manager, which knows which keys that owner
+still holds, abandons them if it was a task: the key's waiters in every
+process raise :class:`~keyedlock.Abandoned`, as callers that would wait for
+it do, until ``release(key)`` frees it, the same policy as the process
+scope's (:mod:`keyedlock._scopes._abandon`). A thread that ended holding a
+key is logged only: any thread may release it, as with ``threading.Lock``.
+This process keeps nothing per key: a key released by another process, or
+handed on, needs no bookkeeping here.
 """
 
 from __future__ import annotations
@@ -28,86 +30,73 @@ from ..._log import logger
 from ..._runtime import describe_owner, owner_text, when_ended
 from ._client import client_for
 from ._protocol import LEFT_HELD, encode
-from ._transport import NoAnswer
+from ._transport import NoAnswer, deadline_for
 
 __all__ = ["LeftHeld"]
 
 
 @internal
 class LeftHeld:
-    """This process's ``acquire()`` holds of one manager lock, and their owners' ends."""
+    """The owners of this process's ``acquire()`` holds of one manager lock, watched."""
 
-    __slots__ = ("__weakref__", "address", "guard", "held", "tid", "watching")
+    __slots__ = ("__weakref__", "address", "guard", "tid", "watching")
 
     def __init__(self, address: str, tid: int) -> None:
         self.address = address
         self.tid = tid
         self.guard = threading.Lock()
-        #: key -> (owner, the serial of its hold): the last hold of each key taken here with
-        #: acquire(), until this process releases the key (an entry left by a release from
-        #: another process is told to the manager at its owner's end, which says no).
-        self.held: dict[Hashable, tuple[Any, int]] = {}
-        #: The owners whose end is watched already (once each).
-        self.watching: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Each owner whose end is watched (once), with its number on the wire (a thread's is
+        #: only known in that thread).
+        self.watching: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
-    def taken(self, key: Hashable, owner: object, serial: int) -> None:
-        """``owner`` took ``key`` with acquire() (its hold ``serial``): watch its end."""
+    def taken(self, owner: object, wire: int) -> None:
+        """``owner`` (``wire`` to the manager) took a key with acquire(): watch its end."""
         with self.guard:
-            self.held[key] = (owner, serial)
             if owner in self.watching:
                 return
-            self.watching.add(owner)
+            self.watching[owner] = wire
         if not when_ended(owner, self.ended):  # (a trio task of a run it cannot reach)
             with self.guard:
-                self.watching.discard(owner)
-
-    def released(self, key: Hashable) -> None:
-        """This process released ``key``."""
-        with self.guard:
-            self.held.pop(key, None)
+                self.watching.pop(owner, None)
 
     def ended(self, owner: object) -> None:
-        """``owner`` ended: the keys it still holds are logged, and a task's are abandoned."""
+        """``owner`` ended: the manager abandons a task's keys; the keys are logged."""
         with self.guard:
-            self.watching.discard(owner)
-            left = [(key, serial) for key, (who, serial) in self.held.items() if who is owner]
-            for key, _ in left:
-                del self.held[key]
-        if not left:
+            wire = self.watching.pop(owner, None)
+        if wire is None:
             return
-        if describe_owner(owner)[0] == "thread":
-            for key, _ in left:
-                logger.warning(
-                    "key %r of a KeyedLockManager lock is still held by %s, which ended "
-                    "without releasing it (in process %d); its waiters wait until someone "
-                    "calls release(key)",
-                    key,
-                    owner_text(owner),
-                    os.getpid(),
-                )
-            return
-        # A round trip each: from a thread of its own, not from the task's event loop.
+        thread = describe_owner(owner)[0] == "thread"
+        # A round trip: from a thread of its own, not from the task's event loop.
         with contextlib.suppress(RuntimeError):  # (at interpreter shutdown: nobody waits)
             threading.Thread(
                 target=self._tell,
-                args=(owner_text(owner), left),
+                args=(wire, owner_text(owner), not thread),
                 name="keyedlock-left-held",
                 daemon=True,
             ).start()
 
-    def _tell(self, who: str, left: list[tuple[Hashable, int]]) -> None:
-        """Tell the manager of each key ``who`` left held; log those it abandons."""
-        for key, serial in left:
-            try:
-                data = encode(LEFT_HELD, self.tid, key, serial, who)
-                abandoned = client_for(self.address).call(data)
-            except (ConnectionError, RuntimeError, NoAnswer):
-                continue  # the manager is gone (or going): nobody waits there any more
-            if abandoned:
+    def _tell(self, wire: int, who: str, abandon: bool) -> None:
+        """Tell the manager that the owner ``wire`` (``who``) ended; log the keys it held."""
+        try:
+            data = encode(LEFT_HELD, self.tid, wire, who, abandon)
+            keys: list[Hashable] = client_for(self.address).call(data, deadline_for(0))
+        except (ConnectionError, RuntimeError, NoAnswer):
+            return  # the manager is gone (or going, or stuck): nobody waits there any more
+        for key in keys:
+            if abandon:
                 logger.warning(
                     "key %r of a KeyedLockManager lock was left held by %s, which ended "
                     "without releasing it (in process %d); the callers waiting for it, in "
                     "every process, raise Abandoned",
+                    key,
+                    who,
+                    os.getpid(),
+                )
+            else:
+                logger.warning(
+                    "key %r of a KeyedLockManager lock is still held by %s, which ended "
+                    "without releasing it (in process %d); its waiters wait until someone "
+                    "calls release(key)",
                     key,
                     who,
                     os.getpid(),

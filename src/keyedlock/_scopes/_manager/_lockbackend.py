@@ -173,8 +173,8 @@ class ManagerLockBackend:
         """Map an ACQUIRE reply to True (acquired) / False (timed out), or raise."""
         if reply == Reply.GRANTED:
             if ctx._watched:  # taken by acquire(): it may outlive its owner
-                assert isinstance(ctx, ManagerContext)
-                self.left_held.taken(ctx._key, ctx._owner, ctx._serial)
+                owner = ctx._owner
+                self.left_held.taken(owner, owner_id(owner))  # (in the owner's own thread)
             return True
         key = ctx._key
         if isinstance(reply, tuple) and reply[0] == Reply.ABORTED:
@@ -229,8 +229,6 @@ class ManagerLockBackend:
         assert isinstance(ctx, ManagerContext)
         self._release(ctx._key, ctx._serial, abort)
         ctx._wait = None
-        if ctx._watched:
-            self.left_held.released(ctx._key)
 
     def undo(self, ctx: LockContext) -> None:
         assert isinstance(ctx, ManagerContext)
@@ -239,8 +237,6 @@ class ManagerLockBackend:
             ctx._wait = None
             with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
                 self._release(ctx._key, ctx._serial, None)
-            if ctx._watched:
-                self.left_held.released(ctx._key)
 
     # -- any caller -----------------------------------------------------------------
 
@@ -248,7 +244,6 @@ class ManagerLockBackend:
         if not done:
             done.append(next_serial())  # the ticket: a repeat of this request changes nothing
         client_for(self.address).call(encode(RELEASE, self.tid, key, None, None, done[0]))
-        self.left_held.released(key)
 
     def locked(self, key: Hashable) -> bool:
         return bool(client_for(self.address).call(encode(LOCKED, self.tid, key)))

@@ -121,10 +121,10 @@ KEYS: Final = Request(18, "keys", ("tid",), "The keys of lock or group ``tid`` t
 LEFT_HELD: Final = Request(
     19,
     "left_held",
-    ("tid", "key", "serial", "who"),
-    "The owner of the caller's hold ``serial`` (``who``, named) ended holding ``key``: its "
-    "waiters, and callers that would wait, raise Abandoned until ``key`` is released. True if "
-    "that hold still held the key.",
+    ("tid", "owner", "who", "abandon"),
+    "The caller's process saw its ``owner`` (named ``who``) end: the keys of lock ``tid`` it "
+    "still holds (with ``abandon``, a task's: each abandoned, its waiters and later callers "
+    "raise Abandoned until it is released).",
 )
 
 #: Every request, by code.

@@ -231,21 +231,29 @@ class Service(Introspection):
             self._drop(holder)
             table.release(key, holder, abort)
 
-    def left_held(self, state: Conn, tid: int, key: Hashable, serial: int, who: str) -> bool:
-        """The owner of this process's hold ``serial`` ended holding ``key`` (the process
-        watches its tasks): the hold is abandoned (see ``KeyTable.abandon``). It stays the
-        key's holder, for ``release(key)`` or its process's end to free. False if it no
-        longer holds the key (released meanwhile), or was abandoned already."""
+    def left_held(
+        self, state: Conn, tid: int, owner: int, who: str, abandon: bool
+    ) -> list[Hashable]:
+        """The caller's process saw its ``owner`` end: the keys of lock ``tid`` it still holds.
+        With ``abandon`` (a task's end) each of them is abandoned (see ``KeyTable.abandon``):
+        it stays held, for ``release(key)`` or its process's end to free."""
         table = self._table(tid)
+        left: list[Hashable] = []
         with self.mutex:
-            hold = state.proc.holds.get(serial)
-            if hold is None or hold.phase != LIVE or hold.table is not table:
-                return False
-            error = Abandoned(
-                f"key {key!r} is held by {who}, which ended without releasing it; "
-                "nobody is bound to release it (release(key) still can)"
-            )
-            return table.abandon(key, hold, error)
+            whose = (state.proc.pid, owner)  # (an owner as RemoteHold names it)
+            for hold in list(state.proc.holds.values()):
+                if hold.phase != LIVE or hold.table is not table or hold._owner != whose:
+                    continue
+                if not abandon:
+                    left.append(hold.key)
+                    continue
+                error = Abandoned(
+                    f"key {hold.key!r} is held by {who}, which ended without releasing it; "
+                    "nobody is bound to release it (release(key) still can)"
+                )
+                if table.abandon(hold.key, hold, error):
+                    left.append(hold.key)
+        return left
 
     def cancel(self, state: Conn, conn_id: int, serial: int, give_back: bool) -> None:
         """Withdraw the request ``serial`` sent on the connection ``conn_id``.
