@@ -45,8 +45,9 @@ from ._detect import (
     trio_lowlevel,
 )
 from ._ends import has_ended, note_trio_run, when_ended
+from ._finished import Finished
 from ._herd import AsyncioHerd, Herds, HerdTicket
-from ._offload import Finished, Offload
+from ._offload import Offload
 from ._pool import OffloadPool
 from ._ready import READY
 from ._threads import ThreadWaker, wait_thread

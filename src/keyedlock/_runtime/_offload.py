@@ -48,7 +48,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .._ki import internal
 
@@ -57,38 +57,15 @@ if TYPE_CHECKING:
 
 from ._asyncio import WAKE_UP, wake_future, woken
 from ._detect import asyncio_task, running_loop, sniffio_local
+from ._finished import Finished
 from ._pool import OffloadPool
 
-__all__ = ["Finished", "Offload"]
+__all__ = ["Offload"]
 
 T = TypeVar("T")
 
 # threading.Lock.acquire rejects timeouts above this; longer ones wait forever.
 _TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
-
-
-class Finished(Generic[T]):
-    """The outcome of a finished call: its value, or the exception it raised."""
-
-    __slots__ = ("error", "value")
-
-    value: T | None
-    error: BaseException | None
-
-    def __init__(self, value: T | None, error: BaseException | None) -> None:
-        self.value = value
-        self.error = error
-
-    def unwrap(self) -> T:
-        """The value, or raise the exception."""
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-    def __repr__(self) -> str:
-        if self.error is not None:
-            return f"<Finished error={self.error!r}>"
-        return f"<Finished value={self.value!r}>"
 
 
 @internal

@@ -27,9 +27,9 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Hashable
 from time import monotonic
-from typing import Any, Final, cast
+from typing import Any, cast
 
-from ..._core import GRANTED, IDLE, MISS, FlightTable, Hold, decided, outcome_of
+from ..._core import GRANTED, IDLE, MISS, FlightTable, decided, outcome_of
 from ..._errors import follower_copy
 from ..._ki import internal
 from ..._runtime import (
@@ -58,31 +58,13 @@ from ._flightscripts import (
     parse_flight_join,
     parse_flight_wake,
 )
+from ._flightticket import FOLLOWING, LEADING, Ticket
 from ._link import Link
 from ._names import KeyNames, RedisKey, id_owner, new_id
 from ._outcomes import Serializer, decode, encode_error, encode_value
 from ._renewal import Renewal, renewer
 
-__all__ = ["RedisFlightBackend", "Ticket"]
-
-#: A ticket's part in the call in Redis: none yet, following, leading.
-NONE: Final = 0
-FOLLOWING: Final = 1
-LEADING: Final = 2
-
-
-class Ticket(Hold):
-    """One caller's ticket: its place in the local table, and its part in Redis."""
-
-    __slots__ = ("lead", "member", "remote", "role")
-
-    def __init__(self, owner: object) -> None:
-        super().__init__(owner)
-        self.member: str | None = None
-        self.role = NONE
-        self.lead = ""
-        #: The outcome the call in Redis delivered to this ticket (a local leader).
-        self.remote: Outcome | None = None
+__all__ = ["RedisFlightBackend"]
 
 
 @internal

@@ -40,23 +40,18 @@ from ._link import Link
 from ._lockcalls import (
     Granted,
     Inspected,
-    Refreshed,
     acquire,
     inspect,
     parse_acquire,
     parse_inspect,
-    parse_refresh,
     parse_wake,
-    refresh,
     release,
-    renew,
-    report,
     withdraw,
 )
+from ._lockrenewals import LockRenewals
 from ._loops import MARGIN, reply_wait
-from ._lua import Call
 from ._names import KeyNames, RedisKey
-from ._renewal import Renewal, renewer
+from ._renewal import renewer
 
 __all__ = ["RedisScope"]
 
@@ -65,7 +60,7 @@ CLEAN_UP_LEASES: Final = 3
 
 
 @internal
-class RedisScope:
+class RedisScope(LockRenewals):
     """The :class:`~keyedlock._scopes.WideScope` of a lock on Redis (module docstring)."""
 
     __slots__ = (
@@ -379,70 +374,4 @@ class RedisScope:
         self.changed_keys.add(local_key)
         renewer.report(self)
 
-    def reports(self) -> list[Call]:
-        """The counts that changed since they were last sent (for the renewal thread)."""
-        calls: list[Call] = []
-        changed = self.changed_keys
-        while changed:
-            try:
-                local_key = changed.pop()
-            except KeyError:  # (emptied by another thread meanwhile)
-                break
-            holder, behind = self._behind(local_key)
-            attempt = None if holder is None else self.held.get(holder)
-            if attempt is None or attempt.behind == behind:
-                continue  # (none yet: its acquire will carry the count)
-            attempt.behind = behind
-            names = attempt.key.names
-            calls.append(report(names, attempt.waiter, behind=behind, keep_ms=self.lease_ms))
-        return calls
-
     not_held = staticmethod(not_held_error)
-
-    # -- renewal ------------------------------------------------------------
-
-    def renewals(self) -> list[Renewal]:
-        """This round's calls: a ``renew`` per held key, a ``refresh`` per waiting place."""
-        sent = monotonic()
-        calls: list[Renewal] = []
-        lease_ms = self.lease_ms
-        for hold, attempt in list(self.held.items()):
-            names = attempt.key.names
-            holder, behind = self._behind(attempt.key)
-            if holder is not hold:
-                behind = 0  # (its callers behind are another attempt's by now)
-            attempt.behind = behind
-            waiter = attempt.waiter
-            if attempt.state == HELD:
-                if not attempt.lost:
-                    call = renew(names, waiter, lease_ms=lease_ms, behind=behind)
-                    calls.append((call, self._renewed(hold, attempt, sent)))
-            else:
-                call = refresh(names, waiter, lease_ms=lease_ms, place_ms=lease_ms, behind=behind)
-                calls.append((call, self._refreshed(attempt, sent)))
-        return calls
-
-    def _renewed(self, hold: Hold, attempt: Attempt, sent: float) -> Any:
-        def done(reply: object) -> None:
-            if reply == 1:
-                attempt.expires = sent + self.lease
-            elif self.held.get(hold) is attempt and (
-                not isinstance(reply, BaseException) or monotonic() >= attempt.expires
-            ):
-                # Refused (not the owner), or unreachable until the lease was over.
-                lose(
-                    hold,
-                    attempt,
-                    "Redis could not be reached until the lease ran out"
-                    if isinstance(reply, BaseException)
-                    else "the renewal found it held by someone else or by nobody",
-                )
-
-        return done
-
-    def _refreshed(self, attempt: Attempt, sent: float) -> Any:
-        def done(reply: object) -> None:
-            if not isinstance(reply, BaseException) and parse_refresh(reply) == Refreshed.HELD:
-                attempt.expires = sent + self.lease  # handed the key: its lease was renewed
-
-        return done

@@ -65,18 +65,7 @@ for 0): ``acquire``, ``renew`` and ``refresh`` carry it (``behind``), and ``repo
 behind, keep_ms)`` sets it when it changes in between (sent by the renewal thread). It counts
 only while its waiter holds the key or has a live place; an entry goes with its waiter's
 release, withdraw or expired place, and the hash expires ``keep_ms`` after its last write.
-
-Why a wake list and not pub/sub
--------------------------------
-
-A per-waiter list popped with ``BLPOP`` keeps the wake-up until the waiter takes it: a
-hand-off that lands between ``acquire``'s reply and the start of the ``BLPOP``, or while the
-client reconnects, is not lost (a ``PUBLISH`` with nobody subscribed is). The list is in the
-key's slot, so the release script can push it on a Cluster (``PUBLISH`` is broadcast to every
-node, and ``SPUBLISH`` needs Redis 7 and a channel in the script's slot), it works the same on
-Redis 6.2 and Valkey, and the blocking pop's timeout is exactly the "holder's lease may have
-run out" bound. The price is one connection blocked per key a process waits for (the local
-side lets at most one caller per key and process reach the server).
+(Why waiters are woken by a list, not pub/sub: docs/design.md, "The cluster scope's wake-ups".)
 """
 
 from __future__ import annotations
