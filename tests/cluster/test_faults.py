@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import pytest
 import redis
 import trio
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from keyedlock import LeaseLost, LockTimeout
 from keyedlock._scopes._redis import renewer
@@ -30,7 +32,7 @@ from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, AsyncioThread, Handle, TrioThread, start_thread, wait_until
 from .conftest import LEASE
-from .servers import Server
+from .servers import Server, free_port
 
 
 @pytest.fixture
@@ -625,6 +627,31 @@ def test_a_stopped_server_costs_the_leases_on_another_nothing_whatever_the_links
             ctx.__exit__(None, None, None)
     assert renewer.settle(WAIT)
     assert [len(lock) for lock in locks] == [0, 0]
+
+
+def test_a_client_that_retries_costs_the_leases_of_other_keys_nothing(
+    fresh_server: Server,
+) -> None:
+    """A lock made from a user's redis.Redis whose retry tries a refused connection again,
+    with back-off, for seconds (redis-py's default does): its clean-ups, sent by the renewal
+    thread, reach for the server without that retry, so a key held through another lock
+    keeps its lease."""
+    lock = RedisKeyedLock(fresh_server.url, prefix="retrying:", lease=LEASE)
+    refused = redis.Redis(
+        host="127.0.0.1",
+        port=free_port(),  # (nothing listens there)
+        socket_timeout=1,
+        socket_connect_timeout=1,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.5), 6),
+    )
+    unreachable = RedisKeyedLock(refused, prefix="retrying:", lease=LEASE)
+    with lock("held") as held:
+        for _ in range(3):
+            with pytest.raises(ConnectionError):
+                unreachable.acquire("k", timeout=0.5)
+        time.sleep(2 * LEASE)  # (long enough to lose the lease if renewals were held up)
+        assert not held.lost
+    assert len(lock) == 0
 
 
 def test_a_dropped_client_of_a_late_server_is_not_kept(fresh_server: Server) -> None:

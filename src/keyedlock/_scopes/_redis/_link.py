@@ -59,6 +59,20 @@ def _connection(pool: Any) -> Any:
     return pool.get_connection("_") if _NAMED else pool.get_connection()
 
 
+def _pool_without_retry(client: redis.Redis, link: object) -> Any:
+    """A pool for the scope's commands to the server of a user's ``client``: the client's
+    settings, no retry, closed when ``link`` goes. The client's retry would try a refused
+    connection again with back-off for seconds, holding up the process's renewal thread,
+    and with it the leases of every other key (a cluster's node clients never retry)."""
+    pool = client.connection_pool
+    settings = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+    ours = redis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **settings
+    )
+    weakref.finalize(link, ours.disconnect).atexit = False  # (as a URL's client: see Link)
+    return ours
+
+
 @internal
 class Link(AsyncCalls):
     """The connections of a scope to one server or cluster (see the module docstring)."""
@@ -83,7 +97,10 @@ class Link(AsyncCalls):
             )
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
-        self._pool = None if self.cluster else client.connection_pool
+        if self.cluster:
+            self._pool = None
+        else:  # (a client made from the URL retries nothing already)
+            self._pool = client.connection_pool if self.url else _pool_without_retry(client, self)
         if self.cluster:
             nodes = ", ".join(node.name for node in client.get_primaries())
             self.server = f"the Redis Cluster of {nodes}"
