@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterator
 from functools import partial
 
 import pytest
@@ -22,7 +22,15 @@ import trio
 
 from keyedlock import Abandoned, KeyedLock, KeyedLockError
 
-from ..support import WAIT, ThreadHandle, start_thread, wait_waiters, wait_waiters_async
+from ..support import (
+    WAIT,
+    ThreadHandle,
+    start_thread,
+    wait_until,
+    wait_until_async,
+    wait_waiters,
+    wait_waiters_async,
+)
 from .test_warn_after import Records
 
 
@@ -234,6 +242,52 @@ def test_a_context_never_leaves_its_key(lock: KeyedLock, records: Records) -> No
     asyncio.run(main())
     assert not lock.locked("k")
     assert records.records == []
+
+
+def _no_report_on_its_way() -> bool:
+    """True once no end of an owner is being told to a manager (see _leftheld)."""
+    return not any(thread.name == "keyedlock-left-held" for thread in threading.enumerate())
+
+
+def test_a_context_that_outlives_its_task_is_not_abandoned(
+    lock: KeyedLock, records: Records
+) -> None:
+    """A task whose end is watched (it took a key with acquire()) enters a context in an async
+    generator and ends with it open; another task closes the generator later. The context's
+    exit releases its key: it is not abandoned, and its waiter gets it."""
+    entered: list[str] = []
+
+    async def main() -> None:
+        async def in_a_context() -> AsyncGenerator[None, None]:
+            async with lock("k"):
+                yield
+
+        kept: list[AsyncGenerator[None, None]] = []
+
+        async def owner() -> None:
+            assert await lock.acquire_async("x")  # (its end is watched from now on)
+            lock.release("x")
+            generator = in_a_context()
+            await generator.__anext__()  # the context is entered by this task
+            kept.append(generator)
+
+        async def waiter() -> None:
+            async with lock("k", timeout=WAIT):
+                entered.append("waiter")
+
+        await asyncio.create_task(owner(), name="owner")  # ends, the context still open
+        await asyncio.to_thread(wait_until, _no_report_on_its_way, "its end was told")
+        waiting = asyncio.create_task(waiter())
+        await wait_until_async(lambda: waiting.done() or lock.waiters("k") == 1, "it waits")
+        if waiting.done():
+            await waiting  # (what it raised, if the key was taken for abandoned)
+        await kept[0].aclose()  # the context exits, in this task
+        await waiting
+
+    asyncio.run(main())
+    assert entered == ["waiter"]
+    assert records.records == []
+    assert len(lock) == 0
 
 
 def test_a_key_released_before_its_owner_ends_is_not_abandoned(

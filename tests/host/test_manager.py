@@ -11,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -629,6 +630,25 @@ def test_a_thread_whose_key_another_process_released_is_not_reported(
     assert records.arrived.wait(WAIT)
     assert "still held by thread 'taker'" in records.messages()[0]
     klock.release("elsewhere")
+
+
+def test_an_owner_seen_through_two_proxies_of_a_lock_is_told_once(
+    klock: KeyedLockProxy, records: Records
+) -> None:
+    twin = pickle.loads(pickle.dumps(klock))  # (as a pool worker gets it)
+
+    def worker() -> None:
+        assert klock.acquire("twice:x")
+        klock.release("twice:x")
+        assert twin.acquire("twice")
+
+    thread = threading.Thread(target=worker, name="worker")
+    thread.start()
+    thread.join(WAIT)
+    assert records.arrived.wait(WAIT)
+    wait_until(_no_report_on_its_way, "the manager answered the end of the thread")
+    assert [m for m in records.messages() if "'twice'" in m] == [records.messages()[0]]
+    klock.release("twice")
 
 
 # -- async waiters in workers ---------------------------------------------------------

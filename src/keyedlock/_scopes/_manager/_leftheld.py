@@ -18,7 +18,6 @@ handed on, needs no bookkeeping here.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
@@ -32,14 +31,31 @@ from ._client import client_for
 from ._protocol import LEFT_HELD, encode
 from ._transport import NoAnswer, deadline_for
 
-__all__ = ["LeftHeld"]
+__all__ = ["LeftHeld", "left_held_for"]
+
+#: Each lock's watch in this process, by (process id, manager address, lock id): every proxy
+#: of one lock shares it, so an owner's end is told (and logged) once; a fork child makes its
+#: own (whenever its backends ask: before or after any at-fork handler). Held weakly, by the
+#: backends.
+_watches: weakref.WeakValueDictionary[tuple[int, str, int], LeftHeld] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def left_held_for(address: str, tid: int) -> LeftHeld:
+    """This process's watch of the lock ``tid`` of the manager at ``address``."""
+    key = (os.getpid(), address, tid)
+    watch = _watches.get(key)
+    if watch is None:  # (two threads racing here may make two: an end is then told twice)
+        watch = _watches.setdefault(key, LeftHeld(address, tid))
+    return watch
 
 
 @internal
 class LeftHeld:
     """The owners of this process's ``acquire()`` holds of one manager lock, watched."""
 
-    __slots__ = ("__weakref__", "address", "guard", "tid", "watching")
+    __slots__ = ("__weakref__", "address", "ended_owners", "guard", "reporting", "tid", "watching")
 
     def __init__(self, address: str, tid: int) -> None:
         self.address = address
@@ -48,6 +64,10 @@ class LeftHeld:
         #: Each owner whose end is watched (once), with its number on the wire (a thread's is
         #: only known in that thread).
         self.watching: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        #: Owners that ended, not yet told: (wire number, name, abandon).
+        self.ended_owners: list[tuple[int, str, bool]] = []
+        #: True while a thread tells the manager (it takes every end queued meanwhile).
+        self.reporting = False
 
     def taken(self, owner: object, wire: int) -> None:
         """``owner`` (``wire`` to the manager) took a key with acquire(): watch its end."""
@@ -60,30 +80,50 @@ class LeftHeld:
                 self.watching.pop(owner, None)
 
     def ended(self, owner: object) -> None:
-        """``owner`` ended: the manager abandons a task's keys; the keys are logged."""
+        """``owner`` ended: queued for the manager, which abandons a task's keys."""
+        abandon = describe_owner(owner)[0] != "thread"
         with self.guard:
             wire = self.watching.pop(owner, None)
-        if wire is None:
-            return
-        thread = describe_owner(owner)[0] == "thread"
-        # A round trip: from a thread of its own, not from the task's event loop.
-        with contextlib.suppress(RuntimeError):  # (at interpreter shutdown: nobody waits)
-            threading.Thread(
-                target=self._tell,
-                args=(wire, owner_text(owner), not thread),
-                name="keyedlock-left-held",
-                daemon=True,
-            ).start()
-
-    def _tell(self, wire: int, who: str, abandon: bool) -> None:
-        """Tell the manager that the owner ``wire`` (``who``) ended; log the keys it held."""
+            if wire is None:
+                return
+            self.ended_owners.append((wire, owner_text(owner), abandon))
+            if self.reporting:
+                return  # (the running report takes it)
+            self.reporting = True
+        # Round trips: from a thread of its own, not from the task's event loop.
         try:
-            data = encode(LEFT_HELD, self.tid, wire, who, abandon)
-            keys: list[Hashable] = client_for(self.address).call(data, deadline_for(0))
+            threading.Thread(target=self._report, name="keyedlock-left-held", daemon=True).start()
+        except RuntimeError:  # at interpreter shutdown: nobody waits any more
+            with self.guard:
+                self.reporting = False
+
+    def _report(self) -> None:
+        """Tell the manager of the owners that ended, in batches, until none is left."""
+        try:
+            while True:
+                with self.guard:
+                    batch = self.ended_owners
+                    if not batch:
+                        self.reporting = False
+                        return
+                    self.ended_owners = []
+                self._tell(batch)
+        except BaseException:  # (not expected: the next end starts a report again)
+            with self.guard:
+                self.reporting = False
+            raise
+
+    def _tell(self, batch: list[tuple[int, str, bool]]) -> None:
+        """Tell the manager that the owners of ``batch`` ended; log the keys they held."""
+        try:
+            data = encode(LEFT_HELD, self.tid, batch)
+            left: list[tuple[str, bool, Hashable]] = client_for(self.address).call(
+                data, deadline_for(0)
+            )
         except (ConnectionError, RuntimeError, NoAnswer):
             return  # the manager is gone (or going, or stuck): nobody waits there any more
-        for key in keys:
-            if abandon:
+        for who, abandoned, key in left:
+            if abandoned:
                 logger.warning(
                     "key %r of a KeyedLockManager lock was left held by %s, which ended "
                     "without releasing it (in process %d); the callers waiting for it, in "

@@ -33,7 +33,7 @@ from .._context import ENTERED, LockContext
 from .._forking import reset_in_child
 from .._local import NO_MAPPED_KEYS
 from ._client import Wait, client_for, next_serial
-from ._leftheld import LeftHeld
+from ._leftheld import left_held_for
 from ._owners import owner_id, owner_name
 from ._payloads import dump_cause, load_cause
 from ._protocol import ACQUIRE, KEYS, LEN, LOCKED, RELEASE, STATS, WAITERS, Reply, encode
@@ -132,13 +132,13 @@ class ManagerLockBackend:
         self.tid = tid
         self.max_waiters = max_waiters
         self.fast_acquire = fast_acquire
-        #: This process's holds taken with acquire(), their owners watched (see _leftheld).
-        self.left_held = LeftHeld(address, tid)
+        #: The owners of this process's holds taken with acquire(), watched (see _leftheld).
+        self.left_held = left_held_for(address, tid)
         reset_in_child(self)
 
     def forked(self) -> None:
         """In a fork child: none of the parent's holds or owners are this process's."""
-        self.left_held = LeftHeld(self.address, self.tid)
+        self.left_held = left_held_for(self.address, self.tid)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:
@@ -163,7 +163,10 @@ class ManagerLockBackend:
         key = ctx._key
         serial = ctx._serial
         owner = ctx._owner
-        data = encode(ACQUIRE, self.tid, key, owner_id(owner), serial, timeout, owner_name(owner))
+        taken = ctx._watched  # (by acquire(): it may outlive its owner)
+        data = encode(
+            ACQUIRE, self.tid, key, owner_id(owner), serial, timeout, owner_name(owner), taken
+        )
         wait = ctx._wait = Wait(
             client_for(self.address), data, serial, self._undo_reply(key, serial), deadline
         )

@@ -63,10 +63,10 @@ NEW_FLIGHT: Final = Request(
 ACQUIRE: Final = Request(
     3,
     "acquire",
-    ("tid", "key", "owner", "serial", "timeout", "name"),
+    ("tid", "key", "owner", "serial", "timeout", "name", "taken"),
     "Take ``key`` of lock ``tid`` for ``owner`` (request ``serial``; ``name``: the thread's or "
-    "task's name, or None), waiting up to ``timeout`` (None: forever, 0: try once): GRANTED, "
-    "BUSY, CANCELLED or (ABORTED, cause).",
+    "task's name, or None; ``taken``: by acquire(), not a context), waiting up to ``timeout`` "
+    "(None: forever, 0: try once): GRANTED, BUSY, CANCELLED or (ABORTED, cause).",
 )
 RELEASE: Final = Request(
     4,
@@ -121,10 +121,11 @@ KEYS: Final = Request(18, "keys", ("tid",), "The keys of lock or group ``tid`` t
 LEFT_HELD: Final = Request(
     19,
     "left_held",
-    ("tid", "owner", "who", "abandon"),
-    "The caller's process saw its ``owner`` (named ``who``) end: the keys of lock ``tid`` it "
-    "still holds (with ``abandon``, a task's: each abandoned, its waiters and later callers "
-    "raise Abandoned until it is released).",
+    ("tid", "ended"),
+    "The caller's process saw owners end: ``ended`` lists (owner, name, abandon). The reply "
+    "lists (name, abandon, key) for each key of lock ``tid`` such an owner still holds, taken "
+    "with acquire(); with ``abandon`` (a task's), each is abandoned: its waiters and later "
+    "callers raise Abandoned until it is released.",
 )
 
 #: Every request, by code.

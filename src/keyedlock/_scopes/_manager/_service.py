@@ -150,10 +150,12 @@ class Service(Introspection):
         serial: int,
         timeout: float | None,
         name: str | None,
+        taken: bool,
     ) -> object:
         """Take ``key``, waiting up to ``timeout`` (None: forever, 0: try once)."""
         table = self._table(tid)
         hold = RemoteHold(state.proc, owner, serial, table, key, sent_name(name))
+        hold._watched = taken is True  # (by acquire(): may outlive its owner, see left_held)
         with self.mutex:
             if not self._register(state, hold):
                 return Reply.CANCELLED
@@ -232,27 +234,34 @@ class Service(Introspection):
             table.release(key, holder, abort)
 
     def left_held(
-        self, state: Conn, tid: int, owner: int, who: str, abandon: bool
-    ) -> list[Hashable]:
-        """The caller's process saw its ``owner`` end: the keys of lock ``tid`` it still holds.
-        With ``abandon`` (a task's end) each of them is abandoned (see ``KeyTable.abandon``):
-        it stays held, for ``release(key)`` or its process's end to free."""
+        self, state: Conn, tid: int, ended: list[tuple[int, str, bool]]
+    ) -> list[tuple[str, bool, Hashable]]:
+        """The caller's process saw owners end: ``ended`` lists (owner, name, abandon).
+        Returns (name, abandon, key) for each key of lock ``tid`` such an owner still holds,
+        taken with acquire() (a context's hold is released by its exit, wherever it runs).
+        With ``abandon`` (a task's end) each is abandoned (see ``KeyTable.abandon``): it
+        stays held, for ``release(key)`` or its process's end to free."""
         table = self._table(tid)
-        left: list[Hashable] = []
+        pid = state.proc.pid
+        owners = {(pid, owner): (name, abandon) for owner, name, abandon in ended}
+        left: list[tuple[str, bool, Hashable]] = []
         with self.mutex:
-            whose = (state.proc.pid, owner)  # (an owner as RemoteHold names it)
-            for hold in list(state.proc.holds.values()):
-                if hold.phase != LIVE or hold.table is not table or hold._owner != whose:
+            for hold in list(state.proc.holds.values()):  # (one pass for the whole batch)
+                seen = owners.get(hold._owner)  # type: ignore[call-overload]
+                if seen is None or hold.phase != LIVE or hold.table is not table:
                     continue
+                if not hold._watched:
+                    continue
+                name, abandon = seen
                 if not abandon:
-                    left.append(hold.key)
+                    left.append((name, False, hold.key))
                     continue
                 error = Abandoned(
-                    f"key {hold.key!r} is held by {who}, which ended without releasing it; "
+                    f"key {hold.key!r} is held by {name}, which ended without releasing it; "
                     "nobody is bound to release it (release(key) still can)"
                 )
                 if table.abandon(hold.key, hold, error):
-                    left.append(hold.key)
+                    left.append((name, True, hold.key))
         return left
 
     def cancel(self, state: Conn, conn_id: int, serial: int, give_back: bool) -> None:
