@@ -35,6 +35,7 @@ __all__ = [
     "check_can_block",
     "describe_owner",
     "get_ident",
+    "in_event_loop",
     "last_loop",
     "on_loop_thread",
     "owner_text",
@@ -282,9 +283,15 @@ def blocking_call_error(what: str, instead: str = LOCK_INSTEAD) -> RuntimeError:
     )
 
 
+def in_event_loop() -> bool:
+    """True if this thread runs an asyncio loop or a trio run (blocking it would freeze the
+    loop). The hot paths that write this test out say so."""
+    return _get_running_loop() is not None or sniffio_local.name is not None
+
+
 def check_can_block(what: str, instead: str = LOCK_INSTEAD) -> None:
     """Raise RuntimeError if this thread runs an asyncio loop or a trio run."""
-    if _get_running_loop() is not None or sniffio_local.name is not None:
+    if in_event_loop():
         raise blocking_call_error(what, instead)
 
 
@@ -294,6 +301,6 @@ def blocking_owner(what: str, instead: str = LOCK_INSTEAD) -> object:
     RuntimeError if this thread runs an asyncio loop or a trio run (blocking
     there freezes the loop): ``what`` names the call, ``instead`` what to use.
     """
-    if _get_running_loop() is not None or sniffio_local.name is not None:
+    if in_event_loop():
         raise blocking_call_error(what, instead)
     return thread_owners.token

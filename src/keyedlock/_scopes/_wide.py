@@ -20,10 +20,7 @@ from .._ki import internal
 from .._runtime import (
     ASYNCIO,
     async_owner,
-    blocking_call_error,
-    running_loop,
-    sniffio_local,
-    thread_owners,
+    blocking_owner,
 )
 from .._statistics import LockStatistics
 from ._context import ENTERED, REUSE, LockContext, timeout_error
@@ -55,9 +52,7 @@ class WideContext(LockContext):
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
-        if running_loop() is not None or sniffio_local.name is not None:
-            raise blocking_call_error("`with klock(key)`")
-        self._owner = thread_owners.token
+        self._owner = blocking_owner("`with klock(key)`")
         backend: Any = self._backend
         try:
             if self._table.take(self._key, self) is self and backend.scope.try_acquire(  # type: ignore[union-attr]

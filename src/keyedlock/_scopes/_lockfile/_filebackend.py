@@ -41,6 +41,7 @@ class FileContext(WideContext):
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
+        # blocking_owner(), written out: this is every acquire's path.
         if running_loop() is not None or sniffio_local.name is not None:
             raise blocking_call_error("`with klock(key)`")
         self._owner = thread_owners.token

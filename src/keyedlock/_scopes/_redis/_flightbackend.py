@@ -34,9 +34,8 @@ from ..._errors import follower_copy
 from ..._ki import internal
 from ..._runtime import (
     ASYNCIO,
+    in_event_loop,
     park_async,
-    running_loop,
-    sniffio_local,
     wait_asyncio,
     wait_thread,
 )
@@ -277,7 +276,7 @@ class RedisFlightBackend:
         call, error = self._ending(cast(RedisKey, key), ticket, done, payload)
         woken = 0
         if call is not None:
-            if running_loop() is not None or sniffio_local.name is not None:
+            if in_event_loop():
                 renewer.chore(self.link, call, self.lease)  # (a task here: never blocking)
             else:
                 try:

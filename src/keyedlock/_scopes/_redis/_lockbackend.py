@@ -29,10 +29,7 @@ from ..._errors import LeaseLost
 from ..._ki import internal
 from ..._runtime import (
     async_owner,
-    blocking_call_error,
-    running_loop,
-    sniffio_local,
-    thread_owners,
+    blocking_owner,
 )
 from ..._statistics import LockStatistics
 from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
@@ -92,9 +89,7 @@ class RedisContext(WideContext):
         if self._phase:
             raise RuntimeError(REUSE)
         self._phase = ENTERED
-        if running_loop() is not None or sniffio_local.name is not None:
-            raise blocking_call_error("`with klock(key)`")
-        self._owner = thread_owners.token
+        self._owner = blocking_owner("`with klock(key)`")
         backend: RedisBackend = self._backend  # type: ignore[assignment]
         table: KeyTable = self._table  # type: ignore[assignment]
         key = self._key
