@@ -65,6 +65,8 @@ def _pool_without_retry(client: redis.Redis, link: object) -> Any:
     connection again with back-off for seconds, holding up the process's renewal thread,
     and with it the leases of every other key (a cluster's node clients never retry)."""
     pool = client.connection_pool
+    if type(pool) is not redis.ConnectionPool:  # (a blocking or Sentinel pool: used as it is)
+        return pool
     settings = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
     ours = redis.ConnectionPool(
         connection_class=pool.connection_class, max_connections=pool.max_connections, **settings
