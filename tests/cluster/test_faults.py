@@ -654,6 +654,26 @@ def test_a_client_that_retries_costs_the_leases_of_other_keys_nothing(
     assert len(lock) == 0
 
 
+@pytest.mark.parametrize("kind", [redis.ConnectionPool, redis.BlockingConnectionPool])
+def test_a_users_client_is_served_by_a_pool_of_the_locks_own_without_retry(
+    fresh_server: Server, kind: type[redis.ConnectionPool]
+) -> None:
+    retrying = Retry(ExponentialBackoff(cap=2.0, base=0.5), 6)
+    pool = kind.from_url(fresh_server.url, max_connections=4, retry=retrying)
+    client = redis.Redis(connection_pool=pool)
+    lock = RedisKeyedLock(client, prefix="own-pool:", lease=LEASE)
+    with lock("k"):
+        assert lock.locked("k")
+    assert len(lock) == 0
+    ours = lock._backend.scope.link._pool
+    assert type(ours) is kind
+    assert ours is not pool
+    assert ours.max_connections == 4
+    assert ours.connection_kwargs["retry"].get_retries() == 0
+    assert pool.connection_kwargs["retry"] is retrying  # (the client's own is left as it is)
+    client.close()
+
+
 def test_a_dropped_client_of_a_late_server_is_not_kept(fresh_server: Server) -> None:
     """What the process knows of late servers (one set for every link) does not keep the
     connection pool of a client the program dropped, whether its server answers again or

@@ -64,12 +64,16 @@ def _pool_without_retry(client: redis.Redis, link: object) -> Any:
     settings, no retry, closed when ``link`` goes. The client's retry would try a refused
     connection again with back-off for seconds, holding up the process's renewal thread,
     and with it the leases of every other key (a cluster's node clients never retry)."""
-    pool = client.connection_pool
-    if type(pool) is not redis.ConnectionPool:  # (a blocking or Sentinel pool: used as it is)
+    pool: Any = client.connection_pool
+    kind = type(pool)
+    options: dict[str, Any] = {}
+    if kind is redis.BlockingConnectionPool:
+        options["timeout"] = pool.timeout
+    elif kind is not redis.ConnectionPool:  # (a Sentinel's, say: used as it is)
         return pool
-    settings = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
-    ours = redis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=pool.max_connections, **settings
+    options.update(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
+    ours = kind(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **options
     )
     weakref.finalize(link, ours.disconnect).atexit = False  # (as a URL's client: see Link)
     return ours
