@@ -18,6 +18,7 @@ from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS
 from ._errors import follower_copy
+from ._frozen import frozen
 from ._keyspec import Decorator, KeySpec, key_function
 from ._runtime import (
     ASYNCIO,
@@ -42,6 +43,7 @@ R = TypeVar("R")
 
 
 @final
+@frozen
 @dataclass(frozen=True, slots=True)
 class Result(Generic[T]):
     """A single-flight outcome with Go's ``shared`` flag.

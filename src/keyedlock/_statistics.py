@@ -12,9 +12,12 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._frozen import frozen
+
 __all__ = ["FlightStatistics", "LockStatistics", "Owner"]
 
 
+@frozen
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who holds a key (or leads a single-flight call).
@@ -62,6 +65,7 @@ class _Snapshot:
         object.__setattr__(self, name, _Counts(getattr(self, name)))
 
 
+@frozen
 @dataclass(frozen=True, slots=True)
 class LockStatistics(_Snapshot):
     """A snapshot of one key of a keyed lock.
@@ -93,6 +97,7 @@ class LockStatistics(_Snapshot):
         self._freeze("waiters_by_runtime")
 
 
+@frozen
 @dataclass(frozen=True, slots=True)
 class FlightStatistics(_Snapshot):
     """A snapshot of one key of a single-flight group.

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from keyedlock import FlightStatistics, KeyedLock, LockStatistics, Owner
+from keyedlock import FlightStatistics, KeyedLock, LockStatistics, Owner, Result
 
 from ..drivers import RUNTIMES, Driver
 from ..support import wait_waiters
@@ -32,6 +32,27 @@ def test_a_snapshot_is_frozen(lock: KeyedLock) -> None:
     with pytest.raises(TypeError):
         stats.waiters_by_runtime["thread"] = 1  # type: ignore[index]
     assert hash(stats) == hash(lock.statistics("k"))
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        LockStatistics("k", False, None, None, 0, {}),
+        FlightStatistics("k", False, None, None, 0, {}, False),
+        Owner("thread", "worker", 1),
+        Result(1, True),
+    ],
+    ids=lambda snapshot: type(snapshot).__name__,
+)
+def test_every_assignment_to_a_snapshot_is_refused_alike(snapshot: object) -> None:
+    """A field or any other name, set or deleted: FrozenInstanceError (an AttributeError),
+    not the TypeError a frozen dataclass with slots raises on CPython 3.11-3.13 for a name
+    that is not a field."""
+    for name in (dataclasses.fields(snapshot)[0].name, "not_a_field"):  # type: ignore[arg-type]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(snapshot, name, 1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(snapshot, name)
 
 
 def test_a_snapshot_pickles() -> None:
