@@ -59,6 +59,20 @@ def test_project_urls_are_the_projects_addresses() -> None:
         assert url.startswith((REPOSITORY, DOCS_SITE)), (name, url)
 
 
+def test_the_docs_site_is_built_from_the_repository() -> None:
+    """The site the README links to builds from a file of the repository: mkdocs, strict,
+    with the extras the docs session installs."""
+    config = (ROOT / ".readthedocs.yaml").read_text(encoding="utf-8")
+    assert re.search(r"^version: 2$", config, re.MULTILINE)
+    assert re.search(
+        r"^mkdocs:\n  configuration: mkdocs.yml\n  fail_on_warning: true$", config, re.MULTILINE
+    )
+    extras = re.findall(r"^        - (\w+)$", config, re.MULTILINE)
+    assert extras == ["docs", "redis"]
+    assert set(extras) <= set(PROJECT["optional-dependencies"])
+    assert (ROOT / "mkdocs.yml").is_file()
+
+
 def test_readme_keeps_its_first_two_commands() -> None:
     blocks = re.findall(r"^```bash\n(.*?)^```", README, re.MULTILINE | re.DOTALL)
     assert blocks[:2] == [
