@@ -119,8 +119,9 @@ class RedisKeyedLock(KeyedLock):
 
     Args:
         client_or_url: a ``redis://`` / ``rediss://`` / ``unix://`` URL (a client is made
-            with 5 s socket timeouts unless the URL says otherwise), a ``redis.Redis`` or a
-            ``redis.RedisCluster``.
+            with 5 s socket timeouts unless the URL says otherwise), a ``redis.Redis`` (its
+            settings are used through a copy of its pool, without retries or cap; a
+            Sentinel client is refused) or a ``redis.RedisCluster``.
         prefix: what every name on the server starts with (no braces).
         lease: seconds a grant lasts without renewal (at least 0.05). A crashed holder
             blocks its key this long; a holder cut off from the server this long loses it.

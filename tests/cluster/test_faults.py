@@ -654,24 +654,64 @@ def test_a_client_that_retries_costs_the_leases_of_other_keys_nothing(
     assert len(lock) == 0
 
 
+def _retries(retry: Retry) -> int:
+    get = getattr(retry, "get_retries", None)  # (redis-py 5.0 has none)
+    return int(get()) if get is not None else int(retry._retries)
+
+
 @pytest.mark.parametrize("kind", [redis.ConnectionPool, redis.BlockingConnectionPool])
-def test_a_users_client_is_served_by_a_pool_of_the_locks_own_without_retry(
+def test_a_users_client_is_served_by_one_copy_of_its_pool_without_retry_or_cap(
     fresh_server: Server, kind: type[redis.ConnectionPool]
 ) -> None:
     retrying = Retry(ExponentialBackoff(cap=2.0, base=0.5), 6)
-    pool = kind.from_url(fresh_server.url, max_connections=4, retry=retrying)
+    pool = kind.from_url(fresh_server.url, max_connections=2, retry=retrying)
     client = redis.Redis(connection_pool=pool)
-    lock = RedisKeyedLock(client, prefix="own-pool:", lease=LEASE)
-    with lock("k"):
-        assert lock.locked("k")
-    assert len(lock) == 0
-    ours = lock._backend.scope.link._pool
-    assert type(ours) is kind
-    assert ours is not pool
-    assert ours.max_connections == 4
-    assert ours.connection_kwargs["retry"].get_retries() == 0
+    locks = [RedisKeyedLock(client, prefix=f"own-pool-{n}:", lease=LEASE) for n in range(2)]
+    for lock in locks:
+        with lock("k"):
+            assert lock.locked("k")
+    ours = [lock._backend.scope.link._pool for lock in locks]
+    assert ours[0] is ours[1]  # one copy per pool of the user's, for every lock
+    assert type(ours[0]) is redis.ConnectionPool
+    assert ours[0] is not pool
+    assert ours[0].max_connections > 2  # (uncapped: see the next test)
+    assert _retries(ours[0].connection_kwargs["retry"]) == 0
     assert pool.connection_kwargs["retry"] is retrying  # (the client's own is left as it is)
     client.close()
+
+
+def test_the_keys_a_process_waits_for_do_not_starve_the_renewal_of_those_it_holds(
+    fresh_server: Server,
+) -> None:
+    """A user's client capped at two connections: two keys waited for hold both (a blocking
+    pop each); the renewal of the key held still gets a connection, and keeps its lease."""
+    client = redis.Redis.from_url(fresh_server.url, max_connections=2)
+    lock = RedisKeyedLock(client, prefix="capped:", lease=LEASE)
+    other = RedisKeyedLock(fresh_server.url, prefix="capped:", lease=LEASE)
+    for key in ("a", "b"):
+        assert other.acquire(key)
+    try:
+        with lock("held") as held:
+            waiters = [
+                start_thread(partial(lock.acquire, key, timeout=4 * LEASE)) for key in ("a", "b")
+            ]
+            wait_until(lambda: other.waiters("a") == other.waiters("b") == 1, "both wait")
+            time.sleep(2 * LEASE)  # (long enough to lose the lease if renewals were held up)
+            assert not held.lost
+        for key in ("a", "b"):
+            other.release(key)
+        assert [waiter.result(WAIT) for waiter in waiters] == [True, True]
+        for key in ("a", "b"):
+            lock.release(key)
+    finally:
+        client.close()
+    assert len(lock) == 0
+
+
+def test_a_sentinel_client_is_refused_with_a_clear_error() -> None:
+    sentinel = redis.Sentinel([("127.0.0.1", free_port())])
+    with pytest.raises(TypeError, match="Sentinel client"):
+        RedisKeyedLock(sentinel.master_for("mymaster"))
 
 
 def test_a_dropped_client_of_a_late_server_is_not_kept(fresh_server: Server) -> None:

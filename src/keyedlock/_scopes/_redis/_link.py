@@ -35,6 +35,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from ..._ki import internal
 from ._failures import DOWN, NoAnswer, RedisUnavailable, where
@@ -59,23 +60,28 @@ def _connection(pool: Any) -> Any:
     return pool.get_connection("_") if _NAMED else pool.get_connection()
 
 
-def _pool_without_retry(client: redis.Redis, link: object) -> Any:
-    """A pool for the scope's commands to the server of a user's ``client``: the client's
-    settings, no retry, closed when ``link`` goes. The client's retry would try a refused
+#: The copy of each user's pool the scope's commands use (see _pool_without_retry): one per
+#: user pool, shared by every lock made from a client of it, closed when that pool goes.
+_copies: weakref.WeakKeyDictionary[Any, redis.ConnectionPool] = weakref.WeakKeyDictionary()
+
+
+def _pool_without_retry(client: redis.Redis) -> Any:
+    """The pool for the scope's commands to the server of a user's ``client``: a copy of the
+    client's with its settings, no retry and no cap. The client's retry would try a refused
     connection again with back-off for seconds, holding up the process's renewal thread,
-    and with it the leases of every other key (a cluster's node clients never retry)."""
+    and with it the leases of every other key; a cap would let the keys this process waits
+    for (each blocks a connection) starve the renewal of the keys it holds. A pool of
+    another kind than redis-py's two is used as it is."""
     pool: Any = client.connection_pool
-    kind = type(pool)
-    options: dict[str, Any] = {}
-    if kind is redis.BlockingConnectionPool:
-        options["timeout"] = pool.timeout
-    elif kind is not redis.ConnectionPool:  # (a Sentinel's, say: used as it is)
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
         return pool
-    options.update(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
-    ours = kind(
-        connection_class=pool.connection_class, max_connections=pool.max_connections, **options
-    )
-    weakref.finalize(link, ours.disconnect).atexit = False  # (as a URL's client: see Link)
+    ours = _copies.get(pool)
+    if ours is None:  # (two threads racing here may make two copies: both work)
+        settings = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        made = redis.ConnectionPool(connection_class=pool.connection_class, **settings)
+        ours = _copies.setdefault(pool, made)
+        if ours is made:
+            weakref.finalize(pool, made.disconnect).atexit = False  # (as a URL's client)
     return ours
 
 
@@ -95,6 +101,12 @@ class Link(AsyncCalls):
             weakref.finalize(self, client.close).atexit = False
         elif isinstance(target, RedisCluster | redis.Redis):
             client = target
+            if isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool):
+                raise TypeError(
+                    f"{who} cannot use a Sentinel client: its asyncio callers would need "
+                    "a client of their own found through the Sentinels; pass the master's "
+                    "redis:// URL or a redis.Redis client of it"
+                )
         else:
             raise TypeError(
                 f"{who} needs a redis:// URL, a redis.Redis or a redis.RedisCluster client "
@@ -106,7 +118,7 @@ class Link(AsyncCalls):
         if self.cluster:
             self._pool = None
         else:  # (a client made from the URL retries nothing already)
-            self._pool = client.connection_pool if self.url else _pool_without_retry(client, self)
+            self._pool = client.connection_pool if self.url else _pool_without_retry(client)
         if self.cluster:
             nodes = ", ".join(node.name for node in client.get_primaries())
             self.server = f"the Redis Cluster of {nodes}"
