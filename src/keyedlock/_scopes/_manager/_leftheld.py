@@ -7,7 +7,9 @@ holding it ends), so each process watches the owners of its own
 ``acquire()`` holds (:func:`~keyedlock._runtime.when_ended`, once per
 owner) and tells the manager when one ends (``LEFT_HELD``, naming the owner
 as the manager knows it). The manager, which knows which keys that owner
-still holds, abandons them if it was a task: the key's waiters in every
+still holds from ``acquire()`` (ACQUIRE says so; a context's key is
+released by its exit, wherever that runs), abandons them if it was a task:
+the key's waiters in every
 process raise :class:`~keyedlock.Abandoned`, as callers that would wait for
 it do, until ``release(key)`` frees it, the same policy as the process
 scope's (:mod:`keyedlock._scopes._abandon`). A thread that ended holding a
