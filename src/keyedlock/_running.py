@@ -154,8 +154,9 @@ class RunMixin:
     # Typing: fn's own arguments are checked in every call. Without options, through a
     # ParamSpec (positional and keyword arguments). Python's typing cannot put keyword options
     # next to a ParamSpec's arguments, so a call that passes timeout= or on_error= checks fn's
-    # positional arguments (a TypeVarTuple, which can): fn's keyword arguments then go
-    # through functools.partial.
+    # positional arguments (a TypeVarTuple, which can; those overloads need an option, so
+    # that a call without one is reported against fn's own signature): fn's keyword
+    # arguments then go through functools.partial.
     @overload
     async def run(
         self, key: Hashable, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
@@ -171,7 +172,7 @@ class RunMixin:
         fn: Callable[[*Ts], Awaitable[R]],
         /,
         *args: *Ts,
-        timeout: float | None = None,
+        timeout: float | None,
         on_error: OnError = "continue",
     ) -> R: ...
     @overload
@@ -181,8 +182,16 @@ class RunMixin:
         fn: Callable[[*Ts], R],
         /,
         *args: *Ts,
-        timeout: float | None = None,
+        timeout: float | None,
         on_error: OnError = "continue",
+    ) -> R: ...
+    @overload
+    async def run(
+        self, key: Hashable, fn: Callable[[*Ts], Awaitable[R]], /, *args: *Ts, on_error: OnError
+    ) -> R: ...
+    @overload
+    async def run(
+        self, key: Hashable, fn: Callable[[*Ts], R], /, *args: *Ts, on_error: OnError
     ) -> R: ...
     async def run(  # type: ignore[misc]  # (a ParamSpec's kwargs could name timeout)
         self,
@@ -218,8 +227,12 @@ class RunMixin:
         fn: Callable[[*Ts], R],
         /,
         *args: *Ts,
-        timeout: float | None = None,
+        timeout: float | None,
         on_error: OnError = "continue",
+    ) -> R: ...
+    @overload
+    def run_sync(
+        self, key: Hashable, fn: Callable[[*Ts], R], /, *args: *Ts, on_error: OnError
     ) -> R: ...
     def run_sync(  # type: ignore[misc]  # (a ParamSpec's kwargs could name timeout)
         self,
