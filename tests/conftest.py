@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite.
 
 - ``anyio_backend``: every ``@pytest.mark.anyio`` test runs under asyncio and under trio.
+- ``records``: the records the ``keyedlock`` logger gets during the test (``Records``).
 - ``lock``: a fresh :class:`~keyedlock.KeyedLock`; the test fails if it ends with a key left
   behind (``len(lock) != 0``).
 - ``threads``: starts threads whose exceptions are re-raised on join (bounded joins).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +21,7 @@ from keyedlock import KeyedLock
 
 from .conformance.scopes import _scopes_cleanup
 from .drivers import RUNTIMES, Driver, make_driver
-from .support import AsyncioThread, Threads, TrioThread
+from .support import AsyncioThread, Records, Threads, TrioThread
 
 __all__ = ["_scopes_cleanup"]
 
@@ -83,3 +85,15 @@ def drivers(lock: KeyedLock) -> Iterator[dict[str, Driver]]:
     yield made
     for runtime in made.values():
         runtime.close()
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    """The records of the ``keyedlock`` logger, in this process, during the test."""
+    handler = Records()
+    logger = logging.getLogger("keyedlock")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)

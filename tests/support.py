@@ -8,6 +8,7 @@ by :meth:`Handle.result` in the test thread) or the fact that it was cancelled.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import selectors
 import subprocess
@@ -28,6 +29,7 @@ __all__ = [
     "WAIT",
     "AsyncioThread",
     "Handle",
+    "Records",
     "RuntimeThread",
     "TaskCancelled",
     "Threads",
@@ -46,6 +48,23 @@ T = TypeVar("T")
 #: Upper bound, in seconds, of every wait in the tests. Far above what any step needs, so it
 #: is never a timing assumption: reaching it means something is stuck.
 WAIT = 10.0
+
+
+class Records(logging.Handler):
+    """Collects the records of the ``keyedlock`` logger; ``arrived`` is set by each one (the
+    ``records`` fixture installs one for a test)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.arrived.set()
+
+    def messages(self) -> list[str]:
+        return [record.getMessage() for record in self.records]
 
 
 def table_of(subject: object) -> Any:

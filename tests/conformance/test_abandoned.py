@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Callable, Hashable, Iterator
+from collections.abc import AsyncGenerator, Callable, Hashable
 from functools import partial
 
 import pytest
@@ -24,6 +23,7 @@ from keyedlock import Abandoned, KeyedLock, KeyedLockError
 
 from ..support import (
     WAIT,
+    Records,
     ThreadHandle,
     start_thread,
     wait_until,
@@ -31,18 +31,6 @@ from ..support import (
     wait_waiters,
     wait_waiters_async,
 )
-from .test_warn_after import Records
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("keyedlock")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_abandoned_is_a_keyed_lock_error() -> None:

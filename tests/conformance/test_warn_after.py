@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -13,35 +12,8 @@ import pytest
 
 from keyedlock import KeyedLock
 
-from ..support import WAIT
+from ..support import WAIT, Records
 from .scopes import Scope
-
-
-class Records(logging.Handler):
-    """Collects the records of the ``keyedlock`` logger; ``arrived`` is set by each one."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-        self.arrived = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.arrived.set()
-
-    def messages(self) -> list[str]:
-        return [record.getMessage() for record in self.records]
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("keyedlock")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 def test_the_logger_is_silent_by_default() -> None:

@@ -8,7 +8,6 @@ module level so that ``spawn`` workers can import them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing
 import os
 import pickle
@@ -33,7 +32,7 @@ import trio
 from keyedlock import Abandoned, Aborted, LockTimeout, QueueFull, Result
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy, SingleFlightProxy
 
-from ..conformance.test_warn_after import Records
+from ..support import Records
 
 pytestmark = [
     # Forking while helper threads of earlier tests linger is fine here (the children only
@@ -77,18 +76,6 @@ def reap_children(manager: KeyedLockManager) -> Iterator[None]:
         p.kill()
     for p in left:
         p.join(WAIT)
-
-
-@pytest.fixture
-def records() -> Iterator[Records]:
-    """The records of the ``keyedlock`` logger, in this process, during the test."""
-    handler = Records()
-    logger = logging.getLogger("keyedlock")
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture
