@@ -71,6 +71,36 @@ class Gate:
         return asyncio.create_task(main(), name=task_name)
 
 
+class ThreadLeader:
+    """A thread leading the call for key "k" until :meth:`end`: the call then returns
+    ``value`` or, with ``gives_up``, is interrupted (KeyboardInterrupt: the call is handed
+    on)."""
+
+    def __init__(self, sf: SingleFlight, value: str = "led", gives_up: bool = False) -> None:
+        started, self.release = threading.Event(), threading.Event()
+
+        def call() -> str:
+            started.set()
+            self.release.wait(WAIT)
+            if gives_up:
+                raise KeyboardInterrupt  # what an interrupt does: the call is handed on
+            return value
+
+        def lead() -> str:
+            try:
+                return sf.do_sync("k", call)
+            except KeyboardInterrupt:
+                return "gave up"
+
+        self.thread = start_thread(lead, "leader")
+        assert started.wait(WAIT)
+
+    def end(self) -> str:
+        """Let the call end; what the thread got ("gave up" if it gave the call up)."""
+        self.release.set()
+        return self.thread.result(WAIT)
+
+
 def test_a_herd_takes_one_place_and_every_follower_gets_the_value() -> None:
     sf = SingleFlight()
 
@@ -292,18 +322,7 @@ def test_a_herd_on_a_closed_loop_is_dropped_when_a_thread_ends_the_call() -> Non
     """The loop of a herd is closed with its followers still waiting (never cancelled); the
     thread leading the call ends it: nothing of the herd is left."""
     sf = SingleFlight()
-    started, release = threading.Event(), threading.Event()
-
-    def lead() -> str:
-        def call() -> str:
-            started.set()
-            release.wait(WAIT)
-            return "thread"
-
-        return sf.do_sync("k", call)
-
-    thread = start_thread(lead, "leader")
-    assert started.wait(WAIT)
+    leader = ThreadLeader(sf, "thread")
     loop = asyncio.new_event_loop()
     try:
         follower = loop.create_task(sf.do("k", lambda: "never"))
@@ -311,8 +330,7 @@ def test_a_herd_on_a_closed_loop_is_dropped_when_a_thread_ends_the_call() -> Non
         assert sf._backend.herds  # type: ignore[attr-defined]
     finally:
         loop.close()  # the follower is still waiting: it will never run again
-    release.set()
-    assert thread.result() == "thread"
+    assert leader.end() == "thread"
     assert sf._backend.herds == {}  # type: ignore[attr-defined]
     assert len(sf) == 0
     assert not follower.done()
@@ -407,18 +425,7 @@ def test_two_loops_closing_herds_of_one_key_at_once_raise_nothing() -> None:
             return found
 
     backend.herds = SwitchingHerds()
-    started, release = threading.Event(), threading.Event()
-
-    def lead() -> str:
-        def call() -> str:
-            started.set()
-            release.wait(WAIT)
-            return "v"
-
-        return sf.do_sync("k", call)
-
-    leader = start_thread(lead, "leader")
-    assert started.wait(WAIT)
+    leader = ThreadLeader(sf, "v")
     raised: list[BaseException] = []
 
     async def follow_and_cancel(first: bool) -> None:
@@ -443,8 +450,7 @@ def test_two_loops_closing_herds_of_one_key_at_once_raise_nothing() -> None:
     b = start_thread(lambda: asyncio.run(follow_and_cancel(False)), "loop-b")
     a.result(WAIT)
     b.result(WAIT)
-    release.set()
-    assert leader.result(WAIT) == "v"
+    assert leader.end() == "v"
     assert [type(exc) for exc in raised] == [asyncio.CancelledError] * 2
     assert len(sf) == 0
     assert dict(backend.herds) == {}
@@ -456,34 +462,14 @@ def test_a_wake_up_lost_in_a_closed_loop_leaves_no_herd(gives_up: bool) -> None:
     the herd is gone, and a call it was handed passes on to the thread queued after it."""
     sf = SingleFlight()
     backend: Any = sf._backend
-    started, go = threading.Event(), threading.Event()
-
-    class GiveUp(Exception):
-        pass
-
-    def lead() -> str:
-        def call() -> str:
-            started.set()
-            go.wait(WAIT)
-            if gives_up:
-                raise KeyboardInterrupt  # what an interrupt does: the call is handed on
-            return "led"
-
-        try:
-            return sf.do_sync("k", call)
-        except KeyboardInterrupt:
-            return "gave up"
-
-    leader = start_thread(lead, "leader")
-    assert started.wait(WAIT)
+    leader = ThreadLeader(sf, "led", gives_up)
     loop = asyncio.new_event_loop()
     try:
         follower = loop.create_task(sf.do("k", lambda: "never"))
         loop.run_until_complete(wait_followers_async(sf, "k", 1))
         behind = start_thread(lambda: sf.do_sync("k", lambda: "its own"), "behind the herd")
         wait_until(lambda: backend.waiters("k") == 2, "a thread queues behind the herd")
-        go.set()
-        assert leader.result(WAIT) == ("gave up" if gives_up else "led")  # wake-up queued
+        assert leader.end() == ("gave up" if gives_up else "led")  # its wake-up is queued
     finally:
         loop.close()  # with the wake-up still queued: it is dropped unrun
     follower._log_destroy_pending = False  # type: ignore[attr-defined]  # (it never runs)
@@ -524,22 +510,8 @@ def test_statistics_name_who_takes_over_before_the_herds_loop_runs_its_wake_up()
     """A thread leader gives the call up while the herd's loop is busy: the statistics show
     the herd's earliest follower leading and the others following, at once."""
     sf = SingleFlight()
-    started, give_up = threading.Event(), threading.Event()
     loop_busy, unblock = threading.Event(), threading.Event()
-
-    def lead() -> str:
-        def call() -> str:
-            started.set()
-            give_up.wait(WAIT)
-            raise KeyboardInterrupt
-
-        try:
-            return sf.do_sync("k", call)
-        except KeyboardInterrupt:
-            return "gave up"
-
-    leader = start_thread(lead, "leader")
-    assert started.wait(WAIT)
+    leader = ThreadLeader(sf, gives_up=True)
 
     async def followers() -> list[str]:
         tasks = [asyncio.create_task(sf.do("k", lambda: "own"), name=f"f{i}") for i in range(3)]
@@ -550,8 +522,7 @@ def test_statistics_name_who_takes_over_before_the_herds_loop_runs_its_wake_up()
 
     loop_thread = start_thread(lambda: asyncio.run(followers()), "loop")
     assert loop_busy.wait(WAIT)
-    give_up.set()
-    assert leader.result(WAIT) == "gave up"
+    assert leader.end() == "gave up"
     stats = sf.statistics("k")
     unblock.set()
     assert stats.leader is not None
