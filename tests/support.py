@@ -34,6 +34,7 @@ __all__ = [
     "TaskCancelled",
     "Threads",
     "TrioThread",
+    "no_report_on_its_way",
     "scope_of",
     "start_thread",
     "table_of",
@@ -65,6 +66,12 @@ class Records(logging.Handler):
 
     def messages(self) -> list[str]:
         return [record.getMessage() for record in self.records]
+
+
+def no_report_on_its_way() -> bool:
+    """True once no end of an owner is being told to a manager: no thread of the manager
+    scope's watch of owners (see _scopes/_manager/_leftheld.py) runs."""
+    return not any(thread.name == "keyedlock-left-held" for thread in threading.enumerate())
 
 
 def table_of(subject: object) -> Any:

@@ -25,6 +25,7 @@ from ..support import (
     WAIT,
     Records,
     ThreadHandle,
+    no_report_on_its_way,
     start_thread,
     wait_until,
     wait_until_async,
@@ -232,11 +233,6 @@ def test_a_context_never_leaves_its_key(lock: KeyedLock, records: Records) -> No
     assert records.records == []
 
 
-def _no_report_on_its_way() -> bool:
-    """True once no end of an owner is being told to a manager (see _leftheld)."""
-    return not any(thread.name == "keyedlock-left-held" for thread in threading.enumerate())
-
-
 def test_a_context_that_outlives_its_task_is_not_abandoned(
     lock: KeyedLock, records: Records
 ) -> None:
@@ -264,7 +260,7 @@ def test_a_context_that_outlives_its_task_is_not_abandoned(
                 entered.append("waiter")
 
         await asyncio.create_task(owner(), name="owner")  # ends, the context still open
-        await asyncio.to_thread(wait_until, _no_report_on_its_way, "its end was told")
+        await asyncio.to_thread(wait_until, no_report_on_its_way, "its end was told")
         waiting = asyncio.create_task(waiter())
         await wait_until_async(lambda: waiting.done() or lock.waiters("k") == 1, "it waits")
         if waiting.done():

@@ -32,7 +32,7 @@ import trio
 from keyedlock import Abandoned, Aborted, LockTimeout, QueueFull, Result
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy, SingleFlightProxy
 
-from ..support import Records
+from ..support import Records, no_report_on_its_way
 
 pytestmark = [
     # Forking while helper threads of earlier tests linger is fine here (the children only
@@ -586,10 +586,6 @@ def _release_keys(klock: KeyedLockProxy, keys: list[str]) -> None:
         klock.release(key)
 
 
-def _no_report_on_its_way() -> bool:
-    return not any(thread.name == "keyedlock-left-held" for thread in threading.enumerate())
-
-
 def test_a_thread_whose_key_another_process_released_is_not_reported(
     klock: KeyedLockProxy, records: Records
 ) -> None:
@@ -608,7 +604,7 @@ def test_a_thread_whose_key_another_process_released_is_not_reported(
     releaser.join()
     end.set()  # the thread ends; the key it took was released by another process
     thread.join(WAIT)
-    wait_until(_no_report_on_its_way, "the manager answered the end of the thread")
+    wait_until(no_report_on_its_way, "the manager answered the end of the thread")
     assert records.messages() == []
 
     held = threading.Thread(target=klock.acquire, args=("elsewhere",), name="taker")
@@ -633,7 +629,7 @@ def test_an_owner_seen_through_two_proxies_of_a_lock_is_told_once(
     thread.start()
     thread.join(WAIT)
     assert records.arrived.wait(WAIT)
-    wait_until(_no_report_on_its_way, "the manager answered the end of the thread")
+    wait_until(no_report_on_its_way, "the manager answered the end of the thread")
     assert [m for m in records.messages() if "'twice'" in m] == [records.messages()[0]]
     klock.release("twice")
 

@@ -30,6 +30,7 @@ from ..._ki import internal
 from ..._log import logger
 from ..._runtime import describe_owner, owner_text, when_ended
 from ._client import client_for
+from ._owners import owner_id
 from ._protocol import LEFT_HELD, encode
 from ._transport import NoAnswer, deadline_for
 
@@ -71,12 +72,13 @@ class LeftHeld:
         #: True while a thread tells the manager (it takes every end queued meanwhile).
         self.reporting = False
 
-    def taken(self, owner: object, wire: int) -> None:
-        """``owner`` (``wire`` to the manager) took a key with acquire(): watch its end."""
+    def taken(self, owner: object) -> None:
+        """``owner`` took a key with acquire(): watch its end. Called in the owner's own
+        thread, where its number on the wire is known (once per owner)."""
         with self.guard:
             if owner in self.watching:
                 return
-            self.watching[owner] = wire
+            self.watching[owner] = owner_id(owner)
         if not when_ended(owner, self.ended):  # (a trio task of a run it cannot reach)
             with self.guard:
                 self.watching.pop(owner, None)

@@ -177,7 +177,7 @@ class ManagerLockBackend:
         if reply == Reply.GRANTED:
             if ctx._watched:  # taken by acquire(): it may outlive its owner
                 owner = ctx._owner
-                self.left_held.taken(owner, owner_id(owner))  # (in the owner's own thread)
+                self.left_held.taken(owner)  # (in the owner's own thread)
             return True
         key = ctx._key
         if isinstance(reply, tuple) and reply[0] == Reply.ABORTED:
