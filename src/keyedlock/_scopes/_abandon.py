@@ -26,7 +26,16 @@ from .._ki import internal
 from .._log import logger
 from .._runtime import describe_owner, owner_text, when_ended
 
-__all__ = ["Abandonment"]
+__all__ = ["Abandonment", "abandoned_error"]
+
+
+def abandoned_error(key: Hashable, who: str) -> Abandoned:
+    """What the callers of ``key`` raise once ``who`` (its holder's owner, named) ended
+    holding it: every scope's words."""
+    return Abandoned(
+        f"key {key!r} is held by {who}, which ended without releasing it; "
+        "nobody is bound to release it (release(key) still can)"
+    )
 
 
 @internal
@@ -97,11 +106,7 @@ class Abandonment:
                     os.getpid(),
                 )
                 continue
-            error = Abandoned(
-                f"key {key!r} is held by {who}, which ended without releasing it; "
-                "nobody is bound to release it (release(key) still can)"
-            )
-            if self.table.abandon(key, hold, error):
+            if self.table.abandon(key, hold, abandoned_error(key, who)):
                 logger.warning(
                     "key %r was left held by %s, which ended without releasing it "
                     "(in process %d); the callers waiting for it raise Abandoned",

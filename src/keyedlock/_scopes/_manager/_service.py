@@ -39,6 +39,7 @@ from ..._errors import Abandoned
 from ..._ki import internal
 from ..._log import logger
 from ..._runtime import wait_thread
+from .._abandon import abandoned_error
 from ._introspect import Introspection
 from ._protocol import Reply
 from ._records import (
@@ -248,19 +249,13 @@ class Service(Introspection):
         with self.mutex:
             for hold in list(state.proc.holds.values()):  # (one pass for the whole batch)
                 seen = owners.get(hold._owner)  # type: ignore[call-overload]
-                if seen is None or hold.phase != LIVE or hold.table is not table:
-                    continue
-                if not hold._watched:
+                held_here = hold.phase == LIVE and hold.table is table
+                if seen is None or not held_here or not hold._watched:
                     continue
                 name, abandon = seen
                 if not abandon:
                     left.append((name, False, hold.key))
-                    continue
-                error = Abandoned(
-                    f"key {hold.key!r} is held by {name}, which ended without releasing it; "
-                    "nobody is bound to release it (release(key) still can)"
-                )
-                if table.abandon(hold.key, hold, error):
+                elif table.abandon(hold.key, hold, abandoned_error(hold.key, name)):
                     left.append((name, True, hold.key))
         return left
 
