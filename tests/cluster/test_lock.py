@@ -8,10 +8,12 @@ runtime. Processes, crashes and a server going away have their own modules.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
 import threading
 import time
+import warnings
 from typing import Any
 
 import anyio
@@ -116,6 +118,31 @@ def test_a_client_object_serves_as_well_as_a_url(
     with by_client("k"):
         assert by_url.locked("k")
         assert not by_url.acquire("k", blocking=False)
+
+
+@pytest.mark.parametrize("given", ["url", "client", "cluster client"])
+def test_an_event_loops_connections_are_closed_with_it(
+    given: str, make_lock: MakeLock, request: pytest.FixtureRequest
+) -> None:
+    """The asyncio client a loop gets is closed with the loop, its connections too: none is
+    left for the garbage collector to find unclosed (a ResourceWarning), whatever the scope
+    was made from."""
+    if given == "url":
+        lock = make_lock()
+    else:
+        fixture = "redis_client" if given == "client" else "cluster_client"
+        lock = make_lock(target=request.getfixturevalue(fixture))
+
+    async def use() -> None:
+        async with lock("k"):
+            pass
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(use())
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
 
 
 def test_properties_and_repr(make_lock: MakeLock, redis_server: Server) -> None:

@@ -139,7 +139,11 @@ def async_client_for(sync: redis.Redis | RedisCluster, url: str | None) -> Any:
         retry=no_retry,
         **_settings(pool.connection_kwargs, accepted),
     )
-    return redis.asyncio.Redis(connection_pool=async_pool)
+    client = redis.asyncio.Redis(connection_pool=async_pool)
+    # The pool is the client's own: closing the client closes it, and its connections
+    # (redis-py leaves a pool given to a client open, as the caller's).
+    client.auto_close_connection_pool = True
+    return client
 
 
 def url_options(retry: object) -> dict[str, Any]:
