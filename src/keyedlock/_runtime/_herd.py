@@ -34,8 +34,8 @@ from ._detect import get_ident, running_loop
 
 __all__ = ["AsyncioHerd", "HerdTicket", "Herds"]
 
-#: Done futures of followers that left are dropped from a herd once it has this many
-#: entries, and again each time its entries double.
+#: The entries of followers that left are dropped from a herd once there are this many of
+#: them, and as many as the followers still counted.
 _COMPACT_AT = 64
 
 
@@ -152,7 +152,9 @@ class AsyncioHerd:
         self.count += 1
         members = self.members
         members.append((fut, ticket))
-        if len(members) >= self.compact_at and self.claim is None:
+        # The entries of followers gone are dropped once they are as many as those counted
+        # (and at least _COMPACT_AT): a herd that nobody leaves is never walked as it grows.
+        if len(members) - self.count >= self.compact_at and self.claim is None:
             self._compact()
         return fut
 
@@ -169,7 +171,7 @@ class AsyncioHerd:
         """Drop the followers done with or gone."""
         self.members = kept = [(fut, ticket) for _, fut, ticket in self._live()]
         self.start = 0
-        self.compact_at = max(_COMPACT_AT, 2 * len(kept))
+        self.compact_at = max(_COMPACT_AT, len(kept))
 
     def leave(self, ticket: HerdTicket) -> None:
         """A follower stopped waiting without the outcome (cancelled, interrupted)."""
