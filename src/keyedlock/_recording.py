@@ -49,8 +49,15 @@ def watched_context(base: type[LockContext], watch: Watch) -> type[LockContext]:
     return _subclass(base, watch)
 
 
+#: The package's own source files start with this (its helpers are no caller's place).
+_OWN_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def site_of(frame: FrameType | None) -> str:
-    """``file:line in function`` of ``frame``."""
+    """``file:line in function`` of ``frame``, or of the first frame calling it from
+    outside keyedlock (``run``, ``run_sync`` and ``guard`` acquire for their caller)."""
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_FILES):
+        frame = frame.f_back
     if frame is None:
         return "an unknown place"
     code = frame.f_code

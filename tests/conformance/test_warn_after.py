@@ -66,3 +66,41 @@ def test_bad_warn_after_is_refused(
 ) -> None:
     with pytest.raises(error, match="warn_after"):
         make_lock(warn_after=value)
+
+
+def _wait_in_thread(records: Records) -> None:
+    assert records.arrived.wait(WAIT), "no warning for a hold longer than warn_after"
+    records.arrived.clear()
+
+
+def test_a_hold_taken_by_run_sync_or_guard_names_the_callers_place(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    """The place is the caller's line, not a line of keyedlock's own helpers."""
+    lock = make_lock(warn_after=0.01)
+
+    @lock.guard(lambda order: f"order:{order}")
+    def guarded(order: int) -> None:
+        _wait_in_thread(records)
+
+    lock.run_sync("k", _wait_in_thread, records)
+    guarded(7)
+    first, second = records.messages()
+    for message in (first, second):
+        assert "test_warn_after.py" in message, message
+        assert "test_a_hold_taken_by_run_sync_or_guard_names_the_callers_place" in message
+        assert "keyedlock" + "/_" not in message.replace("\\", "/"), message
+
+
+@pytest.mark.anyio
+async def test_a_hold_taken_by_run_names_the_callers_place(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    lock = make_lock(warn_after=0.01)
+
+    async def wait() -> None:
+        assert await anyio.to_thread.run_sync(records.arrived.wait, WAIT)
+
+    await lock.run("k", wait)
+    [message] = records.messages()
+    assert "test_a_hold_taken_by_run_names_the_callers_place" in message, message
