@@ -69,6 +69,29 @@ def test_processes_row_in_table() -> None:
     assert "FileKeyedLock" in text  # the note under the table
 
 
+@pytest.mark.parametrize(
+    ("checkouts", "summary"),
+    [
+        (2, "Without a lock, 1 of 1 runs left a wrong balance."),  # 60 of 100: a lost update
+        (4, "Without a lock, 1 of 1 runs charged more than the balance allowed."),  # 120
+    ],
+)
+def test_the_summary_says_what_went_wrong(checkouts: int, summary: str) -> None:
+    """The charges of a wrong unlocked run (a fixed outcome here) may fit in the balance:
+    the summary then speaks of a wrong balance, not of charging more than it allowed."""
+    raced = _demo_wallet.Outcome(checkouts, _demo_wallet.START_BALANCE - _demo_wallet.AMOUNT)
+
+    def run(locked: bool, n: int) -> _demo_wallet.Outcome:
+        return _demo_wallet.expected_outcome(n) if locked else raced
+
+    out = io.StringIO()
+    assert (
+        _demo.run_demo(out, checkouts=checkouts, scenarios=[_demo_wallet.Scenario("fake", run)])
+        == 0
+    )
+    assert summary in out.getvalue()
+
+
 def _skipped_line() -> str:
     out = io.StringIO()
     _demo.run_demo(out, scenarios=[_processes()])

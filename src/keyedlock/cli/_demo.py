@@ -242,15 +242,14 @@ def run_demo(
         _say(out, note)
     if notes:
         print(file=out)
-    unlocked_wrong = [r for r in rows if r.lock == "none" and not r.correct]
+    unlocked = [r for r in rows if r.lock == "none" and r.outcome is not None]
+    unlocked_wrong = [r for r in unlocked if not r.correct]
     locked_rows = [r for r in rows if r.lock == "keyedlock"]
     locked_wrong = [r for r in locked_rows if not r.correct]
     if unlocked_wrong:
-        print(
-            f"Without a lock, {len(unlocked_wrong)} of {sum(r.lock == 'none' for r in rows)} "
-            "runs charged more than the balance allowed.",
-            file=out,
-        )
+        over = any(r.outcome and r.outcome.charges * AMOUNT > START_BALANCE for r in unlocked_wrong)
+        went = "charged more than the balance allowed" if over else "left a wrong balance"
+        print(f"Without a lock, {len(unlocked_wrong)} of {len(unlocked)} runs {went}.", file=out)
         _say(out, _lost_updates(rows, checkouts))
         print(file=out)
     if locked_wrong:
