@@ -52,13 +52,16 @@ class QueueFull(KeyedLockError):
 
 
 class Abandoned(KeyedLockError):
-    """The key's holder ended (its thread or task finished) without releasing it.
+    """The key's holder, an asyncio or trio task, ended without releasing it.
 
-    Only a key taken with ``acquire()`` can be left so: nobody is bound to
-    release it any more. The callers that were waiting for it raise this,
-    and so do callers that would wait for it, until ``release(key)`` (by
-    anyone) frees it. Like trio's ``BrokenResourceError`` for a ``Lock``
-    whose owner exited: a clear error instead of waiting forever.
+    Only a key taken with ``acquire()`` (or ``acquire_async()``) can be left
+    so: nobody is bound to release it any more. The callers that were
+    waiting for it raise this, and so do callers that would wait for it,
+    until ``release(key)`` (by anyone) frees it. Like trio's
+    ``BrokenResourceError`` for a ``Lock`` whose owner exited: a clear error
+    instead of waiting forever. A thread that ends holding a key is only
+    logged, and its waiters keep waiting: as with ``threading.Lock``, any
+    thread may release it.
     """
 
 
