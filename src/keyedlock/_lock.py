@@ -14,7 +14,7 @@ from collections.abc import Hashable
 from time import monotonic
 from typing import Any, Final
 
-from ._core import IDLE
+from ._core import IDLE, complete
 from ._errors import LockTimeout
 from ._ki import internal
 from ._recording import Watch, timed_context, watched_context
@@ -227,7 +227,7 @@ class KeyedLock(RunMixin):
             ctx._undo()
             return False
         except BaseException:
-            ctx._undo()  # interrupted, even right after it acquired: nothing stays held
+            complete(ctx._undo)  # interrupted, even right after it acquired: nothing stays held
             raise
 
     async def acquire_async(self, key: Hashable, *, timeout: float | None = None) -> bool:
@@ -253,7 +253,7 @@ class KeyedLock(RunMixin):
             ctx._undo()
             return False
         except BaseException:
-            ctx._undo()
+            complete(ctx._undo)
             raise
 
     def release(self, key: Hashable) -> None:
@@ -278,16 +278,20 @@ class KeyedLock(RunMixin):
                 except (KeyError, TypeError):
                     local = map_key(key)
             self._backend.release_key(local, done)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                raise
+        except Exception:
+            raise
+        except BaseException:
             # Interrupted: finish the release it started (never another hold's).
-            with contextlib.suppress(Exception):
-                self._backend.release_key(self._local(key), done)
+            complete(self._release_again, key, done)
             raise
         finally:
             if self._watch is not None:
                 self._watch.released(self._local(key))
+
+    def _release_again(self, key: Hashable, done: list[Any]) -> None:
+        """``release(key)`` again, after an interrupt: it finishes what the first try began."""
+        with contextlib.suppress(Exception):  # (the first try's error: the interrupt is raised)
+            self._backend.release_key(self._local(key), done)
 
     # -- introspection -----------------------------------------------------
 

@@ -24,6 +24,7 @@ from time import monotonic
 from types import FrameType
 from typing import Any
 
+from ._core import complete
 from ._ki import internal
 from ._log import logger
 from ._runtime import owner_text
@@ -82,7 +83,7 @@ def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]
                 held(self, sys._getframe(1))
         except BaseException:
             if fresh:
-                self._undo()
+                complete(self._undo)
             raise
         return self
 
@@ -95,7 +96,7 @@ def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]
                 held(self, sys._getframe(1))
         except BaseException:
             if fresh:
-                self._undo()
+                complete(self._undo)
             raise
         return self
 

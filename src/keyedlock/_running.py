@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
+from ._core import complete
 from ._keyspec import Decorator, KeySpec, key_function
 from ._runtime import check_can_block
 from ._scopes import LockContext
@@ -65,7 +66,7 @@ async def run_async(
             else:
                 await finish_async(abort)  # a release that is a round trip: never blocking
     except BaseException:
-        ctx._undo()  # interrupted between taking the key and the inner try: give it back
+        complete(ctx._undo)  # interrupted between taking the key and the inner try: give it back
         raise
     return result
 
@@ -96,7 +97,7 @@ def run_blocking(
         finally:
             ctx._finish(abort)
     except BaseException:
-        ctx._undo()
+        complete(ctx._undo)
         raise
     return result
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
-from ._core import MISS
+from ._core import MISS, complete
 from ._errors import follower_copy
 from ._frozen import frozen
 from ._keyspec import Decorator, KeySpec, key_function
@@ -234,7 +234,7 @@ class SingleFlight:
                 except Exception:
                     raise
                 except BaseException:
-                    backend.conclude(key, ticket, False, None)
+                    complete(backend.conclude, key, ticket, False, None)
                     raise
         return Result(result, shared) if ex else result
 
@@ -292,7 +292,7 @@ class SingleFlight:
             except Exception:
                 raise
             except BaseException:
-                backend.conclude(key, ticket, False, None)
+                complete(backend.conclude, key, ticket, False, None)
                 raise
         return result, shared
 

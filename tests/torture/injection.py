@@ -35,7 +35,7 @@ from typing import Any
 
 import keyedlock
 
-__all__ = ["PYTHON_WINDOW", "Injector", "Point", "interruptible_offsets"]
+__all__ = ["PYTHON_WINDOW", "RECOVERY_WINDOW", "Injector", "Point", "interruptible_offsets"]
 
 _PACKAGE = str(Path(keyedlock.__file__).resolve().parent)
 
@@ -43,6 +43,11 @@ _PACKAGE = str(Path(keyedlock.__file__).resolve().parent)
 #: (see the module docstring): a context's exit, and ``release(key)`` (an interrupt at its first
 #: instruction is one just before the call, in the caller's code).
 PYTHON_WINDOW = frozenset({"__exit__", "__aexit__", "_exit", "release"})
+
+#: Functions whose points are left out when a second signal is delivered: ``complete`` runs a
+#: recovery step again until one run gets to its end; its own entry and its loop's jump are the
+#: one-instruction windows left to a signal that lands as the recovery starts or starts over.
+RECOVERY_WINDOW = frozenset({"complete"})
 
 _CALLS = frozenset({"CALL", "CALL_FUNCTION_EX", "CALL_KW"})
 
@@ -109,18 +114,29 @@ class Point:
 @dataclass
 class Injector:
     """Counts the interruptible points the main thread passes in keyedlock's code and delivers
-    SIGINT at point ``target`` (None: only count).
+    SIGINT at point ``target`` (None: only count); with ``then``, a second SIGINT at the
+    ``then``-th point after it (the first one's recovery: Ctrl-C pressed twice).
 
     Use as a context manager around the code under test, in the main thread.
     """
 
     target: int | None = None
+    then: int | None = None
     seen: int = 0
     fired: Point | None = None
+    #: Where the second signal was delivered (with ``then``).
+    again: Point | None = None
+    after: int = 0
     exempt: int = 0
     functions: set[str] = field(default_factory=set)
     _previous: Any = None
+    _previous_profile: Any = None
     _paused: bool = False
+
+    @property
+    def done(self) -> bool:
+        """Every signal asked for was delivered: nothing more to trace."""
+        return self.fired is not None and (self.then is None or self.again is not None)
 
     def paused(self) -> _Paused:
         """A context in which the main thread's calls into keyedlock are not traced (the
@@ -132,15 +148,40 @@ class Injector:
             raise RuntimeError("signals are delivered to the main thread only: inject there")
         self._previous = sys.gettrace()
         sys.settrace(self._global)
+        if self.then is not None:
+            self._previous_profile = sys.getprofile()
+            sys.setprofile(self._rearm)
         return self
 
     def __exit__(self, *exc: object) -> None:
         sys.settrace(self._previous)
+        if self.then is not None:
+            sys.setprofile(self._previous_profile)
+
+    def _rearm(self, frame: types.FrameType, event: str, arg: object) -> None:
+        """A profile function, for a second signal: Python drops the trace function that
+        raised the first (it unsets it, and the raising frame's), but not this one. At the
+        first call after that, it traces again: that frame (its entry counted here: its
+        call event was missed), the keyedlock frames it was called from, and new ones."""
+        if event != "call" or self.fired is None or self.done or sys.gettrace() is not None:
+            return
+        sys.settrace(self._global)
+        caller = frame.f_back
+        while caller is not None and _is_ours(caller.f_code):
+            caller.f_trace = self._local
+            caller.f_trace_opcodes = True
+            caller.f_trace_lines = False
+            caller = caller.f_back
+        if _is_ours(frame.f_code) and frame.f_code.co_name != "__del__":
+            frame.f_trace = self._local
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+            self._reach(frame, entering=True)
 
     # -- tracing ---------------------------------------------------------------------------
 
     def _global(self, frame: types.FrameType, event: str, arg: object) -> Callable[..., Any] | None:
-        if event != "call" or self.fired is not None or self._paused:
+        if event != "call" or self.done or self._paused:
             return None
         if not _is_ours(frame.f_code) or frame.f_code.co_name == "__del__":
             return None  # (an exception in a finalizer is printed and dropped by Python)
@@ -152,7 +193,7 @@ class Injector:
         return self._local
 
     def _local(self, frame: types.FrameType, event: str, arg: object) -> Callable[..., Any] | None:
-        if self.fired is not None:
+        if self.done:
             return None
         if event == "opcode" and not self._paused:
             self._reach(frame, entering=False)
@@ -168,14 +209,25 @@ class Injector:
         if entering and code.co_name in PYTHON_WINDOW and _from_outside(frame):
             self.exempt += 1  # the with statement called the exit; none of its code ran yet
             return
+        if self.fired is not None:  # (with ``then``) a point of the first one's recovery
+            if code.co_name in RECOVERY_WINDOW:
+                return
+            self.after += 1
+            if self.after == self.then:
+                self.again = Point(self.after, code.co_qualname, code.co_filename, frame.f_lineno)
+                self._deliver(frame)
+            return
         index = self.seen
         self.seen += 1
         self.functions.add(code.co_qualname)
         if index == self.target:
             self.fired = Point(index, code.co_qualname, code.co_filename, frame.f_lineno)
-            handler = signal.getsignal(signal.SIGINT)
-            if callable(handler):
-                handler(signal.SIGINT, frame)  # raises KeyboardInterrupt here, or defers it
+            self._deliver(frame)
+
+    def _deliver(self, frame: types.FrameType) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)  # raises KeyboardInterrupt here, or defers it
 
 
 def _from_outside(frame: types.FrameType) -> bool:

@@ -507,10 +507,20 @@ class Outcome:
     #: How many of the tried runs were interrupted (a point the run did not reach is not).
     fired: int
     failures: list[tuple[Point | None, BaseException]]
+    #: With a second signal: how many runs got it (their recovery reached its point).
+    again: int = 0
 
 
-def sweep(run_once: Callable[[Injector], None], label: str, sample: int, seed: int) -> Outcome:
-    """Count the points of ``run_once``, then run it with SIGINT at (a sample of) them.
+#: With a second signal, the points after the first at which it is tried: the first ones of
+#: the recovery (a hand-off's or a conclusion's is a few dozen).
+RECOVERY_POINTS = 40
+
+
+def sweep(
+    run_once: Callable[[Injector], None], label: str, sample: int, seed: int, twice: bool = False
+) -> Outcome:
+    """Count the points of ``run_once``, then run it with SIGINT at (a sample of) them;
+    ``twice``: with a second SIGINT at one of the RECOVERY_POINTS points after the first.
 
     A first run warms up: code that runs once per process (the trio adapter, imported and
     protected on first use) must not count as points the runs after it never reach.
@@ -519,20 +529,31 @@ def sweep(run_once: Callable[[Injector], None], label: str, sample: int, seed: i
     counting = Injector(None)
     run_once(counting)
     points = counting.seen
-    targets = list(range(points))
+    seconds: list[int | None] = list(range(1, RECOVERY_POINTS + 1)) if twice else [None]
+    targets = [(first, then) for first in range(points) for then in seconds]
     if sample and len(targets) > sample:
-        targets = sorted(random.Random(f"{seed}-{label}").sample(targets, sample))
+        targets = sorted(random.Random(f"{seed}-{label}").sample(targets, sample), key=str)
     failures: list[tuple[Point | None, BaseException]] = []
-    fired = 0
-    for target in targets:
-        inject = Injector(target)
+    fired = again = 0
+    for target, then in targets:
+        inject = Injector(target, then)
         try:
             run_once(inject)
         except BaseException as exc:
             if not is_interrupt(exc):
-                failures.append((inject.fired, exc))
+                where = inject.fired if inject.again is None else _both(inject)
+                failures.append((where, exc))
         fired += inject.fired is not None
-    return Outcome(points, len(targets), fired, failures)
+        again += inject.again is not None
+    return Outcome(points, len(targets), fired, failures, again)
+
+
+def _both(inject: Injector) -> Point:
+    """The point of a run's second signal, named with its first."""
+    assert inject.fired is not None
+    assert inject.again is not None
+    first, second = inject.fired, inject.again
+    return Point(first.index, f"{first.function}, then {second}", first.filename, first.line)
 
 
 # -- single-flight ----------------------------------------------------------------------------
@@ -800,7 +821,9 @@ def run_flight_scenario(name: str) -> Callable[[Injector], None]:
     return run_once
 
 
-def sweep_all(kind: str, names: list[str], scope: str, sample: int, seed: int) -> list[Any]:
+def sweep_all(
+    kind: str, names: list[str], scope: str, sample: int, seed: int, twice: bool = False
+) -> list[Any]:
     """The reports of the sweeps of ``names`` (scenarios of ``kind``) in ``scope``, one after
     the other in this process (in the manager scope, with one manager for all of them)."""
     reports = []
@@ -819,13 +842,14 @@ def sweep_all(kind: str, names: list[str], scope: str, sample: int, seed: int) -
                 run_once = run_lock_scenario(name, scope, directory)
             else:
                 run_once = run_flight_scenario(name)
-            outcome = sweep(run_once, f"{kind}-{name}-{scope}", sample, seed)
+            outcome = sweep(run_once, f"{kind}-{name}-{scope}", sample, seed, twice)
             reports.append(
                 {
                     "scenario": name,
                     "points": outcome.points,
                     "tried": outcome.tried,
                     "fired": outcome.fired,
+                    "again": outcome.again,
                     "failures": [
                         {"point": str(point), "error": f"{type(exc).__name__}: {exc}"}
                         for point, exc in outcome.failures
@@ -836,11 +860,11 @@ def sweep_all(kind: str, names: list[str], scope: str, sample: int, seed: int) -
 
 
 def main(argv: list[str]) -> None:
-    kind, name, scope, sample, seed = argv
+    kind, name, scope, sample, seed, *twice = argv
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
     scenarios = LOCK_SCENARIOS if kind == "lock" else FLIGHT_SCENARIOS
     names = sorted(scenarios) if name == "all" else [name]
-    reports = sweep_all(kind, names, scope, int(sample), int(seed))
+    reports = sweep_all(kind, names, scope, int(sample), int(seed), twice == ["twice"])
     sys.stdout.write(json.dumps(reports) + "\n")
     sys.stdout.flush()
     os._exit(0)  # helper threads a failed run left stuck must not hold the exit up

@@ -53,8 +53,10 @@ SEED = int(os.environ.get("KEYEDLOCK_SEED", random.randrange(1 << 30)))
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_sweeps(kind: str, scenario: str, scope: str, sample: int) -> list[dict[str, object]]:
-    args = [kind, scenario, scope, str(sample), str(SEED)]
+def run_sweeps(
+    kind: str, scenario: str, scope: str, sample: int, twice: bool = False
+) -> list[dict[str, object]]:
+    args = [kind, scenario, scope, str(sample), str(SEED), *(["twice"] if twice else [])]
     proc = subprocess.run(
         [sys.executable, "-m", "tests.torture.interrupt_sweep", *args],
         cwd=ROOT,
@@ -120,6 +122,32 @@ def test_interrupt_anywhere_leaves_no_key_held(scenario: str, scope: str, sample
 @pytest.mark.parametrize("scenario", sorted(FLIGHT_SCENARIOS))
 def test_interrupt_anywhere_leaves_no_call_in_flight(scenario: str, sample: int) -> None:
     check(run_sweep("flight", scenario, "process", sample), f"flight {scenario}")
+
+
+# -- a second interrupt, in the recovery from the first -----------------------------------------
+
+#: Runs per scenario with a second signal (the first at a point, the second at one of the points
+#: after it): a sample by default, a larger one in ``nox -s stress``.
+TWICE = [
+    pytest.param(40, id="sample"),
+    pytest.param(600, id="long", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("sample", TWICE)
+@pytest.mark.parametrize(
+    ("kind", "scope"), [("lock", "process"), ("lock", "file"), ("flight", "process")]
+)
+def test_a_second_interrupt_in_the_recovery_from_the_first_leaves_nothing(
+    kind: str, scope: str, sample: int
+) -> None:
+    """Ctrl-C pressed twice: the second signal lands while keyedlock finishes what the first
+    one stopped (a hand-off, a withdrawal, a conclusion). It is raised once that is done."""
+    reports = run_sweeps(kind, "all", scope, sample, twice=True)
+    check_all(reports, f"twice {kind} {scope}")
+    again = sum(int(str(report["again"])) for report in reports)
+    tried = sum(int(str(report["tried"])) for report in reports)
+    assert again * 10 >= tried, f"only {again} of {tried} runs got their second signal"
 
 
 # -- the manager scope ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ names from here, and uses tables only through their methods.
 
 from __future__ import annotations
 
+from ._complete import complete
 from ._flighttable import MISS, FlightTable
 from ._hold import (
     ABORTED,
@@ -47,6 +48,7 @@ __all__ = [
     "KeyTable",
     "Record",
     "WaitQueue",
+    "complete",
     "decided",
     "fresh_copy",
     "guard_is_owned",

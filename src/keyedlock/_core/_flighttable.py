@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import Final
 
 from .._ki import internal
+from ._complete import complete
 from ._hold import GRANTED, IDLE, RELEASED, WAITING, Hold, Record, new_queue
 from ._keytable import KeyTable
 
@@ -91,7 +92,7 @@ class FlightTable(KeyTable):
                         self._expire(now)
             self._deliver(key, out)
         except BaseException:
-            self._deliver(key, out)
+            complete(self._deliver, key, out)  # (again if another interrupt lands in it)
             raise
         return outcome is not None and bool(out)
 

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final
 
 from .._ki import internal
+from ._complete import complete
 from ._hold import GRANTED, RELEASED, WAITING, Hold
 from ._keytable import KeyTable
 
@@ -110,9 +111,15 @@ class KeyHold(Hold):
             elif not granted._wake() or (granted._waiters is not None and granted._watched):
                 table._deliver(key, [granted])  # pass it on, or watch it (wakes are idempotent)
         except BaseException:
-            if granted is not None:
-                table._deliver(key, [granted])
-            elif table.holder(key) is self:  # interrupted: never leave the key held
-                table.release(key, self)
+            complete(_recover, table, key, self, granted)  # (again if another interrupt lands)
             raise
         return self._ready if exc_type is None else self._raised
+
+
+def _recover(table: KeyTable, key: Hashable, hold: KeyHold, granted: Hold | None) -> None:
+    """After an interrupt in ``hold``'s exit: wake the waiter it handed the key to (again:
+    wakes are idempotent), or release the key if the exit had not got that far."""
+    if granted is not None:
+        table._deliver(key, [granted])
+    elif table.holder(key) is hold:  # never leave the key held
+        table.release(key, hold)

@@ -65,6 +65,7 @@ from collections.abc import Callable, Hashable
 from typing import Final
 
 from .._ki import internal
+from ._complete import complete
 from ._hold import (
     ABORTED,
     CANCELLED,
@@ -261,7 +262,7 @@ class KeyTable(Transitions, Orphans, TableViews):
                         self._give_up(key, hold, out)  # (GRANTED, not the entry: detached)
             self._deliver(key, out)
         except BaseException:
-            self._deliver(key, out)
+            complete(self._deliver, key, out)  # (again if another interrupt lands in it)
             raise
         if state == WAITING and self.on_queue is not None:
             self._queue_changed(key)
@@ -345,7 +346,7 @@ class KeyTable(Transitions, Orphans, TableViews):
                     pass
             self._deliver(key, out)
         except BaseException:
-            self._deliver(key, out)
+            complete(self._deliver, key, out)  # (again if another interrupt lands in it)
             raise
 
 

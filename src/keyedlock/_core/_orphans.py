@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from ._complete import complete
 from ._hold import CANCELLED, GRANTED, Hold, Record, new_queue
 
 __all__ = ["Orphans"]
@@ -63,7 +64,7 @@ class Orphans:
                 self._deliver(key, out)
                 out.clear()
         except BaseException:
-            self._deliver(key, out)
+            complete(self._deliver, key, out)  # (again if another interrupt lands in it)
             raise
 
     def abandon(self, key: Hashable, hold: Hold, outcome: BaseException) -> bool:
@@ -92,7 +93,7 @@ class Orphans:
                 out.append(queue)
             self._deliver(key, out)
         except BaseException:
-            self._deliver(key, out)
+            complete(self._deliver, key, out)  # (again if another interrupt lands in it)
             raise
         self._queue_changed(key)  # (nobody waits behind it any more)
         return True

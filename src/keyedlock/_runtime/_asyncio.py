@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-from .._core import ABORTED, CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import ABORTED, CANCELLED, GRANTED, WAITING, Hold, KeyTable, complete, decided
 from .._ki import internal
 from ._detect import get_ident, on_loop_thread, running_loop
 
@@ -243,7 +243,9 @@ async def wait_asyncio(
             state = decided(hold)
         return state
     except BaseException:
-        table.cancel(key, hold)  # however far it got: a key handed over meanwhile passes on
+        complete(
+            table.cancel, key, hold
+        )  # however far it got: a key handed over meanwhile passes on
         raise
     finally:
         if timer is not None:

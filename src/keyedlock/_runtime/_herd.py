@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable, Iterator
 from functools import partial
 from typing import Any, Final
 
-from .._core import GRANTED, IDLE, WAITING, FlightTable, Hold
+from .._core import GRANTED, IDLE, WAITING, FlightTable, Hold, complete
 from .._ki import internal
 from ._asyncio import AsyncioWaker, lost_wake, wake_future
 from ._detect import get_ident, running_loop
@@ -198,7 +198,7 @@ class AsyncioHerd:
         try:
             self._wake_once()
         except BaseException:
-            self._wake_once()
+            complete(self._wake_once)  # (again if another interrupt lands in it)
             raise
 
     def _wake_once(self) -> None:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from .._core import CANCELLED, GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import CANCELLED, GRANTED, WAITING, Hold, KeyTable, complete, decided
 from .._ki import internal
 
 __all__ = ["ThreadWaker", "wait_thread"]
@@ -69,5 +69,5 @@ def wait_thread(table: KeyTable, key: Hashable, hold: Hold, timeout: float | Non
             state = decided(hold)
         return state
     except BaseException:
-        table.cancel(key, hold)
+        complete(table.cancel, key, hold)
         raise

@@ -28,7 +28,7 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from .._core import GRANTED, WAITING, Hold, KeyTable, decided
+from .._core import GRANTED, WAITING, Hold, KeyTable, complete, decided
 from .._ki import internal, protect_with
 
 __all__ = [
@@ -135,5 +135,5 @@ async def wait_trio(
             await cancel_shielded_checkpoint()
         return GRANTED
     except BaseException:
-        table.cancel(key, hold)
+        complete(table.cancel, key, hold)
         raise

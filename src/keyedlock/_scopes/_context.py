@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from .._core import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
+from .._core import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold, complete
 from .._errors import LockTimeout
 from .._ki import internal
 from .._log import logger
@@ -82,7 +82,7 @@ class LockContext(KeyHold):
         try:
             acquired = self._backend.acquire(self, self._timeout)
         except BaseException:
-            self._backend.undo(self)
+            complete(self._backend.undo, self)
             raise
         if not acquired:
             raise timeout_error(self._key, self._timeout)
@@ -109,7 +109,7 @@ class LockContext(KeyHold):
         try:
             acquired = await self._backend.acquire_async(self, runtime, self._timeout)
         except BaseException:
-            self._backend.undo(self)
+            complete(self._backend.undo, self)
             raise
         if not raising:
             return acquired
@@ -136,7 +136,7 @@ class LockContext(KeyHold):
         try:
             self._backend.release(self, None)
         except BaseException:
-            self._backend.undo(self)
+            complete(self._backend.undo, self)
             raise
         return READY
 
@@ -150,7 +150,7 @@ class LockContext(KeyHold):
                 _log_abort(self._backend, self._key, abort)
             self._backend.release(self, abort)
         except BaseException:
-            self._backend.undo(self)
+            complete(self._backend.undo, self)
             raise
 
     def _undo(self) -> None:

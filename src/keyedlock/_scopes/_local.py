@@ -22,6 +22,7 @@ from .._core import (
     Hold,
     KeyHold,
     KeyTable,
+    complete,
     decided,
     fresh_copy,
     outcome_of,
@@ -120,7 +121,7 @@ class LocalContext(LockContext):
                     return self
                 acquired = settle(state, self, self._key)
         except BaseException:
-            self._backend.undo(self)  # interrupted after taking the key: give it back
+            complete(self._backend.undo, self)  # interrupted after taking the key: give it back
             raise
         if not acquired:
             raise timeout_error(self._key, self._timeout)
@@ -160,7 +161,7 @@ class LocalContext(LockContext):
                 if self._table.take(self._key, self) is self:
                     return self  # the uncontended fast path
             except BaseException:
-                self._backend.undo(self)
+                complete(self._backend.undo, self)
                 raise
         timeout = self._timeout
         if timeout == 0:
@@ -192,7 +193,7 @@ class LocalContext(LockContext):
                 fast: bool = self._backend.fast_acquire
                 state = await adapter.wait_trio(table, key, self, timeout, not fast)
         except BaseException:
-            self._backend.undo(self)
+            complete(self._backend.undo, self)
             raise
         if state != GRANTED and not settle(state, self, key):
             raise timeout_error(key, timeout)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
-from .._core import RELEASED, KeyTable, queue_full_error
+from .._core import RELEASED, KeyTable, complete, queue_full_error
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -61,7 +61,7 @@ class WideContext(LockContext):
                 return self  # the uncontended fast path: free here and in the wide scope
             acquired = backend.acquire(self, self._timeout)
         except BaseException:
-            backend.undo(self)
+            complete(backend.undo, self)
             raise
         if not acquired:
             raise timeout_error(self._key, self._timeout)
@@ -80,7 +80,7 @@ class WideContext(LockContext):
                 ):
                     return self
             except BaseException:
-                backend.undo(self)
+                complete(backend.undo, self)
                 raise
         await self._acquire_async(runtime, True)  # (under trio: with its checkpoints)
         return self

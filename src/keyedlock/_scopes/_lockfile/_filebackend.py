@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Hashable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from ..._core import KeyTable
+from ..._core import KeyTable, complete
 from ..._ki import internal
 from ..._runtime import READY, blocking_call_error, running_loop, sniffio_local, thread_owners
 from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
@@ -63,7 +63,7 @@ class FileContext(WideContext):
                         return self  # the uncontended fast path: free here and on the host
             acquired = backend.acquire(self, self._timeout)
         except BaseException:
-            backend.undo(self)
+            complete(backend.undo, self)
             raise
         if not acquired:
             raise timeout_error(key, self._timeout)
@@ -101,7 +101,7 @@ class FileContext(WideContext):
             else:
                 backend.release(self, None)  # the waits' descriptor, or no record: it says why
         except BaseException:
-            backend.undo(self)  # interrupted: never leave the key held
+            complete(backend.undo, self)  # interrupted: never leave the key held
             raise
         return READY
 

@@ -24,7 +24,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from ..._core import RELEASED, Hold, KeyTable
+from ..._core import RELEASED, Hold, KeyTable, complete
 from ..._errors import LeaseLost
 from ..._ki import internal
 from ..._runtime import (
@@ -103,7 +103,7 @@ class RedisContext(WideContext):
             else:
                 acquired = backend.acquire(self, self._timeout)
         except BaseException:
-            backend.undo(self)
+            complete(backend.undo, self)
             raise
         if not acquired:
             raise timeout_error(key, self._timeout)
@@ -136,7 +136,7 @@ class RedisContext(WideContext):
         try:
             await backend.release_async(self, abort)
         except BaseException:
-            backend.undo(self)
+            complete(backend.undo, self)
             raise
 
 
