@@ -136,7 +136,14 @@ TWICE = [
 
 @pytest.mark.parametrize("sample", TWICE)
 @pytest.mark.parametrize(
-    ("kind", "scope"), [("lock", "process"), ("lock", "file"), ("flight", "process")]
+    ("kind", "scope"),
+    [
+        ("lock", "process"),
+        ("lock", "file"),
+        ("lock", "manager"),
+        ("flight", "process"),
+        ("flight", "manager"),
+    ],
 )
 def test_a_second_interrupt_in_the_recovery_from_the_first_leaves_nothing(
     kind: str, scope: str, sample: int

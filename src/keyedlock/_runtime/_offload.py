@@ -50,6 +50,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
+from .._core import complete
 from .._ki import internal
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ class Offload(Generic[T]):
         try:
             parked.acquire(timeout=wait)
         except BaseException:
-            self.let_go()
+            complete(self.let_go)  # (again if another interrupt lands in it)
             raise
         return self._detach()
 
@@ -346,7 +347,7 @@ class Offload(Generic[T]):
                 if not woken(exc, fut, task, before):
                     raise  # the task itself was cancelled
         except BaseException:
-            self.let_go()
+            complete(self.let_go)  # (again if another interrupt lands in it)
             raise
         finally:
             if timer is not None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any, Final
 
+from ..._core import complete
 from ..._ki import internal
 from ._protocol import CANCEL, Reply, encode, unpack_reply
 from ._transport import (
@@ -225,14 +226,19 @@ class Wait:
         except NoAnswer:
             self.reply = Reply.NO_ANSWER
             return Reply.NO_ANSWER
-        except BaseException as exc:
-            if isinstance(exc, (OSError, EOFError)):
-                link.close()
-                raise client.gone(exc) from exc
-            if isinstance(exc, Exception) and not link.closed:
+        except (OSError, EOFError) as exc:
+            link.close()
+            raise client.gone(exc) from exc
+        except Exception:
+            if link.closed:
+                complete(self._leave, link)
+            else:
                 client.idle.append(link)  # the manager refused the request: nothing taken
-                raise
-            self._leave(link)  # interrupted, before or after the request left or came back
+            raise
+        except BaseException:
+            # Interrupted, before or after the request left or came back (again if another
+            # interrupt lands in the recovery).
+            complete(self._leave, link)
             raise
         if not link.closed:
             client.idle.append(link)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from ..._core import complete
 from ..._errors import Aborted, LockTimeout
 from ..._ki import internal
 from ..._runtime import (
@@ -94,7 +95,7 @@ async def wait_off_loop(wait: Wait) -> object:
         job.start()  # (interrupted as it returns, the wait runs and nobody waits for it)
         done = await job.wait_async(None)
     except BaseException:
-        wait.cancel(give_back=True)
+        complete(wait.cancel, True)  # (give_back; again if another interrupt lands in it)
         raise
     assert done is not None  # no timeout: only cancellation ends the wait early
     return done.unwrap()
@@ -237,9 +238,11 @@ class ManagerLockBackend:
         assert isinstance(ctx, ManagerContext)
         wait = getattr(ctx, "_wait", None)
         if wait is not None and wait.reply == Reply.GRANTED:
-            ctx._wait = None
+            # Forgotten once released: interrupted before, the undo releases again (a repeat
+            # of a release of this hold changes nothing: it names the hold's serial).
             with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
                 self._release(ctx._key, ctx._serial, None)
+            ctx._wait = None
 
     # -- any caller -----------------------------------------------------------------
 
