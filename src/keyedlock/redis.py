@@ -19,9 +19,11 @@ the keys on the server and the limits.
 
 from __future__ import annotations
 
+import importlib
 import math
 import pickle
 from collections.abc import Hashable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import LeaseLost
@@ -274,3 +276,25 @@ class RedisSingleFlight(SingleFlight):
             f"<RedisSingleFlight {self._backend.link.server} prefix={self.prefix!r} "
             f"in_flight={len(self)} ttl={self.ttl}>"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As RedisKeyedLock's: a copy in another process connects to the same URL. A module
+        # serializer (pickle, json) goes by its name: modules do not pickle.
+        backend = self._backend
+        url = backend.link.url
+        if url is None:
+            raise TypeError(
+                "a RedisSingleFlight made from a client object cannot be pickled; make it "
+                "from a URL to send it to other processes, or make one in each process"
+            )
+        serializer = backend.serializer
+        named = serializer.__name__ if isinstance(serializer, ModuleType) else serializer
+        return (_restore_flight, (url, self.prefix, self.lease, named, self.ttl))
+
+
+def _restore_flight(
+    url: str, prefix: str, lease: float, serializer: Any, ttl: float
+) -> RedisSingleFlight:
+    if isinstance(serializer, str):
+        serializer = importlib.import_module(serializer)
+    return RedisSingleFlight(url, prefix=prefix, lease=lease, serializer=serializer, ttl=ttl)

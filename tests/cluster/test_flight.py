@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -173,6 +174,27 @@ def test_a_result_that_cannot_be_shared_fails_every_caller(make_flight: MakeFlig
     for caller in (leader, follower):
         with pytest.raises(TypeError, match="cannot be shared"):
             caller.result()
+
+
+@pytest.mark.parametrize("serializer", [pickle, json])
+def test_a_group_made_from_a_url_pickles(make_flight: MakeFlight, serializer: Any) -> None:
+    """As a RedisKeyedLock, for a pool of spawned processes: the copy reaches the same server,
+    with the same options (a module serializer included)."""
+    group = make_flight(prefix="p:", lease=3, serializer=serializer, ttl=5)
+    copy = pickle.loads(pickle.dumps(group))
+    assert (copy.prefix, copy.lease, copy.ttl) == ("p:", 3.0, 5)
+    assert copy._backend.serializer is serializer
+    assert group.do_sync("k", lambda: "first") == "first"
+    assert copy.do_sync("k", lambda: "second") == "first"  # the value kept for every host
+    copy.forget("k")
+
+
+def test_a_group_made_from_a_client_does_not_pickle(
+    make_flight: MakeFlight, redis_client: redis.Redis
+) -> None:
+    group = RedisSingleFlight(redis_client)
+    with pytest.raises(TypeError, match="URL"):
+        pickle.dumps(group)
 
 
 def test_a_serializer_of_plain_data(make_flight: MakeFlight) -> None:
