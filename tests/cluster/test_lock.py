@@ -680,6 +680,39 @@ def test_an_asyncio_waiter_cancelled_at_any_point_ends_at_once(
         patient.close()
 
 
+def test_a_second_interrupt_as_an_exit_gives_the_key_back_still_gives_it_back(
+    make_lock: MakeLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C twice: the first as the exit releases, the second as its recovery hands the key
+    to the renewal thread to give back. The key is given back all the same."""
+    lock, other = make_lock(), make_lock()
+    ctx = lock("k")
+    ctx.__enter__()
+    calls: list[str] = []
+    real_release, real_later = RedisScope.release, RedisScope._withdraw_later
+
+    def release(scope: RedisScope, *args: Any) -> bool:
+        calls.append("release")
+        if calls.count("release") == 1:
+            raise KeyboardInterrupt("as the exit releases")
+        return real_release(scope, *args)
+
+    def withdraw_later(scope: RedisScope, *args: Any) -> None:
+        calls.append("later")
+        if calls.count("later") == 1:
+            raise KeyboardInterrupt("as the recovery gives it back")
+        real_later(scope, *args)
+
+    monkeypatch.setattr(RedisScope, "release", release)
+    monkeypatch.setattr(RedisScope, "_withdraw_later", withdraw_later)
+    with pytest.raises(KeyboardInterrupt):
+        ctx.__exit__(None, None, None)
+    assert calls == ["release", "later", "later"]
+    assert len(lock) == 0
+    assert other.acquire("k", timeout=WAIT)  # given back in Redis by the renewal thread
+    other.release("k")
+
+
 def test_release_by_another_thread(redis_lock: RedisKeyedLock) -> None:
     redis_lock.acquire("k")
     start_thread(lambda: redis_lock.release("k"), "releaser").result()

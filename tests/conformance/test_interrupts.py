@@ -410,3 +410,83 @@ def test_interrupt_while_a_hold_is_recorded_gives_the_key_back(
     monkeypatch.undo()
     with lock("k", timeout=WAIT):  # and the key works as always
         pass
+
+
+# -- a second interrupt, in the recovery from the first ------------------------------------------
+
+
+class _Interrupting:
+    """Wraps ``fn``: its first call raises KeyboardInterrupt before running it (a signal at
+    its entry), the others run it."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise KeyboardInterrupt("at the entry")
+        return self.fn(*args)
+
+
+def test_a_second_interrupt_as_a_failed_wake_passes_the_key_on_still_wakes_the_next() -> None:
+    """The key goes to a waiter that cannot be woken (its loop is gone), then to the next one;
+    an interrupt lands as that one is woken. The exit's recovery wakes it all the same."""
+    from keyedlock._core import ENTERED, GRANTED, Hold, KeyHold, KeyTable
+
+    table = KeyTable()
+    holder = KeyHold("holder")
+    holder._key, holder._table, holder._phase, holder._ready = "k", table, ENTERED, None
+    assert table.take("k", holder) is holder
+    table.enqueue("k", Hold("gone"), lambda: False)
+    woken: list[str] = []
+
+    def wake_next() -> bool:
+        woken.append("next")
+        return True
+
+    wake = _Interrupting(wake_next)
+    following = Hold("next")
+    table.enqueue("k", following, wake)
+    with pytest.raises(KeyboardInterrupt):
+        holder._exit(None, None, None)
+    assert table.holder("k") is following
+    assert following._state == GRANTED
+    assert woken == ["next"]
+
+
+def test_an_interrupt_as_a_thread_wakes_a_trio_task_does_not_lose_the_wake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread hands the key to a task of a trio run in another thread; a signal lands as it
+    asks that run to reschedule the task (trio's own Python code). The task gets the key."""
+    import trio
+    import trio.lowlevel
+
+    lock = KeyedLock()
+    got = threading.Event()
+
+    async def task() -> None:
+        async with lock("k"):
+            got.set()
+
+    ctx = lock("k")
+    ctx.__enter__()
+    runner = start_thread(lambda: trio.run(task), "trio-run")
+    wait_waiters(lock, "k", 1)
+    real = trio.lowlevel.TrioToken.run_sync_soon
+    calls: list[object] = []
+
+    def run_sync_soon(token: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("at its entry")
+        real(token, *args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel.TrioToken, "run_sync_soon", run_sync_soon)
+    with pytest.raises(KeyboardInterrupt):
+        ctx.__exit__(None, None, None)
+    assert got.wait(WAIT), "the trio task never got the key"
+    runner.result(WAIT)
+    assert not lock.locked("k")

@@ -486,14 +486,14 @@ def check_lock_clean(lock: Lock, path: str | None) -> None:
     )
     wait_helper_threads_end()
     assert len(lock) == 0, f"keys left held: {lock!r}"
+    if path is not None:  # (first: taking the key through the lock would unlock its byte)
+        other = FileKeyedLock(path)
+        assert other.acquire(KEY, timeout=0), "the key's byte is still locked in the kernel"
+        other.release(KEY)
     assert start_thread(lambda: lock.acquire(KEY, timeout=0), "take-again").result(BOUND), (
         "the key cannot be taken again"
     )
     lock.release(KEY)
-    if path is not None:
-        other = FileKeyedLock(path)
-        assert other.acquire(KEY, timeout=0), "the key's byte is still locked in the kernel"
-        other.release(KEY)
     assert len(lock) == 0
 
 

@@ -5,31 +5,40 @@ interrupt stopped half-way (a hand-off, a withdrawal, a call to conclude),
 then raises the interrupt again. That recovery is Python code too: a second
 interrupt (Ctrl-C pressed twice, another signal handler that raises) may land
 in it. :func:`complete` runs such a step again until one run of it gets to
-its end, and only then raises the interrupt that came last.
+its end (twice at most: a third interrupt stops it), and only then raises
+the interrupt that came last.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from .._ki import internal
 
 __all__ = ["complete"]
 
 
+#: How many times ``complete`` runs a step at most. The interrupt after that (the third,
+#: counting the one that made the recovery start) is raised at once: Ctrl-C pressed again
+#: stops a step that blocks (on a manager that does not answer, say).
+RUNS: Final = 2
+
+
 @internal
 def complete(step: Callable[..., object], *args: object) -> None:
-    """Call ``step(*args)`` until one call returns, whatever interrupts land in it; then
-    raise the last of them, if any.
+    """Call ``step(*args)`` until one call returns, whatever interrupts land in it (at most
+    RUNS calls); then raise the last of them, if any.
 
     ``step`` must be idempotent: a call after an interrupted one finishes what
     that one began (every recovery step of keyedlock is). An error that is no
     interrupt (an :class:`Exception`) is raised at once, as it is. A signal can
-    still land at this function's first instruction and at its loop's jump: one
+    still land at this function's first instruction, right after a step returned
+    (the step is then run again, harmlessly) and at its loop's jump: one
     instruction each, where the recovery was the whole step.
     """
     interrupt: BaseException | None = None
-    while True:
+    for _ in range(RUNS):
         try:
             step(*args)
         except Exception:

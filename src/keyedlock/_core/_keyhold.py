@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Final
 
 from .._ki import internal
 from ._complete import complete
-from ._hold import GRANTED, RELEASED, WAITING, Hold
+from ._hold import GRANTED, RELEASED, WAITING, Hold, Record
 from ._keytable import KeyTable
 
 __all__ = ["BAD_EXIT", "ENTERED", "EXITED", "NEW", "REUSE", "KeyHold"]
@@ -73,6 +73,7 @@ class KeyHold(Hold):
         table: Any = self._table
         key = self._key
         granted: Hold | None = None  # the waiter handed the key (the record: see KeyTable)
+        out: Record | None = None  # (what the wake-ups act on, shared with a recovery)
         try:
             # KeyTable.release's pass, written out for the exit of a local table's own hold:
             # a call is a tenth of an uncontended release, a third of a hand-off's.
@@ -109,17 +110,21 @@ class KeyHold(Hold):
             if granted is None:
                 table.release(key, self)  # not held by this hold: says so
             elif not granted._wake() or (granted._waiters is not None and granted._watched):
-                table._deliver(key, [granted])  # pass it on, or watch it (wakes are idempotent)
+                out = [granted]
+                table._deliver(key, out)  # pass it on, or watch it (wakes are idempotent)
         except BaseException:
-            complete(_recover, table, key, self, granted)  # (again if another interrupt lands)
+            if out is None and granted is not None:
+                out = [granted]  # (one list for every run of the recovery: see _skip)
+            complete(_recover, table, key, self, out)  # (again if another interrupt lands)
             raise
         return self._ready if exc_type is None else self._raised
 
 
-def _recover(table: KeyTable, key: Hashable, hold: KeyHold, granted: Hold | None) -> None:
-    """After an interrupt in ``hold``'s exit: wake the waiter it handed the key to (again:
-    wakes are idempotent), or release the key if the exit had not got that far."""
-    if granted is not None:
-        table._deliver(key, [granted])
+def _recover(table: KeyTable, key: Hashable, hold: KeyHold, out: Record | None) -> None:
+    """After an interrupt in ``hold``'s exit: wake the waiter it handed the key to, and those
+    a wake that failed passed it on to since (``out``: wakes are idempotent), or release the
+    key if the exit had not got that far."""
+    if out is not None:
+        table._deliver(key, out)
     elif table.holder(key) is hold:  # never leave the key held
         table.release(key, hold)

@@ -54,11 +54,12 @@ class TrioWaker:
     """Reschedules one trio task, once: directly inside its own run, else through the run's
     token; False if its run is over. Calling it again answers as the first call did."""
 
-    __slots__ = ("answer", "task", "token")
+    __slots__ = ("answer", "rescheduled", "task", "token")
 
     token: TrioToken
     task: Task
     answer: bool | None
+    rescheduled: bool
 
     if not TYPE_CHECKING:
         # Made by calling the class, then filled in (see wait_trio): object's own
@@ -74,16 +75,25 @@ class TrioWaker:
         except RuntimeError:  # not in a trio run
             here = False
         if here:
-            self.answer = True  # (no signal can land between this and reschedule)
-            reschedule(self.task)
+            self.answer = True  # (no signal can land between this and _once: trio defers it)
+            self._once()
             return True
-        self.answer = True  # claimed first: rescheduling a task twice would break trio
+        # Answered once the wake-up is queued: an interrupt before that makes the core call
+        # again, and queue another, which finds the task rescheduled already (see _once).
         try:
-            self.token.run_sync_soon(reschedule, self.task)
+            self.token.run_sync_soon(self._once)
         except trio.RunFinishedError:  # its run is over: the task will never resume
             self.answer = False
             return False
+        self.answer = True
         return True
+
+    def _once(self) -> None:
+        """In the task's run: reschedule it, unless an earlier wake-up did (twice would
+        break trio)."""
+        if not self.rescheduled:
+            self.rescheduled = True
+            reschedule(self.task)
 
 
 def trio_waker() -> TrioWaker:
@@ -92,6 +102,7 @@ def trio_waker() -> TrioWaker:
     waker.token = current_trio_token()
     waker.task = current_task()
     waker.answer = None
+    waker.rescheduled = False
     return waker
 
 
@@ -121,6 +132,7 @@ async def wait_trio(
             waker.token = current_trio_token()
             waker.task = current_task()
             waker.answer = None
+            waker.rescheduled = False
             if not table.enqueue(key, hold, waker):
                 abort = partial(_abort, table, key, hold)
                 if timeout is None:

@@ -43,8 +43,8 @@ which shapes everything here:
   lock granted to a claimant is released by that claimant only.
 - A forked child shares its parent's descriptions. After ``fork`` the child
   closes (never unlocks: that would drop the parent's locks) every inherited
-  descriptor, opens a description of its own and starts with nothing held.
-  (See :mod:`._files`.)
+  descriptor, opens a description of its own and starts with nothing held
+  (see :mod:`._files`).
 
 Interrupts: a hold's record is written *before* its byte is locked through
 the shared descriptor, marked as in progress (``~fd``, negative), and
@@ -175,9 +175,10 @@ class FileScope(LockFile):
     waits beyond are queued for a thread.
     """
 
-    __slots__ = ("held", "pending", "threads", "waits_fd")
+    __slots__ = ("held", "pending", "threads", "unlocking", "waits_fd")
 
     held: dict[Hold, int]
+    unlocking: dict[Hold, int]  # (see abandon)
     pending: dict[Hashable, _KernelWait]
     threads: OffloadPool
 
@@ -189,8 +190,7 @@ class FileScope(LockFile):
         self.threads = OffloadPool(max_threads, WAIT_THREAD)
         self.waits_fd = -1
         super().__init__(path)
-        self.held = {}
-        self.pending = {}
+        self.held, self.unlocking, self.pending = {}, {}, {}
 
     @property
     def max_threads(self) -> int:
@@ -201,8 +201,7 @@ class FileScope(LockFile):
         """In a fork child: close every inherited descriptor (never unlock), hold nothing."""
         super().forked()
         self.waits_fd = -1  # (closed with the other inherited descriptors)
-        self.held = {}
-        self.pending = {}
+        self.held, self.unlocking, self.pending = {}, {}, {}
         self.threads.forked()
 
     def remedy(self) -> str:
@@ -299,20 +298,24 @@ class FileScope(LockFile):
         return True
 
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
-        """After an interrupt: unlock whatever ``hold`` holds or was locking, and let go of its
-        claim on a kernel wait; False if it held nothing."""
+        """After an interrupt: unlock what ``hold`` holds or was locking (run again, it ends the
+        unlock it claimed, kept in ``unlocking``), let go of its claim on a kernel wait; False
+        if it held nothing."""
         pending = self.pending
         wait = pending.get(local_key) if pending else None
         if wait is not None and wait.claimant is hold:
-            wait.claimant = None
             wait.job.let_go()  # (a grant that arrives now goes to the helper thread, or is held)
-        held = self.held
-        try:
-            fd = held[hold]
-            del held[hold]
-        except KeyError:
-            return False
+            wait.claimant = None
+        fd = self.unlocking.get(hold)
+        if fd is None:
+            try:
+                fd = self.held[hold]
+                del self.held[hold]
+                self.unlocking[hold] = fd  # (no call since the del: nothing can split them)
+            except KeyError:
+                return False
         self._unlock(cast(KeyOffset, local_key), fd if fd >= 0 else ~fd)
+        del self.unlocking[hold]
         return True
 
     def _unlock(self, offset: KeyOffset, fd: int) -> None:
@@ -320,11 +323,8 @@ class FileScope(LockFile):
 
     def locked(self, local_key: Hashable) -> bool:
         """True if another open file description holds the key's byte (``F_OFD_GETLK``).
-
-        A lock taken through the shared descriptor does not show (it is the
-        asking description's own): the caller asks the local table first,
-        and only a local holder locks through that descriptor.
-        """
+        (The shared descriptor's own locks do not show: the caller asks the local table
+        first, and only a local holder locks through that descriptor.)"""
         reply = fcntl_call(self.shared(), GETLK, cast(KeyOffset, local_key))
         locked: bool = FLOCK.unpack(reply)[0] != UNLCK
         return locked
@@ -363,9 +363,8 @@ class FileScope(LockFile):
         return wait
 
     def _settle(self, wait: _KernelWait, finished: Finished[bytes] | None, hold: Hold) -> bool:
-        """The claimant stopped waiting: True if it was granted the lock (its record is
-        there), False if it timed out (the wait keeps running, to be adopted, unless it was
-        still queued: then it was withdrawn); the error."""
+        """The claimant stopped waiting: True if granted (its record is there), False if it
+        timed out (the wait keeps running, to be adopted, unless queued: withdrawn); or raises."""
         if hold in self.held:
             with fds_lock():
                 if self.pending.get(wait.offset) is wait:

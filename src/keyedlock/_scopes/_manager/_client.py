@@ -82,8 +82,11 @@ class _Link:
         the manager wrote before it is whole in the socket and returned here; a
         write after it fails in the manager, which releases what the reply
         granted. So a key is never held for a caller that does not know it.
-        NoAnswer if no whole reply came.
+        NoAnswer if no whole reply came, or if it was closed already (a repeat, after an
+        interrupt: its descriptor number may be another connection's by now).
         """
+        if self.closed:
+            raise NoAnswer("the connection was closed already")
         try:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RD)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Mapping
 from time import monotonic
 from typing import Any, Final, cast
 
-from ..._core import Hold
+from ..._core import Hold, complete
 from ..._errors import LockTimeout
 from ..._ki import internal
 from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
@@ -237,27 +237,20 @@ class RedisScope(LockRenewals):
 
     def _give_up(self, hold: Hold, attempt: Attempt) -> None:
         """Timed out: leave the queue (and hand on a key handed to it meanwhile). A server
-        that does not answer within MARGIN leaves it to the renewal thread."""
-        del self.held[hold]
-        call = withdraw(attempt.key.names, attempt.waiter)
+        that does not answer within MARGIN leaves it to the renewal thread. (The record goes
+        once that is settled: interrupted before, the caller's undo withdraws it.)"""
         try:
-            self.link.run(call, MARGIN)
+            self.link.run(withdraw(attempt.key.names, attempt.waiter), MARGIN)
         except NoAnswer:
             self._withdraw_later(attempt)
-        except BaseException:
-            self._withdraw_later(attempt)
-            raise
+        self.held.pop(hold, None)
 
     async def _give_up_async(self, hold: Hold, attempt: Attempt) -> None:
-        del self.held[hold]
-        call = withdraw(attempt.key.names, attempt.waiter)
         try:
-            await self.link.run_async(call, MARGIN)
+            await self.link.run_async(withdraw(attempt.key.names, attempt.waiter), MARGIN)
         except NoAnswer:
             self._withdraw_later(attempt)
-        except BaseException:
-            self._withdraw_later(attempt)
-            raise
+        self.held.pop(hold, None)
 
     def _withdraw_later(self, attempt: Attempt) -> None:
         """Withdraw ``attempt`` from the renewal thread (it goes again while the server
@@ -303,7 +296,7 @@ class RedisScope(LockRenewals):
         try:
             reply = self.link.run(release(attempt.key.names, attempt.waiter))
         except BaseException:
-            self._withdraw_later(attempt)
+            complete(self._withdraw_later, attempt)  # (again if another interrupt lands)
             raise
         return self._released(hold, attempt, reply)
 
@@ -321,20 +314,18 @@ class RedisScope(LockRenewals):
             call = release(attempt.key.names, attempt.waiter)
             reply, cancelled = await self.link.finish_async(call)
         except BaseException:
-            self._withdraw_later(attempt)
+            complete(self._withdraw_later, attempt)  # (again if another interrupt lands)
             raise
         return self._released(hold, attempt, reply), cancelled
 
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
         """After an interrupt or a cancellation: give back whatever ``hold`` holds or waits
         for, from the renewal thread; False if nothing."""
-        held = self.held
-        try:
-            attempt = held[hold]
-            del held[hold]
-        except KeyError:
+        attempt = self.held.get(hold)
+        if attempt is None:
             return False
-        self._withdraw_later(attempt)
+        self._withdraw_later(attempt)  # (first: run again after an interrupt, it goes again)
+        self.held.pop(hold, None)
         return True
 
     # -- the key, for anyone ---------------------------------------------------------
