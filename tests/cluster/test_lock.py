@@ -683,8 +683,9 @@ def test_an_asyncio_waiter_cancelled_at_any_point_ends_at_once(
 def test_a_second_interrupt_as_an_exit_gives_the_key_back_still_gives_it_back(
     make_lock: MakeLock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C twice: the first as the exit releases, the second as its recovery hands the key
-    to the renewal thread to give back. The key is given back all the same."""
+    """Ctrl-C twice: the first as the exit starts to release, the second as its recovery
+    (the undo's abandon) hands the key to the renewal thread to give back. The key is given
+    back all the same."""
     lock, other = make_lock(), make_lock()
     ctx = lock("k")
     ctx.__enter__()
@@ -710,6 +711,42 @@ def test_a_second_interrupt_as_an_exit_gives_the_key_back_still_gives_it_back(
     assert calls == ["release", "later", "later"]
     assert len(lock) == 0
     assert other.acquire("k", timeout=WAIT)  # given back in Redis by the renewal thread
+    other.release("k")
+
+
+def test_a_third_interrupt_in_a_recovery_leaves_no_key_held_in_redis_past_its_lease(
+    redis_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C three times as a timed-out wait withdraws: the recovery stops (so that Ctrl-C
+    always can), but what it claimed is no longer renewed: the place, and a key handed to it,
+    run out with the lease."""
+    lease = 0.6
+    holder = RedisKeyedLock(redis_server.url, prefix="third:", lease=lease)
+    lock = RedisKeyedLock(redis_server.url, prefix="third:", lease=lease)
+    assert holder.acquire("k")
+    real_later = RedisScope._withdraw_later
+    interrupts: list[str] = []
+
+    def give_up(scope: RedisScope, *args: Any) -> None:
+        interrupts.append("as the wait withdraws")
+        raise KeyboardInterrupt(interrupts[-1])
+
+    def withdraw_later(scope: RedisScope, *args: Any) -> None:
+        if len(interrupts) < 3:
+            interrupts.append("in the recovery")
+            raise KeyboardInterrupt(interrupts[-1])
+        real_later(scope, *args)
+
+    monkeypatch.setattr(RedisScope, "_give_up", give_up)
+    monkeypatch.setattr(RedisScope, "_withdraw_later", withdraw_later)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire("k", timeout=0.2)
+    monkeypatch.undo()
+    assert len(interrupts) == 3
+    assert lock._backend.scope.held == {}  # nothing renewed
+    holder.release("k")  # handed to the place left behind, if it is still there
+    other = RedisKeyedLock(redis_server.url, prefix="third:", lease=lease)
+    assert other.acquire("k", timeout=3 * lease), "the key is still held past its lease"
     other.release("k")
 
 

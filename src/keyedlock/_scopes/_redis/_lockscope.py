@@ -66,6 +66,7 @@ class RedisScope(LockRenewals):
     __slots__ = (
         "__weakref__",
         "_local",
+        "abandoning",
         "changed_keys",
         "held",
         "lease",
@@ -78,6 +79,8 @@ class RedisScope(LockRenewals):
     )
 
     held: dict[Hold, Attempt]
+    #: Attempts whose withdrawal ``abandon`` claimed and has not handed on (never renewed).
+    abandoning: dict[Hold, Attempt]
 
     def __init__(self, link: Link, prefix: str, lease: float) -> None:
         self.link = link
@@ -88,7 +91,7 @@ class RedisScope(LockRenewals):
         #: How long a clean-up call that cannot reach the server goes again: what a stopped
         #: server runs once it goes on (an acquire sent before it stopped) is then undone.
         self.patience = CLEAN_UP_LEASES * lease
-        self.held = {}
+        self.held, self.abandoning = {}, {}
         #: Places whose withdraw went to the renewal thread: not counted meanwhile.
         self.leaving = Leaving(self.patience + lease)
         #: Keys whose count of callers queued here changed since it was last sent.
@@ -107,7 +110,7 @@ class RedisScope(LockRenewals):
 
     def forked(self) -> None:
         """In a fork child: nothing is held (the parent's holds did not fork with it)."""
-        self.held = {}
+        self.held, self.abandoning = {}, {}
         self.leaving = Leaving(self.leaving.keep)  # (its guard may have been held)
         self.changed_keys = set()
 
@@ -321,11 +324,20 @@ class RedisScope(LockRenewals):
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
         """After an interrupt or a cancellation: give back whatever ``hold`` holds or waits
         for, from the renewal thread; False if nothing."""
-        attempt = self.held.get(hold)
+        # Claimed in one step (no call: no signal), then handed on: run again after an
+        # interrupt, it hands on what it claimed; interrupted for good, the attempt is no
+        # longer renewed, and its place or lease runs out.
+        attempt = self.abandoning.get(hold)
         if attempt is None:
-            return False
-        self._withdraw_later(attempt)  # (first: run again after an interrupt, it goes again)
-        self.held.pop(hold, None)
+            held = self.held
+            try:
+                attempt = held[hold]
+                del held[hold]
+                self.abandoning[hold] = attempt
+            except KeyError:
+                return False
+        self._withdraw_later(attempt)
+        del self.abandoning[hold]
         return True
 
     # -- the key, for anyone ---------------------------------------------------------
