@@ -32,7 +32,7 @@ from keyedlock._scopes._redis._lockscripts import ACQUIRE, REPORT
 from keyedlock.redis import RedisContext, RedisKeyedLock
 
 from ..support import WAIT, start_thread, three_tasks_two_wait, wait_until, wait_until_async
-from .conftest import MakeLock
+from .conftest import LEASE, MakeLock
 from .servers import Server
 
 
@@ -711,6 +711,41 @@ def test_a_second_interrupt_as_an_exit_gives_the_key_back_still_gives_it_back(
     assert calls == ["release", "later", "later"]
     assert len(lock) == 0
     assert other.acquire("k", timeout=WAIT)  # given back in Redis by the renewal thread
+    other.release("k")
+
+
+def test_a_second_interrupt_as_a_release_round_trip_is_given_back_still_gives_it_back(
+    make_lock: MakeLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C twice: the first during the release's round trip (its record already taken),
+    the second as the release's own recovery hands the key to the renewal thread."""
+    lock, other = make_lock(), make_lock()
+    ctx = lock("k")
+    ctx.__enter__()
+    real_run, real_later = Link.run, RedisScope._withdraw_later
+    interrupts: list[str] = []
+
+    def run(link: Link, *args: Any) -> Any:
+        if not interrupts:
+            interrupts.append("during the release")
+            raise KeyboardInterrupt(interrupts[-1])
+        return real_run(link, *args)
+
+    def withdraw_later(scope: RedisScope, *args: Any) -> None:
+        if len(interrupts) == 1:
+            interrupts.append("as the release's recovery hands it on")
+            raise KeyboardInterrupt(interrupts[-1])
+        real_later(scope, *args)
+
+    monkeypatch.setattr(Link, "run", run)
+    monkeypatch.setattr(RedisScope, "_withdraw_later", withdraw_later)
+    with pytest.raises(KeyboardInterrupt):
+        ctx.__exit__(None, None, None)
+    monkeypatch.undo()
+    assert len(interrupts) == 2
+    assert len(lock) == 0
+    # Given back in Redis by the renewal thread, well before the lease would run out.
+    assert other.acquire("k", timeout=LEASE / 2)
     other.release("k")
 
 
