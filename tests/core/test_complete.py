@@ -1,10 +1,11 @@
-"""complete(): a recovery step run again when another interrupt lands in it, twice at most."""
+"""complete(): a recovery step run again when another interrupt lands in it, twice at most;
+claim(): what such a step takes away from the others, found again by its next run."""
 
 from __future__ import annotations
 
 import pytest
 
-from keyedlock._core import complete
+from keyedlock._core import claim, complete
 
 
 class Step:
@@ -55,3 +56,13 @@ def test_an_error_that_is_no_interrupt_is_raised_at_once() -> None:
     with pytest.raises(LookupError):
         complete(failing)
     assert runs == [1]
+
+
+def test_a_claim_moves_the_record_and_a_second_run_finds_it_there() -> None:
+    records = {"hold": 7, "other": 8}
+    claims: dict[str, int] = {}
+    assert claim(records, claims, "hold") == 7
+    assert (records, claims) == ({"other": 8}, {"hold": 7})
+    assert claim(records, claims, "hold") == 7  # the run after an interrupt: its own claim
+    del claims["hold"]  # the step acted on it
+    assert claim(records, claims, "hold") is None  # nothing left to act on

@@ -7,7 +7,7 @@ names from here, and uses tables only through their methods.
 
 from __future__ import annotations
 
-from ._complete import complete
+from ._complete import claim, complete
 from ._flighttable import MISS, FlightTable
 from ._hold import (
     ABORTED,
@@ -48,6 +48,7 @@ __all__ = [
     "KeyTable",
     "Record",
     "WaitQueue",
+    "claim",
     "complete",
     "decided",
     "fresh_copy",

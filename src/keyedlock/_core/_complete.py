@@ -12,11 +12,14 @@ the interrupt that came last.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from .._ki import internal
 
-__all__ = ["complete"]
+__all__ = ["claim", "complete"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 #: How many times ``complete`` runs a step at most. The interrupt after that (the third,
@@ -49,3 +52,24 @@ def complete(step: Callable[..., object], *args: object) -> None:
         break
     if interrupt is not None:
         raise interrupt
+
+
+def claim(records: dict[K, V], claims: dict[K, V], owner: K) -> V | None:
+    """``owner``'s record, moved from ``records`` to ``claims`` in one step (no call in it:
+    no signal splits it), or the one an interrupted earlier run of the same recovery step
+    claimed there; None if there is neither.
+
+    For a recovery step that must act on a record once it took it away from
+    the others (the renewal thread, another thread's release): the step deletes
+    its claim from ``claims`` once it has acted, so that a run of it again
+    after an interrupt (see :func:`complete`) finishes what the first began.
+    """
+    record = claims.get(owner)
+    if record is None:
+        try:
+            record = records[owner]
+            del records[owner]
+            claims[owner] = record
+        except KeyError:
+            return None
+    return record

@@ -68,7 +68,7 @@ from collections.abc import Hashable, Mapping
 from functools import partial
 from typing import Any, cast
 
-from ..._core import Hold
+from ..._core import Hold, claim
 from ..._ki import internal
 from ..._runtime import Finished, Offload, OffloadPool
 from ._files import LockFile, fds_lock
@@ -306,14 +306,9 @@ class FileScope(LockFile):
         if wait is not None and wait.claimant is hold:
             wait.job.let_go()  # (a grant that arrives now goes to the helper thread, or is held)
             wait.claimant = None
-        fd = self.unlocking.get(hold)
+        fd = claim(self.held, self.unlocking, hold)
         if fd is None:
-            try:
-                fd = self.held[hold]
-                del self.held[hold]
-                self.unlocking[hold] = fd  # (no call since the del: nothing can split them)
-            except KeyError:
-                return False
+            return False
         self._unlock(cast(KeyOffset, local_key), fd if fd >= 0 else ~fd)
         del self.unlocking[hold]
         return True

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Mapping
 from time import monotonic
 from typing import Any, Final, cast
 
-from ..._core import Hold, complete
+from ..._core import Hold, claim, complete
 from ..._errors import LockTimeout
 from ..._ki import internal
 from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
@@ -324,18 +324,12 @@ class RedisScope(LockRenewals):
     def abandon(self, local_key: Hashable, hold: Hold) -> bool:
         """After an interrupt or a cancellation: give back whatever ``hold`` holds or waits
         for, from the renewal thread; False if nothing."""
-        # Claimed in one step (no call: no signal), then handed on: run again after an
-        # interrupt, it hands on what it claimed; interrupted for good, the attempt is no
-        # longer renewed, and its place or lease runs out.
-        attempt = self.abandoning.get(hold)
+        # Claimed, then handed on: run again after an interrupt, it hands on what it
+        # claimed; interrupted for good, the attempt is no longer renewed, and its place or
+        # lease runs out.
+        attempt = claim(self.held, self.abandoning, hold)
         if attempt is None:
-            held = self.held
-            try:
-                attempt = held[hold]
-                del held[hold]
-                self.abandoning[hold] = attempt
-            except KeyError:
-                return False
+            return False
         self._withdraw_later(attempt)
         del self.abandoning[hold]
         return True
