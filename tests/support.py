@@ -29,6 +29,7 @@ __all__ = [
     "WAIT",
     "AsyncioThread",
     "Handle",
+    "Interrupts",
     "Records",
     "RuntimeThread",
     "TaskCancelled",
@@ -49,6 +50,38 @@ T = TypeVar("T")
 #: Upper bound, in seconds, of every wait in the tests. Far above what any step needs, so it
 #: is never a timing assumption: reaching it means something is stuck.
 WAIT = 10.0
+
+
+class Interrupts:
+    """KeyboardInterrupts raised at the entry of chosen functions, as a signal would raise
+    them there: only in the thread that made this (signals land in the main thread), and
+    only on the first ``times`` calls of each. ``calls`` names every call, in order."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.monkeypatch = monkeypatch
+        self.thread = threading.get_ident()
+        self.calls: list[str] = []
+        self.raised: list[str] = []
+
+    def wrap(self, fn: Callable[..., T], label: str, times: int = 1) -> Callable[..., T]:
+        """``fn``, interrupted at its entry on its first ``times`` calls in this thread."""
+        made = 0
+
+        def interrupted(*args: Any, **kwargs: Any) -> T:
+            nonlocal made
+            if threading.get_ident() == self.thread:
+                self.calls.append(label)
+                if made < times:
+                    made += 1
+                    self.raised.append(label)
+                    raise KeyboardInterrupt(f"at the entry of {label}")
+            return fn(*args, **kwargs)
+
+        return interrupted
+
+    def at_entry(self, owner: object, name: str, times: int = 1) -> None:
+        """Patch ``owner.name`` (a class's method, say) so (see :meth:`wrap`)."""
+        self.monkeypatch.setattr(owner, name, self.wrap(getattr(owner, name), name, times))
 
 
 class Records(logging.Handler):

@@ -31,7 +31,14 @@ from keyedlock._scopes._redis._lockscope import RedisScope
 from keyedlock._scopes._redis._lockscripts import ACQUIRE, REPORT
 from keyedlock.redis import RedisContext, RedisKeyedLock
 
-from ..support import WAIT, start_thread, three_tasks_two_wait, wait_until, wait_until_async
+from ..support import (
+    WAIT,
+    Interrupts,
+    start_thread,
+    three_tasks_two_wait,
+    wait_until,
+    wait_until_async,
+)
 from .conftest import LEASE, MakeLock
 from .servers import Server
 
@@ -689,26 +696,12 @@ def test_a_second_interrupt_as_an_exit_gives_the_key_back_still_gives_it_back(
     lock, other = make_lock(), make_lock()
     ctx = lock("k")
     ctx.__enter__()
-    calls: list[str] = []
-    real_release, real_later = RedisScope.release, RedisScope._withdraw_later
-
-    def release(scope: RedisScope, *args: Any) -> bool:
-        calls.append("release")
-        if calls.count("release") == 1:
-            raise KeyboardInterrupt("as the exit releases")
-        return real_release(scope, *args)
-
-    def withdraw_later(scope: RedisScope, *args: Any) -> None:
-        calls.append("later")
-        if calls.count("later") == 1:
-            raise KeyboardInterrupt("as the recovery gives it back")
-        real_later(scope, *args)
-
-    monkeypatch.setattr(RedisScope, "release", release)
-    monkeypatch.setattr(RedisScope, "_withdraw_later", withdraw_later)
+    interrupts = Interrupts(monkeypatch)
+    interrupts.at_entry(RedisScope, "release")  # as the exit releases
+    interrupts.at_entry(RedisScope, "_withdraw_later")  # as the recovery gives it back
     with pytest.raises(KeyboardInterrupt):
         ctx.__exit__(None, None, None)
-    assert calls == ["release", "later", "later"]
+    assert interrupts.calls == ["release", "_withdraw_later", "_withdraw_later"]
     assert len(lock) == 0
     assert other.acquire("k", timeout=WAIT)  # given back in Redis by the renewal thread
     other.release("k")
@@ -722,27 +715,13 @@ def test_a_second_interrupt_as_a_release_round_trip_is_given_back_still_gives_it
     lock, other = make_lock(), make_lock()
     ctx = lock("k")
     ctx.__enter__()
-    real_run, real_later = Link.run, RedisScope._withdraw_later
-    interrupts: list[str] = []
-
-    def run(link: Link, *args: Any) -> Any:
-        if not interrupts:
-            interrupts.append("during the release")
-            raise KeyboardInterrupt(interrupts[-1])
-        return real_run(link, *args)
-
-    def withdraw_later(scope: RedisScope, *args: Any) -> None:
-        if len(interrupts) == 1:
-            interrupts.append("as the release's recovery hands it on")
-            raise KeyboardInterrupt(interrupts[-1])
-        real_later(scope, *args)
-
-    monkeypatch.setattr(Link, "run", run)
-    monkeypatch.setattr(RedisScope, "_withdraw_later", withdraw_later)
+    interrupts = Interrupts(monkeypatch)
+    interrupts.at_entry(Link, "run")  # during the release (the renewal thread's go on)
+    interrupts.at_entry(RedisScope, "_withdraw_later")  # as the release's recovery hands on
     with pytest.raises(KeyboardInterrupt):
         ctx.__exit__(None, None, None)
     monkeypatch.undo()
-    assert len(interrupts) == 2
+    assert interrupts.raised == ["run", "_withdraw_later"]
     assert len(lock) == 0
     # Given back in Redis by the renewal thread, well before the lease would run out.
     assert other.acquire("k", timeout=LEASE / 2)
@@ -759,25 +738,13 @@ def test_a_third_interrupt_in_a_recovery_leaves_no_key_held_in_redis_past_its_le
     holder = RedisKeyedLock(redis_server.url, prefix="third:", lease=lease)
     lock = RedisKeyedLock(redis_server.url, prefix="third:", lease=lease)
     assert holder.acquire("k")
-    real_later = RedisScope._withdraw_later
-    interrupts: list[str] = []
-
-    def give_up(scope: RedisScope, *args: Any) -> None:
-        interrupts.append("as the wait withdraws")
-        raise KeyboardInterrupt(interrupts[-1])
-
-    def withdraw_later(scope: RedisScope, *args: Any) -> None:
-        if len(interrupts) < 3:
-            interrupts.append("in the recovery")
-            raise KeyboardInterrupt(interrupts[-1])
-        real_later(scope, *args)
-
-    monkeypatch.setattr(RedisScope, "_give_up", give_up)
-    monkeypatch.setattr(RedisScope, "_withdraw_later", withdraw_later)
+    interrupts = Interrupts(monkeypatch)
+    interrupts.at_entry(RedisScope, "_give_up")  # as the wait withdraws
+    interrupts.at_entry(RedisScope, "_withdraw_later", times=2)  # twice in the recovery
     with pytest.raises(KeyboardInterrupt):
         lock.acquire("k", timeout=0.2)
     monkeypatch.undo()
-    assert len(interrupts) == 3
+    assert interrupts.raised == ["_give_up", "_withdraw_later", "_withdraw_later"]
     assert lock._backend.scope.held == {}  # nothing renewed
     holder.release("k")  # handed to the place left behind, if it is still there
     other = RedisKeyedLock(redis_server.url, prefix="third:", lease=lease)

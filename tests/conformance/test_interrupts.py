@@ -19,7 +19,7 @@ import pytest
 from keyedlock import KeyedLock, SingleFlight
 from keyedlock._core import guard_is_owned
 
-from ..support import WAIT, start_thread, table_of, wait_until, wait_waiters
+from ..support import WAIT, Interrupts, start_thread, table_of, wait_until, wait_waiters
 
 
 class InterruptingDict(dict[Hashable, Any]):
@@ -415,22 +415,9 @@ def test_interrupt_while_a_hold_is_recorded_gives_the_key_back(
 # -- a second interrupt, in the recovery from the first ------------------------------------------
 
 
-class _Interrupting:
-    """Wraps ``fn``: its first call raises KeyboardInterrupt before running it (a signal at
-    its entry), the others run it."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-        self.calls = 0
-
-    def __call__(self, *args: Any) -> Any:
-        self.calls += 1
-        if self.calls == 1:
-            raise KeyboardInterrupt("at the entry")
-        return self.fn(*args)
-
-
-def test_a_second_interrupt_as_a_failed_wake_passes_the_key_on_still_wakes_the_next() -> None:
+def test_a_second_interrupt_as_a_failed_wake_passes_the_key_on_still_wakes_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The key goes to a waiter that cannot be woken (its loop is gone), then to the next one;
     an interrupt lands as that one is woken. The exit's recovery wakes it all the same."""
     from keyedlock._core import ENTERED, GRANTED, Hold, KeyHold, KeyTable
@@ -446,7 +433,7 @@ def test_a_second_interrupt_as_a_failed_wake_passes_the_key_on_still_wakes_the_n
         woken.append("next")
         return True
 
-    wake = _Interrupting(wake_next)
+    wake = Interrupts(monkeypatch).wrap(wake_next, "the next one's waker")
     following = Hold("next")
     table.enqueue("k", following, wake)
     with pytest.raises(KeyboardInterrupt):
@@ -475,18 +462,11 @@ def test_an_interrupt_as_a_thread_wakes_a_trio_task_does_not_lose_the_wake(
     ctx.__enter__()
     runner = start_thread(lambda: trio.run(task), "trio-run")
     wait_waiters(lock, "k", 1)
-    real = trio.lowlevel.TrioToken.run_sync_soon
-    calls: list[object] = []
-
-    def run_sync_soon(token: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(args)
-        if len(calls) == 1:
-            raise KeyboardInterrupt("at its entry")
-        real(token, *args, **kwargs)
-
-    monkeypatch.setattr(trio.lowlevel.TrioToken, "run_sync_soon", run_sync_soon)
+    interrupts = Interrupts(monkeypatch)
+    interrupts.at_entry(trio.lowlevel.TrioToken, "run_sync_soon")
     with pytest.raises(KeyboardInterrupt):
         ctx.__exit__(None, None, None)
+    assert interrupts.raised == ["run_sync_soon"]
     assert got.wait(WAIT), "the trio task never got the key"
     runner.result(WAIT)
     assert not lock.locked("k")
