@@ -184,14 +184,19 @@ class RedisKeyedLock(KeyedLock):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A copy in another process (multiprocessing with spawn) connects to the same URL.
-        url = self._backend.scope.link.url
-        if url is None:
-            raise TypeError(
-                "a RedisKeyedLock made from a client object cannot be pickled; make it from a "
-                "URL to send it to other processes, or make one in each process"
-            )
+        url = _url_to_pickle(self._backend.scope.link, "RedisKeyedLock")
         options = (self.prefix, self.lease, self.max_waiters, self.fast_acquire, self.warn_after)
         return (_restore_lock, (url, *options))
+
+
+def _url_to_pickle(link: Link, kind: str) -> str:
+    """The URL a pickled copy connects to; TypeError for an object made from a client."""
+    if link.url is None:
+        raise TypeError(
+            f"a {kind} made from a client object cannot be pickled; make it from a URL to "
+            "send it to other processes, or make one in each process"
+        )
+    return link.url
 
 
 def _restore_lock(
@@ -281,12 +286,7 @@ class RedisSingleFlight(SingleFlight):
         # As RedisKeyedLock's: a copy in another process connects to the same URL. A module
         # serializer (pickle, json) goes by its name: modules do not pickle.
         backend = self._backend
-        url = backend.link.url
-        if url is None:
-            raise TypeError(
-                "a RedisSingleFlight made from a client object cannot be pickled; make it "
-                "from a URL to send it to other processes, or make one in each process"
-            )
+        url = _url_to_pickle(backend.link, "RedisSingleFlight")
         serializer = backend.serializer
         named = serializer.__name__ if isinstance(serializer, ModuleType) else serializer
         return (_restore_flight, (url, self.prefix, self.lease, named, self.ttl))

@@ -243,9 +243,8 @@ async def wait_asyncio(
             state = decided(hold)
         return state
     except BaseException:
-        complete(
-            table.cancel, key, hold
-        )  # however far it got: a key handed over meanwhile passes on
+        # However far it got: a key handed over meanwhile passes on.
+        complete(table.cancel, key, hold)
         raise
     finally:
         if timer is not None:
