@@ -98,6 +98,12 @@ def _is_ours(code: types.CodeType) -> bool:
     return code.co_filename.startswith(_PACKAGE)
 
 
+def _traceable(code: types.CodeType) -> bool:
+    """keyedlock's code, finalizers aside (an exception in one is printed and dropped by
+    Python: no signal is delivered there)."""
+    return _is_ours(code) and code.co_name != "__del__"
+
+
 @dataclass
 class Point:
     """Where a signal was delivered."""
@@ -168,14 +174,10 @@ class Injector:
         sys.settrace(self._global)
         caller = frame.f_back
         while caller is not None and _is_ours(caller.f_code):
-            caller.f_trace = self._local
-            caller.f_trace_opcodes = True
-            caller.f_trace_lines = False
+            self._trace(caller)
             caller = caller.f_back
-        if _is_ours(frame.f_code) and frame.f_code.co_name != "__del__":
-            frame.f_trace = self._local
-            frame.f_trace_opcodes = True
-            frame.f_trace_lines = False
+        if _traceable(frame.f_code):
+            self._trace(frame)
             self._reach(frame, entering=True)
 
     # -- tracing ---------------------------------------------------------------------------
@@ -183,14 +185,19 @@ class Injector:
     def _global(self, frame: types.FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         if event != "call" or self.done or self._paused:
             return None
-        if not _is_ours(frame.f_code) or frame.f_code.co_name == "__del__":
-            return None  # (an exception in a finalizer is printed and dropped by Python)
-        frame.f_trace_opcodes = True
-        frame.f_trace_lines = False
+        if not _traceable(frame.f_code):
+            return None
+        self._trace(frame)
         # No opcode event is reported for the RESUME a frame starts at: the call event is it.
         # (A resumed coroutine is a call event too, at a RESUME that is not a point.)
         self._reach(frame, entering=True)
         return self._local
+
+    def _trace(self, frame: types.FrameType) -> None:
+        """Trace ``frame`` instruction by instruction (``_local``), not line by line."""
+        frame.f_trace = self._local
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
 
     def _local(self, frame: types.FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         if self.done:
