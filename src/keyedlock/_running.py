@@ -9,7 +9,6 @@ nothing held: the whole run is covered by the context's undo.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
@@ -24,6 +23,7 @@ from ._validate import (
     check_sync_fn,
     check_timeout,
     is_async_callable,
+    is_awaitable,
 )
 
 __all__ = ["RunMixin", "make_guard", "run_async", "run_blocking"]
@@ -52,7 +52,7 @@ async def run_async(
         await ctx.__aenter__()
         try:
             result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if is_awaitable(result):
                 result = await result
         except Exception as exc:
             if stop:

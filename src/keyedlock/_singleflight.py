@@ -10,7 +10,6 @@ flight.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from time import monotonic
@@ -33,7 +32,14 @@ from ._runtime import (
 )
 from ._scopes import FlightBackend, LocalFlightBackend, Outcome
 from ._statistics import FlightStatistics
-from ._validate import check_fn, check_key, check_sync_fn, check_ttl, is_async_callable
+from ._validate import (
+    check_fn,
+    check_key,
+    check_sync_fn,
+    check_ttl,
+    is_async_callable,
+    is_awaitable,
+)
 
 __all__ = ["Result", "SingleFlight", "flight"]
 
@@ -214,7 +220,7 @@ class SingleFlight:
                     return Result(kept, True) if ex else kept
             try:
                 result = fn(*args, **kwargs)
-                if inspect.isawaitable(result):
+                if is_awaitable(result):
                     result = await result
             except Exception as exc:
                 payload = exc

@@ -1,11 +1,14 @@
-"""Argument checks done once, at the public boundary, with clear messages."""
+"""Argument checks done once, at the public boundary, with clear messages; and whether a
+function is async, or returned something to await."""
 
 from __future__ import annotations
 
 import inspect
 import math
+from abc import get_cache_token
 from collections.abc import Callable, Hashable
-from typing import Any, Literal
+from types import CoroutineType, GeneratorType
+from typing import Any, Final, Literal
 
 __all__ = [
     "OnError",
@@ -20,6 +23,7 @@ __all__ = [
     "check_ttl",
     "check_warn_after",
     "is_async_callable",
+    "is_awaitable",
 ]
 
 OnError = Literal["continue", "stop"]
@@ -105,6 +109,37 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     """True for an ``async def`` function (or a partial of one), or an object whose
     ``__call__`` is one."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+#: At most this many types are remembered by :func:`is_awaitable` (it holds on to them: a
+#: program that makes a class per value, as ``unittest.mock`` does, must not grow it).
+_PLAIN_MAX: Final = 256
+
+#: type -> the abc cache token when :func:`is_awaitable` found a value of it not awaitable.
+_plain: dict[type, object] = {}
+
+
+def is_awaitable(value: object) -> bool:
+    """``inspect.isawaitable(value)``, exactly: for the result of a function that may be
+    sync or async, without its two frames and ABC check for the values of a sync one.
+
+    For a value that is no coroutine nor generator and whose ``__class__`` is its
+    type, that is ``isinstance(value, collections.abc.Awaitable)``: an answer of the
+    type's, which the abc module keeps until an ABC registers a class (a new cache
+    token). A False is kept here as long.
+    """
+    kind = type(value)
+    if kind is CoroutineType:  # an async def's
+        return True
+    token = get_cache_token()  # (read first: a class registered meanwhile makes it old)
+    if _plain.get(kind) == token and value.__class__ is kind:
+        return False
+    answer = inspect.isawaitable(value)
+    if not answer and kind is not GeneratorType and value.__class__ is kind:
+        if len(_plain) >= _PLAIN_MAX:
+            _plain.clear()
+        _plain[kind] = token
+    return answer
 
 
 def check_sync_fn(fn: object, what: str, instead: str) -> None:

@@ -1,0 +1,123 @@
+"""``is_awaitable`` answers as ``inspect.isawaitable`` does, the first time and the next."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import types
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+import pytest
+
+from keyedlock._validate import is_awaitable
+
+
+class Waitable:
+    def __await__(self) -> Generator[Any, None, int]:
+        yield
+        return 1
+
+
+class NotWaitable(Waitable):
+    __await__ = None  # type: ignore[assignment]
+
+
+class Proxy:
+    """An object that says it is of another class (as wrapt's proxies say they are of their
+    target's)."""
+
+    def __init__(self, says: type) -> None:
+        self.says = says
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return self.says
+
+
+async def coroutine_function() -> int:
+    return 1
+
+
+@types.coroutine
+def generator_coroutine() -> Generator[Any, None, int]:
+    yield
+    return 1
+
+
+def generator() -> Generator[int, None, None]:
+    yield 1
+
+
+def plain() -> int:
+    return 1
+
+
+def same_answers(value: object, expected: bool) -> None:
+    assert inspect.isawaitable(value) is expected
+    for _ in range(3):  # (the first answer is looked up, the next ones may be kept)
+        assert is_awaitable(value) is expected
+
+
+@pytest.mark.parametrize(
+    "value", [1, None, "s", b"b", 1.5, (), [], {}, object(), plain, NotWaitable(), Proxy(int)]
+)
+def test_a_plain_value_is_not_awaitable(value: object) -> None:
+    same_answers(value, False)
+
+
+def test_a_type_that_defines_await_is_awaitable() -> None:
+    same_answers(Waitable(), True)
+
+
+@pytest.mark.parametrize(
+    "make", [coroutine_function, generator_coroutine, generator], ids=lambda f: f.__name__
+)
+def test_coroutines_and_generators(make: Callable[[], Any]) -> None:
+    first, second = make(), make()  # (the second after an answer for the first was kept)
+    try:
+        same_answers(first, make is not generator)
+        same_answers(second, make is not generator)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_generator_found_plain_leaves_generator_coroutines_awaitable() -> None:
+    plain_one, coroutine = generator(), generator_coroutine()
+    try:
+        same_answers(plain_one, False)
+        same_answers(coroutine, True)  # (a generator too: its code's flag says so)
+    finally:
+        plain_one.close()
+        coroutine.close()
+
+
+def test_an_asyncio_future_is_awaitable() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        same_answers(loop.create_future(), True)
+    finally:
+        loop.close()
+
+
+def test_an_object_answers_for_the_class_it_says_it_is_of() -> None:
+    same_answers(Proxy(Proxy), False)
+    same_answers(Proxy(types.CoroutineType), True)  # (of a type found plain just before)
+
+
+def test_a_class_registered_after_a_no_is_awaitable() -> None:
+    class Late:
+        pass
+
+    same_answers(Late(), False)
+    Awaitable.register(Late)
+    same_answers(Late(), True)
+
+
+def test_answers_stay_right_past_the_types_kept() -> None:
+    kinds = [type(f"Kind{i}", (), {}) for i in range(600)]
+    for kind in kinds:
+        same_answers(kind(), False)
+    same_answers(Waitable(), True)
+    same_answers(kinds[0](), False)
