@@ -124,12 +124,13 @@ class LocalFlightBackend:
         state = ticket._state
         if state != IDLE and state != GRANTED:
             return False  # a follower (or concluded already): nothing to do
-        if state == IDLE:
+        table = self.table
+        # The holder took the key free, never in a herd: asked first (getattr raises inside).
+        if state == IDLE and table.holder(key) is not ticket:
             herd = getattr(ticket, "herd", None)
             if herd is not None:  # a follower that left its herd (cancelled, interrupted)
                 herd.leave(ticket)
                 return False
-        table = self.table
         if done:
             now = monotonic() if table.ttl and keep else 0.0
             return table.conclude(
