@@ -62,8 +62,10 @@ class FlightTable(KeyTable):
         Returns True if any follower shared the outcome.
         """
         out: Record = []
+        guard = self._guard
         try:
-            with self._guard:
+            try:  # (the guard taken by hand, as in KeyTable.release: every call concludes)
+                guard.acquire()
                 state = hold._state
                 if state != IDLE and state != GRANTED:
                     return False  # a follower, or concluded already
@@ -90,7 +92,13 @@ class FlightTable(KeyTable):
                             del holds[key]
                     if keep:
                         self._expire(now)
-            self._deliver(key, out)
+            finally:
+                try:  # noqa: SIM105 - one call, no window: see KeyTable's module docstring
+                    guard.release()
+                except RuntimeError:  # an interrupt stopped acquire() before it took it
+                    pass
+            if out:  # (nobody to wake: no call, for a call nobody shared)
+                self._deliver(key, out)
         except BaseException:
             complete(self._deliver, key, out)  # (again if another interrupt lands in it)
             raise
