@@ -22,6 +22,7 @@ from ._keyspec import Decorator, KeySpec, key_function
 from ._runtime import (
     ASYNCIO,
     FLIGHT_INSTEAD,
+    READY,
     async_runtime,
     asyncio_task,
     check_can_block,
@@ -199,17 +200,21 @@ class SingleFlight:
         keep = True
         follows = False
         try:
-            joined = await backend.join_async(key, ticket, runtime)
-            if isinstance(joined, Outcome):  # a follower, handed the outcome by its wait
-                follows = True  # (a follower never leads: nothing to conclude)
-                # Outcome.share(), written out: a frame less for every follower of a herd.
-                if joined.error is not None:
-                    raise follower_copy(joined.error)
-                return Result(joined.value, True) if ex else joined.value
-            if not backend.leads(ticket):
-                follows = True  # (a follower never leads: nothing to conclude)
-                result = backend.shared(ticket)
-                return Result(result, True) if ex else result
+            joining = backend.join_async(key, ticket, runtime)
+            # READY: the ticket leads at once (nothing to await, nothing to ask): every
+            # uncontended call.
+            if joining is not READY:
+                joined = await joining
+                if isinstance(joined, Outcome):  # a follower, handed the outcome by its wait
+                    follows = True  # (a follower never leads: nothing to conclude)
+                    # Outcome.share(), written out: a frame less for every follower of a herd.
+                    if joined.error is not None:
+                        raise follower_copy(joined.error)
+                    return Result(joined.value, True) if ex else joined.value
+                if not backend.leads(ticket):
+                    follows = True  # (a follower never leads: nothing to conclude)
+                    result = backend.shared(ticket)
+                    return Result(result, True) if ex else result
             # This caller runs the call (it arrived first, or took over).
             if self._timed:
                 ticket._since = monotonic()

@@ -308,6 +308,8 @@ class FlightBackend(Protocol):
         it to the end: the caller then shares it without asking :meth:`leads` and
         :meth:`shared` (the process scope does so for asyncio followers, for whom each
         call is a frame more per follower of a herd). Anything else: the caller asks.
+        It returns ``READY`` (of the runtime layer) only for a ticket that leads at once:
+        the caller then neither awaits it nor asks (the process scope's uncontended call).
         """
         ...
 
