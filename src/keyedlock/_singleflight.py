@@ -25,9 +25,11 @@ from ._runtime import (
     READY,
     async_runtime,
     asyncio_task,
-    check_can_block,
+    blocking_call_error,
     get_ident,
     last_loop,
+    running_loop,
+    sniffio_local,
     task_of,
     thread_owners,
 )
@@ -270,7 +272,9 @@ class SingleFlight:
     ) -> tuple[Any, bool]:
         key = self._local(key)
         check_sync_fn(fn, "do_sync", "await flight.do(...)")
-        check_can_block("flight.do_sync(...)", FLIGHT_INSTEAD)
+        # check_can_block(), written out as in KeyedLock.acquire: every call.
+        if running_loop() is not None or sniffio_local.name is not None:
+            raise blocking_call_error("flight.do_sync(...)", FLIGHT_INSTEAD)
         backend = self._backend
         if backend.ttl:
             kept = backend.cached(key)
