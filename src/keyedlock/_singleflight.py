@@ -202,11 +202,21 @@ class SingleFlight:
         keep = True
         follows = False
         try:
-            joining = backend.join_async(key, ticket, runtime)
+            waiting = backend.join_async(key, ticket, runtime)
             # READY: the ticket leads at once (nothing to await, nothing to ask): every
             # uncontended call.
-            if joining is not READY:
-                joined = await joining
+            if waiting is not READY:
+                while True:
+                    try:
+                        joined = await waiting
+                        break
+                    except BaseException as exc:
+                        # A wait shared with others that another caller's cancellation
+                        # woke goes on (see FlightBackend.again); anything else is its own.
+                        waiting_on = backend.again(ticket, exc)
+                        if waiting_on is None:
+                            raise
+                        waiting = waiting_on
                 if isinstance(joined, Outcome):  # a follower, handed the outcome by its wait
                     follows = True  # (a follower never leads: nothing to conclude)
                     # Outcome.share(), written out: a frame less for every follower of a herd.

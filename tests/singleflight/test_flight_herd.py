@@ -148,6 +148,78 @@ def test_cancelled_followers_leave_the_herd_and_the_last_one_leaves_the_queue() 
     assert len(sf) == 0
 
 
+def test_a_follower_cancelled_on_the_shared_future_wakes_no_one_else_for_good() -> None:
+    """Followers await one shared future; cancelling one follower cancels that future, which
+    wakes them all: the others wait on, each with a future of its own, their tasks'
+    cancellation counts untouched, and a caller arriving after that still joins the herd."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        tasks = {n: gate.start(sf, n) for n in ("a", "b", "c")}
+        await wait_followers_async(sf, "k", 3)
+        (herd,) = sf._backend.herds.values()  # type: ignore[attr-defined]
+        assert herd.shared is not None  # one future for the three
+        assert not herd.split
+        tasks["b"].cancel()
+        await wait_followers_async(sf, "k", 2)
+        assert herd.split  # each of the others has its own now
+        assert herd.shared is None
+        assert [t.done() for t in (tasks["a"], tasks["c"])] == [False, False]
+        late = gate.start(sf, "late")
+        await wait_followers_async(sf, "k", 3)
+        assert places(sf, "k") == 1  # the late caller joined the same herd
+        gate.gate.set()
+        await asyncio.gather(leader, tasks["a"], tasks["c"], late)
+        assert results == {
+            "leader": Result("leader", True),
+            "a": Result("leader", True),
+            "b": "cancelled",
+            "c": Result("leader", True),
+            "late": Result("leader", True),
+        }
+        # Woken by b's cancellation, a and c were never cancelled themselves.
+        assert [tasks[n].cancelling() for n in ("a", "c")] == [0, 0]
+        assert tasks["b"].cancelled()
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_followers_cancelled_in_one_step_all_leave_and_the_rest_get_the_value() -> None:
+    """Two followers cancelled back to back: the first cancels the shared future, the
+    second finds it cancelled already (its task is marked to raise when it wakes). Both
+    leave; so does a third cancelled as the call ends; the others get the value."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        names = ("a", "b", "c", "d", "e")
+        tasks = {n: gate.start(sf, n) for n in names}
+        await wait_followers_async(sf, "k", len(names))
+        tasks["b"].cancel()
+        tasks["d"].cancel()
+        await wait_followers_async(sf, "k", 3)
+        tasks["e"].cancel()
+        gate.gate.set()  # (the call ends in the same round as e's cancellation)
+        await asyncio.gather(leader, *tasks.values(), return_exceptions=True)
+        assert {n: results[n] for n in names} == {
+            "a": Result("leader", True),
+            "b": "cancelled",
+            "c": Result("leader", True),
+            "d": "cancelled",
+            "e": "cancelled",
+        }
+        assert sf._backend.herds == {}  # type: ignore[attr-defined]
+
+    run(main)
+    assert len(sf) == 0
+
+
 def test_the_earliest_follower_still_waiting_takes_over_and_the_herd_follows_it() -> None:
     sf = SingleFlight()
 

@@ -4,15 +4,23 @@ Followers of a call all wait for the same thing, its outcome, so they need no
 place each in the key's queue. The first asyncio follower on a loop queues one
 hold for all of them (the herd's); the ones after it only add a future of their
 own to the herd: no hold queued, no guard taken, no frame of ours while they
-wait. When the core wakes the herd's hold, one wake-up on the loop resolves
-every follower's future with the call's outcome, in arrival order.
+wait. They all await one future, the herd's *shared* future: when the core
+wakes the herd's hold, one ``set_result`` on the loop hands every follower the
+call's outcome, in arrival order (the order their tasks parked on it).
 
-A cancelled follower leaves alone: its own future is cancelled, the others'
-are not, and the herd skips it. If the herd is handed the call (its leader gave
-up), the earliest follower still waiting takes it over
-(``FlightTable.take_over``) and the herd waits again, first in line behind it;
-if that follower is cancelled before it runs, it gives the call up to the herd
-again, as any leader would.
+A follower's cancellation cancels the future its task awaits, the shared one,
+and so wakes every follower. That is the one disturbance a shared future has;
+the herd then *splits*: each follower still counted gets a future of its own
+(:meth:`AsyncioHerd._split`, once per herd), and from there on the herd works
+one future per follower. A woken follower asks :meth:`AsyncioHerd.again`: if
+its own task was not cancelled (``task.cancelling()`` is as it was when it
+joined), it awaits its own future and waits on; otherwise it leaves. So a
+cancelled follower still leaves alone: the call and the others go on.
+
+If the herd is handed the call (its leader gave up), it splits too, and the
+earliest follower still waiting takes it over (``FlightTable.take_over``) and
+the herd waits again, first in line behind it; if that follower is cancelled
+before it runs, it gives the call up to the herd again, as any leader would.
 
 Everything a herd does after it is queued runs on its loop's thread: the
 core's wake from another thread only resolves the herd's *anchor* future there
@@ -23,7 +31,7 @@ wakes the herd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from functools import partial
 from typing import Any, Final
 
@@ -42,12 +50,16 @@ _COMPACT_AT = 64
 @internal
 class HerdTicket(Hold):
     """A caller's hold that may follow a call in a herd: ``herd``, set once it joins one,
-    and ``fut``, its future there while it counts as a follower."""
+    ``fut``, the future it awaits there while it counts as a follower (the herd's shared
+    one, or its own once the herd split), and ``before``, its task's ``cancelling()`` as it
+    joined (a wake-up that raises CancelledError in it is its own cancellation only if the
+    count went up since)."""
 
-    __slots__ = ("fut", "herd")
+    __slots__ = ("before", "fut", "herd")
 
     herd: AsyncioHerd | None
     fut: asyncio.Future[Any] | None
+    before: int
 
 
 @internal
@@ -56,8 +68,9 @@ class AsyncioHerd:
 
     The scope queues it (:meth:`enqueue`), adds followers (:meth:`add`: each
     awaits the future it gets, resolved with the call's outcome, or with None
-    once its ticket leads the call) and tells it of those that stop waiting
-    otherwise (:meth:`leave`).
+    once its ticket leads the call; one that the shared future's cancellation
+    woke asks :meth:`again`) and tells it of those that stop waiting otherwise
+    (:meth:`leave`).
 
     Interrupts: every step is safe to stop at any point where a signal can land
     (after a call, at a function's entry), and the wake-up (:meth:`_wake`)
@@ -83,6 +96,8 @@ class AsyncioHerd:
         "loop",
         "members",
         "new_future",
+        "shared",
+        "split",
         "start",
         "table",
         "waker",
@@ -107,6 +122,10 @@ class AsyncioHerd:
         #: The followers, in arrival order: (future, ticket); those before ``start`` are
         #: done with (they took the call over, or it was handed on past them).
         self.members: list[tuple[asyncio.Future[Any], HerdTicket]] = []
+        #: The future every follower awaits until the herd splits (then None).
+        self.shared: asyncio.Future[Any] | None = None
+        #: True once the herd split: each follower has a future of its own.
+        self.split = False
         self.start = 0
         self.compact_at = _COMPACT_AT
         #: Followers that have not left; the last to leave withdraws the herd.
@@ -143,8 +162,17 @@ class AsyncioHerd:
         return True
 
     def add(self, ticket: HerdTicket) -> asyncio.Future[Any]:
-        """A new follower, with its ``ticket``: the future it awaits."""
-        fut = self.new_future()
+        """A new follower, with its ``ticket`` (its owner: the task): the future it awaits."""
+        shared = self.shared
+        if shared is None and not self.split:
+            self.shared = shared = self.new_future()
+        if shared is not None and not shared.done():
+            fut = shared
+        else:
+            if shared is not None:  # cancelled by a follower's cancellation: split first
+                self._split()
+            fut = self.new_future()
+        ticket.before = ticket._owner.cancelling()  # type: ignore[attr-defined]
         # Linked (one run, no call in it) before it is listed: interrupted in between,
         # it leaves as any follower does, and is never listed without being counted.
         ticket.herd = self
@@ -160,12 +188,58 @@ class AsyncioHerd:
 
     def _live(self) -> Iterator[tuple[int, asyncio.Future[Any], HerdTicket]]:
         """The followers still waiting, in arrival order, with their index in ``members``
-        (not the ones done with, nor those that left or were cancelled)."""
+        (not the ones done with, nor those that left or were cancelled; those on the
+        shared future count until they leave, even once a cancellation woke them)."""
         members = self.members
+        shared = self.shared
         for i in range(self.start, len(members)):
             fut, ticket = members[i]
-            if ticket.fut is fut and not fut.done():
+            if ticket.fut is fut and (fut is shared or not fut.done()):
                 yield i, fut, ticket
+
+    def _split(self) -> None:
+        """From one shared future to one future per follower: each follower still counted
+        on the shared future gets its own, then the shared one is cancelled, which wakes
+        them all (each asks :meth:`again`). Run again after an interrupt, it finishes."""
+        shared = self.shared
+        if shared is None:
+            return
+        members = self.members
+        new_future = self.new_future
+        for i in range(self.start, len(members)):
+            fut, ticket = members[i]
+            if fut is shared and ticket.fut is shared:
+                own = new_future()
+                members[i] = (own, ticket)  # (no call between the two: no signal either)
+                ticket.fut = own
+        shared.cancel()  # (nothing if a follower's cancellation cancelled it)
+        self.split = True
+        self.shared = None
+
+    def again(self, ticket: HerdTicket, exc: BaseException) -> Awaitable[Any] | None:
+        """What a follower woken by ``exc`` awaits now, if ``exc`` is a CancelledError and
+        its own task was not cancelled: the shared future's cancellation (it awaits its own
+        future), or the wake-up of a follower that takes the call over (its own future
+        cancelled: it yields once, then leads). None if ``exc`` is its own (it leaves, or
+        gives up the call it took over, as it concludes).
+
+        The yield is for a cancellation that may still be on its way. anyio, for one,
+        delivers a cancel scope's cancellation only to tasks whose awaited future is not
+        done, and the shared future's cancellation made it done for every follower: it
+        cancels them at its next round, which the yield lets run before the call starts."""
+        if not isinstance(exc, asyncio.CancelledError):
+            return None
+        before = getattr(ticket, "before", -1)  # (unset: interrupted before it was added)
+        if before < 0 or ticket._owner.cancelling() != before:  # type: ignore[attr-defined]
+            return None
+        self._split()
+        fut = ticket.fut
+        if fut is None:
+            return asyncio.sleep(0)
+        # (Never a cancelled one: the herd cancels only the shared future, which it no
+        # longer hands out, and a taker's, which it unlinks first. Were it one, awaiting it
+        # again would raise again at once, so the caller raises instead of spinning.)
+        return None if fut.cancelled() else fut
 
     def _compact(self) -> None:
         """Drop the followers done with or gone."""
@@ -213,10 +287,16 @@ class AsyncioHerd:
             outcome = hold._queue.outcome
             if outcome is None:
                 return  # waiting again (the first call of this wake-up took the call over)
-            for _, fut, _ in self._live():
-                fut.set_result(outcome)
+            shared = self.shared
+            if shared is not None and not shared.done():
+                shared.set_result(outcome)  # one wake-up for every follower
+            elif shared is None or shared.cancelled():  # (else: set above, then interrupted)
+                self._split()  # (a follower's cancellation woke them all: each gets its own)
+                for _, fut, _ in self._live():
+                    fut.set_result(outcome)
             self._close()
         elif state == GRANTED:
+            self._split()  # one follower takes the call over, the others wait on
             first = next(self._live(), None)
             if first is None:
                 self.give_back()  # everyone left: the call passes on
@@ -235,7 +315,7 @@ class AsyncioHerd:
         if self.hold._state == GRANTED:  # (not yet)
             self.table.take_over(self.key, self.hold, ticket, self._arm() if again else None)
         if not fut.done():
-            fut.set_result(None)  # its ticket leads
+            fut.cancel()  # its ticket leads: woken, it yields once (see again), then leads
         # One run, no call in it: the follower is no longer one, and the claim is done.
         if ticket.fut is not None:  # (else it left meanwhile: see leave)
             ticket.fut = None

@@ -313,6 +313,15 @@ class FlightBackend(Protocol):
         """
         ...
 
+    def again(self, ticket: Any, exc: BaseException) -> Awaitable[object] | None:
+        """What the caller awaits instead, if ``exc`` (raised by awaiting what
+        :meth:`join_async` gave, or what this gave before) only ended a wait that it
+        shared with other callers, and not its own: a scope may park followers on one
+        future, which any one follower's cancellation cancels (the process scope's
+        asyncio herds do). None: ``exc`` is the caller's own, and it is raised (every scope
+        that shares no wait answers None)."""
+        ...
+
     def leads(self, ticket: Any) -> bool:
         """True if the joined ticket runs the call (first, or by taking over)."""
         ...

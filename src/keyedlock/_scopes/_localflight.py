@@ -107,6 +107,12 @@ class LocalFlightBackend:
             return self.join_async(key, ticket, runtime)
         return park_async(table, key, ticket, None, runtime, owner)
 
+    def again(self, ticket: HerdTicket, exc: BaseException) -> Awaitable[object] | None:
+        """A follower on its herd's shared future, woken by another's cancellation, waits
+        on (see AsyncioHerd.again); None for any other ticket or exception."""
+        herd = getattr(ticket, "herd", None)
+        return None if herd is None else herd.again(ticket, exc)
+
     def leads(self, ticket: Hold) -> bool:
         # decided(ticket) in (IDLE, GRANTED), without the call: RELEASED is GRANTED there,
         # and a joined WAITING ticket is ABORTED (its call concluded).

@@ -118,6 +118,9 @@ class ManagerFlightBackend:
             await wait_off_loop(self._join(key, ticket, True))
         return None
 
+    def again(self, ticket: _Ticket, exc: BaseException) -> Awaitable[object] | None:
+        return None  # (no wait here is shared: what ends one is its caller's own)
+
     def leads(self, ticket: _Ticket) -> bool:
         return ticket.wait is not None and ticket.wait.reply == Reply.LEAD
 

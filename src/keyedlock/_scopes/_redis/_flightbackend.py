@@ -112,6 +112,9 @@ class RedisFlightBackend:
     def ticket(self, owner: object) -> Ticket:
         return Ticket(owner)
 
+    def again(self, ticket: Ticket, exc: BaseException) -> Awaitable[object] | None:
+        return None  # (no wait here is shared: what ends one is its caller's own)
+
     def leads(self, ticket: Ticket) -> bool:
         return ticket.remote is None and decided(ticket) in (IDLE, GRANTED)
 
