@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 
 from keyedlock import Result, SingleFlight
@@ -164,7 +166,8 @@ def test_a_follower_cancelled_on_the_shared_future_wakes_no_one_else_for_good() 
         assert herd.shared is not None  # one future for the three
         assert not herd.split
         tasks["b"].cancel()
-        await wait_followers_async(sf, "k", 2)
+        assert sf.statistics("k").followers == 2  # (b counts no more at once)
+        await wait_until_async(lambda: tasks["b"].done(), "b leaves")
         assert herd.split  # each of the others has its own now
         assert herd.shared is None
         assert [t.done() for t in (tasks["a"], tasks["c"])] == [False, False]
@@ -215,6 +218,115 @@ def test_followers_cancelled_in_one_step_all_leave_and_the_rest_get_the_value() 
             "e": "cancelled",
         }
         assert sf._backend.herds == {}  # type: ignore[attr-defined]
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_a_follower_whose_task_was_cancelled_before_it_joined_raises_once_it_waits() -> None:
+    """A cancellation requested while the task runs (it cancelled itself, or every task; or
+    asyncio.run's SIGINT handler did) is delivered as the task parks: it cancels the future
+    the task awaits, the herd's shared one. That is the task's own cancellation, although its
+    ``cancelling()`` count went up before it joined: it must raise, not wait on."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        other = gate.start(sf, "other")
+        await wait_followers_async(sf, "k", 1)
+
+        async def cancelled_first() -> None:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]  # (delivered as it parks)
+            try:
+                results["late"] = await sf.do_ex("k", gate.fn("late"))
+            except asyncio.CancelledError:
+                results["late"] = "cancelled"
+                raise
+
+        late = asyncio.create_task(cancelled_first())
+        # It leaves at once (fixed), or waits on in the herd (the bug).
+        await wait_until_async(
+            lambda: late.done() or sf.statistics("k").followers == 2, "late leaves or waits"
+        )
+        gate.gate.set()
+        await asyncio.gather(leader, other, late, return_exceptions=True)
+        assert results == {
+            "leader": Result("leader", True),
+            "other": Result("leader", True),
+            "late": "cancelled",
+        }
+        assert late.cancelled()
+        assert other.cancelling() == 0
+        assert sf._backend.herds == {}  # type: ignore[attr-defined]
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_followers_in_one_cancelled_anyio_scope_all_leave_though_the_call_ends_next() -> None:
+    """anyio (on asyncio) cancels a task in a cancelled scope only while the future it awaits
+    is pending. Cancelling the first follower of a scope cancels the herd's shared future, so
+    anyio skips the others and cancels them at its next round; the call's value, made after
+    the scope was cancelled, must not reach them first."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate = Gate()
+        results = gate.results
+        leader = gate.start(sf, "leader")
+        groups: list[anyio.abc.TaskGroup] = []
+
+        async def follow(name: str) -> None:
+            try:
+                results[name] = await sf.do_ex("k", gate.fn(name))
+            except asyncio.CancelledError:
+                results[name] = "cancelled"
+                raise
+
+        async def group() -> None:
+            async with anyio.create_task_group() as tg:
+                groups.append(tg)
+                tg.start_soon(follow, "a")
+                tg.start_soon(follow, "b")
+
+        grouped = asyncio.create_task(group())
+        await wait_followers_async(sf, "k", 2)
+        outside = gate.start(sf, "outside")
+        await wait_followers_async(sf, "k", 3)
+        gate.gate.set()  # the call ends at the next round...
+        groups[0].cancel_scope.cancel()  # ...and the group is cancelled before that
+        await asyncio.gather(leader, outside, grouped)
+        assert results == {
+            "leader": Result("leader", True),
+            "a": "cancelled",
+            "b": "cancelled",
+            "outside": Result("leader", True),
+        }
+        assert sf._backend.herds == {}  # type: ignore[attr-defined]
+
+    run(main)
+    assert len(sf) == 0
+
+
+def test_a_cancelled_follower_stops_counting_at_once_on_the_shared_future() -> None:
+    """A follower's cancellation takes it out of the herd's followers at once (as it did with
+    a future per follower): in the statistics, and for a take-over, before its task runs."""
+    sf = SingleFlight()
+
+    async def main() -> None:
+        gate = Gate()
+        leader = gate.start(sf, "leader")
+        tasks = {n: gate.start(sf, n) for n in ("a", "b", "c")}
+        await wait_followers_async(sf, "k", 3)
+        tasks["b"].cancel()
+        assert sf.statistics("k").followers == 2
+        tasks["a"].cancel()
+        assert sf.statistics("k").followers == 1
+        gate.gate.set()
+        await asyncio.gather(leader, *tasks.values(), return_exceptions=True)
+        assert gate.results["c"] == Result("leader", True)
 
     run(main)
     assert len(sf) == 0

@@ -747,6 +747,62 @@ def flight_asyncio_herd(gives_up: bool) -> Callable[[SingleFlight, Injector], No
     return scenario
 
 
+def flight_asyncio_herd_split(gives_up: bool) -> Callable[[SingleFlight, Injector], None]:
+    """The main task follows a thread's call in a herd with two other tasks of its loop; the
+    first of them is cancelled once the main task waits, which cancels the herd's shared
+    future: the main task is woken by a cancellation not its own, the herd splits, and the
+    main task waits on (and, if the leader gives up, the other task or it takes over)."""
+
+    def scenario(sf: SingleFlight, inject: Injector) -> None:
+        got: list[object] = []
+        left = threading.Event()
+        stop = threading.Event()
+        started = threading.Event()
+
+        def leader_call() -> str:
+            started.set()
+            _poll_until(left.is_set, stop)
+            if gives_up:
+                raise GiveUp
+            return "led"
+
+        def lead() -> str:
+            try:
+                return sf.do_sync(KEY, leader_call)
+            except GiveUp:
+                return "gave up"
+
+        handle = start_thread(lead, "leader")
+        if not started.wait(BOUND):
+            handle.result(0)
+
+        async def follower() -> None:
+            got.append(await sf.do(KEY, lambda: "own"))
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            with inject.paused():
+                leaving = loop.create_task(follower())
+                other = loop.create_task(follower())
+                await until(lambda: flight_waiters(sf) >= 2, "asyncio")
+                leaving.add_done_callback(lambda _: left.set())
+                loop.call_soon(leaving.cancel)  # (runs once the main task waits)
+            try:
+                got.append(await sf.do(KEY, lambda: "own"))
+            finally:
+                left.set()
+            await asyncio.wait([leaving, other], timeout=BOUND)
+
+        try:
+            RUNNERS["asyncio"](main, inject)
+        finally:
+            stop.set()
+            assert handle.result(BOUND) == ("gave up" if gives_up else "led")
+        assert set(got) <= ({"own"} if gives_up else {"led"}), got
+
+    return scenario
+
+
 FLIGHT_SCENARIOS: dict[str, Callable[[SingleFlight, Injector], None]] = {
     "thread-alone": flight_thread_alone,
     "thread-leads": flight_thread_leads(fails=False),
@@ -756,6 +812,8 @@ FLIGHT_SCENARIOS: dict[str, Callable[[SingleFlight, Injector], None]] = {
 }
 FLIGHT_SCENARIOS["asyncio-herd"] = flight_asyncio_herd(gives_up=False)
 FLIGHT_SCENARIOS["asyncio-herd-takes-over"] = flight_asyncio_herd(gives_up=True)
+FLIGHT_SCENARIOS["asyncio-herd-split"] = flight_asyncio_herd_split(gives_up=False)
+FLIGHT_SCENARIOS["asyncio-herd-split-takes-over"] = flight_asyncio_herd_split(gives_up=True)
 for _rt in ("asyncio", "trio"):
     FLIGHT_SCENARIOS.update(
         {

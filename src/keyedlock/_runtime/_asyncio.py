@@ -28,6 +28,7 @@ __all__ = [
     "wait_asyncio",
     "wake_future",
     "woken",
+    "yield_then",
 ]
 
 #: The message of the cancellation that wakes a waiting task without running any Python code
@@ -249,3 +250,10 @@ async def wait_asyncio(
     finally:
         if timer is not None:
             timer.cancel()
+
+
+async def yield_then(fut: asyncio.Future[Any]) -> Any:
+    """What ``fut`` resolves to, after one yield to the loop: a cancellation on its way (an
+    anyio cancel scope's, held back while the future the task awaited was done) comes first."""
+    await asyncio.sleep(0)
+    return await fut

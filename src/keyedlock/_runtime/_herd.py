@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from .._core import GRANTED, IDLE, WAITING, FlightTable, Hold, complete
 from .._ki import internal
-from ._asyncio import AsyncioWaker, lost_wake, wake_future
+from ._asyncio import AsyncioWaker, lost_wake, wake_future, yield_then
 from ._detect import get_ident, running_loop
 
 __all__ = ["AsyncioHerd", "HerdTicket", "Herds"]
@@ -60,6 +60,9 @@ class HerdTicket(Hold):
     herd: AsyncioHerd | None
     fut: asyncio.Future[Any] | None
     before: int
+
+    def stays(self) -> bool:  # False once its task was cancelled: it leaves as it wakes
+        return self._owner.cancelling() == self.before  # type: ignore[attr-defined, no-any-return]
 
 
 @internal
@@ -172,7 +175,8 @@ class AsyncioHerd:
             if shared is not None:  # cancelled by a follower's cancellation: split first
                 self._split()
             fut = self.new_future()
-        ticket.before = ticket._owner.cancelling()  # type: ignore[attr-defined]
+        owner: Any = ticket._owner  # (pending, its cancellation cancels the future it parks on)
+        ticket.before = owner.cancelling() - (1 if getattr(owner, "_must_cancel", False) else 0)
         # Linked (one run, no call in it) before it is listed: interrupted in between,
         # it leaves as any follower does, and is never listed without being counted.
         ticket.herd = self
@@ -188,13 +192,13 @@ class AsyncioHerd:
 
     def _live(self) -> Iterator[tuple[int, asyncio.Future[Any], HerdTicket]]:
         """The followers still waiting, in arrival order, with their index in ``members``
-        (not the ones done with, nor those that left or were cancelled; those on the
-        shared future count until they leave, even once a cancellation woke them)."""
+        (not the ones done with, nor those that left or were cancelled; one on the shared
+        future counts once another's cancellation woke it, until it leaves)."""
         members = self.members
         shared = self.shared
         for i in range(self.start, len(members)):
             fut, ticket = members[i]
-            if ticket.fut is fut and (fut is shared or not fut.done()):
+            if ticket.fut is fut and (not fut.done() or (fut is shared and ticket.stays())):
                 yield i, fut, ticket
 
     def _split(self) -> None:
@@ -208,7 +212,7 @@ class AsyncioHerd:
         new_future = self.new_future
         for i in range(self.start, len(members)):
             fut, ticket = members[i]
-            if fut is shared and ticket.fut is shared:
+            if fut is shared and ticket.fut is shared and ticket.stays():
                 own = new_future()
                 members[i] = (own, ticket)  # (no call between the two: no signal either)
                 ticket.fut = own
@@ -220,13 +224,12 @@ class AsyncioHerd:
         """What a follower woken by ``exc`` awaits now, if ``exc`` is a CancelledError and
         its own task was not cancelled: the shared future's cancellation (it awaits its own
         future), or the wake-up of a follower that takes the call over (its own future
-        cancelled: it yields once, then leads). None if ``exc`` is its own (it leaves, or
-        gives up the call it took over, as it concludes).
+        cancelled: it leads). Either way it yields once first. None if ``exc`` is its own
+        (it leaves, or gives up the call it took over, as it concludes).
 
-        The yield is for a cancellation that may still be on its way. anyio, for one,
-        delivers a cancel scope's cancellation only to tasks whose awaited future is not
-        done, and the shared future's cancellation made it done for every follower: it
-        cancels them at its next round, which the yield lets run before the call starts."""
+        The yield lets a cancellation on its way come first: anyio delivers a cancel scope's
+        only to tasks whose awaited future is not done, as the shared future's cancellation
+        made it for every follower, and cancels them at its next round (run by the yield)."""
         if not isinstance(exc, asyncio.CancelledError):
             return None
         before = getattr(ticket, "before", -1)  # (unset: interrupted before it was added)
@@ -236,10 +239,8 @@ class AsyncioHerd:
         fut = ticket.fut
         if fut is None:
             return asyncio.sleep(0)
-        # (Never a cancelled one: the herd cancels only the shared future, which it no
-        # longer hands out, and a taker's, which it unlinks first. Were it one, awaiting it
-        # again would raise again at once, so the caller raises instead of spinning.)
-        return None if fut.cancelled() else fut
+        # (Cancelled, a leaving follower's (the shared one): it raises, and never spins.)
+        return None if fut.cancelled() else yield_then(fut)
 
     def _compact(self) -> None:
         """Drop the followers done with or gone."""
