@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Generator, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,12 +23,12 @@ from ._detect import get_ident, on_loop_thread, running_loop
 __all__ = [
     "WAKE_UP",
     "AsyncioWaker",
+    "YieldThen",
     "lost_wake",
     "park_asyncio",
     "wait_asyncio",
     "wake_future",
     "woken",
-    "yield_then",
 ]
 
 #: The message of the cancellation that wakes a waiting task without running any Python code
@@ -252,8 +252,22 @@ async def wait_asyncio(
             timer.cancel()
 
 
-async def yield_then(fut: asyncio.Future[Any]) -> Any:
-    """What ``fut`` resolves to, after one yield to the loop: a cancellation on its way (an
-    anyio cancel scope's, held back while the future the task awaited was done) comes first."""
-    await asyncio.sleep(0)
-    return await fut
+class YieldThen:
+    """Awaited: one yield to the loop, then what ``fut`` resolves to (None without one).
+
+    The yield lets a cancellation on its way come first: an anyio cancel scope's, held
+    back while the future the task awaited was done. (An awaitable, not a coroutine:
+    one made and never awaited, as an interrupt can leave it, is simply dropped.)
+    """
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[Any] | None) -> None:
+        self.fut = fut
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        yield None  # a bare yield: the task runs again on the loop's next round
+        fut = self.fut
+        if fut is None:
+            return None
+        return (yield from fut.__await__())

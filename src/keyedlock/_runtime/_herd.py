@@ -2,11 +2,10 @@
 
 Followers of a call all wait for the same thing, its outcome, so they need no
 place each in the key's queue. The first asyncio follower on a loop queues one
-hold for all of them (the herd's); the ones after it only add a future of their
-own to the herd: no hold queued, no guard taken, no frame of ours while they
-wait. They all await one future, the herd's *shared* future: when the core
-wakes the herd's hold, one ``set_result`` on the loop hands every follower the
-call's outcome, in arrival order (the order their tasks parked on it).
+hold for all of them (the herd's); the ones after it only join the herd: no hold queued,
+no guard taken, no frame of ours while they wait. They all await one future, the herd's
+*shared* future: when the core wakes the herd's hold, one ``set_result`` on the loop
+hands every follower the call's outcome, in arrival order (the order they parked in).
 
 A follower's cancellation cancels the future its task awaits, the shared one,
 and so wakes every follower. That is the one disturbance a shared future has;
@@ -37,7 +36,7 @@ from typing import Any, Final
 
 from .._core import GRANTED, IDLE, WAITING, FlightTable, Hold, complete
 from .._ki import internal
-from ._asyncio import AsyncioWaker, lost_wake, wake_future, yield_then
+from ._asyncio import AsyncioWaker, YieldThen, lost_wake, wake_future
 from ._detect import get_ident, running_loop
 
 __all__ = ["AsyncioHerd", "HerdTicket", "Herds"]
@@ -238,9 +237,9 @@ class AsyncioHerd:
         self._split()
         fut = ticket.fut
         if fut is None:
-            return asyncio.sleep(0)
+            return YieldThen(None)
         # (Cancelled, a leaving follower's (the shared one): it raises, and never spins.)
-        return None if fut.cancelled() else yield_then(fut)
+        return None if fut.cancelled() else YieldThen(fut)
 
     def _compact(self) -> None:
         """Drop the followers done with or gone."""
