@@ -174,7 +174,7 @@ class AsyncioHerd:
             if shared is not None:  # cancelled by a follower's cancellation: split first
                 self._split()
             fut = self.new_future()
-        owner: Any = ticket._owner  # (pending, its cancellation cancels the future it parks on)
+        owner: Any = ticket._owner  # (a cancel pending as it parks cancels the shared one: its own)
         ticket.before = owner.cancelling() - (1 if getattr(owner, "_must_cancel", False) else 0)
         # Linked (one run, no call in it) before it is listed: interrupted in between,
         # it leaves as any follower does, and is never listed without being counted.
