@@ -176,7 +176,8 @@ class KeyedLock(RunMixin):
         # Built by calling the backend's context class (no __init__ frame) and filling in
         # every slot: this is on every acquire's path.
         backend = self._backend
-        ctx = self._context()
+        context = self._context  # (a slot's class: a generic lookup if called as a method)
+        ctx = context()
         ctx._waiters = None
         ctx._state = IDLE
         ctx._watched = False  # (set, not left unset: reading an unset slot raises inside)

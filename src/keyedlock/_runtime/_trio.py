@@ -127,7 +127,8 @@ async def wait_trio(
     try:
         if checkpoints:
             await checkpoint_if_cancelled()
-        if table.take(key, hold) is not hold:
+        take = table.take  # (a slot's callable: a generic lookup if called as a method)
+        if take(key, hold) is not hold:
             waker = TrioWaker()  # trio_waker(), written out: this is every wait's path
             waker.token = current_trio_token()
             waker.task = current_task()

@@ -108,7 +108,8 @@ class LocalContext(LockContext):
             raise blocking_call_error("`with klock(key)`")
         self._owner = thread_owners.token
         try:
-            if self._table.take(self._key, self) is self:
+            take = self._table.take  # (a slot's callable: a generic lookup if called as a method)
+            if take(self._key, self) is self:
                 return self  # the uncontended fast path
             timeout = self._timeout
             if timeout == 0:
@@ -158,7 +159,8 @@ class LocalContext(LockContext):
             self._owner = owner = task
             runtime = ASYNCIO
             try:
-                if self._table.take(self._key, self) is self:
+                take = self._table.take  # (a slot's callable: see __enter__)
+                if take(self._key, self) is self:
                     return self  # the uncontended fast path
             except BaseException:
                 complete(self._backend.undo, self)
@@ -247,7 +249,8 @@ class LocalBackend:
     def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
         table: KeyTable = ctx._table  # type: ignore[assignment]
         key = ctx._key
-        holder = table.take(key, ctx)
+        take = table.take  # (a slot's callable: see LocalContext.__enter__)
+        holder = take(key, ctx)
         if holder is ctx:
             return True
         if holder._owner == ctx._owner and timeout != 0:
@@ -290,7 +293,8 @@ class LocalBackend:
             if holder._state == RELEASED or table.holder(key) is not holder:
                 return  # the first try released it
         else:
-            holder = table.holder(key)
+            holder_of = table.holder  # (a slot's callable: see LocalContext.__enter__)
+            holder = holder_of(key)
             if holder is None:
                 raise RuntimeError(f"release of key {key!r}, which is not held")
             done.append(holder)

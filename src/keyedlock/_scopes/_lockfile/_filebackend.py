@@ -48,7 +48,8 @@ class FileContext(WideContext):
         key = self._key
         backend = self._backend
         try:
-            if self._table.take(key, self) is self:
+            take = self._table.take  # (a slot's callable: a generic lookup if called as a method)
+            if take(key, self) is self:
                 scope = backend.scope
                 fd = scope.fd
                 if fd >= 0 and not scope.pending:  # (-1: a fork child reopens it on first use)
@@ -131,7 +132,8 @@ class FileBackend(WideBackend):
         # FileContext.__enter__'s uncontended path, written out for acquire(): a key free
         # here and on the host is one dictionary step and one system call, no other frame.
         key: KeyOffset = ctx._key  # type: ignore[assignment]
-        if ctx._table.take(key, ctx) is ctx:  # type: ignore[union-attr]
+        take = ctx._table.take  # type: ignore[union-attr]  # (a slot's callable: see __enter__)
+        if take(key, ctx) is ctx:
             scope = self.scope
             fd = scope.fd
             if fd >= 0 and not scope.pending:
@@ -151,7 +153,8 @@ class FileBackend(WideBackend):
             WideBackend.release_key(self, key, done)  # a second try, after an interrupt
             return
         table = self.table
-        holder = table.holder(key)
+        holder_of = table.holder  # (a slot's callable: see FileContext.__enter__)
+        holder = holder_of(key)
         if holder is None:
             raise RuntimeError(f"release of key {key!r}, which is not held")
         done.append(holder)
