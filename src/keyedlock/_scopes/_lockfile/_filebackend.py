@@ -90,17 +90,20 @@ class FileContext(WideContext):
         scope = backend.scope
         held = scope.held
         try:
-            fd = held[self] if self in held else -1  # noqa: SIM401 - no call: no signal here
+            try:
+                fd = held[self]  # (one lookup, and no call: no signal here)
+            except KeyError:
+                fd = -1
             if fd >= 0 and fd == scope.fd:
                 try:
                     del held[self]  # the claim (no call since the read: nothing can split them)
                 except KeyError:  # (free-threaded builds) a release(key) took it first
-                    fd = -1
-            if fd >= 0 and fd == scope.fd:
-                fcntl_call(fd, SETLK, self._key.unlock)
-                self._table.leave(self._key, self)
-            else:
-                backend.release(self, None)  # the waits' descriptor, or no record: it says why
+                    pass
+                else:
+                    fcntl_call(fd, SETLK, self._key.unlock)
+                    self._table.leave(self._key, self)
+                    return READY
+            backend.release(self, None)  # the waits' descriptor, or no record: it says why
         except BaseException:
             complete(backend.undo, self)  # interrupted: never leave the key held
             raise
