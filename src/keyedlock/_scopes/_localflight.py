@@ -67,7 +67,8 @@ class LocalFlightBackend:
 
     def join(self, key: Hashable, ticket: Hold) -> None:
         table = self.table
-        leader = table.take(key, ticket)
+        take = table.take  # (a slot's callable: a generic lookup if called as a method)
+        leader = take(key, ticket)
         if leader is not ticket:
             if leader._owner == ticket._owner:
                 raise recursion_error(key)
@@ -79,7 +80,8 @@ class LocalFlightBackend:
         the ticket leads); else the adapter's wait. No coroutine of its own: every
         follower of a herd pays for each layer."""
         table = self.table
-        leader = table.take(key, ticket)
+        take = table.take  # (a slot's callable: see join)
+        leader = take(key, ticket)
         if leader is ticket:
             return READY
         owner: Any = ticket._owner
@@ -131,8 +133,9 @@ class LocalFlightBackend:
         if state != IDLE and state != GRANTED:
             return False  # a follower (or concluded already): nothing to do
         table = self.table
+        holder = table.holder  # (a slot's callable: see join)
         # The holder took the key free, never in a herd: asked first (getattr raises inside).
-        if state == IDLE and table.holder(key) is not ticket:
+        if state == IDLE and holder(key) is not ticket:
             herd = getattr(ticket, "herd", None)
             if herd is not None:  # a follower that left its herd (cancelled, interrupted)
                 herd.leave(ticket)
