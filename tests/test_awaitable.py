@@ -121,3 +121,39 @@ def test_answers_stay_right_past_the_types_kept() -> None:
         same_answers(kind(), False)
     same_answers(Waitable(), True)
     same_answers(kinds[0](), False)
+
+
+def test_a_type_found_plain_is_not_kept_alive() -> None:
+    """inspect.isawaitable keeps nothing alive (abc's caches are weak): neither may this."""
+    import gc
+    import weakref
+
+    def make() -> object:
+        class Local:  # (a class per call, as dataclasses.make_dataclass or a factory makes)
+            pass
+
+        return Local()
+
+    value = make()
+    kind = weakref.ref(type(value))
+    same_answers(value, False)
+    del value
+    gc.collect()
+    assert kind() is None
+
+
+def test_a_value_returned_through_do_is_not_kept_alive() -> None:
+    """A MagicMock's class refers to the mock (its magic methods' proxies): kept, the class
+    would keep the value a sync fn returned to ``SingleFlight.do`` alive after the call."""
+    import gc
+    import weakref
+    from unittest.mock import MagicMock
+
+    from keyedlock import SingleFlight
+
+    flight = SingleFlight()
+    value = asyncio.run(flight.do("k", MagicMock))
+    ref = weakref.ref(value)
+    del value
+    gc.collect()
+    assert ref() is None
