@@ -8,6 +8,7 @@ import math
 from abc import get_cache_token
 from collections.abc import Callable, Hashable
 from types import CoroutineType, GeneratorType
+from weakref import ref
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -116,7 +117,7 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 _PLAIN_MAX: Final = 256
 
 #: type -> the abc cache token when :func:`is_awaitable` found a value of it not awaitable.
-_plain: dict[type, object] = {}
+_plain: dict[ref[type], object] = {}  # (weakly: abc's caches keep no type alive either)
 
 
 def is_awaitable(value: object) -> bool:
@@ -132,13 +133,13 @@ def is_awaitable(value: object) -> bool:
     if kind is CoroutineType:  # an async def's
         return True
     token = get_cache_token()  # (read first: a class registered meanwhile makes it old)
-    if _plain.get(kind) == token and value.__class__ is kind:
+    if _plain.get(ref(kind)) == token and value.__class__ is kind:
         return False
     answer = inspect.isawaitable(value)
     if not answer and kind is not GeneratorType and value.__class__ is kind:
         if len(_plain) >= _PLAIN_MAX:
             _plain.clear()
-        _plain[kind] = token
+        _plain[ref(kind)] = token
     return answer
 
 
