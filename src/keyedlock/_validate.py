@@ -8,8 +8,8 @@ import math
 from abc import get_cache_token
 from collections.abc import Callable, Hashable
 from types import CoroutineType, GeneratorType
-from weakref import ref
 from typing import Any, Final, Literal
+from weakref import ref
 
 __all__ = [
     "OnError",
