@@ -9,7 +9,6 @@ from abc import get_cache_token
 from collections.abc import Callable, Hashable
 from types import CoroutineType, GeneratorType
 from typing import Any, Final, Literal
-from weakref import ref
 
 __all__ = [
     "OnError",
@@ -112,34 +111,38 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
-#: At most this many types are remembered by :func:`is_awaitable` (it holds on to them: a
-#: program that makes a class per value, as ``unittest.mock`` does, must not grow it).
-_PLAIN_MAX: Final = 256
+#: ``type.__flags__`` bit of a class made at run time (``Py_TPFLAGS_HEAPTYPE``).
+_HEAP_TYPE: Final = 1 << 9
 
-#: type -> the abc cache token when :func:`is_awaitable` found a value of it not awaitable.
-_plain: dict[ref[type], object] = {}  # (weakly: abc's caches keep no type alive either)
+#: static type -> the abc cache token when :func:`is_awaitable` found a value of it not
+#: awaitable. Only static types (int, str, dict, ...: made once, by C code) are kept, so
+#: nothing that a program makes and drops is kept alive, as abc keeps nothing either.
+_plain: dict[type, object] = {}
 
 
 def is_awaitable(value: object) -> bool:
     """``inspect.isawaitable(value)``, exactly: for the result of a function that may be
-    sync or async, without its two frames and ABC check for the values of a sync one.
+    sync or async, without its two frames and ABC check for the plain values of a sync one.
 
     For a value that is no coroutine nor generator and whose ``__class__`` is its
     type, that is ``isinstance(value, collections.abc.Awaitable)``: an answer of the
     type's, which the abc module keeps until an ABC registers a class (a new cache
-    token). A False is kept here as long.
+    token). A False for a static type is kept here as long.
     """
     kind = type(value)
     if kind is CoroutineType:  # an async def's
         return True
     token = get_cache_token()  # (read first: a class registered meanwhile makes it old)
-    if _plain.get(ref(kind)) == token and value.__class__ is kind:
+    if _plain.get(kind) == token and value.__class__ is kind:
         return False
     answer = inspect.isawaitable(value)
-    if not answer and kind is not GeneratorType and value.__class__ is kind:
-        if len(_plain) >= _PLAIN_MAX:
-            _plain.clear()
-        _plain[ref(kind)] = token
+    if (
+        not answer
+        and not kind.__flags__ & _HEAP_TYPE
+        and kind is not GeneratorType
+        and value.__class__ is kind
+    ):
+        _plain[kind] = token
     return answer
 
 
