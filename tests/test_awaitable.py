@@ -1,8 +1,10 @@
-"""``is_awaitable`` answers as ``inspect.isawaitable`` does, the first time and the next."""
+"""``is_awaitable`` answers as ``inspect.isawaitable`` does, the first time and the next;
+``is_async_callable`` as asking ``inspect`` about a callable and about its type's ``__call__``."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import types
 from collections.abc import Awaitable, Callable, Generator
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from keyedlock._validate import is_awaitable
+from keyedlock._validate import is_async_callable, is_awaitable
 
 
 class Waitable:
@@ -157,3 +159,48 @@ def test_a_value_returned_through_do_is_not_kept_alive() -> None:
     del value
     gc.collect()
     assert ref() is None
+
+
+class _AsyncCall:
+    async def __call__(self) -> None:
+        return None
+
+
+class _SyncCall:
+    def __call__(self) -> None:
+        return None
+
+
+async def _async_fn() -> None:
+    return None
+
+
+def _sync_fn() -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        _sync_fn,
+        _async_fn,
+        functools.partial(_async_fn),
+        functools.partial(_sync_fn),
+        _AsyncCall(),
+        _SyncCall(),
+        _AsyncCall().__call__,
+        _SyncCall().__call__,
+        len,
+        dict,
+        [].append,
+        object.__init__,
+        str.upper,
+        (1).__add__,
+        type("Meta", (type,), {"__call__": _AsyncCall.__call__})("K", (), {}),
+    ],
+)
+def test_is_async_callable_asks_about_call_only_where_it_can_be_async(fn: Any) -> None:
+    """Skipping the question about ``type(fn).__call__`` for the C-called types changes no
+    answer: the same as asking about both."""
+    both = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    assert is_async_callable(fn) == both

@@ -3,8 +3,10 @@ function is async, or returned something to await."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import types
 from abc import get_cache_token
 from collections.abc import Callable, Hashable
 from types import CoroutineType, GeneratorType
@@ -105,10 +107,29 @@ def check_fn(fn: object) -> None:
         raise TypeError(f"fn must be callable, got {fn!r}")
 
 
+#: Callables whose type's ``__call__`` is C code, never a coroutine function: for these,
+#: asking ``inspect`` about it (twice the cost of asking about ``fn``) can only say no.
+_C_CALLED: Final = frozenset(
+    {
+        type,
+        types.FunctionType,
+        types.MethodType,
+        types.BuiltinFunctionType,
+        types.MethodWrapperType,
+        types.WrapperDescriptorType,
+        types.MethodDescriptorType,
+        functools.partial,
+    }
+)
+
+
 def is_async_callable(fn: Callable[..., Any]) -> bool:
     """True for an ``async def`` function (or a partial of one), or an object whose
     ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    if inspect.iscoroutinefunction(fn):
+        return True
+    kind = type(fn)
+    return kind not in _C_CALLED and inspect.iscoroutinefunction(kind.__call__)
 
 
 #: ``type.__flags__`` bit of a class made at run time (``Py_TPFLAGS_HEAPTYPE``).
