@@ -609,16 +609,24 @@ class GiveUp(BaseException):
 
 
 class Leader:
-    """A thread leading the call for KEY until the main caller follows; then it returns
-    "led", or (``gives_up``) gives the call up so that the main caller takes it over."""
+    """A thread leading the call for KEY until the main caller follows (``followers`` wait,
+    or ``until()`` is true); then it returns "led", or (``gives_up``) gives the call up so
+    that the main caller takes it over."""
 
-    def __init__(self, sf: SingleFlight, gives_up: bool, followers: int = 1) -> None:
+    def __init__(
+        self,
+        sf: SingleFlight,
+        gives_up: bool,
+        followers: int = 1,
+        until: Callable[[], bool] | None = None,
+    ) -> None:
         self.done = threading.Event()
         started = threading.Event()
+        ready = until if until is not None else lambda: flight_waiters(sf) >= followers
 
         def leader_call() -> str:
             started.set()
-            _poll_until(lambda: flight_waiters(sf) >= followers, self.done)
+            _poll_until(ready, self.done)
             if gives_up:
                 raise GiveUp
             return "led"
@@ -756,25 +764,7 @@ def flight_asyncio_herd_split(gives_up: bool) -> Callable[[SingleFlight, Injecto
     def scenario(sf: SingleFlight, inject: Injector) -> None:
         got: list[object] = []
         left = threading.Event()
-        stop = threading.Event()
-        started = threading.Event()
-
-        def leader_call() -> str:
-            started.set()
-            _poll_until(left.is_set, stop)
-            if gives_up:
-                raise GiveUp
-            return "led"
-
-        def lead() -> str:
-            try:
-                return sf.do_sync(KEY, leader_call)
-            except GiveUp:
-                return "gave up"
-
-        handle = start_thread(lead, "leader")
-        if not started.wait(BOUND):
-            handle.result(0)
+        leader = Leader(sf, gives_up, until=left.is_set)
 
         async def follower() -> None:
             got.append(await sf.do(KEY, lambda: "own"))
@@ -796,8 +786,7 @@ def flight_asyncio_herd_split(gives_up: bool) -> Callable[[SingleFlight, Injecto
         try:
             RUNNERS["asyncio"](main, inject)
         finally:
-            stop.set()
-            assert handle.result(BOUND) == ("gave up" if gives_up else "led")
+            leader.finish()
         assert set(got) <= ({"own"} if gives_up else {"led"}), got
 
     return scenario
