@@ -204,3 +204,92 @@ def test_is_async_callable_asks_about_call_only_where_it_can_be_async(fn: Any) -
     answer: the same as asking about both."""
     both = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
     assert is_async_callable(fn) == both
+
+
+class _EqualMeta(type):
+    """A metaclass with an equality of its own: its classes are unhashable."""
+
+    def __eq__(cls, other: object) -> bool:
+        return cls is other
+
+
+class _SaysFunctionMeta(type):
+    """A metaclass whose classes hash and compare as ``FunctionType``."""
+
+    def __eq__(cls, other: object) -> bool:
+        return other is types.FunctionType or cls is other
+
+    def __hash__(cls) -> int:
+        return hash(types.FunctionType)
+
+
+class _HidesFlagsMeta(type):
+    """A metaclass whose attribute hides its classes' ``__flags__`` (a heap class)."""
+
+    __flags__ = 0
+
+
+def test_a_class_with_an_unhashable_metaclass_is_answered() -> None:
+    """A class whose metaclass defines ``__eq__`` is unhashable: asked about one of its
+    callables, the check answers as ``inspect`` does, and never hashes it (about one of
+    its values, ``inspect.isawaitable`` itself raises: abc hashes the class)."""
+
+    class Handler(metaclass=_EqualMeta):
+        def __call__(self) -> int:
+            return 1
+
+    class AsyncHandler(metaclass=_EqualMeta):
+        async def __call__(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError, match="unhashable") as expected:
+        inspect.isawaitable(Handler())
+    with pytest.raises(TypeError, match=str(expected.value)):
+        is_awaitable(Handler())
+    assert is_async_callable(Handler()) is False
+    assert is_async_callable(AsyncHandler()) is True
+
+
+def test_a_class_that_compares_equal_to_a_c_called_type_is_asked_about() -> None:
+    """Equal to ``FunctionType`` by its metaclass's word: its async ``__call__`` is still
+    found (no metaclass's equality decides)."""
+
+    class AsyncHandler(metaclass=_SaysFunctionMeta):
+        async def __call__(self) -> int:
+            return 1
+
+    assert is_async_callable(AsyncHandler()) is True
+
+
+def test_a_class_whose_metaclass_hides_its_flags_is_not_kept_alive() -> None:
+    import gc
+    import weakref
+
+    def make() -> object:
+        class Model(metaclass=_HidesFlagsMeta):
+            pass
+
+        return Model()
+
+    value = make()
+    kind = weakref.ref(type(value))
+    same_answers(value, False)
+    del value
+    gc.collect()
+    assert kind() is None
+
+
+def test_do_sync_and_do_take_a_callable_of_an_unhashable_metaclass() -> None:
+    from keyedlock import SingleFlight
+
+    class Handler(metaclass=_EqualMeta):
+        def __call__(self) -> int:
+            return 1
+
+    flight = SingleFlight()
+    assert flight.do_sync("k", Handler()) == 1
+
+    async def main() -> int:
+        return await flight.do("k", Handler())
+
+    assert asyncio.run(main()) == 1

@@ -129,7 +129,10 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
     kind = type(fn)
-    return kind not in _C_CALLED and inspect.iscoroutinefunction(kind.__call__)
+    # (Looked up only for a type whose metaclass is ``type``: its hash and equality are
+    # type's own. Another metaclass may define them, or leave the class unhashable.)
+    known = type(kind) is type and kind in _C_CALLED
+    return not known and inspect.iscoroutinefunction(kind.__call__)
 
 
 #: ``type.__flags__`` bit of a class made at run time (``Py_TPFLAGS_HEAPTYPE``).
@@ -153,12 +156,16 @@ def is_awaitable(value: object) -> bool:
     kind = type(value)
     if kind is CoroutineType:  # an async def's
         return True
+    # Only a type whose metaclass is ``type`` is looked up or kept: its hash, equality and
+    # ``__flags__`` are type's own (another metaclass may define them, or hide the flag).
+    plain = type(kind) is type
     token = get_cache_token()  # (read first: a class registered meanwhile makes it old)
-    if _plain.get(kind) == token and value.__class__ is kind:
+    if plain and _plain.get(kind) == token and value.__class__ is kind:
         return False
     answer = inspect.isawaitable(value)
     if (
         not answer
+        and plain
         and not kind.__flags__ & _HEAP_TYPE
         and kind is not GeneratorType
         and value.__class__ is kind
