@@ -64,6 +64,23 @@ def test_keys_are_typed_str_bytes_and_int(redis_lock: RedisKeyedLock) -> None:
         redis_lock.release(1)
 
 
+class _EqualMeta(type):
+    def __eq__(cls, other: object) -> bool:  # (its classes are unhashable)
+        return cls is other
+
+
+class _OddStr(str, metaclass=_EqualMeta):
+    pass
+
+
+def test_a_str_subclass_whose_class_is_unhashable_is_its_str(redis_lock: RedisKeyedLock) -> None:
+    """The key types are compared, never hashed: a str subclass is the key of its value."""
+    with redis_lock(_OddStr("odd")):
+        assert redis_lock.locked("odd")
+        assert not redis_lock.acquire("odd", blocking=False)
+    assert not redis_lock.locked(_OddStr("odd"))
+
+
 @pytest.mark.parametrize("key", [True, 1.5, ("a", 1), None, ["list"]])
 def test_other_keys_are_refused(redis_lock: RedisKeyedLock, key: object) -> None:
     with pytest.raises(TypeError, match="str, bytes or int"):

@@ -311,7 +311,21 @@ class StrKey(str):
     """A str subclass: a str key like any other."""
 
 
-@pytest.mark.parametrize("key", [7, -(2**200), "", b"", "\udcff", StrKey("sub")], ids=repr)
+class _EqualMeta(type):
+    """A metaclass with an equality of its own: its classes are unhashable."""
+
+    def __eq__(cls, other: object) -> bool:
+        return cls is other
+
+
+class OddStrKey(str, metaclass=_EqualMeta):
+    """A str subclass whose class is unhashable: a str key still (the key types are
+    compared, never hashed)."""
+
+
+@pytest.mark.parametrize(
+    "key", [7, -(2**200), "", b"", "\udcff", StrKey("sub"), OddStrKey("odd")], ids=repr
+)
 def test_file_lock_takes_every_str_bytes_and_int(file_lock: AnyLock, key: Any) -> None:
     """The supported key types, odd values included, work (the control of the sweep above)."""
     with file_lock(key, timeout=WAIT):

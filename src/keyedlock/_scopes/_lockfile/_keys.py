@@ -141,7 +141,8 @@ offsets: Final[dict[type, dict[object, KeyOffset]]] = {str: {}, bytes: {}, int: 
 
 def offset_of(key: object) -> KeyOffset:
     """The :class:`KeyOffset` of ``key``; TypeError unless str, bytes or int (not bool)."""
-    cache = offsets.get(type(key))
+    kind = type(key)  # (compared, not hashed: a subclass's metaclass may be unhashable)
+    cache = offsets[kind] if kind is str or kind is bytes or kind is int else None
     if cache is None:
         return _make_offset(key)  # a subclass (same offset as its value), or TypeError
     offset = cache.get(key)

@@ -92,7 +92,8 @@ class KeyNames:
 
     def __call__(self, key: object) -> RedisKey:
         """The :class:`RedisKey` of ``key``; TypeError unless a str, bytes or int (not bool)."""
-        cache = self.cache.get(type(key))
+        kind = type(key)  # (compared, not hashed: a subclass's metaclass may be unhashable)
+        cache = self.cache[kind] if kind is str or kind is bytes or kind is int else None
         if cache is not None:
             found = cache.get(key)
             if found is not None:
