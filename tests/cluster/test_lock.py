@@ -233,39 +233,38 @@ def test_tokens_increase_across_lock_objects(make_lock: MakeLock) -> None:
 
 def test_locked_and_waiters_are_cluster_wide(make_lock: MakeLock) -> None:
     """Every caller counts, wherever it waits: in Redis (one per process), or queued in its
-    process behind the one there; another process learns the count without asking."""
+    process behind the one there; another process learns the count without asking (soon:
+    its renewal thread sends it, so each view is waited for, never read once)."""
     a, b = make_lock(), make_lock()
+
+    def counts(n: int, what: str) -> None:
+        wait_until(lambda: a.waiters("k") == n and b.waiters("k") == n, what)
+
     a.acquire("k")
     waiter = start_thread(lambda: b.acquire("k", timeout=WAIT), "b")
-    wait_until(lambda: a.waiters("k") == 1, "b waits in Redis")
+    counts(1, "b waits in Redis")
     assert b.locked("k")
-    assert b.waiters("k") == 1
     local = start_thread(lambda: a.acquire("k", timeout=WAIT), "a's second")
-    # (b asks first: a's count reaches the server from its renewal thread, unasked.)
-    wait_until(lambda: b.waiters("k") == 2, "a's second caller counts in b")
-    assert a.waiters("k") == 2
+    counts(2, "a's second caller counts in both")
     more = [start_thread(lambda: b.acquire("k", timeout=WAIT), f"b's {n}") for n in (2, 3)]
-    wait_until(lambda: a.waiters("k") == 4, "b's callers behind its first count in a")
-    assert b.waiters("k") == 4
+    counts(4, "b's callers behind its first count in both")
     short = start_thread(lambda: b.acquire("k", timeout=0.3), "b's short one")
-    wait_until(lambda: a.waiters("k") == 5, "b's short caller counts in a")
+    counts(5, "b's short caller counts in both")
     assert not short.result()  # it gave up: it no longer counts anywhere
-    wait_until(lambda: a.waiters("k") == 4, "b's short caller gave up")
-    assert b.waiters("k") == 4
+    counts(4, "b's short caller gave up")
     a.release("k")
     assert waiter.result()
     # a's second takes its place in Redis (b's others wait behind b's first, which holds).
-    wait_until(lambda: b.waiters("k") == 3, "a's second waits in Redis")
-    assert a.waiters("k") == 3
+    counts(3, "a's second waits in Redis")
     b.release("k")
     assert local.result()  # (a's second: it arrived before b's others)
-    assert b.waiters("k") == 2
+    counts(2, "b's two others wait")
     a.release("k")
     for thread in more:
         assert thread.result()
         b.release("k")
     assert not b.locked("k")
-    assert a.waiters("k") == b.waiters("k") == 0
+    counts(0, "nobody waits")
 
 
 @pytest.mark.anyio
