@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Hashable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from ._core import complete
@@ -24,6 +25,7 @@ from ._validate import (
     check_timeout,
     is_async_callable,
     is_awaitable,
+    returned_coroutine,
 )
 
 __all__ = ["RunMixin", "make_guard", "run_async", "run_blocking"]
@@ -90,6 +92,8 @@ def run_blocking(
         ctx.__enter__()
         try:
             result = fn(*args, **kwargs)
+            if isinstance(result, CoroutineType):  # (no subclass of it exists)
+                raise returned_coroutine(result, "run_sync", "await run(...)")
         except Exception as exc:
             if stop:
                 abort = exc

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from time import monotonic
+from types import CoroutineType
 from typing import Any, Final, Generic, ParamSpec, TypeVar, final, overload
 
 from ._core import MISS, complete
@@ -42,6 +43,7 @@ from ._validate import (
     check_ttl,
     is_async_callable,
     is_awaitable,
+    returned_coroutine,
 )
 
 __all__ = ["Result", "SingleFlight", "flight"]
@@ -307,6 +309,8 @@ class SingleFlight:
                     return kept, True
             try:
                 result = fn(*args, **kwargs)
+                if type(result) is CoroutineType:
+                    raise returned_coroutine(result, "do_sync", "await flight.do(...)")
             except Exception as exc:
                 payload = exc
                 raise

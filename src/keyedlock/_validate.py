@@ -26,6 +26,7 @@ __all__ = [
     "check_warn_after",
     "is_async_callable",
     "is_awaitable",
+    "returned_coroutine",
 ]
 
 OnError = Literal["continue", "stop"]
@@ -180,6 +181,17 @@ def check_sync_fn(fn: object, what: str, instead: str) -> None:
     assert callable(fn)
     if is_async_callable(fn):
         raise TypeError(f"{what} needs a sync function; use `{instead}` for {fn!r}")
+
+
+def returned_coroutine(result: CoroutineType[Any, Any, Any], what: str, instead: str) -> TypeError:
+    """The error for a sync ``fn`` that returned a coroutine (a lambda or wrapper around an
+    ``async def``): its work would run after the key was let go, if ever. The coroutine is
+    closed unrun, so that it does not warn later as never awaited."""
+    result.close()
+    return TypeError(
+        f"{what} needs a sync function, but fn returned a coroutine ({result.__qualname__}), "
+        f"which it would never await; use `{instead}`"
+    )
 
 
 def check_warn_after(warn_after: object) -> float | None:

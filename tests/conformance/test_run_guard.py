@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -50,6 +52,29 @@ def test_run_sync_refuses_an_async_function(lock: KeyedLock) -> None:
 
     with pytest.raises(TypeError, match="run_sync needs a sync function"):
         _ = lock.run_sync("k", work)
+    assert len(lock) == 0
+
+
+async def _async_work() -> None:
+    pass
+
+
+def test_run_sync_refuses_a_coroutine_returned_by_a_sync_function(lock: KeyedLock) -> None:
+    """A lambda (or a sync decorated function) returning a coroutine: refused as it returns,
+    the coroutine closed (it never warns), the key free."""
+
+    @lock.guard("k")
+    def guarded() -> object:
+        return _async_work()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a coroutine never awaited would warn as it is freed)
+        with pytest.raises(TypeError, match=r"fn returned a coroutine \(_async_work\)"):
+            _ = lock.run_sync("k", lambda: _async_work())
+        with pytest.raises(TypeError, match="use `await run"):
+            guarded()
+        gc.collect()
+    assert not lock.locked("k")
     assert len(lock) == 0
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import threading
+import warnings
 from typing import Any
 
 import anyio
@@ -225,6 +228,38 @@ def test_a_thread_joining_its_own_call_with_followers(sf: SingleFlight, threads:
         follower.result()
     assert follower_error.value is not leader_error.value
     assert joined == ["inner"]
+
+
+async def _async_work() -> str:
+    return "never awaited"
+
+
+def test_do_sync_refuses_a_coroutine_returned_by_a_sync_function(
+    sf: SingleFlight, threads: Threads
+) -> None:
+    """A lambda around an ``async def`` passes as sync: what it returns is refused (closed,
+    so it never warns), and the followers of the call get the error too."""
+    release = threading.Event()
+
+    def wrapper() -> Any:
+        release.wait(WAIT)
+        return _async_work()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a coroutine never awaited would warn as it is freed)
+        leader = threads.start(lambda: sf.do_sync("k", wrapper), "leader")
+        wait_until(lambda: sf.in_flight("k"), "the leader runs the call")
+        follower = threads.start(lambda: sf.do_sync("k", never_called), "follower")
+        wait_until(lambda: sf._backend.waiters(sf._local("k")) == 1, "the follower waits")
+        release.set()
+        with pytest.raises(TypeError, match=r"fn returned a coroutine \(_async_work\)"):
+            leader.result()
+        with pytest.raises(TypeError, match=r"use `await flight\.do"):
+            follower.result()
+        with pytest.raises(TypeError, match="fn returned a coroutine"):
+            sf.do_sync_ex("k", lambda: _async_work())
+        gc.collect()
+    assert not sf.in_flight("k")
 
 
 @pytest.mark.anyio
