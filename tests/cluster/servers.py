@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -220,6 +221,7 @@ class Server:
         )
         self._paused = False
         _running.add(self)
+        _end_with_sigterm()
         try:
             self._wait_ready()
         except BaseException:
@@ -448,3 +450,29 @@ def _kill_leftovers() -> None:
     for server in list(_running):
         with contextlib.suppress(Exception):
             server.kill()
+        if server._own_dir:
+            shutil.rmtree(server.dir, ignore_errors=True)
+
+
+#: The process that started the servers (a forked child inherits the handler below).
+_STARTER = os.getpid()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM to the test process (a CI timeout, ``kill``): the servers it started go too
+    (they run in sessions of their own, and ``atexit`` does not run on a signal), then it
+    ends by the signal as it would have. A forked child only ends."""
+    if os.getpid() == _STARTER:
+        _kill_leftovers()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_with_sigterm() -> None:
+    """Install :func:`_terminated`, from the main thread, where nothing else handles SIGTERM."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and os.getpid() == _STARTER
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _terminated)
