@@ -131,3 +131,15 @@ def test_a_module_directive_documents_its_names() -> None:
     assert [name for name in undocumented(text) if not name.startswith(f"{REDIS}.")] == []
     members_false = "::: keyedlock.multiprocessing\n    options:\n      members: false\n"
     assert "keyedlock.multiprocessing.KeyedLockManager" in undocumented(members_false)
+
+
+def test_every_public_class_is_named_as_it_is_exported() -> None:
+    """A public class's ``__name__`` is its public name (tracebacks, reprs and the reference
+    name it as the user imports it), wherever it is defined."""
+    misnamed = [
+        f"{module.__name__}.{name} is named {obj.__name__!r}"
+        for module in public_modules()
+        for name in module.__all__
+        if isinstance(obj := getattr(module, name), type) and obj.__name__ != name
+    ]
+    assert not misnamed

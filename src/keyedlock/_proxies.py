@@ -9,18 +9,10 @@ from collections.abc import Hashable
 from typing import Any, final
 
 from ._lock import KeyedLock
-from ._scopes._manager import ManagerContext, ManagerFlightBackend, ManagerLockBackend
+from ._scopes._manager import ManagerFlightBackend, ManagerLockBackend, ManagerLockContext
 from ._singleflight import SingleFlight
 
 __all__ = ["KeyedLockProxy", "ManagerLockContext", "SingleFlightProxy"]
-
-ManagerLockContext = ManagerContext
-"""The context a manager's lock hands out: ``klock(key, timeout=...)`` of a :class:`KeyedLockProxy`.
-
-A :class:`~keyedlock.LockContext`, used the same way: once, with ``with`` in
-a thread or ``async with`` in an asyncio or trio task. Entering is one round
-trip to the manager (however long it waits), exiting one more.
-"""
 
 
 def _rebuild_lock(

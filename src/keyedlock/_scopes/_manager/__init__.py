@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ._client import Client, client_for, drop_client
 from ._flightbackend import ManagerFlightBackend
-from ._lockbackend import ManagerContext, ManagerLockBackend
+from ._lockbackend import ManagerLockBackend, ManagerLockContext
 from ._protocol import NEW_FLIGHT, NEW_LOCK, SHUTDOWN, encode
 from ._server import serve
 from ._transport import NoAnswer, make_socket_path, remove_socket_path
@@ -28,9 +28,9 @@ __all__ = [
     "NEW_LOCK",
     "SHUTDOWN",
     "Client",
-    "ManagerContext",
     "ManagerFlightBackend",
     "ManagerLockBackend",
+    "ManagerLockContext",
     "NoAnswer",
     "client_for",
     "drop_client",

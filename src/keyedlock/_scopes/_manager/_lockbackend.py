@@ -40,7 +40,7 @@ from ._payloads import dump_cause, load_cause
 from ._protocol import ACQUIRE, KEYS, LEN, LOCKED, RELEASE, STATS, WAITERS, Reply, encode
 from ._transport import REPLY_GRACE, NoAnswer, deadline_for
 
-__all__ = ["ManagerContext", "ManagerLockBackend", "check_wire_key", "wait_off_loop"]
+__all__ = ["ManagerLockBackend", "ManagerLockContext", "check_wire_key", "wait_off_loop"]
 
 
 def check_wire_key(key: object) -> Hashable:
@@ -102,9 +102,14 @@ async def wait_off_loop(wait: Wait) -> object:
 
 
 @internal
-class ManagerContext(LockContext):
-    """The context of a manager lock: entering is one round trip to the manager (however long
-    it waits), exiting one more."""
+class ManagerLockContext(LockContext):
+    """The context a manager's lock hands out: ``klock(key, timeout=...)`` of a
+    :class:`~keyedlock.multiprocessing.KeyedLockProxy`.
+
+    A :class:`~keyedlock.LockContext`, used the same way: once, with ``with`` in
+    a thread or ``async with`` in an asyncio or trio task. Entering is one round
+    trip to the manager (however long it waits), exiting one more.
+    """
 
     __slots__ = ("_serial", "_wait")
 
@@ -122,7 +127,7 @@ class ManagerLockBackend:
 
     __slots__ = ("__weakref__", "address", "fast_acquire", "left_held", "max_waiters", "tid")
 
-    context: type[LockContext] = ManagerContext
+    context: type[LockContext] = ManagerLockContext
     #: The queue is the manager's: no local table.
     table = None
 
@@ -159,7 +164,9 @@ class ManagerLockBackend:
 
         return undo
 
-    def _request(self, ctx: ManagerContext, timeout: float | None, deadline: float | None) -> Wait:
+    def _request(
+        self, ctx: ManagerLockContext, timeout: float | None, deadline: float | None
+    ) -> Wait:
         """The ACQUIRE request of ``ctx`` (kept on it: its reply is what ``undo`` reads)."""
         key = ctx._key
         serial = ctx._serial
@@ -195,7 +202,7 @@ class ManagerLockBackend:
         return False
 
     def acquire(self, ctx: LockContext, timeout: float | None) -> bool:
-        assert isinstance(ctx, ManagerContext)
+        assert isinstance(ctx, ManagerLockContext)
         ctx._serial = next_serial()
         return self._granted(ctx, self._request(ctx, timeout, deadline_for(timeout)).run(), timeout)
 
@@ -203,7 +210,7 @@ class ManagerLockBackend:
         """Try once at once (blocking the loop for one round trip: at most REPLY_GRACE if
         the manager does not answer); if busy, or not answered by then, wait in a helper
         thread (cancellable) for the rest of ``timeout``."""
-        assert isinstance(ctx, ManagerContext)
+        assert isinstance(ctx, ManagerLockContext)
         checkpoints = runtime == TRIO and not self.fast_acquire
         if checkpoints:
             await trio_checkpoint_if_cancelled()
@@ -230,12 +237,12 @@ class ManagerLockBackend:
         client_for(self.address).call(encode(RELEASE, self.tid, key, serial, cause, None))
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
-        assert isinstance(ctx, ManagerContext)
+        assert isinstance(ctx, ManagerLockContext)
         self._release(ctx._key, ctx._serial, abort)
         ctx._wait = None
 
     def undo(self, ctx: LockContext) -> None:
-        assert isinstance(ctx, ManagerContext)
+        assert isinstance(ctx, ManagerLockContext)
         wait = getattr(ctx, "_wait", None)
         if wait is not None and wait.reply == Reply.GRANTED:
             # Forgotten once released: interrupted before, the undo releases again (a repeat
