@@ -148,18 +148,109 @@ def _unlocked(text: str) -> set[tuple[int, int]]:
     return found
 
 
+def _unlocked_rows(text: str) -> dict[str, tuple[int, int]]:
+    """runtime -> (charges, balance) of every wrong row run without a lock."""
+    found = {}
+    for line in text.splitlines():
+        words = line.split()
+        if "none" in words and words[-1] == "ms" and words[-3] == "NO":
+            at = words.index("none")
+            found[" ".join(words[:at])] = (int(words[at + 1]), int(words[at + 2]))
+    return found
+
+
+def _explanations(text: str) -> dict[str, str]:
+    """runtime -> the explanation of its unlocked run (the lines under "In these runs:")."""
+    entries: list[str] = []
+    lines = text.split("In these runs:\n", 1)[1].splitlines()
+    for line in lines:
+        if not line.strip():
+            break
+        if line.startswith("    "):
+            entries[-1] += " " + line.strip()
+        else:
+            assert line.startswith("  "), line
+            entries.append(line.strip())
+    found = {}
+    for entry in entries:
+        runtimes, _, explanation = entry.partition(": ")
+        for runtime in runtimes.split(", "):
+            found[runtime] = explanation
+    return found
+
+
+def _check_explanations(text: str, checkouts: int) -> None:
+    """Each wrong unlocked row has an explanation, and it gives that row's own figures."""
+    rows = _unlocked_rows(text)
+    assert rows, text
+    explained = _explanations(text)
+    assert set(explained) == set(rows), text
+    amount, start = _demo_wallet.AMOUNT, _demo_wallet.START_BALANCE
+    for runtime, (charges, balance) in rows.items():
+        why = explained[runtime]
+        if charges == checkouts:
+            assert why.startswith(f"all {checkouts} checkouts charged, "), (runtime, why)
+        else:
+            assert why.startswith(f"{charges} of the {checkouts} checkouts charged, "), why
+            assert f"(the other {checkouts - charges} read a balance below {amount})" in why
+        assert f" {charges * amount} against a balance of {start}" in why, (runtime, why)
+        assert f"The balance ended at {balance}," in why, (runtime, why)
+        reflected = (start - balance) // amount
+        assert f"{charges - reflected} of the {charges} charges left no trace" in why, why
+        assert ("The last write wins" in why) == (reflected == 1), (runtime, why)
+
+
 def test_demo_shows_the_fix_and_explains_the_table() -> None:
     text = _run_demo()
     assert "without a lock:" in text
     assert 'with klock(f"wallet:{user}"):' in text  # the one line that makes the difference
     assert "time: how long the run took." in text  # the time column is explained
-    unlocked = _unlocked(text)
-    assert unlocked, text
-    if (10, 70) in unlocked:
-        assert "Why 10 charges left 70: every checkout read 100 before any of them wrote" in text
-        assert "The last write wins" in text
-    else:  # the race went another way this time: the general explanation
-        assert "the later write overwrites the earlier" in text
+    assert _unlocked(text), text
+    assert "the later write overwrites the earlier" in text
+    _check_explanations(text, _demo.CHECKOUTS)
+
+
+@pytest.mark.parametrize("checkouts", [40, 100])
+def test_the_explanation_gives_the_figures_of_each_run(checkouts: int) -> None:
+    """With many checkouts the unlocked runs end differently (processes often charge only
+    some): each is explained from its own row of the table."""
+    text = _run_demo("--checkouts", str(checkouts))
+    _check_explanations(text, checkouts)
+    assert "every checkout read" not in text
+
+
+def _unlocked_ending(outcomes: dict[str, _demo_wallet.Outcome]) -> list[_demo_wallet.Scenario]:
+    """Scenarios named as ``outcomes``: each unlocked run ends as given, each locked one right."""
+
+    def scenario(name: str) -> _demo_wallet.Scenario:
+        def run(locked: bool, n: int) -> _demo_wallet.Outcome:
+            return _demo_wallet.expected_outcome(n) if locked else outcomes[name]
+
+        return _demo_wallet.Scenario(name, run)
+
+    return [scenario(name) for name in outcomes]
+
+
+def test_runs_that_went_differently_are_explained_apart() -> None:
+    """One run where every checkout charged, one where some read a balance too low."""
+    outcomes = {"all": _demo_wallet.Outcome(100, 70), "some": _demo_wallet.Outcome(30, 10)}
+
+    out = io.StringIO()
+    assert _demo.run_demo(out, checkouts=100, scenarios=_unlocked_ending(outcomes)) == 0
+    text = out.getvalue()
+    _check_explanations(text, 100)
+    explained = _explanations(text)
+    assert explained["all"] == (
+        "all 100 checkouts charged, 3000 against a balance of 100. The balance ended at 70, "
+        "which reflects only 1 charge: 99 of the 100 charges left no trace in it (lost "
+        "updates). The last write wins: it came from a checkout that read 100 before any "
+        "charge was written, and its 70 overwrote all the others."
+    )
+    assert explained["some"] == (
+        "30 of the 100 checkouts charged, 900 against a balance of 100 (the other 70 read a "
+        "balance below 30). The balance ended at 10, which reflects only 3 charges: 27 of the "
+        "30 charges left no trace in it (lost updates)."
+    )
 
 
 def _checkout(root: Path) -> Path:
@@ -208,3 +299,17 @@ def test_source_checkout_is_the_keyedlock_project(tmp_path: Path) -> None:
     assert source_checkout(broken) is None
     clone = _checkout(tmp_path / "clone")
     assert source_checkout(clone / "src" / "keyedlock") == clone
+
+
+def test_the_summary_counts_each_way_the_runs_went_wrong() -> None:
+    """One run charged more than the balance allowed, the other only lost an update."""
+    outcomes = {"over": _demo_wallet.Outcome(4, 70), "lost": _demo_wallet.Outcome(2, 70)}
+
+    out = io.StringIO()
+    assert _demo.run_demo(out, checkouts=4, scenarios=_unlocked_ending(outcomes)) == 0
+    text = out.getvalue()
+    assert (
+        "Without a lock, 2 of 2 runs went wrong: 1 charged more than the balance allowed, "
+        "1 left a wrong balance." in text
+    )
+    _check_explanations(text, 4)

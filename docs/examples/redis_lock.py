@@ -5,7 +5,8 @@ Four spawned processes (they could as well run on four hosts) each add 100 to a 
 in Redis, one read-modify-write at a time. Every write carries the holder's fencing token, and
 the store refuses a token lower than the last one it accepted: a holder whose lease ran out
 (stopped, or cut off from Redis, for longer than the lease) cannot overwrite newer data. Then
-an asyncio task takes the same key, and two processes share one call of a slow function.
+an asyncio task takes the same key and writes the same fenced way, through redis-py's asyncio
+client, and two processes share one call of a slow function.
 
 Needs a server: REDIS_URL (default redis://localhost:6379/0).
 """
@@ -16,6 +17,7 @@ import os
 import time
 
 import redis
+import redis.asyncio
 
 from keyedlock.redis import RedisKeyedLock, RedisSingleFlight
 
@@ -65,11 +67,14 @@ def ready(_: int) -> int:
 
 async def add_one_from_a_task() -> int:
     lock = RedisKeyedLock(URL, prefix="example:", lease=5)
-    store = redis.Redis.from_url(URL)
-    async with lock("account:42", timeout=30) as held:  # asyncio (or trio): the loop runs on
-        balance = int(store.hget("example-account:42", "balance") or 0)
-        store.hset("example-account:42", mapping={"token": held.token, "balance": balance + 1})
-    store.close()
+    # A task talks to the store through redis-py's asyncio client: a blocking call would stop
+    # the event loop, and every other task on it, while it waits for the server.
+    async with redis.asyncio.Redis.from_url(URL) as store:
+        write = store.register_script(FENCED_WRITE)
+        async with lock("account:42", timeout=30) as held:  # the loop runs on while it waits
+            balance = int(await store.hget("example-account:42", "balance") or 0)
+            accepted = await write(keys=["example-account:42"], args=[held.token, balance + 1])
+            assert accepted == 1, "a fresh holder's token is never refused"
     return balance + 1
 
 

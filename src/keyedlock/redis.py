@@ -1,6 +1,7 @@
 """The cluster scope: keyed locks and single-flight shared through Redis or Valkey.
 
-``pip install "keyedlock[redis]"`` adds redis-py. ``import keyedlock`` never imports it;
+``pip install "keyedlock[redis]"`` (from a clone of the repository:
+``pip install ".[redis]"``) adds redis-py. ``import keyedlock`` never imports it;
 this module does::
 
     from keyedlock.redis import RedisKeyedLock, RedisSingleFlight, LeaseLost

@@ -66,7 +66,7 @@ def test_one_waiter_too_many_is_refused_at_once(
     queued.append(driver.hold(bounded, "k"))
     wait_waiters(bounded, "k", 2)
     extra = driver.hold(bounded, "k", via=via)
-    with pytest.raises(QueueFull, match="max_waiters=2"):
+    with pytest.raises(QueueFull, match=r"^key 'k' already has 2 waiter\(s\) \(max_waiters=2\)$"):
         extra.result()
     assert bounded.waiters("k") == 2
     bounded.release("k")  # the first waiter now holds the key: one place is free again
@@ -126,7 +126,9 @@ async def test_queue_full_in_tasks(threads: Threads, make_lock: Callable[..., Ke
     lock = make_lock(max_waiters=0)
     assert threads.start(lambda: lock.acquire("k")).result()  # held by another owner
     try:
-        with pytest.raises(QueueFull):
+        with pytest.raises(
+            QueueFull, match=r"^key 'k' is held and max_waiters=0: nobody may wait for it$"
+        ):
             await lock.acquire_async("k")
         with pytest.raises(QueueFull):
             async with lock("k", timeout=5):

@@ -208,7 +208,9 @@ def test_the_first_waiter_for_another_process_counts_as_a_waiter(lock_path: str)
         )
         assert stats.holder is not None
         assert stats.holder.runtime == "process"  # (another open file description's)
-        with pytest.raises(QueueFull, match="max_waiters=0"):
+        with pytest.raises(
+            QueueFull, match=r"^key 'k' is held and max_waiters=0: nobody may wait for it$"
+        ):
             bounded.acquire("k")
         with pytest.raises(QueueFull), bounded("k", timeout=WAIT):
             pass

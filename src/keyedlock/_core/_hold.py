@@ -144,6 +144,8 @@ def outcome_of(hold: Hold) -> object:
 
 def queue_full_error(key: Hashable, limit: int) -> QueueFull:
     """The error of a caller that would queue on ``key`` past ``max_waiters=limit``."""
+    if limit == 0:
+        return QueueFull(f"key {key!r} is held and max_waiters=0: nobody may wait for it")
     return QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
 
 

@@ -152,7 +152,7 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
             "The kernel does not record when a lock was taken: PROCESS AGE is how long the "
             "holding process has run. Processes this user may not inspect are listed as such. "
             "exit status: 0, or 1 if the lock file or /proc could not be read, or if the "
-            "output was closed early (as by `| head`)."
+            "output was closed early (as by `| head`); 2 for wrong arguments."
         ),
     )
     holders.add_argument(

@@ -2,11 +2,12 @@
 
 A wallet holds 100. Several checkouts of 30 arrive at once; each reads the
 balance, does some I/O (a yield to the scheduler), then charges if the
-balance it read covers the amount. Without a lock every checkout reads 100
-before any of them writes: all ten charge (300 taken from a balance of 100)
-and, as the last write wins, the balance says 70. With
-``klock("wallet:<id>")`` around the read-check-write exactly three checkouts
-succeed and the balance ends at 10, in every runtime.
+balance it read covers the amount. Without a lock a checkout reads the
+balance before others write it: more checkouts charge than the balance
+allows, and a later write overwrites an earlier one (with ten checkouts,
+usually all ten charge and the balance says 70; with more, the runs differ).
+With ``klock("wallet:<id>")`` around the read-check-write exactly three
+checkouts succeed and the balance ends at 10, in every runtime.
 
 The runtimes: threads, asyncio tasks, trio tasks, all three at once in one
 process (``_demo_inprocess``), and separate processes (``_demo_processes``:
@@ -20,7 +21,7 @@ without or with the lock and returning the :class:`Outcome`.
 :data:`SCENARIOS` lists them in table order; a new runtime (other hosts, say)
 is one more entry there. This module runs them and prints the report: the
 race and its one-line fix, the table of outcomes, and why the unlocked runs
-went wrong.
+went wrong, told from the figures of each.
 """
 
 from __future__ import annotations
@@ -150,30 +151,70 @@ def _code(out: TextIO) -> None:
         print(f"    {a.ljust(width)}{b}".rstrip(), file=out)
 
 
-def _say(out: TextIO, text: str) -> None:
-    """Print a paragraph, wrapped to the width of a terminal (never inside a `code span`)."""
+def _say(out: TextIO, text: str, *, indent: str = "") -> None:
+    """Print a paragraph, wrapped to the width of a terminal (never inside a `code span`).
+
+    ``indent`` starts the first line; the lines after it are indented two more columns.
+    """
     glued = re.sub(r"`[^`]*`", lambda code: code.group().replace(" ", "\0"), text)
-    print(textwrap.fill(glued, _WIDTH).replace("\0", " "), file=out)
-
-
-def _lost_updates(rows: list[_Row], checkouts: int) -> str:
-    """Why the unlocked runs went wrong, with the figures of one that did."""
-    all_read_first = Outcome(checkouts, START_BALANCE - AMOUNT)
-    if checkouts > 1 and any(r.lock == "none" and r.outcome == all_read_first for r in rows):
-        n = checkouts
-        return (
-            f"Why {n} charges left {START_BALANCE - AMOUNT}: every checkout read {START_BALANCE} "
-            f"before any of them wrote, so each one charged and set the balance to "
-            f"{START_BALANCE - AMOUNT} ({START_BALANCE} minus {AMOUNT}). The last write wins: "
-            f"{n * AMOUNT} was charged "
-            f"against a balance of {START_BALANCE}, and {n - 1} of the {n} charges left no "
-            "trace in the balance (lost updates)."
-        )
-    return (
-        "Why: without a lock a checkout can read the balance before another one writes it; "
-        "both charge against the same balance and the later write overwrites the earlier "
-        "(a lost update)."
+    wrapped = textwrap.fill(
+        glued, _WIDTH, initial_indent=indent, subsequent_indent=indent + "  " if indent else ""
     )
+    print(wrapped.replace("\0", " "), file=out)
+
+
+#: Why a checkout without a lock can go wrong, true of any run.
+_WHY = (
+    "Why: without a lock a checkout can read the balance before another one writes it; "
+    "both charge against the same balance and the later write overwrites the earlier "
+    "(a lost update)."
+)
+
+
+def _figures(outcome: Outcome, checkouts: int) -> str:
+    """What the figures of one wrong unlocked run show; every statement follows from them.
+
+    A checkout that charges writes the balance it read minus :data:`AMOUNT`, and the
+    balance only ever goes down: a final balance of ``START_BALANCE - k * AMOUNT`` reflects
+    ``k`` charges, and the other charges were overwritten (lost updates).
+    """
+    charges, balance = outcome.charges, outcome.balance
+    charged = charges * AMOUNT
+    if charges == checkouts:
+        who = {1: "the checkout charged", 2: "both checkouts charged"}.get(
+            checkouts, f"all {checkouts} checkouts charged"
+        )
+        text = f"{who}, {charged} against a balance of {START_BALANCE}."
+    else:
+        text = (
+            f"{charges} of the {checkouts} checkouts charged, {charged} against a balance of "
+            f"{START_BALANCE} (the other {checkouts - charges} read a balance below {AMOUNT})."
+        )
+    reflected, rest = divmod(START_BALANCE - balance, AMOUNT)
+    if rest or not 0 < reflected < charges:
+        return f"{text} The balance ended at {balance}."
+    lost = charges - reflected
+    text += (
+        f" The balance ended at {balance}, which reflects only {_plural(reflected, 'charge')}: "
+        f"{lost} of the {charges} charges left no trace in it (lost updates)."
+    )
+    if reflected == 1:
+        text += (
+            f" The last write wins: it came from a checkout that read {START_BALANCE} before "
+            f"any charge was written, and its {START_BALANCE - AMOUNT} overwrote all the others."
+        )
+    return text
+
+
+def _lost_updates(out: TextIO, rows: list[_Row], checkouts: int) -> None:
+    """Why the unlocked runs went wrong, then the figures of each (runs alike share a line)."""
+    _say(out, _WHY + " In these runs:")
+    runtimes: dict[Outcome, list[str]] = {}
+    for row in rows:
+        if row.lock == "none" and row.outcome is not None and not row.correct:
+            runtimes.setdefault(row.outcome, []).append(row.runtime)
+    for outcome, names in runtimes.items():
+        _say(out, f"{', '.join(names)}: {_figures(outcome, checkouts)}", indent="  ")
 
 
 def run_demo(
@@ -247,10 +288,21 @@ def run_demo(
     locked_rows = [r for r in rows if r.lock == "keyedlock"]
     locked_wrong = [r for r in locked_rows if not r.correct]
     if unlocked_wrong:
-        over = any(r.outcome and r.outcome.charges * AMOUNT > START_BALANCE for r in unlocked_wrong)
-        went = "charged more than the balance allowed" if over else "left a wrong balance"
-        print(f"Without a lock, {len(unlocked_wrong)} of {len(unlocked)} runs {went}.", file=out)
-        _say(out, _lost_updates(rows, checkouts))
+        over = sum(
+            1 for r in unlocked_wrong if r.outcome and r.outcome.charges * AMOUNT > START_BALANCE
+        )
+        wrong = len(unlocked_wrong)
+        if over == wrong:
+            went = "charged more than the balance allowed"
+        elif over == 0:
+            went = "left a wrong balance"
+        else:
+            went = (
+                f"went wrong: {over} charged more than the balance allowed, "
+                f"{wrong - over} left a wrong balance"
+            )
+        print(f"Without a lock, {wrong} of {len(unlocked)} runs {went}.", file=out)
+        _lost_updates(out, rows, checkouts)
         print(file=out)
     if locked_wrong:
         runtimes = ", ".join(r.runtime for r in locked_wrong)
