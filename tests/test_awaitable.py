@@ -37,6 +37,12 @@ class Proxy:
         return self.says
 
 
+class _HidesFlagsMeta(type):
+    """A metaclass whose attribute hides its classes' ``__flags__`` (a heap class)."""
+
+    __flags__ = 0
+
+
 async def coroutine_function() -> int:
     return 1
 
@@ -125,16 +131,18 @@ def test_answers_stay_right_for_many_classes() -> None:
     same_answers(kinds[0](), False)
 
 
-def test_a_type_found_plain_is_not_kept_alive() -> None:
-    """inspect.isawaitable keeps nothing alive (abc's caches are weak): neither may this."""
+@pytest.mark.parametrize("metaclass", [type, "hides its flags"])
+def test_a_type_found_plain_is_not_kept_alive(metaclass: type | str) -> None:
+    """inspect.isawaitable keeps nothing alive (abc's caches are weak): neither may this, for
+    a class made per call (as dataclasses.make_dataclass or a factory makes one), even one
+    whose metaclass hides the flag that tells a class made at run time."""
     import gc
     import weakref
 
-    def make() -> object:
-        class Local:  # (a class per call, as dataclasses.make_dataclass or a factory makes)
-            pass
+    meta = _HidesFlagsMeta if metaclass == "hides its flags" else type
 
-        return Local()
+    def make() -> object:
+        return meta("Local", (), {})()
 
     value = make()
     kind = weakref.ref(type(value))
@@ -223,12 +231,6 @@ class _SaysFunctionMeta(type):
         return hash(types.FunctionType)
 
 
-class _HidesFlagsMeta(type):
-    """A metaclass whose attribute hides its classes' ``__flags__`` (a heap class)."""
-
-    __flags__ = 0
-
-
 def test_a_class_with_an_unhashable_metaclass_is_answered() -> None:
     """A class whose metaclass defines ``__eq__`` is unhashable: asked about one of its
     callables, the check answers as ``inspect`` does, and never hashes it (about one of
@@ -259,24 +261,6 @@ def test_a_class_that_compares_equal_to_a_c_called_type_is_asked_about() -> None
             return 1
 
     assert is_async_callable(AsyncHandler()) is True
-
-
-def test_a_class_whose_metaclass_hides_its_flags_is_not_kept_alive() -> None:
-    import gc
-    import weakref
-
-    def make() -> object:
-        class Model(metaclass=_HidesFlagsMeta):
-            pass
-
-        return Model()
-
-    value = make()
-    kind = weakref.ref(type(value))
-    same_answers(value, False)
-    del value
-    gc.collect()
-    assert kind() is None
 
 
 def test_do_sync_and_do_take_a_callable_of_an_unhashable_metaclass() -> None:
