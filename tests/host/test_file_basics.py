@@ -590,3 +590,38 @@ def test_module_imports_without_fcntl(lock_path: str) -> None:
     )
     out = run_python(code, "-I", timeout=WAIT)
     assert out.startswith("refused: FileKeyedLock needs POSIX file locks")
+
+
+def test_statistics_say_locked_as_locked_does_while_a_waiter_takes_the_byte(
+    file_lock: FileKeyedLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key handed here to a waiter that has not locked its byte yet: locked, as
+    ``locked(key)`` says, with that caller among the waiters (it still waits for the file)."""
+    paused, resume = threading.Event(), threading.Event()
+    acquire_sync = file_scope.FileScope.acquire_sync
+
+    def pausing(self: file_scope.FileScope, *args: object) -> bool:
+        if threading.current_thread().name == "waiter":
+            paused.set()
+            assert resume.wait(WAIT)
+        return acquire_sync(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(file_scope.FileScope, "acquire_sync", pausing)
+    file_lock.acquire("k")
+
+    def wait() -> None:
+        assert file_lock.acquire("k", timeout=WAIT)
+        file_lock.release("k")
+
+    waiter = start_thread(wait, "waiter")
+    wait_until(lambda: file_lock.waiters("k") == 1, "the waiter queues")
+    file_lock.release("k")  # handed to the waiter, which stops before its byte
+    assert paused.wait(WAIT)
+    try:
+        stats = file_lock.statistics("k")
+        assert file_lock.locked("k")
+        assert stats.locked
+        assert stats.waiters == 1
+    finally:
+        resume.set()
+    waiter.result()

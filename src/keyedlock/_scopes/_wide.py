@@ -210,9 +210,9 @@ class WideBackend(LocalBackend):
         holder, waiting = self.table.snapshot(key)
         if holder is not None and not self.scope.holds(holder):
             # This process's first caller still waits for the wide scope, ahead of the others
-            # here: the key is held, if at all, by another process, which this process
-            # cannot name.
-            stats = lock_statistics(shown, self.scope.locked(key), None, [holder, *waiting])
+            # here: the key is held by another process, which this process cannot name, or
+            # was just handed to that caller (locked, as locked(key) says: it takes it next).
+            stats = lock_statistics(shown, True, None, [holder, *waiting])
         else:
             stats = lock_statistics(shown, holder is not None, holder, waiting)
         if not stats.locked and self.scope.locked(key):
