@@ -264,6 +264,8 @@ class KeyedLock(RunMixin):
         :meth:`threading.Lock.release`, any thread or task may release.
         """
         done: list[Any] = []
+        watch = self._watch
+        taken: LockContext | None = None  # the watched hold acquire() took, if any
         try:
             # _local(key), written out (as in __call__): every release(key) maps its key.
             map_key = self._map_key
@@ -278,6 +280,10 @@ class KeyedLock(RunMixin):
                     local = self._mapped[type(key)][key]  # a key mapped lately: no call
                 except (KeyError, TypeError):
                     local = map_key(key)
+            if watch is not None:
+                # Found before the release: the key's next holder may be watched before
+                # this call forgets the one it released.
+                taken = watch.taken(local)
             self._backend.release_key(local, done)
         except Exception:
             raise
@@ -286,8 +292,8 @@ class KeyedLock(RunMixin):
             complete(self._release_again, key, done)
             raise
         finally:
-            if self._watch is not None:
-                self._watch.released(self._local(key))
+            if taken is not None and watch is not None:
+                watch.left(taken)
 
     def _release_again(self, key: Hashable, done: list[Any]) -> None:
         """``release(key)`` again, after an interrupt: it finishes what the first try began."""

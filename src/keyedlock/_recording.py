@@ -147,8 +147,9 @@ class Watch:
 
     ``live`` maps each entered context to where it was acquired; leaving
     forgets it, and so does ``release(key)`` for a key taken with
-    ``acquire()`` (``by_key``). The watchdog thread looks at every watch a
-    few times per ``warn_after`` (see :func:`_watchdog`).
+    ``acquire()`` (``by_key``: the hold it finds there before releasing).
+    The watchdog thread looks at every watch a few times per ``warn_after``
+    (see :func:`_watchdog`).
     """
 
     def __init__(self, warn_after: float, backend: LockBackend) -> None:
@@ -184,13 +185,11 @@ class Watch:
             if self.by_key.get(ctx._key) is ctx:
                 del self.by_key[ctx._key]
 
-    def released(self, key: Hashable) -> None:
-        """``release(key)`` released ``key``: forget the hold ``acquire()`` took, if any."""
+    def taken(self, key: Hashable) -> LockContext | None:
+        """The watched hold ``acquire()`` took of ``key``, if any: what ``release(key)``
+        releases (it forgets that hold with :meth:`left` once it has, and no other)."""
         with self.guard:
-            ctx = self.by_key.pop(key, None)
-            if ctx is not None:
-                self.live.pop(ctx, None)
-                self.warned.discard(ctx)
+            return self.by_key.get(key)
 
     def check(self, now: float, report: Callable[[Watch, LockContext, str, float], None]) -> None:
         """Report each hold held longer than ``warn_after`` (once); forget the ones gone."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
+from unittest.mock import patch
 
 import anyio
 import anyio.to_thread
@@ -12,7 +14,7 @@ import pytest
 
 from keyedlock import KeyedLock
 
-from ..support import WAIT, Records
+from ..support import WAIT, Records, wait_waiters
 from .scopes import Scope
 
 
@@ -104,3 +106,39 @@ async def test_a_hold_taken_by_run_names_the_callers_place(
     await lock.run("k", wait)
     [message] = records.messages()
     assert "test_a_hold_taken_by_run_names_the_callers_place" in message, message
+
+
+def test_release_forgets_the_hold_it_released_not_the_next_one(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    """``release(key)`` hands the key to a waiter that took it with ``acquire()``: the waiter
+    may be watched before the release forgets the hold it released. The waiter's hold is
+    still watched, and logged; the released one never is."""
+    lock = make_lock(warn_after=0.3)
+    lock.acquire("k")
+    handed = threading.Event()
+
+    def waiter() -> None:
+        assert lock.acquire("k", timeout=WAIT)
+        handed.set()
+        try:
+            assert records.arrived.wait(WAIT), "the waiter's long hold was not logged"
+        finally:
+            lock.release("k")
+
+    kind = type(lock._backend)
+    release_key = kind.release_key
+
+    def releasing(backend: Any, key: object, done: list[Any]) -> None:
+        release_key(backend, key, done)
+        handed.wait(WAIT)  # the waiter is watched before this release forgets its hold
+
+    thread = threading.Thread(target=waiter, name="waiter")
+    thread.start()
+    wait_waiters(lock, "k", 1)
+    with patch.object(kind, "release_key", releasing):
+        lock.release("k")
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    [message] = records.messages()
+    assert "'waiter'" in message
