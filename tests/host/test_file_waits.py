@@ -105,6 +105,33 @@ async def test_async_cancellation_leaves_nothing_held(
     _given_back(file_lock, children)
 
 
+def test_a_task_cancelled_as_the_kernel_grants_it_the_key_leaves_no_wait_behind(
+    file_lock: FileKeyedLock, children: Children
+) -> None:
+    """The grant is recorded for the task while its loop is busy; the task is cancelled
+    before it runs. The key is given back, and its ended wait is gone: a try of the key
+    (``timeout=0``) gets it, as it would any free key."""
+    holder = children.agent(file_lock.path)
+    assert holder.ask("acquire", "k", 0) == "True"
+
+    async def main() -> None:
+        task = asyncio.create_task(file_lock.acquire_async("k"))
+        await wait_until_async(lambda: _pending(file_lock) == 1, "the task waits in the kernel")
+        # This step keeps the loop busy while the other process releases the key.
+        assert holder.ask("release", "k") == "ok"
+        wait_until(lambda: len(scope_of(file_lock).held) == 1, "the grant is recorded")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert len(file_lock) == 0
+    assert _pending(file_lock) == 0
+    assert file_lock.acquire("k", timeout=0)
+    file_lock.release("k")
+    _given_back(file_lock, children)
+
+
 @pytest.mark.anyio
 async def test_async_timeouts_leave_nothing_held(
     file_lock: FileKeyedLock, children: Children

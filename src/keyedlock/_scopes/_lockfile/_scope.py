@@ -307,11 +307,12 @@ class FileScope(LockFile):
             wait.job.let_go()  # (a grant that arrives now goes to the helper thread, or is held)
             wait.claimant = None
         fd = claim(self.held, self.unlocking, hold)
-        if fd is None:
-            return False
-        self._unlock(cast(KeyOffset, local_key), fd if fd >= 0 else ~fd)
-        del self.unlocking[hold]
-        return True
+        if fd is not None:
+            self._unlock(cast(KeyOffset, local_key), fd if fd >= 0 else ~fd)
+            del self.unlocking[hold]
+        if wait is not None and wait.claimant is None and wait.job.done:
+            self.end_wait(wait)  # (granted as it gave up, or failed: no entry for tries to see)
+        return fd is not None
 
     def _unlock(self, offset: KeyOffset, fd: int) -> None:
         fcntl_call(fd, SETLK, offset.unlock)  # the shared descriptor, or the waits' one
