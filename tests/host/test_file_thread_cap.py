@@ -543,3 +543,76 @@ def test_running_out_of_descriptors_says_what_ran_out_and_what_to_do(
     assert "RLIMIT_NOFILE" in message
     assert "raise the limit" in message
     assert starved.reply() == "0 0"  # nothing queued or held
+
+
+def _interrupted_acquire(lock: FileKeyedLock, other: FileKeyedLock) -> None:
+    """``lock.acquire("k")`` waits for ``other`` (another open file description) and is
+    interrupted as it starts its helper thread; then the key must work as ever."""
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire("k", timeout=WAIT)
+    other.release("k")
+    assert lock.acquire("k", timeout=WAIT), "the key is dead in this process"
+    lock.release("k")
+    _served_in_turn(lock, other, "j")
+
+
+def _served_in_turn(lock: FileKeyedLock, other: FileKeyedLock, *keys: str) -> None:
+    """Waits for ``keys`` (held by ``other``) take the pool's one thread in turn, the others
+    queued; each is served; nothing is left after."""
+    for key in keys:
+        other.acquire(key)
+    waiters = [
+        start_thread(partial(lock.acquire, key, timeout=WAIT), f"waiter for {key}") for key in keys
+    ]
+    queued = (1, len(keys) - 1)
+    wait_until(lambda: (_pool(lock).threads, _pool(lock).queued) == queued, "waits queue")
+    for key in keys:
+        other.release(key)
+    for waiter in waiters:
+        assert waiter.result()
+    for key in keys:
+        lock.release(key)
+    wait_until(lambda: not scope_of(lock).pending, "every kernel wait ends")
+    wait_until(lambda: _pool(lock).threads == 0 and not helper_threads(), "helper threads end")
+    assert _pool(lock).queued == 0
+    assert len(lock) == 0
+
+
+def test_an_interrupt_as_the_wait_is_handed_to_its_pool_leaves_the_key_usable(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at the entry of the pool's submit (the wait registered, no thread asked for):
+    the wait never runs, and is withdrawn, not left for the next caller to adopt."""
+    lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
+    other.acquire("k")
+    pool_type = type(_pool(lock))
+    submit = pool_type.submit
+
+    def interrupted(pool: Any, call: Any) -> None:
+        monkeypatch.setattr(pool_type, "submit", submit)  # (once)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool_type, "submit", interrupted)
+    _interrupted_acquire(lock, other)
+
+
+def test_an_interrupt_as_a_helper_thread_starts_keeps_the_count_and_the_cap(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside ``Thread.start()``, which waits for the new thread: the thread exists
+    and runs anyway. It is counted once (never below zero: the cap still holds)."""
+    lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
+    other.acquire("k")
+    thread_type = threading.Thread
+    name = _pool(lock).name
+
+    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
+        def start(self) -> None:
+            super().start()
+            if self.name == name:  # (the pool's helper thread only, once)
+                monkeypatch.setattr(threading, "Thread", thread_type)
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading, "Thread", Interrupted)
+    _interrupted_acquire(lock, other)
+    _served_in_turn(lock, other, "a", "b", "c")

@@ -124,8 +124,9 @@ class Offload(Generic[T]):
         self._name = name
         self._pool = pool
         self._withdrawn = withdrawn
-        #: In the pool's queue, not started yet (can be withdrawn).
-        self._queued = False
+        #: With a pool: not started yet (queued there, or not yet submitted, or submitted as
+        #: an interrupt landed): a claimant that stops waiting withdraws it.
+        self._queued = pool is not None
         self._mutex = threading.Lock()
         self._claimed = False
         self._done = False
@@ -146,12 +147,9 @@ class Offload(Generic[T]):
         if pool is None:
             threading.Thread(target=self.run, name=self._name, daemon=True).start()
             return
-        self._queued = True
-        try:
-            pool.submit(self)
-        except BaseException:
-            self._queued = False
-            raise
+        # (Not started until run() says so: if submit raises, even after a thread took the
+        # call, the claimant's let_go withdraws it, and run() then finds it done.)
+        pool.submit(self)
 
     def run(self) -> None:
         """The helper thread's work: the call, then its outcome to the claimant or ``dispose``.

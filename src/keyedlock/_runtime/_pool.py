@@ -65,17 +65,29 @@ class OffloadPool:
         return len(self._queue)
 
     def submit(self, call: Queued) -> None:
-        """Run ``call.run()`` in a thread of the pool now, or queue it until one is free."""
+        """Run ``call.run()`` in a thread of the pool now, or queue it until one is free.
+
+        If this raises (no thread could start, or an interrupt), the call may not run: its
+        ``run()`` must find out for itself whether it is still wanted (see ``Offload``)."""
         with self._mutex:
             if self._running >= self.limit:
                 self._queue[call] = None
                 return
             self._running += 1
+        begun = [False]  # set by the thread as it begins; True for good once given up
         try:
-            threading.Thread(target=self._work, args=(call,), name=self.name, daemon=True).start()
+            worker = threading.Thread(
+                target=self._work, args=(call, begun), name=self.name, daemon=True
+            )
+            worker.start()
         except BaseException:
+            # Thread.start() waits for the new thread: an interrupt there leaves a thread that
+            # runs anyway. Whichever of the two comes first owns the count: given back here,
+            # the thread ends at once, without the call.
             with self._mutex:
-                self._running -= 1
+                if not begun[0]:
+                    begun[0] = True
+                    self._running -= 1
             raise
 
     def withdraw(self, call: Queued) -> bool:
@@ -92,8 +104,13 @@ class OffloadPool:
         self._running = 0
         self._queue = OrderedDict()
 
-    def _work(self, call: Queued) -> None:
-        """A thread of the pool: run ``call``, then each queued call in turn, until none is left."""
+    def _work(self, call: Queued, begun: list[bool]) -> None:
+        """A thread of the pool: run ``call``, then each queued call in turn, until none is left
+        (nothing if its submitter gave its place up first: see :meth:`submit`)."""
+        with self._mutex:
+            if begun[0]:
+                return
+            begun[0] = True
         try:
             while True:
                 call.run()
