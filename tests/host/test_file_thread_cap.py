@@ -616,3 +616,44 @@ def test_an_interrupt_as_a_helper_thread_starts_keeps_the_count_and_the_cap(
     monkeypatch.setattr(threading, "Thread", Interrupted)
     _interrupted_acquire(lock, other)
     _served_in_turn(lock, other, "a", "b", "c")
+
+
+def test_a_wait_queued_behind_a_thread_interrupted_as_it_starts_is_served(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper thread whose start() was interrupted is slow to begin; meanwhile another
+    caller's wait queues behind it (the cap reached). The place given back goes to that wait:
+    the thread takes it over, and it is served at once."""
+    lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
+    other.acquire("k")
+    other.acquire("j")
+    thread_type = threading.Thread
+    name = _pool(lock).name
+    begin = threading.Event()
+    queued: list[Any] = []
+
+    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
+        def run(self) -> None:
+            assert begin.wait(WAIT)  # (a busy machine: the new thread begins late)
+            super().run()
+
+        def start(self) -> None:
+            super().start()
+            if self.name == name:  # (the pool's helper thread only, once)
+                monkeypatch.setattr(threading, "Thread", thread_type)
+                queued.append(start_thread(lambda: lock.acquire("j", timeout=WAIT), "j"))
+                wait_until(lambda: _pool(lock).queued == 1, "j's wait queues behind it")
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading, "Thread", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire("k", timeout=WAIT)
+    begin.set()
+    other.release("j")
+    other.release("k")
+    [waiter] = queued
+    assert waiter.result(), "the wait queued behind the interrupted thread was stranded"
+    lock.release("j")
+    wait_until(lambda: not scope_of(lock).pending, "every kernel wait ends")
+    wait_until(lambda: _pool(lock).threads == 0 and not helper_threads(), "helper threads end")
+    assert len(lock) == 0

@@ -109,7 +109,12 @@ class OffloadPool:
         (nothing if its submitter gave its place up first: see :meth:`submit`)."""
         with self._mutex:
             if begun[0]:
-                return
+                # Its submitter gave its place up (see submit): it takes a call queued
+                # meanwhile instead, if there is room for it (none may be left waiting).
+                if not self._queue or self._running >= self.limit:
+                    return
+                self._running += 1
+                call = self._queue.popitem(last=False)[0]
             begun[0] = True
         try:
             while True:
