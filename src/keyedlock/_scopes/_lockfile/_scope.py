@@ -310,8 +310,13 @@ class FileScope(LockFile):
         if fd is not None:
             self._unlock(cast(KeyOffset, local_key), fd if fd >= 0 else ~fd)
             del self.unlocking[hold]
-        if wait is not None and wait.claimant is None and wait.job.done:
-            self.end_wait(wait)  # (granted as it gave up, or failed: no entry for tries to see)
+        if wait is not None:  # ended (failed, or granted to this hold, unlocked above): gone
+            with fds_lock():  # (never unlocks: another hold's grant is its own to unlock)
+                done = wait.job.done  # (first: ``granted`` is final once the job is done)
+                mine = wait.claimant is None and (wait.holder is hold or not wait.granted)
+                if done and mine and not wait.ended and pending.get(local_key) is wait:
+                    wait.ended = True
+                    del pending[local_key]
         return fd is not None
 
     def _unlock(self, offset: KeyOffset, fd: int) -> None:
