@@ -185,9 +185,11 @@ def check_sync_fn(fn: object, what: str, instead: str) -> None:
 
 def returned_coroutine(result: CoroutineType[Any, Any, Any], what: str, instead: str) -> TypeError:
     """The error for a sync ``fn`` that returned a coroutine (a lambda or wrapper around an
-    ``async def``): its work would run after the key was let go, if ever. The coroutine is
-    closed unrun, so that it does not warn later as never awaited."""
-    result.close()
+    ``async def``): its work would run after the key was let go, if ever. A coroutine not
+    started yet is closed unrun, so that it does not warn later as never awaited (one
+    already started belongs to whoever started it: it is left as it is)."""
+    if inspect.getcoroutinestate(result) == inspect.CORO_CREATED:
+        result.close()
     return TypeError(
         f"{what} needs a sync function, but fn returned a coroutine ({result.__qualname__}), "
         f"which it would never await; use `{instead}`"
