@@ -461,11 +461,21 @@ _STARTER = os.getpid()
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM to the test process (a CI timeout, ``kill``): the servers it started go too
     (they run in sessions of their own, and ``atexit`` does not run on a signal), then it
-    ends by the signal as it would have. A forked child only ends."""
+    ends by the signal as it would have. A forked child gets the default action back
+    (:func:`_default_sigterm_in_child`); should it still get here, it only ends."""
     if os.getpid() == _STARTER:
         _kill_leftovers()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _default_sigterm_in_child() -> None:
+    """A forked child (a pool worker, a test's child) ends on SIGTERM at once, as it would
+    without :func:`_terminated`: a Python handler runs only when the child's main thread gets
+    back to Python, and ``Pool.terminate`` waits for that."""
+    if signal.getsignal(signal.SIGTERM) is _terminated:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _end_with_sigterm() -> None:
@@ -476,3 +486,4 @@ def _end_with_sigterm() -> None:
         and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     ):
         signal.signal(signal.SIGTERM, _terminated)
+        os.register_at_fork(after_in_child=_default_sigterm_in_child)
