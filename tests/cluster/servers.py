@@ -13,7 +13,10 @@
 
 Every wait is bounded by :data:`~tests.support.WAIT`; a server that does not come up raises
 :class:`ServerError` with the end of its log. Servers still running when the interpreter exits
-are killed (a safety net for interrupted runs; the fixtures stop them first).
+are killed and their directories removed (a safety net for interrupted runs; the fixtures stop
+them first). A signal that ends the test process (SIGTERM, SIGKILL) skips that: no SIGTERM
+handler is installed, because a forked child (a pool worker) inherits it, and SIGTERM sent
+before the child has set itself up is then lost (``Pool.terminate`` waits on that child).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -221,7 +223,6 @@ class Server:
         )
         self._paused = False
         _running.add(self)
-        _end_with_sigterm()
         try:
             self._wait_ready()
         except BaseException:
@@ -452,38 +453,3 @@ def _kill_leftovers() -> None:
             server.kill()
         if server._own_dir:
             shutil.rmtree(server.dir, ignore_errors=True)
-
-
-#: The process that started the servers (a forked child inherits the handler below).
-_STARTER = os.getpid()
-
-
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM to the test process (a CI timeout, ``kill``): the servers it started go too
-    (they run in sessions of their own, and ``atexit`` does not run on a signal), then it
-    ends by the signal as it would have. A forked child gets the default action back
-    (:func:`_default_sigterm_in_child`); should it still get here, it only ends."""
-    if os.getpid() == _STARTER:
-        _kill_leftovers()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _default_sigterm_in_child() -> None:
-    """A forked child (a pool worker, a test's child) ends on SIGTERM at once, as it would
-    without :func:`_terminated`: a Python handler runs only when the child's main thread gets
-    back to Python, and ``Pool.terminate`` waits for that."""
-    if signal.getsignal(signal.SIGTERM) is _terminated:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _end_with_sigterm() -> None:
-    """Install :func:`_terminated`, from the main thread, where nothing else handles SIGTERM."""
-    if (
-        threading.current_thread() is threading.main_thread()
-        and os.getpid() == _STARTER
-        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    ):
-        signal.signal(signal.SIGTERM, _terminated)
-        os.register_at_fork(after_in_child=_default_sigterm_in_child)
