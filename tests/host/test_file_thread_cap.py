@@ -657,3 +657,65 @@ def test_a_wait_queued_behind_a_thread_interrupted_as_it_starts_is_served(
     wait_until(lambda: not scope_of(lock).pending, "every kernel wait ends")
     wait_until(lambda: _pool(lock).threads == 0 and not helper_threads(), "helper threads end")
     assert len(lock) == 0
+
+
+def test_an_interrupt_as_submit_counts_a_thread_gives_the_place_back(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as the pool's submit leaves its mutex, the thread counted but not yet asked
+    for: the place is given back. (It was lost for good: with ``max_threads=1``, every later
+    wait queued behind a thread that did not exist.)"""
+    lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
+    other.acquire("k")
+    pool = _pool(lock)
+    mutex = pool._mutex
+
+    class Interrupting:
+        armed = True
+
+        def __enter__(self) -> bool:
+            return bool(mutex.__enter__())
+
+        def __exit__(self, *exc_info: object) -> None:
+            mutex.release()
+            counted = pool.threads == pool.limit and not pool.queued
+            if self.armed and counted and sys._getframe(1).f_code.co_name == "submit":
+                self.armed = False
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool, "_mutex", Interrupting())
+    _interrupted_acquire(lock, other)
+    _served_in_turn(lock, other, "a", "b")
+
+
+def test_a_wait_queued_behind_a_thread_that_never_started_is_served(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as the pool makes its helper thread (counted, not started), while another
+    caller's wait queues behind it (the cap reached): the place given back goes to that
+    wait, in a thread started for it. (It was stranded until another wait came.)"""
+    lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
+    other.acquire("k")
+    other.acquire("j")
+    thread_type = threading.Thread
+    name = _pool(lock).name
+    queued: list[Any] = []
+
+    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("name") == name:  # (the pool's helper thread only, once)
+                monkeypatch.setattr(threading, "Thread", thread_type)
+                queued.append(start_thread(lambda: lock.acquire("j", timeout=WAIT), "j"))
+                wait_until(lambda: _pool(lock).queued == 1, "j's wait queues behind it")
+                raise KeyboardInterrupt
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(threading, "Thread", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire("k", timeout=WAIT)
+    other.release("j")
+    [waiter] = queued
+    assert waiter.result(), "the wait queued behind the thread that never started was stranded"
+    lock.release("j")
+    other.release("k")
+    _served_in_turn(lock, other, "a", "b")

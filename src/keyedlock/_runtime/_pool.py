@@ -22,6 +22,7 @@ import threading
 from collections import OrderedDict
 from typing import Protocol
 
+from .._core import complete
 from .._ki import internal
 
 __all__ = ["OffloadPool", "Queued"]
@@ -69,26 +70,40 @@ class OffloadPool:
 
         If this raises (no thread could start, or an interrupt), the call may not run: its
         ``run()`` must find out for itself whether it is still wanted (see ``Offload``)."""
-        with self._mutex:
-            if self._running >= self.limit:
-                self._queue[call] = None
-                return
-            self._running += 1
         begun = [False]  # set by the thread as it begins; True for good once given up
+        counted = False
         try:
+            with self._mutex:  # (an interrupt as it exits: counted, and no thread yet)
+                if self._running >= self.limit:
+                    self._queue[call] = None
+                    return
+                self._running += 1
+                counted = True
             worker = threading.Thread(
                 target=self._work, args=(call, begun), name=self.name, daemon=True
             )
             worker.start()
         except BaseException:
-            # Thread.start() waits for the new thread: an interrupt there leaves a thread that
-            # runs anyway. Whichever of the two comes first owns the count: given back here,
-            # the thread ends at once, without the call.
-            with self._mutex:
-                if not begun[0]:
-                    begun[0] = True
-                    self._running -= 1
+            if counted:
+                complete(self._give_back, begun)
             raise
+
+    def _give_back(self, begun: list[bool]) -> None:
+        """``submit`` was interrupted after it counted a thread: give the place back, unless
+        the thread began (it owns the count then), and if a call queued meanwhile, start a
+        thread that takes it. Thread.start() waits for the new thread: an interrupt there
+        leaves a thread that runs anyway; whichever of the two comes first owns the count
+        (given back here, the thread takes a queued call instead, or ends)."""
+        with self._mutex:
+            if not begun[0]:
+                begun[0] = True
+                self._running -= 1
+            stranded = bool(self._queue) and self._running < self.limit
+        if stranded:
+            # (Run again after an interrupt, this may start one more: it finds nothing to do.)
+            threading.Thread(
+                target=self._work, args=(None, [True]), name=self.name, daemon=True
+            ).start()
 
     def withdraw(self, call: Queued) -> bool:
         """Take ``call`` out of the queue; False if it is not queued (it started already)."""
@@ -104,9 +119,10 @@ class OffloadPool:
         self._running = 0
         self._queue = OrderedDict()
 
-    def _work(self, call: Queued, begun: list[bool]) -> None:
+    def _work(self, call: Queued | None, begun: list[bool]) -> None:
         """A thread of the pool: run ``call``, then each queued call in turn, until none is left
-        (nothing if its submitter gave its place up first: see :meth:`submit`)."""
+        (if its submitter gave its place up first, ``begun`` is True as it begins: it takes a
+        queued call instead, or ends; see :meth:`_give_back`)."""
         with self._mutex:
             if begun[0]:
                 # Its submitter gave its place up (see submit): it takes a call queued
@@ -116,6 +132,7 @@ class OffloadPool:
                 self._running += 1
                 call = self._queue.popitem(last=False)[0]
             begun[0] = True
+        assert call is not None  # (None only for a thread that takes a queued call)
         try:
             while True:
                 call.run()
