@@ -190,6 +190,37 @@ def test_next_local_holder_adopts_the_abandoned_wait(
     assert holder.ask("release", "k") == "ok"
 
 
+def test_an_adopter_interrupted_as_it_claims_the_wait_lets_it_go(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right after the next local holder claimed the kernel wait a timed-out waiter
+    left running: its cleanup lets the claim go, so the grant that comes later is given
+    back. (It was recorded for a hold that was gone: the byte stayed locked on the host.)"""
+    lock, other = FileKeyedLock(lock_path), FileKeyedLock(lock_path)  # two descriptions
+    assert other.acquire("k")
+    assert lock.acquire("k", timeout=SHORT) is False  # its kernel wait keeps running
+    scope = scope_of(lock)
+    wait = scope.pending[scope.map_key("k")]
+    job_type = type(wait.job)
+    claim = job_type.claim
+
+    def interrupted(job: object, accept: object = None) -> bool:
+        monkeypatch.setattr(job_type, "claim", claim)  # (once)
+        if claim(job, accept):
+            raise KeyboardInterrupt  # (as a signal handler would, as the call returns)
+        return False
+
+    monkeypatch.setattr(job_type, "claim", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire("k", timeout=WAIT)
+    other.release("k")  # the kernel grants the wait now, to nobody
+    wait_until(lambda: _pending(lock) == 0, "the kernel wait ends")
+    assert other.acquire("k", timeout=WAIT), "the byte stayed locked through the waits' fd"
+    other.release("k")
+    assert not scope.held
+    assert len(lock) == 0
+
+
 def test_local_waiters_are_served_in_arrival_order(
     file_lock: FileKeyedLock, children: Children
 ) -> None:

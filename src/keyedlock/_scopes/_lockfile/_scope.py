@@ -33,18 +33,16 @@ which shapes everything here:
 - A waiter that gives up leaves its kernel wait running (``F_OFD_SETLKW``
   cannot be interrupted): the next local holder of that offset adopts it
   instead of starting another thread, so there is at most one kernel wait
-  (and one helper thread) per offset. If the kernel grants it while nobody
-  has adopted it, the helper thread unlocks it at once (the waiter's event
-  loop may be gone).
+  (and one helper thread) per offset. A grant nobody adopted is unlocked at
+  once by the helper thread (the waiter's event loop may be gone).
 - One wait per offset is also what makes the waits' descriptor safe to
   share: its locks on one byte all come from that byte's wait. A new wait
   for an offset starts only once the previous one ended and gave back what
   it was granted (:meth:`FileScope.end_wait`, exactly once per wait), and a
   lock granted to a claimant is released by that claimant only.
-- A forked child shares its parent's descriptions. After ``fork`` the child
-  closes (never unlocks: that would drop the parent's locks) every inherited
-  descriptor, opens a description of its own and starts with nothing held
-  (see :mod:`._files`).
+- A forked child shares its parent's descriptions: it closes every inherited
+  descriptor (never unlocks: that would drop the parent's locks), opens its
+  own and starts with nothing held (see :mod:`._files`).
 
 Interrupts: a hold's record is written *before* its byte is locked through
 the shared descriptor, marked as in progress (``~fd``, negative), and
@@ -135,11 +133,13 @@ class _KernelWait:
         return reply
 
     def claim(self, hold: Hold) -> bool:
-        """Under FDS_LOCK: make ``hold`` the wait's claimant; False if it cannot be claimed."""
-        if not self.job.claim(partial(self.accept, hold)):
-            return False
-        self.claimant = hold
-        return True
+        """Under FDS_LOCK: make ``hold`` the wait's claimant; False if it cannot be claimed.
+        (Named first: interrupted once the job is claimed, the hold's abandon lets it go.)"""
+        previous, self.claimant = self.claimant, hold
+        if self.job.claim(partial(self.accept, hold)):
+            return True
+        self.claimant = previous
+        return False
 
     def accept(self, hold: Hold, finished: Finished[bytes]) -> None:
         """The kernel answered while ``hold`` waited: record a grant for it, at once."""
