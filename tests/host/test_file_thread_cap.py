@@ -719,3 +719,38 @@ def test_a_wait_queued_behind_a_thread_that_never_started_is_served(
     lock.release("j")
     other.release("k")
     _served_in_turn(lock, other, "a", "b")
+
+
+def test_a_second_interrupt_as_the_place_is_given_back_still_gives_it_back(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C twice: as the pool makes its helper thread, then again as submit gives the
+    thread's place back. The recovery runs again, and the place is given back once."""
+    lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
+    other.acquire("k")
+    pool = _pool(lock)
+    thread_type = threading.Thread
+    name = pool.name
+
+    class Places(set[Any]):
+        interrupts = 1
+
+        def discard(self, item: Any) -> None:
+            if self.interrupts and sys._getframe(1).f_code.co_name == "_give_back":
+                self.interrupts -= 1
+                raise KeyboardInterrupt  # (the second: as the place is about to go)
+            super().discard(item)
+
+    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("name") == name:  # (the pool's helper thread only, once)
+                monkeypatch.setattr(threading, "Thread", thread_type)
+                raise KeyboardInterrupt  # (the first)
+            super().__init__(*args, **kwargs)
+
+    places = Places()
+    monkeypatch.setattr(pool, "_places", places)
+    monkeypatch.setattr(threading, "Thread", Interrupted)
+    _interrupted_acquire(lock, other)
+    assert places.interrupts == 0, "the second interrupt was not delivered"
+    _served_in_turn(lock, other, "a", "b")

@@ -34,11 +34,22 @@ class Queued(Protocol):
     def run(self) -> None: ...
 
 
+class _Place:
+    """One thread's place in a pool: counted while it is in the pool's ``places`` set (adding
+    and discarding it are single steps, safe to repeat after an interrupt)."""
+
+    __slots__ = ("begun",)
+
+    def __init__(self) -> None:
+        #: Set by the thread as it begins: from then on the place is the thread's to give up.
+        self.begun = False
+
+
 @internal
 class OffloadPool:
     """At most ``limit`` daemon threads named ``name``, running queued calls in FIFO order."""
 
-    __slots__ = ("_mutex", "_queue", "_running", "limit", "name")
+    __slots__ = ("_mutex", "_places", "_queue", "limit", "name")
 
     def __init__(self, limit: int, name: str) -> None:
         if limit < 1:
@@ -46,19 +57,19 @@ class OffloadPool:
         self.limit = limit
         self.name = name
         self._mutex = threading.Lock()
-        self._running = 0
+        self._places: set[_Place] = set()
         self._queue: OrderedDict[Queued, None] = OrderedDict()
 
     def __repr__(self) -> str:
         return (
-            f"<OffloadPool {self.name} threads={self._running}/{self.limit} "
+            f"<OffloadPool {self.name} threads={len(self._places)}/{self.limit} "
             f"queued={len(self._queue)}>"
         )
 
     @property
     def threads(self) -> int:
         """How many of the pool's threads are running a call."""
-        return self._running
+        return len(self._places)
 
     @property
     def queued(self) -> int:
@@ -70,40 +81,32 @@ class OffloadPool:
 
         If this raises (no thread could start, or an interrupt), the call may not run: its
         ``run()`` must find out for itself whether it is still wanted (see ``Offload``)."""
-        begun = [False]  # set by the thread as it begins; True for good once given up
-        counted = False
+        place = _Place()
         try:
-            with self._mutex:  # (an interrupt as it exits: counted, and no thread yet)
-                if self._running >= self.limit:
+            with self._mutex:
+                if len(self._places) >= self.limit:
                     self._queue[call] = None
                     return
-                self._running += 1
-                counted = True
-            worker = threading.Thread(
-                target=self._work, args=(call, begun), name=self.name, daemon=True
-            )
-            worker.start()
+                self._places.add(place)
+            self._start(call, place)
         except BaseException:
-            if counted:
-                complete(self._give_back, begun)
+            complete(self._give_back, place)  # (nothing to give back if the call was queued)
             raise
 
-    def _give_back(self, begun: list[bool]) -> None:
-        """``submit`` was interrupted after it counted a thread: give the place back, unless
-        the thread began (it owns the count then), and if a call queued meanwhile, start a
-        thread that takes it. Thread.start() waits for the new thread: an interrupt there
-        leaves a thread that runs anyway; whichever of the two comes first owns the count
-        (given back here, the thread takes a queued call instead, or ends)."""
+    def _start(self, call: Queued | None, place: _Place) -> None:
+        threading.Thread(target=self._work, args=(call, place), name=self.name, daemon=True).start()
+
+    def _give_back(self, place: _Place) -> None:
+        """``submit`` was interrupted (or no thread could start): give its place back, unless
+        its thread began (Thread.start() waits for the new thread: interrupted there, the
+        thread runs anyway, and owns the place); then, if a call queued meanwhile and there
+        is room, start a thread that takes it. Safe to run again."""
         with self._mutex:
-            if not begun[0]:
-                begun[0] = True
-                self._running -= 1
-            stranded = bool(self._queue) and self._running < self.limit
+            if not place.begun:
+                self._places.discard(place)  # (its thread, if it begins, takes a queued call)
+            stranded = bool(self._queue) and len(self._places) < self.limit
         if stranded:
-            # (Run again after an interrupt, this may start one more: it finds nothing to do.)
-            threading.Thread(
-                target=self._work, args=(None, [True]), name=self.name, daemon=True
-            ).start()
+            self._start(None, _Place())  # (run again, this may start one more: it ends at once)
 
     def withdraw(self, call: Queued) -> bool:
         """Take ``call`` out of the queue; False if it is not queued (it started already)."""
@@ -116,38 +119,34 @@ class OffloadPool:
     def forked(self) -> None:
         """In a fork child: no thread and nothing queued (a new mutex: the parent's may be held)."""
         self._mutex = threading.Lock()
-        self._running = 0
+        self._places = set()
         self._queue = OrderedDict()
 
-    def _work(self, call: Queued | None, begun: list[bool]) -> None:
-        """A thread of the pool: run ``call``, then each queued call in turn, until none is left
-        (if its submitter gave its place up first, ``begun`` is True as it begins: it takes a
-        queued call instead, or ends; see :meth:`_give_back`)."""
+    def _work(self, call: Queued | None, place: _Place) -> None:
+        """A thread of the pool: run ``call``, then each queued call in turn, until none is left.
+        Without a place in the pool as it begins (given back by its submitter, or a thread
+        started for the queue), it takes a place and a queued call if there is room, or ends."""
         with self._mutex:
-            if begun[0]:
-                # Its submitter gave its place up (see submit): it takes a call queued
-                # meanwhile instead, if there is room for it (none may be left waiting).
-                if not self._queue or self._running >= self.limit:
+            if place not in self._places:
+                if not self._queue or len(self._places) >= self.limit:
                     return
-                self._running += 1
+                self._places.add(place)
                 call = self._queue.popitem(last=False)[0]
-            begun[0] = True
-        assert call is not None  # (None only for a thread that takes a queued call)
+            place.begun = True
+        assert call is not None  # (None only for a thread started for the queue)
         try:
             while True:
                 call.run()
                 with self._mutex:
                     if not self._queue:
-                        self._running -= 1
+                        self._places.discard(place)
                         return
                     call = self._queue.popitem(last=False)[0]
         except BaseException:
             # run() does not raise; if it ever did, the queue must not be stranded.
             with self._mutex:
-                self._running -= 1
+                self._places.discard(place)
                 restart = bool(self._queue)
-                if restart:
-                    call = self._queue.popitem(last=False)[0]
             if restart:
-                self.submit(call)
+                self._start(None, _Place())
             raise
