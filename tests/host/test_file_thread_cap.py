@@ -13,7 +13,7 @@ import multiprocessing
 import pickle
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
@@ -659,6 +659,26 @@ def test_a_wait_queued_behind_a_thread_interrupted_as_it_starts_is_served(
     assert len(lock) == 0
 
 
+def _interrupt_making_the_pools_thread(
+    lock: FileKeyedLock, monkeypatch: pytest.MonkeyPatch, before: Callable[[], None] | None = None
+) -> None:
+    """Ctrl-C as the pool makes its next helper thread (``Thread.__init__``: counted, never
+    started), once; ``before`` runs first."""
+    thread_type = threading.Thread
+    name = _pool(lock).name
+
+    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("name") == name:  # (the pool's helper thread only, once)
+                monkeypatch.setattr(threading, "Thread", thread_type)
+                if before is not None:
+                    before()
+                raise KeyboardInterrupt
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(threading, "Thread", Interrupted)
+
+
 def test_an_interrupt_as_submit_counts_a_thread_gives_the_place_back(
     lock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -697,20 +717,13 @@ def test_a_wait_queued_behind_a_thread_that_never_started_is_served(
     lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
     other.acquire("k")
     other.acquire("j")
-    thread_type = threading.Thread
-    name = _pool(lock).name
     queued: list[Any] = []
 
-    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if kwargs.get("name") == name:  # (the pool's helper thread only, once)
-                monkeypatch.setattr(threading, "Thread", thread_type)
-                queued.append(start_thread(lambda: lock.acquire("j", timeout=WAIT), "j"))
-                wait_until(lambda: _pool(lock).queued == 1, "j's wait queues behind it")
-                raise KeyboardInterrupt
-            super().__init__(*args, **kwargs)
+    def queue_a_wait_for_j() -> None:
+        queued.append(start_thread(lambda: lock.acquire("j", timeout=WAIT), "j"))
+        wait_until(lambda: _pool(lock).queued == 1, "j's wait queues behind it")
 
-    monkeypatch.setattr(threading, "Thread", Interrupted)
+    _interrupt_making_the_pools_thread(lock, monkeypatch, queue_a_wait_for_j)
     with pytest.raises(KeyboardInterrupt):
         lock.acquire("k", timeout=WAIT)
     other.release("j")
@@ -729,8 +742,6 @@ def test_a_second_interrupt_as_the_place_is_given_back_still_gives_it_back(
     lock, other = FileKeyedLock(lock_path, max_threads=1), FileKeyedLock(lock_path)
     other.acquire("k")
     pool = _pool(lock)
-    thread_type = threading.Thread
-    name = pool.name
 
     class Places(set[Any]):
         interrupts = 1
@@ -741,16 +752,9 @@ def test_a_second_interrupt_as_the_place_is_given_back_still_gives_it_back(
                 raise KeyboardInterrupt  # (the second: as the place is about to go)
             super().discard(item)
 
-    class Interrupted(thread_type):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if kwargs.get("name") == name:  # (the pool's helper thread only, once)
-                monkeypatch.setattr(threading, "Thread", thread_type)
-                raise KeyboardInterrupt  # (the first)
-            super().__init__(*args, **kwargs)
-
     places = Places()
     monkeypatch.setattr(pool, "_places", places)
-    monkeypatch.setattr(threading, "Thread", Interrupted)
+    _interrupt_making_the_pools_thread(lock, monkeypatch)  # (the first)
     _interrupted_acquire(lock, other)
     assert places.interrupts == 0, "the second interrupt was not delivered"
     _served_in_turn(lock, other, "a", "b")
