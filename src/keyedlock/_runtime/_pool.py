@@ -35,7 +35,7 @@ class Queued(Protocol):
 
 
 class _Place:
-    """One thread's place in a pool: counted while it is in the pool's ``places`` set (adding
+    """One thread's place in a pool: counted while it is in the pool's ``_places`` set (adding
     and discarding it are single steps, safe to repeat after an interrupt)."""
 
     __slots__ = ("begun",)
