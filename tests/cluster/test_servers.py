@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from ..support import run_python
+from ..support import WAIT, run_python, wait_until
 from .servers import CLUSTER_SLOTS, Cluster, Server
 
 
@@ -127,3 +133,57 @@ def test_stop_ends_and_reaps_even_a_paused_server(server_binary: str) -> None:
     finally:
         server.close()
     assert not server.dir.exists()
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has ended (a zombie that its new parent has not reaped counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_server_ends_with_the_test_process_that_started_it(
+    server_binary: str, signum: signal.Signals
+) -> None:
+    """A test run ended by a signal (no exit handler runs) leaves no server running."""
+    root = Path(__file__).resolve().parents[2]
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                sys.path.insert(0, {str(root)!r})
+                from tests.cluster.servers import Server
+                server = Server({server_binary!r})
+                server.start()
+                print(server.pid, server.dir, flush=True)
+                time.sleep(3600)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    directory = ""
+    try:
+        assert starter.stdout is not None
+        pid_text, directory = starter.stdout.readline().split()  # (bounded by the test's timeout)
+        pid = int(pid_text)
+        assert not _gone(pid)
+        starter.send_signal(signum)
+        assert starter.wait(WAIT) == -signum
+        wait_until(lambda: _gone(pid), "the server ends with the process that started it")
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait(WAIT)
+        if starter.stdout is not None:
+            starter.stdout.close()
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
