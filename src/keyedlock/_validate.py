@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 import types
 from abc import get_cache_token
 from collections.abc import Callable, Hashable
@@ -27,6 +28,7 @@ __all__ = [
     "is_async_callable",
     "is_awaitable",
     "returned_coroutine",
+    "seconds",
 ]
 
 OnError = Literal["continue", "stop"]
@@ -43,6 +45,19 @@ def check_key(key: object) -> Hashable:
     return key
 
 
+def seconds(value: object, name: str, none: str = "") -> float:
+    """``value``, a real number of seconds (``numbers.Real``: ``int``, ``float``,
+    ``Fraction``, NumPy's numbers; not ``bool``), as a float: TypeError for anything else,
+    naming the argument. An ``int`` (or other real) too large for a float is ``inf``.
+    ``none`` is added to the message (" or None" where None is allowed)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds{none}, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # longer than any float: forever
+        return math.inf
+
+
 def check_timeout(timeout: float | None) -> float | None:
     """Normalize a timeout: None or ``inf`` waits forever, 0 tries once.
 
@@ -50,8 +65,8 @@ def check_timeout(timeout: float | None) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if type(timeout) is not float and type(timeout) is not int:  # (every usual call: no ABC)
+        timeout = seconds(timeout, "timeout", " or None")
     if timeout != timeout:  # NaN
         raise ValueError("timeout must not be NaN")
     if timeout < 0:
@@ -200,12 +215,7 @@ def check_warn_after(warn_after: object) -> float | None:
     """``warn_after``: None (off), or a finite number of seconds > 0."""
     if warn_after is None:
         return None
-    if isinstance(warn_after, bool) or not isinstance(warn_after, (int, float)):
-        raise TypeError(f"warn_after must be a number of seconds or None, got {warn_after!r}")
-    try:
-        value = float(warn_after)
-    except OverflowError:
-        value = math.inf
+    value = seconds(warn_after, "warn_after", " or None")
     if not value > 0 or math.isinf(value):
         raise ValueError(f"warn_after must be a finite number of seconds > 0, got {warn_after!r}")
     return value
@@ -213,12 +223,7 @@ def check_warn_after(warn_after: object) -> float | None:
 
 def check_ttl(ttl: object) -> float:
     """A single-flight ``ttl``: a finite number of seconds >= 0."""
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"ttl must be a number of seconds, got {ttl!r}")
-    try:
-        value = float(ttl)
-    except OverflowError:
-        value = math.inf
+    value = seconds(ttl, "ttl")
     if not value >= 0 or math.isinf(value):
         raise ValueError(f"ttl must be a finite number of seconds >= 0, got {ttl!r}")
     return value

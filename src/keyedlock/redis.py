@@ -31,7 +31,7 @@ from ._errors import LeaseLost
 from ._lock import KeyedLock
 from ._scopes import Link, RedisBackend, RedisContext, RedisFlightBackend
 from ._singleflight import SingleFlight
-from ._validate import check_flag, check_max_waiters, check_ttl, check_warn_after
+from ._validate import check_flag, check_max_waiters, check_ttl, check_warn_after, seconds
 
 __all__ = ["LeaseLost", "RedisContext", "RedisKeyedLock", "RedisSingleFlight"]
 
@@ -40,12 +40,7 @@ MIN_LEASE: Final = 0.05
 
 
 def _check_lease(lease: object) -> float:
-    if isinstance(lease, bool) or not isinstance(lease, int | float):
-        raise TypeError(f"lease must be a number of seconds, got {lease!r}")
-    try:
-        value = float(lease)
-    except OverflowError:  # an int too large for a float
-        value = math.inf
+    value = seconds(lease, "lease")
     if not math.isfinite(value) or value < MIN_LEASE:
         raise ValueError(
             f"lease must be a finite number of seconds >= {MIN_LEASE} (it is renewed every "
@@ -237,6 +232,9 @@ class RedisSingleFlight(SingleFlight):
       plain data). A result that cannot be serialized makes every caller, the one that ran
       it included, raise TypeError; an exception that cannot be reaches the others as a
       TypeError describing it.
+    - ``in_flight(key)`` and ``statistics(key)`` answer for every process (one round trip);
+      ``len(flight)`` and ``keys()`` count only the calls this process's callers run or wait
+      for (a call another process leads alone is in flight, but not counted here).
 
     Args:
         client_or_url: as for :class:`RedisKeyedLock`.

@@ -14,6 +14,8 @@ import pickle
 import threading
 import time
 import warnings
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import anyio
@@ -111,6 +113,7 @@ def test_names_on_the_server_are_documented(make_lock: MakeLock, redis_client: r
         ({"lease": 10**400}, ValueError),  # (too large for a float: still named)
         ({"lease": "10"}, TypeError),
         ({"lease": True}, TypeError),
+        ({"lease": Decimal(10)}, TypeError),  # (a number, but not a numbers.Real)
         ({"prefix": "a{b"}, ValueError),
         ({"prefix": 3}, TypeError),
         ({"max_waiters": -1}, ValueError),
@@ -122,6 +125,12 @@ def test_bad_options_are_refused(
 ) -> None:
     with pytest.raises(error, match=next(iter(options))):
         RedisKeyedLock(redis_server.url, **options)
+
+
+def test_a_lease_is_any_real_number_of_seconds(redis_server: Server) -> None:
+    lease: Any = Fraction(3, 2)  # (typed float, as threading's timeouts are)
+    lock = RedisKeyedLock(redis_server.url, lease=lease)
+    assert lock.lease == 1.5
 
 
 def test_a_client_of_another_kind_is_refused() -> None:

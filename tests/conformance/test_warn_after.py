@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 from unittest.mock import patch
 
@@ -62,12 +63,18 @@ async def test_a_long_hold_of_a_task_is_logged(
     assert f"{anyio_backend} task" in records.messages()[0]
 
 
-@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError)])
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)]
+)
 def test_bad_warn_after_is_refused(
     make_lock: Callable[..., KeyedLock], value: Any, error: type[Exception]
 ) -> None:
     with pytest.raises(error, match="warn_after"):
         make_lock(warn_after=value)
+
+
+def test_warn_after_is_any_real_number_of_seconds(make_lock: Callable[..., KeyedLock]) -> None:
+    assert make_lock(warn_after=Fraction(1, 2)).warn_after == 0.5
 
 
 def _wait_in_thread(records: Records) -> None:

@@ -23,6 +23,8 @@ import multiprocessing
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -424,6 +426,7 @@ BAD_TIMEOUTS: list[tuple[Any, type[Exception], str]] = [
     (True, TypeError, "number"),
     (1j, TypeError, "number"),
     ([1], TypeError, "number"),
+    (Decimal("1"), TypeError, "number"),  # a number, but not a real one (numbers.Real)
 ]
 
 TIMEOUT_USES: dict[str, Callable[[Any, Any], object]] = {
@@ -519,6 +522,14 @@ def test_a_timeout_too_large_for_a_float_is_accepted(any_lock: AnyLock) -> None:
     """10**400 seconds is a number >= 0, and finite: it waits like 1e300 does."""
     for name, use in UNBOUNDED_USES.items():
         assert use(any_lock, HUGE) is True, name
+
+
+def test_a_real_number_that_is_not_a_float_is_a_timeout(any_lock: AnyLock) -> None:
+    """Any ``numbers.Real`` is a number of seconds (a Fraction here; NumPy's numbers too), as
+    for ``threading.Lock``; and one too large for a float waits like ``inf``."""
+    for name, use in UNBOUNDED_USES.items():
+        assert use(any_lock, Fraction(1, 2)) is True, name
+        assert use(any_lock, Fraction(HUGE, 3)) is True, name
 
 
 async def async_with_timeout(lock: Any, timeout: Any) -> bool:
@@ -1109,6 +1120,7 @@ BAD_TTLS: list[tuple[Any, type[Exception], str]] = [
     (True, TypeError, "ttl must be a number"),
     (1j, TypeError, "ttl must be a number"),
     ([1], TypeError, "ttl must be a number"),
+    (Decimal("1"), TypeError, "ttl must be a number"),
 ]
 
 
