@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._lock import KeyedLock
-from ._scopes import DEFAULT_MAX_THREADS, FileBackend, key_offset
+from ._scopes import FileBackend, key_offset
 from ._statistics import LockStatistics, Owner
 from ._validate import check_flag, check_max_threads, check_max_waiters
 
@@ -125,7 +125,7 @@ class FileKeyedLock(KeyedLock):
         max_waiters: int | None = None,
         fast_acquire: bool = False,
         warn_after: float | None = None,
-        max_threads: int = DEFAULT_MAX_THREADS,
+        max_threads: int = 64,  # (DEFAULT_MAX_THREADS, written as the reference shows it)
     ) -> None:
         backend = FileBackend(
             path,
@@ -189,7 +189,7 @@ def _restore(
     max_waiters: int | None,
     fast_acquire: bool = False,
     warn_after: float | None = None,
-    max_threads: int = DEFAULT_MAX_THREADS,
+    max_threads: int = 64,  # (as in __init__)
 ) -> FileKeyedLock:
     return FileKeyedLock(
         path,

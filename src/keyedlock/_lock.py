@@ -76,6 +76,12 @@ class KeyedLock(RunMixin):
             them: a loop of acquires lets other tasks run, and a cancelled
             scope's body never starts. asyncio never yields for a free key,
             as :class:`asyncio.Lock`, whatever this says.
+        warn_after: seconds (a finite number > 0; None, the default: off) after
+            which a hold still held is logged once, at WARNING on the
+            ``keyedlock`` logger, with the key, the holder and the file and
+            line where it was acquired. Each acquisition then records its
+            time and place (about a microsecond). See "Seeing what is
+            happening" in docs/semantics.md.
     """
 
     __slots__ = (

@@ -341,7 +341,9 @@ class SingleFlight:
         return self._backend.in_flight(self._local(key))
 
     def __len__(self) -> int:
-        """Number of keys with a call in flight."""
+        """Number of keys with a call in flight (for a
+        :class:`~keyedlock.redis.RedisSingleFlight`: calls that this process's callers
+        run or wait for; :meth:`in_flight` asks the server)."""
         return self._backend.busy()
 
     def statistics(self, key: Hashable) -> FlightStatistics:
@@ -355,7 +357,8 @@ class SingleFlight:
         return self._backend.statistics(self._local(key), key)
 
     def keys(self) -> list[Hashable]:
-        """The keys with a call in flight at this moment (a snapshot)."""
+        """The keys with a call in flight at this moment (a snapshot; for a
+        :class:`~keyedlock.redis.RedisSingleFlight`, as :meth:`__len__`: this process's)."""
         return self._backend.keys()
 
     # -- decorator ---------------------------------------------------------

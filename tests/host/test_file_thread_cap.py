@@ -9,6 +9,7 @@ The keys are held by another process (an :class:`~tests.host.file_support.Agent`
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import pickle
 import sys
@@ -24,6 +25,7 @@ import anyio
 import pytest
 
 from keyedlock import FileKeyedLock, LockTimeout
+from keyedlock._scopes import DEFAULT_MAX_THREADS
 
 from ..support import WAIT, scope_of, start_thread, wait_until, wait_until_async
 from .file_support import Children, fds_of, helper_threads, own_fds
@@ -116,6 +118,9 @@ def test_max_threads_must_be_at_least_one(lock_path: str, bad: int) -> None:
 
 def test_max_threads_default_repr_and_copies(lock_path: str) -> None:
     assert FileKeyedLock(lock_path).max_threads == 64
+    # (the signature shows the number; the scope's own default is the same)
+    assert inspect.signature(FileKeyedLock).parameters["max_threads"].default == 64
+    assert DEFAULT_MAX_THREADS == 64
     lock = FileKeyedLock(lock_path, max_threads=3)
     assert lock.max_threads == 3
     assert "max_threads=3" in repr(lock)
