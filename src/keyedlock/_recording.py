@@ -201,6 +201,9 @@ class Watch:
                 continue
             held_for = now - getattr(ctx, "_since", now)
             if held_for >= self.warn_after and ctx not in self.warned:
+                if not self.backend.still_holds(ctx):  # (released by another process, say)
+                    self.left(ctx)
+                    continue
                 with self.guard:
                     if ctx not in self.live:
                         continue

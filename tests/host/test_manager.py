@@ -8,6 +8,7 @@ module level so that ``spawn`` workers can import them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -632,6 +633,39 @@ def test_an_owner_seen_through_two_proxies_of_a_lock_is_told_once(
     wait_until(no_report_on_its_way, "the manager answered the end of the thread")
     assert [m for m in records.messages() if "'twice'" in m] == [records.messages()[0]]
     klock.release("twice")
+
+
+@pytest.mark.parametrize("how", ["acquire()", "with"])
+def test_a_watched_hold_another_process_released_is_forgotten_not_logged(
+    manager: KeyedLockManager, records: Records, how: str
+) -> None:
+    """warn_after: a hold of this process that another process's ``release(key)`` ended is
+    not logged as a long hold: the watchdog asks the manager before it logs."""
+    lock = manager.KeyedLock(warn_after=0.05)
+    watch = lock._watch
+    assert watch is not None
+    with contextlib.ExitStack() as stack:
+        if how == "with":
+            stack.enter_context(lock("k"))
+        else:
+            assert lock.acquire("k")
+        acquired = time.monotonic()
+        with watch.guard:  # the watchdog looks at nothing until the key is released
+            releaser = Child(FORK, _release_keys, lock, ["k"])
+            releaser.result()
+            releaser.join()
+            wait_until(lambda: time.monotonic() > acquired + 0.05, "the hold is due")
+        wait_until(lambda: not watch.live, "the watchdog forgets the released hold")
+        assert records.messages() == []
+        if how == "with":
+            with pytest.raises(RuntimeError, match="which is not held"):
+                stack.close()
+    assert len(lock) == 0
+
+    # The same, not released: logged.
+    with lock("k"):
+        assert records.arrived.wait(WAIT)
+    assert "'k'" in records.messages()[0]
 
 
 # -- async waiters in workers ---------------------------------------------------------

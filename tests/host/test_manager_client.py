@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 
 import pytest
 
 from keyedlock._scopes._manager._client import _Link
-from keyedlock._scopes._manager._protocol import encode_reply
+from keyedlock._scopes._manager._protocol import REQUESTS, Request, encode_reply
+from keyedlock._scopes._manager._server import Server
 from keyedlock._scopes._manager._transport import NoAnswer, send_frame
 
 
@@ -34,3 +36,24 @@ def test_a_connection_given_up_twice_never_reads_another_connections_reply() -> 
     finally:
         for sock in (manager_side, other, other_manager_side):
             sock.close()
+
+
+@pytest.mark.parametrize("request_", REQUESTS.values(), ids=lambda r: r.handler)
+def test_every_request_is_served_by_a_method_taking_its_declared_fields(
+    request_: Request,
+) -> None:
+    """The wire format is declared once (the protocol module): the server calls
+    ``handler(connection, *fields)``, so each handler takes exactly as many positional
+    parameters as the request declares fields (a lock's and a group's requests share some
+    handlers: ``tid`` and ``fid`` name one list of tables)."""
+    handler = getattr(Server, request_.handler)
+    parameters = list(inspect.signature(handler).parameters.values())
+    assert [p.name for p in parameters[:2]] == ["self", "state"], request_
+    taken = parameters[2:]
+    assert len(taken) == len(request_.fields), request_
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in taken)
+
+
+def test_request_codes_are_unique() -> None:
+    assert len({request.code for request in REQUESTS.values()}) == len(REQUESTS)
+    assert all(code == request.code for code, request in REQUESTS.items())

@@ -177,6 +177,13 @@ class LockBackend(Protocol):
         """True while ``ctx`` holds its key, as far as this process can tell."""
         ...
 
+    def still_holds(self, ctx: LockContext) -> bool:
+        """As :meth:`holds`, asking the scope where this process cannot tell alone (a key
+        of a remote queue released by another process); True if the scope does not answer.
+        Only the ``warn_after`` watchdog calls it, before it logs a long hold: it may block
+        for a round trip."""
+        ...
+
 
 class WideScope(Protocol):
     """What a scope wider than the process implements in the local-then-wide model.

@@ -322,3 +322,6 @@ class LocalBackend:
     def holds(self, ctx: LockContext) -> bool:
         table: KeyTable = ctx._table  # type: ignore[assignment]
         return table.holder(ctx._key) is ctx
+
+    def still_holds(self, ctx: LockContext) -> bool:
+        return self.holds(ctx)  # (this process's table, and its own hold of the wide key)

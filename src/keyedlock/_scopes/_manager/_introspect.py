@@ -11,6 +11,7 @@ from time import monotonic
 from typing import Any
 
 from ..._core import FlightTable, Hold, KeyTable
+from ._records import LIVE
 
 __all__ = ["Introspection", "runtime_of"]
 
@@ -44,6 +45,12 @@ class Introspection:
 
     def keys(self, state: Any, tid: int) -> list[Hashable]:
         return self._table(tid).busy_keys()
+
+    def holds(self, state: Any, tid: int, serial: int) -> bool:
+        """True if the caller's process's hold ``serial`` still holds its key of lock ``tid``
+        (a release, by anyone, drops it from the process's holds)."""
+        hold = state.proc.holds.get(serial)
+        return hold is not None and hold.phase == LIVE and hold.table is self._table(tid)
 
     def stats(self, state: Any, tid: int, key: Hashable) -> tuple[Any, ...]:
         """(held, (pid, runtime, seconds held or None, name or None) or None,

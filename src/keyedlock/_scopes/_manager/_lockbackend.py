@@ -37,7 +37,18 @@ from ._client import Wait, client_for, next_serial
 from ._leftheld import left_held_for
 from ._owners import owner_id, owner_name
 from ._payloads import dump_cause, load_cause
-from ._protocol import ACQUIRE, KEYS, LEN, LOCKED, RELEASE, STATS, WAITERS, Reply, encode
+from ._protocol import (
+    ACQUIRE,
+    HOLDS,
+    KEYS,
+    LEN,
+    LOCKED,
+    RELEASE,
+    STATS,
+    WAITERS,
+    Reply,
+    encode,
+)
 from ._transport import REPLY_GRACE, NoAnswer, deadline_for
 
 __all__ = ["ManagerLockBackend", "ManagerLockContext", "check_wire_key", "wait_off_loop"]
@@ -286,3 +297,13 @@ class ManagerLockBackend:
 
     def holds(self, ctx: LockContext) -> bool:
         return ctx._phase == ENTERED  # (as far as this process can tell without asking)
+
+    def still_holds(self, ctx: LockContext) -> bool:
+        if ctx._phase != ENTERED:
+            return False
+        serial: int = ctx._serial  # type: ignore[attr-defined]  # a ManagerLockContext
+        try:
+            held = client_for(self.address).call(encode(HOLDS, self.tid, serial), deadline_for(0))
+        except Exception:  # (no answer: a long hold is better logged than hidden)
+            return True
+        return bool(held)

@@ -25,6 +25,7 @@ __all__ = [
     "FLIGHT_LEN",
     "FLIGHT_WAITERS",
     "FORGET",
+    "HOLDS",
     "IN_FLIGHT",
     "JOIN",
     "KEYS",
@@ -127,6 +128,13 @@ LEFT_HELD: Final = Request(
     "with acquire(); with ``abandon`` (a task's), each is abandoned: its waiters and later "
     "callers raise Abandoned until it is released.",
 )
+HOLDS: Final = Request(
+    20,
+    "holds",
+    ("tid", "serial"),
+    "True if the caller's process's hold ``serial`` (of lock ``tid``) still holds its key: no "
+    "``release(key)`` from another process released it.",
+)
 
 #: Every request, by code.
 REQUESTS: Final = {
@@ -151,6 +159,7 @@ REQUESTS: Final = {
         STATS,
         KEYS,
         LEFT_HELD,
+        HOLDS,
     )
 }
 
