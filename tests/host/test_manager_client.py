@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from keyedlock._scopes._manager._client import _Link
+from keyedlock._scopes._manager._client import Link
 from keyedlock._scopes._manager._protocol import REQUESTS, Request, encode_reply
 from keyedlock._scopes._manager._server import Server
 from keyedlock._scopes._manager._transport import NoAnswer, send_frame
@@ -18,7 +18,7 @@ def test_a_connection_given_up_twice_never_reads_another_connections_reply() -> 
     must not read the closed connection's descriptor number: another connection, made
     meanwhile, may have it, with a reply of its own waiting."""
     mine, manager_side = socket.socketpair()
-    link = _Link(mine, 1)
+    link = Link(mine, 1)
     number = link.fd
     with pytest.raises(NoAnswer):
         link.give_up()  # nothing had arrived

@@ -30,18 +30,20 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+import anyio
 import pytest
 
 from keyedlock import LockTimeout
 from keyedlock._scopes._manager import _server as manager_server
 from keyedlock.multiprocessing import KeyedLockManager, KeyedLockProxy
 
-from ..support import WAIT, readable, start_thread, wait_until
+from ..support import WAIT, readable, start_thread, wait_until, wait_until_async
 from .file_support import Children
 
 _HAS_FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -554,3 +556,69 @@ def test_untimed_requests_raise_connection_error_once_the_manager_is_gone(
     for request in (release, waiter):
         with pytest.raises(ConnectionError, match=re.escape(manager.address)):
             request.result()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ["acquire_async", "flight.do"])
+async def test_a_task_cancelled_while_the_manager_is_stopped_does_not_wait_for_it(
+    managers: Callable[[], KeyedLockManager], call: str
+) -> None:
+    """Cancelling a waiting task sends a cancel request from the event loop's thread; with the
+    manager stopped it waits for the grace at most, then tries again from a thread of its own:
+    the task ends while the manager is still stopped, and once the manager runs again the
+    wait is withdrawn there too."""
+    manager = managers()
+    lock, flight = manager.KeyedLock(), manager.SingleFlight()
+    lead, release_lead = threading.Event(), threading.Event()
+
+    def leader() -> str:
+        lead.set()
+        release_lead.wait(WAIT)
+        return "shared"
+
+    if call == "acquire_async":
+        assert await lock.acquire_async("k")
+    else:
+        leading = start_thread(lambda: flight.do_sync("k", leader), "leader")
+        assert lead.wait(WAIT)
+    ended = anyio.Event()
+    scope = anyio.CancelScope()
+
+    async def waiter() -> None:
+        try:
+            with scope:
+                if call == "acquire_async":
+                    await lock.acquire_async("k")
+                else:
+                    await flight.do("k", lambda: "never runs")
+                raise AssertionError("the wait was not cancelled")
+        finally:
+            ended.set()
+
+    def waiting() -> int:
+        if call == "acquire_async":
+            return lock.waiters("k")
+        return flight.statistics("k").followers
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(waiter)
+        await wait_until_async(lambda: waiting() == 1, "the task waits")
+        with stopped(manager) as pid:
+            # (a cancel that waited for the manager would block the loop: continue it in time
+            # for the test to fail, not hang)
+            unblock = threading.Timer(WAIT, os.kill, (pid, signal.SIGCONT))
+            unblock.start()
+            try:
+                scope.cancel()
+                with anyio.fail_after(WAIT):
+                    await ended.wait()
+                assert _process_state(pid) == "T", "the cancellation waited for the manager"
+            finally:
+                unblock.cancel()
+    wait_until(lambda: waiting() == 0, "the wait is withdrawn in the manager")
+    if call == "acquire_async":
+        lock.release("k")
+    else:
+        release_lead.set()
+        assert leading.result() == "shared"
+    wait_until(lambda: len(lock) == 0 and len(flight) == 0, "nothing is left in the manager")

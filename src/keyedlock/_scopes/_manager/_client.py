@@ -1,36 +1,26 @@
-"""The manager's client side: this process's connections, and requests that take a key.
+"""The manager's client side: this process's connections to a manager.
 
 Each process keeps, per manager, a pool of idle connections (:class:`Client`):
 a request borrows one, so concurrent requests of one process (threads,
 helper threads of async callers) never share one, and a connection is reused
 by the next request. After ``fork`` the child starts with an empty pool
-(never the parent's connections).
-
-A request that takes a key (:class:`Wait`) is never lost: its reply is kept
-on the :class:`Wait` (``reply``) before anything else happens, and a request
-interrupted anywhere (KeyboardInterrupt, its task cancelled, its deadline
-passed) shuts its connection and then either undoes the reply that came or
-withdraws the request with a CANCEL on another connection: the manager
-withdraws it, refuses it if it has not arrived yet, or releases what it was
-granted. A request with a deadline (:func:`~._transport.deadline_for`) gives
-up by then: the manager releases what it grants to a connection that is
-gone.
+(never the parent's connections). A request that takes a key is a
+:class:`~._wait.Wait`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import socket
 import threading
-from collections.abc import Callable
 from time import monotonic
 from typing import Any, Final
 
-from ..._core import complete
 from ..._ki import internal
-from ._protocol import CANCEL, Reply, encode, unpack_reply
+from ._protocol import unpack_reply
 from ._transport import (
     NoAnswer,
     Refused,
@@ -42,14 +32,26 @@ from ._transport import (
     send_frame_by,
 )
 
-__all__ = ["Client", "Wait", "client_for", "drop_client", "next_serial"]
+__all__ = [
+    "IDLE_LIMIT",
+    "Client",
+    "Link",
+    "OutOfDescriptors",
+    "client_for",
+    "drop_client",
+    "next_serial",
+]
+
+#: Idle connections a process keeps per manager (each is a descriptor here and a thread in
+#: the manager); more are closed as they come back, after a burst of waiters.
+IDLE_LIMIT: Final = 16
 
 #: Serials of this process's key-taking requests (unique per process; per pid on the server).
 next_serial: Final = itertools.count(1).__next__
 
 
 @internal
-class _Link:
+class Link:
     """One authenticated connection and the id the server gave it."""
 
     __slots__ = ("closed", "fd", "id", "sock")
@@ -98,15 +100,33 @@ class _Link:
             self.close()
 
 
+class OutOfDescriptors(ConnectionError):
+    """No file descriptor is left in this process to open another connection."""
+
+
 @internal
 class Client:
-    """This process's connections to one manager: one request in flight per connection."""
+    """This process's connections to one manager: one request in flight per connection.
 
-    __slots__ = ("address", "idle")
+    Each caller waiting for a key holds a connection (the manager answers
+    when it grants the key), so many waiters take many descriptors. So that
+    what ends a wait (a release, a call's outcome, a cancel: requests the
+    manager answers at once) still gets through when none is left, one
+    connection is kept aside as the *reserve*, used only then, by one
+    request at a time. Idle connections beyond :data:`IDLE_LIMIT` are closed
+    as they come back.
+    """
+
+    __slots__ = ("address", "closed", "idle", "reserve", "reserve_guard")
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.idle: list[_Link] = []
+        self.idle: list[Link] = []
+        self.reserve: Link | None = None
+        self.reserve_guard = threading.Lock()
+        #: Set by :meth:`close` (the manager shuts down, or a fork child drops its parent's):
+        #: a connection given back later is closed, not kept.
+        self.closed = False
 
     def gone(self, exc: BaseException) -> ConnectionError:
         return ConnectionError(
@@ -114,10 +134,11 @@ class Client:
             f"(it was shut down, or its process died): {exc!r}"
         )
 
-    def take(self, deadline: float | None = None) -> _Link:
+    def take(self, deadline: float | None = None) -> Link:
         """An idle connection, or a new one (``list.pop`` is atomic: no lock needed).
 
         Connecting and the handshake end by ``deadline`` (NoAnswer).
+        OutOfDescriptors if this process has no descriptor left for a new one.
         """
         try:
             return self.idle.pop()
@@ -126,6 +147,13 @@ class Client:
         try:
             sock = open_socket(self.address, deadline)
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptors(
+                    f"cannot open another connection to the KeyedLockManager at "
+                    f"{self.address!r}: no file descriptor is left ({exc}). Each caller "
+                    "waiting for a manager's key holds one connection: raise the limit "
+                    "(ulimit -n) or let fewer callers wait at once"
+                ) from exc
             raise self.gone(exc) from exc
         try:
             conn_id = greet(sock, deadline)
@@ -138,12 +166,34 @@ class Client:
             if isinstance(exc, (OSError, EOFError)):
                 raise self.gone(exc) from exc
             raise
-        return _Link(sock, conn_id)
+        return Link(sock, conn_id)
+
+    def give_back(self, link: Link) -> None:
+        """Keep a connection that served a request: as the reserve if there is none, else
+        idle (up to :data:`IDLE_LIMIT`), else close it."""
+        if link.closed:
+            return
+        kept = False
+        if self.reserve is None:
+            with self.reserve_guard:
+                if self.reserve is None:
+                    self.reserve = link
+                    kept = True
+        if not kept:
+            if len(self.idle) < IDLE_LIMIT:
+                self.idle.append(link)
+            else:
+                link.close()
+        if self.closed:  # (closed meanwhile: whichever of the two comes second closes it)
+            self.close()
 
     def call(self, data: bytes, deadline: float | None = None) -> Any:
         """One round trip for a request (``encode``-d) the manager answers at once (NoAnswer
-        by ``deadline``)."""
-        link = self.take(deadline)
+        by ``deadline``); on the reserve if no descriptor is left for a connection."""
+        try:
+            link = self.take(deadline)
+        except OutOfDescriptors as exc:
+            return self._call_on_reserve(data, deadline, exc)
         try:
             raw = link.exchange(data, deadline)
         except BaseException as exc:
@@ -151,135 +201,41 @@ class Client:
             if isinstance(exc, (OSError, EOFError)):
                 raise self.gone(exc) from exc
             raise
-        if not link.closed:
-            self.idle.append(link)
+        self.give_back(link)
+        return unpack_reply(raw)
+
+    def _call_on_reserve(self, data: bytes, deadline: float | None, short: OutOfDescriptors) -> Any:
+        """:meth:`call` on the reserve, one request at a time (``short``: raised if there
+        is no reserve)."""
+        wait = -1.0 if deadline is None else max(0.0, deadline - monotonic())
+        if not self.reserve_guard.acquire(timeout=wait):
+            raise NoAnswer("the reserve connection stayed busy")
+        try:
+            link = self.reserve
+            if link is None:
+                raise short
+            try:
+                raw = link.exchange(data, deadline)
+            except BaseException as exc:
+                link.close()
+                if isinstance(exc, (OSError, EOFError)):
+                    raise self.gone(exc) from exc
+                raise
+            finally:
+                if link.closed:
+                    self.reserve = None  # (the next connection given back replaces it)
+        finally:
+            self.reserve_guard.release()
         return unpack_reply(raw)
 
     def close(self) -> None:
+        self.closed = True
         while self.idle:
-            self.idle.pop().close()
-
-
-@internal
-class Wait:
-    """A request that takes a key (ACQUIRE, JOIN): its reply is never lost.
-
-    ``run()`` sends it and blocks this thread for the reply (one round trip,
-    however long the manager makes it wait), and keeps it as ``reply`` before
-    returning it: a caller interrupted right after ``run()`` returned still
-    finds it there. ``cancel()``, from any thread, withdraws the request at
-    the manager; ``run()`` then returns promptly with CANCELLED, or with what
-    was granted before the cancel arrived: the canceller passes that reply to
-    ``undo`` (release the key, hand the call on). If ``run()`` itself is
-    interrupted anywhere (KeyboardInterrupt), it leaves nothing behind in the
-    manager and re-raises. With a ``deadline``, ``run()`` returns NO_ANSWER if
-    the manager has not answered by then; the manager then releases whatever
-    it grants to the request.
-    """
-
-    __slots__ = (
-        "cancelled",
-        "client",
-        "conn_id",
-        "data",
-        "deadline",
-        "guard",
-        "reply",
-        "serial",
-        "undo",
-    )
-
-    def __init__(
-        self,
-        client: Client,
-        data: bytes,
-        serial: int,
-        undo: Callable[[object], None],
-        deadline: float | None = None,
-    ) -> None:
-        self.client = client
-        self.data = data
-        self.serial = serial
-        self.undo = undo
-        self.deadline = deadline
-        self.guard = threading.Lock()
-        self.conn_id: int | None = None
-        self.cancelled = False
-        #: The reply, once ``run()`` has it (None before).
-        self.reply: object = None
-
-    def run(self) -> object:
-        client = self.client
-        deadline = self.deadline
-        try:
-            link = client.take(deadline)
-        except NoAnswer:
-            self.reply = Reply.NO_ANSWER
-            return Reply.NO_ANSWER
-        with self.guard:
-            if self.cancelled:
-                client.idle.append(link)
-                self.reply = Reply.CANCELLED
-                return Reply.CANCELLED
-            self.conn_id = link.id
-        try:
-            raw = link.exchange(self.data, deadline)
-            reply = unpack_reply(raw)  # (an error of the manager's is raised here)
-            self.reply = reply
-        except NoAnswer:
-            self.reply = Reply.NO_ANSWER
-            return Reply.NO_ANSWER
-        except (OSError, EOFError) as exc:
-            link.close()
-            raise client.gone(exc) from exc
-        except Exception:
-            if link.closed:
-                complete(self._leave, link)
-            else:
-                client.idle.append(link)  # the manager refused the request: nothing taken
-            raise
-        except BaseException:
-            # Interrupted, before or after the request left or came back (again if another
-            # interrupt lands in the recovery).
-            complete(self._leave, link)
-            raise
-        if not link.closed:
-            client.idle.append(link)
-        return reply
-
-    def _leave(self, link: _Link) -> None:
-        """Nobody will read the reply: leave nothing behind in the manager.
-
-        Once the connection is shut, the manager can deliver nothing more on
-        it (and releases what it grants from then on). A reply that came
-        before and was not read is undone; else the request (maybe still
-        queued, maybe granted with its reply read and lost) is withdrawn, and
-        what it was granted given back.
-        """
-        try:
-            raw = link.give_up()
-        except NoAnswer:
-            self.cancel(give_back=True)
-            return
-        with contextlib.suppress(Exception):
-            self.undo(unpack_reply(raw))
-
-    def cancel(self, give_back: bool = False) -> None:
-        """Withdraw the request at the manager (from any thread; errors are ignored).
-
-        ``run()`` then returns CANCELLED, or the reply the manager sent before
-        the cancel arrived. ``give_back``: release a grant that was already
-        reported too (only for a caller that will never read the reply).
-        Waits for the manager no longer than the request's deadline: ``run()``
-        gives up by then too.
-        """
-        with self.guard:
-            self.cancelled = True
-            conn_id = self.conn_id
-        if conn_id is None:
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError, NoAnswer):
-            self.client.call(encode(CANCEL, conn_id, self.serial, give_back), self.deadline)
+            with contextlib.suppress(IndexError):  # (another close took it)
+                self.idle.pop().close()
+        reserve, self.reserve = self.reserve, None
+        if reserve is not None:
+            reserve.close()
 
 
 _clients: dict[str, Client] = {}

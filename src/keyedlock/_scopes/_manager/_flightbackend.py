@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from ..._core import MISS
 from ..._ki import internal
 from ..._statistics import FlightStatistics, Owner
-from ._client import Wait, client_for, next_serial
+from ._client import client_for, next_serial
 from ._lockbackend import check_wire_key, wait_off_loop
 from ._owners import owner_id, owner_name
 from ._payloads import outcome, pack_error, pack_value
@@ -40,6 +40,7 @@ from ._protocol import (
     encode,
 )
 from ._transport import NoAnswer, deadline_for
+from ._wait import Wait
 
 __all__ = ["ManagerFlightBackend"]
 

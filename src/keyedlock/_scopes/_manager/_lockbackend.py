@@ -33,7 +33,7 @@ from ..._validate import check_key
 from .._context import ENTERED, LockContext
 from .._forking import reset_in_child
 from .._local import NO_MAPPED_KEYS
-from ._client import Wait, client_for, next_serial
+from ._client import client_for, next_serial
 from ._leftheld import left_held_for
 from ._owners import owner_id, owner_name
 from ._payloads import dump_cause, load_cause
@@ -50,6 +50,7 @@ from ._protocol import (
     encode,
 )
 from ._transport import REPLY_GRACE, NoAnswer, deadline_for
+from ._wait import Wait
 
 __all__ = ["ManagerLockBackend", "ManagerLockContext", "check_wire_key", "wait_off_loop"]
 

@@ -287,6 +287,20 @@ def _open_epoll() -> select.epoll | None:
     return select.epoll()
 
 
+def _raise_descriptor_limit() -> None:
+    """Let the manager open as many descriptors as it may (its hard limit): it keeps one
+    connection for each caller waiting for a key, in every process."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # (Linux's fs.nr_open)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, OSError, ValueError):  # no such limit here, or not allowed
+        pass
+
+
 def serve(ready: Connection, parent: int, address: str) -> None:
     """Run a manager server until it is shut down or ``parent`` exits.
 
@@ -297,6 +311,7 @@ def serve(ready: Connection, parent: int, address: str) -> None:
     process started from it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    _raise_descriptor_limit()
     try:
         listener = listen(address)
         try:
