@@ -171,6 +171,18 @@ def test_an_unknown_key_shows_its_offset(lock_file: str, start: Start) -> None:
     assert row[:3] == ["?", str(key_offset("secret:7")), str(holder.pid)]
 
 
+def test_a_key_with_a_line_break_is_printed_on_one_line(lock_file: str, start: Start) -> None:
+    holder = start(sys.executable, "-c", HOLDER, lock_file, "two\nlines")
+    ready(holder)
+    [held] = holders_json("--file", lock_file)["holders"]
+    assert held["key"] == "two\nlines"  # (JSON escapes it itself)
+    text = holders("--file", lock_file, "two\nlines").stdout
+    assert "two\n" not in text
+    row = text.splitlines()[3].split()
+    assert row[:2] == ["$'two\\nlines'", str(key_offset("two\nlines"))]
+    assert "keys asked about: $'two\\nlines' (held)" in text
+
+
 def test_keyedlock_run_holder_and_waiter_named_by_their_command_lines(
     lock_file: str, start: Start
 ) -> None:
@@ -284,6 +296,39 @@ def test_processes_that_cannot_be_inspected_are_reported(lock_file: str, start: 
     proc = holders("--file", lock_file, prefix=prefix)
     assert "not inspected: " in proc.stdout
     assert "permission denied" in proc.stdout
+
+
+def test_a_key_held_by_a_process_not_inspected_is_held_not_free(
+    lock_file: str, start: Start
+) -> None:
+    """/proc/locks, which anyone may read, shows the key's byte locked: the key is reported
+    held even though its holder's descriptors could not be read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to hold a key as another user")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_PTRACE")
+    holder = start(
+        sys.executable,
+        "-c",
+        HOLDER.replace('print("ready"', 'os.setuid(65534); print("ready"').replace(
+            "import sys", "import os, sys"
+        ),
+        lock_file,
+        "invoice:42",
+    )
+    ready(holder)
+    caps = "-sys_ptrace,-dac_override,-dac_read_search"
+    prefix = (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
+    report = holders_json("--file", lock_file, "invoice:42", "other", prefix=prefix)
+    assert report["holders"] == []  # (its descriptors could not be read)
+    assert holder.pid in [u["pid"] for u in report["uninspected"]]
+    assert [(k["key"], k["held"]) for k in report["keys"]] == [
+        ("invoice:42", True),
+        ("other", False),
+    ]
+    text = holders("--file", lock_file, "invoice:42", "other", prefix=prefix).stdout
+    assert "invoice:42 (held, by a process not inspected), other (free)" in text
 
 
 @pytest.mark.parametrize(

@@ -374,6 +374,24 @@ def test_a_signal_while_waiting_ends_the_wait(
     assert not marker.exists()
 
 
+def test_sigchld_ignored_at_start_is_no_hang(lock_file: str, other: FileKeyedLock) -> None:
+    """SIGCHLD ignored when keyedlock run starts (inherited across exec) would have the kernel
+    reap the command unseen: run sets it back to its default, and returns the status."""
+    ignore = "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+    ignore += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    command = keyedlock("--file", lock_file, "k", "--", *script("raise SystemExit(3)"))
+    proc = subprocess.run(
+        [sys.executable, "-c", ignore, *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (3, "")
+    assert other.acquire("k", timeout=0)  # released
+    other.release("k")
+
+
 def test_signals_ignored_at_start_stay_ignored(lock_file: str) -> None:
     """As under nohup: SIGHUP ignored when keyedlock run starts is neither taken nor forwarded.
 
@@ -501,6 +519,7 @@ class Terminal:
         (["k", "ls", "-l"], "put -- between KEY and the command: k -- ls -l"),
         (["k", "--bogus", "--", "true"], "unrecognized arguments: --bogus"),
         (["", "--", "true"], "KEY is empty"),
+        (["k", "--", ""], "the command to run after -- is empty"),
         (
             ["--timeout", "soon", "k", "--", "true"],
             "argument --timeout: expected a number of seconds >= 0, got 'soon'",

@@ -232,6 +232,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
             run.error("missing the command to run: KEY -- COMMAND [ARG ...]")
         if not command:
             run.error("missing the command to run after --")
+        if not command[0]:
+            run.error("the command to run after -- is empty")
         if not args.key:
             run.error("KEY is empty")
         return run_command(

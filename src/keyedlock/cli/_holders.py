@@ -35,6 +35,7 @@ from ._holders_proc import (
     Process,
     blocked_requests,
     file_id,
+    held_bytes,
     held_through,
     open_on,
     process_ids,
@@ -87,6 +88,12 @@ class Report:
     #: The keys given on the command line: (key, offset).
     keys: list[tuple[str, int]] = field(default_factory=list)
     uninspected: list[Uninspected] = field(default_factory=list)
+    #: The bytes /proc/locks shows held (by inspected holders or not).
+    locked: set[int] = field(default_factory=set)
+
+    def held(self, offset: int) -> bool:
+        """True if the key at ``offset`` is held, whether or not its holder was inspected."""
+        return offset in self.locked or any(h.lock.byte == offset for h in self.holders)
 
 
 def scan(path: str, keys: Iterable[str] = ()) -> Report:
@@ -132,6 +139,7 @@ def scan(path: str, keys: Iterable[str] = ()) -> Report:
             report.holders.extend(
                 Holder(lock, fd, process) for lock in held_through(pid, fd, lock_id)
             )
+    report.locked = held_bytes(lock_id)
     _find_waiters(report, lock_id, openers, host)
     _name(report)
     report.holders.sort(key=lambda h: (h.lock.start, h.process.pid, h.fd))

@@ -51,7 +51,6 @@ def _lock_json(lock: Lock | None) -> dict[str, Any]:
 
 def as_json(report: Report) -> dict[str, Any]:
     """The report as the documented JSON object (see docs/cli.md)."""
-    held = {h.lock.byte for h in report.holders}
     return {
         "schema": SCHEMA,
         "lock_file": report.path,
@@ -81,7 +80,7 @@ def as_json(report: Report) -> dict[str, Any]:
             {
                 "key": key,
                 "offset": offset,
-                "held": offset in held,
+                "held": report.held(offset),
                 "waiters": sum(
                     w.lock is not None and w.lock.byte == offset for w in report.waiters
                 ),
@@ -121,8 +120,17 @@ def _where(lock: Lock | None) -> str:
     return f"{lock.start}-{'EOF' if lock.end is None else lock.end}"
 
 
+def _shown(text: str) -> str:
+    """``text`` as printed: as it is or, with a line break, another unprintable character,
+    or bytes that are not UTF-8, in the ``$'...'`` form of bash and zsh."""
+    if text.isprintable():
+        return text
+    escaped = text.encode("unicode_escape").decode("ascii").replace("'", "\\'")
+    return f"$'{escaped}'"
+
+
 def _key_cell(key: str | None, lock: Lock | None) -> str:
-    cell = "?" if key is None else key
+    cell = "?" if key is None else _shown(key)
     if lock is not None and (lock.kind, lock.mode) != ("OFDLCK", "WRITE"):
         cell += f" [{lock.kind} {lock.mode}]"
     return cell
@@ -155,14 +163,15 @@ def command_line(argv: Iterable[str]) -> str:
     An argument with a line break or another unprintable character is
     written in the ``$'...'`` form of bash and zsh.
     """
-    words = []
-    for arg in argv:
-        if arg.isprintable():
-            words.append(shlex.quote(arg))
-        else:
-            escaped = arg.encode("unicode_escape").decode("ascii").replace("'", "\\'")
-            words.append(f"$'{escaped}'")
-    return " ".join(words)
+    return " ".join(shlex.quote(arg) if arg.isprintable() else _shown(arg) for arg in argv)
+
+
+def _state(report: Report, offset: int, seen: set[int | None]) -> str:
+    if offset in seen:
+        return "held"
+    if report.held(offset):
+        return "held, by a process not inspected"
+    return "free"
 
 
 def print_text(report: Report, out: TextIO) -> None:
@@ -188,8 +197,8 @@ def print_text(report: Report, out: TextIO) -> None:
         print(f"waiting: {len(report.waiters)}", file=out)
         _table(rows, out)
     if report.keys:
-        held = {h.lock.byte for h in report.holders}
-        states = [f"{key} ({'held' if offset in held else 'free'})" for key, offset in report.keys]
+        seen = {h.lock.byte for h in report.holders}
+        states = [f"{_shown(key)} ({_state(report, offset, seen)})" for key, offset in report.keys]
         print(f"keys asked about: {', '.join(states)}", file=out)
     if report.uninspected:
         shown = ", ".join(

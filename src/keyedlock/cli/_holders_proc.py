@@ -44,6 +44,7 @@ __all__ = [
     "Process",
     "blocked_requests",
     "file_id",
+    "held_bytes",
     "held_through",
     "open_on",
     "process_ids",
@@ -203,6 +204,19 @@ def held_through(pid: int, fd: int, lock_id: str) -> list[Lock]:
             if parsed is not None and parsed[2] == lock_id:
                 locks.append(parsed[0])
     return locks
+
+
+def held_bytes(lock_id: str) -> set[int]:
+    """The one-byte locks held on the file, as /proc/locks (readable by anyone) shows them:
+    a key is held even when its holder's process cannot be inspected."""
+    held = set()
+    for line in _read("/proc/locks").splitlines():
+        parsed = _parse_lock(line)
+        if parsed is not None and not parsed[3] and parsed[2] == lock_id:
+            byte = parsed[0].byte
+            if byte is not None:
+                held.add(byte)
+    return held
 
 
 def blocked_requests(lock_id: str) -> list[tuple[Lock, int]]:

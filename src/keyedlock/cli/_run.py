@@ -22,7 +22,9 @@ so no race between a signal and the start or the end of the child:
 
 The child starts with ``posix_spawn``: with the signal mask the program
 started with, SIGPIPE and SIGXFSZ back to their default action (Python
-ignores them) and every inheritable descriptor the program itself inherited;
+ignores them), SIGCHLD too (at its default action in this program, even if
+it was ignored when it started) and every inheritable descriptor the program
+itself inherited;
 the lock file's descriptors are close-on-exec, so the child has none of
 them. If this program is killed, the kernel drops the key with its last
 descriptor (the child, if still running, keeps running without it).
@@ -158,6 +160,9 @@ def run_command(
     to ``err``. Call it from the main thread
     of a process that has started no other thread.
     """
+    # SIGCHLD ignored when the program started (inherited across exec) would have the kernel
+    # reap the child unseen, and no SIGCHLD come: back to its default, in the child too.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     forwarded = [s for s in FORWARDED if signal.getsignal(s) != signal.SIG_IGN]
     waited = {*forwarded, signal.SIGCHLD}
     start_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
