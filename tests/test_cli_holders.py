@@ -183,6 +183,16 @@ def test_a_key_with_a_line_break_is_printed_on_one_line(lock_file: str, start: S
     assert "keys asked about: $'two\\nlines' (held)" in text
 
 
+def test_a_key_that_is_not_utf8_is_printed_as_its_bytes(lock_file: str, start: Start) -> None:
+    """Arguments that are not UTF-8 come in as surrogate escapes; ``$'...'`` gives the bytes
+    back, so the printed key can be pasted into a shell."""
+    key = os.fsdecode(b"a\xffb")
+    holder = start(sys.executable, "-c", HOLDER, lock_file, key)
+    ready(holder)
+    text = holders("--file", lock_file, key).stdout
+    assert "keys asked about: $'a\\xffb' (held)" in text
+
+
 def test_keyedlock_run_holder_and_waiter_named_by_their_command_lines(
     lock_file: str, start: Start
 ) -> None:

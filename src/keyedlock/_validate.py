@@ -48,14 +48,16 @@ def check_key(key: object) -> Hashable:
 def seconds(value: object, name: str, none: str = "") -> float:
     """``value``, a real number of seconds (``numbers.Real``: ``int``, ``float``,
     ``Fraction``, NumPy's numbers; not ``bool``), as a float: TypeError for anything else,
-    naming the argument. An ``int`` (or other real) too large for a float is ``inf``.
+    naming the argument. An ``int`` (or other real) too large for a float is ``inf`` (or
+    ``-inf``, for the checks to refuse).
     ``none`` is added to the message (" or None" where None is allowed)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds{none}, got {value!r}")
+    real: Any = value  # (numbers.Real compares with 0; its stubs do not say so)
     try:
-        return float(value)
-    except OverflowError:  # longer than any float: forever
-        return math.inf
+        return float(real)
+    except OverflowError:  # longer than any float: forever (or refused, if negative)
+        return math.inf if real > 0 else -math.inf
 
 
 def check_timeout(timeout: float | None) -> float | None:

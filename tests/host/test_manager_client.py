@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import _thread
 import inspect
 import socket
+import threading
 
 import pytest
 
-from keyedlock._scopes._manager._client import Link
+from keyedlock._core import guard_is_owned
+from keyedlock._scopes._manager._client import Client, Link, OutOfDescriptors
 from keyedlock._scopes._manager._protocol import REQUESTS, Request, encode_reply
 from keyedlock._scopes._manager._server import Server
 from keyedlock._scopes._manager._transport import NoAnswer, send_frame
+
+from ..support import WAIT, start_thread
 
 
 def test_a_connection_given_up_twice_never_reads_another_connections_reply() -> None:
@@ -57,3 +62,85 @@ def test_every_request_is_served_by_a_method_taking_its_declared_fields(
 def test_request_codes_are_unique() -> None:
     assert len({request.code for request in REQUESTS.values()}) == len(REQUESTS)
     assert all(code == request.code for code, request in REQUESTS.items())
+
+
+class _InterruptedOnce(_thread.RLock):  # type: ignore[misc]  # (final in the stubs only)
+    """An RLock whose first ``acquire()`` takes it and then raises KeyboardInterrupt, as a
+    Ctrl-C does when the interpreter checks for signals as ``acquire`` returns."""
+
+    fired = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = super().acquire(blocking, timeout)
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return got
+
+
+def _answering_link() -> tuple[Link, socket.socket]:
+    """A connection whose other end (returned) plays the manager."""
+    mine, manager_side = socket.socketpair()
+    return Link(mine, 1), manager_side
+
+
+def test_an_interrupt_as_the_reserve_is_taken_leaves_it_free() -> None:
+    """The reserve connection's guard is taken inside the try that lets it go: a Ctrl-C as
+    ``acquire`` returns leaves it free, and the next request on the reserve gets through."""
+    client = Client("/nonexistent")
+    link, manager_side = _answering_link()
+    try:
+        client.reserve = link
+        client.reserve_guard = _InterruptedOnce()
+        short = OutOfDescriptors("no descriptor left")
+        with pytest.raises(KeyboardInterrupt):
+            client._call_on_reserve(b"request", None, short)
+        assert not guard_is_owned(client.reserve_guard)
+        send_frame(manager_side.fileno(), encode_reply(True, "answered"))
+        answer = start_thread(lambda: client._call_on_reserve(b"again", None, short), "caller")
+        assert answer.result() == "answered"
+        assert client.reserve is link
+    finally:
+        client.close()
+        manager_side.close()
+    assert link.closed
+
+
+def test_a_client_closed_while_its_reserve_is_in_use_closes_it_after() -> None:
+    client = Client("/nonexistent")
+    link, manager_side = _answering_link()
+    try:
+        client.reserve = link
+        taken, done = threading.Event(), threading.Event()
+
+        def request_in_flight() -> None:  # (another thread: the guard is an RLock)
+            with client.reserve_guard:
+                taken.set()
+                done.wait(WAIT)
+
+        using = start_thread(request_in_flight, "using the reserve")
+        assert taken.wait(WAIT)
+        client.close()
+        assert not link.closed  # left to the request using it
+        done.set()
+        using.result()
+        send_frame(manager_side.fileno(), encode_reply(True, "answered"))
+        assert client._call_on_reserve(b"request", None, OutOfDescriptors("x")) == "answered"
+        assert is_closed(link)  # closed by the request, once done
+        assert reserve_of(client) is None
+        link2, side2 = _answering_link()
+        client.give_back(link2)  # given back to a closed client: closed
+        side2.close()
+        assert link2.closed
+        assert reserve_of(client) is None
+        assert client.idle == []
+    finally:
+        manager_side.close()
+
+
+def reserve_of(client: Client) -> Link | None:
+    return client.reserve
+
+
+def is_closed(link: Link) -> bool:
+    return link.closed

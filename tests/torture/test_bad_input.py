@@ -427,6 +427,7 @@ BAD_TIMEOUTS: list[tuple[Any, type[Exception], str]] = [
     (1j, TypeError, "number"),
     ([1], TypeError, "number"),
     (Decimal("1"), TypeError, "number"),  # a number, but not a real one (numbers.Real)
+    (Fraction(-HUGE, 3), ValueError, ">= 0"),  # (too large for a float, and negative)
 ]
 
 TIMEOUT_USES: dict[str, Callable[[Any, Any], object]] = {

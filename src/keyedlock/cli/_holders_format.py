@@ -122,11 +122,22 @@ def _where(lock: Lock | None) -> str:
 
 def _shown(text: str) -> str:
     """``text`` as printed: as it is or, with a line break, another unprintable character,
-    or bytes that are not UTF-8, in the ``$'...'`` form of bash and zsh."""
+    or bytes that are not UTF-8, in the ``$'...'`` form of bash and zsh, which gives the
+    same bytes back (a byte that is not UTF-8 is ``\\xHH``)."""
     if text.isprintable():
         return text
-    escaped = text.encode("unicode_escape").decode("ascii").replace("'", "\\'")
+    escaped = "".join(_escaped(char) for char in text)
     return f"$'{escaped}'"
+
+
+def _escaped(char: str) -> str:
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    if char in "'\\":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def _key_cell(key: str | None, lock: Lock | None) -> str:

@@ -19,6 +19,7 @@ import threading
 from time import monotonic
 from typing import Any, Final
 
+from ..._core import guard_is_owned
 from ..._ki import internal
 from ._protocol import unpack_reply
 from ._transport import (
@@ -123,7 +124,7 @@ class Client:
         self.address = address
         self.idle: list[Link] = []
         self.reserve: Link | None = None
-        self.reserve_guard = threading.Lock()
+        self.reserve_guard = threading.RLock()  # (it knows its owner: see _let_go)
         #: Set by :meth:`close` (the manager shuts down, or a fork child drops its parent's):
         #: a connection given back later is closed, not kept.
         self.closed = False
@@ -173,19 +174,26 @@ class Client:
         idle (up to :data:`IDLE_LIMIT`), else close it."""
         if link.closed:
             return
-        kept = False
-        if self.reserve is None:
-            with self.reserve_guard:
-                if self.reserve is None:
-                    self.reserve = link
-                    kept = True
-        if not kept:
-            if len(self.idle) < IDLE_LIMIT:
-                self.idle.append(link)
-            else:
-                link.close()
+        if self.reserve is None and self._keep_as_reserve(link):
+            return
+        if len(self.idle) < IDLE_LIMIT:
+            self.idle.append(link)
+        else:
+            link.close()
         if self.closed:  # (closed meanwhile: whichever of the two comes second closes it)
             self.close()
+
+    def _keep_as_reserve(self, link: Link) -> bool:
+        """Make ``link`` the reserve if there is none (and this client is not closed)."""
+        guard = self.reserve_guard
+        try:
+            guard.acquire()  # (inside the try: an interrupt right after it still lets go)
+            if self.reserve is not None or self.closed:
+                return False
+            self.reserve = link
+            return True
+        finally:
+            _let_go(guard)
 
     def call(self, data: bytes, deadline: float | None = None) -> Any:
         """One round trip for a request (``encode``-d) the manager answers at once (NoAnswer
@@ -208,9 +216,11 @@ class Client:
         """:meth:`call` on the reserve, one request at a time (``short``: raised if there
         is no reserve)."""
         wait = -1.0 if deadline is None else max(0.0, deadline - monotonic())
-        if not self.reserve_guard.acquire(timeout=wait):
-            raise NoAnswer("the reserve connection stayed busy")
+        guard = self.reserve_guard
         try:
+            # (inside the try: an interrupt as acquire() returns still lets it go)
+            if not guard.acquire(timeout=wait):
+                raise NoAnswer("the reserve connection stayed busy")
             link = self.reserve
             if link is None:
                 raise short
@@ -222,20 +232,34 @@ class Client:
                     raise self.gone(exc) from exc
                 raise
             finally:
-                if link.closed:
-                    self.reserve = None  # (the next connection given back replaces it)
+                if link.closed or self.closed:  # (a close() meanwhile left it to this call)
+                    self.reserve = None
+                    link.close()
         finally:
-            self.reserve_guard.release()
+            _let_go(guard)
         return unpack_reply(raw)
 
     def close(self) -> None:
+        """Close every connection, and any given back from now on. The reserve, if a
+        request is using it, is closed by that request when it is done."""
         self.closed = True
         while self.idle:
             with contextlib.suppress(IndexError):  # (another close took it)
                 self.idle.pop().close()
-        reserve, self.reserve = self.reserve, None
-        if reserve is not None:
-            reserve.close()
+        guard = self.reserve_guard
+        try:
+            if guard.acquire(blocking=False):
+                reserve, self.reserve = self.reserve, None
+                if reserve is not None:
+                    reserve.close()
+        finally:
+            _let_go(guard)
+
+
+def _let_go(guard: threading.RLock) -> None:
+    """Release ``guard`` if this thread holds it (after an interrupt, it may not)."""
+    if guard_is_owned(guard):
+        guard.release()
 
 
 _clients: dict[str, Client] = {}
