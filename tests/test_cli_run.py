@@ -20,6 +20,7 @@ from typing import IO
 import pytest
 
 from keyedlock import FileKeyedLock
+from keyedlock.cli._run import FORWARDED
 
 from .support import WAIT, readable, wait_until
 
@@ -310,8 +311,10 @@ REPORTER = script(
         if signum == signal.SIGTERM:
             sys.exit(40 + signum)
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"):
-        signal.signal(getattr(signal, name), report)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
+                 "SIGVTALRM", "SIGPROF", "SIGPWR"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), report)
     print("ready", flush=True)
     while True:
         signal.pause()
@@ -333,7 +336,7 @@ def handled(signum: int) -> int:
 
 @pytest.mark.parametrize(
     "signum",
-    [signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2],
+    [s for s in FORWARDED if s != signal.SIGTERM],
     ids=lambda s: signal.Signals(s).name,
 )
 def test_signals_are_forwarded(lock_file: str, signum: int, start: Start) -> None:

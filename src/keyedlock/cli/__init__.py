@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from keyedlock import __version__
 
 from ._holders import scan as scan  # (re-exported: what FileKeyedLock.statistics reads /proc with)
-from ._run import BUSY, CANNOT_EXECUTE, LOCK_FILE_ERROR, NOT_FOUND, run_command
+from ._run import BUSY, CANNOT_EXECUTE, FORWARDED, LOCK_FILE_ERROR, NOT_FOUND, run_command
 
 __all__ = ["main"]  # (and scan, for the package: see keyedlock._filelock)
 
@@ -111,8 +112,8 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
             f"{BUSY} if the key was busy (--nonblock) or still busy when --timeout "
             f"elapsed; {NOT_FOUND} if COMMAND was not found, {CANNOT_EXECUTE} if it "
             f"could not be executed; {LOCK_FILE_ERROR} if the lock file could not be used; "
-            "2 for wrong arguments. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are "
-            "sent on to COMMAND."
+            "2 for wrong arguments. "
+            f"{', '.join(signal.Signals(s).name for s in FORWARDED)} are sent on to COMMAND."
         ),
     )
     run.add_argument(

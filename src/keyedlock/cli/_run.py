@@ -60,14 +60,24 @@ CANNOT_EXECUTE: Final = 126
 #: COMMAND was not found (as shells say).
 NOT_FOUND: Final = 127
 
-#: The signals sent on to the command.
-FORWARDED: Final = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
+#: The signals sent on to the command: those a user or a supervisor sends to end, stop
+#: or tell a program something, whose default action would end this one (and leave the
+#: command running without the key).
+FORWARDED: Final = tuple(
+    getattr(signal, name)
+    for name in (
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGPWR",
+    )
+    if hasattr(signal, name)  # (SIGPWR: Linux's)
 )
 
 #: The signals a terminal sends to its whole foreground process group (the command's too).
