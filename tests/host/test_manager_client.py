@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import _thread
 import inspect
+import os
 import socket
 import threading
 
 import pytest
 
 from keyedlock._core import guard_is_owned
-from keyedlock._scopes._manager._client import Client, Link, OutOfDescriptors
+from keyedlock._scopes._manager._client import (
+    Client,
+    Link,
+    OutOfDescriptors,
+    client_for,
+    drop_client,
+)
 from keyedlock._scopes._manager._protocol import REQUESTS, Request, encode_reply
 from keyedlock._scopes._manager._server import Server
 from keyedlock._scopes._manager._transport import NoAnswer, send_frame
@@ -144,3 +151,35 @@ def reserve_of(client: Client) -> Link | None:
 
 def is_closed(link: Link) -> bool:
     return link.closed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_child_closes_its_copy_of_a_reserve_in_use() -> None:
+    """A fork child starts with no client: it closes its copies of the parent's connections,
+    the reserve too, even while a thread of the parent (gone in the child) uses it."""
+    address = "/nonexistent/fork-test.sock"
+    client = client_for(address)
+    link, manager_side = _answering_link()
+    taken, done = threading.Event(), threading.Event()
+
+    def request_in_flight() -> None:
+        with client.reserve_guard:
+            taken.set()
+            done.wait(WAIT)
+
+    try:
+        client.reserve = link
+        using = start_thread(request_in_flight, "using the reserve")
+        assert taken.wait(WAIT)
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status, and run nothing else
+            os._exit(0 if link.closed and client.reserve is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not link.closed  # the parent's is still open
+    finally:
+        done.set()
+        using.result()
+        drop_client(address)
+        manager_side.close()

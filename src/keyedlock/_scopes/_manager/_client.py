@@ -285,6 +285,10 @@ def _forget_clients() -> None:
     # parent's): it starts with no client. Closing its copies leaves the parent's open.
     for client in _clients.values():
         client.close()
+        reserve = client.reserve  # (its guard may be held by a parent's thread, gone here)
+        if reserve is not None:
+            client.reserve = None
+            reserve.close()
     _clients.clear()
 
 
