@@ -19,7 +19,9 @@ from keyedlock._scopes._manager._client import (
     drop_client,
 )
 from keyedlock._scopes._manager._protocol import REQUESTS, Request, encode_reply
+from keyedlock._scopes._manager._records import Conn, Proc
 from keyedlock._scopes._manager._server import Server
+from keyedlock._scopes._manager._service import Service
 from keyedlock._scopes._manager._transport import NoAnswer, send_frame
 
 from ..support import WAIT, start_thread
@@ -183,3 +185,17 @@ def test_a_fork_child_closes_its_copy_of_a_reserve_in_use() -> None:
         using.result()
         drop_client(address)
         manager_side.close()
+
+
+def test_a_late_copy_of_a_cancel_keeps_the_mark_of_a_newer_one() -> None:
+    """A cancel that arrives before its request marks the request's connection, so the
+    request is refused when it comes. A copy of an older request's cancel (sent again after
+    the manager did not answer), arriving later on the same, reused, connection, must not
+    take that mark away."""
+    service = Service()
+    proc = Proc(1234)
+    waiting, canceller = Conn(7, proc), Conn(8, proc)
+    service.conns.update({7: waiting, 8: canceller})
+    service.cancel(canceller, 7, 5, True)  # request 5, on connection 7, not arrived yet
+    service.cancel(canceller, 7, 3, True)  # a late copy of request 3's cancel (long done)
+    assert waiting.cancelled == 5

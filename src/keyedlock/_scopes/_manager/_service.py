@@ -275,7 +275,8 @@ class Service(Introspection):
                 return
             hold = proc.holds.get(serial)
             if hold is None:
-                if target is not None:
+                # (a late copy of an older request's cancel keeps the mark of a newer one)
+                if target is not None and (target.cancelled or 0) < serial:
                     target.cancelled = serial
             elif hold.phase == PENDING:
                 self._void(hold)
