@@ -172,6 +172,16 @@ def test_command_not_executable(lock_file: str, tmp_path: Path, other: FileKeyed
     other.release("k")
 
 
+def test_a_script_without_a_shebang_runs_with_sh(lock_file: str, tmp_path: Path) -> None:
+    """As flock(1) (through execvp) and the shells do: a file that is executable but in no
+    executable format runs with /bin/sh, and gets its arguments."""
+    script_file = tmp_path / "plain"
+    script_file.write_text('echo "ran with $# argument(s): $1"\nexit 3\n')
+    script_file.chmod(0o755)
+    proc = run("--file", lock_file, "k", "--", str(script_file), "first")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "ran with 1 argument(s): first\n", "")
+
+
 def test_lock_file_error(tmp_path: Path) -> None:
     proc = run("--file", str(tmp_path), "k", "--", "true")  # a directory
     assert proc.returncode == 71

@@ -33,8 +33,10 @@ descriptor (the child, if still running, keeps running without it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
+import shutil
 import signal
 import threading
 from typing import Final, TextIO
@@ -154,6 +156,32 @@ def _supervise(pid: int, waited: set[signal.Signals]) -> int:
             os.kill(pid, signum)
 
 
+def _spawn(command: list[str], mask: set[int | signal.Signals]) -> int:
+    """Start ``command`` (see the module docstring); its process id.
+
+    A file found and executable but in no executable format (a script without
+    ``#!``) runs with ``/bin/sh``, as ``execvp`` (and so ``flock(1)``) and the
+    shells do; ``posix_spawnp`` does not.
+    """
+    try:
+        return os.posix_spawnp(
+            command[0], command, os.environ, setsigmask=mask, setsigdef=_DEFAULT_IN_CHILD
+        )
+    except OSError as exc:
+        if exc.errno != errno.ENOEXEC:
+            raise
+        found = command[0] if "/" in command[0] else shutil.which(command[0])
+        if found is None:
+            raise
+        return os.posix_spawn(
+            "/bin/sh",
+            ["/bin/sh", found, *command[1:]],
+            os.environ,
+            setsigmask=mask,
+            setsigdef=_DEFAULT_IN_CHILD,
+        )
+
+
 def run_command(
     key: str,
     command: list[str],
@@ -199,13 +227,7 @@ def run_command(
         return BUSY
     try:
         try:
-            pid = os.posix_spawnp(
-                command[0],
-                command,
-                os.environ,
-                setsigmask=start_mask,
-                setsigdef=_DEFAULT_IN_CHILD,
-            )
+            pid = _spawn(command, start_mask)
         except FileNotFoundError:
             say(f"{command[0]}: command not found")
             return NOT_FOUND
