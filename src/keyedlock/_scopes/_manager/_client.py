@@ -202,15 +202,20 @@ class Client:
             link = self.take(deadline)
         except OutOfDescriptors as exc:
             return self._call_on_reserve(data, deadline, exc)
+        raw = self._exchange(link, data, deadline)
+        self.give_back(link)
+        return unpack_reply(raw)
+
+    def _exchange(self, link: Link, data: bytes, deadline: float | None) -> bytes:
+        """``link.exchange``; a connection that failed (or was interrupted) is closed, and a
+        lost connection is ConnectionError."""
         try:
-            raw = link.exchange(data, deadline)
+            return link.exchange(data, deadline)
         except BaseException as exc:
             link.close()
             if isinstance(exc, (OSError, EOFError)):
                 raise self.gone(exc) from exc
             raise
-        self.give_back(link)
-        return unpack_reply(raw)
 
     def _call_on_reserve(self, data: bytes, deadline: float | None, short: OutOfDescriptors) -> Any:
         """:meth:`call` on the reserve, one request at a time (``short``: raised if there
@@ -225,12 +230,7 @@ class Client:
             if link is None:
                 raise short
             try:
-                raw = link.exchange(data, deadline)
-            except BaseException as exc:
-                link.close()
-                if isinstance(exc, (OSError, EOFError)):
-                    raise self.gone(exc) from exc
-                raise
+                raw = self._exchange(link, data, deadline)
             finally:
                 if link.closed or self.closed:  # (a close() meanwhile left it to this call)
                     self.reserve = None
