@@ -277,6 +277,12 @@ def test_the_default_lock_file(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["lock_file"] == str(expected)
 
 
+def without_ptrace(setpriv: str) -> tuple[str, ...]:
+    """A prefix that runs ``holders`` as root without the rights to read others' descriptors."""
+    caps = "-sys_ptrace,-dac_override,-dac_read_search"
+    return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
+
+
 def test_processes_that_cannot_be_inspected_are_reported(lock_file: str, start: Start) -> None:
     """Without the right to trace it, a process's descriptors cannot be read: it is listed."""
     if os.geteuid() == 0:
@@ -291,8 +297,7 @@ def test_processes_that_cannot_be_inspected_are_reported(lock_file: str, start: 
         )
         ready(other)
         pid = other.pid
-        caps = "-sys_ptrace,-dac_override,-dac_read_search"
-        prefix: tuple[str, ...] = (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
+        prefix = without_ptrace(setpriv)
     else:
         pid = 1
         if os.stat("/proc/1").st_uid == os.geteuid():
@@ -328,8 +333,7 @@ def test_a_key_held_by_a_process_not_inspected_is_held_not_free(
         "invoice:42",
     )
     ready(holder)
-    caps = "-sys_ptrace,-dac_override,-dac_read_search"
-    prefix = (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
+    prefix = without_ptrace(setpriv)
     report = holders_json("--file", lock_file, "invoice:42", "other", prefix=prefix)
     assert report["holders"] == []  # (its descriptors could not be read)
     assert holder.pid in [u["pid"] for u in report["uninspected"]]
