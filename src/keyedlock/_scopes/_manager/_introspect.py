@@ -11,7 +11,6 @@ from time import monotonic
 from typing import Any
 
 from ..._core import FlightTable, Hold, KeyTable
-from ._records import LIVE
 
 __all__ = ["Introspection", "runtime_of"]
 
@@ -49,8 +48,7 @@ class Introspection:
     def holds(self, state: Any, tid: int, serial: int) -> bool:
         """True if the caller's process's hold ``serial`` still holds its key of lock ``tid``
         (a release, by anyone, drops it from the process's holds)."""
-        hold = state.proc.holds.get(serial)
-        return hold is not None and hold.phase == LIVE and hold.table is self._table(tid)
+        return state.proc.live_hold(serial, self._table(tid)) is not None
 
     def stats(self, state: Any, tid: int, key: Hashable) -> tuple[Any, ...]:
         """(held, (pid, runtime, seconds held or None, name or None) or None,

@@ -123,6 +123,13 @@ class Proc:
         #: The tickets of its latest releases by key: a repeat of one changes nothing.
         self.released: deque[int] = deque(maxlen=64)
 
+    def live_hold(self, serial: int, table: KeyTable) -> RemoteHold | None:
+        """Its hold ``serial``, if that holds its key of ``table`` now (LIVE)."""
+        hold = self.holds.get(serial)
+        if hold is None or hold.phase != LIVE or hold.table is not table:
+            return None
+        return hold
+
 
 class Conn:
     """The server's view of one client connection."""

@@ -222,8 +222,8 @@ class Service(Introspection):
                 if ticket is not None:
                     released.append(ticket)
             else:
-                holder = state.proc.holds.get(serial)
-                if holder is None or holder.phase != LIVE or holder.table is not table:
+                holder = state.proc.live_hold(serial, table)
+                if holder is None:
                     if table.holder(key) is None:
                         raise RuntimeError(f"release of key {key!r}, which is not held")
                     raise RuntimeError(
@@ -353,8 +353,8 @@ class Service(Introspection):
 
     def _leader(self, state: Conn, table: KeyTable, key: Hashable, serial: int) -> RemoteHold:
         """Under the mutex: the LIVE leader hold ``serial`` of this process, dropped."""
-        hold = state.proc.holds.get(serial)
-        if hold is None or hold.phase != LIVE or hold.table is not table:
+        hold = state.proc.live_hold(serial, table)
+        if hold is None:
             raise RuntimeError(f"no call in flight for key {key!r} is led by this caller")
         self._drop(hold)
         return hold
