@@ -20,7 +20,7 @@ from typing import IO
 import pytest
 
 from keyedlock import FileKeyedLock
-from keyedlock.cli._run import FORWARDED
+from keyedlock.cli._run import FORWARDED, NAMED_FORWARDED
 
 from .support import WAIT, readable, wait_until
 
@@ -160,6 +160,32 @@ def test_command_not_found(lock_file: str, other: FileKeyedLock) -> None:
     assert proc.stderr == "python -m keyedlock run: keyedlock-no-such-command: command not found\n"
     assert other.acquire("k", timeout=0)  # released
     other.release("k")
+
+
+@pytest.mark.parametrize("on_path", [False, True], ids=["path", "on PATH"])
+def test_a_missing_interpreter_is_not_command_not_found(
+    lock_file: str, tmp_path: Path, on_path: bool
+) -> None:
+    """A script whose #! interpreter is missing is found: the message says what is missing
+    (as bash does), with bash's status."""
+    script_file = tmp_path / "job.sh"
+    script_file.write_text("#!/nonexistent/keyedlock-interpreter\nexit 0\n")
+    script_file.chmod(0o755)
+    name = script_file.name if on_path else str(script_file)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        keyedlock("--file", lock_file, "k", "--", name),
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 127
+    assert proc.stderr == (
+        f"python -m keyedlock run: {name}: cannot execute: required file not found "
+        "(the interpreter its #! line names, or the loader it needs)\n"
+    )
 
 
 def test_command_not_executable(lock_file: str, tmp_path: Path, other: FileKeyedLock) -> None:
@@ -311,25 +337,38 @@ def test_killed_run_frees_the_key(lock_file: str, other: FileKeyedLock, start: S
 
 # -- signals -------------------------------------------------------------------------------
 
-#: A command that reports each signal it gets and exits 40 + its number on SIGTERM.
-REPORTER = script(
-    """
-    import signal, sys
+#: A command that reports each signal it gets (by number) and exits 40 + its number on SIGTERM.
+REPORTER = [
+    *script(
+        """
+        import signal, sys
 
-    def report(signum, frame):
-        print("got", signal.Signals(signum).name, flush=True)
-        if signum == signal.SIGTERM:
-            sys.exit(40 + signum)
+        def report(signum, frame):
+            print("got", signum, flush=True)
+            if signum == signal.SIGTERM:
+                sys.exit(40 + signum)
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM",
-                 "SIGVTALRM", "SIGPROF", "SIGPWR"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), report)
-    print("ready", flush=True)
-    while True:
-        signal.pause()
-    """
-)
+        for number in sys.argv[1:]:
+            signal.signal(int(number), report)
+        print("ready", flush=True)
+        while True:
+            signal.pause()
+        """
+    ),
+    *(str(int(s)) for s in FORWARDED),
+]
+
+
+def got(signum: int) -> str:
+    """What :data:`REPORTER` prints for ``signum``."""
+    return f"got {int(signum)}\n"
+
+
+def signal_id(signum: int) -> str:
+    """A test id for ``signum``: SIGTERM, SIGRTMIN+1."""
+    if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+    return signal.Signals(signum).name
 
 
 def handled(signum: int) -> int:
@@ -346,8 +385,10 @@ def handled(signum: int) -> int:
 
 @pytest.mark.parametrize(
     "signum",
-    [s for s in FORWARDED if s != signal.SIGTERM],
-    ids=lambda s: signal.Signals(s).name,
+    # Every named one; of the real-time signals the first, one between and the last.
+    [s for s in NAMED_FORWARDED if s != signal.SIGTERM]
+    + [signal.SIGRTMIN, signal.SIGRTMIN + 1, signal.SIGRTMAX],
+    ids=signal_id,
 )
 def test_signals_are_forwarded(lock_file: str, signum: int, start: Start) -> None:
     signum = handled(signum)
@@ -355,9 +396,9 @@ def test_signals_are_forwarded(lock_file: str, signum: int, start: Start) -> Non
     assert proc.stdout is not None
     assert read_line(proc.stdout) == "ready\n"
     proc.send_signal(signum)
-    assert read_line(proc.stdout) == f"got {signal.Signals(signum).name}\n"
+    assert read_line(proc.stdout) == got(signum)
     proc.send_signal(signal.SIGTERM)
-    assert read_line(proc.stdout) == "got SIGTERM\n"
+    assert read_line(proc.stdout) == got(signal.SIGTERM)
     assert finish(proc) == (40 + signal.SIGTERM, "", "")
 
 
@@ -423,9 +464,9 @@ def test_signals_ignored_at_start_stay_ignored(lock_file: str) -> None:
         assert read_line(proc.stdout) == "ready\n"
         proc.send_signal(signal.SIGHUP)  # ignored by keyedlock run: it goes on
         proc.send_signal(signal.SIGUSR1)
-        assert read_line(proc.stdout) == "got SIGUSR1\n"
+        assert read_line(proc.stdout) == got(signal.SIGUSR1)
         proc.send_signal(signal.SIGTERM)
-        assert read_line(proc.stdout) == "got SIGTERM\n"
+        assert read_line(proc.stdout) == got(signal.SIGTERM)
         assert proc.wait(WAIT) == 40 + signal.SIGTERM
 
 

@@ -13,14 +13,28 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from keyedlock import __version__
 
 from ._holders import scan as scan  # (re-exported: what FileKeyedLock.statistics reads /proc with)
-from ._run import BUSY, CANNOT_EXECUTE, FORWARDED, LOCK_FILE_ERROR, NOT_FOUND, run_command
+from ._run import (
+    BUSY,
+    CANNOT_EXECUTE,
+    FORWARDED,
+    LOCK_FILE_ERROR,
+    NAMED_FORWARDED,
+    NOT_FOUND,
+    run_command,
+)
 
 __all__ = ["main"]  # (and scan, for the package: see keyedlock._filelock)
 
+
+#: The signals ``run`` sends on to COMMAND, for its help.
+_FORWARDED_NAMES: Final = ", ".join(signal.Signals(s).name for s in NAMED_FORWARDED) + (
+    " and the real-time signals" if len(FORWARDED) > len(NAMED_FORWARDED) else ""
+)
 
 #: The most concurrent checkouts the demo runs (each is a thread, a task and a process).
 MAX_CHECKOUTS = 100
@@ -113,7 +127,7 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
             f"elapsed; {NOT_FOUND} if COMMAND was not found, {CANNOT_EXECUTE} if it "
             f"could not be executed; {LOCK_FILE_ERROR} if the lock file could not be used; "
             "2 for wrong arguments. "
-            f"{', '.join(signal.Signals(s).name for s in FORWARDED)} are sent on to COMMAND."
+            f"{_FORWARDED_NAMES} are sent on to COMMAND."
         ),
     )
     run.add_argument(

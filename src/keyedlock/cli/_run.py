@@ -48,6 +48,7 @@ __all__ = [
     "CANNOT_EXECUTE",
     "FORWARDED",
     "LOCK_FILE_ERROR",
+    "NAMED_FORWARDED",
     "NOT_FOUND",
     "run_command",
 ]
@@ -64,8 +65,10 @@ NOT_FOUND: Final = 127
 
 #: The signals sent on to the command: those a user or a supervisor sends to end, stop
 #: or tell a program something, whose default action would end this one (and leave the
-#: command running without the key).
-FORWARDED: Final = tuple(
+#: command running without the key): every such signal but the faults a program raises
+#: itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS), and the real-time signals.
+#: (SIGPIPE and SIGXFSZ are ignored in this program, as Python sets them.)
+NAMED_FORWARDED: Final = tuple(
     getattr(signal, name)
     for name in (
         "SIGINT",
@@ -77,9 +80,17 @@ FORWARDED: Final = tuple(
         "SIGALRM",
         "SIGVTALRM",
         "SIGPROF",
+        "SIGABRT",
+        "SIGXCPU",
+        "SIGIO",
         "SIGPWR",
+        "SIGSTKFLT",
     )
-    if hasattr(signal, name)  # (SIGPWR: Linux's)
+    if hasattr(signal, name)  # (SIGPWR, SIGSTKFLT: Linux's)
+)
+#: :data:`NAMED_FORWARDED`, then the real-time signals (SIGRTMIN to SIGRTMAX), where there are.
+FORWARDED: Final = NAMED_FORWARDED + tuple(
+    range(getattr(signal, "SIGRTMIN", 0), getattr(signal, "SIGRTMAX", -1) + 1)
 )
 
 #: The signals a terminal sends to its whole foreground process group (the command's too).
@@ -182,6 +193,11 @@ def _spawn(command: list[str], mask: set[int | signal.Signals]) -> int:
         )
 
 
+def _found(name: str) -> bool:
+    """True if ``name`` is a file ``posix_spawnp`` finds: a path to one, or on PATH."""
+    return os.path.isfile(name) if "/" in name else shutil.which(name) is not None
+
+
 def run_command(
     key: str,
     command: list[str],
@@ -229,7 +245,13 @@ def run_command(
         try:
             pid = _spawn(command, start_mask)
         except FileNotFoundError:
-            say(f"{command[0]}: command not found")
+            if _found(command[0]):  # (as bash says it; its status is 127 too)
+                say(
+                    f"{command[0]}: cannot execute: required file not found "
+                    "(the interpreter its #! line names, or the loader it needs)"
+                )
+            else:
+                say(f"{command[0]}: command not found")
             return NOT_FOUND
         except OSError as exc:
             say(f"{command[0]}: cannot execute: {exc.strerror or exc}")
