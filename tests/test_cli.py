@@ -151,3 +151,30 @@ def test_a_closed_pipe_ends_quietly(command: list[str], tmp_path: Path) -> None:
         os.close(write_end)
     assert proc.returncode == 1
     assert proc.stderr == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize(
+    "command",
+    [["holders"], ["holders", "--json"], ["demo", "--checkouts", "1"]],
+    ids=" ".join,
+)
+def test_an_output_that_cannot_be_written_is_one_line(command: list[str], tmp_path: Path) -> None:
+    """A full disk (``> /dev/full``): the reason in one line on standard error, status 1, no
+    traceback."""
+    if command[0] == "holders":
+        command = [*command, "--file", str(tmp_path / "locks")]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyedlock", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=WAIT * 3,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"python -m keyedlock {command[0]}: cannot write the output: "
+        "[Errno 28] No space left on device\n"
+    )

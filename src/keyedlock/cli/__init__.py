@@ -18,6 +18,7 @@ from typing import Final
 from keyedlock import __version__
 
 from ._holders import scan as scan  # (re-exported: what FileKeyedLock.statistics reads /proc with)
+from ._output import Output, OutputError, Writer
 from ._run import (
     BUSY,
     CANNOT_EXECUTE,
@@ -53,10 +54,11 @@ def count(text: str) -> int:
 
 
 def _closed_output() -> int:
-    """Standard output was closed by its reader (``keyedlock holders | head -1``).
+    """Standard output was closed by its reader (``keyedlock holders | head -1``), or
+    cannot be written (the caller said why).
 
-    Exit quietly with status 1, as a broken pipe asks: what is still buffered
-    goes nowhere, instead of to a traceback at interpreter exit.
+    Exit with status 1, as a broken pipe asks: what is still buffered goes
+    nowhere, instead of to a traceback at interpreter exit.
     """
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
@@ -204,7 +206,9 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
     return parser, {"run": run, "holders": holders, "demo": demo}
 
 
-def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str) -> int:
+def _show_holders(
+    path: str | None, keys: list[str], out: Writer, *, as_json: bool, prog: str
+) -> int:
     from ._holders_format import print_json, print_text
     from ._lockfile import default_path
 
@@ -218,9 +222,9 @@ def _show_holders(path: str | None, keys: list[str], *, as_json: bool, prog: str
         print(f"{prog}: cannot inspect {path}: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        print_json(report, sys.stdout)
+        print_json(report, out)
     else:
-        print_text(report, sys.stdout)
+        print_text(report, out)
     return 0
 
 
@@ -263,19 +267,23 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "holders" and not all(args.keys):
         command_parser.error("a KEY is empty")
+    out = Output(sys.stdout)
     try:
         if args.command == "holders":
             status = _show_holders(
-                args.file, args.keys, as_json=args.json, prog=command_parser.prog
+                args.file, args.keys, out, as_json=args.json, prog=command_parser.prog
             )
         elif args.command == "demo":
             from ._demo import CHECKOUTS, run_demo
 
             checkouts: int = args.checkouts if args.checkouts is not None else CHECKOUTS
-            status = run_demo(sys.stdout, checkouts=checkouts)
+            status = run_demo(out, checkouts=checkouts)
         else:
             raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
-        sys.stdout.flush()  # (a closed pipe shows here, not at interpreter exit)
+        out.flush()  # (a closed pipe shows here, not at interpreter exit)
     except BrokenPipeError:
+        return _closed_output()
+    except OutputError as exc:
+        print(f"{command_parser.prog}: cannot write the output: {exc}", file=sys.stderr)
         return _closed_output()
     return status

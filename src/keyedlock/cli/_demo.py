@@ -31,7 +31,6 @@ import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
 
 from ._demo_inprocess import need_trio, run_asyncio, run_mixed, run_threads, run_trio
 from ._demo_processes import need_processes, run_processes
@@ -43,6 +42,7 @@ from ._demo_wallet import (
     ScenarioSkipped,
     expected_outcome,
 )
+from ._output import Writer
 
 __all__ = ["CHECKOUTS", "SCENARIOS", "run_demo"]
 
@@ -140,7 +140,7 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _code(out: TextIO) -> None:
+def _code(out: Writer) -> None:
     """The race and its one-line fix, side by side."""
     left = ["without a lock:", "", *_RACE]
     right = ["with keyedlock, one line more:", "", _FIX, *(f"    {line}" for line in _RACE)]
@@ -151,7 +151,7 @@ def _code(out: TextIO) -> None:
         print(f"    {a.ljust(width)}{b}".rstrip(), file=out)
 
 
-def _say(out: TextIO, text: str, *, indent: str = "") -> None:
+def _say(out: Writer, text: str, *, indent: str = "") -> None:
     """Print a paragraph, wrapped to the width of a terminal (never inside a `code span`).
 
     ``indent`` starts the first line; the lines after it are indented two more columns.
@@ -206,7 +206,7 @@ def _figures(outcome: Outcome, checkouts: int) -> str:
     return text
 
 
-def _lost_updates(out: TextIO, rows: list[_Row], checkouts: int) -> None:
+def _lost_updates(out: Writer, rows: list[_Row], checkouts: int) -> None:
     """Why the unlocked runs went wrong, then the figures of each (runs alike share a line)."""
     _say(out, _WHY + " In these runs:")
     runtimes: dict[Outcome, list[str]] = {}
@@ -218,7 +218,7 @@ def _lost_updates(out: TextIO, rows: list[_Row], checkouts: int) -> None:
 
 
 def run_demo(
-    out: TextIO, *, checkouts: int = CHECKOUTS, scenarios: list[Scenario] | None = None
+    out: Writer, *, checkouts: int = CHECKOUTS, scenarios: list[Scenario] | None = None
 ) -> int:
     """Run every scenario without and with the lock, print the table; 0 if the lock held."""
     if checkouts < 1:

@@ -13,10 +13,11 @@ import os
 import shlex
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 from ._holders import Report
 from ._holders_proc import Lock, Process
+from ._output import Writer
 
 __all__ = ["SCHEMA", "as_json", "command_line", "print_json", "print_text"]
 
@@ -93,7 +94,7 @@ def as_json(report: Report) -> dict[str, Any]:
     }
 
 
-def print_json(report: Report, out: TextIO) -> None:
+def print_json(report: Report, out: Writer) -> None:
     """The report as the documented JSON object (see :func:`as_json`), indented."""
     json.dump(as_json(report), out, indent=2)
     print(file=out)
@@ -147,7 +148,7 @@ def _key_cell(key: str | None, lock: Lock | None) -> str:
     return cell
 
 
-def _table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+def _table(rows: Sequence[tuple[str, ...]], out: Writer) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
@@ -185,7 +186,7 @@ def _state(report: Report, offset: int, seen: set[int | None]) -> str:
     return "free"
 
 
-def print_text(report: Report, out: TextIO) -> None:
+def print_text(report: Report, out: Writer) -> None:
     """The report as tables for people."""
     print(f"lock file: {report.path}", file=out)
     if not report.exists:
