@@ -208,25 +208,27 @@ class KeyedLock(RunMixin):
         a thread running an event loop raises RuntimeError; a non-blocking one
         is allowed there. Release with :meth:`release`.
         """
-        if not isinstance(blocking, int):  # (bool included; as threading.Lock)
-            raise TypeError(f"blocking must be a bool, got {blocking!r}")
-        if not blocking:
-            if timeout is not None:
-                raise ValueError("can't specify a timeout for a non-blocking acquire")
-            timeout = 0
+        if blocking is not True:  # (the default: no check)
+            if not isinstance(blocking, int):  # (bool included; as threading.Lock)
+                raise TypeError(f"blocking must be a bool, got {blocking!r}")
+            if not blocking:
+                if timeout is not None:
+                    raise ValueError("can't specify a timeout for a non-blocking acquire")
+                timeout = 0
         ctx = self.__call__(key, timeout=timeout)  # (not self(...): a type slot more)
+        timeout = ctx._timeout  # (checked)
         ctx._phase = ENTERED
         ctx._watched = True  # taken by acquire(): it may outlive its owner
-        if ctx._timeout == 0:
-            ctx._owner = sync_owner()
+        if timeout == 0:
+            ctx._owner = owner = sync_owner()
+            if describe_owner(owner)[0] == "trio":
+                note_trio_run(trio_lowlevel[0])  # (as in acquire_async)
         elif running_loop() is None and sniffio_local.name is None:
             ctx._owner = thread_owners.token  # blocking_owner(), written out: every acquire()
         else:
             ctx._owner = blocking_owner("a blocking acquire(key)")  # raises
-        if ctx._timeout == 0 and describe_owner(ctx._owner)[0] == "trio":
-            note_trio_run(trio_lowlevel[0])  # (as in acquire_async)
         try:
-            acquired = self._backend.acquire(ctx, ctx._timeout)
+            acquired = self._backend.acquire(ctx, timeout)
             if acquired and self._timed:
                 self._recorded(ctx)
             return acquired
