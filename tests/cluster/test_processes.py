@@ -17,7 +17,7 @@ import redis
 from keyedlock import Owner
 from keyedlock.redis import RedisKeyedLock
 
-from ..support import wait_until
+from ..support import run_python, wait_until
 from .conftest import MakeLock
 from .processes import WorkerProcess
 from .servers import Server
@@ -237,3 +237,48 @@ def test_exclusion_on_a_cluster_across_processes(redis_cluster: Any, cluster_cli
         assert tokens == sorted(set(tokens))
     lock = RedisKeyedLock(cluster_client)
     assert not lock.locked("alpha")
+
+
+# -- fork ---------------------------------------------------------------------------------
+
+FORK_CHILD_RENEWS = """
+import os, time
+from keyedlock.redis import RedisKeyedLock, RedisSingleFlight
+
+URL, LEASE = {url!r}, {lease!r}
+# Made before the fork, as a preloaded web server's workers or a fork pool's get them.
+lock = RedisKeyedLock(URL, prefix="fork:", lease=LEASE)
+flight = RedisSingleFlight(URL, prefix="fork:", lease=LEASE)
+with lock("warm-up"):  # the parent's renewal thread is running when it forks
+    pass
+started, finish = os.pipe(), os.pipe()
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        def call():
+            os.write(started[1], b"x")
+            os.read(finish[0], 1)  # until the parent has looked, leases later
+            return "child's"
+        with lock("k"):
+            assert flight.do_sync("call", call) == "child's"
+        code = 0
+    finally:
+        os._exit(code)
+os.read(started[0], 1)  # the child holds "k" and leads "call"
+other_lock = RedisKeyedLock(URL, prefix="fork:", lease=LEASE)
+other_flight = RedisSingleFlight(URL, prefix="fork:", lease=LEASE)
+time.sleep(4 * LEASE)  # (time for four leases to run out, were they not renewed)
+print("locked", other_lock.locked("k"), "in flight", other_flight.in_flight("call"))
+os.write(finish[1], b"x")
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_child_renews_its_leases(redis_server: Server) -> None:
+    """Locks and single-flight groups made before a fork: the child's holds and calls are
+    renewed (the parent's renewal thread did not fork with it), so they outlive their
+    lease, and a call longer than it is not run a second time."""
+    out = run_python(FORK_CHILD_RENEWS.format(url=redis_server.url, lease=SHORT_LEASE))
+    assert out == "locked True in flight True\nchild 0\n"

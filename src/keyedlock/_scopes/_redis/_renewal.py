@@ -304,9 +304,12 @@ class Renewer:
             self.settle(_EXIT_GRACE)
 
     def forked(self) -> None:
-        """In a fork child: no thread (it did not fork), nothing queued, a fresh condition,
-        and every member holds nothing."""
-        for member in list(self._members):
+        """In a fork child: nothing queued, a fresh condition, every member holds nothing,
+        and a thread of its own (the parent's did not fork) if there are members: the
+        child's holds and calls are renewed from their start, as in any process (a member
+        is added once, when it is made, in the parent)."""
+        members = list(self._members)
+        for member in members:
             with contextlib.suppress(Exception):
                 member.forked()
         self._cond = threading.Condition(threading.Lock())
@@ -316,6 +319,8 @@ class Renewer:
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
+        if members:
+            self._start()
 
 
 #: The renewal thread of this process.
