@@ -9,7 +9,10 @@ inside a running event loop).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable
+from types import MemberDescriptorType
 from typing import Final
 
 __all__ = [
@@ -87,22 +90,50 @@ _SLOT_WRAPPER: Final = type(BaseException.__init__)
 ExceptionState = tuple[type[BaseException], tuple[object, ...], dict[str, object]]
 
 
-def exception_state(exc: BaseException) -> ExceptionState | None:
+def _fields(cls: type[BaseException]) -> dict[str, MemberDescriptorType]:
+    """The fields of ``cls``'s instances kept outside their ``__dict__``: those of built-in
+    bases that their C ``__init__`` fills (SyntaxError's ``filename`` and ``lineno``,
+    AttributeError's ``name``, UnicodeError's ``start``...) and ``__slots__``."""
+    return {
+        name: attr
+        for base in reversed(cls.__mro__)
+        for name, attr in vars(base).items()
+        if isinstance(attr, MemberDescriptorType) and not name.startswith("__")
+    }
+
+
+def exception_state(
+    exc: BaseException, portable: Callable[[object], object] | None = None
+) -> ExceptionState | None:
     """What rebuilds ``exc`` without calling its ``__init__`` again, or None.
 
     Copying or pickling an exception normally calls ``type(exc)(*exc.args)``:
     an ``__init__`` written in Python that formats its message from its
     parameters then sees the formatted message and changes ``args``. For
     such a class (with no pickling of its own) this returns (type, args,
-    attributes) for :func:`rebuild_exception`; None where a plain copy or
-    pickle is already faithful.
+    attributes) for :func:`rebuild_exception`: the attributes are its
+    ``__dict__`` and the fields kept outside it (see :func:`_fields`); with
+    ``portable`` (a serializer's ``dumps``), only the fields it can carry (a
+    plain pickle of a built-in exception leaves them out, and an
+    AttributeError's ``obj`` is often an object nothing can carry). None
+    where a plain copy or pickle is already faithful.
     """
     cls = type(exc)
     if isinstance(cls.__init__, _SLOT_WRAPPER) or cls.__reduce__ is not BaseException.__reduce__:
         return None
     if not hasattr(exc, "__dict__"):
         return None
-    return cls, exc.args, dict(vars(exc))
+    attributes: dict[str, object] = {}
+    for name, field in _fields(cls).items():
+        try:
+            value = field.__get__(exc, cls)
+            if portable is not None:
+                portable(value)
+        except Exception:  # unset, or not carried
+            continue
+        attributes[name] = value
+    attributes.update(vars(exc))
+    return cls, exc.args, attributes
 
 
 def rebuild_exception(
@@ -111,7 +142,14 @@ def rebuild_exception(
     """The exception :func:`exception_state` described (``__init__`` is not called)."""
     exc = cls.__new__(cls, *args)
     exc.args = args
-    exc.__dict__.update(attributes)
+    fields = _fields(cls)
+    for name, value in attributes.items():
+        field = fields.get(name)
+        if field is None:
+            exc.__dict__[name] = value
+            continue
+        with contextlib.suppress(AttributeError, TypeError):  # read-only: set by __new__
+            field.__set__(exc, value)
     return exc
 
 

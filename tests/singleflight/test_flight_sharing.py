@@ -6,6 +6,7 @@ import contextlib
 import gc
 import threading
 import weakref
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -48,6 +49,60 @@ class Coded(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"error {code}")
         self.code = code
+
+
+class ConfigSyntaxError(SyntaxError):
+    """A SyntaxError of a parser of its own: SyntaxError's C __init__ fills its fields."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message, ("app.cfg", line, 1, "key = ", line, 7))
+
+
+class MissingSetting(AttributeError):
+    """An AttributeError naming what is missing (its ``name`` and ``obj`` fields)."""
+
+    def __init__(self, setting: str) -> None:
+        super().__init__(f"no setting {setting!r}", name=setting, obj="settings")
+
+
+class MissingAttribute(AttributeError):
+    """An AttributeError whose ``obj`` is an object no serializer carries (a lock)."""
+
+    def __init__(self, name: str, obj: object) -> None:
+        super().__init__(f"no attribute {name!r}", name=name, obj=obj)
+
+
+class BadBytes(UnicodeDecodeError):
+    """A UnicodeDecodeError whose fields (encoding, object, start, end, reason) are C-level."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("utf-8", data, 1, 2, "invalid start byte")
+
+
+class Slotted(Exception):
+    """An exception that keeps a field in a slot, not in its ``__dict__``."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"error {code}")
+        self.code = code
+
+
+#: Errors built by an ``__init__`` of their own, with fields kept outside ``__dict__``, and
+#: the fields a follower's copy must have as the leader's did.
+FIELD_ERRORS: dict[str, tuple[Callable[[], Exception], tuple[str, ...]]] = {
+    "SyntaxError": (
+        lambda: ConfigSyntaxError("unexpected end", 3),
+        ("msg", "filename", "lineno", "offset", "text", "end_lineno", "end_offset"),
+    ),
+    "AttributeError": (lambda: MissingSetting("db"), ("name", "obj")),
+    "UnicodeDecodeError": (
+        lambda: BadBytes(b"a\xffc"),
+        ("encoding", "object", "start", "end", "reason"),
+    ),
+    "__slots__": (lambda: Slotted(4), ("code",)),
+}
 
 
 class Value:
@@ -379,6 +434,83 @@ async def test_an_error_that_builds_its_message_keeps_its_args(sf: SingleFlight)
     assert copy.args == original.args, "the follower's error says something else"
     assert str(copy) == str(original)
     assert copy.code == 5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", FIELD_ERRORS)
+async def test_an_errors_fields_outside_its_dict_are_copied(sf: SingleFlight, kind: str) -> None:
+    """A follower's copy of an error whose own __init__ is not called again still has the
+    fields a built-in base's C __init__ filled (and its slots): same str(), same fields."""
+    make, fields = FIELD_ERRORS[kind]
+    expected = type(make())
+    gate = anyio.Event()
+    raised: list[BaseException] = []
+
+    async def failing_call() -> None:
+        await gate.wait()
+        error = make()
+        raised.append(error)
+        raise error
+
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        with pytest.raises(expected) as info:
+            await sf.do("k", failing_call)
+        errors.append(info.value)
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller)
+            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
+            tg.start_soon(caller)
+            await wait_followers_async(sf, "k", 1)
+            gate.set()
+
+    [original] = raised
+    [copy] = [error for error in errors if error is not original]
+    assert type(copy) is expected
+    assert copy.args == original.args
+    assert str(copy) == str(original)
+    for field in fields:
+        assert getattr(copy, field) == getattr(original, field), field
+
+
+@pytest.mark.anyio
+async def test_a_field_that_cannot_travel_is_left_out(
+    sf: SingleFlight, flight_scope: Scope
+) -> None:
+    """Another process's follower gets the error without the fields its serializer cannot
+    carry (as a plain pickle leaves them all out); a follower here gets them all."""
+    gate = anyio.Event()
+    held = threading.Lock()
+    raised: list[MissingAttribute] = []
+    errors: list[MissingAttribute] = []
+
+    async def failing_call() -> None:
+        await gate.wait()
+        error = MissingAttribute("db", held)
+        raised.append(error)
+        raise error
+
+    async def caller() -> None:
+        with pytest.raises(MissingAttribute) as info:
+            await sf.do("k", failing_call)
+        errors.append(info.value)
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller)
+            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
+            tg.start_soon(caller)
+            await wait_followers_async(sf, "k", 1)
+            gate.set()
+
+    [original] = raised
+    [copy] = [error for error in errors if error is not original]
+    assert str(copy) == "no attribute 'db'"
+    assert copy.name == "db"
+    assert copy.obj is (None if flight_scope.remote else held)
 
 
 @pytest.mark.anyio

@@ -50,8 +50,12 @@ _AS_STATE: Final = 1
 _CHAIN_DEPTH: Final = 8
 
 
+def _pickled(value: object) -> bytes:
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
 def _dump_linked(exc: BaseException, seen: set[int], depth: int) -> bytes:
-    state = exception_state(exc)
+    state = exception_state(exc, _pickled)
     head: tuple[object, ...] = (_AS_PICKLED, exc) if state is None else (_AS_STATE, *state)
     links = (
         _dump_link(exc.__cause__, seen, depth),

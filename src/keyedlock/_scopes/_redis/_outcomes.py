@@ -70,8 +70,8 @@ def encode_value(
 CHAIN_DEPTH = 8
 
 
-def _state(exc: BaseException) -> tuple[object, ...]:
-    state = exception_state(exc)
+def _state(serializer: Serializer, exc: BaseException) -> tuple[object, ...]:
+    state = exception_state(exc, serializer.dumps)
     return (0, exc) if state is None else (1, *state)
 
 
@@ -79,23 +79,27 @@ def _state(exc: BaseException) -> tuple[object, ...]:
 _SAME_AS_CAUSE = "cause"
 
 
-def _chain(exc: BaseException, seen: frozenset[int], depth: int) -> tuple[object, ...]:
+def _chain(
+    serializer: Serializer, exc: BaseException, seen: frozenset[int], depth: int
+) -> tuple[object, ...]:
     cause = exc.__cause__
     context = exc.__context__
     return (
-        _state(exc),
-        _link(cause, seen, depth),
-        _SAME_AS_CAUSE if context is cause and cause is not None else _link(context, seen, depth),
+        _state(serializer, exc),
+        _link(serializer, cause, seen, depth),
+        _SAME_AS_CAUSE
+        if context is cause and cause is not None
+        else _link(serializer, context, seen, depth),
         exc.__suppress_context__,
     )
 
 
 def _link(
-    linked: BaseException | None, seen: frozenset[int], depth: int
+    serializer: Serializer, linked: BaseException | None, seen: frozenset[int], depth: int
 ) -> tuple[object, ...] | None:
     if linked is None or id(linked) in seen or depth >= CHAIN_DEPTH:
         return None
-    return _chain(linked, seen | {id(linked)}, depth + 1)
+    return _chain(serializer, linked, seen | {id(linked)}, depth + 1)
 
 
 def _rebuilt(state: Any) -> BaseException:
@@ -127,11 +131,11 @@ def encode_error(serializer: Serializer, exc: BaseException, key: Hashable) -> b
     """The leader's exception for the followers, with its chain if that can be serialized
     (a description if the exception itself cannot be)."""
     try:
-        return b"E" + _dumps(serializer, _chain(exc, frozenset({id(exc)}), 0))
+        return b"E" + _dumps(serializer, _chain(serializer, exc, frozenset({id(exc)}), 0))
     except Exception:
         pass
     try:
-        return b"e" + _dumps(serializer, _state(exc))
+        return b"e" + _dumps(serializer, _state(serializer, exc))
     except Exception as why:
         text = (
             f"the single-flight call for key {key!r} raised {type_name(exc)}: {exc}; the "
