@@ -16,6 +16,7 @@ import time
 import warnings
 from decimal import Decimal
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import anyio
@@ -399,6 +400,69 @@ async def test_tasks_wait_in_redis_and_get_the_key(make_lock: MakeLock) -> None:
         await asyncio.wait_for(task, WAIT)
     assert len(entered) == 1
     assert entered[0] > 0
+
+
+#: Callers of one process waiting in Redis at once: more than redis-py 8 lets a pool open
+#: by default (100), and than trio's default thread limiter (40).
+MANY_WAITERS = 120
+
+
+@pytest.mark.anyio
+async def test_many_waiting_tasks_of_one_process_leave_the_others_alone(
+    make_lock: MakeLock,
+) -> None:
+    """120 tasks waiting in Redis for keys another process holds (each blocks a connection,
+    and under trio a worker thread, until it is woken): none fails for want of a connection,
+    a free key is taken at once, the program's own worker threads stay free, and every
+    waiter gets its key once released. (The holder's lease is long: a call stuck behind the
+    waits would wait for it to run out.)"""
+    holder, lock = make_lock(lease=30.0), make_lock(lease=30.0)
+    for i in range(MANY_WAITERS):
+        assert holder.acquire(f"busy{i}", blocking=False)
+    entered: list[int] = []
+
+    async def wait(i: int) -> None:
+        async with lock(f"busy{i}"):
+            entered.append(i)
+
+    with anyio.fail_after(WAIT * 3):
+        async with anyio.create_task_group() as tg:
+            for i in range(MANY_WAITERS):
+                tg.start_soon(wait, i)
+            await wait_until_async(
+                lambda: all(lock.waiters(f"busy{i}") == 1 for i in range(MANY_WAITERS)),
+                "every task waits in Redis",
+            )
+            with anyio.fail_after(WAIT):
+                async with lock("free", timeout=1):
+                    pass
+                await anyio.to_thread.run_sync(lambda: None)
+            for i in range(MANY_WAITERS):
+                holder.release(f"busy{i}")
+    assert sorted(entered) == list(range(MANY_WAITERS))
+
+
+def test_many_waiting_threads_of_one_process(make_lock: MakeLock) -> None:
+    """The same with threads: each waits on a connection of its own, with no cap."""
+    holder, lock = make_lock(lease=30.0), make_lock(lease=30.0)
+    for i in range(MANY_WAITERS):
+        assert holder.acquire(f"busy{i}", blocking=False)
+    entered: list[int] = []
+
+    def wait(i: int) -> None:
+        with lock(f"busy{i}", timeout=WAIT * 3):
+            entered.append(i)
+
+    threads = [start_thread(partial(wait, i)) for i in range(MANY_WAITERS)]
+    wait_until(
+        lambda: all(lock.waiters(f"busy{i}") == 1 for i in range(MANY_WAITERS)),
+        "every thread waits in Redis",
+    )
+    for i in range(MANY_WAITERS):
+        holder.release(f"busy{i}")
+    for thread in threads:
+        thread.result()
+    assert sorted(entered) == list(range(MANY_WAITERS))
 
 
 def test_a_timeout_in_redis_leaves_no_place(make_lock: MakeLock) -> None:

@@ -40,7 +40,7 @@ from redis.sentinel import SentinelConnectionPool
 from ..._ki import internal
 from ._failures import DOWN, NoAnswer, RedisUnavailable, where
 from ._linkasync import AsyncCalls
-from ._loops import MARGIN, Late, LoopClients, async_client_for, pop_block, url_options
+from ._loops import MARGIN, NO_CAP, Late, LoopClients, async_client_for, pop_block, url_options
 from ._lua import Call
 from ._probe import late_servers
 
@@ -78,7 +78,9 @@ def _pool_without_retry(client: redis.Redis) -> Any:
     ours = _copies.get(pool)
     if ours is None:  # (two threads racing here may make two copies: both work)
         settings = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
-        made = redis.ConnectionPool(connection_class=pool.connection_class, **settings)
+        made = redis.ConnectionPool(
+            connection_class=pool.connection_class, max_connections=NO_CAP, **settings
+        )
         ours = _copies.setdefault(pool, made)
         if ours is made:
             weakref.finalize(pool, made.disconnect).atexit = False  # (as a URL's client)

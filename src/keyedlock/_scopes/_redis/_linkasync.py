@@ -1,7 +1,13 @@
 """The cluster scope's calls from asyncio and trio tasks (the async half of :class:`~._link.Link`).
 
 asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`); trio
-tasks run the sync calls in trio's worker threads, so that the trio run never blocks.
+tasks run the sync calls in trio's worker threads, so that the trio run never blocks. Those
+threads are counted by two capacity limiters of keyedlock's own per trio run, never trio's
+default one: a wait (a blocking pop, which holds its thread until it is woken or times out,
+and after a cancellation until its pop returns) by :data:`WAIT_THREADS`, every other call
+(a try, a release, a renewal of a place) by :data:`CALL_THREADS`. So calls never queue
+behind waits, nor the program's own ``trio.to_thread`` calls behind either; a timed call
+that finds no thread free in time says so as a late server does.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import asyncio
 import contextlib
 import sys
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import redis.exceptions
 
@@ -20,7 +26,16 @@ from ._failures import DOWN, NoAnswer, RedisUnavailable, cluster_node_error
 from ._loops import Late, LoopClients
 from ._lua import Call
 
-__all__ = ["AsyncCalls"]
+__all__ = ["CALL_THREADS", "WAIT_THREADS", "AsyncCalls"]
+
+#: How many of a trio run's worker threads may block in a wait (a pop) at once; callers
+#: beyond it wait for one, in order. A wait holds a connection too, as in any runtime.
+WAIT_THREADS: Final = 1000
+#: How many of a trio run's worker threads may run the other calls at once.
+CALL_THREADS: Final = 64
+
+#: The trio RunVars holding each run's two limiters (made on first use: trio is optional).
+_run_vars: dict[str, Any] = {}
 
 
 @internal
@@ -56,11 +71,28 @@ class AsyncCalls:
     def pop(self, key: bytes, block: float) -> bytes | None:
         raise NotImplementedError
 
+    async def _in_trio_thread(self, call: partial[Any], shielded: bool, wait: float | None) -> Any:
+        """Run ``call`` in a worker thread of the trio run (see the module docstring); with
+        ``wait``, a thread not free within it ends the call as a late server would (the
+        call bounds its own round trip by ``wait``)."""
+        import trio
+
+        limiter = _limiter("keyedlock.redis.calls", CALL_THREADS)
+        scope = trio.CancelScope(shield=shielded)
+        if wait is not None:
+            scope.deadline = trio.current_time() + max(wait, 0.001)
+        with scope:
+            return await trio.to_thread.run_sync(call, limiter=limiter)
+        # Cancelled by the deadline before a thread was free (once one runs it, the call
+        # goes on to its end: the thread is not abandoned, and bounds itself by ``wait``).
+        late = Late(f"within {wait:.3g} s (no worker thread was free)")
+        raise self.unavailable(late, None, NoAnswer)
+
     async def run_async(self, call: Call, wait: float | None = None) -> Any:
         """As :meth:`run`, from an asyncio or trio task."""
         loop = running_loop()
         if loop is None:
-            return await _in_trio_thread(partial(self.run, call, wait), False)
+            return await self._in_trio_thread(partial(self.run, call, wait), False, wait)
         side = self.loops.get(loop) or await self.loops.open(loop)
         if wait is None:
             try:
@@ -88,7 +120,7 @@ class AsyncCalls:
         delivers it at the next checkpoint), for the caller to raise once the reply is
         handled."""
         if running_loop() is None:
-            return await _in_trio_thread(partial(self.run, call), True), None
+            return await self._in_trio_thread(partial(self.run, call), True, None), None
         inner = asyncio.ensure_future(self.run_async(call))
         try:
             return await asyncio.shield(inner), None
@@ -110,7 +142,7 @@ class AsyncCalls:
         """As :meth:`command`, from an asyncio or trio task."""
         loop = running_loop()
         if loop is None:
-            return await _in_trio_thread(partial(self.command, key, *args), False)
+            return await self._in_trio_thread(partial(self.command, key, *args), False, None)
         side = self.loops.get(loop) or await self.loops.open(loop)
         try:
             return await side.command(*args)
@@ -124,7 +156,9 @@ class AsyncCalls:
             import trio
 
             return await trio.to_thread.run_sync(
-                partial(self.pop, key, block), abandon_on_cancel=True
+                partial(self.pop, key, block),
+                abandon_on_cancel=True,
+                limiter=_limiter("keyedlock.redis.waits", WAIT_THREADS),
             )
         side = self.loops.get(loop) or await self.loops.open(loop)
         block = max(0.001, block)
@@ -147,10 +181,16 @@ def _anyio_shield() -> contextlib.AbstractContextManager[object]:
     return shield
 
 
-async def _in_trio_thread(call: partial[Any], shielded: bool) -> Any:
+def _limiter(name: str, threads: int) -> Any:
+    """The trio run's :class:`trio.CapacityLimiter` called ``name`` (made on first use)."""
     import trio
 
-    if not shielded:
-        return await trio.to_thread.run_sync(call)
-    with trio.CancelScope(shield=True):
-        return await trio.to_thread.run_sync(call)
+    var = _run_vars.get(name)
+    if var is None:
+        var = _run_vars.setdefault(name, trio.lowlevel.RunVar(name))
+    try:
+        return var.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(threads)
+        var.set(limiter)
+        return limiter

@@ -30,7 +30,16 @@ from redis.cluster import RedisCluster
 from ..._ki import internal
 from ._lua import Call
 
-__all__ = ["MARGIN", "POP_SLACK", "AsyncSide", "Late", "LoopClients", "pop_block", "reply_wait"]
+__all__ = [
+    "MARGIN",
+    "NO_CAP",
+    "POP_SLACK",
+    "AsyncSide",
+    "Late",
+    "LoopClients",
+    "pop_block",
+    "reply_wait",
+]
 
 #: How much longer than a blocking pop's own timeout its reply may take before the server is
 #: taken for unresponsive (seconds).
@@ -137,6 +146,7 @@ def async_client_for(sync: redis.Redis | RedisCluster, url: str | None) -> Any:
     async_pool = redis.asyncio.ConnectionPool(
         connection_class=connection_class,
         retry=no_retry,
+        max_connections=NO_CAP,
         **_settings(pool.connection_kwargs, accepted),
     )
     client = redis.asyncio.Redis(connection_pool=async_pool)
@@ -146,9 +156,20 @@ def async_client_for(sync: redis.Redis | RedisCluster, url: str | None) -> Any:
     return client
 
 
+#: ``max_connections`` of the pools the scope makes: no cap (redis-py 8 caps a pool at 100
+#: by default). Each key a process waits for blocks a connection until it is woken: a cap
+#: would make the waiters beyond it fail, and starve the renewal of the keys it holds.
+NO_CAP: Final = 2**31
+
+
 def url_options(retry: object) -> dict[str, Any]:
     """Options of a client made from a URL (the URL's own query options win)."""
-    return {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "retry": retry}
+    return {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "retry": retry,
+        "max_connections": NO_CAP,
+    }
 
 
 @internal
