@@ -15,13 +15,15 @@ records after entering (and, when watched, forgets on leaving).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable
 from time import monotonic
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 from ._core import complete
@@ -54,15 +56,54 @@ def watched_context(base: type[LockContext], watch: Watch) -> type[LockContext]:
 _OWN_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+#: The functions of keyedlock that call the user's function with the key held (``run``,
+#: ``run_sync`` and ``guard``), by name; ``fn`` is the function they run.
+_RUNNERS = frozenset({"run_async", "run_blocking"})
+
+
+def _machinery_dirs() -> tuple[str, ...]:
+    """Where the code that starts tasks and threads lives (asyncio, threading, thread pools,
+    and trio and anyio if loaded): a place there is nobody's place of acquisition."""
+    places = []
+    for name in ("asyncio", "concurrent.futures", "trio", "anyio"):
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if file:
+            places.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+    places.append(os.path.abspath(threading.__file__))
+    return tuple(places)
+
+
+def _where(code: CodeType, line: int | None) -> str:
+    return f"{code.co_filename}:{line} in {code.co_name}()"
+
+
 def site_of(frame: FrameType | None) -> str:
     """``file:line in function`` of ``frame``, or of the first frame calling it from
-    outside keyedlock (``run``, ``run_sync`` and ``guard`` acquire for their caller)."""
+    outside keyedlock (``run``, ``run_sync`` and ``guard`` acquire for their caller).
+
+    When that caller is what starts tasks or threads (a guarded function or a
+    ``run`` coroutine that is a task's or a thread's own, as
+    ``asyncio.create_task(guarded(...))`` makes it), the place is the function
+    run under the key, where it is defined, and who called it.
+    """
+    runner = None
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_FILES):
+        if frame.f_code.co_name in _RUNNERS:
+            runner = frame
         frame = frame.f_back
-    if frame is None:
-        return "an unknown place"
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}()"
+    caller = "an unknown place" if frame is None else _where(frame.f_code, frame.f_lineno)
+    if runner is None or (frame is not None and not caller.startswith(_machinery_dirs())):
+        return caller
+    fn = runner.f_locals.get("fn")
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+    if not isinstance(code, CodeType):
+        return f"{caller}, running {fn!r}"
+    return (
+        f"{_where(code, code.co_firstlineno)}, the function run with the key (called by {caller})"
+    )
 
 
 def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]:

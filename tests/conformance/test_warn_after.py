@@ -115,6 +115,42 @@ async def test_a_hold_taken_by_run_names_the_callers_place(
     assert "test_a_hold_taken_by_run_names_the_callers_place" in message, message
 
 
+@pytest.mark.anyio
+async def test_a_guarded_function_that_is_a_task_names_itself(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    """A guarded function started as a task of its own is called by the event loop: the
+    place logged is the function (where it is defined), not a line of the loop's."""
+    lock = make_lock(warn_after=0.01)
+
+    @lock.guard("k")
+    async def task_of_its_own() -> None:
+        assert await anyio.to_thread.run_sync(records.arrived.wait, WAIT)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task_of_its_own)
+    [message] = records.messages()
+    assert "test_warn_after.py" in message, message
+    assert "in task_of_its_own(), the function run with the key (called by " in message
+
+
+def test_a_guarded_function_that_is_a_thread_names_itself(
+    make_lock: Callable[..., KeyedLock], records: Records
+) -> None:
+    lock = make_lock(warn_after=0.01)
+
+    @lock.guard("k")
+    def thread_of_its_own() -> None:
+        _wait_in_thread(records)
+
+    thread = threading.Thread(target=thread_of_its_own)
+    thread.start()
+    thread.join(WAIT)
+    [message] = records.messages()
+    assert "test_warn_after.py" in message, message
+    assert "in thread_of_its_own(), the function run with the key (called by " in message
+
+
 def test_release_forgets_the_hold_it_released_not_the_next_one(
     make_lock: Callable[..., KeyedLock], records: Records
 ) -> None:
