@@ -339,7 +339,12 @@ class KeyedLock(RunMixin):
         return self._backend.statistics(self._local(key), key)
 
     def keys(self) -> list[Hashable]:
-        """The keys that have a holder or a waiter at this moment (a snapshot)."""
+        """The keys that have a holder or a waiter at this moment (a snapshot).
+
+        In the host and cluster scopes, the keys of this process's callers (a
+        lock file keeps no names, and Redis is not scanned); the manager's
+        lists every process's.
+        """
         return self._backend.keys()
 
     def _recorded(self, ctx: LockContext) -> None:
