@@ -32,6 +32,7 @@ from ..support import (
     wait_waiters,
     wait_waiters_async,
 )
+from .scopes import Scope
 
 
 def test_abandoned_is_a_keyed_lock_error() -> None:
@@ -104,6 +105,33 @@ def test_callers_of_a_key_left_by_an_ended_task_raise(lock: KeyedLock, records: 
     lock.release("k")  # anyone may still release it: then the key works as always
     with lock("k"):
         pass
+    assert len(lock) == 0
+
+
+@pytest.mark.parametrize("runtime", ["asyncio", "trio"])
+def test_a_key_left_by_an_ended_task_is_logged_before_anyone_waits_here(
+    scope: Scope, lock: KeyedLock, records: Records, runtime: str
+) -> None:
+    """In the scopes whose callers may wait in other processes (lock file, manager, Redis),
+    a task's acquire_async() hold is watched from the moment it is taken: its end is logged
+    at once, not only once a caller of this process waits. (The process scope watches a
+    holder once someone waits behind it: every caller is in this process.)"""
+    if scope.name == "process":
+        pytest.skip("the process scope watches a holder once a caller waits for it")
+
+    async def leaker() -> None:
+        assert await lock.acquire_async("k")
+
+    if runtime == "asyncio":
+        asyncio.run(leaker())
+    else:
+        trio.run(leaker)
+    assert records.arrived.wait(WAIT), "the end of the task holding the key was not logged"
+    [message] = [m for m in records.messages() if "ended without releasing it" in m]
+    assert f"{runtime} task" in message
+    with pytest.raises(Abandoned):
+        lock.acquire("k", timeout=WAIT)
+    lock.release("k")
     assert len(lock) == 0
 
 

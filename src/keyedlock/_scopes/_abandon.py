@@ -42,8 +42,11 @@ def abandoned_error(key: Hashable, who: str) -> Abandoned:
 class Abandonment:
     """Watches the owners of the holds of one table that others wait for."""
 
-    def __init__(self, table: KeyTable) -> None:
+    def __init__(self, table: KeyTable, wide: bool = False) -> None:
         self.table = table
+        #: A table of a local-then-wide scope: callers of other processes wait for its keys
+        #: too, which it cannot tell (see :meth:`ended`).
+        self.wide = wide
         # (Re-entrant: a watched hold freed by the collector, inside a section under the
         # guard, forgets itself under it too: see _forget.)
         self.guard = threading.RLock()
@@ -109,10 +112,14 @@ class Abandonment:
             if self.table.abandon(key, hold, abandoned_error(key, who)):
                 logger.warning(
                     "key %r was left held by %s, which ended without releasing it "
-                    "(in process %d); the callers waiting for it raise Abandoned",
+                    "(in process %d); the callers waiting for it raise Abandoned%s",
                     key,
                     who,
                     os.getpid(),
+                    " in this process; those of other processes wait until release(key) "
+                    "here, or this process's end, frees it"
+                    if self.wide
+                    else "",
                 )
 
 

@@ -62,10 +62,11 @@ __all__ = ["NO_MAPPED_KEYS", "LocalBackend", "LocalContext", "settle", "watched_
 NO_MAPPED_KEYS: Mapping[type, Mapping[Any, Hashable]] = MappingProxyType({})
 
 
-def watched_table(max_waiters: int | None) -> KeyTable:
-    """A table whose holders are watched while others wait for them (see :mod:`._abandon`)."""
+def watched_table(max_waiters: int | None, wide: bool = False) -> KeyTable:
+    """A table whose holders are watched while others wait for them (see :mod:`._abandon`;
+    ``wide``: of a local-then-wide scope, whose callers may wait in other processes)."""
     table = KeyTable(max_waiters)
-    table.on_wait = Abandonment(table).watch
+    table.on_wait = Abandonment(table, wide).watch
     return table
 
 
@@ -215,9 +216,11 @@ class LocalBackend:
     __slots__ = ("__weakref__", "fast_acquire", "table")
 
     context: type[LockContext] = LocalContext
+    #: True for a local-then-wide backend (see :func:`watched_table`).
+    wide: bool = False
 
     def __init__(self, max_waiters: int | None, fast_acquire: bool = False) -> None:
-        self.table = watched_table(max_waiters)
+        self.table = watched_table(max_waiters, self.wide)
         self.fast_acquire = fast_acquire
         reset_in_child(self)
 
@@ -226,7 +229,7 @@ class LocalBackend:
         fork with it), and the old table usable by the contexts entered before the fork."""
         old = self.table
         old.forked()
-        self.table = watched_table(old.max_waiters)
+        self.table = watched_table(old.max_waiters, self.wide)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:

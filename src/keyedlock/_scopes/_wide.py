@@ -10,6 +10,7 @@ scope for a key at a time. ``timeout`` covers both steps.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from time import monotonic
@@ -93,6 +94,7 @@ class WideBackend(LocalBackend):
     __slots__ = ("scope",)
 
     context: type[LockContext] = WideContext
+    wide = True
 
     def __init__(
         self, scope: WideScope, max_waiters: int | None, fast_acquire: bool = False
@@ -155,13 +157,23 @@ class WideBackend(LocalBackend):
         key = ctx._key
         wide_timeout = remaining(timeout, start)
         if wide_timeout != 0 and ctx._table.max_waiters == 0:  # type: ignore[union-attr]
-            if await self.scope.acquire_async(key, ctx, 0):  # (as in acquire)
-                return True
-            raise queue_full_error(key, 0)
-        if await self.scope.acquire_async(key, ctx, wide_timeout):
-            return True
-        ctx._table.release(key, ctx)  # type: ignore[union-attr]
-        return False
+            if not await self.scope.acquire_async(key, ctx, 0):  # (as in acquire)
+                raise queue_full_error(key, 0)
+        elif not await self.scope.acquire_async(key, ctx, wide_timeout):
+            ctx._table.release(key, ctx)  # type: ignore[union-attr]
+            return False
+        if ctx._watched:
+            # Taken by acquire_async(), a task's hold that may outlive it: watched from now
+            # on, not only once a caller here waits for it (callers of other processes may
+            # wait already). Its end is then logged, and this process's callers told.
+            self._watch_owner(key, ctx)
+        return True
+
+    def _watch_owner(self, key: Hashable, ctx: LockContext) -> None:
+        on_wait = ctx._table.on_wait  # type: ignore[union-attr]
+        if on_wait is not None:
+            with contextlib.suppress(Exception):  # (best effort, as the table's own calls)
+                on_wait(key, ctx)
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
         key = ctx._key
