@@ -13,7 +13,7 @@ import contextlib
 import copy
 from collections.abc import Callable
 from types import MemberDescriptorType
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "Abandoned",
@@ -87,13 +87,21 @@ class LeaseLost(KeyedLockError):
 
 _SLOT_WRAPPER: Final = type(BaseException.__init__)
 
-ExceptionState = tuple[type[BaseException], tuple[object, ...], dict[str, object]]
+#: (type, args, attributes, fields): see :func:`exception_state`.
+ExceptionState = tuple[
+    type[BaseException], tuple[object, ...], dict[str, object], dict[str, object]
+]
+
+#: The pickling of the exceptions whose state :func:`exception_state` describes: plain, or
+#: OSError's (which adds nothing an ``__init__`` of their own would not change).
+_REDUCES: Final = (BaseException.__reduce__, OSError.__reduce__)
 
 
 def _fields(cls: type[BaseException]) -> dict[str, MemberDescriptorType]:
     """The fields of ``cls``'s instances kept outside their ``__dict__``: those of built-in
     bases that their C ``__init__`` fills (SyntaxError's ``filename`` and ``lineno``,
-    AttributeError's ``name``, UnicodeError's ``start``...) and ``__slots__``."""
+    AttributeError's ``name``, UnicodeError's ``start``, OSError's ``errno``...) and
+    ``__slots__``."""
     return {
         name: attr
         for base in reversed(cls.__mro__)
@@ -103,7 +111,7 @@ def _fields(cls: type[BaseException]) -> dict[str, MemberDescriptorType]:
 
 
 def exception_state(
-    exc: BaseException, portable: Callable[[object], object] | None = None
+    exc: BaseException, dumps: Callable[[object], object] | None = None
 ) -> ExceptionState | None:
     """What rebuilds ``exc`` without calling its ``__init__`` again, or None.
 
@@ -111,45 +119,55 @@ def exception_state(
     an ``__init__`` written in Python that formats its message from its
     parameters then sees the formatted message and changes ``args``. For
     such a class (with no pickling of its own) this returns (type, args,
-    attributes) for :func:`rebuild_exception`: the attributes are its
-    ``__dict__`` and the fields kept outside it (see :func:`_fields`); with
-    ``portable`` (a serializer's ``dumps``), only the fields it can carry (a
-    plain pickle of a built-in exception leaves them out, and an
-    AttributeError's ``obj`` is often an object nothing can carry). None
-    where a plain copy or pickle is already faithful.
+    attributes, fields) for :func:`rebuild_exception`: its ``__dict__``, and
+    the fields kept outside it that are set (see :func:`_fields`). With
+    ``dumps`` (a serializer's, for another process), each field is its
+    ``dumps``, and one it cannot carry is left out (a plain pickle of a
+    built-in exception leaves them all out; an AttributeError's ``obj`` is
+    often an object nothing can carry). None where a plain copy or pickle is
+    already faithful.
     """
     cls = type(exc)
-    if isinstance(cls.__init__, _SLOT_WRAPPER) or cls.__reduce__ is not BaseException.__reduce__:
+    if isinstance(cls.__init__, _SLOT_WRAPPER) or cls.__reduce__ not in _REDUCES:
         return None
     if not hasattr(exc, "__dict__"):
         return None
-    attributes: dict[str, object] = {}
+    fields: dict[str, object] = {}
     for name, field in _fields(cls).items():
         try:
             value = field.__get__(exc, cls)
-            if portable is not None:
-                portable(value)
+            if value is None:  # unset (or None: the same to anyone reading it)
+                continue
+            fields[name] = value if dumps is None else dumps(value)
         except Exception:  # unset, or not carried
             continue
-        attributes[name] = value
-    attributes.update(vars(exc))
-    return cls, exc.args, attributes
+    return cls, exc.args, dict(vars(exc)), fields
 
 
 def rebuild_exception(
-    cls: type[BaseException], args: tuple[object, ...], attributes: dict[str, object]
+    cls: type[BaseException],
+    args: tuple[object, ...],
+    attributes: dict[str, object],
+    fields: dict[str, object] | None = None,
+    loads: Callable[[Any], object] | None = None,
 ) -> BaseException:
-    """The exception :func:`exception_state` described (``__init__`` is not called)."""
+    """The exception :func:`exception_state` described (``__init__`` is not called).
+
+    ``loads``: the serializer's, for fields its ``dumps`` made; a field that
+    cannot be loaded here (its class is the other program's own) is left out.
+    """
     exc = cls.__new__(cls, *args)
     exc.args = args
-    fields = _fields(cls)
-    for name, value in attributes.items():
-        field = fields.get(name)
-        if field is None:
-            exc.__dict__[name] = value
-            continue
-        with contextlib.suppress(AttributeError, TypeError):  # read-only: set by __new__
-            field.__set__(exc, value)
+    exc.__dict__.update(attributes)
+    if fields:
+        found = _fields(cls)
+        for name, carried in fields.items():
+            field = found.get(name)
+            if field is None:
+                continue
+            # (Read-only: set by __new__ from the args; or a value the field refuses.)
+            with contextlib.suppress(Exception):
+                field.__set__(exc, carried if loads is None else loads(carried))
     return exc
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+import sys
 import threading
 
+import pytest
+
 from keyedlock._scopes._manager._payloads import dump_error, load_error
+from keyedlock._scopes._redis._outcomes import decode, encode_error
 
 
 class Coded(Exception):
@@ -72,3 +77,36 @@ def test_a_long_chain_is_cut() -> None:
         depth += 1
         copy = copy.__cause__
     assert 2 <= depth < 50
+
+
+class Settings:
+    """A class of this program's own (another program may not have it)."""
+
+
+class MissingSetting(AttributeError):
+    """An AttributeError whose ``obj`` is an instance of :class:`Settings`."""
+
+    def __init__(self, setting: str) -> None:
+        super().__init__(f"no setting {setting!r}", name=setting, obj=Settings())
+
+
+@pytest.mark.parametrize("scope", ["manager", "redis"])
+def test_a_field_the_other_process_cannot_load_is_left_out(
+    scope: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field carried across processes (AttributeError's ``obj``) whose class the other
+    program does not have is left out there; the exception itself arrives."""
+    error = MissingSetting("db")
+    copy: BaseException | None
+    if scope == "manager":
+        payload = dump_error(error)
+        monkeypatch.delattr(sys.modules[__name__], "Settings")  # (the other program's view)
+        copy = load_error(payload)
+    else:
+        data = encode_error(pickle, error, "k")
+        monkeypatch.delattr(sys.modules[__name__], "Settings")
+        copy = decode(pickle, data, "k").error
+    assert isinstance(copy, MissingSetting)
+    assert str(copy) == "no setting 'db'"
+    assert copy.name == "db"
+    assert copy.obj is None

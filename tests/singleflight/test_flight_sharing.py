@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import threading
 import weakref
@@ -79,6 +80,20 @@ class BadBytes(UnicodeDecodeError):
         super().__init__("utf-8", data, 1, 2, "invalid start byte")
 
 
+class MissingFile(FileNotFoundError):
+    """An OSError whose own __init__ builds its arguments (its fields are C-level too)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.ENOENT, f"no file at {path}", path)
+
+
+class Undecodable(UnicodeDecodeError):
+    """A UnicodeDecodeError that leaves its C fields unset (str() is then empty)."""
+
+    def __init__(self, what: str) -> None:
+        Exception.__init__(self, f"bad bytes in {what}")
+
+
 class Slotted(Exception):
     """An exception that keeps a field in a slot, not in its ``__dict__``."""
 
@@ -102,6 +117,8 @@ FIELD_ERRORS: dict[str, tuple[Callable[[], Exception], tuple[str, ...]]] = {
         ("encoding", "object", "start", "end", "reason"),
     ),
     "__slots__": (lambda: Slotted(4), ("code",)),
+    "OSError": (lambda: MissingFile("/srv/app.toml"), ("errno", "strerror", "filename")),
+    "unset fields": (lambda: Undecodable("header"), ()),
 }
 
 

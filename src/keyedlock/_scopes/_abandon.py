@@ -56,6 +56,10 @@ class Abandonment:
         self.watched: weakref.WeakKeyDictionary[Any, dict[Hashable, weakref.ref[Hold]]] = (
             weakref.WeakKeyDictionary()
         )
+        #: owner -> the keys it took with ``acquire()`` while nobody here waited for them
+        #: (see :meth:`taken`): the keys only, not the holds (each acquisition would cost a
+        #: weak reference); pruned as the set doubles.
+        self.taken_by: weakref.WeakKeyDictionary[Any, set[Hashable]] = weakref.WeakKeyDictionary()
 
     def watch(self, key: Hashable, holder: Hold) -> None:
         """``table.on_wait``: callers wait behind ``holder`` (a hold taken with ``acquire()``:
@@ -73,6 +77,28 @@ class Abandonment:
         if not when_ended(owner, self.ended):  # (held weakly there)
             with self.guard:
                 self.watched.pop(owner, None)
+
+    def taken(self, key: Hashable, holder: Hold) -> None:
+        """``holder`` took ``key`` with ``acquire()``, in a scope whose callers may wait in
+        other processes (who cannot be seen from here): watch its owner from now on."""
+        owner = holder._owner
+        keys = self.taken_by.get(owner)
+        if keys is not None and key in keys:
+            return  # (taken before: only its owner adds to its set, and it runs now)
+        with self.guard:
+            keys = self.taken_by.get(owner)
+            if keys is not None:
+                size = len(keys)
+                keys.add(key)
+                if len(keys) > size >= 8 and size & (size - 1) == 0:
+                    # At each power of two: drop the keys it no longer holds (amortized).
+                    holder_of = self.table.holder
+                    keys -= {k for k in keys if getattr(holder_of(k), "_owner", None) is not owner}
+                return
+            self.taken_by[owner] = {key}
+        if not when_ended(owner, self.ended):  # (held weakly there)
+            with self.guard:
+                self.taken_by.pop(owner, None)
 
     def _ref(self, owner: object, key: Hashable, holder: Hold) -> weakref.ref[Hold]:
         """A weak reference to ``holder`` whose end forgets its entry (and with it the key)."""
@@ -93,9 +119,14 @@ class Abandonment:
         """The owner ended: each of its holds still holding its key is abandoned."""
         with self.guard:
             holds = self.watched.pop(owner, {})
-        for key, seen in holds.items():
-            hold = seen()
-            if hold is None or self.table.holder(key) is not hold:
+            taken = self.taken_by.pop(owner, set())
+        found = [(key, seen()) for key, seen in holds.items()]
+        holder_of = self.table.holder
+        found += [(key, holder_of(key)) for key in taken if key not in holds]
+        for key, hold in found:
+            if hold is None or hold._owner is not owner or holder_of(key) is not hold:
+                continue
+            if not hold._watched:  # (a context's hold: its exit releases it)
                 continue
             who = owner_text(owner)
             if describe_owner(owner)[0] == "thread":

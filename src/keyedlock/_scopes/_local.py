@@ -62,12 +62,14 @@ __all__ = ["NO_MAPPED_KEYS", "LocalBackend", "LocalContext", "settle", "watched_
 NO_MAPPED_KEYS: Mapping[type, Mapping[Any, Hashable]] = MappingProxyType({})
 
 
-def watched_table(max_waiters: int | None, wide: bool = False) -> KeyTable:
-    """A table whose holders are watched while others wait for them (see :mod:`._abandon`;
-    ``wide``: of a local-then-wide scope, whose callers may wait in other processes)."""
+def watched_table(max_waiters: int | None, wide: bool = False) -> tuple[KeyTable, Abandonment]:
+    """A table whose holders are watched while others wait for them, and what watches them
+    (see :mod:`._abandon`; ``wide``: of a local-then-wide scope, whose callers may wait in
+    other processes)."""
     table = KeyTable(max_waiters)
-    table.on_wait = Abandonment(table, wide).watch
-    return table
+    abandonment = Abandonment(table, wide)
+    table.on_wait = abandonment.watch
+    return table, abandonment
 
 
 @internal
@@ -213,14 +215,14 @@ class LocalContext(LockContext):
 class LocalBackend:
     """The :class:`~keyedlock._scopes.LockBackend` of the process scope."""
 
-    __slots__ = ("__weakref__", "fast_acquire", "table")
+    __slots__ = ("__weakref__", "abandonment", "fast_acquire", "table")
 
     context: type[LockContext] = LocalContext
     #: True for a local-then-wide backend (see :func:`watched_table`).
     wide: bool = False
 
     def __init__(self, max_waiters: int | None, fast_acquire: bool = False) -> None:
-        self.table = watched_table(max_waiters, self.wide)
+        self.table, self.abandonment = watched_table(max_waiters, self.wide)
         self.fast_acquire = fast_acquire
         reset_in_child(self)
 
@@ -229,7 +231,7 @@ class LocalBackend:
         fork with it), and the old table usable by the contexts entered before the fork."""
         old = self.table
         old.forked()
-        self.table = watched_table(old.max_waiters, self.wide)
+        self.table, self.abandonment = watched_table(old.max_waiters, self.wide)
 
     @property
     def map_key(self) -> Callable[[object], Hashable] | None:

@@ -10,7 +10,6 @@ scope for a key at a time. ``timeout`` covers both steps.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from time import monotonic
@@ -162,18 +161,12 @@ class WideBackend(LocalBackend):
         elif not await self.scope.acquire_async(key, ctx, wide_timeout):
             ctx._table.release(key, ctx)  # type: ignore[union-attr]
             return False
-        if ctx._watched:
+        if ctx._watched and ctx._table is self.table:
             # Taken by acquire_async(), a task's hold that may outlive it: watched from now
             # on, not only once a caller here waits for it (callers of other processes may
             # wait already). Its end is then logged, and this process's callers told.
-            self._watch_owner(key, ctx)
+            self.abandonment.taken(key, ctx)
         return True
-
-    def _watch_owner(self, key: Hashable, ctx: LockContext) -> None:
-        on_wait = ctx._table.on_wait  # type: ignore[union-attr]
-        if on_wait is not None:
-            with contextlib.suppress(Exception):  # (best effort, as the table's own calls)
-                on_wait(key, ctx)
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
         key = ctx._key

@@ -34,7 +34,11 @@ def dump_error(exc: BaseException) -> bytes:
 def load_error(payload: bytes) -> BaseException:
     """The exception :func:`dump_error` pickled (raises if it cannot be rebuilt here)."""
     head, cause, context, suppress = pickle.loads(payload)
-    exc = head[1] if head[0] == _AS_PICKLED else rebuild_exception(*head[1:])
+    if head[0] == _AS_PICKLED:
+        exc = head[1]
+    else:
+        cls, args, attributes, fields = head[1:]
+        exc = rebuild_exception(cls, args, attributes, fields, pickle.loads)
     if not isinstance(exc, BaseException):
         raise TypeError(f"expected an exception, got {exc!r}")
     exc.__cause__ = _load_link(cause)

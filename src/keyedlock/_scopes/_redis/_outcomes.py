@@ -22,6 +22,7 @@ included, raise TypeError.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from functools import partial
 from typing import Any, Protocol
 
 from ..._errors import exception_state, rebuild_exception
@@ -71,7 +72,7 @@ CHAIN_DEPTH = 8
 
 
 def _state(serializer: Serializer, exc: BaseException) -> tuple[object, ...]:
-    state = exception_state(exc, serializer.dumps)
+    state = exception_state(exc, partial(_dumps, serializer))
     return (0, exc) if state is None else (1, *state)
 
 
@@ -102,27 +103,33 @@ def _link(
     return _chain(serializer, linked, seen | {id(linked)}, depth + 1)
 
 
-def _rebuilt(state: Any) -> BaseException:
-    exc = state[1] if state[0] == 0 else rebuild_exception(*state[1:])
+def _rebuilt(serializer: Serializer, state: Any) -> BaseException:
+    if state[0] == 0:
+        exc = state[1]
+    else:
+        cls, args, attributes, *rest = state[1:]  # (written before fields were carried: none)
+        exc = rebuild_exception(cls, args, attributes, rest[0] if rest else None, serializer.loads)
     if not isinstance(exc, BaseException):
         raise TypeError(f"expected an exception, got {exc!r}")
     return exc
 
 
-def _unchained(chain: Any) -> BaseException:
+def _unchained(serializer: Serializer, chain: Any) -> BaseException:
     state, cause, context, suppress = chain
-    exc = _rebuilt(state)
-    exc.__cause__ = _unchained_link(cause)
-    exc.__context__ = exc.__cause__ if context == _SAME_AS_CAUSE else _unchained_link(context)
+    exc = _rebuilt(serializer, state)
+    exc.__cause__ = _unchained_link(serializer, cause)
+    exc.__context__ = (
+        exc.__cause__ if context == _SAME_AS_CAUSE else _unchained_link(serializer, context)
+    )
     exc.__suppress_context__ = bool(suppress)
     return exc
 
 
-def _unchained_link(chain: Any) -> BaseException | None:
+def _unchained_link(serializer: Serializer, chain: Any) -> BaseException | None:
     if chain is None:
         return None
     try:
-        return _unchained(chain)
+        return _unchained(serializer, chain)
     except Exception:
         return None  # a link that cannot be rebuilt here is left out; the exception is not
 
@@ -156,9 +163,9 @@ def decode(serializer: Serializer, data: bytes, key: Hashable) -> Outcome:
         if tag == b"t":
             return Outcome(None, TypeError(body.decode("utf-8", "replace")))
         if tag == b"E":
-            exc = _unchained(serializer.loads(body))
+            exc = _unchained(serializer, serializer.loads(body))
         elif tag == b"e":
-            exc = _rebuilt(serializer.loads(body))
+            exc = _rebuilt(serializer, serializer.loads(body))
         else:
             raise ValueError(f"unknown outcome tag {tag!r}")
     except Exception as why:
