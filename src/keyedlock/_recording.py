@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from time import monotonic
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, Final
 
 from ._core import complete
 from ._ki import internal
@@ -61,17 +61,26 @@ _OWN_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _RUNNERS = frozenset({"run_async", "run_blocking"})
 
 
+#: The modules whose code starts tasks and threads, and, per set of them loaded, where
+#: they live (see :func:`_machinery_dirs`).
+_MACHINERY: Final = ("asyncio", "concurrent.futures", "trio", "anyio")
+_machinery_seen: dict[tuple[bool, ...], tuple[str, ...]] = {}
+
+
 def _machinery_dirs() -> tuple[str, ...]:
     """Where the code that starts tasks and threads lives (asyncio, threading, thread pools,
     and trio and anyio if loaded): a place there is nobody's place of acquisition."""
-    places = []
-    for name in ("asyncio", "concurrent.futures", "trio", "anyio"):
-        module = sys.modules.get(name)
-        file = getattr(module, "__file__", None)
-        if file:
-            places.append(os.path.dirname(os.path.abspath(file)) + os.sep)
-    places.append(os.path.abspath(threading.__file__))
-    return tuple(places)
+    loaded = tuple(name in sys.modules for name in _MACHINERY)
+    places = _machinery_seen.get(loaded)
+    if places is None:
+        found = []
+        for name in _MACHINERY:
+            file = getattr(sys.modules.get(name), "__file__", None)
+            if file:
+                found.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+        found.append(os.path.abspath(threading.__file__))
+        places = _machinery_seen[loaded] = tuple(found)
+    return places
 
 
 def _where(code: CodeType, line: int | None) -> str:
@@ -95,15 +104,17 @@ def site_of(frame: FrameType | None) -> str:
     caller = "an unknown place" if frame is None else _where(frame.f_code, frame.f_lineno)
     if runner is None or (frame is not None and not caller.startswith(_machinery_dirs())):
         return caller
-    fn = runner.f_locals.get("fn")
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
-    if not isinstance(code, CodeType):
-        return f"{caller}, running {fn!r}"
-    return (
-        f"{_where(code, code.co_firstlineno)}, the function run with the key (called by {caller})"
-    )
+    try:  # (the user's callable may be anything: a proxy whose every attribute exists)
+        fn = runner.f_locals.get("fn")
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+        if not isinstance(code, CodeType):
+            return f"{caller}, running a {type(fn).__qualname__}"
+    except Exception:
+        return caller
+    defined = _where(code, code.co_firstlineno)
+    return f"{defined}, the function run with the key (called by {caller})"
 
 
 def _subclass(base: type[LockContext], watch: Watch | None) -> type[LockContext]:

@@ -134,6 +134,32 @@ async def test_a_guarded_function_that_is_a_task_names_itself(
     assert "in task_of_its_own(), the function run with the key (called by " in message
 
 
+class Proxy:
+    """A callable whose every attribute exists (as a remote-call proxy's): ``__wrapped__``
+    too, so unwrapping it never ends."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Proxy:
+        return Proxy(self.calls)
+
+    def __call__(self) -> None:
+        self.calls.append("called")
+
+
+@pytest.mark.anyio
+async def test_any_callable_run_as_a_task_of_its_own_runs(
+    make_lock: Callable[..., KeyedLock],
+) -> None:
+    """Finding the place of a ``run`` whose caller is the event loop never fails the call."""
+    lock = make_lock(warn_after=WAIT)
+    calls: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lock.run, "k", Proxy(calls))
+    assert calls == ["called"]
+
+
 def test_a_guarded_function_that_is_a_thread_names_itself(
     make_lock: Callable[..., KeyedLock], records: Records
 ) -> None:
