@@ -28,7 +28,7 @@ import trio
 
 import keyedlock
 from keyedlock import KeyedLockError, LeaseLost, LockTimeout, QueueFull
-from keyedlock._scopes._redis import renewer
+from keyedlock._scopes._redis import _linkasync, renewer
 from keyedlock._scopes._redis._link import Link
 from keyedlock._scopes._redis._lockscope import RedisScope
 from keyedlock._scopes._redis._lockscripts import ACQUIRE, REPORT
@@ -440,6 +440,44 @@ async def test_many_waiting_tasks_of_one_process_leave_the_others_alone(
             for i in range(MANY_WAITERS):
                 holder.release(f"busy{i}")
     assert sorted(entered) == list(range(MANY_WAITERS))
+
+
+def test_a_trio_wait_that_finds_no_thread_free_keeps_its_deadline(
+    make_lock: MakeLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under trio, waits in Redis run in up to WAIT_THREADS threads per run: a timed wait
+    that finds none free gives up at its deadline, not when the wait ahead of it ends."""
+    monkeypatch.setattr(_linkasync, "WAIT_THREADS", 1)  # (the run's limiter is made after)
+    pops_ended: list[bytes] = []
+    pop = Link.pop
+
+    def counted_pop(link: Link, key: bytes, block: float) -> bytes | None:
+        try:
+            return pop(link, key, block)
+        finally:
+            pops_ended.append(key)
+
+    monkeypatch.setattr(Link, "pop", counted_pop)
+    holder, lock = make_lock(lease=30.0), make_lock(lease=30.0)
+    assert holder.acquire("a", blocking=False)
+    assert holder.acquire("b", blocking=False)
+    order: list[str] = []
+
+    async def main() -> None:
+        async def ahead() -> None:  # takes the only thread, waiting for "a"
+            order.append(f"ahead: {await lock.acquire_async('a', timeout=WAIT)}")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ahead)
+            await wait_until_async(lambda: lock.waiters("a") == 1, "the first task waits")
+            order.append(f"behind: {await lock.acquire_async('b', timeout=0.5)}")
+            assert pops_ended == [], "the wait behind ended after the one ahead of it"
+            holder.release("a")
+        lock.release("a")
+
+    trio.run(main)
+    holder.release("b")
+    assert order == ["behind: False", "ahead: True"]
 
 
 def test_many_waiting_threads_of_one_process(make_lock: MakeLock) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
 from functools import partial
+from time import monotonic
 from typing import Any, Final, NoReturn
 
 import redis.exceptions
@@ -71,28 +73,36 @@ class AsyncCalls:
     def pop(self, key: bytes, block: float) -> bytes | None:
         raise NotImplementedError
 
-    async def _in_trio_thread(self, call: partial[Any], shielded: bool, wait: float | None) -> Any:
-        """Run ``call`` in a worker thread of the trio run (see the module docstring); with
-        ``wait``, a thread not free within it ends the call as a late server would (the
-        call bounds its own round trip by ``wait``)."""
+    async def _in_trio_thread(
+        self, call: Callable[[float | None], Any], shielded: bool, wait: float | None
+    ) -> Any:
+        """``call(left)`` in a worker thread of the trio run (see the module docstring),
+        ``left`` being what remains of ``wait`` when the thread starts. A thread not free
+        within ``wait`` ends the call as a late server would."""
         import trio
 
         limiter = _limiter("keyedlock.redis.calls", CALL_THREADS)
-        scope = trio.CancelScope(shield=shielded)
-        if wait is not None:
-            scope.deadline = trio.current_time() + max(wait, 0.001)
-        with scope:
-            return await trio.to_thread.run_sync(call, limiter=limiter)
-        # Cancelled by the deadline before a thread was free (once one runs it, the call
-        # goes on to its end: the thread is not abandoned, and bounds itself by ``wait``).
-        late = Late(f"within {wait:.3g} s (no worker thread was free)")
-        raise self.unavailable(late, None, NoAnswer)
+        if wait is None:
+            run: Callable[[], Any] = partial(call, None)
+        else:
+            deadline = monotonic() + wait
+            limiter = _Bounded(limiter, trio.current_time() + wait)
+
+            def run() -> Any:
+                return call(max(0.001, deadline - monotonic()))
+
+        try:
+            with trio.CancelScope(shield=shielded):
+                return await trio.to_thread.run_sync(run, limiter=limiter)
+        except _NoThread:
+            late = Late(f"within {wait:.3g} s (no worker thread was free)")
+            raise self.unavailable(late, None, NoAnswer) from None
 
     async def run_async(self, call: Call, wait: float | None = None) -> Any:
         """As :meth:`run`, from an asyncio or trio task."""
         loop = running_loop()
         if loop is None:
-            return await self._in_trio_thread(partial(self.run, call, wait), False, wait)
+            return await self._in_trio_thread(partial(self.run, call), False, wait)
         side = self.loops.get(loop) or await self.loops.open(loop)
         if wait is None:
             try:
@@ -120,7 +130,7 @@ class AsyncCalls:
         delivers it at the next checkpoint), for the caller to raise once the reply is
         handled."""
         if running_loop() is None:
-            return await self._in_trio_thread(partial(self.run, call), True, None), None
+            return await self._in_trio_thread(lambda _: self.run(call), True, None), None
         inner = asyncio.ensure_future(self.run_async(call))
         try:
             return await asyncio.shield(inner), None
@@ -142,7 +152,7 @@ class AsyncCalls:
         """As :meth:`command`, from an asyncio or trio task."""
         loop = running_loop()
         if loop is None:
-            return await self._in_trio_thread(partial(self.command, key, *args), False, None)
+            return await self._in_trio_thread(lambda _: self.command(key, *args), False, None)
         side = self.loops.get(loop) or await self.loops.open(loop)
         try:
             return await side.command(*args)
@@ -155,11 +165,20 @@ class AsyncCalls:
         if loop is None:
             import trio
 
-            return await trio.to_thread.run_sync(
-                partial(self.pop, key, block),
-                abandon_on_cancel=True,
-                limiter=_limiter("keyedlock.redis.waits", WAIT_THREADS),
+            # A thread not free within ``block`` is a pop that timed out (its caller asks
+            # again, and keeps its own deadline); one found later pops for what is left.
+            until = monotonic() + block
+            limiter: Any = _Bounded(  # (trio takes any limiter-like object; typed as its own)
+                _limiter("keyedlock.redis.waits", WAIT_THREADS), trio.current_time() + block
             )
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: self.pop(key, max(0.001, until - monotonic())),
+                    abandon_on_cancel=True,
+                    limiter=limiter,
+                )
+            except _NoThread:
+                return None
         side = self.loops.get(loop) or await self.loops.open(loop)
         block = max(0.001, block)
         try:
@@ -179,6 +198,32 @@ def _anyio_shield() -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
     shield: contextlib.AbstractContextManager[object] = anyio.CancelScope(shield=True)
     return shield
+
+
+class _NoThread(Exception):
+    """No worker thread was free by the deadline (raised before any thread started)."""
+
+
+class _Bounded:
+    """A trio run's limiter, with a deadline (trio time) on getting a thread: raises
+    :class:`_NoThread` once it passes (trio's ``to_thread`` then starts nothing)."""
+
+    __slots__ = ("deadline", "limiter")
+
+    def __init__(self, limiter: Any, deadline: float) -> None:
+        self.limiter = limiter
+        self.deadline = deadline
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        import trio
+
+        with trio.move_on_at(self.deadline):
+            await self.limiter.acquire_on_behalf_of(borrower)
+            return
+        raise _NoThread
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self.limiter.release_on_behalf_of(borrower)
 
 
 def _limiter(name: str, threads: int) -> Any:
