@@ -183,6 +183,7 @@ class RedisFlightBackend:
         member = new_id()
         ticket.member = member
         self.active[ticket] = key  # recorded first: conclude and the renewals find it
+        renewer.running()
         return member
 
     def _join_call(self, key: RedisKey, ticket: Ticket, member: str) -> Any:

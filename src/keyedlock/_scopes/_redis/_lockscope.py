@@ -178,6 +178,7 @@ class RedisScope(LockRenewals):
         attempt = Attempt(cast(RedisKey, local_key))
         held = self.held
         held[hold] = attempt  # recorded first: an interrupt from here on finds it
+        renewer.running()  # (its place, then its lease, are renewed from now on)
         link = self.link
         deadline = None if timeout is None else monotonic() + timeout
         try:
@@ -210,6 +211,7 @@ class RedisScope(LockRenewals):
         attempt = Attempt(cast(RedisKey, local_key))
         held = self.held
         held[hold] = attempt
+        renewer.running()
         link = self.link
         deadline = None if timeout is None else monotonic() + timeout
         try:

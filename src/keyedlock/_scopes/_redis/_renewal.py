@@ -303,13 +303,19 @@ class Renewer:
         if self._pid == os.getpid():
             self.settle(_EXIT_GRACE)
 
+    def running(self) -> None:
+        """Make sure the thread runs: a member's hold or call is about to need it (a member
+        is added once, when it is made: in a fork child made by a parent that had it, the
+        child's first hold or call starts the child's thread)."""
+        if self._thread is None:
+            with self._cond:
+                self._start()
+
     def forked(self) -> None:
-        """In a fork child: nothing queued, a fresh condition, every member holds nothing,
-        and a thread of its own (the parent's did not fork) if there are members: the
-        child's holds and calls are renewed from their start, as in any process (a member
-        is added once, when it is made, in the parent)."""
-        members = list(self._members)
-        for member in members:
+        """In a fork child: no thread (it did not fork; the child's first hold or call
+        starts one, see :meth:`running`), nothing queued, a fresh condition, and every
+        member holds nothing."""
+        for member in list(self._members):
             with contextlib.suppress(Exception):
                 member.forked()
         self._cond = threading.Condition(threading.Lock())
@@ -319,8 +325,6 @@ class Renewer:
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
-        if members:
-            self._start()
 
 
 #: The renewal thread of this process.
