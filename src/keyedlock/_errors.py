@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from types import MemberDescriptorType
+from types import GetSetDescriptorType, MemberDescriptorType
 from typing import Any, Final
 
 __all__ = [
@@ -97,17 +97,35 @@ ExceptionState = tuple[
 _REDUCES: Final = (BaseException.__reduce__, OSError.__reduce__)
 
 
-def _fields(cls: type[BaseException]) -> dict[str, MemberDescriptorType]:
+#: Descriptors of BaseException's (and object's) own, never carried as fields.
+_OWN: Final = frozenset(vars(BaseException)) | frozenset(vars(object))
+
+
+def _fields(cls: type[BaseException]) -> dict[str, Any]:
     """The fields of ``cls``'s instances kept outside their ``__dict__``: those of built-in
     bases that their C ``__init__`` fills (SyntaxError's ``filename`` and ``lineno``,
-    AttributeError's ``name``, UnicodeError's ``start``, OSError's ``errno``...) and
-    ``__slots__``."""
+    AttributeError's ``name``, UnicodeError's ``start``, OSError's ``errno`` and
+    BlockingIOError's ``characters_written``...) and ``__slots__``."""
     return {
         name: attr
         for base in reversed(cls.__mro__)
         for name, attr in vars(base).items()
-        if isinstance(attr, MemberDescriptorType) and not name.startswith("__")
+        if name not in _OWN
+        and not name.startswith("__")
+        and (
+            isinstance(attr, MemberDescriptorType)
+            or (isinstance(attr, GetSetDescriptorType) and base.__module__ == "builtins")
+        )
     }
+
+
+def _builtin_field(cls: type[BaseException], name: str) -> bool:
+    """True for a field a built-in base fills in C (reading None where it is unset), as
+    opposed to a slot of a class written in Python (which raises where it is unset)."""
+    for base in cls.__mro__:
+        if name in vars(base):
+            return base.__module__ == "builtins"
+    return False
 
 
 def exception_state(
@@ -136,8 +154,8 @@ def exception_state(
     for name, field in _fields(cls).items():
         try:
             value = field.__get__(exc, cls)
-            if value is None:  # unset (or None: the same to anyone reading it)
-                continue
+            if value is None and _builtin_field(cls, name):
+                continue  # unset, or None: the same to anyone reading it (not to its C code)
             fields[name] = value if dumps is None else dumps(value)
         except Exception:  # unset, or not carried
             continue
@@ -158,9 +176,13 @@ def rebuild_exception(
     """
     exc = cls.__new__(cls, *args)
     exc.args = args
+    found = _fields(cls)
+    if fields is None:  # (a state written before fields were carried apart: among them)
+        fields = {name: attributes[name] for name in found if name in attributes}
+        attributes = {name: value for name, value in attributes.items() if name not in found}
+        loads = None
     exc.__dict__.update(attributes)
     if fields:
-        found = _fields(cls)
         for name, carried in fields.items():
             field = found.get(name)
             if field is None:

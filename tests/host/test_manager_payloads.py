@@ -110,3 +110,29 @@ def test_a_field_the_other_process_cannot_load_is_left_out(
     assert str(copy) == "no setting 'db'"
     assert copy.name == "db"
     assert copy.obj is None
+
+
+class Named(AttributeError):
+    """An AttributeError whose own __init__ builds its message, naming the attribute."""
+
+    def __init__(self, attribute: str) -> None:
+        super().__init__(f"no attribute {attribute!r}", name=attribute)
+        self.hint = "see the docs"
+
+
+@pytest.mark.parametrize("scope", ["manager", "redis"])
+def test_an_error_sent_before_fields_travelled_apart_keeps_them(scope: str) -> None:
+    """An exception state written by the previous version (its fields among its attributes,
+    as a client of the same manager or a leader sharing the Redis server may still send)
+    is rebuilt with its fields where they belong."""
+    state = (1, Named, ("no attribute 'colour'",), {"name": "colour", "hint": "see the docs"})
+    if scope == "manager":
+        copy = load_error(pickle.dumps((state, None, None, False)))
+    else:
+        error = decode(pickle, b"e" + pickle.dumps(state), "k").error
+        assert error is not None
+        copy = error
+    assert type(copy) is Named
+    assert str(copy) == "no attribute 'colour'"
+    assert copy.name == "colour"
+    assert vars(copy) == {"hint": "see the docs"}

@@ -94,6 +94,26 @@ class Undecodable(UnicodeDecodeError):
         Exception.__init__(self, f"bad bytes in {what}")
 
 
+class PartialWrite(BlockingIOError):
+    """A BlockingIOError with ``characters_written`` (a C-level field of another kind)."""
+
+    def __init__(self, written: int) -> None:
+        super().__init__(errno.EAGAIN, f"would block after {written} bytes")
+        self.characters_written = written
+
+
+class ThrottledBase(Exception):
+    __slots__ = ("retry_after",)
+
+
+class Throttled(ThrottledBase):
+    """A slot set to None: set, unlike an unset one (which raises when read)."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__(f"throttled; retry after {retry_after}")
+        self.retry_after = retry_after
+
+
 class Slotted(Exception):
     """An exception that keeps a field in a slot, not in its ``__dict__``."""
 
@@ -119,6 +139,8 @@ FIELD_ERRORS: dict[str, tuple[Callable[[], Exception], tuple[str, ...]]] = {
     "__slots__": (lambda: Slotted(4), ("code",)),
     "OSError": (lambda: MissingFile("/srv/app.toml"), ("errno", "strerror", "filename")),
     "unset fields": (lambda: Undecodable("header"), ()),
+    "BlockingIOError": (lambda: PartialWrite(7), ("errno", "characters_written")),
+    "a slot set to None": (lambda: Throttled(None), ("retry_after",)),
 }
 
 

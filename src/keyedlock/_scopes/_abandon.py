@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections.abc import Hashable
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from .._core import Hold, KeyTable
 from .._errors import Abandoned
@@ -36,6 +36,24 @@ def abandoned_error(key: Hashable, who: str) -> Abandoned:
         f"key {key!r} is held by {who}, which ended without releasing it; "
         "nobody is bound to release it (release(key) still can)"
     )
+
+
+#: The size of an owner's set of taken keys at which it is first pruned.
+_FIRST_PRUNE = 16
+
+
+class _Taken:
+    """The keys one owner took with ``acquire()`` (see :meth:`Abandonment.taken`), and the
+    size at which they are pruned next."""
+
+    __slots__ = ("keys", "prune_at")
+
+    def __init__(self, *keys: Hashable) -> None:
+        self.keys: set[Hashable] = set(keys)
+        self.prune_at = _FIRST_PRUNE
+
+
+_NOTHING_TAKEN: Final = _Taken()
 
 
 @internal
@@ -59,7 +77,7 @@ class Abandonment:
         #: owner -> the keys it took with ``acquire()`` while nobody here waited for them
         #: (see :meth:`taken`): the keys only, not the holds (each acquisition would cost a
         #: weak reference); pruned as the set doubles.
-        self.taken_by: weakref.WeakKeyDictionary[Any, set[Hashable]] = weakref.WeakKeyDictionary()
+        self.taken_by: weakref.WeakKeyDictionary[Any, _Taken] = weakref.WeakKeyDictionary()
 
     def watch(self, key: Hashable, holder: Hold) -> None:
         """``table.on_wait``: callers wait behind ``holder`` (a hold taken with ``acquire()``:
@@ -82,20 +100,22 @@ class Abandonment:
         """``holder`` took ``key`` with ``acquire()``, in a scope whose callers may wait in
         other processes (who cannot be seen from here): watch its owner from now on."""
         owner = holder._owner
-        keys = self.taken_by.get(owner)
-        if keys is not None and key in keys:
+        taken = self.taken_by.get(owner)
+        if taken is not None and key in taken.keys:
             return  # (taken before: only its owner adds to its set, and it runs now)
         with self.guard:
-            keys = self.taken_by.get(owner)
-            if keys is not None:
-                size = len(keys)
+            taken = self.taken_by.get(owner)
+            if taken is not None:
+                keys = taken.keys
                 keys.add(key)
-                if len(keys) > size >= 8 and size & (size - 1) == 0:
-                    # At each power of two: drop the keys it no longer holds (amortized).
+                if len(keys) >= taken.prune_at:
+                    # Drop the keys it no longer holds, then again once the set has doubled
+                    # (amortized: at most one look-up per key added).
                     holder_of = self.table.holder
                     keys -= {k for k in keys if getattr(holder_of(k), "_owner", None) is not owner}
+                    taken.prune_at = max(_FIRST_PRUNE, 2 * len(keys))
                 return
-            self.taken_by[owner] = {key}
+            self.taken_by[owner] = _Taken(key)
         if not when_ended(owner, self.ended):  # (held weakly there)
             with self.guard:
                 self.taken_by.pop(owner, None)
@@ -119,7 +139,7 @@ class Abandonment:
         """The owner ended: each of its holds still holding its key is abandoned."""
         with self.guard:
             holds = self.watched.pop(owner, {})
-            taken = self.taken_by.pop(owner, set())
+            taken = self.taken_by.pop(owner, _NOTHING_TAKEN).keys
         found = [(key, seen()) for key, seen in holds.items()]
         holder_of = self.table.holder
         found += [(key, holder_of(key)) for key in taken if key not in holds]

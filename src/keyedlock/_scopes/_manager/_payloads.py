@@ -37,8 +37,8 @@ def load_error(payload: bytes) -> BaseException:
     if head[0] == _AS_PICKLED:
         exc = head[1]
     else:
-        cls, args, attributes, fields = head[1:]
-        exc = rebuild_exception(cls, args, attributes, fields, pickle.loads)
+        cls, args, attributes, *rest = head[1:]  # (from an older client: no fields apart)
+        exc = rebuild_exception(cls, args, attributes, rest[0] if rest else None, pickle.loads)
     if not isinstance(exc, BaseException):
         raise TypeError(f"expected an exception, got {exc!r}")
     exc.__cause__ = _load_link(cause)
