@@ -327,7 +327,7 @@ def test_a_trio_call_that_finds_no_worker_thread_free_in_time_ends_at_its_deadli
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ahead)
             await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(LockTimeout, match="did not answer in time"):
+            with pytest.raises(LockTimeout, match="no worker thread of this trio run was free"):
                 async with patient("b", timeout=0.5):
                     pytest.fail("granted by a stopped server")
             order.append("behind: LockTimeout")

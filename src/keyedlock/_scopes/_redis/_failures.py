@@ -7,7 +7,7 @@ from typing import Any, Final
 import redis
 import redis.exceptions
 
-__all__ = ["DOWN", "NoAnswer", "RedisUnavailable", "cluster_node_error", "where"]
+__all__ = ["DOWN", "NoAnswer", "NoThread", "RedisUnavailable", "cluster_node_error", "where"]
 
 #: What redis-py raises when the server cannot serve a command now.
 DOWN: Final = (
@@ -27,6 +27,11 @@ class RedisUnavailable(ConnectionError):
 class NoAnswer(RedisUnavailable):
     """No reply within the time the caller gave it (``wait``): the server may be stopped or
     stuck. A caller with a deadline reports it as its timeout (see :mod:`._lockscope`)."""
+
+
+class NoThread(NoAnswer):
+    """Under trio, no worker thread was free for the call within its time (see
+    :mod:`._linkasync`): nothing was sent. Reported as the caller's timeout too."""
 
 
 def where(kwargs: dict[str, Any]) -> str:

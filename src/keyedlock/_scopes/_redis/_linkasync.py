@@ -24,7 +24,7 @@ import redis.exceptions
 
 from ..._ki import internal
 from ..._runtime import running_loop
-from ._failures import DOWN, NoAnswer, RedisUnavailable, cluster_node_error
+from ._failures import DOWN, NoAnswer, NoThread, RedisUnavailable, cluster_node_error
 from ._loops import Late, LoopClients
 from ._lua import Call
 
@@ -95,8 +95,10 @@ class AsyncCalls:
             with trio.CancelScope(shield=shielded):
                 return await trio.to_thread.run_sync(run, limiter=limiter)
         except _NoThread:
-            late = Late(f"within {wait:.3g} s (no worker thread was free)")
-            raise self.unavailable(late, None, NoAnswer) from None
+            raise NoThread(
+                f"no worker thread of this trio run was free within {wait:.3g} s for a call "
+                f"to {self.server} ({CALL_THREADS} calls were running)"
+            ) from None
 
     async def run_async(self, call: Call, wait: float | None = None) -> Any:
         """As :meth:`run`, from an asyncio or trio task."""

@@ -34,7 +34,7 @@ from ..._core import Hold, claim, complete
 from ..._errors import LockTimeout
 from ..._ki import internal
 from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
-from ._failures import NoAnswer
+from ._failures import NoAnswer, NoThread
 from ._leaving import Leaving
 from ._link import Link
 from ._lockcalls import (
@@ -157,8 +157,13 @@ class RedisScope(LockRenewals):
             block = min(block, deadline - monotonic())
         return max(block, 0.001)
 
-    def _no_answer(self, local_key: Hashable, timeout: float | None) -> LockTimeout:
-        """The error of a timed acquire whose server did not answer by its deadline."""
+    def _no_answer(self, local_key: Hashable, timeout: float | None, why: NoAnswer) -> LockTimeout:
+        """The error of a timed acquire whose server did not answer by its deadline (or,
+        under trio, that found no worker thread free by then)."""
+        if isinstance(why, NoThread):
+            return LockTimeout(
+                f"timed out after {timeout} s waiting for key {self.user_key(local_key)!r}: {why}"
+            )
         return LockTimeout(
             f"{self.link.server} did not answer in time: no reply to the acquire of key "
             f"{self.user_key(local_key)!r} (timeout={timeout} s, plus {MARGIN} s of grace at "
@@ -199,10 +204,10 @@ class RedisScope(LockRenewals):
                 sent = monotonic()
                 reply = parse_acquire(link.run(self._ask(attempt, True), reply_wait(deadline)))
                 self._asked(attempt)
-        except NoAnswer:
+        except NoAnswer as why:
             if deadline is None:
                 raise
-            raise self._no_answer(local_key, timeout) from None  # (the undo withdraws)
+            raise self._no_answer(local_key, timeout, why) from None  # (the undo withdraws)
         return self._granted(hold, attempt, reply.token, sent)
 
     async def acquire_async(self, local_key: Hashable, hold: Hold, timeout: float | None) -> bool:
@@ -234,10 +239,10 @@ class RedisScope(LockRenewals):
                 call = self._ask(attempt, True)
                 reply = parse_acquire(await link.run_async(call, reply_wait(deadline)))
                 self._asked(attempt)
-        except NoAnswer:
+        except NoAnswer as why:
             if deadline is None:
                 raise
-            raise self._no_answer(local_key, timeout) from None
+            raise self._no_answer(local_key, timeout, why) from None
         return self._granted(hold, attempt, reply.token, sent)
 
     def _give_up(self, hold: Hold, attempt: Attempt) -> None:
