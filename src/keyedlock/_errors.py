@@ -93,8 +93,16 @@ ExceptionState = tuple[
 ]
 
 #: The pickling of the exceptions whose state :func:`exception_state` describes: plain, or
-#: OSError's (which adds nothing an ``__init__`` of their own would not change).
-_REDUCES: Final = (BaseException.__reduce__, OSError.__reduce__)
+#: that of a built-in base whose fields it carries itself (OSError's; ImportError's; and,
+#: from Python 3.12, AttributeError's), which calls the class with its ``args`` too.
+_REDUCES: Final = frozenset(
+    {
+        BaseException.__reduce__,
+        OSError.__reduce__,
+        ImportError.__reduce__,
+        AttributeError.__reduce__,
+    }
+)
 
 
 #: Descriptors of BaseException's (and object's) own, never carried as fields.

@@ -114,6 +114,13 @@ class Throttled(ThrottledBase):
         self.retry_after = retry_after
 
 
+class ModuleMissing(ImportError):
+    """An ImportError whose own __init__ builds its message (ImportError pickles itself)."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__(f"no module {module!r}", name=module, path="/srv/plugins")
+
+
 class Slotted(Exception):
     """An exception that keeps a field in a slot, not in its ``__dict__``."""
 
@@ -141,6 +148,7 @@ FIELD_ERRORS: dict[str, tuple[Callable[[], Exception], tuple[str, ...]]] = {
     "unset fields": (lambda: Undecodable("header"), ()),
     "BlockingIOError": (lambda: PartialWrite(7), ("errno", "characters_written")),
     "a slot set to None": (lambda: Throttled(None), ("retry_after",)),
+    "ImportError": (lambda: ModuleMissing("plugin"), ("msg", "name", "path")),
 }
 
 
