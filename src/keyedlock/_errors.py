@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 from collections.abc import Callable
 from types import GetSetDescriptorType, MemberDescriptorType
 from typing import Any, Final
@@ -109,6 +110,24 @@ _REDUCES: Final = frozenset(
 _OWN: Final = frozenset(vars(BaseException)) | frozenset(vars(object))
 
 
+#: The state hooks of the exceptions :data:`_REDUCES` covers (AttributeError's own
+#: ``__getstate__`` from Python 3.12).
+_GETSTATES: Final = frozenset({object.__getstate__, AttributeError.__getstate__})
+
+
+def _plainly_pickled(cls: type[BaseException]) -> bool:
+    """True if ``cls`` has no copying or pickling of its own (none of the hooks ``copy``
+    and ``pickle`` honour), only that of a built-in base in :data:`_REDUCES`."""
+    return (
+        cls.__reduce__ in _REDUCES
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and cls.__getstate__ in _GETSTATES
+        and cls.__setstate__ is BaseException.__setstate__
+        and not hasattr(cls, "__copy__")
+        and cls not in copyreg.dispatch_table
+    )
+
+
 def _fields(cls: type[BaseException]) -> dict[str, Any]:
     """The fields of ``cls``'s instances kept outside their ``__dict__``: those of built-in
     bases that their C ``__init__`` fills (SyntaxError's ``filename`` and ``lineno``,
@@ -154,7 +173,7 @@ def exception_state(
     already faithful.
     """
     cls = type(exc)
-    if isinstance(cls.__init__, _SLOT_WRAPPER) or cls.__reduce__ not in _REDUCES:
+    if isinstance(cls.__init__, _SLOT_WRAPPER) or not _plainly_pickled(cls):
         return None
     if not hasattr(exc, "__dict__"):
         return None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pickle
 import sys
 import threading
+from typing import Any, SupportsIndex
 
 import pytest
 
+from keyedlock._errors import follower_copy
 from keyedlock._scopes._manager._payloads import dump_error, load_error
 from keyedlock._scopes._redis._outcomes import decode, encode_error
 
@@ -136,3 +138,42 @@ def test_an_error_sent_before_fields_travelled_apart_keeps_them(scope: str) -> N
     assert str(copy) == "no attribute 'colour'"
     assert copy.name == "colour"
     assert vars(copy) == {"hint": "see the docs"}
+
+
+class PluginMissing(ImportError):
+    """An exception with pickling of its own (``__reduce_ex__``): it drops a lock that
+    belongs to the process that raised it."""
+
+    def __init__(self, plugin: str) -> None:
+        super().__init__(f"plugin {plugin!r} is not installed", name=plugin)
+        self.plugin = plugin
+        self.lock = threading.Lock()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        return (type(self), (self.plugin,))
+
+
+class MarksCopies(ImportError):
+    """An exception with unpickling of its own (``__setstate__``)."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__(f"no module {module!r}", name=module)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        super().__setstate__(state)
+        self.copied = True
+
+
+def test_an_errors_own_pickling_is_used_for_its_copies() -> None:
+    """A class that copies or pickles itself is copied its own way, in this process and
+    across processes, never rebuilt field by field."""
+    error = PluginMissing("foo")
+    copy = follower_copy(error)
+    assert type(copy) is PluginMissing
+    assert copy.lock is not error.lock
+    sent = load_error(dump_error(error))
+    assert type(sent) is PluginMissing
+    assert str(sent) == "plugin 'foo' is not installed"
+    outcome = decode(pickle, encode_error(pickle, error, "k"), "k").error
+    assert type(outcome) is PluginMissing
+    assert vars(follower_copy(MarksCopies("x"))).get("copied") is True
