@@ -407,89 +407,13 @@ def test_errors_reach_every_thread_as_copies(
     assert len({id(error) for error in copies}) == FOLLOWERS
 
 
-@pytest.mark.anyio
-async def test_an_uncopyable_error_is_delivered_as_is(
-    flight_scope: Scope, sf: SingleFlight
-) -> None:
-    """In one process, an error that cannot be copied reaches every caller as the object
-    itself; in another process (a remote scope), the follower gets a TypeError naming it."""
-    gate = anyio.Event()
-    raised: list[NeedsKeyword] = []
-
-    async def failing_call() -> None:
-        await gate.wait()
-        error = NeedsKeyword(code=7)
-        raised.append(error)
-        raise error
-
-    errors: list[BaseException] = []
-
-    async def caller() -> None:
-        with pytest.raises((NeedsKeyword, TypeError)) as info:
-            await sf.do("k", failing_call)
-        errors.append(info.value)
-
-    with anyio.fail_after(WAIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
-            tg.start_soon(caller)
-            await wait_followers_async(sf, "k", 1)
-            gate.set()
-
-    [original] = raised
-    leader, follower = errors
-    assert leader is original
-    if flight_scope.remote:
-        assert isinstance(follower, TypeError)
-        assert "could not be unpickled" in str(follower)
-        assert isinstance(follower.__cause__, TypeError)
-    else:
-        assert follower is original
-
-
-@pytest.mark.anyio
-async def test_an_error_that_builds_its_message_keeps_its_args(sf: SingleFlight) -> None:
-    """A copy has the original's args even when the type's __init__ formats its message."""
-    gate = anyio.Event()
-    raised: list[Coded] = []
-
-    async def failing_call() -> None:
-        await gate.wait()
-        error = Coded(5)
-        raised.append(error)
-        raise error
-
-    errors: list[Coded] = []
-
-    async def caller() -> None:
-        with pytest.raises(Coded) as info:
-            await sf.do("k", failing_call)
-        errors.append(info.value)
-
-    with anyio.fail_after(WAIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
-            tg.start_soon(caller)
-            await wait_followers_async(sf, "k", 1)
-            gate.set()
-
-    [original] = raised
-    [copy] = [error for error in errors if error is not original]
-    assert original.args == ("error 5",)
-    assert copy.args == original.args, "the follower's error says something else"
-    assert str(copy) == str(original)
-    assert copy.code == 5
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("kind", FIELD_ERRORS)
-async def test_an_errors_fields_outside_its_dict_are_copied(sf: SingleFlight, kind: str) -> None:
-    """A follower's copy of an error whose own __init__ is not called again still has the
-    fields a built-in base's C __init__ filled (and its slots): same str(), same fields."""
-    make, fields = FIELD_ERRORS[kind]
-    expected = type(make())
+async def two_callers_of_a_failing_call(
+    sf: SingleFlight,
+    make: Callable[[], BaseException],
+    expected: type[BaseException] | tuple[type[BaseException], ...],
+) -> tuple[BaseException, list[BaseException]]:
+    """A leader and one follower of a call that raises ``make()``: the error it raised,
+    and what each caller raised (``expected``), leader first."""
     gate = anyio.Event()
     raised: list[BaseException] = []
 
@@ -515,7 +439,55 @@ async def test_an_errors_fields_outside_its_dict_are_copied(sf: SingleFlight, ki
             gate.set()
 
     [original] = raised
+    return original, errors
+
+
+def follower_copy_of(original: BaseException, errors: list[BaseException]) -> BaseException:
+    """The one error in ``errors`` that is not ``original``: the follower's copy."""
     [copy] = [error for error in errors if error is not original]
+    return copy
+
+
+@pytest.mark.anyio
+async def test_an_uncopyable_error_is_delivered_as_is(
+    flight_scope: Scope, sf: SingleFlight
+) -> None:
+    """In one process, an error that cannot be copied reaches every caller as the object
+    itself; in another process (a remote scope), the follower gets a TypeError naming it."""
+    original, errors = await two_callers_of_a_failing_call(
+        sf, lambda: NeedsKeyword(code=7), (NeedsKeyword, TypeError)
+    )
+    leader, follower = errors
+    assert leader is original
+    if flight_scope.remote:
+        assert isinstance(follower, TypeError)
+        assert "could not be unpickled" in str(follower)
+        assert isinstance(follower.__cause__, TypeError)
+    else:
+        assert follower is original
+
+
+@pytest.mark.anyio
+async def test_an_error_that_builds_its_message_keeps_its_args(sf: SingleFlight) -> None:
+    """A copy has the original's args even when the type's __init__ formats its message."""
+    original, errors = await two_callers_of_a_failing_call(sf, lambda: Coded(5), Coded)
+    copy = follower_copy_of(original, errors)
+    assert original.args == ("error 5",)
+    assert copy.args == original.args, "the follower's error says something else"
+    assert str(copy) == str(original)
+    assert isinstance(copy, Coded)
+    assert copy.code == 5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", FIELD_ERRORS)
+async def test_an_errors_fields_outside_its_dict_are_copied(sf: SingleFlight, kind: str) -> None:
+    """A follower's copy of an error whose own __init__ is not called again still has the
+    fields a built-in base's C __init__ filled (and its slots): same str(), same fields."""
+    make, fields = FIELD_ERRORS[kind]
+    expected = type(make())
+    original, errors = await two_callers_of_a_failing_call(sf, make, expected)
+    copy = follower_copy_of(original, errors)
     assert type(copy) is expected
     assert copy.args == original.args
     assert str(copy) == str(original)
@@ -529,32 +501,12 @@ async def test_a_field_that_cannot_travel_is_left_out(
 ) -> None:
     """Another process's follower gets the error without the fields its serializer cannot
     carry (as a plain pickle leaves them all out); a follower here gets them all."""
-    gate = anyio.Event()
     held = threading.Lock()
-    raised: list[MissingAttribute] = []
-    errors: list[MissingAttribute] = []
-
-    async def failing_call() -> None:
-        await gate.wait()
-        error = MissingAttribute("db", held)
-        raised.append(error)
-        raise error
-
-    async def caller() -> None:
-        with pytest.raises(MissingAttribute) as info:
-            await sf.do("k", failing_call)
-        errors.append(info.value)
-
-    with anyio.fail_after(WAIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
-            tg.start_soon(caller)
-            await wait_followers_async(sf, "k", 1)
-            gate.set()
-
-    [original] = raised
-    [copy] = [error for error in errors if error is not original]
+    original, errors = await two_callers_of_a_failing_call(
+        sf, lambda: MissingAttribute("db", held), MissingAttribute
+    )
+    copy = follower_copy_of(original, errors)
+    assert isinstance(copy, MissingAttribute)
     assert str(copy) == "no attribute 'db'"
     assert copy.name == "db"
     assert copy.obj is (None if flight_scope.remote else held)
@@ -562,33 +514,12 @@ async def test_a_field_that_cannot_travel_is_left_out(
 
 @pytest.mark.anyio
 async def test_an_error_with_a_keyword_only_init_is_copied(sf: SingleFlight) -> None:
-    gate = anyio.Event()
-    raised: list[KeywordOnly] = []
-
-    async def failing_call() -> None:
-        await gate.wait()
-        error = KeywordOnly(code=3)
-        raised.append(error)
-        raise error
-
-    errors: list[KeywordOnly] = []
-
-    async def caller() -> None:
-        with pytest.raises(KeywordOnly) as info:
-            await sf.do("k", failing_call)
-        errors.append(info.value)
-
-    with anyio.fail_after(WAIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_until_async(lambda: sf.in_flight("k"), "the leader runs the call")
-            tg.start_soon(caller)
-            await wait_followers_async(sf, "k", 1)
-            gate.set()
-
-    [original] = raised
-    [copy] = [error for error in errors if error is not original]
+    original, errors = await two_callers_of_a_failing_call(
+        sf, lambda: KeywordOnly(code=3), KeywordOnly
+    )
+    copy = follower_copy_of(original, errors)
     assert type(copy) is KeywordOnly
+    assert isinstance(copy, KeywordOnly)  # (for the type checker)
     assert copy.args == (3,)
     assert copy.code == 3
 
