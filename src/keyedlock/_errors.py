@@ -146,15 +146,6 @@ def _fields(cls: type[BaseException]) -> dict[str, Any]:
     }
 
 
-def _builtin_field(cls: type[BaseException], name: str) -> bool:
-    """True for a field a built-in base fills in C (reading None where it is unset), as
-    opposed to a slot of a class written in Python (which raises where it is unset)."""
-    for base in cls.__mro__:
-        if name in vars(base):
-            return base.__module__ == "builtins"
-    return False
-
-
 def exception_state(
     exc: BaseException, dumps: Callable[[object], object] | None = None
 ) -> ExceptionState | None:
@@ -181,8 +172,10 @@ def exception_state(
     for name, field in _fields(cls).items():
         try:
             value = field.__get__(exc, cls)
-            if value is None and _builtin_field(cls, name):
-                continue  # unset, or None: the same to anyone reading it (not to its C code)
+            if value is None and field.__objclass__.__module__ == "builtins":
+                # A built-in base's field reads None where unset (a slot would raise): the
+                # same to anyone reading it, not to its C code.
+                continue
             fields[name] = value if dumps is None else dumps(value)
         except Exception:  # unset, or not carried
             continue
@@ -209,14 +202,13 @@ def rebuild_exception(
         attributes = {name: value for name, value in attributes.items() if name not in found}
         loads = None
     exc.__dict__.update(attributes)
-    if fields:
-        for name, carried in fields.items():
-            field = found.get(name)
-            if field is None:
-                continue
-            # (Read-only: set by __new__ from the args; or a value the field refuses.)
-            with contextlib.suppress(Exception):
-                field.__set__(exc, carried if loads is None else loads(carried))
+    for name, carried in fields.items():
+        field = found.get(name)
+        if field is None:
+            continue
+        # (Read-only: set by __new__ from the args; or a value the field refuses.)
+        with contextlib.suppress(Exception):
+            field.__set__(exc, carried if loads is None else loads(carried))
     return exc
 
 
