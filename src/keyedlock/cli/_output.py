@@ -8,6 +8,7 @@ standard error, never as a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Output", "OutputError", "Writer"]
@@ -35,17 +36,17 @@ class Output:
         self._stream = stream
 
     def write(self, text: str, /) -> object:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(exc) from exc
+        return _told_apart(self._stream.write, text)
 
     def flush(self) -> object:
-        try:
-            return self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(exc) from exc
+        return _told_apart(self._stream.flush)
+
+
+def _told_apart(method: Callable[..., object], *args: object) -> object:
+    """``method(*args)``, a failure other than a closed pipe raised as OutputError."""
+    try:
+        return method(*args)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(exc) from exc

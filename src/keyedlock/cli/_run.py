@@ -167,6 +167,14 @@ def _supervise(pid: int, waited: set[signal.Signals]) -> int:
             os.kill(pid, signum)
 
 
+def _located(name: str) -> str | None:
+    """The file ``posix_spawnp`` runs for ``name`` (a path to a file, or found on PATH), or
+    None if there is none."""
+    if "/" in name:
+        return name if os.path.isfile(name) else None
+    return shutil.which(name)
+
+
 def _spawn(command: list[str], mask: set[int | signal.Signals]) -> int:
     """Start ``command`` (see the module docstring); its process id.
 
@@ -181,7 +189,7 @@ def _spawn(command: list[str], mask: set[int | signal.Signals]) -> int:
     except OSError as exc:
         if exc.errno != errno.ENOEXEC:
             raise
-        found = command[0] if "/" in command[0] else shutil.which(command[0])
+        found = _located(command[0])
         if found is None:
             raise
         return os.posix_spawn(
@@ -191,11 +199,6 @@ def _spawn(command: list[str], mask: set[int | signal.Signals]) -> int:
             setsigmask=mask,
             setsigdef=_DEFAULT_IN_CHILD,
         )
-
-
-def _found(name: str) -> bool:
-    """True if ``name`` is a file ``posix_spawnp`` finds: a path to one, or on PATH."""
-    return os.path.isfile(name) if "/" in name else shutil.which(name) is not None
 
 
 def run_command(
@@ -245,7 +248,7 @@ def run_command(
         try:
             pid = _spawn(command, start_mask)
         except FileNotFoundError:
-            if _found(command[0]):  # (as bash says it; its status is 127 too)
+            if _located(command[0]) is not None:  # (as bash says it; its status is 127 too)
                 say(
                     f"{command[0]}: cannot execute: required file not found "
                     "(the interpreter its #! line names, or the loader it needs)"

@@ -6,8 +6,9 @@ threads are counted by two capacity limiters of keyedlock's own per trio run, ne
 default one: a wait (a blocking pop, which holds its thread until it is woken or times out,
 and after a cancellation until its pop returns) by :data:`WAIT_THREADS`, every other call
 (a try, a release, a renewal of a place) by :data:`CALL_THREADS`. So calls never queue
-behind waits, nor the program's own ``trio.to_thread`` calls behind either; a timed call
-that finds no thread free in time says so as a late server does.
+behind waits, nor the program's own ``trio.to_thread`` calls behind either; getting a
+thread is bounded by the caller's time (a timed call that finds none free raises
+:class:`~._failures.NoThread`, a wait that finds none is a pop that timed out).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class AsyncCalls:
         self, call: Callable[[float | None], Any], shielded: bool, wait: float | None
     ) -> Any:
         """``call(left)`` in a worker thread of the trio run (see the module docstring),
-        ``left`` being what remains of ``wait`` when the thread starts. A thread not free
-        within ``wait`` ends the call as a late server would."""
+        ``left`` being what remains of ``wait`` when the thread starts. No thread free
+        within ``wait``: :class:`~._failures.NoThread` (nothing was sent)."""
         import trio
 
         limiter = _limiter("keyedlock.redis.calls", CALL_THREADS)
