@@ -277,8 +277,12 @@ def test_the_default_lock_file(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["lock_file"] == str(expected)
 
 
-def without_ptrace(setpriv: str) -> tuple[str, ...]:
-    """A prefix that runs ``holders`` as root without the rights to read others' descriptors."""
+def without_ptrace() -> tuple[str, ...]:
+    """A prefix that runs ``holders`` as root without the rights to read others' descriptors
+    (the test is skipped without setpriv)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_PTRACE")
     caps = "-sys_ptrace,-dac_override,-dac_read_search"
     return (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
 
@@ -287,9 +291,7 @@ def test_processes_that_cannot_be_inspected_are_reported(lock_file: str, start: 
     """Without the right to trace it, a process's descriptors cannot be read: it is listed."""
     if os.geteuid() == 0:
         # Root without CAP_SYS_PTRACE may not inspect a process that switched to another user.
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_PTRACE")
+        prefix = without_ptrace()
         other = start(
             sys.executable,
             "-c",
@@ -297,7 +299,6 @@ def test_processes_that_cannot_be_inspected_are_reported(lock_file: str, start: 
         )
         ready(other)
         pid = other.pid
-        prefix = without_ptrace(setpriv)
     else:
         pid = 1
         if os.stat("/proc/1").st_uid == os.geteuid():
@@ -320,9 +321,7 @@ def test_a_key_held_by_a_process_not_inspected_is_held_not_free(
     held even though its holder's descriptors could not be read."""
     if os.geteuid() != 0:
         pytest.skip("needs root, to hold a key as another user")
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_PTRACE")
+    prefix = without_ptrace()
     holder = start(
         sys.executable,
         "-c",
@@ -333,7 +332,6 @@ def test_a_key_held_by_a_process_not_inspected_is_held_not_free(
         "invoice:42",
     )
     ready(holder)
-    prefix = without_ptrace(setpriv)
     report = holders_json("--file", lock_file, "invoice:42", "other", prefix=prefix)
     assert report["holders"] == []  # (its descriptors could not be read)
     assert holder.pid in [u["pid"] for u in report["uninspected"]]
