@@ -178,3 +178,48 @@ def test_an_output_that_cannot_be_written_is_one_line(command: list[str], tmp_pa
         f"python -m keyedlock {command[0]}: cannot write the output: "
         "[Errno 28] No space left on device\n"
     )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", [["--help"], ["--version"], ["run", "--help"]], ids=" ".join)
+def test_help_that_cannot_be_written_fails(command: list[str], buffered: bool) -> None:
+    """``--help`` and ``--version`` into a full output: status 1 and the reason, as for a
+    report (argparse drops a failed write, and the status said 0), whether the write itself
+    fails (PYTHONUNBUFFERED) or its flush."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyedlock", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=WAIT * 3,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "python -m keyedlock: cannot write the output: [Errno 28] No space left on device\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [(["bogus"], 2), (["run", "k"], 2), (["holders", "--file", "/"], 1)],
+    ids=["bogus", "run-without-command", "holders-unreadable"],
+)
+def test_messages_with_standard_error_closed_go_nowhere(command: list[str], status: int) -> None:
+    """Started with standard error closed (``2>&-``, where Python's ``sys.stderr`` is None):
+    error messages and usage are dropped, never written to standard output among a report."""
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m keyedlock "$@" 2>&-', sys.executable, *command],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+    assert proc.returncode == status
+    assert proc.stdout == ""

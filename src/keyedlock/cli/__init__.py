@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from keyedlock import __version__
 
@@ -28,6 +28,9 @@ from ._run import (
     NOT_FOUND,
     run_command,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["main"]  # (and scan, for the package: see keyedlock._filelock)
 
@@ -108,7 +111,7 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The program's parser, and that of each command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="keyedlock: keyed locks and single-flight for threads, asyncio and trio.",
     )
@@ -206,6 +209,28 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
     return parser, {"run": run, "holders": holders, "demo": demo}
 
 
+def _failed_output(exc: BrokenPipeError | OutputError, prog: str) -> int:
+    """The status for standard output that could not be written: 1, the reason on standard
+    error (none for a pipe closed by its reader)."""
+    if not isinstance(exc, BrokenPipeError):
+        print(f"{prog}: cannot write the output: {exc}", file=sys.stderr)
+    return _closed_output()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose ``--help`` and ``--version`` text, if it cannot be written
+    to standard output, fails the command (argparse drops the error: the text was lost and
+    the status said 0)."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message and (file is None or file is sys.stdout):
+            out = Output(sys.stdout)
+            out.write(message)
+            out.flush()
+        else:  # standard error: nowhere to tell of its failure
+            super()._print_message(message, file)
+
+
 def _show_holders(
     path: str | None, keys: list[str], out: Writer, *, as_json: bool, prog: str
 ) -> int:
@@ -236,10 +261,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     started by, ``keyedlock`` for the installed script; ``python -m
     keyedlock`` passes its own).
     """
+    if sys.stderr is None:  # started with it closed (2>&-): messages go nowhere, as they
+        # would to a closed descriptor, not to standard output (where print(file=None) and
+        # argparse's usage would put them, among the command's report)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the process's, as sys.stderr is
     parser, commands = _parser(prog)
     given = list(sys.argv[1:] if argv is None else argv)
     head, command = _split_command(given)
-    args, extra = parser.parse_known_args(head)
+    try:
+        args, extra = parser.parse_known_args(head)
+    except (BrokenPipeError, OutputError) as exc:  # --help or --version, not written
+        return _failed_output(exc, parser.prog)
     command_parser = commands[args.command]
     if args.command == "run":
         run = command_parser
@@ -281,9 +313,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         else:
             raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
         out.flush()  # (a closed pipe shows here, not at interpreter exit)
-    except BrokenPipeError:
-        return _closed_output()
-    except OutputError as exc:
-        print(f"{command_parser.prog}: cannot write the output: {exc}", file=sys.stderr)
-        return _closed_output()
+    except (BrokenPipeError, OutputError) as exc:
+        return _failed_output(exc, command_parser.prog)
     return status
