@@ -223,3 +223,24 @@ def test_messages_with_standard_error_closed_go_nowhere(command: list[str], stat
     )
     assert proc.returncode == status
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["holders", "--file", "{tmp}/locks"], ["demo", "--checkouts", "1"], ["--help"]],
+    ids=["holders", "demo", "help"],
+)
+def test_a_closed_standard_output_is_one_line(command: list[str], tmp_path: Path) -> None:
+    """Started with standard output closed (``>&-``, where Python's ``sys.stdout`` is None):
+    status 1 and the reason, as for an output that cannot be written, no traceback."""
+    args = [arg.format(tmp=tmp_path) for arg in command]
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m keyedlock "$@" >&-', sys.executable, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+    )
+    assert proc.returncode == 1
+    prog = "python -m keyedlock" + ("" if command[0] == "--help" else f" {command[0]}")
+    assert proc.stderr == f"{prog}: cannot write the output: standard output is closed\n"

@@ -262,19 +262,18 @@ def test_no_lock_file(tmp_path: Path) -> None:
 
 
 def test_the_default_lock_file(tmp_path: Path) -> None:
-    runtime_dir = tmp_path / "run"
-    runtime_dir.mkdir(mode=0o700)
+    """/tmp/keyedlock-<uid>/keys.lock, whatever $XDG_RUNTIME_DIR and $TMPDIR say."""
     proc = subprocess.run(
         [sys.executable, "-m", "keyedlock", "holders", "--json"],
         capture_output=True,
         text=True,
         timeout=WAIT * 3,
         check=False,
-        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir)},
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "TMPDIR": str(tmp_path)},
     )
     assert proc.returncode == 0, proc.stderr
-    expected = runtime_dir / f"keyedlock-{os.geteuid()}" / "keys.lock"
-    assert json.loads(proc.stdout)["lock_file"] == str(expected)
+    expected = f"/tmp/keyedlock-{os.geteuid()}/keys.lock"
+    assert json.loads(proc.stdout)["lock_file"] == expected
 
 
 def without_ptrace() -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -232,12 +233,12 @@ def test_the_key_is_held_while_the_command_runs(
 
 
 def test_the_default_lock_file(tmp_path: Path) -> None:
-    """Without --file: the lock file of FileKeyedLock(), here in $XDG_RUNTIME_DIR."""
-    runtime_dir = tmp_path / "run"
-    runtime_dir.mkdir(mode=0o700)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir)}
+    """Without --file: the lock file of FileKeyedLock(), /tmp/keyedlock-<uid>/keys.lock,
+    whatever $XDG_RUNTIME_DIR and $TMPDIR say (a key of its own: the file is the host's)."""
+    key = f"test:{uuid.uuid4()}"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "TMPDIR": str(tmp_path)}
     with subprocess.Popen(
-        keyedlock("k", "--", *HOLD),
+        keyedlock(key, "--", *HOLD),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -245,13 +246,13 @@ def test_the_default_lock_file(tmp_path: Path) -> None:
     ) as proc:
         assert proc.stdout is not None
         assert read_line(proc.stdout) == "ready\n"
-        default = runtime_dir / f"keyedlock-{os.geteuid()}" / "keys.lock"
-        lock = FileKeyedLock(default)
-        assert lock.acquire("k", timeout=0) is False
+        lock = FileKeyedLock(f"/tmp/keyedlock-{os.geteuid()}/keys.lock")
+        assert lock.acquire(key, timeout=0) is False
+        assert FileKeyedLock().path == lock.path
         proc.communicate(timeout=WAIT)
     assert proc.returncode == 0
-    assert lock.acquire("k", timeout=0) is True
-    lock.release("k")
+    assert lock.acquire(key, timeout=0) is True
+    lock.release(key)
 
 
 def test_nonblock_when_busy(lock_file: str, tmp_path: Path, other: FileKeyedLock) -> None:
@@ -592,6 +593,12 @@ class Terminal:
         ),
         (["--file", "--", "k", "--", "true"], "argument --file: expected one argument"),
         (["--file", "", "k", "--", "true"], "argument --file: expected a file name, got ''"),
+        (["--", "true"], "the following arguments are required: KEY"),
+        (
+            ["-x", "--", "true"],
+            "the following arguments are required: KEY (a KEY that starts with -, as '-x' "
+            "does, goes after --: run [OPTIONS] -- -x -- COMMAND)",
+        ),
     ],
 )
 def test_argument_errors(args: list[str], message: str) -> None:
@@ -600,6 +607,22 @@ def test_argument_errors(args: list[str], message: str) -> None:
     lines = proc.stderr.splitlines()
     assert lines[0].startswith("usage: python -m keyedlock run [-h] [--file PATH] ")
     assert lines[-1] == f"python -m keyedlock run: error: {message}"
+
+
+@pytest.mark.parametrize("options", [[], ["--nonblock"], ["--timeout", "5"]])
+def test_a_key_that_starts_with_a_dash_goes_after_a_first_double_dash(
+    options: list[str], tmp_path: Path
+) -> None:
+    """``run [OPTIONS] -- -KEY -- COMMAND``: the key is held while the command runs (which
+    sees it locked through a lock of its own), and released after."""
+    path = str(tmp_path / "locks")
+    check = (
+        "import sys; from keyedlock import FileKeyedLock; "
+        f"sys.exit(0 if FileKeyedLock({path!r}).locked('-x') else 5)"
+    )
+    proc = run("--file", path, *options, "--", "-x", "--", sys.executable, "-c", check)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert not FileKeyedLock(path).locked("-x")
 
 
 def test_help_shows_the_exit_statuses() -> None:

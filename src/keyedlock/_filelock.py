@@ -86,9 +86,9 @@ class FileKeyedLock(KeyedLock):
     Args:
         path: the lock file, created if missing (mode 0600); every process
             that shares it shares the keys. None (the default):
-            ``keyedlock-<uid>/keys.lock`` in ``$XDG_RUNTIME_DIR`` if set and
-            usable, else in :func:`tempfile.gettempdir`, in a directory
-            private to the user (0700); a directory that is a symbolic link,
+            ``/tmp/keyedlock-<uid>/keys.lock``, the same for every process of
+            the user whatever its environment, in a directory private to the
+            user (0700); a directory that is a symbolic link,
             belongs to another user or is open to group or others is refused
             (PermissionError). The file is never deleted: do not delete it
             while processes may use it.
@@ -159,9 +159,10 @@ class FileKeyedLock(KeyedLock):
         )
 
     def statistics(self, key: Hashable) -> LockStatistics:
-        """As :meth:`KeyedLock.statistics`; for a key held by another process, its holder
-        is that process (``runtime="process"``), found in ``/proc`` (an on-demand scan of
-        the processes that have the lock file open)."""
+        """As :meth:`KeyedLock.statistics`; for a key held by another process (or by
+        another lock of this process on the same file), its holder is that process
+        (``runtime="process"``), found in ``/proc`` (an on-demand scan of the processes
+        that have the lock file open)."""
         stats = super().statistics(key)
         if stats.locked and stats.holder is None:
             pid = _holder_pid(self.path, key_offset(key))
@@ -174,7 +175,7 @@ def _holder_pid(path: str, offset: int) -> int | None:
     from .cli import scan  # (the holders command's reading of /proc)
 
     try:
-        report = scan(path)
+        report = scan(path, include_self=True)  # (another lock of this process may hold it)
     except OSError:
         return None
     for holder in report.holders:

@@ -33,6 +33,9 @@ from ._scopes import Link, RedisBackend, RedisContext, RedisFlightBackend
 from ._singleflight import SingleFlight
 from ._validate import check_flag, check_max_waiters, check_ttl, check_warn_after, seconds
 
+if TYPE_CHECKING:
+    import redis  # (the types of the clients taken: this module needs redis-py anyway)
+
 __all__ = ["LeaseLost", "RedisContext", "RedisKeyedLock", "RedisSingleFlight"]
 
 #: The shortest lease accepted (seconds): renewals come every third of it.
@@ -137,7 +140,7 @@ class RedisKeyedLock(KeyedLock):
 
     def __init__(
         self,
-        client_or_url: Any,
+        client_or_url: str | redis.Redis | redis.RedisCluster,
         *,
         prefix: str = "keyedlock:",
         lease: float = 10.0,
@@ -251,7 +254,7 @@ class RedisSingleFlight(SingleFlight):
 
     def __init__(
         self,
-        client_or_url: Any,
+        client_or_url: str | redis.Redis | redis.RedisCluster,
         *,
         prefix: str = "keyedlock:",
         lease: float = 10.0,

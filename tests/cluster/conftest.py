@@ -120,7 +120,12 @@ def make_lock(redis_server: Server, redis_client: redis.Redis) -> Iterator[MakeL
     here or on the server."""
     made: list[RedisKeyedLock] = []
 
-    def make(*, lease: float = LEASE, target: object = None, **options: Any) -> RedisKeyedLock:
+    def make(
+        *,
+        lease: float = LEASE,
+        target: str | redis.Redis | RedisCluster | None = None,
+        **options: Any,
+    ) -> RedisKeyedLock:
         lock = RedisKeyedLock(target or redis_server.url, lease=lease, **options)
         made.append(lock)
         return lock

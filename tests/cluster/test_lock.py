@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import pickle
+import sys
 import threading
 import time
 import warnings
@@ -138,10 +139,10 @@ def test_a_client_of_another_kind_is_refused() -> None:
     import redis.asyncio
 
     with pytest.raises(TypeError, match=r"redis\.Redis"):
-        RedisKeyedLock(42)
+        RedisKeyedLock(42)  # type: ignore[arg-type]
     client = redis.asyncio.Redis()
     with pytest.raises(TypeError, match="asyncio client is made"):
-        RedisKeyedLock(client)
+        RedisKeyedLock(client)  # type: ignore[arg-type]
 
 
 def test_a_client_object_serves_as_well_as_a_url(
@@ -501,6 +502,70 @@ def test_many_waiting_threads_of_one_process(make_lock: MakeLock) -> None:
     for thread in threads:
         thread.result()
     assert sorted(entered) == list(range(MANY_WAITERS))
+
+
+def _waiting_on_a_closed_loop(
+    lock: RedisKeyedLock, other: RedisKeyedLock, timeout: float | None
+) -> asyncio.Task[bool]:
+    """A task of a new loop that waits for key "k" in Redis; the loop closed as it waits."""
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def start() -> asyncio.Task[bool]:
+            task = loop.create_task(lock.acquire_async("k", timeout=timeout))
+            await wait_until_async(lambda: other.waiters("k") == 1, "the task waits in Redis")
+            return task
+
+        task = loop.run_until_complete(asyncio.wait_for(start(), WAIT))
+    finally:
+        loop.close()  # with the task still waiting
+    assert not task.done()
+    return task
+
+
+def _queue_a_thread_behind_it(lock: RedisKeyedLock, other: RedisKeyedLock) -> None:
+    """A thread queues for "k" behind the task; ``other`` releases it: the thread takes it."""
+    waiter = start_thread(lambda: lock.acquire("k", timeout=WAIT))
+    wait_until(lambda: lock.waiters("k") == 2, "a thread queues behind the task")
+    other.release("k")
+    assert waiter.result() is True
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_task_whose_loop_closed_while_it_waited_in_redis_passes_the_key_on(
+    make_lock: MakeLock, redis_server: Server, timeout: float | None
+) -> None:
+    """An asyncio task waits in Redis for a key held elsewhere, and its event loop is closed
+    (by hand, the task still waiting): it can never take the key. The renewal thread
+    withdraws its place (not refreshed, nor renewed once the key is handed to it), and the
+    key goes on, here to a thread queued behind the task, and in the other processes."""
+    other = make_lock(lease=1)
+    lock = RedisKeyedLock(redis_server.url, lease=1)  # (dropped below, with the closed loop's)
+    assert other.acquire("k")
+    task = _waiting_on_a_closed_loop(lock, other, timeout)
+    _queue_a_thread_behind_it(lock, other)
+    assert other.acquire("k", blocking=False) is False  # the thread holds it
+    lock.release("k")
+    assert other.acquire("k", timeout=WAIT)
+    other.release("k")
+    assert len(lock) == 0
+    assert lock.acquire("k", timeout=0)
+    lock.release("k")
+    # The task never runs again; dropping it changes nothing. (Its coroutine is closed
+    # without a loop, and the loop's connection was never closed, the loop having been
+    # closed without shutdown_asyncgens(): redis-py's clean-up fails and the socket warns,
+    # as for any loop closed so with a task still running.)
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del task, lock
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert other.acquire("k", timeout=0)
+    other.release("k")
 
 
 def test_a_timeout_in_redis_leaves_no_place(make_lock: MakeLock) -> None:

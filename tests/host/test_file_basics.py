@@ -20,6 +20,7 @@ import pytest
 import keyedlock._scopes._lockfile._filebackend as file_backend
 import keyedlock._scopes._lockfile._files as file_files
 import keyedlock._scopes._lockfile._keys as file_keys
+import keyedlock._scopes._lockfile._paths as file_paths
 import keyedlock._scopes._lockfile._scope as file_scope
 from keyedlock import Aborted, FileKeyedLock, LockTimeout, QueueFull
 from keyedlock._core import Hold
@@ -434,11 +435,10 @@ def test_errors_name_the_key_not_the_offset(file_lock: FileKeyedLock) -> None:
 
 @pytest.fixture
 def temp_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh ``tempfile.gettempdir()`` and no $XDG_RUNTIME_DIR: the default path goes here."""
+    """A fresh directory in place of /tmp: the default path goes here."""
     base = tmp_path / "tmp"
     base.mkdir()
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    monkeypatch.setattr(file_paths, "DEFAULT_BASE", str(base))
     return base
 
 
@@ -452,19 +452,31 @@ def test_default_path_is_private(temp_base: Path) -> None:
         assert FileKeyedLock().locked("k")  # the same default file
 
 
-def test_default_path_prefers_a_usable_runtime_dir(
+def test_default_path_is_one_for_every_environment(
     temp_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A cron job, a login session and a batch job see other $XDG_RUNTIME_DIR and $TMPDIR
+    (or none): each must still find the one file, or they would not exclude each other."""
+    expected = str(temp_base / f"keyedlock-{os.geteuid()}" / "keys.lock")
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
+    temp = tmp_path / "job-tmp"
+    temp.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    assert FileKeyedLock().path == str(runtime / f"keyedlock-{os.geteuid()}" / "keys.lock")
-    runtime.chmod(0o755)  # not private: not used
-    assert FileKeyedLock().path.startswith(str(temp_base))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")
-    assert FileKeyedLock().path.startswith(str(temp_base))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))
-    assert FileKeyedLock().path.startswith(str(temp_base))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert FileKeyedLock().path == expected
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.delenv("TMPDIR")
+    assert FileKeyedLock().path == expected
+
+
+def test_a_default_directory_that_cannot_be_made_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_paths, "DEFAULT_BASE", str(tmp_path / "missing"))
+    with pytest.raises(OSError, match=r"cannot make the default lock directory .* pass a path"):
+        FileKeyedLock()
 
 
 def test_default_dir_symlink_is_refused(temp_base: Path, tmp_path: Path) -> None:

@@ -550,6 +550,40 @@ def test_running_out_of_descriptors_says_what_ran_out_and_what_to_do(
     assert starved.reply() == "0 0"  # nothing queued or held
 
 
+#: A process that uses up its descriptors, then makes a FileKeyedLock (its first descriptor).
+NO_DESCRIPTOR_TO_START = r"""
+import resource, sys
+from keyedlock import FileKeyedLock
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+fillers = []
+try:
+    while True:
+        fillers.append(open("/dev/null"))
+except OSError:
+    pass
+print("ready", flush=True)
+try:
+    FileKeyedLock(sys.argv[1])
+except OSError as exc:
+    print(exc.errno, exc.strerror, flush=True)
+"""
+
+
+def test_no_descriptor_for_a_new_lock_says_what_ran_out_and_what_to_do(
+    lock_path: str, children: Children
+) -> None:
+    """The constructor's own descriptor, as a wait's second one: the limit and the remedy."""
+    import errno
+
+    starved = children.agent(lock_path, NO_DESCRIPTOR_TO_START)
+    code, _, message = starved.reply().partition(" ")
+    assert int(code) == errno.EMFILE
+    assert message.startswith(f"FileKeyedLock could not open the lock file {lock_path!r}: ")
+    assert "RLIMIT_NOFILE" in message
+    assert "raise the limit" in message
+
+
 def _interrupted_acquire(lock: FileKeyedLock, other: FileKeyedLock) -> None:
     """``lock.acquire("k")`` waits for ``other`` (another open file description) and is
     interrupted as it starts its helper thread; then the key must work as ever."""

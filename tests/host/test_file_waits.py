@@ -8,6 +8,7 @@ is always proven by a third process getting the key (a bounded blocking acquire 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from functools import partial
@@ -266,6 +267,7 @@ def test_the_first_waiter_for_another_process_counts_as_a_waiter(lock_path: str)
         )
         assert stats.holder is not None
         assert stats.holder.runtime == "process"  # (another open file description's)
+        assert stats.holder.pid == os.getpid()  # (this process's, through another lock)
         with pytest.raises(
             QueueFull, match=r"^key 'k' is held and max_waiters=0: nobody may wait for it$"
         ):
@@ -291,7 +293,9 @@ def test_the_first_waiter_for_another_process_counts_as_a_waiter(lock_path: str)
 def test_asyncio_loop_closed_while_its_task_waits(
     file_lock: FileKeyedLock, children: Children
 ) -> None:
-    """The claimant's loop is gone when the kernel grants: the helper thread gives it back."""
+    """The claimant's loop is gone when the kernel grants: the helper thread gives the key
+    back, to the other processes and to this process's next caller (a thread queued here
+    behind the task, which waited for good before)."""
     holder = children.agent(file_lock.path)
     assert holder.ask("acquire", "k", 0) == "True"
     loop = asyncio.new_event_loop()
@@ -306,13 +310,18 @@ def test_asyncio_loop_closed_while_its_task_waits(
     finally:
         loop.close()  # with the task still waiting
     assert not task.done()
+    waiter = start_thread(lambda: file_lock.acquire("k", timeout=WAIT))
+    wait_until(lambda: file_lock.waiters("k") == 2, "a thread queues behind the task")
     assert holder.ask("release", "k") == "ok"
+    assert waiter.result() is True
     third = children.agent(file_lock.path)
+    assert third.ask("acquire", "k", 0) == "False"  # the thread holds it
+    file_lock.release("k")
     assert third.ask("acquire", "k", WAIT) == "True"
     wait_until(lambda: _pending(file_lock) == 0, "the abandoned kernel wait ends")
-    # The task never runs again (its local hold stays until its coroutine is closed).
-    task.get_coro().close()
+    task.get_coro().close()  # the task never runs again; closing it later changes nothing
     assert len(file_lock) == 0
+    assert third.ask("release", "k") == "ok"
 
 
 def test_kernel_wait_error_is_raised_and_leaves_nothing(
@@ -320,8 +329,8 @@ def test_kernel_wait_error_is_raised_and_leaves_nothing(
 ) -> None:
     import errno
 
+    import keyedlock._scopes._lockfile._kernelwait as file_waits
     import keyedlock._scopes._lockfile._keys as file_keys
-    import keyedlock._scopes._lockfile._scope as file_scope
 
     holder = children.agent(file_lock.path)
     assert holder.ask("acquire", "k", 0) == "True"
@@ -332,7 +341,7 @@ def test_kernel_wait_error_is_raised_and_leaves_nothing(
             raise OSError(errno.ENOLCK, "no locks available")
         return real(fd, cmd, arg)
 
-    monkeypatch.setattr(file_scope, "fcntl_call", failing)
+    monkeypatch.setattr(file_waits, "fcntl_call", failing)
     with pytest.raises(OSError, match="no locks available"):
         file_lock.acquire("k", timeout=WAIT)
     assert len(file_lock) == 0

@@ -196,6 +196,12 @@ class WideScope(Protocol):
     releases it, and neither can release the next holder's.
     """
 
+    #: Set by the backend (None: nobody to tell): called as ``lost(local_key, hold)`` when
+    #: the scope gave back, on its own, the key it granted ``hold`` while ``hold`` waited,
+    #: because its caller can never take it (its event loop is gone); the backend then
+    #: passes the key on among this process's callers too. Called from any thread, once.
+    lost: Callable[[Hashable, Hold], None] | None
+
     def map_key(self, key: object) -> Hashable:
         """Validate ``key`` for this scope (TypeError) and map it to the local key.
 
@@ -348,7 +354,10 @@ class FlightBackend(Protocol):
         it raised (shared as a copy), or None: the leader gave up without an
         outcome (cancelled, interrupted) and the earliest follower takes
         over. Returns True if the outcome reached another caller. May raise
-        if the outcome cannot be shared (a remote scope that cannot pickle it).
+        if the outcome cannot be shared (a remote scope that cannot pickle it,
+        or send it): having shared an error in its place, or with the ticket
+        still leading, in which case :class:`~keyedlock.SingleFlight` concludes
+        again with that error, then without an outcome.
 
         A backend for which this is a round trip may also define ``conclude_async``
         (same arguments, a coroutine): :meth:`~keyedlock.SingleFlight.do` awaits it, so

@@ -15,7 +15,7 @@ from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
-from .._core import RELEASED, KeyTable, complete, queue_full_error
+from .._core import RELEASED, Hold, KeyTable, complete, queue_full_error
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -86,6 +86,13 @@ class WideContext(LockContext):
         return self
 
 
+def _pass_on(local_key: Hashable, hold: Hold) -> None:
+    """The wide scope gave back the key it granted ``hold``, whose caller can never take it
+    (see WideScope.lost): passed on here too, to this process's next caller."""
+    table: KeyTable = hold._table  # type: ignore[attr-defined]  # (a context's: see undo)
+    table.cancel(local_key, hold)
+
+
 @internal
 class WideBackend(LocalBackend):
     """The :class:`~keyedlock._scopes.LockBackend` of a local table with a wide scope behind."""
@@ -100,6 +107,7 @@ class WideBackend(LocalBackend):
     ) -> None:
         super().__init__(max_waiters, fast_acquire)
         self.scope = scope
+        scope.lost = _pass_on
         self._count_first()
 
     def forked(self) -> None:

@@ -63,6 +63,8 @@ def _closed_output() -> int:
     Exit with status 1, as a broken pipe asks: what is still buffered goes
     nowhere, instead of to a traceback at interpreter exit.
     """
+    if sys.stdout is None:  # started with it closed: nothing is buffered
+        return 1
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
@@ -137,8 +139,12 @@ def _parser(prog: str | None) -> tuple[argparse.ArgumentParser, dict[str, argpar
     )
     run.add_argument(
         "key",
+        nargs="?",  # (required: checked in main, which also takes it after a first --)
         metavar="KEY",
-        help="the key to hold: the str key of FileKeyedLock, e.g. 'deploy:web'",
+        help=(
+            "the key to hold: the str key of FileKeyedLock, e.g. 'deploy:web' (one that "
+            "starts with - goes after --: run [OPTIONS] -- -KEY -- COMMAND)"
+        ),
     )
     run.add_argument(
         "--file",
@@ -223,7 +229,7 @@ class _Parser(argparse.ArgumentParser):
     the status said 0)."""
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
-        if message and (file is None or file is sys.stdout):
+        if message and (file is None or file is sys.stdout):  # (None too if it is closed)
             out = Output(sys.stdout)
             out.write(message)
             out.flush()
@@ -275,6 +281,19 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     command_parser = commands[args.command]
     if args.command == "run":
         run = command_parser
+        if args.key is None and command is not None and command[1:2] == ["--"]:
+            args.key, command = command[0], command[2:]  # run [OPTIONS] -- KEY -- COMMAND
+        if args.key is None:
+            dashed = next((arg for arg in extra if arg.startswith("-")), None)
+            hint = (
+                ""
+                if dashed is None
+                else (
+                    f" (a KEY that starts with -, as {dashed!r} does, goes after --: "
+                    f"run [OPTIONS] -- {dashed} -- COMMAND)"
+                )
+            )
+            run.error(f"the following arguments are required: KEY{hint}")
         if extra:
             if command is None and not extra[0].startswith("-"):
                 run.error(f"put -- between KEY and the command: {args.key} -- {' '.join(extra)}")

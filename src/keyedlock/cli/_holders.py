@@ -96,10 +96,11 @@ class Report:
         return offset in self.locked or any(h.lock.byte == offset for h in self.holders)
 
 
-def scan(path: str, keys: Iterable[str] = ()) -> Report:
+def scan(path: str, keys: Iterable[str] = (), *, include_self: bool = False) -> Report:
     """Who holds and who waits for which bytes of the lock file ``path``.
 
-    ``keys``: names to look for (their offsets are computed). OSError if
+    ``keys``: names to look for (their offsets are computed). ``include_self``:
+    this process's locks too (the command leaves itself out). OSError if
     ``path`` cannot be looked at (a missing file is a report with
     ``exists=False``).
     """
@@ -114,7 +115,7 @@ def scan(path: str, keys: Iterable[str] = ()) -> Report:
     ident = (st.st_dev, st.st_ino)
     lock_id = file_id(st)
     host = Host()
-    me = os.getpid()
+    me = -1 if include_self else os.getpid()
     openers: dict[int, tuple[Process, list[int]]] = {}
     for pid in process_ids():
         if pid == me:

@@ -28,18 +28,25 @@ class OutputError(Exception):
 
 class Output:
     """A :class:`Writer` over ``stream`` whose failed writes raise :class:`OutputError`
-    (a closed pipe stays :class:`BrokenPipeError`)."""
+    (a closed pipe stays :class:`BrokenPipeError`). No stream (None: Python's
+    ``sys.stdout`` for a program started with it closed, ``>&-``) fails every write."""
 
     __slots__ = ("_stream",)
 
-    def __init__(self, stream: Writer) -> None:
+    def __init__(self, stream: Writer | None) -> None:
         self._stream = stream
 
     def write(self, text: str, /) -> object:
-        return _told_apart(self._stream.write, text)
+        stream = self._stream
+        if stream is None:
+            raise OutputError("standard output is closed")
+        return _told_apart(stream.write, text)
 
     def flush(self) -> object:
-        return _told_apart(self._stream.flush)
+        stream = self._stream
+        if stream is None:
+            raise OutputError("standard output is closed")
+        return _told_apart(stream.flush)
 
 
 def _told_apart(method: Callable[..., object], *args: object) -> object:

@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 from ._filebackend import FileBackend, FileContext
+from ._kernelwait import WAIT_THREAD
 from ._keys import KeyOffset, key_offset, offset_of
 from ._paths import default_path
-from ._scope import DEFAULT_MAX_THREADS, WAIT_THREAD, FileScope, not_held_error
+from ._scope import DEFAULT_MAX_THREADS, FileScope, not_held_error
 
 __all__ = [
     "DEFAULT_MAX_THREADS",

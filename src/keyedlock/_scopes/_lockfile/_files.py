@@ -25,15 +25,16 @@ from ._paths import identity, open_default, open_path, unsupported_reason
 __all__ = ["FDS_LOCK", "LockFile", "fds_lock"]
 
 
-def _out_of_descriptors(exc: OSError, path: str, remedy: str) -> OSError:
-    """A clear error for a descriptor the lock file could not get: what ran out, and
-    ``remedy``."""
+def _out_of_descriptors(exc: OSError, path: str, remedy: str, again: bool = True) -> OSError:
+    """A clear error for a descriptor the lock file could not get (``again``: a second one):
+    what ran out, and ``remedy``."""
     limit = "the process's limit on open files (RLIMIT_NOFILE, `ulimit -n`)"
     if exc.errno == errno.ENFILE:
         limit = "the system-wide limit on open files"
     error = OSError(
         exc.errno,
-        f"FileKeyedLock could not open the lock file {path!r} again: {limit} is reached; {remedy}",
+        f"FileKeyedLock could not open the lock file {path!r}{' again' if again else ''}: "
+        f"{limit} is reached; {remedy}",
     )
     error.__cause__ = exc
     return error
@@ -97,16 +98,22 @@ class LockFile:
         if reason is not None:
             raise NotImplementedError(reason)
         with FDS_LOCK:
-            if path is None:
-                fd, self._path = open_default()
-                self._follow = False
-            else:
-                name = os.fsdecode(os.fspath(path))
-                if not name:
-                    raise ValueError("the lock file path is empty; pass a file name, or None")
-                self._path = os.path.abspath(name)
-                self._follow = True
-                fd = open_path(self._path, follow=True, create=True)
+            try:
+                if path is None:
+                    fd, self._path = open_default()
+                    self._follow = False
+                else:
+                    name = os.fsdecode(os.fspath(path))
+                    if not name:
+                        raise ValueError("the lock file path is empty; pass a file name, or None")
+                    self._path = os.path.abspath(name)
+                    self._follow = True
+                    fd = open_path(self._path, follow=True, create=True)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    where = os.fsdecode(exc.filename) if exc.filename else "(the default one)"
+                    raise _out_of_descriptors(exc, where, self.remedy(), again=False) from None
+                raise
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):

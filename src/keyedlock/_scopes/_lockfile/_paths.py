@@ -7,11 +7,9 @@ miss each other).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-import tempfile
 from typing import Final
 
 __all__ = [
@@ -23,6 +21,9 @@ __all__ = [
 ]
 
 _DEFAULT_NAME: Final = "keys.lock"
+#: The directory the default lock file's private directory is made in (a variable only
+#: for the tests: the same for every process of the host).
+DEFAULT_BASE = "/tmp"
 
 
 def unsupported_reason(platform: str, module: object) -> str | None:
@@ -41,31 +42,16 @@ def unsupported_reason(platform: str, module: object) -> str | None:
     return None
 
 
-def _runtime_dir(uid: int) -> str | None:
-    """``$XDG_RUNTIME_DIR`` if set and usable: absolute, a directory of ``uid``, mode 0700."""
-    path = os.environ.get("XDG_RUNTIME_DIR")
-    if not path or not os.path.isabs(path):
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        return None
-    if not os.access(path, os.W_OK | os.X_OK):
-        return None
-    return path
-
-
 def default_path() -> str:
     """Where ``FileKeyedLock()`` keeps its lock file (nothing is created here).
 
-    ``<base>/keyedlock-<uid>/keys.lock``, with ``<base>`` the user's
-    ``$XDG_RUNTIME_DIR`` if set and usable, else :func:`tempfile.gettempdir`.
+    ``/tmp/keyedlock-<uid>/keys.lock``: one path for every process of the user, whatever
+    its environment. Not ``$XDG_RUNTIME_DIR`` nor ``$TMPDIR``: a cron job, a login
+    session, a batch job and a service each see other values of them (or none), and
+    processes on two files would never exclude each other.
     """
     uid = os.geteuid()
-    base = _runtime_dir(uid) or tempfile.gettempdir()
-    return os.path.join(base, f"keyedlock-{uid}", _DEFAULT_NAME)
+    return os.path.join(DEFAULT_BASE, f"keyedlock-{uid}", _DEFAULT_NAME)
 
 
 def open_default() -> tuple[int, str]:
@@ -78,8 +64,16 @@ def open_default() -> tuple[int, str]:
     path = default_path()
     directory = os.path.dirname(path)
     uid = os.geteuid()
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:  # (/tmp read-only, say)
+        raise OSError(
+            exc.errno,
+            f"cannot make the default lock directory {directory!r} ({exc.strerror}); "
+            "pass a path to FileKeyedLock (--file on the command line)",
+        ) from exc
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:

@@ -62,14 +62,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Hashable, Mapping
-from functools import partial
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, cast
 
 from ..._core import Hold, claim
 from ..._ki import internal
-from ..._runtime import Finished, Offload, OffloadPool
+from ..._runtime import Finished, OffloadPool
 from ._files import LockFile, fds_lock
+from ._kernelwait import WAIT_THREAD, KernelWait
 from ._keys import (
     BUSY,
     FLOCK,
@@ -83,13 +83,10 @@ from ._keys import (
     offsets,
 )
 
-__all__ = ["DEFAULT_MAX_THREADS", "WAIT_THREAD", "FileScope", "not_held_error"]
+__all__ = ["DEFAULT_MAX_THREADS", "FileScope", "not_held_error"]
 
 #: How many helper threads (each with a descriptor) one scope waits in at most, by default.
 DEFAULT_MAX_THREADS = 64
-
-#: The name of the helper threads that wait in the kernel.
-WAIT_THREAD = "keyedlock-file-wait"
 
 
 def not_held_error(local_key: object) -> RuntimeError:
@@ -101,60 +98,6 @@ def not_held_error(local_key: object) -> RuntimeError:
 
 
 # -- the scope --------------------------------------------------------------
-
-
-@internal
-class _KernelWait:
-    """A blocking ``F_OFD_SETLKW`` on the waits' descriptor, in a thread of the scope's pool."""
-
-    __slots__ = ("claimant", "ended", "fd", "granted", "holder", "job", "offset", "owned", "scope")
-
-    def __init__(self, scope: FileScope, offset: KeyOffset, fd: int) -> None:
-        self.scope = scope
-        self.offset = offset
-        self.fd = fd
-        #: The hold whose claim is on the wait (None once it let go).
-        self.claimant: Hold | None = None
-        #: Set (in the helper thread) once the kernel granted the lock.
-        self.granted = False
-        #: Set once a claimant (``holder``) was granted the lock through this wait.
-        self.owned = False
-        self.holder: Hold | None = None
-        #: Set by :meth:`FileScope.end_wait`, which deals with a wait's grant once.
-        self.ended = False
-        self.job: Offload[bytes] = Offload(
-            self._wait, self._drop, name=WAIT_THREAD, pool=scope.threads, withdrawn=self._withdrawn
-        )
-
-    def _wait(self) -> bytes:
-        """In the helper thread: the kernel wait."""
-        reply = fcntl_call(self.fd, SETLKW, self.offset)
-        self.granted = True  # (before the outcome is delivered: whoever ends the wait sees it)
-        return reply
-
-    def claim(self, hold: Hold) -> bool:
-        """Under FDS_LOCK: make ``hold`` the wait's claimant; False if it cannot be claimed.
-        (Named first: interrupted once the job is claimed, the hold's abandon lets it go.)"""
-        previous, self.claimant = self.claimant, hold
-        if self.job.claim(partial(self.accept, hold)):
-            return True
-        self.claimant = previous
-        return False
-
-    def accept(self, hold: Hold, finished: Finished[bytes]) -> None:
-        """The kernel answered while ``hold`` waited: record a grant for it, at once."""
-        if finished.error is None:
-            self.owned = True
-            self.holder = hold
-            self.scope.held[hold] = self.fd
-
-    def _drop(self, finished: Finished[bytes]) -> None:
-        """Nobody wants the outcome: give the lock back, if granted."""
-        self.scope.end_wait(self)
-
-    def _withdrawn(self) -> None:
-        """The waiter gave up before the wait got a thread: forget it (it holds nothing)."""
-        self.scope.end_wait(self)
 
 
 @internal
@@ -175,11 +118,12 @@ class FileScope(LockFile):
     waits beyond are queued for a thread.
     """
 
-    __slots__ = ("held", "pending", "threads", "unlocking", "waits_fd")
+    __slots__ = ("held", "lost", "pending", "threads", "unlocking", "waits_fd")
 
     held: dict[Hold, int]
     unlocking: dict[Hold, int]  # (see abandon)
-    pending: dict[Hashable, _KernelWait]
+    lost: Callable[[Hashable, Hold], None] | None  # (see WideScope.lost)
+    pending: dict[Hashable, KernelWait]
     threads: OffloadPool
 
     def __init__(
@@ -189,6 +133,7 @@ class FileScope(LockFile):
     ) -> None:
         self.threads = OffloadPool(max_threads, WAIT_THREAD)
         self.waits_fd = -1
+        self.lost = None
         super().__init__(path)
         self.held, self.unlocking, self.pending = {}, {}, {}
 
@@ -334,7 +279,7 @@ class FileScope(LockFile):
 
     # -- kernel waits in helper threads ------------------------------------
 
-    def _start_wait(self, offset: KeyOffset, hold: Hold) -> _KernelWait:
+    def _start_wait(self, offset: KeyOffset, hold: Hold) -> KernelWait:
         """Adopt the offset's pending kernel wait, or start one (queued if every helper thread
         is busy)."""
         with fds_lock():
@@ -351,7 +296,7 @@ class FileScope(LockFile):
                 if not wait.owned:
                     self.end_wait(wait)  # finished unclaimed, failed or withdrawn: ended here
             # None pending (or it just ended): a new one.
-            wait = _KernelWait(self, offset, self.waits_descriptor())
+            wait = KernelWait(self, offset, self.waits_descriptor())
             wait.claim(hold)
             self.pending[offset] = wait
         try:
@@ -363,7 +308,7 @@ class FileScope(LockFile):
             raise
         return wait
 
-    def _settle(self, wait: _KernelWait, finished: Finished[bytes] | None, hold: Hold) -> bool:
+    def _settle(self, wait: KernelWait, finished: Finished[bytes] | None, hold: Hold) -> bool:
         """The claimant stopped waiting: True if granted (its record is there), False if it
         timed out (the wait keeps running, to be adopted, unless queued: withdrawn); or raises."""
         if hold in self.held:
@@ -376,9 +321,12 @@ class FileScope(LockFile):
             raise finished.error
         return False
 
-    def end_wait(self, wait: _KernelWait) -> None:
+    def end_wait(self, wait: KernelWait) -> None:
         """Forget a finished (or withdrawn) kernel wait, and unlock a grant nobody holds
-        through: once per wait, whoever calls first (the helper thread, the next waiter)."""
+        through: once per wait, whoever calls first (the helper thread, the next waiter).
+        A grant to a claimant that can never take it (its event loop is gone) is passed on
+        in this process too (:attr:`lost`)."""
+        gone: Hold | None = None
         with fds_lock():
             if not wait.job.done or wait.ended:
                 return  # still in the kernel (its thread ends it), or ended already
@@ -397,4 +345,8 @@ class FileScope(LockFile):
                     del held[hold]  # the claim, as in release()
                 except KeyError:
                     return  # released in the same instant
+                gone = hold
             fcntl_call(wait.fd, SETLK, wait.offset.unlock)
+        lost = self.lost
+        if gone is not None and lost is not None:
+            lost(wait.offset, gone)  # (outside FDS_LOCK: it wakes this process's next caller)

@@ -6,12 +6,14 @@ a ``renew`` per key it holds, a ``refresh`` per place it waits in
 this process's callers queued behind its attempt changed
 (:meth:`LockRenewals.reports`). A renewal refused, or one that cannot reach
 the server until the lease is over, loses the hold's lease (see
-:mod:`._attempt`).
+:mod:`._attempt`). A place whose caller can never take the key (an asyncio
+task whose event loop was closed while it waited) is withdrawn instead of
+refreshed, and the key passed on to this process's next caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from time import monotonic
 from typing import Any
 
@@ -34,7 +36,13 @@ class LockRenewals:
     lease: float
     lease_ms: int
 
+    #: (See WideScope.lost.)
+    lost: Callable[[Hashable, Hold], None] | None
+
     def _behind(self, local_key: Hashable) -> tuple[Hold | None, int]:
+        raise NotImplementedError
+
+    def abandon(self, local_key: Hashable, hold: Hold) -> bool:
         raise NotImplementedError
 
     # -- this process's callers behind its attempts --------------------------------
@@ -75,10 +83,21 @@ class LockRenewals:
                 if not attempt.lost:
                     call = renew(names, waiter, lease_ms=lease_ms, behind=behind)
                     calls.append((call, self._renewed(hold, attempt, sent)))
+            elif _gone(hold):
+                self._drop_gone(hold, attempt)
             else:
                 call = refresh(names, waiter, lease_ms=lease_ms, place_ms=lease_ms, behind=behind)
                 calls.append((call, self._refreshed(attempt, sent)))
         return calls
+
+    def _drop_gone(self, hold: Hold, attempt: Attempt) -> None:
+        """``hold`` waits in Redis for a caller that can never take the key: its place is
+        withdrawn (a key handed to it meanwhile goes on), and the key passed on here."""
+        local_key = attempt.key
+        if self.abandon(local_key, hold):  # (False: its caller's own undo came first)
+            lost = self.lost
+            if lost is not None:
+                lost(local_key, hold)
 
     def _renewed(self, hold: Hold, attempt: Attempt, sent: float) -> Any:
         def done(reply: object) -> None:
@@ -104,3 +123,17 @@ class LockRenewals:
                 attempt.expires = sent + self.lease  # handed the key: its lease was renewed
 
         return done
+
+
+def _gone(hold: Hold) -> bool:
+    """True if the caller of ``hold`` can never run again: an asyncio task whose event loop
+    is closed (it was closed while the task waited: its wake-up could never be run)."""
+    owner = hold._owner
+    get_loop = getattr(owner, "get_loop", None)  # (an asyncio task's; trio's, threads' lack it)
+    if get_loop is None:
+        return False
+    try:
+        closed: bool = get_loop().is_closed()
+    except Exception:  # (a task-like owner of another kind)
+        return False
+    return closed

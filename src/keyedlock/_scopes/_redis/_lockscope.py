@@ -73,6 +73,7 @@ class RedisScope(LockRenewals):
         "lease_ms",
         "leaving",
         "link",
+        "lost",
         "map_key",
         "patience",
         "period",
@@ -97,6 +98,8 @@ class RedisScope(LockRenewals):
         #: Keys whose count of callers queued here changed since it was last sent.
         self.changed_keys: set[Hashable] = set()
         self._local: Callable[[], LocalQueue | None] = lambda: nobody
+        #: (See WideScope.lost: set by the backend; called by the renewal thread.)
+        self.lost: Callable[[Hashable, Hold], None] | None = None
         renewer.add(self)
 
     def count_with(self, local: LocalQueue) -> None:

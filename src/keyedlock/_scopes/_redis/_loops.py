@@ -218,7 +218,7 @@ class AsyncSide:
             async with bound:
                 reply: Any = await asyncio.shield(pop)
         except BaseException as exc:
-            if not pop.done():
+            if not pop.done() and not pop.get_loop().is_closed():  # (closed: it never runs)
                 pop.cancel()
             pop.add_done_callback(_forget)
             if isinstance(exc, TimeoutError) and bound.expired():
