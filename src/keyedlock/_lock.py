@@ -155,6 +155,14 @@ class KeyedLock(RunMixin):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} keys={len(self)} max_waiters={self.max_waiters}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # (The wider scopes' classes define their own: a copy there reaches the same keys.)
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled: its keys live in this process; "
+            "across processes use FileKeyedLock(path), KeyedLockManager().KeyedLock() or a "
+            "RedisKeyedLock"
+        )
+
     # -- the context manager -----------------------------------------------
 
     def __call__(self, key: Hashable, *, timeout: float | None = None) -> LockContext:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Hashable
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, TypeVarTuple, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, TypeVarTuple, overload
 
 from ._core import complete
 from ._keyspec import Decorator, KeySpec, key_function
@@ -20,6 +20,7 @@ from ._scopes import LockContext
 from ._validate import (
     OnError,
     check_fn,
+    check_not_generator,
     check_on_error,
     check_sync_fn,
     check_timeout,
@@ -29,6 +30,13 @@ from ._validate import (
 )
 
 __all__ = ["RunMixin", "make_guard", "run_async", "run_blocking"]
+
+#: Why ``@guard`` refuses a generator function.
+_UNGUARDED_GENERATOR: Final = (
+    "the key would be held only while the generator is made, and its body would run "
+    "unlocked; hold the key inside it (`with klock(key):` or `async with klock(key):` "
+    "around the work), or guard a function that returns the values (a list)"
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,6 +129,7 @@ def make_guard(
     timeout = check_timeout(timeout)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        check_not_generator(fn, "@guard", _UNGUARDED_GENERATOR)
         key_of = key_function(key, fn)
         if is_async_callable(fn):
 
@@ -215,7 +224,9 @@ class RunMixin:
         from ``fn`` aborts every caller queued on ``key`` at that moment (they
         raise :class:`~keyedlock.Aborted`, caused by it); later callers start
         fresh. ``"continue"`` (the default) just passes the key on.
-        ``timeout`` and ``on_error`` are the lock's: they never reach ``fn``.
+        ``timeout`` and ``on_error`` are the lock's: they never reach ``fn``
+        (give ``fn`` an argument of one of these names through
+        ``functools.partial``).
         """
         stop = check_on_error(on_error)
         # (self.__call__, not self(...): calling the instance with a keyword is a type slot more)
@@ -273,6 +284,7 @@ class RunMixin:
         (``"checkout:{user_id}"``) or a callable taking the same arguments and
         returning the key. The wrapped function keeps its signature. A sync
         function is guarded like :meth:`run_sync` (blocking), an async one
-        like :meth:`run`.
+        like :meth:`run`. A generator function is refused (TypeError): its body
+        runs as it is iterated, after the call returned, without the key.
         """
         return make_guard(self, key, timeout, on_error)

@@ -20,6 +20,7 @@ __all__ = [
     "check_key",
     "check_max_threads",
     "check_max_waiters",
+    "check_not_generator",
     "check_on_error",
     "check_sync_fn",
     "check_timeout",
@@ -190,6 +191,14 @@ def is_awaitable(value: object) -> bool:
     ):
         _plain[kind] = token
     return answer
+
+
+def check_not_generator(fn: Callable[..., Any], decorator: str, why: str) -> None:
+    """TypeError if ``fn`` is a generator function (``def`` or ``async def`` with ``yield``):
+    calling it only makes the generator, and its body runs later, as it is iterated, out of
+    the ``decorator``'s reach (``why`` says what would go wrong)."""
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(f"{decorator} cannot wrap the generator function {fn!r}: {why}")
 
 
 def check_sync_fn(fn: object, what: str, instead: str) -> None:

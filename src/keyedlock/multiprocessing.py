@@ -260,8 +260,15 @@ class KeyedLockManager:
             self._finalizer()
 
     def __enter__(self) -> KeyedLockManager:
+        """Start the manager if it is not started yet (RuntimeError if it was started and
+        has stopped: shut down, or its process ended; make a new one)."""
         if self._process is None:
             self.start()
+        elif not self.running:
+            raise RuntimeError(
+                "this KeyedLockManager has stopped (shut down, or its process ended); "
+                "make a new one"
+            )
         return self
 
     def __exit__(

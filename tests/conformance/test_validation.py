@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -161,4 +161,22 @@ def test_nothing_is_held_after_a_refused_argument(lock: KeyedLock) -> None:
         with pytest.raises(TypeError):
             lock.acquire(["k"])  # type: ignore[arg-type]
         assert lock.waiters("k") == 0
+    assert len(lock) == 0
+
+
+def test_a_generator_function_cannot_be_guarded(lock: KeyedLock) -> None:
+    """Its body runs as it is iterated, after the call returned: the key would guard only
+    the making of the generator. Refused as it is decorated, sync and async alike."""
+
+    def rows() -> Iterator[int]:
+        yield 1
+
+    async def rows_async() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (rows, rows_async):
+        with pytest.raises(
+            TypeError, match=r"@guard cannot wrap the generator function .*unlocked"
+        ):
+            lock.guard("k")(fn)
     assert len(lock) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable, Iterator
 
 import anyio
 import pytest
@@ -140,8 +140,23 @@ async def test_a_coalesced_sync_function_refuses_to_block_a_loop(sf: SingleFligh
     def work() -> int:
         raise AssertionError("must not run")
 
-    with pytest.raises(RuntimeError, match="event loop"):
+    with pytest.raises(RuntimeError, match=r"^a @coalesce-d def would block .* event loop"):
         work()
+
+
+def test_a_generator_function_cannot_be_coalesced(sf: SingleFlight) -> None:
+    """Its callers would share one generator, run as it is iterated: refused as it is
+    decorated, sync and async alike."""
+
+    def rows() -> Iterator[int]:
+        yield 1
+
+    async def rows_async() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (rows, rows_async):
+        with pytest.raises(TypeError, match=r"@coalesce cannot wrap the generator function"):
+            sf.coalesce("k")(fn)
 
 
 @pytest.mark.anyio

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Hashable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from .._core import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold, complete
 from .._errors import LockTimeout
@@ -71,6 +71,12 @@ class LockContext(KeyHold):
     def __repr__(self) -> str:
         phase = ("new", "entered", "exited")[self._phase]
         return f"<LockContext key={self._key!r} {phase}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            "a LockContext cannot be pickled: it is one wait for, or hold of, a key in this "
+            "process; pass the lock (of a scope that spans processes) and call it there"
+        )
 
     # -- threads -----------------------------------------------------------
 

@@ -190,6 +190,8 @@ def encode(request: Request, *fields: object) -> bytes:
         raise TypeError(f"{request.handler} takes {request.fields}, got {len(fields)} fields")
     try:
         return pickle.dumps((request.code, *fields), _HIGHEST)
+    except MemoryError:
+        raise  # (the message is too large to build: nothing wrong with its key)
     except Exception as exc:
         key = fields[request.fields.index("key")] if "key" in request.fields else None
         raise TypeError(

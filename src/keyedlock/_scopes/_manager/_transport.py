@@ -42,6 +42,7 @@ from ..._ki import internal
 __all__ = [
     "HELLO_HEADER",
     "HELLO_SIZE",
+    "MAX_MESSAGE",
     "NONCE",
     "NUMBER",
     "PROOF",
@@ -72,11 +73,13 @@ REPLY_GRACE: Final = 1.0
 
 _HEADER: Final = struct.Struct("!i")  # a big-endian length, as Connection.send_bytes writes
 _CHUNK: Final = 16384
+#: The longest message (what the length header can say).
+MAX_MESSAGE = 0x7FFFFFFF
 
 
 def send_frame(fd: int, payload: bytes) -> None:
     """Write one message (length header and payload, one system call when it fits)."""
-    if len(payload) > 0x7FFFFFFF:
+    if len(payload) > MAX_MESSAGE:
         raise ValueError(f"a message of {len(payload)} bytes is too large to send")
     data = memoryview(_HEADER.pack(len(payload)) + payload)
     while data:
@@ -141,7 +144,7 @@ def _ready(fd: int, events: int, deadline: float) -> None:
 
 def send_frame_by(sock: socket.socket, payload: bytes, deadline: float) -> None:
     """As :func:`send_frame`, giving up (NoAnswer) if the peer does not take it by ``deadline``."""
-    if len(payload) > 0x7FFFFFFF:
+    if len(payload) > MAX_MESSAGE:
         raise ValueError(f"a message of {len(payload)} bytes is too large to send")
     data = memoryview(_HEADER.pack(len(payload)) + payload)
     while data:
