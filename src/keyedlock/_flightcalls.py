@@ -10,6 +10,7 @@ anywhere, even right after it became the leader, never leaves a call in flight.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
@@ -224,16 +225,17 @@ class FlightCalls:
             # the earliest follower takes over, or nothing, if the first try got through.
             if not follows:
                 try:
-                    conclude_async = self._conclude_async
-                    if conclude_async is None:
-                        shared = backend.conclude(key, ticket, done, payload, keep)
-                    else:
-                        shared = await conclude_async(key, ticket, done, payload, keep)
-                except Exception as exc:
-                    self._undelivered(key, ticket, exc)
-                    raise
+                    try:
+                        conclude_async = self._conclude_async
+                        if conclude_async is None:
+                            shared = backend.conclude(key, ticket, done, payload, keep)
+                        else:
+                            shared = await conclude_async(key, ticket, done, payload, keep)
+                    except Exception as exc:
+                        if not self._undelivered(key, ticket, exc, done, payload):
+                            raise
                 except BaseException:
-                    complete(backend.conclude, key, ticket, False, None)
+                    complete(backend.conclude, key, ticket, False, None)  # (no-op if concluded)
                     raise
         return Result(result, shared) if ex else result
 
@@ -298,29 +300,34 @@ class FlightCalls:
             done, payload = True, result
         finally:
             try:  # (as in _do)
-                shared = backend.conclude(key, ticket, done, payload, keep)
-            except Exception as exc:
-                self._undelivered(key, ticket, exc)
-                raise
+                try:
+                    shared = backend.conclude(key, ticket, done, payload, keep)
+                except Exception as exc:
+                    if not self._undelivered(key, ticket, exc, done, payload):
+                        raise
             except BaseException:
-                complete(backend.conclude, key, ticket, False, None)
+                complete(backend.conclude, key, ticket, False, None)  # (no-op if concluded)
                 raise
         return result, shared
 
-    def _undelivered(self, key: Hashable, ticket: Any, error: Exception) -> None:
+    def _undelivered(
+        self, key: Hashable, ticket: Any, error: Exception, done: bool, payload: object
+    ) -> bool:
         """The leader's conclusion raised ``error`` (its outcome could not be sent: too
-        large for the manager's messages, say): its followers get ``error`` instead or,
-        if that fails too, the call is given up (the earliest follower takes over). Never
-        left in flight, its followers waiting for good. Both are no-ops once the ticket's
-        part is over (a backend that shared an error before it raised it)."""
+        large for the manager's messages, say): its followers get a copy of ``error``
+        (without what it was raised in, which may be what could not be sent) or, if that
+        fails too, the call is given up (the earliest follower takes over). Never left in
+        flight. Returns True if the leader's own exception (``fn``'s) goes on; False if it
+        raises ``error``: for a value (no caller gets one the others could not) and for a
+        give-up that failed (given up again by the caller's ``except``, as an interrupt
+        anywhere here is)."""
+        if not done and payload is None:
+            return False
         backend = self._backend
-        try:
-            backend.conclude(key, ticket, False, error)
-        except Exception:
-            pass  # (the error could not be shared either: given up below)
-        finally:
-            with contextlib.suppress(Exception):  # (what the caller raises is ``error``)
-                complete(backend.conclude, key, ticket, False, None)
+        with contextlib.suppress(Exception):  # (not shared either: given up below)
+            backend.conclude(key, ticket, False, _bare(error))
+        complete(backend.conclude, key, ticket, False, None)  # (no-op if it was shared)
+        return not done
 
     # -- decorator ---------------------------------------------------------
 
@@ -352,3 +359,15 @@ class FlightCalls:
             return coalesced
 
         return decorate
+
+
+def _bare(error: Exception) -> Exception:
+    """A copy of ``error`` without its context, cause and traceback: what the followers of
+    a call whose conclusion failed get (its context may be what could not be sent)."""
+    try:
+        bare = copy.copy(error)
+    except Exception:
+        bare = RuntimeError(f"the call's outcome could not be shared: {type(error).__name__}")
+    bare.__context__ = bare.__cause__ = None
+    bare.__traceback__ = None
+    return bare

@@ -158,7 +158,8 @@ class KeyedLock(RunMixin):
     def __reduce__(self) -> tuple[Any, ...]:
         # (The wider scopes' classes define their own: a copy there reaches the same keys.)
         raise TypeError(
-            f"a {type(self).__name__} cannot be pickled: its keys live in this process; "
+            f"a {type(self).__name__} cannot be pickled or copied: its keys live in this "
+            "process (share the object itself); "
             "across processes use FileKeyedLock(path), KeyedLockManager().KeyedLock() or a "
             "RedisKeyedLock"
         )

@@ -71,7 +71,8 @@ class SingleFlight(FlightCalls):
     def __reduce__(self) -> tuple[Any, ...]:
         # (The wider scopes' classes define their own: a copy there shares the same calls.)
         raise TypeError(
-            f"a {type(self).__name__} cannot be pickled: its calls live in this process; "
+            f"a {type(self).__name__} cannot be pickled or copied: its calls live in this "
+            "process (share the object itself); "
             "across processes use KeyedLockManager().SingleFlight() or a RedisSingleFlight"
         )
 

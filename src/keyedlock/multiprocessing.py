@@ -184,6 +184,8 @@ class KeyedLockManager:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._address: str | None = None
         self._finalizer: weakref.finalize[Any, KeyedLockManager] | None = None
+        #: The process that started the manager (its parent; a fork child asks by pid).
+        self._starter = -1
 
     def __repr__(self) -> str:
         state = "running" if self.running else "not running"
@@ -209,7 +211,24 @@ class KeyedLockManager:
     @property
     def running(self) -> bool:
         """True between :meth:`start` and :meth:`shutdown` while the manager process lives."""
-        return self._process is not None and self._process.is_alive()
+        process = self._process
+        if process is None:
+            return False
+        if os.getpid() == self._starter:
+            return process.is_alive()
+        # Asked in a child of the process that started it (forked with this object): the
+        # manager is not its child to ask, but its pid is the manager's while it runs (its
+        # parent reaps it when it ends).
+        pid = process.pid
+        if pid is None:  # pragma: no cover - a started process has one
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - the same user started it
+            return True
+        return True
 
     @property
     def pid(self) -> int | None:
@@ -251,6 +270,7 @@ class KeyedLockManager:
         finally:
             reader.close()
         self._process = process
+        self._starter = os.getpid()
         self._address = listening
         self._finalizer = weakref.finalize(self, _stop_server, process, listening, os.getpid())
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -17,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+import keyedlock
 import keyedlock._scopes._lockfile._filebackend as file_backend
 import keyedlock._scopes._lockfile._files as file_files
 import keyedlock._scopes._lockfile._keys as file_keys
@@ -524,6 +527,51 @@ def test_default_dir_chowned_to_another_user_is_refused(temp_base: Path) -> None
     os.chown(directory, 65534, 65534)
     with pytest.raises(PermissionError, match="owned by uid 65534"):
         FileKeyedLock()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as two users needs root")
+def test_default_dir_another_user_made_first_says_what_to_do() -> None:
+    """Another user made the directory first, private to it (the user cannot even look
+    inside, and cannot remove it from the sticky base): refused with what to do, not a bare
+    EACCES."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to run as another user")
+    base = Path(tempfile.mkdtemp(prefix="keyedlock-base-", dir="/tmp"))
+    try:
+        base.chmod(0o1777)  # as /tmp
+        (base / "keyedlock-65534").mkdir(mode=0o700)  # made by root, first
+        code = (
+            "import keyedlock._scopes._lockfile._paths as p, sys\n"
+            f"p.DEFAULT_BASE = {str(base)!r}\n"
+            "from keyedlock import FileKeyedLock\n"
+            "try:\n    FileKeyedLock()\n"
+            "except PermissionError as exc:\n    print(exc)\n"
+        )
+        proc = subprocess.run(
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(keyedlock.__file__).parent.parent)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(
+            f"refusing the lock directory '{base}/keyedlock-65534': it is owned by uid 0, not "
+            "by this user (uid 65534): another user made it first; have it removed"
+        ), proc.stdout
+        assert "pass a path to FileKeyedLock" in proc.stdout
+    finally:
+        shutil.rmtree(base)
 
 
 def test_explicit_path_must_be_a_regular_file(tmp_path: Path) -> None:

@@ -324,6 +324,52 @@ def test_asyncio_loop_closed_while_its_task_waits(
     assert third.ask("release", "k") == "ok"
 
 
+def test_a_kernel_wait_that_fails_for_a_task_whose_loop_closed_passes_the_key_on(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the kernel grants it, when its wait ends in an error: the task can never
+    take the failure, and a thread queued behind it gets the key."""
+    import errno
+
+    import keyedlock._scopes._lockfile._kernelwait as file_waits
+    import keyedlock._scopes._lockfile._keys as file_keys
+
+    other = FileKeyedLock(lock_path)  # its own open file description: as another process
+    lock = FileKeyedLock(lock_path)
+    assert other.acquire("k")
+    fail = threading.Event()
+    real = file_keys.fcntl_call
+
+    def failing(fd: int, cmd: int, arg: bytes) -> bytes:
+        if cmd == file_keys.SETLKW:  # the task's kernel wait, the key still held: it fails
+            monkeypatch.setattr(file_waits, "fcntl_call", real)
+            assert fail.wait(WAIT)
+            raise OSError(errno.ENOLCK, "no locks available")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(file_waits, "fcntl_call", failing)
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def start() -> asyncio.Task[bool]:
+            task = loop.create_task(lock.acquire_async("k"))
+            await wait_until_async(lambda: _pending(lock) == 1, "the task waits")
+            return task
+
+        task = loop.run_until_complete(asyncio.wait_for(start(), WAIT))
+    finally:
+        loop.close()  # with the task still waiting
+    waiter = start_thread(lambda: lock.acquire("k", timeout=WAIT))
+    wait_until(lambda: lock.waiters("k") == 2, "a thread queues behind the task")
+    fail.set()
+    wait_until(lambda: lock.waiters("k") == 1, "the thread is first in this process")
+    other.release("k")
+    assert waiter.result() is True
+    lock.release("k")
+    task.get_coro().close()
+    assert len(lock) == 0
+
+
 def test_kernel_wait_error_is_raised_and_leaves_nothing(
     file_lock: FileKeyedLock, children: Children, monkeypatch: pytest.MonkeyPatch
 ) -> None:

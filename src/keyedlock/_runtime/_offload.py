@@ -85,6 +85,9 @@ class Offload(Generic[T]):
             of its own, at once).
         withdrawn: called when a claimant stops waiting for a call that is
             still queued in ``pool``: the call will never run.
+        gone: called instead of ``dispose`` (which it must do the work of) when the
+            outcome is not taken because the claimant attached can never look (its
+            event loop is gone): its owner may have more to give back.
 
     Use: :meth:`claim` (optional before :meth:`start`), :meth:`start`, then
     :meth:`wait` or :meth:`wait_async`. A wait returns the :class:`Finished`
@@ -98,6 +101,7 @@ class Offload(Generic[T]):
         "_claimed",
         "_dispose",
         "_done",
+        "_gone",
         "_mutex",
         "_name",
         "_notify",
@@ -118,9 +122,11 @@ class Offload(Generic[T]):
         name: str = "keyedlock-offload",
         pool: OffloadPool | None = None,
         withdrawn: Callable[[], None] | None = None,
+        gone: Callable[[Finished[T]], None] | None = None,
     ) -> None:
         self.call = call
         self._dispose = dispose
+        self._gone = gone or dispose
         self._name = name
         self._pool = pool
         self._withdrawn = withdrawn
@@ -179,7 +185,7 @@ class Offload(Generic[T]):
             self._dispose(outcome)
         elif notify is not None and not notify() and self._take() is not None:
             # The claimant's event loop is gone: it will never look again.
-            self._dispose(outcome)
+            self._gone(outcome)
 
     # -- claimants ---------------------------------------------------------
 
@@ -278,7 +284,7 @@ class Offload(Generic[T]):
     def _dispose_unclaimed(self) -> None:
         outcome = self._take()
         if outcome is not None:
-            self._dispose(outcome)
+            self._gone(outcome)
 
     def let_go(self) -> None:
         """End the claim without waiting any more (an exception, or a claim left behind by

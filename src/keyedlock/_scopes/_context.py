@@ -74,8 +74,8 @@ class LockContext(KeyHold):
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError(
-            "a LockContext cannot be pickled: it is one wait for, or hold of, a key in this "
-            "process; pass the lock (of a scope that spans processes) and call it there"
+            "a LockContext cannot be pickled or copied: it is one wait for, or hold of, a key "
+            "in this process; pass the lock (of a scope that spans processes) and call it there"
         )
 
     # -- threads -----------------------------------------------------------

@@ -20,7 +20,7 @@ import weakref
 
 from ..._ki import internal
 from ._keys import fcntl_module
-from ._paths import identity, open_default, open_path, unsupported_reason
+from ._paths import default_path, identity, open_default, open_path, unsupported_reason
 
 __all__ = ["FDS_LOCK", "LockFile", "fds_lock"]
 
@@ -111,7 +111,7 @@ class LockFile:
                     fd = open_path(self._path, follow=True, create=True)
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    where = os.fsdecode(exc.filename) if exc.filename else "(the default one)"
+                    where = default_path() if path is None else self._path
                     raise _out_of_descriptors(exc, where, self.remedy(), again=False) from None
                 raise
             try:

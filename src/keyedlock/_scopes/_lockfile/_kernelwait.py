@@ -29,7 +29,18 @@ WAIT_THREAD = "keyedlock-file-wait"
 class KernelWait:
     """A blocking ``F_OFD_SETLKW`` on the waits' descriptor, in a thread of the scope's pool."""
 
-    __slots__ = ("claimant", "ended", "fd", "granted", "holder", "job", "offset", "owned", "scope")
+    __slots__ = (
+        "claimant",
+        "ended",
+        "fd",
+        "gone",
+        "granted",
+        "holder",
+        "job",
+        "offset",
+        "owned",
+        "scope",
+    )
 
     def __init__(self, scope: FileScope, offset: KeyOffset, fd: int) -> None:
         self.scope = scope
@@ -42,10 +53,17 @@ class KernelWait:
         #: Set once a claimant (``holder``) was granted the lock through this wait.
         self.owned = False
         self.holder: Hold | None = None
+        #: The claimant that could never take the outcome (its event loop is gone), if any.
+        self.gone: Hold | None = None
         #: Set by :meth:`FileScope.end_wait`, which deals with a wait's grant once.
         self.ended = False
         self.job: Offload[bytes] = Offload(
-            self._wait, self._drop, name=WAIT_THREAD, pool=scope.threads, withdrawn=self._withdrawn
+            self._wait,
+            self._drop,
+            name=WAIT_THREAD,
+            pool=scope.threads,
+            withdrawn=self._withdrawn,
+            gone=self._gone,
         )
 
     def _wait(self) -> bytes:
@@ -72,6 +90,12 @@ class KernelWait:
 
     def _drop(self, finished: Finished[bytes]) -> None:
         """Nobody wants the outcome: give the lock back, if granted."""
+        self.scope.end_wait(self)
+
+    def _gone(self, finished: Finished[bytes]) -> None:
+        """The claimant can never take the outcome (its event loop is gone): as
+        :meth:`_drop`, and its key is passed on in this process, granted or not."""
+        self.gone = self.claimant
         self.scope.end_wait(self)
 
     def _withdrawn(self) -> None:

@@ -7,6 +7,7 @@ miss each other).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -54,6 +55,21 @@ def default_path() -> str:
     return os.path.join(DEFAULT_BASE, f"keyedlock-{uid}", _DEFAULT_NAME)
 
 
+#: What to do about a default lock directory that another user made first (in /tmp, which
+#: is sticky, only its owner or root may remove it).
+_PLANTED: Final = (
+    "have it removed (only its owner or root can), or pass a path to FileKeyedLock "
+    "(--file on the command line) in a directory only this user can write to"
+)
+
+
+def _not_ours(directory: str, owner: int, uid: int) -> PermissionError:
+    return PermissionError(
+        f"refusing the lock directory {directory!r}: it is owned by uid {owner}, not by this "
+        f"user (uid {uid}): another user made it first; {_PLANTED}"
+    )
+
+
 def open_default() -> tuple[int, str]:
     """Open (creating if needed) the default lock file in the user's private directory.
 
@@ -80,16 +96,19 @@ def open_default() -> tuple[int, str]:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise PermissionError(
                 f"refusing the lock directory {directory!r}: it is a symbolic link or not a "
-                "directory (someone else may have planted it); remove it, or pass path="
+                f"directory (someone else may have planted it); {_PLANTED}"
             ) from None
+        if exc.errno == errno.EACCES:
+            owner = uid
+            with contextlib.suppress(OSError):
+                owner = os.lstat(directory).st_uid
+            if owner != uid:
+                raise _not_ours(directory, owner, uid) from None
         raise
     try:
         st = os.fstat(dir_fd)
         if st.st_uid != uid:
-            raise PermissionError(
-                f"refusing the lock directory {directory!r}: it is owned by uid {st.st_uid}, "
-                f"not by this user (uid {uid}); remove it, or pass path="
-            )
+            raise _not_ours(directory, st.st_uid, uid)
         if st.st_mode & 0o077:
             raise PermissionError(
                 f"refusing the lock directory {directory!r}: its mode is "

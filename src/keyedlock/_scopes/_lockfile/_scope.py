@@ -324,29 +324,33 @@ class FileScope(LockFile):
     def end_wait(self, wait: KernelWait) -> None:
         """Forget a finished (or withdrawn) kernel wait, and unlock a grant nobody holds
         through: once per wait, whoever calls first (the helper thread, the next waiter).
-        A grant to a claimant that can never take it (its event loop is gone) is passed on
-        in this process too (:attr:`lost`)."""
-        gone: Hold | None = None
+        The key of a claimant that can never take the outcome, a grant or a failure (its
+        event loop is gone), is passed on in this process too (:attr:`lost`)."""
         with fds_lock():
             if not wait.job.done or wait.ended:
                 return  # still in the kernel (its thread ends it), or ended already
             wait.ended = True
             if self.pending.get(wait.offset) is wait:
                 del self.pending[wait.offset]
-            if not wait.granted:
-                return  # failed or withdrawn: nothing to give back
-            hold = wait.holder
-            if hold is not None:
-                # Granted to a claimant whose loop is gone: its record goes with the lock.
-                held = self.held
-                if held.get(hold) != wait.fd:
-                    return  # released by its holder already (that unlocked it)
-                try:
-                    del held[hold]  # the claim, as in release()
-                except KeyError:
-                    return  # released in the same instant
-                gone = hold
-            fcntl_call(wait.fd, SETLK, wait.offset.unlock)
+            # Failed or withdrawn: nothing to give back here (a claimant that could never
+            # take the failure still holds the key in this process); granted: unlocked.
+            gone = self._unheld(wait) if wait.granted else wait.gone
         lost = self.lost
         if gone is not None and lost is not None:
             lost(wait.offset, gone)  # (outside FDS_LOCK: it wakes this process's next caller)
+
+    def _unheld(self, wait: KernelWait) -> Hold | None:
+        """Under FDS_LOCK: unlock the lock granted to ``wait`` that nobody holds through;
+        the claimant it was granted to if that one's event loop is gone."""
+        hold = wait.holder
+        if hold is not None:
+            # Granted to a claimant whose loop is gone: its record goes with the lock.
+            held = self.held
+            if held.get(hold) != wait.fd:
+                return None  # released by its holder already (that unlocked it)
+            try:
+                del held[hold]  # the claim, as in release()
+            except KeyError:
+                return None  # released in the same instant
+        fcntl_call(wait.fd, SETLK, wait.offset.unlock)
+        return hold
