@@ -504,6 +504,36 @@ def test_async_calls_wait_for_a_stopped_manager_off_the_event_loop(
     wait_until(lambda: len(lock) == 0 and len(flight) == 0, "nothing is left in the manager")
 
 
+@pytest.mark.parametrize("kind", ["lock", "flight"])
+def test_a_wait_after_a_try_given_up_hands_the_try_on(kind: str) -> None:
+    """An async call's first try was granted while its client had given up on it (its reply
+    still on its way, and bound to fail): the wait its owner sends next takes the key (or
+    leads the call) instead of failing as a re-acquire of its own try. (The race of a
+    manager that runs again as the try's grace ends, set up on the manager's service.)"""
+    from keyedlock._scopes._manager._protocol import Reply
+    from keyedlock._scopes._manager._records import GONE, Conn, Proc
+    from keyedlock._scopes._manager._service import Service
+
+    service = Service()
+    proc = Proc(os.getpid())
+    tried, asked = Conn(1, proc), Conn(2, proc)
+    owner = 7
+    if kind == "lock":
+        tid = service.new_lock(tried, None)
+        assert service.acquire(tried, tid, "k", owner, 1, 0, None, False) == Reply.GRANTED
+        assert service.acquire(asked, tid, "k", owner, 2, WAIT, None, False) == Reply.GRANTED
+        service.release(asked, tid, "k", 2, None, None)
+    else:
+        fid = service.new_flight(tried, 0)
+        assert service.join(tried, fid, "k", owner, 1, False, None) == Reply.LEAD
+        assert service.join(asked, fid, "k", owner, 2, True, None) == Reply.LEAD
+        service.abandon(asked, fid, "k", 2)
+    moot = tried.granted
+    assert moot is not None
+    assert moot.phase == GONE  # (its failed delivery finds nothing left to hand on)
+    assert len(service.tables[0]) == 0
+
+
 def test_a_queued_wait_whose_client_gave_up_times_out_in_the_manager(
     managers: Callable[[], KeyedLockManager],
 ) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "LockRecordTable",
     "Proc",
     "RemoteHold",
+    "moot_try",
     "sent_name",
 ]
 
@@ -56,7 +57,7 @@ class RemoteHold(Hold):
     name: str | None
     #: Granted to a try (no wait), with the reply on its way: its client may have given
     #: up on the try (an async acquire's first try, past its grace) and asks again, as a
-    #: wait; the manager lets that wait queue behind it instead of calling it a re-acquire.
+    #: wait, which hands the try on (see moot_try) instead of calling it a re-acquire.
     delivering: bool
 
     def __init__(
@@ -79,6 +80,11 @@ class RemoteHold(Hold):
         self.delivering = False
         # Not WAITING: a withdrawal before the hold is queued changes nothing.
         self._state = GRANTED
+
+    def drop(self) -> None:
+        """Under the manager's mutex: leave the bookkeeping (the caller releases it)."""
+        self.phase = GONE
+        self.proc.holds.pop(self.serial, None)
 
 
 @internal
@@ -143,3 +149,16 @@ class Conn:
         self.cancelled: int | None = None
         # The hold the reply being sent grants (LIVE): released if it cannot be delivered.
         self.granted: RemoteHold | None = None
+
+
+def moot_try(holder: Hold, hold: RemoteHold) -> RemoteHold | None:
+    """``holder`` if it is a try of ``hold``'s owner granted with its reply still on its
+    way (see :attr:`RemoteHold.delivering`), which ``hold``, a wait or a join of that owner,
+    makes moot: the client gave up on the try (an async acquire's first try, past its
+    grace) and shut its connection before it asked again, so the reply cannot reach it.
+    The key (or the call's lead) then goes on at once, as the failed delivery would have
+    it, instead of the owner queueing behind its own try (a re-acquire, which the table
+    refuses). None otherwise."""
+    if isinstance(holder, RemoteHold) and holder.delivering and holder._owner == hold._owner:
+        return holder
+    return None

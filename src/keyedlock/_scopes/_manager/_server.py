@@ -251,7 +251,7 @@ class Server(Service):
             return
         with self.mutex:
             if hold.phase == LIVE:  # not released meanwhile (by release(key), or a death)
-                self._drop(hold)
+                hold.drop()
                 hold.table.release(hold.key, hold)
 
     def _closed(self, state: Conn) -> None:

@@ -51,6 +51,7 @@ from ._records import (
     LockRecordTable,
     Proc,
     RemoteHold,
+    moot_try,
     sent_name,
 )
 
@@ -78,7 +79,7 @@ class Service(Introspection):
             freed = []
             for hold in list(proc.holds.values()):
                 if hold.phase == LIVE:
-                    self._drop(hold)
+                    hold.drop()
                     hold.table.release(hold.key, hold)
                     freed.append(hold.key)
                 else:  # PENDING: the thread serving it finishes it (it sees void)
@@ -94,17 +95,23 @@ class Service(Introspection):
 
     # -- shared helpers (under the mutex) ---------------------------------------
 
-    def _drop(self, hold: RemoteHold) -> None:
-        """Under the mutex: ``hold`` leaves the bookkeeping; the caller releases it."""
-        hold.phase = GONE
-        hold.proc.holds.pop(hold.serial, None)
-
     @staticmethod
     def _void(hold: RemoteHold) -> None:
         """Under the mutex: nobody wants ``hold`` any more; withdraw it if it is queued."""
         hold.void = True
         if hold.table.withdraw(hold.key, hold) == WAITING:
             hold._wake()
+
+    def _moot(self, holder: Hold, hold: RemoteHold) -> bool:
+        """Under the mutex: True if ``holder`` is a try that ``hold`` makes moot (see
+        :func:`~._records.moot_try`), handed on now."""
+        moot = moot_try(holder, hold)
+        if moot is None:
+            return False
+        if moot.phase == LIVE:
+            moot.drop()
+            moot.table.release(moot.key, moot)
+        return True
 
     def _register(self, state: Conn, hold: RemoteHold) -> bool:
         """Under the mutex: False if the request was cancelled before it arrived."""
@@ -125,7 +132,7 @@ class Service(Introspection):
             return wait_thread(hold.table, hold.key, hold, timeout)
         except BaseException:
             with self.mutex:
-                self._drop(hold)
+                hold.drop()
             raise
 
     # -- creating objects -----------------------------------------------------
@@ -161,6 +168,8 @@ class Service(Introspection):
             if not self._register(state, hold):
                 return Reply.CANCELLED
             holder = table.take(key, hold)
+            if holder is not hold and timeout != 0 and self._moot(holder, hold):
+                holder = table.take(key, hold)
             if holder is hold:
                 hold.phase = LIVE
                 hold._since = monotonic()
@@ -168,8 +177,7 @@ class Service(Introspection):
                 state.granted = hold
                 hold.delivering = timeout == 0  # (a try: see RemoteHold.delivering)
                 return Reply.GRANTED
-            if holder._owner == hold._owner and timeout != 0 and not _delivering(holder):
-                # (Delivering: a try its client gave up on, asking again now: see deliver.)
+            if holder._owner == hold._owner and timeout != 0:
                 raise reacquire_error(key)
             if timeout == 0:
                 return Reply.BUSY
@@ -179,7 +187,7 @@ class Service(Introspection):
             if decided == GRANTED:
                 state.granted = hold
                 return self._granted(hold)
-            self._drop(hold)
+            hold.drop()
             if decided == ABORTED:
                 outcome = outcome_of(hold)
                 if isinstance(outcome, Abandoned):  # (see left_held)
@@ -191,7 +199,7 @@ class Service(Introspection):
         """Under the mutex: report a granted PENDING hold, unless it is void."""
         if hold.void:
             if hold.phase != GONE:
-                self._drop(hold)
+                hold.drop()
                 hold.table.release(hold.key, hold)
             return Reply.CANCELLED
         if hold.phase == GONE:  # released by release(key) in the meantime
@@ -231,7 +239,7 @@ class Service(Introspection):
                         "the key is now held by someone else and stays held"
                     )
             assert isinstance(holder, RemoteHold)
-            self._drop(holder)
+            holder.drop()
             table.release(key, holder, abort)
 
     def left_held(
@@ -281,10 +289,10 @@ class Service(Introspection):
             elif hold.phase == PENDING:
                 self._void(hold)
                 if give_back and hold.table.holder(hold.key) is hold:  # granted, unreported
-                    self._drop(hold)
+                    hold.drop()
                     hold.table.release(hold.key, hold)
             elif give_back and hold.phase == LIVE:
-                self._drop(hold)
+                hold.drop()
                 hold.table.release(hold.key, hold)
 
     # -- single-flight ----------------------------------------------------------
@@ -311,6 +319,8 @@ class Service(Introspection):
             if not self._register(state, hold):
                 return Reply.CANCELLED
             leader = table.take(key, hold)
+            if leader is not hold and wait and self._moot(leader, hold):
+                leader = table.take(key, hold)
             if leader is hold:
                 hold.phase = LIVE
                 hold._since = monotonic()
@@ -318,7 +328,7 @@ class Service(Introspection):
                 state.granted = hold
                 hold.delivering = not wait  # (a try: see RemoteHold.delivering)
                 return Reply.LEAD
-            if leader._owner == hold._owner and not _delivering(leader):  # (as in acquire)
+            if leader._owner == hold._owner and wait:  # (as in acquire)
                 raise RuntimeError(
                     f"the call for key {key!r} is being run by this same task or thread; "
                     "joining it from inside would wait for itself forever"
@@ -329,21 +339,21 @@ class Service(Introspection):
         decided = self._wait(hold, None)
         with self.mutex:
             if decided == ABORTED:
-                self._drop(hold)
+                hold.drop()
                 return (Reply.OUTCOME, outcome_of(hold))
             if decided != GRANTED:
-                self._drop(hold)
+                hold.drop()
                 return Reply.CANCELLED
             if hold.void:
                 if hold.phase != GONE:
-                    self._drop(hold)
+                    hold.drop()
                     table.release(key, hold)  # the next follower takes over
                 return Reply.CANCELLED
             # Took over from a leader that gave up (or died).
             if table.ttl:
                 kept = table.cached(key, monotonic())
                 if kept is not MISS:
-                    self._drop(hold)
+                    hold.drop()
                     table.finish(key, hold, (False, kept), MISS, 0.0)
                     return (Reply.OUTCOME, (False, kept))
             hold.phase = LIVE
@@ -356,7 +366,7 @@ class Service(Introspection):
         hold = state.proc.live_hold(serial, table)
         if hold is None:
             raise RuntimeError(f"no call in flight for key {key!r} is led by this caller")
-        self._drop(hold)
+        hold.drop()
         return hold
 
     def finish(
@@ -388,8 +398,3 @@ class Service(Introspection):
         assert isinstance(table, FlightTable)
         with self.mutex:
             table.forget(key)
-
-
-def _delivering(hold: Hold) -> bool:
-    """True if ``hold`` was granted with its reply still on its way (see RemoteHold)."""
-    return isinstance(hold, RemoteHold) and hold.delivering
