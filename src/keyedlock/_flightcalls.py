@@ -317,17 +317,19 @@ class FlightCalls:
         large for the manager's messages, say): its followers get a copy of ``error``
         (without what it was raised in, which may be what could not be sent) or, if that
         fails too, the call is given up (the earliest follower takes over). Never left in
-        flight. Returns True if the leader's own exception (``fn``'s) goes on; False if it
-        raises ``error``: for a value (no caller gets one the others could not) and for a
-        give-up that failed (given up again by the caller's ``except``, as an interrupt
-        anywhere here is)."""
+        flight. Returns True if the leader's own exception (``fn``'s) goes on, the call
+        given up here; False if it raises ``error``: for a value (no caller gets one the
+        others could not) and for a give-up that failed, the caller's ``except`` then
+        giving the call up, as it does after an interrupt anywhere here."""
         if not done and payload is None:
             return False
         backend = self._backend
-        with contextlib.suppress(Exception):  # (not shared either: given up below)
+        with contextlib.suppress(Exception):  # (not shared either: given up)
             backend.conclude(key, ticket, False, _bare(error))
+        if done:
+            return False
         complete(backend.conclude, key, ticket, False, None)  # (no-op if it was shared)
-        return not done
+        return True
 
     # -- decorator ---------------------------------------------------------
 

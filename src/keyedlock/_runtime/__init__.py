@@ -45,7 +45,7 @@ from ._detect import (
     thread_owners,
     trio_lowlevel,
 )
-from ._ends import has_ended, note_trio_run, when_ended
+from ._ends import has_ended, never_runs_again, note_trio_run, when_ended
 from ._finished import Finished
 from ._herd import AsyncioHerd, Herds, HerdTicket
 from ._offload import Offload
@@ -81,6 +81,7 @@ __all__ = [
     "in_event_loop",
     "last_loop",
     "load_trio_adapter",
+    "never_runs_again",
     "note_trio_run",
     "on_loop_thread",
     "owner_text",

@@ -77,6 +77,19 @@ def has_ended(owner: object) -> bool:
     return False
 
 
+def never_runs_again(owner: object) -> bool:
+    """True if ``owner`` can never run again, though it has not ended: an asyncio task whose
+    event loop was closed while the task was pending (a wake-up could never be run)."""
+    get_loop = getattr(owner, "get_loop", None)  # (an asyncio task's; trio's, threads' lack it)
+    if get_loop is None:
+        return False
+    try:
+        closed: bool = get_loop().is_closed()
+    except Exception:  # (a task-like owner of another kind)
+        return False
+    return closed
+
+
 @internal
 def when_ended(owner: object, method: Callback) -> bool:
     """Call ``method(owner)`` once ``owner`` ends (at once if it has). False if this

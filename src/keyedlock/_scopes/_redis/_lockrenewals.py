@@ -18,6 +18,7 @@ from time import monotonic
 from typing import Any
 
 from ..._core import Hold
+from ..._runtime import never_runs_again
 from ._attempt import HELD, Attempt, lose
 from ._lockcalls import Refreshed, parse_refresh, refresh, renew, report
 from ._lua import Call
@@ -83,7 +84,7 @@ class LockRenewals:
                 if not attempt.lost:
                     call = renew(names, waiter, lease_ms=lease_ms, behind=behind)
                     calls.append((call, self._renewed(hold, attempt, sent)))
-            elif _gone(hold):
+            elif never_runs_again(hold._owner):
                 self._drop_gone(hold, attempt)
             else:
                 call = refresh(names, waiter, lease_ms=lease_ms, place_ms=lease_ms, behind=behind)
@@ -123,17 +124,3 @@ class LockRenewals:
                 attempt.expires = sent + self.lease  # handed the key: its lease was renewed
 
         return done
-
-
-def _gone(hold: Hold) -> bool:
-    """True if the caller of ``hold`` can never run again: an asyncio task whose event loop
-    is closed (it was closed while the task waited: its wake-up could never be run)."""
-    owner = hold._owner
-    get_loop = getattr(owner, "get_loop", None)  # (an asyncio task's; trio's, threads' lack it)
-    if get_loop is None:
-        return False
-    try:
-        closed: bool = get_loop().is_closed()
-    except Exception:  # (a task-like owner of another kind)
-        return False
-    return closed
