@@ -39,6 +39,7 @@ __all__ = [
     "scope_of",
     "start_thread",
     "table_of",
+    "task_on_a_closed_loop",
     "wait_until",
     "wait_until_async",
     "wait_waiters",
@@ -295,6 +296,27 @@ async def wait_until_async(predicate: Callable[[], bool], what: str, timeout: fl
 async def wait_waiters_async(lock: KeyedLock, key: Hashable, count: int) -> None:
     """As :func:`wait_waiters`, from an asyncio or trio task."""
     await wait_until_async(lambda: lock.waiters(key) == count, f"{count} waiter(s) on {key!r}")
+
+
+def task_on_a_closed_loop(
+    start: Callable[[], Coroutine[Any, Any, T]], waits: Callable[[], bool]
+) -> asyncio.Task[T]:
+    """A task running ``start()`` on a new event loop, which is closed by hand (as
+    ``asyncio.run`` never does) once ``waits()`` says the task waits: the task never runs
+    again, and is still pending."""
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def begin() -> asyncio.Task[T]:
+            task = loop.create_task(start())
+            await wait_until_async(waits, "the task waits")
+            return task
+
+        task = loop.run_until_complete(asyncio.wait_for(begin(), WAIT))
+    finally:
+        loop.close()
+    assert not task.done()
+    return task
 
 
 async def three_tasks_two_wait(lock: Any, free: Callable[[], object]) -> None:

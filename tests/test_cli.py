@@ -153,6 +153,22 @@ def test_a_closed_pipe_ends_quietly(command: list[str], tmp_path: Path) -> None:
     assert proc.stderr == ""
 
 
+def _into_a_full_disk(
+    command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m keyedlock COMMAND > /dev/full``, its standard error captured."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run(
+            [sys.executable, "-m", "keyedlock", *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=WAIT * 3,
+            check=False,
+        )
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 @pytest.mark.parametrize(
     "command",
@@ -164,15 +180,7 @@ def test_an_output_that_cannot_be_written_is_one_line(command: list[str], tmp_pa
     traceback."""
     if command[0] == "holders":
         command = [*command, "--file", str(tmp_path / "locks")]
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "keyedlock", *command],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=WAIT * 3,
-            check=False,
-        )
+    proc = _into_a_full_disk(command)
     assert proc.returncode == 1
     assert proc.stderr == (
         f"python -m keyedlock {command[0]}: cannot write the output: "
@@ -190,16 +198,7 @@ def test_help_that_cannot_be_written_fails(command: list[str], buffered: bool) -
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
-    with open("/dev/full", "w") as full:
-        proc = subprocess.run(
-            [sys.executable, "-m", "keyedlock", *command],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=WAIT * 3,
-            check=False,
-        )
+    proc = _into_a_full_disk(command, env)
     assert proc.returncode == 1
     assert proc.stderr == (
         "python -m keyedlock: cannot write the output: [Errno 28] No space left on device\n"

@@ -39,6 +39,7 @@ from ..support import (
     WAIT,
     Interrupts,
     start_thread,
+    task_on_a_closed_loop,
     three_tasks_two_wait,
     wait_until,
     wait_until_async,
@@ -504,25 +505,6 @@ def test_many_waiting_threads_of_one_process(make_lock: MakeLock) -> None:
     assert sorted(entered) == list(range(MANY_WAITERS))
 
 
-def _waiting_on_a_closed_loop(
-    lock: RedisKeyedLock, other: RedisKeyedLock, timeout: float | None
-) -> asyncio.Task[bool]:
-    """A task of a new loop that waits for key "k" in Redis; the loop closed as it waits."""
-    loop = asyncio.new_event_loop()
-    try:
-
-        async def start() -> asyncio.Task[bool]:
-            task = loop.create_task(lock.acquire_async("k", timeout=timeout))
-            await wait_until_async(lambda: other.waiters("k") == 1, "the task waits in Redis")
-            return task
-
-        task = loop.run_until_complete(asyncio.wait_for(start(), WAIT))
-    finally:
-        loop.close()  # with the task still waiting
-    assert not task.done()
-    return task
-
-
 def _queue_a_thread_behind_it(lock: RedisKeyedLock, other: RedisKeyedLock) -> None:
     """A thread queues for "k" behind the task; ``other`` releases it: the thread takes it."""
     waiter = start_thread(lambda: lock.acquire("k", timeout=WAIT))
@@ -542,7 +524,9 @@ def test_a_task_whose_loop_closed_while_it_waited_in_redis_passes_the_key_on(
     other = make_lock(lease=1)
     lock = RedisKeyedLock(redis_server.url, lease=1)  # (dropped below, with the closed loop's)
     assert other.acquire("k")
-    task = _waiting_on_a_closed_loop(lock, other, timeout)
+    task = task_on_a_closed_loop(
+        partial(lock.acquire_async, "k", timeout=timeout), lambda: other.waiters("k") == 1
+    )
     _queue_a_thread_behind_it(lock, other)
     assert other.acquire("k", blocking=False) is False  # the thread holds it
     lock.release("k")

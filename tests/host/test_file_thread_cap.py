@@ -513,12 +513,9 @@ def test_a_low_descriptor_limit_serves_every_waiter(
     assert holder.ask("hold", "k", 300) == "300"
 
 
-#: A process that uses up its descriptors, then waits for a busy key in a helper thread.
-NO_DESCRIPTORS = r"""
-import resource, sys
-from keyedlock import FileKeyedLock
-
-lock = FileKeyedLock(sys.argv[1])
+#: Lowers the limit on descriptors and uses up every one left, then says it is ready.
+_USE_UP_DESCRIPTORS = r"""
+import resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 fillers = []
 try:
@@ -527,12 +524,25 @@ try:
 except OSError:
     pass
 print("ready", flush=True)
+"""
+
+#: A process that uses up its descriptors, then waits for a busy key in a helper thread.
+NO_DESCRIPTORS = (
+    r"""
+import sys
+from keyedlock import FileKeyedLock
+
+lock = FileKeyedLock(sys.argv[1])
+"""
+    + _USE_UP_DESCRIPTORS
+    + r"""
 try:
     lock.acquire("k", timeout=30)
 except OSError as exc:
     print(exc.errno, exc.strerror, flush=True)
 print(len(lock), len(lock._backend.scope.pending), flush=True)
 """
+)
 
 
 def test_running_out_of_descriptors_says_what_ran_out_and_what_to_do(
@@ -551,23 +561,19 @@ def test_running_out_of_descriptors_says_what_ran_out_and_what_to_do(
 
 
 #: A process that uses up its descriptors, then makes a FileKeyedLock (its first descriptor).
-NO_DESCRIPTOR_TO_START = r"""
-import resource, sys
+NO_DESCRIPTOR_TO_START = (
+    r"""
+import sys
 from keyedlock import FileKeyedLock
-
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-fillers = []
-try:
-    while True:
-        fillers.append(open("/dev/null"))
-except OSError:
-    pass
-print("ready", flush=True)
+"""
+    + _USE_UP_DESCRIPTORS
+    + r"""
 try:
     FileKeyedLock(sys.argv[1])
 except OSError as exc:
     print(exc.errno, exc.strerror, flush=True)
 """
+)
 
 
 def test_no_descriptor_for_a_new_lock_says_what_ran_out_and_what_to_do(

@@ -18,7 +18,15 @@ import pytest
 
 from keyedlock import FileKeyedLock, LockTimeout, QueueFull
 
-from ..support import WAIT, scope_of, start_thread, table_of, wait_until, wait_until_async
+from ..support import (
+    WAIT,
+    scope_of,
+    start_thread,
+    table_of,
+    task_on_a_closed_loop,
+    wait_until,
+    wait_until_async,
+)
 from .file_support import Children, fds_of, helper_threads, own_fds, wait_waiters
 
 pytestmark = pytest.mark.skipif(
@@ -298,18 +306,9 @@ def test_asyncio_loop_closed_while_its_task_waits(
     behind the task, which waited for good before)."""
     holder = children.agent(file_lock.path)
     assert holder.ask("acquire", "k", 0) == "True"
-    loop = asyncio.new_event_loop()
-    try:
-
-        async def start() -> asyncio.Task[bool]:
-            task = loop.create_task(file_lock.acquire_async("k"))
-            await wait_until_async(lambda: _pending(file_lock) == 1, "the task waits")
-            return task
-
-        task = loop.run_until_complete(asyncio.wait_for(start(), WAIT))
-    finally:
-        loop.close()  # with the task still waiting
-    assert not task.done()
+    task = task_on_a_closed_loop(
+        lambda: file_lock.acquire_async("k"), lambda: _pending(file_lock) == 1
+    )
     waiter = start_thread(lambda: file_lock.acquire("k", timeout=WAIT))
     wait_until(lambda: file_lock.waiters("k") == 2, "a thread queues behind the task")
     assert holder.ask("release", "k") == "ok"
@@ -348,17 +347,7 @@ def test_a_kernel_wait_that_fails_for_a_task_whose_loop_closed_passes_the_key_on
         return real(fd, cmd, arg)
 
     monkeypatch.setattr(file_waits, "fcntl_call", failing)
-    loop = asyncio.new_event_loop()
-    try:
-
-        async def start() -> asyncio.Task[bool]:
-            task = loop.create_task(lock.acquire_async("k"))
-            await wait_until_async(lambda: _pending(lock) == 1, "the task waits")
-            return task
-
-        task = loop.run_until_complete(asyncio.wait_for(start(), WAIT))
-    finally:
-        loop.close()  # with the task still waiting
+    task = task_on_a_closed_loop(lambda: lock.acquire_async("k"), lambda: _pending(lock) == 1)
     waiter = start_thread(lambda: lock.acquire("k", timeout=WAIT))
     wait_until(lambda: lock.waiters("k") == 2, "a thread queues behind the task")
     fail.set()

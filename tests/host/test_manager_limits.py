@@ -16,9 +16,9 @@ import pytest
 from keyedlock import FileKeyedLock, KeyedLock, SingleFlight, klock
 from keyedlock._flightcalls import FlightCalls
 from keyedlock._scopes._manager import _transport
-from keyedlock.multiprocessing import KeyedLockManager
+from keyedlock.multiprocessing import KeyedLockManager, SingleFlightProxy
 
-from ..support import Threads, wait_until
+from ..support import ThreadHandle, Threads, wait_until
 
 pytestmark = [
     # Forking while helper threads of earlier tests linger is fine here (the children only
@@ -32,6 +32,28 @@ _FORK = multiprocessing.get_context(
 WAIT = 10.0
 
 
+def _leader_and_follower(
+    threads: Threads,
+    flight: SingleFlightProxy,
+    lead: Callable[[], bytes],
+    follow: Callable[[], bytes],
+) -> tuple[ThreadHandle[bytes], ThreadHandle[bytes]]:
+    """Two callers of the call for "big": a leader that runs ``lead`` once a follower, with
+    ``follow`` of its own, waits for it; their threads."""
+    followed = threading.Event()
+
+    def leading() -> bytes:
+        assert followed.wait(WAIT)
+        return lead()
+
+    leader = threads.start(lambda: flight.do_sync("big", leading), "leader")
+    wait_until(lambda: flight.in_flight("big"), "the leader runs the call")
+    follower = threads.start(lambda: flight.do_sync("big", follow), "follower")
+    wait_until(lambda: flight.statistics("big").followers == 1, "the follower waits")
+    followed.set()
+    return leader, follower
+
+
 def test_an_outcome_too_large_to_send_reaches_the_followers_as_an_error(
     monkeypatch: pytest.MonkeyPatch, threads: Threads
 ) -> None:
@@ -41,17 +63,9 @@ def test_an_outcome_too_large_to_send_reaches_the_followers_as_an_error(
     monkeypatch.setattr(_transport, "MAX_MESSAGE", 1 << 16)
     with KeyedLockManager(ctx=_FORK) as manager:
         flight = manager.SingleFlight()
-        followed = threading.Event()
-
-        def big() -> bytes:
-            assert followed.wait(WAIT)
-            return b"x" * (1 << 17)
-
-        leader = threads.start(lambda: flight.do_sync("big", big), "leader")
-        wait_until(lambda: flight.in_flight("big"), "the leader runs the call")
-        follower = threads.start(lambda: flight.do_sync("big", lambda: b"not run"), "follower")
-        wait_until(lambda: flight.statistics("big").followers == 1, "the follower waits")
-        followed.set()
+        leader, follower = _leader_and_follower(
+            threads, flight, lambda: b"x" * (1 << 17), lambda: b"not run"
+        )
         with pytest.raises(ValueError, match="too large to send"):
             leader.result(WAIT)
         with pytest.raises(ValueError, match="too large to send"):
@@ -108,18 +122,12 @@ def test_a_leaders_exception_too_large_to_send_is_its_own_and_runs_once(
     runs: list[int] = []
     with KeyedLockManager(ctx=_FORK) as manager:
         flight = manager.SingleFlight()
-        followed = threading.Event()
 
         def fails() -> bytes:
             runs.append(1)
-            assert followed.wait(WAIT)
             raise RuntimeError("x" * (1 << 17))
 
-        leader = threads.start(lambda: flight.do_sync("big", fails), "leader")
-        wait_until(lambda: flight.in_flight("big"), "the leader runs the call")
-        follower = threads.start(lambda: flight.do_sync("big", fails), "follower")
-        wait_until(lambda: flight.statistics("big").followers == 1, "the follower waits")
-        followed.set()
+        leader, follower = _leader_and_follower(threads, flight, fails, fails)
         with pytest.raises(RuntimeError, match=r"^x+$"):
             leader.result(WAIT)
         with pytest.raises(ValueError, match="too large to send"):
@@ -141,17 +149,9 @@ def test_an_interrupt_as_the_leader_deals_with_an_unsent_outcome_leaves_nothing_
     monkeypatch.setattr(FlightCalls, "_undelivered", interrupted)
     with KeyedLockManager(ctx=_FORK) as manager:
         flight = manager.SingleFlight()
-        followed = threading.Event()
-
-        def big() -> bytes:
-            assert followed.wait(WAIT)
-            return b"x" * (1 << 17)
-
-        leader = threads.start(lambda: flight.do_sync("big", big), "leader")
-        wait_until(lambda: flight.in_flight("big"), "the leader runs the call")
-        follower = threads.start(lambda: flight.do_sync("big", lambda: b"its own"), "follower")
-        wait_until(lambda: flight.statistics("big").followers == 1, "the follower waits")
-        followed.set()
+        leader, follower = _leader_and_follower(
+            threads, flight, lambda: b"x" * (1 << 17), lambda: b"its own"
+        )
         with pytest.raises(KeyboardInterrupt):
             leader.result(WAIT)
         assert follower.result(WAIT) == b"its own"
