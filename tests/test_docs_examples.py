@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,3 +91,31 @@ def _demo_rows(stdout: str) -> dict[tuple[str, str], tuple[int, int, int, str]]:
         charges, balance, expected = (int(w) for w in words[-6:-3])
         rows[runtime, words[-7]] = (charges, balance, expected, words[-3])
     return rows
+
+
+def _readme_programs() -> list[str]:
+    """The README's Python blocks that are whole programs (they start their event loop)."""
+    readme = (EXAMPLES_DIR.parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    return [block for block in blocks if re.search(r"^(trio|asyncio)\.run\(", block, re.MULTILINE)]
+
+
+def test_readme_has_a_whole_program() -> None:
+    assert _readme_programs(), "the README shows no block that runs as it is"
+
+
+@pytest.mark.timeout(TIMEOUT + 10)
+@pytest.mark.parametrize("program", _readme_programs())
+def test_readme_program_runs(program: str, tmp_path: Path) -> None:
+    """A README block shown as a whole program runs as copied (the others are fragments: the
+    README says so)."""
+    script = tmp_path / "readme_block.py"
+    script.write_text(program, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
