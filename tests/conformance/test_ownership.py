@@ -436,6 +436,49 @@ def test_uncontended_async_with_checkpoints_under_trio(lock: KeyedLock) -> None:
     assert entered == []
 
 
+def test_a_try_once_checkpoints_under_trio(lock: KeyedLock) -> None:
+    """``timeout=0`` too: a cancelled scope's body does not run, and a loop of tries of a busy
+    key lets its holder run (a try yields, taken or not)."""
+    ran: list[str] = []
+
+    async def main() -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with lock("k", timeout=0):
+                ran.append("body")  # pragma: no cover - the bug
+        assert scope.cancelled_caught
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await lock.acquire_async("k", timeout=0)
+        assert scope.cancelled_caught
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await lock.run("k", ran.append, "run", timeout=0)
+        assert scope.cancelled_caught
+        assert len(lock) == 0
+
+        held = trio.Event()
+
+        async def holder() -> None:
+            async with lock("p"):
+                held.set()
+                await trio.lowlevel.checkpoint()  # the poller's tries must let this run
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await held.wait()
+            for _ in range(1000):  # (bounded: the bug spins for good)
+                if await lock.acquire_async("p", timeout=0):
+                    break
+            else:  # pragma: no cover - the bug
+                raise AssertionError("the tries never let the holder run")
+            lock.release("p")
+
+    trio.run(main)
+    assert ran == []
+    assert len(lock) == 0
+
+
 def test_fast_acquire_skips_the_checkpoints_under_trio() -> None:
     lock = KeyedLock(fast_acquire=True)
 

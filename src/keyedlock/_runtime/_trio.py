@@ -37,6 +37,7 @@ __all__ = [
     "checkpoint",
     "checkpoint_if_cancelled",
     "trio_waker",
+    "try_trio",
     "wait_trio",
 ]
 
@@ -150,3 +151,18 @@ async def wait_trio(
     except BaseException:
         complete(table.cancel, key, hold)
         raise
+
+
+@internal
+async def try_trio(table: KeyTable, key: Hashable, hold: Hold) -> bool:
+    """Try once to take ``key`` for ``hold`` (``timeout=0``), checkpointing as every trio
+    acquire does: Cancelled first if the task's scope is cancelled, and a yield after the
+    try, taken or not (so a loop of tries lets the holder run)."""
+    await checkpoint_if_cancelled()
+    try:
+        taken = table.take(key, hold) is hold
+        await cancel_shielded_checkpoint()
+    except BaseException:
+        complete(table.cancel, key, hold)
+        raise
+    return taken

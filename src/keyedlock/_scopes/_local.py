@@ -265,8 +265,12 @@ class LocalBackend:
     async def acquire_async(self, ctx: LockContext, runtime: int, timeout: float | None) -> bool:
         table: KeyTable = ctx._table  # type: ignore[assignment]
         key = ctx._key
-        if timeout == 0:
-            return table.take(key, ctx) is ctx  # try once
+        if timeout == 0:  # try once
+            if runtime == ASYNCIO or self.fast_acquire:
+                return table.take(key, ctx) is ctx
+            adapter = trio_adapter[0] or load_trio_adapter()
+            taken: bool = await adapter.try_trio(table, key, ctx)  # (trio's checkpoints)
+            return taken
         # The adapter queues the hold (or takes a key that just became free), and raises
         # RuntimeError if the same owner already holds the key.
         owner: Any = ctx._owner

@@ -237,7 +237,7 @@ class ManagerLockBackend:
             ctx._serial = next_serial()
         elif now != Reply.BUSY or timeout == 0:
             acquired = self._granted(ctx, now, timeout)
-            if acquired and checkpoints:
+            if checkpoints:  # (a busy try too: a loop of tries lets the holder run)
                 await trio_shielded_checkpoint()
             return acquired
         left = None if timeout is None else max(0.0, timeout - (monotonic() - start))
