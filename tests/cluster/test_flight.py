@@ -247,6 +247,54 @@ def test_forget_starts_a_new_call_while_the_old_one_serves_its_followers(
     assert leader.result() == follower.result() == "old"
 
 
+def test_a_detached_call_serves_its_followers_for_longer_than_a_lease(
+    make_flight: MakeFlight,
+) -> None:
+    """A follower's wait is bounded by the lease: when it runs out it asks again, and keeps
+    following the detached call, neither taking it over nor following the new call."""
+    lease = 0.3
+    here, there, third = make_flight(lease=lease), make_flight(lease=lease), make_flight()
+    old, new = Gated("old"), Gated("new")
+    leader = start_thread(lambda: here.do_sync("k", old), "old leader")
+    assert old.running.wait(WAIT)
+    follower = start_thread(lambda: there.do_sync("k", lambda: "not run"), "old follower")
+    wait_until(lambda: waiting(there, "k") == 1, "the follower queues")
+    here.forget("k")
+    newer = start_thread(lambda: third.do_sync("k", new), "new leader")
+    assert new.running.wait(WAIT)
+    threading.Event().wait(4 * lease)  # (time for the follower's waits to run out, twice)
+    old.gate.set()
+    assert leader.result() == follower.result() == "old"
+    new.gate.set()
+    assert newer.result() == "new"
+
+
+@pytest.mark.parametrize("runtime", ["asyncio", "trio"])
+def test_a_cancelled_follower_leaves_the_call_at_once(
+    make_flight: MakeFlight, runtime: str
+) -> None:
+    """The lease is long (3 x WAIT): the place goes because it is withdrawn, not by expiry."""
+    here, there = make_flight(lease=3 * WAIT), make_flight(lease=3 * WAIT)
+    call = Gated("v")
+    leader = start_thread(lambda: here.do_sync("k", call), "leader")
+    assert call.running.wait(WAIT)
+
+    async def follow() -> object:
+        return await there.do("k", lambda: "not run")
+
+    driver = AsyncioThread() if runtime == "asyncio" else TrioThread()
+    try:
+        follower = driver.submit(follow, "follower")
+        wait_until(lambda: waiting(here, "k") == 1, "the follower queues")
+        follower.cancel()
+        wait_until(lambda: waiting(here, "k") == 0, "the follower leaves")
+        assert here.statistics("k").followers == 0
+    finally:
+        driver.close()
+    call.gate.set()
+    assert leader.result() == "v"
+
+
 @pytest.mark.parametrize("runtime", ["asyncio", "trio"])
 def test_a_cancelled_leader_hands_the_call_to_a_follower_at_once(
     make_flight: MakeFlight, runtime: str

@@ -260,6 +260,71 @@ def test_forget_detaches_the_call_which_still_serves_its_followers(
     assert woken(any_client, keys, "d") == b"new"
 
 
+def test_a_follower_of_a_detached_call_keeps_following_it_while_its_leader_lives(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    """Its wait ran out (bounded by the lease) while the detached call still ran: asking again,
+    it follows that call, neither the new one nor a takeover of its own."""
+    leads(any_client, keys, "a")
+    follows(any_client, keys, "b")
+    run(any_client, flight_forget(keys))
+    leads(any_client, keys, "c")  # the new call
+    assert run(any_client, flight_renew(keys, "a", lease_ms=2 * LONG)) == 1  # a still runs
+    again = join(any_client, keys, "b", previous="a")
+    assert isinstance(again, Following)
+    assert again.lead == "a"
+    assert LONG < again.wait_ms <= 2 * LONG  # the detached call's renewed lease
+    assert not any_client.zscore(keys.followers("c"), "b")
+    assert finish(any_client, keys, "a", b"old") == 1
+    assert woken(any_client, keys, "b") == b"old"
+    assert any_client.get(keys.lead) == b"c"
+    assert not any_client.exists(keys.base + b"detached:a")
+
+
+def test_a_follower_of_a_detached_call_whose_leader_crashed_asks_anew(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    leads(any_client, keys, "a", lease_ms=SHORT)
+    follows(any_client, keys, "b")
+    run(any_client, flight_forget(keys))
+    leads(any_client, keys, "c")
+    wait_server_ms(any_client, keys.base + b"detached:a", SHORT)  # a crashed
+    again = join(any_client, keys, "b", previous="a")  # (its wait ran out: it asks again)
+    assert isinstance(again, Following)
+    assert again.lead == "c"
+
+
+def test_a_follower_that_gives_up_leaves_the_call_at_once(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    leads(any_client, keys, "a")
+    follows(any_client, keys, "b")
+    follows(any_client, keys, "c")
+    any_client.rpush(keys.wake("b"), "!")
+    assert run(any_client, flight_abandon(keys, "b", place_ms=LONG, lead="a")) == 0
+    assert parse_flight_inspect(run(any_client, flight_inspect(keys))) == (True, 1, "a")
+    assert not any_client.exists(keys.wake("b"))
+    assert finish(any_client, keys, "a", b"value") == 1
+
+
+def test_a_follower_that_took_over_as_it_gave_up_hands_the_call_on(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    """Its last join made it the leader, but it gave up before it heard: its followers ask
+    again."""
+    leads(any_client, keys, "a")
+    follows(any_client, keys, "b")
+    follows(any_client, keys, "c")
+    run(any_client, flight_abandon(keys, "a", place_ms=LONG))
+    woken(any_client, keys, "b")
+    leads(any_client, keys, "b", previous="a")  # (the reply that b never heard)
+    assert run(any_client, flight_abandon(keys, "b", place_ms=LONG, lead="a")) == 1
+    assert not any_client.exists(keys.lead)
+    assert woken(any_client, keys, "c") is None  # (a's ask-again)
+    assert woken(any_client, keys, "c") is None  # b's: c takes the call over
+    assert leads(any_client, keys, "c", previous="b") > 0
+
+
 def test_an_expired_outcome_starts_a_new_flight(any_client: AnyClient, keys: FlightKeys) -> None:
     first = leads(any_client, keys, "a")
     assert finish(any_client, keys, "a", b"old", keep=SHORT) == 0

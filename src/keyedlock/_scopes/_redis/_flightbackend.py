@@ -235,8 +235,10 @@ class RedisFlightBackend:
         if member is None:
             return None, None
         if ticket.role != LEADING or (not done and payload is None):
-            # Gave up (or never led): its followers in Redis ask again.
-            return flight_abandon(key.flight, member, place_ms=self.lease_ms), None
+            # Gave up (or never led): its followers in Redis ask again; a follower leaves
+            # the call it followed (whose leader it may have become as it asked again).
+            lead = ticket.lead if ticket.role == FOLLOWING else ""
+            return flight_abandon(key.flight, member, place_ms=self.lease_ms, lead=lead), None
         error = None
         keep_ms = 0  # errors are never kept for later callers
         if done:

@@ -14,6 +14,8 @@ Key layout
     <prefix>{<tag>}:flight:followers:<lead>  zset    follower id -> expiry of its place, for
                                                      the call that <lead> leads
     <prefix>{<tag>}:flight:wake:<id>         list    a follower's wake-up
+    <prefix>{<tag>}:flight:detached:<lead>   string  a call detached by forget, expiring
+                                                     with its leader's lease
 
 Protocol
 ========
@@ -41,7 +43,11 @@ takes every outcome pushed to it, and keeps the first one (``=``).
 
 ``flight_forget()`` detaches the current call: new callers start a new one, while the
 detached call still serves its followers (their set is named after its leader) and, as it no
-longer leads the key, neither ends nor replaces the new call.
+longer leads the key, neither ends nor replaces the new call. Its lease goes on under its
+own name (``detached:<lead>``), renewed as the lead was: a follower of it whose wait runs out
+asks again naming it (``previous``) and keeps following it, neither the new call nor a
+takeover of its own. A follower that gives up (``flight_abandon`` naming its ``lead``)
+leaves that call's followers at once.
 """
 
 from __future__ import annotations
@@ -173,6 +179,16 @@ local outcome = redis.call('GET', outcome_key)
 if outcome then
   return {2, outcome}
 end
+if previous ~= '' and previous ~= member then
+  -- The call it followed was detached (forget) and its leader lives: it keeps following it.
+  local detached = redis.call('PTTL', base .. 'detached:' .. previous)
+  if detached > 0 then
+    local followers_key = base .. 'followers:' .. previous
+    redis.call('ZADD', followers_key, int(now + place_ms), member)
+    keep_followers(followers_key)
+    return {0, detached, previous}
+  end
+end
 local leader = redis.call('GET', lead_key)
 if leader == member then
   redis.call('PEXPIRE', lead_key, int(lease_ms))
@@ -208,6 +224,7 @@ if redis.call('GET', lead_key) == member then
     redis.call('SET', outcome_key, outcome, 'PX', int(keep_ms))
   end
 end
+redis.call('DEL', base .. 'detached:' .. member)
 return wake_followers('=' .. outcome, place_ms, true)
 """
 )
@@ -215,9 +232,15 @@ return wake_followers('=' .. outcome, place_ms, true)
 _FLIGHT_ABANDON = (
     _FLIGHT
     + """
-local place_ms = tonumber(ARGV[3])
+local place_ms, lead = tonumber(ARGV[3]), ARGV[4]
 if redis.call('GET', lead_key) == member then
   redis.call('DEL', lead_key)
+end
+redis.call('DEL', base .. 'detached:' .. member)
+if lead ~= '' then
+  -- A follower of ``lead``'s call gives up: it leaves that call's followers.
+  redis.call('ZREM', base .. 'followers:' .. lead, member)
+  redis.call('DEL', base .. 'wake:' .. member)
 end
 -- The set stays: the first follower to ask again takes the call over, and its followers.
 return wake_followers('!', place_ms, false)
@@ -229,7 +252,8 @@ _FLIGHT_RENEW = (
     + """
 local lease_ms = tonumber(ARGV[3])
 if redis.call('GET', lead_key) ~= member then
-  return 0
+  -- Detached (forget): its lease goes on under that name while it runs.
+  return redis.call('PEXPIRE', base .. 'detached:' .. member, int(lease_ms))
 end
 redis.call('PEXPIRE', lead_key, int(lease_ms))
 keep_token(lease_ms)
@@ -255,6 +279,13 @@ return 1
 _FLIGHT_FORGET = (
     _FLIGHT
     + """
+local leader = redis.call('GET', lead_key)
+if leader then
+  local lease = redis.call('PTTL', lead_key)
+  if lease > 0 then
+    redis.call('SET', base .. 'detached:' .. leader, '1', 'PX', lease)
+  end
+end
 return redis.call('DEL', lead_key, outcome_key)
 """
 )
@@ -321,10 +352,11 @@ def flight_finish(
     return Call(FLIGHT_FINISH, keys.keys, (*args, check_ms(place_ms, "place_ms")))
 
 
-def flight_abandon(keys: FlightKeys, leader: str, *, place_ms: int) -> Call:
-    """Give up leading without an outcome; the followers are told to ask again."""
+def flight_abandon(keys: FlightKeys, leader: str, *, place_ms: int, lead: str = "") -> Call:
+    """Give up leading without an outcome; the followers are told to ask again. ``lead``: the
+    call ``leader`` followed (if it did), which it leaves."""
     args = (keys.base, check_id(leader, "leader"), check_ms(place_ms, "place_ms"))
-    return Call(FLIGHT_ABANDON, keys.keys, args)
+    return Call(FLIGHT_ABANDON, keys.keys, (*args, lead))
 
 
 def flight_renew(keys: FlightKeys, leader: str, *, lease_ms: int) -> Call:
