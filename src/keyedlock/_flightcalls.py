@@ -31,6 +31,7 @@ from ._runtime import (
     blocking_call_error,
     get_ident,
     last_loop,
+    raise_own,
     running_loop,
     sniffio_local,
     task_of,
@@ -191,6 +192,7 @@ class FlightCalls:
                         # woke goes on (see FlightBackend.again); anything else is its own.
                         waiting_on = backend.again(ticket, exc)
                         if waiting_on is None:
+                            raise_own(exc, owner)  # (not a wake-up's)
                             raise
                         waiting = waiting_on
                 if isinstance(joined, Outcome):  # a follower, handed the outcome by its wait

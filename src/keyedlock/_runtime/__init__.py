@@ -19,7 +19,15 @@ from typing import Any
 
 from .._core import Hold, KeyTable
 from .._ki import internal
-from ._asyncio import WAKE_UP, AsyncioWaker, park_asyncio, wait_asyncio, wake_future, woken
+from ._asyncio import (
+    WAKE_UP,
+    AsyncioWaker,
+    park_asyncio,
+    raise_own,
+    wait_asyncio,
+    wake_future,
+    woken,
+)
 from ._detect import (
     ASYNCIO,
     FLIGHT_INSTEAD,
@@ -87,6 +95,7 @@ __all__ = [
     "owner_text",
     "park_async",
     "park_asyncio",
+    "raise_own",
     "running_loop",
     "sniffio_local",
     "sync_owner",

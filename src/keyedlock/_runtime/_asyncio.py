@@ -26,6 +26,7 @@ __all__ = [
     "YieldThen",
     "lost_wake",
     "park_asyncio",
+    "raise_own",
     "wait_asyncio",
     "wake_future",
     "woken",
@@ -49,6 +50,20 @@ def woken(
     CancelledError in its place) counts as a cancellation.
     """
     return exc.args == (WAKE_UP,) and fut.cancelled() and task.cancelling() == before
+
+
+def raise_own(exc: BaseException, task: object) -> None:
+    """Raise ``task``'s own CancelledError in place of ``exc`` if ``exc`` is a wake-up's.
+
+    A task cancelled just after keyedlock woke it (the timer's or another thread's
+    ``fut.cancel(WAKE_UP)``, already done) gets the wake-up's CancelledError from asyncio:
+    the message the task was cancelled with (``task.cancel(msg)``) was then kept, only
+    there, in its ``_cancel_message`` (set by that very call: it found its future done).
+    Returns otherwise: the caller re-raises ``exc``.
+    """
+    if isinstance(exc, asyncio.CancelledError) and exc.args == (WAKE_UP,):
+        message = getattr(task, "_cancel_message", None)
+        raise asyncio.CancelledError(*(() if message is None else (message,))) from None
 
 
 class _WakeUp(partial[bool]):
@@ -231,8 +246,9 @@ async def wait_asyncio(
         try:
             await fut
         except asyncio.CancelledError as exc:
-            if not woken(exc, fut, task, before):
-                raise  # the task itself was cancelled
+            if not woken(exc, fut, task, before):  # the task itself was cancelled
+                raise_own(exc, task)
+                raise
         state = hold._state
         if state == GRANTED or (state == WAITING and hold._queue.outcome is not None):
             return ABORTED if state == WAITING else GRANTED  # decided(hold), without the call

@@ -56,7 +56,7 @@ from .._ki import internal
 if TYPE_CHECKING:
     from trio.lowlevel import Abort, RaiseCancelT
 
-from ._asyncio import WAKE_UP, wake_future, woken
+from ._asyncio import WAKE_UP, raise_own, wake_future, woken
 from ._detect import asyncio_task, running_loop, sniffio_local
 from ._finished import Finished
 from ._pool import OffloadPool
@@ -348,8 +348,9 @@ class Offload(Generic[T]):
             try:
                 await fut
             except asyncio.CancelledError as exc:
-                if not woken(exc, fut, task, before):
-                    raise  # the task itself was cancelled
+                if not woken(exc, fut, task, before):  # the task itself was cancelled
+                    raise_own(exc, task)
+                    raise
         except BaseException:
             complete(self.let_go)  # (again if another interrupt lands in it)
             raise

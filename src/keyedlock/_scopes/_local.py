@@ -40,6 +40,7 @@ from .._runtime import (
     load_trio_adapter,
     park_async,
     park_asyncio,
+    raise_own,
     running_loop,
     sniffio_local,
     task_of,
@@ -187,6 +188,7 @@ class LocalContext(LockContext):
                 except BaseException as exc:
                     if not woken(exc, fut, owner, before):  # the task itself was cancelled
                         table.cancel(key, self)  # (as wait_asyncio; undo below tries again)
+                        raise_own(exc, owner)
                         raise
                 state = self._state
                 if state != GRANTED:
