@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from decimal import Decimal
 from fractions import Fraction
 from functools import partial
@@ -564,6 +565,70 @@ def test_a_timeout_in_redis_leaves_no_place(make_lock: MakeLock) -> None:
     a.release("k")
     with b("k", timeout=0):
         pass
+
+
+@pytest.fixture
+def slow_server_clock(redis_client: redis.Redis) -> Iterator[None]:
+    """The server's clock ticks once a second (``hz 1``): it times a blocking pop out at the
+    first tick after its timeout, up to a second late."""
+    before: Any = redis_client.config_get("hz")["hz"]
+    redis_client.config_set("hz", 1)
+    try:
+        yield
+    finally:
+        redis_client.config_set("hz", before)
+
+
+# (The bound below is ten times the timeout: the server alone would end each wait at its
+# next tick, up to a second later.)
+
+
+def test_a_timed_wait_ends_at_its_deadline_not_at_the_servers_tick(
+    make_lock: MakeLock, slow_server_clock: None
+) -> None:
+    a, b = make_lock(), make_lock()
+    a.acquire("k")
+    for _ in range(3):
+        start = time.monotonic()
+        assert b.acquire("k", timeout=0.05) is False
+        assert time.monotonic() - start < 0.5
+    assert a.waiters("k") == 0
+    a.release("k")
+    with b("k", timeout=0.05):
+        pass
+
+
+@pytest.mark.anyio
+async def test_an_async_timed_wait_ends_at_its_deadline_not_at_the_servers_tick(
+    make_lock: MakeLock, slow_server_clock: None
+) -> None:
+    a, b = make_lock(), make_lock()
+    a.acquire("k", blocking=False)
+    for _ in range(3):
+        start = time.monotonic()
+        assert await b.acquire_async("k", timeout=0.05) is False
+        assert time.monotonic() - start < 0.5
+    assert a.waiters("k") == 0
+    a.release("k")
+    async with b("k", timeout=0.05):
+        pass
+
+
+def test_a_wait_granted_before_its_deadline_leaves_no_alarm(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    """The alarm that would end the pop at the deadline is cancelled once the pop ended:
+    nothing is pushed to the wake list later."""
+    a, b = make_lock(), make_lock()
+    a.acquire("k")
+    waiter = start_thread(lambda: b.acquire("k", timeout=0.3), "waiter")
+    wait_until(lambda: a.waiters("k") == 1, "b waits in Redis")
+    a.release("k")
+    assert waiter.result() is True
+    threading.Event().wait(0.4)  # (past the deadline the alarm was set for)
+    assert renewer.settle(WAIT)
+    assert redis_client.keys("*wake*") == []
+    b.release("k")
 
 
 @pytest.mark.anyio

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from ._lockkeys import LockKeys
 from ._lockscripts import (
@@ -20,9 +20,10 @@ from ._lockscripts import (
     REPORT,
     WITHDRAW,
 )
-from ._lua import Call, check_id, check_ms, reply_id, reply_int, reply_pair
+from ._lua import Call, Script, check_id, check_ms, reply_id, reply_int, reply_pair
 
 __all__ = [
+    "RING",
     "Granted",
     "Inspected",
     "Refreshed",
@@ -37,6 +38,7 @@ __all__ = [
     "release",
     "renew",
     "report",
+    "ring",
     "withdraw",
 ]
 
@@ -95,6 +97,23 @@ def report(keys: LockKeys, waiter: str, *, behind: int, keep_ms: int) -> Call:
 def withdraw(keys: LockKeys, waiter: str) -> Call:
     """Leave the queue; ``1`` if the key had been handed to ``waiter`` (it is handed on)."""
     return Call(WITHDRAW, keys.keys, (keys.wake_prefix, check_id(waiter, "waiter")))
+
+
+#: What a waiter's alarm pushes to its wake list at its deadline (no token: no grant).
+RING: Final = b"deadline"
+
+#: Push ARGV[1] to the list KEYS[1], which expires after ARGV[2] ms: a waiter's alarm. (The
+#: server times a blocking pop out only at its next clock tick, 100 ms late at most at its
+#: default ``hz``; a push ends the pop at once.)
+_RING = Script(
+    "ring",
+    "redis.call('LPUSH', KEYS[1], ARGV[1]) redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1",
+)
+
+
+def ring(wake: bytes, keep_ms: int) -> Call:
+    """Ring the wake list ``wake`` (kept ``keep_ms``): its waiter's pop ends with RING."""
+    return Call(_RING, (wake,), (RING, check_ms(keep_ms, "keep_ms")))
 
 
 def inspect(

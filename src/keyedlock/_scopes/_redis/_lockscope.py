@@ -38,6 +38,7 @@ from ._failures import NoAnswer, NoThread
 from ._leaving import Leaving
 from ._link import Link
 from ._lockcalls import (
+    RING,
     Granted,
     Inspected,
     acquire,
@@ -46,12 +47,13 @@ from ._lockcalls import (
     parse_inspect,
     parse_wake,
     release,
+    ring,
     withdraw,
 )
 from ._lockrenewals import LockRenewals
 from ._loops import MARGIN, reply_wait
 from ._names import KeyNames, RedisKey
-from ._renewal import renewer
+from ._renewal import NO_ALARM, Alarm, renewer
 
 __all__ = ["RedisScope"]
 
@@ -153,12 +155,15 @@ class RedisScope(LockRenewals):
         attempt.state = HELD  # last: until here, an interrupt finds a waiting record
         return True
 
-    def _block(self, wait_ms: int, deadline: float | None) -> float:
-        """How long to block on the wake list: the holder's remaining lease, at most."""
+    def _block(self, wake: bytes, wait_ms: int, deadline: float | None) -> tuple[float, Alarm]:
+        """How long to block on the wake list ``wake`` (the holder's remaining lease, at most),
+        and the alarm that rings it at the deadline, if that comes first: the server times a
+        pop out at its next clock tick only (up to 100 ms late, at its default ``hz``)."""
         block = max(wait_ms, 1) / 1000
-        if deadline is not None:
-            block = min(block, deadline - monotonic())
-        return max(block, 0.001)
+        if deadline is None or deadline - monotonic() > block:
+            return block, NO_ALARM
+        alarm = renewer.alarm(self.link, ring(wake, self.lease_ms), deadline)
+        return max(deadline - monotonic(), 0.001), alarm
 
     def _no_answer(self, local_key: Hashable, timeout: float | None, why: NoAnswer) -> LockTimeout:
         """The error of a timed acquire whose server did not answer by its deadline (or,
@@ -201,7 +206,12 @@ class RedisScope(LockRenewals):
                     self._give_up(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                message = link.pop(wake, self._block(reply.wait_ms, deadline))
+                block, alarm = self._block(wake, reply.wait_ms, deadline)
+                with alarm:
+                    message = link.pop(wake, block)
+                if message == RING:  # the deadline came
+                    self._give_up(hold, attempt)
+                    return False
                 if message is not None:
                     return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
@@ -235,7 +245,12 @@ class RedisScope(LockRenewals):
                     await self._give_up_async(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                message = await link.pop_async(wake, self._block(reply.wait_ms, deadline))
+                block, alarm = self._block(wake, reply.wait_ms, deadline)
+                with alarm:
+                    message = await link.pop_async(wake, block)
+                if message == RING:
+                    await self._give_up_async(hold, attempt)
+                    return False
                 if message is not None:
                     return self._granted(hold, attempt, parse_wake(message).token, sent)
                 sent = monotonic()
