@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from ._failures import RedisUnavailable
 from ._flightbackend import RedisFlightBackend
+from ._flightkeys import FlightKeys, flight_keys
 from ._flightscripts import (
     FLIGHT_SCRIPTS,
     Done,
-    FlightKeys,
     Following,
     flight_abandon,
     flight_finish,
     flight_forget,
     flight_inspect,
     flight_join,
-    flight_keys,
     flight_refresh,
     flight_renew,
     parse_flight_inspect,

@@ -1,21 +1,7 @@
 """Single-flight's server-side scripts: one leader per key computes, every follower gets it.
 
-Nothing here talks to a server: Lua sources, the names they work on, builders of each call
-and parsers of their replies (see :mod:`._lua` for names and tokens).
-
-Key layout
-==========
-
-::
-
-    <prefix>{<tag>}:flight:lead              string  the leader's id, expiring with its lease
-    <prefix>{<tag>}:flight:outcome           string  the last outcome, kept ``ttl`` (if any)
-    <prefix>{<tag>}:flight:token             string  the fencing counter of leaders
-    <prefix>{<tag>}:flight:followers:<lead>  zset    follower id -> expiry of its place, for
-                                                     the call that <lead> leads
-    <prefix>{<tag>}:flight:wake:<id>         list    a follower's wake-up
-    <prefix>{<tag>}:flight:detached:<lead>   string  a call detached by forget, expiring
-                                                     with its leader's lease
+Nothing here talks to a server: Lua sources, builders of each call and parsers of their
+replies (the names they work on: :mod:`._flightkeys`; :mod:`._lua` for names and tokens).
 
 Protocol
 ========
@@ -52,9 +38,9 @@ leaves that call's followers at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
+from ._flightkeys import FlightKeys
 from ._lockcalls import Granted
 from ._lua import (
     CLOCK,
@@ -63,7 +49,6 @@ from ._lua import (
     Script,
     check_id,
     check_ms,
-    key_base,
     reply_id,
     reply_int,
     reply_pair,
@@ -79,51 +64,18 @@ __all__ = [
     "FLIGHT_RENEW",
     "FLIGHT_SCRIPTS",
     "Done",
-    "FlightKeys",
     "Following",
     "flight_abandon",
     "flight_finish",
     "flight_forget",
     "flight_inspect",
     "flight_join",
-    "flight_keys",
     "flight_refresh",
     "flight_renew",
     "parse_flight_inspect",
     "parse_flight_join",
     "parse_flight_wake",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class FlightKeys:
-    """The names of one single-flight key's structures (see the module docstring)."""
-
-    lead: bytes
-    outcome: bytes
-    token: bytes
-    base: bytes
-
-    @property
-    def keys(self) -> tuple[bytes, ...]:
-        """The KEYS of every flight script, in order."""
-        return (self.lead, self.outcome, self.token)
-
-    def wake(self, member: str) -> bytes:
-        """The wake list of the follower ``member``."""
-        return self.base + b"wake:" + member.encode()
-
-    def followers(self, lead: str) -> bytes:
-        """The followers of the call ``lead`` leads."""
-        return self.base + b"followers:" + lead.encode()
-
-
-def flight_keys(prefix: str, key: bytes) -> FlightKeys:
-    """The structures of the single flight on the encoded ``key`` under ``prefix``."""
-    base = key_base(prefix, key) + b":flight:"
-    return FlightKeys(
-        lead=base + b"lead", outcome=base + b"outcome", token=base + b"token", base=base
-    )
 
 
 # --- Lua -------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import socket
 from typing import Final
 
 from ..._statistics import Owner
-from ._flightscripts import FlightKeys, flight_keys
+from ._flightkeys import FlightKeys, flight_keys
 from ._lockkeys import LockKeys, lock_keys
 
 __all__ = ["KeyNames", "RedisKey", "encode_key", "id_owner", "new_id"]
