@@ -74,8 +74,9 @@ class KeyedLock(RunMixin):
             :class:`trio.Lock` makes (raise Cancelled first if the scope is
             cancelled; yield once after acquiring). False (the default) keeps
             them: a loop of acquires lets other tasks run, and a cancelled
-            scope's body never starts. asyncio never yields for a free key,
-            as :class:`asyncio.Lock`, whatever this says.
+            scope's body never starts. A try of a busy key (``timeout=0``)
+            checkpoints either way. asyncio never yields for a free key, as
+            :class:`asyncio.Lock`, whatever this says.
         warn_after: seconds (a finite number > 0; None, the default: off) after
             which a hold still held is logged once, at WARNING on the
             ``keyedlock`` logger, with the key, the holder and the file and

@@ -281,6 +281,21 @@ def test_a_follower_of_a_detached_call_keeps_following_it_while_its_leader_lives
     assert not any_client.exists(keys.base + b"detached:a")
 
 
+def test_a_follower_of_a_detached_call_does_not_take_the_new_calls_kept_outcome(
+    any_client: AnyClient, keys: FlightKeys
+) -> None:
+    leads(any_client, keys, "a")
+    follows(any_client, keys, "b")
+    run(any_client, flight_forget(keys))
+    leads(any_client, keys, "c")
+    assert finish(any_client, keys, "c", b"new", keep=LONG) == 0  # kept for later callers
+    again = join(any_client, keys, "b", previous="a")
+    assert isinstance(again, Following)
+    assert again.lead == "a"
+    assert finish(any_client, keys, "a", b"old") == 1
+    assert woken(any_client, keys, "b") == b"old"
+
+
 def test_a_follower_of_a_detached_call_whose_leader_crashed_asks_anew(
     any_client: AnyClient, keys: FlightKeys
 ) -> None:

@@ -436,26 +436,30 @@ def test_uncontended_async_with_checkpoints_under_trio(lock: KeyedLock) -> None:
     assert entered == []
 
 
-def test_a_try_once_checkpoints_under_trio(lock: KeyedLock) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["checkpoints", "fast_acquire"])
+def test_a_try_once_checkpoints_under_trio(make_lock: Callable[..., KeyedLock], fast: bool) -> None:
     """``timeout=0`` too: a cancelled scope's body does not run, and a loop of tries of a busy
-    key lets its holder run (a try yields, taken or not)."""
+    key lets its holder run (a try yields, taken or not). With ``fast_acquire``, a try of a
+    busy key still checkpoints."""
+    lock = make_lock(fast_acquire=fast)
     ran: list[str] = []
 
     async def main() -> None:
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            async with lock("k", timeout=0):
-                ran.append("body")  # pragma: no cover - the bug
-        assert scope.cancelled_caught
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await lock.acquire_async("k", timeout=0)
-        assert scope.cancelled_caught
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await lock.run("k", ran.append, "run", timeout=0)
-        assert scope.cancelled_caught
-        assert len(lock) == 0
+        if not fast:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                async with lock("k", timeout=0):
+                    ran.append("body")  # pragma: no cover - the bug
+            assert scope.cancelled_caught
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await lock.acquire_async("k", timeout=0)
+            assert scope.cancelled_caught
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await lock.run("k", ran.append, "run", timeout=0)
+            assert scope.cancelled_caught
+            assert len(lock) == 0
 
         held = trio.Event()
 
@@ -473,6 +477,11 @@ def test_a_try_once_checkpoints_under_trio(lock: KeyedLock) -> None:
             else:  # pragma: no cover - the bug
                 raise AssertionError("the tries never let the holder run")
             lock.release("p")
+            async with lock("p"):  # held: a try in a cancelled scope raises Cancelled
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await lock.acquire_async("p", timeout=0)
+                assert scope.cancelled_caught
 
     trio.run(main)
     assert ran == []

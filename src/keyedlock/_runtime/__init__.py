@@ -102,6 +102,7 @@ __all__ = [
     "task_of",
     "thread_owners",
     "trio_adapter",
+    "trio_checkpoint",
     "trio_checkpoint_if_cancelled",
     "trio_lowlevel",
     "trio_shielded_checkpoint",
@@ -135,6 +136,11 @@ def park_async(
     adapter = trio_adapter[0] or load_trio_adapter()
     wait: Awaitable[int] = adapter.wait_trio(table, key, hold, timeout, checkpoints)
     return wait
+
+
+def trio_checkpoint() -> Awaitable[None]:
+    """Under trio: raise Cancelled if the task's scope is cancelled, else yield once."""
+    return load_trio_adapter().checkpoint()  # type: ignore[no-any-return]
 
 
 def trio_checkpoint_if_cancelled() -> Awaitable[None]:

@@ -154,10 +154,16 @@ async def wait_trio(
 
 
 @internal
-async def try_trio(table: KeyTable, key: Hashable, hold: Hold) -> bool:
+async def try_trio(table: KeyTable, key: Hashable, hold: Hold, fast: bool = False) -> bool:
     """Try once to take ``key`` for ``hold`` (``timeout=0``), checkpointing as every trio
     acquire does: Cancelled first if the task's scope is cancelled, and a yield after the
-    try, taken or not (so a loop of tries lets the holder run)."""
+    try, taken or not (so a loop of tries lets the holder run). ``fast``
+    (``fast_acquire``): a free key is taken without them; a busy one still checkpoints."""
+    if fast:
+        if table.take(key, hold) is hold:
+            return True
+        await checkpoint()
+        return False
     await checkpoint_if_cancelled()
     try:
         taken = table.take(key, hold) is hold

@@ -268,10 +268,10 @@ class LocalBackend:
         table: KeyTable = ctx._table  # type: ignore[assignment]
         key = ctx._key
         if timeout == 0:  # try once
-            if runtime == ASYNCIO or self.fast_acquire:
+            if runtime == ASYNCIO:
                 return table.take(key, ctx) is ctx
-            adapter = trio_adapter[0] or load_trio_adapter()
-            taken: bool = await adapter.try_trio(table, key, ctx)  # (trio's checkpoints)
+            adapter = trio_adapter[0] or load_trio_adapter()  # (trio's checkpoints:)
+            taken: bool = await adapter.try_trio(table, key, ctx, self.fast_acquire)
             return taken
         # The adapter queues the hold (or takes a key that just became free), and raises
         # RuntimeError if the same owner already holds the key.

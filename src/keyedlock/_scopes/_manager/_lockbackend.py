@@ -25,6 +25,7 @@ from ..._runtime import (
     TRIO,
     Finished,
     Offload,
+    trio_checkpoint,
     trio_checkpoint_if_cancelled,
     trio_shielded_checkpoint,
 )
@@ -239,6 +240,8 @@ class ManagerLockBackend:
             acquired = self._granted(ctx, now, timeout)
             if checkpoints:  # (a busy try too: a loop of tries lets the holder run)
                 await trio_shielded_checkpoint()
+            elif runtime == TRIO and not acquired:  # (fast_acquire: a busy try still does)
+                await trio_checkpoint()
             return acquired
         left = None if timeout is None else max(0.0, timeout - (monotonic() - start))
         reply = await wait_off_loop(self._request(ctx, left, deadline))

@@ -127,12 +127,9 @@ for i = 1, #woken do
     return {2, string.sub(woken[i], 2)}
   end
 end
-local outcome = redis.call('GET', outcome_key)
-if outcome then
-  return {2, outcome}
-end
 if previous ~= '' and previous ~= member then
-  -- The call it followed was detached (forget) and its leader lives: it keeps following it.
+  -- The call it followed was detached (forget) and its leader lives: it keeps following
+  -- it (not the key's current call, nor the outcome that call kept).
   local detached = redis.call('PTTL', base .. 'detached:' .. previous)
   if detached > 0 then
     local followers_key = base .. 'followers:' .. previous
@@ -140,6 +137,10 @@ if previous ~= '' and previous ~= member then
     keep_followers(followers_key)
     return {0, detached, previous}
   end
+end
+local outcome = redis.call('GET', outcome_key)
+if outcome then
+  return {2, outcome}
 end
 local leader = redis.call('GET', lead_key)
 if leader == member then
