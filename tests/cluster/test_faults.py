@@ -384,7 +384,8 @@ def test_callers_with_deadlines_never_pile_threads_up_on_a_stopped_server(
         return [
             t.name
             for t in threading.enumerate()
-            if t.name.startswith("keyedlock-redis-") and t.name != "keyedlock-redis-renewal"
+            if t.name.startswith("keyedlock-redis-")
+            and t.name not in ("keyedlock-redis-renewal", "keyedlock-redis-alarms")
         ]
 
     with fresh_server.paused():

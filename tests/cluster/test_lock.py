@@ -631,6 +631,27 @@ def test_a_wait_granted_before_its_deadline_leaves_no_alarm(
     b.release("k")
 
 
+def test_many_timed_waits_leave_nothing_on_the_server(
+    make_lock: MakeLock, redis_client: redis.Redis
+) -> None:
+    """A ring that comes after its waiter left (its pop timed out by itself, and it
+    withdrew) pushes nothing: no wake list is left behind."""
+    holder = make_lock()
+    holder.acquire("k")
+
+    def wait_three_times() -> None:
+        lock = make_lock()  # (one per thread: each is its own caller in Redis)
+        for _ in range(3):
+            assert lock.acquire("k", timeout=0.05) is False
+
+    waiters = [start_thread(wait_three_times, f"waiter {n}") for n in range(20)]
+    for waiter in waiters:
+        waiter.result()
+    assert holder.waiters("k") == 0
+    holder.release("k")
+    assert redis_client.keys("*:wake:*") == []
+
+
 @pytest.mark.anyio
 async def test_an_async_timeout_in_redis_leaves_no_place(make_lock: MakeLock) -> None:
     a, b = make_lock(), make_lock()

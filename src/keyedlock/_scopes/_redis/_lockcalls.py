@@ -102,18 +102,20 @@ def withdraw(keys: LockKeys, waiter: str) -> Call:
 #: What a waiter's alarm pushes to its wake list at its deadline (no token: no grant).
 RING: Final = b"deadline"
 
-#: Push ARGV[1] to the list KEYS[1], which expires after ARGV[2] ms: a waiter's alarm. (The
-#: server times a blocking pop out only at its next clock tick, 100 ms late at most at its
-#: default ``hz``; a push ends the pop at once.)
+#: A waiter's alarm (see :mod:`._alarms`): if the waiter ARGV[3] still has a place in the zset
+#: KEYS[2], push ARGV[1] to its wake list KEYS[1], which expires after ARGV[2] ms. (A push ends
+#: its pop at once; a waiter that left, granted or withdrawn, is not rung.)
 _RING = Script(
     "ring",
+    "if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 0 end "
     "redis.call('LPUSH', KEYS[1], ARGV[1]) redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1",
 )
 
 
-def ring(wake: bytes, keep_ms: int) -> Call:
-    """Ring the wake list ``wake`` (kept ``keep_ms``): its waiter's pop ends with RING."""
-    return Call(_RING, (wake,), (RING, check_ms(keep_ms, "keep_ms")))
+def ring(keys: LockKeys, waiter: str, keep_ms: int) -> Call:
+    """Ring the wake list of ``waiter`` (kept ``keep_ms``): its pop ends with RING."""
+    args = (RING, check_ms(keep_ms, "keep_ms"), check_id(waiter, "waiter"))
+    return Call(_RING, (keys.wake(waiter), keys.places), args)
 
 
 def inspect(

@@ -33,6 +33,7 @@ from typing import Any, Final, cast
 from ..._core import Hold, claim, complete
 from ..._errors import LockTimeout
 from ..._ki import internal
+from ._alarms import NO_ALARM, Alarm, alarms
 from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
 from ._failures import NoAnswer, NoThread
 from ._leaving import Leaving
@@ -53,7 +54,7 @@ from ._lockcalls import (
 from ._lockrenewals import LockRenewals
 from ._loops import MARGIN, reply_wait
 from ._names import KeyNames, RedisKey
-from ._renewal import NO_ALARM, Alarm, renewer
+from ._renewal import renewer
 
 __all__ = ["RedisScope"]
 
@@ -155,15 +156,15 @@ class RedisScope(LockRenewals):
         attempt.state = HELD  # last: until here, an interrupt finds a waiting record
         return True
 
-    def _block(self, wake: bytes, wait_ms: int, deadline: float | None) -> tuple[float, Alarm]:
-        """How long to block on the wake list ``wake`` (the holder's remaining lease, at most),
-        and the alarm that rings it at the deadline, if that comes first: the server times a
-        pop out at its next clock tick only (up to 100 ms late, at its default ``hz``)."""
+    def _arm(self, attempt: Attempt, wait_ms: int, deadline: float | None) -> tuple[float, Alarm]:
+        """How long to block on the wake list (the holder's remaining lease, at most), and the
+        alarm set to ring it at the deadline if that comes first: the server times a pop out
+        at its next clock tick only (up to 100 ms late, at its default ``hz``)."""
         block = max(wait_ms, 1) / 1000
         if deadline is None or deadline - monotonic() > block:
             return block, NO_ALARM
-        alarm = renewer.alarm(self.link, ring(wake, self.lease_ms), deadline)
-        return max(deadline - monotonic(), 0.001), alarm
+        call = ring(attempt.key.names, attempt.waiter, self.lease_ms)
+        return max(deadline - monotonic(), 0.001), alarms.set(self.link, call, deadline)
 
     def _no_answer(self, local_key: Hashable, timeout: float | None, why: NoAnswer) -> LockTimeout:
         """The error of a timed acquire whose server did not answer by its deadline (or,
@@ -206,7 +207,7 @@ class RedisScope(LockRenewals):
                     self._give_up(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                block, alarm = self._block(wake, reply.wait_ms, deadline)
+                block, alarm = self._arm(attempt, reply.wait_ms, deadline)
                 with alarm:
                     message = link.pop(wake, block)
                 if message == RING:  # the deadline came
@@ -245,7 +246,7 @@ class RedisScope(LockRenewals):
                     await self._give_up_async(hold, attempt)
                     return False
                 wake = attempt.key.names.wake(attempt.waiter)
-                block, alarm = self._block(wake, reply.wait_ms, deadline)
+                block, alarm = self._arm(attempt, reply.wait_ms, deadline)
                 with alarm:
                     message = await link.pop_async(wake, block)
                 if message == RING:

@@ -16,16 +16,12 @@ before the next round; at interpreter exit the thread is given a moment to send 
 queued. And *reports*: a member whose counts changed (the callers queued in this process
 behind its attempts) is asked for its :meth:`~Reporting.reports` at once, sent in one batch
 per server, their replies ignored (the next round's renewals carry the counts again).
-And *alarms*: a chore sent at a given time, not before (:meth:`Renewer.alarm`), which a
-waiter whose deadline comes first cancels once it no longer waits.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import heapq
-import itertools
 import os
 import threading
 import weakref
@@ -41,7 +37,7 @@ from ._loops import MARGIN
 from ._lua import Call
 from ._probe import late_servers
 
-__all__ = ["NO_ALARM", "Alarm", "Renewable", "Renewal", "Renewer", "Reporting", "renewer"]
+__all__ = ["Renewable", "Renewal", "Renewer", "Reporting", "renewer"]
 
 #: A renewal call, and what to do with its reply (the reply, or the exception it raised).
 Renewal = tuple[Call, Callable[[Any], None]]
@@ -52,30 +48,6 @@ Chore = tuple[Link, Call, float]
 
 #: What a renewal for a server still late after its round's wait is answered.
 NOT_YET: Final = Exception("within the renewal round's wait")
-
-
-@internal
-class Alarm:
-    """A call the renewal thread sends at ``at`` (see :meth:`Renewer.alarm`), unless
-    cancelled first: leaving its ``with`` block cancels it."""
-
-    __slots__ = ("at", "call", "link", "live")
-
-    def __init__(self, link: Link | None, call: Call | None, at: float) -> None:
-        self.link = link
-        self.call = call
-        self.at = at
-        self.live = link is not None
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.live = False
-
-
-#: An alarm that sends nothing.
-NO_ALARM: Final = Alarm(None, None, 0.0)
 
 #: How long, at most, interpreter exit waits for the chores still queued (seconds).
 _EXIT_GRACE: Final = 2.0
@@ -171,7 +143,6 @@ class Renewer:
     """The renewal thread of this process (see the module docstring)."""
 
     __slots__ = (
-        "_alarms",
         "_busy",
         "_chores",
         "_cond",
@@ -193,8 +164,6 @@ class Renewer:
         self._thread: threading.Thread | None = None
         self._busy = False
         self._pid = os.getpid()
-        #: Alarms by time: (at, a number that breaks ties, the alarm).
-        self._alarms: list[tuple[float, int, Alarm]] = []
 
     def add(self, member: Renewable) -> None:
         """Renew ``member``'s leases from now on (for as long as it lives)."""
@@ -212,16 +181,6 @@ class Renewer:
             self._chores.append((link, call, monotonic() + retry_for))
             self._start()
             self._cond.notify()
-
-    def alarm(self, link: Link, call: Call, at: float) -> Alarm:
-        """Send ``call`` at ``at`` (monotonic time), once (its reply and errors ignored), unless
-        the alarm is cancelled first (``with alarm:`` cancels it as the block ends)."""
-        alarm = Alarm(link, call, at)
-        with self._cond:
-            heapq.heappush(self._alarms, (at, next(_alarm_order), alarm))
-            self._start()
-            self._cond.notify()
-        return alarm
 
     def report(self, member: Reporting) -> None:
         """Ask ``member`` for its :meth:`~Reporting.reports` soon, from the renewal thread
@@ -265,25 +224,15 @@ class Renewer:
         member or a link alive, so a lock nobody uses any more goes, with its connections.)
         """
         with self._cond:
-            alarms = self._alarms
             while True:
                 period = min((m.period for m in self._members), default=1.0)
                 due = min(due, monotonic() + period)
                 left = due - monotonic()
-                while alarms and not alarms[0][2].live:
-                    heapq.heappop(alarms)  # (cancelled)
-                ring = alarms[0][0] - monotonic() if alarms else left
-                if self._chores or self._reporting or left <= 0 or ring <= 0:
+                if self._chores or self._reporting or left <= 0:
                     break
-                self._cond.wait(min(left, ring))
+                self._cond.wait(left)
             chores = list(self._chores)
             self._chores.clear()
-            now = monotonic()
-            rings: list[Chore] = []  # (sent once; no clean-up to settle: see settle)
-            while alarms and alarms[0][0] <= now:
-                alarm = heapq.heappop(alarms)[2]
-                if alarm.live and alarm.link is not None and alarm.call is not None:
-                    rings.append((alarm.link, alarm.call, now))
             reporting = list(self._reporting)
             self._reporting.clear()
             if self._later and left <= 0:
@@ -294,8 +243,6 @@ class Renewer:
             if monotonic() >= due:  # (first: the leases' time runs; reports and chores wait)
                 due = monotonic() + period
                 self._round(list(self._members), period)
-            if rings:
-                _send(rings)
             if reporting:
                 _report(reporting)
             later = _send(chores)
@@ -374,15 +321,11 @@ class Renewer:
         self._cond = threading.Condition(threading.Lock())
         self._chores = deque()
         self._later = []
-        self._alarms = []
         self._reporting = weakref.WeakSet()
         self._thread = None
         self._busy = False
         self._pid = os.getpid()
 
-
-#: The order of alarms set for one time.
-_alarm_order = itertools.count()
 
 #: The renewal thread of this process.
 renewer: Final = Renewer()
