@@ -149,34 +149,14 @@ def test_asyncio_waiter_cancelled_before_it_runs_passes_the_key_on(
     assert asyncio.run(main()) == ["second"]
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("via", VIAS)
 def test_asyncio_waiter_cancelled_while_its_wake_up_crosses_threads(
-    lock: KeyedLock, via: Via
+    lock: KeyedLock, via: Via, when: str
 ) -> None:
-    async def main() -> list[str]:
-        entered: list[str] = []
-        await lock.acquire_async("k")
-        first = asyncio.create_task(under_async(lock, "k", via, recorder(entered, "first")))
-        await wait_waiters_async(lock, "k", 1)
-        second = asyncio.create_task(under_async(lock, "k", via, recorder(entered, "second")))
-        await wait_waiters_async(lock, "k", 2)
-        release_from_another_thread(lock, "k")  # `first` granted; its wake-up not yet run
-        first.cancel("mine")
-        with pytest.raises(asyncio.CancelledError) as cancelled:
-            await first
-        assert cancelled.value.args == ("mine",)  # its own, not the wake-up's
-        await asyncio.wait_for(second, WAIT)
-        return entered
-
-    assert asyncio.run(main()) == ["second"]
-
-
-@pytest.mark.parametrize("via", VIAS)
-def test_asyncio_waiter_cancelled_after_its_wake_up_ran_raises_its_own_cancellation(
-    lock: KeyedLock, via: Via
-) -> None:
-    """The wake-up from another thread has run (the task is due to resume) when the task is
-    cancelled: asyncio resumes it with the wake-up's exception; it raises its own."""
+    """The task is cancelled before the wake-up queued from another thread runs, or after
+    (the task is due to resume: asyncio resumes it with the wake-up's exception). Either way
+    it raises its own cancellation, and the key passes on."""
 
     async def main() -> list[str]:
         entered: list[str] = []
@@ -186,10 +166,13 @@ def test_asyncio_waiter_cancelled_after_its_wake_up_ran_raises_its_own_cancellat
         second = asyncio.create_task(under_async(lock, "k", via, recorder(entered, "second")))
         await wait_waiters_async(lock, "k", 2)
         release_from_another_thread(lock, "k")  # `first` granted; its wake-up queued
-        asyncio.get_running_loop().call_soon(first.cancel, "mine")  # (runs after it)
+        if when == "before":
+            first.cancel("mine")
+        else:
+            asyncio.get_running_loop().call_soon(first.cancel, "mine")  # (runs after it)
         with pytest.raises(asyncio.CancelledError) as cancelled:
             await first
-        assert cancelled.value.args == ("mine",)
+        assert cancelled.value.args == ("mine",)  # its own, not the wake-up's
         await asyncio.wait_for(second, WAIT)
         return entered
 

@@ -28,7 +28,10 @@ from ._link import Link
 from ._loops import MARGIN
 from ._lua import Call
 
-__all__ = ["NO_ALARM", "Alarm", "alarms"]
+__all__ = ["NO_ALARM", "Alarm", "Armed", "alarms"]
+
+#: What a wait enters for as long as it pops: an :class:`Alarm`, or :data:`NO_ALARM`.
+Armed = contextlib.AbstractContextManager[None]
 
 
 @internal
@@ -39,11 +42,11 @@ class Alarm:
 
     __slots__ = ("at", "call", "link", "live")
 
-    def __init__(self, link: Link | None, call: Call | None, at: float) -> None:
+    def __init__(self, link: Link, call: Call, at: float) -> None:
         self.link = link
         self.call = call
         self.at = at
-        self.live = link is not None
+        self.live = True
 
     def __enter__(self) -> None:
         pass
@@ -52,8 +55,8 @@ class Alarm:
         self.live = False
 
 
-#: An alarm that sends nothing.
-NO_ALARM: Final = Alarm(None, None, 0.0)
+#: What a wait that needs no alarm enters instead.
+NO_ALARM: Final = contextlib.nullcontext()
 
 
 @internal
@@ -117,8 +120,7 @@ def _send(due: list[Alarm]) -> None:
     """Send the calls of ``due``, in one round trip per link."""
     by_link: dict[Link, list[Call]] = {}
     for alarm in due:
-        if alarm.link is not None and alarm.call is not None:
-            by_link.setdefault(alarm.link, []).append(alarm.call)
+        by_link.setdefault(alarm.link, []).append(alarm.call)
     for link, calls in by_link.items():
         with contextlib.suppress(Exception):  # (a ring that fails: the pop times out itself)
             link.run_many(calls, MARGIN, skip_late=True)

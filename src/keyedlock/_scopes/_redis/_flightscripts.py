@@ -89,6 +89,11 @@ local base, member = ARGV[1], ARGV[2]
     + CLOCK
     + TOKENS
     + """
+-- The lease of the call ``id`` leads once forget detached it.
+local function detached_key(id)
+  return base .. 'detached:' .. id
+end
+
 -- A call's followers expire with the last place.
 local function keep_followers(followers_key)
   local last = redis.call('ZRANGE', followers_key, -1, -1, 'WITHSCORES')
@@ -119,6 +124,15 @@ _FLIGHT_JOIN = (
     _FLIGHT
     + """
 local lease_ms, place_ms, previous = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+
+-- It follows the call ``leader`` leads: a place among its followers; block ``wait_ms``.
+local function follow(leader, wait_ms)
+  local followers_key = base .. 'followers:' .. leader
+  redis.call('ZADD', followers_key, int(now + place_ms), member)
+  keep_followers(followers_key)
+  return {0, wait_ms, leader}
+end
+
 local wake_key = base .. 'wake:' .. member
 local woken = redis.call('LRANGE', wake_key, 0, -1)
 redis.call('DEL', wake_key)
@@ -130,12 +144,9 @@ end
 if previous ~= '' and previous ~= member then
   -- The call it followed was detached (forget) and its leader lives: it keeps following
   -- it (not the key's current call, nor the outcome that call kept).
-  local detached = redis.call('PTTL', base .. 'detached:' .. previous)
+  local detached = redis.call('PTTL', detached_key(previous))
   if detached > 0 then
-    local followers_key = base .. 'followers:' .. previous
-    redis.call('ZADD', followers_key, int(now + place_ms), member)
-    keep_followers(followers_key)
-    return {0, detached, previous}
+    return follow(previous, detached)
   end
 end
 local outcome = redis.call('GET', outcome_key)
@@ -160,10 +171,7 @@ if not leader then
   end
   return {1, next_token(lease_ms)}
 end
-local followers_key = base .. 'followers:' .. leader
-redis.call('ZADD', followers_key, int(now + place_ms), member)
-keep_followers(followers_key)
-return {0, redis.call('PTTL', lead_key), leader}
+return follow(leader, redis.call('PTTL', lead_key))
 """
 )
 
@@ -177,7 +185,7 @@ if redis.call('GET', lead_key) == member then
     redis.call('SET', outcome_key, outcome, 'PX', int(keep_ms))
   end
 end
-redis.call('DEL', base .. 'detached:' .. member)
+redis.call('DEL', detached_key(member))
 return wake_followers('=' .. outcome, place_ms, true)
 """
 )
@@ -189,7 +197,7 @@ local place_ms, lead = tonumber(ARGV[3]), ARGV[4]
 if redis.call('GET', lead_key) == member then
   redis.call('DEL', lead_key)
 end
-redis.call('DEL', base .. 'detached:' .. member)
+redis.call('DEL', detached_key(member))
 if lead ~= '' then
   -- A follower of ``lead``'s call gives up: it leaves that call's followers.
   redis.call('ZREM', base .. 'followers:' .. lead, member)
@@ -206,7 +214,7 @@ _FLIGHT_RENEW = (
 local lease_ms = tonumber(ARGV[3])
 if redis.call('GET', lead_key) ~= member then
   -- Detached (forget): its lease goes on under that name while it runs.
-  return redis.call('PEXPIRE', base .. 'detached:' .. member, int(lease_ms))
+  return redis.call('PEXPIRE', detached_key(member), int(lease_ms))
 end
 redis.call('PEXPIRE', lead_key, int(lease_ms))
 keep_token(lease_ms)
@@ -236,7 +244,7 @@ local leader = redis.call('GET', lead_key)
 if leader then
   local lease = redis.call('PTTL', lead_key)
   if lease > 0 then
-    redis.call('SET', base .. 'detached:' .. leader, '1', 'PX', lease)
+    redis.call('SET', detached_key(leader), '1', 'PX', lease)
   end
 end
 return redis.call('DEL', lead_key, outcome_key)

@@ -33,7 +33,7 @@ from typing import Any, Final, cast
 from ..._core import Hold, claim, complete
 from ..._errors import LockTimeout
 from ..._ki import internal
-from ._alarms import NO_ALARM, Alarm, alarms
+from ._alarms import NO_ALARM, Armed, alarms
 from ._attempt import HELD, Attempt, Fenced, LocalQueue, lose, nobody, not_held_error
 from ._failures import NoAnswer, NoThread
 from ._leaving import Leaving
@@ -156,15 +156,15 @@ class RedisScope(LockRenewals):
         attempt.state = HELD  # last: until here, an interrupt finds a waiting record
         return True
 
-    def _arm(self, attempt: Attempt, wait_ms: int, deadline: float | None) -> tuple[float, Alarm]:
-        """How long to block on the wake list (the holder's remaining lease, at most), and the
-        alarm set to ring it at the deadline if that comes first: the server times a pop out
-        at its next clock tick only (up to 100 ms late, at its default ``hz``)."""
+    def _arm(self, attempt: Attempt, wait_ms: int, deadline: float | None) -> tuple[float, Armed]:
+        """How long to block on the wake list (the holder's lease left, at most), and the alarm
+        that rings it at the deadline if that comes first (see :mod:`._alarms`)."""
         block = max(wait_ms, 1) / 1000
-        if deadline is None or deadline - monotonic() > block:
+        left = block if deadline is None else deadline - monotonic()
+        if deadline is None or left > block:
             return block, NO_ALARM
         call = ring(attempt.key.names, attempt.waiter, self.lease_ms)
-        return max(deadline - monotonic(), 0.001), alarms.set(self.link, call, deadline)
+        return max(left, 0.001), alarms.set(self.link, call, deadline)
 
     def _no_answer(self, local_key: Hashable, timeout: float | None, why: NoAnswer) -> LockTimeout:
         """The error of a timed acquire whose server did not answer by its deadline (or,
