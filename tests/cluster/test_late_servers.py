@@ -2,9 +2,9 @@
 
 Each lock here has a client of its own (its own connection pool) of the server that stops,
 as locks and single-flight groups made from URLs, or separate ``RedisCluster`` clients, do:
-what one learns of a late server holds for all (a server is known by its address), and a
-round gives the late servers one wait, together, sending each batch as soon as its server
-answers. See also test_faults.py, whose ``split`` locks share one pool.
+what one learns of a late server holds for all (a server is known by its address), each
+lock's renewals go from a thread of their own, and a late server's are sent as soon as it
+answers its probe. See also test_faults.py, whose ``split`` locks share one pool.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from keyedlock._scopes._redis import renewer
 from keyedlock._scopes._redis._link import Link
 from keyedlock._scopes._redis._lua import Call, Script
 from keyedlock._scopes._redis._probe import late_servers
-from keyedlock._scopes._redis._renewal import Renewer
+from keyedlock._scopes._redis._sending import renew
 from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, scope_of, wait_until
@@ -65,6 +65,30 @@ def test_clients_of_their_own_of_a_stopped_server_cost_the_others_one_wait(
         assert renewer.settle(WAIT)
         for pool in pools.values():
             pool.disconnect()
+
+
+def test_a_stopped_server_costs_a_lease_shorter_than_its_wait_on_another_nothing(
+    fresh_server: Server, redis_server: Server
+) -> None:
+    """Leases shorter than the wait a server's replies get (a second): a key held on a
+    server that stops, one on a healthy server. The healthy server's renewals go out on
+    time, from a thread of their own, however long the stopped one is waited for."""
+    lease = 0.6
+    on_stopped = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=60", prefix="s:", lease=lease)
+    on_healthy = RedisKeyedLock(redis_server.url, prefix="h:", lease=lease)
+    stopped = on_stopped("x")
+    healthy = on_healthy("y")
+    stopped.__enter__()
+    healthy.__enter__()
+    try:
+        with fresh_server.paused():
+            time.sleep(6 * lease)  # (long enough to lose the lease if renewals were held up)
+            assert not healthy.lost
+    finally:
+        healthy.__exit__(None, None, None)
+        with contextlib.suppress(LeaseLost, ConnectionError):
+            stopped.__exit__(None, None, None)
+        assert renewer.settle(WAIT)
 
 
 def test_cluster_clients_of_their_own_keep_the_leases_on_a_healthy_node(
@@ -168,7 +192,7 @@ def test_a_late_server_back_after_its_probe_timed_out_is_renewed_within_the_wait
         late_servers.mark(link._pool)  # (a reply came late)
         back = threading.Timer(3.5, fresh_server.resume)  # (after the first probe timed out)
         back.start()
-        Renewer()._round([member], member.period)
+        renew(link, member.renewals(), member.period)
         back.join()
     finally:
         if fresh_server.running:

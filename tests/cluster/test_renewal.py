@@ -21,7 +21,8 @@ from keyedlock import _ki
 from keyedlock._scopes._redis._failures import RedisUnavailable
 from keyedlock._scopes._redis._link import Link
 from keyedlock._scopes._redis._probe import late_servers
-from keyedlock._scopes._redis._renewal import Renewer, _send
+from keyedlock._scopes._redis._renewal import Renewer
+from keyedlock._scopes._redis._sending import send as _send
 from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, wait_until

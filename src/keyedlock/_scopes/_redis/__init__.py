@@ -4,8 +4,10 @@
   :mod:`._flightscripts`: the server side (Lua scripts, key names, tokens, calls and
   replies), with no client library;
 - :mod:`._names`: a user's key as the scope's local key, and what it is called on the server;
-- :mod:`._link` (threads, trio) and :mod:`._loops` (asyncio): the connections;
-- :mod:`._renewal`: the process's renewal thread;
+- :mod:`._link` (threads, trio; with :mod:`._connect`) and :mod:`._loops` (asyncio): the
+  connections;
+- :mod:`._renewal`: the process's renewal thread, and :mod:`._sending`: what it sends to
+  each server;
 - :mod:`._lockscope`: :class:`RedisScope`, the wide scope of the lock;
 - :mod:`._lockbackend`: :class:`RedisBackend` and its context, :class:`RedisContext`;
 - :mod:`._outcomes`, :mod:`._flightbackend`: single-flight across hosts.

@@ -9,7 +9,8 @@ A :class:`Link` serves every runtime from one target (a URL, a ``redis.Redis`` o
   which reads as a lost lease), and the reply read raw (``decode_responses`` is ignored). A
   script the server does not know (``NOSCRIPT``: it restarted) is loaded and run again; a
   cluster's ``MOVED`` refreshes its slot map once. A caller with a deadline waits for a
-  reply until then (or the socket timeout, if that comes first), and does not open new
+  reply until then (or the socket timeout, if that comes first), waits for a new
+  connection's handshake no longer than that (see :mod:`._connect`), and does not open new
   connections to a server that did not answer in time until it answers again (see
   :mod:`._probe`).
 - asyncio tasks use redis-py's asyncio client of their own loop (see :mod:`._loops`), and
@@ -23,7 +24,6 @@ the server.
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Sequence
 from functools import partial
@@ -38,6 +38,7 @@ from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
 from ..._ki import internal
+from ._connect import connection
 from ._failures import DOWN, NoAnswer, RedisUnavailable, where
 from ._linkasync import AsyncCalls
 from ._loops import MARGIN, NO_CAP, Late, LoopClients, async_client_for, pop_block, url_options
@@ -48,17 +49,6 @@ __all__ = ["SKIPPED", "Link"]
 
 #: The reply of a call :meth:`Link.run_many` did not send, its server being late.
 SKIPPED: Final = object()
-
-# redis-py 5.0 needs a command name to get a connection; later versions deprecate it.
-_get_params = inspect.signature(redis.ConnectionPool.get_connection).parameters
-_NAMED: Final = (
-    "command_name" in _get_params and _get_params["command_name"].default is inspect.Parameter.empty
-)
-
-
-def _connection(pool: Any) -> Any:
-    return pool.get_connection("_") if _NAMED else pool.get_connection()
-
 
 #: The copy of each user's pool the scope's commands use (see _pool_without_retry): one per
 #: user pool, shared by every lock made from a client of it, closed when that pool goes.
@@ -160,7 +150,7 @@ class Link(AsyncCalls):
     def _exec(self, pool: Any, args: Sequence[object], wait: float | None = None) -> Any:
         """One command on a connection of ``pool``; its reply. ``wait``: Late after that
         long, unless the socket timeout is shorter (a read timeout: ConnectionError)."""
-        conn = self._connected(pool)
+        conn = self._connected(pool, wait)
         try:
             conn.send_command(*args)
             if wait is not None:
@@ -178,15 +168,16 @@ class Link(AsyncCalls):
         self._answered(pool)
         return reply
 
-    def _connected(self, pool: Any) -> Any:
-        """A connection of ``pool`` (a handshake that timed out marks its server late)."""
+    def _connected(self, pool: Any, wait: float | None = None) -> Any:
+        """A connection of ``pool``, a new one's handshake waited for ``wait`` at most (see
+        :mod:`._connect`); a handshake that did not end in time marks its server late."""
         try:
-            return _connection(pool)
-        except redis.exceptions.TimeoutError:
+            return connection(pool, wait)
+        except (Late, redis.exceptions.TimeoutError):
             self.late.mark(pool)
             raise
 
-    def _dropped(self, pool: Any, conn: Any, exc: BaseException) -> None:
+    def _dropped(self, pool: Any, conn: Any, exc: BaseException | None) -> None:
         """``conn`` failed with ``exc``: a reply may still be on its way, so it is never
         reused; no reply in time marks its server late."""
         conn.disconnect()
@@ -285,13 +276,13 @@ class Link(AsyncCalls):
     ) -> list[Any]:
         """Run ``calls`` in one round trip per node; each reply, or the exception it raised.
 
-        Calls a node did not run for want of their script (``NOSCRIPT``: it restarted) go
-        again once the scripts are loaded, in one more round trip per node; calls that
-        met a moved slot go again one by one. Each node's replies come within ``wait``
-        (NoAnswer otherwise), nodes that did not answer in time last go last (see
-        :mod:`._probe`): a stopped node holds the others up for no longer than that.
-        With ``skip_late``, the calls to a late node are not sent: their reply is
-        :data:`SKIPPED`.
+        Every node's batch is sent before any reply is read: a node that does not answer
+        holds up no other's calls. Calls a node did not run for want of their script
+        (``NOSCRIPT``: it restarted) go again once the scripts are loaded, in one more round
+        trip per node; calls that met a moved slot go again one by one. Each node's replies
+        come within ``wait`` of its send (NoAnswer otherwise), nodes that did not answer in
+        time last go last (see :mod:`._probe`). With ``skip_late``, the calls to a late node
+        are not sent: their reply is :data:`SKIPPED`.
         """
         replies: list[Any] = [None] * len(calls)
         by_pool: dict[Any, list[int]] = {}
@@ -302,28 +293,38 @@ class Link(AsyncCalls):
                 replies[n] = self.unavailable(exc)
         late = self.late
         for _ in (1, 2):
-            again: dict[Any, list[int]] = {}
-            for pool, indexes in sorted(by_pool.items(), key=lambda item: late.late(item[0])):
-                if skip_late and late.servers and self._is_late(pool):
-                    for n in indexes:
-                        replies[n] = SKIPPED
-                    continue
-                try:
-                    self._batch(pool, calls, indexes, replies, wait)
-                    missing = [
-                        n for n in indexes if isinstance(replies[n], redis.exceptions.NoScriptError)
-                    ]
-                    for script in {calls[n].script for n in missing}:
-                        self._exec(pool, ("SCRIPT", "LOAD", script.source), wait)
-                except Late as exc:
-                    for n in indexes:
-                        replies[n] = self.unavailable(exc, pool, NoAnswer)
-                except DOWN as exc:
-                    for n in indexes:
-                        replies[n] = self.unavailable(exc, pool)
-                else:
-                    if missing:
-                        again[pool] = missing
+            sent: list[tuple[Any, list[int], Any, float | None]] = []
+            try:
+                for pool, indexes in sorted(by_pool.items(), key=lambda item: late.late(item[0])):
+                    if skip_late and late.servers and self._is_late(pool):
+                        for n in indexes:
+                            replies[n] = SKIPPED
+                        continue
+                    try:
+                        sent.append((pool, indexes, *self._send(pool, calls, indexes, wait)))
+                    except (Late, *DOWN) as exc:
+                        self._failed(pool, indexes, replies, exc)
+                again: dict[Any, list[int]] = {}
+                while sent:
+                    pool, indexes, conn, deadline = sent.pop(0)
+                    try:
+                        self._read(pool, conn, indexes, replies, deadline)
+                        missing = [
+                            n
+                            for n in indexes
+                            if isinstance(replies[n], redis.exceptions.NoScriptError)
+                        ]
+                        for script in {calls[n].script for n in missing}:
+                            self._exec(pool, ("SCRIPT", "LOAD", script.source), wait)
+                    except (Late, *DOWN) as exc:
+                        self._failed(pool, indexes, replies, exc)
+                    else:
+                        if missing:
+                            again[pool] = missing
+            finally:
+                for pool, _, conn, _ in sent:  # (an interrupt: replies that will not be read)
+                    self._dropped(pool, conn, None)
+                    pool.release(conn)
             if not again:
                 break
             by_pool = again
@@ -335,27 +336,39 @@ class Link(AsyncCalls):
                     replies[n] = exc
         return replies
 
-    def _batch(
-        self,
-        pool: Any,
-        calls: Sequence[Call],
-        indexes: list[int],
-        out: list[Any],
-        wait: float | None,
-    ) -> None:
-        """One pipelined round trip of ``calls[indexes]`` to ``pool``'s server, the replies
-        into ``out`` (``wait``: Late if they are not all there that long after the send; a
-        late server first answers a probe within ``wait``)."""
+    def _failed(self, pool: Any, indexes: list[int], out: list[Any], exc: BaseException) -> None:
+        for n in indexes:
+            out[n] = self.unavailable(
+                exc, pool, NoAnswer if isinstance(exc, Late) else RedisUnavailable
+            )
+
+    def _send(
+        self, pool: Any, calls: Sequence[Call], indexes: list[int], wait: float | None
+    ) -> tuple[Any, float | None]:
+        """Send ``calls[indexes]`` to ``pool``'s server in one pipelined batch (a late server
+        first answers a probe within ``wait``); the connection whose replies to read, and
+        until when (``wait`` after the send)."""
         if wait is not None:
             self._left(pool, monotonic() + wait)  # (a late server: its probe first)
-        conn = self._connected(pool)
-        deadline = None if wait is None else monotonic() + wait  # (from the send: no handshake)
+        conn = self._connected(pool, wait)
         try:
             commands = [
                 ("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
                 for c in (calls[n] for n in indexes)
             ]
             conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException as exc:
+            self._dropped(pool, conn, exc)
+            pool.release(conn)
+            raise
+        return conn, None if wait is None else monotonic() + wait
+
+    def _read(
+        self, pool: Any, conn: Any, indexes: list[int], out: list[Any], deadline: float | None
+    ) -> None:
+        """The replies to a batch :meth:`_send` sent on ``conn``, into ``out`` (Late if they
+        are not all there by ``deadline``)."""
+        try:
             for n in indexes:
                 if deadline is not None and not conn.can_read(max(deadline - monotonic(), 0.001)):
                     raise Late("in time")

@@ -1,21 +1,26 @@
 """The process's renewal thread: every lease and waiting place of the cluster scope, kept alive.
 
-One daemon thread per process (started on first use, again in a fork child) serves every
-scope and single-flight group of the cluster scope. Each *round* asks every registered member
-(a :class:`Renewable`) for its renewal calls (a held key's ``renew``, a waiting place's
-``refresh``, a flight leader's lease, a follower's place) and sends them, per server, in one
-batch: one round trip per node, whatever the number of keys. Rounds come every third of the
-shortest lease among the members, so a lease is renewed twice before it could run out; a
-member learns each reply through the callback that came with its call (a lease found gone
-makes the hold ``lost``).
+One daemon thread per process (started on first use, again in a fork child) keeps the time
+for every scope and single-flight group of the cluster scope. Each *round* asks every
+registered member (a :class:`Renewable`) for its renewal calls (a held key's ``renew``, a
+waiting place's ``refresh``, a flight leader's lease, a follower's place), sent per server
+in one batch: one round trip per node, whatever the number of keys. Rounds come every third
+of the shortest lease among the members, so a lease is renewed twice before it could run
+out; a member learns each reply through the callback that came with its call (a lease found
+gone makes the hold ``lost``).
 
 The same thread runs *chores*: calls that must reach the server but that nobody waits for
 (the clean-up of an acquisition interrupted or cancelled mid-way, a release whose reply was
 lost, a single-flight outcome published for a task whose event loop must not block). They go
-before the next round; at interpreter exit the thread is given a moment to send those still
+with the next turn; at interpreter exit the thread is given a moment to send those still
 queued. And *reports*: a member whose counts changed (the callers queued in this process
-behind its attempts) is asked for its :meth:`~Reporting.reports` at once, sent in one batch
-per server, their replies ignored (the next round's renewals carry the counts again).
+behind its attempts) is asked for its :meth:`~Reporting.reports` at once, their replies
+ignored (the next round's renewals carry the counts again).
+
+The thread itself sends nothing: each link's work of a turn goes to a thread of that link's
+own, one at a time per link (see :mod:`._sending`), so a server that does not answer holds
+up its own renewals and no other's. Work that comes for a link while its last is still
+being sent waits for it, merged (the rounds it missed are one round, sent as it is done).
 """
 
 from __future__ import annotations
@@ -26,28 +31,15 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
 from time import monotonic
 from typing import Any, Final, Protocol
 
 from ..._ki import internal
-from ._failures import NoAnswer, RedisUnavailable
-from ._link import SKIPPED, Link
-from ._loops import MARGIN
+from ._link import Link
 from ._lua import Call
-from ._probe import late_servers
+from ._sending import NOT_YET, Chore, Job, Renewal, send
 
-__all__ = ["Renewable", "Renewal", "Renewer", "Reporting", "renewer"]
-
-#: A renewal call, and what to do with its reply (the reply, or the exception it raised).
-Renewal = tuple[Call, Callable[[Any], None]]
-
-#: A chore: the link to send it on, the call, and until when to send it again if it cannot
-#: reach the server (monotonic time).
-Chore = tuple[Link, Call, float]
-
-#: What a renewal for a server still late after its round's wait is answered.
-NOT_YET: Final = Exception("within the renewal round's wait")
+__all__ = ["NOT_YET", "Renewable", "Renewal", "Renewer", "Reporting", "renewer", "send"]
 
 #: How long, at most, interpreter exit waits for the chores still queued (seconds).
 _EXIT_GRACE: Final = 2.0
@@ -81,63 +73,6 @@ class Reporting(Renewable, Protocol):
         ...
 
 
-def _report(members: list[Any]) -> None:
-    """Send the members' reports, one batch per server, each waited for MARGIN at most.
-    Those for a late server are dropped (the next round's renewals carry the counts)."""
-    by_link: dict[Link, list[Call]] = {}
-    for member in members:
-        with contextlib.suppress(Exception):
-            link = member.link
-            calls = [call for call in member.reports() if link.answering(call)]
-            if calls:
-                by_link.setdefault(link, []).extend(calls)
-    for link, calls in by_link.items():
-        with contextlib.suppress(Exception):
-            link.run_many(calls, MARGIN)
-
-
-def _send(chores: list[Chore]) -> list[Chore]:
-    """Send each chore once; those to go again. Each waits MARGIN at most for its reply;
-    once a server is away its other chores wait for the next round, untried (whatever
-    their time), and a late server's are not sent until it answers again (see
-    :meth:`Link.answering`), waiting for as long as their time to go again runs: a stopped
-    server costs the renewals of the others about MARGIN once, not MARGIN per chore or per
-    round."""
-    later: list[Chore] = []
-    away: set[Link] = set()
-    for chore in chores:
-        link, call, until = chore
-        if link in away:
-            later.append(chore)
-            continue
-        if not link.answering(call):
-            if monotonic() < until:
-                later.append(chore)
-            continue
-        try:
-            link.run(call, MARGIN)
-        except RedisUnavailable:
-            away.add(link)
-            if monotonic() < until:
-                later.append(chore)
-        except Exception:  # (an error reply: sending it again would not help)
-            continue
-    return later
-
-
-def _batch(link: Link, renewals: list[Renewal], wait: float) -> list[Any]:
-    """The replies to ``renewals``, SKIPPED for a late server's (see :meth:`Link.run_many`)."""
-    try:
-        return link.run_many([call for call, _ in renewals], wait, skip_late=True)
-    except Exception as exc:
-        return [exc] * len(renewals)
-
-
-def _answer(renewal: Renewal, reply: Any) -> None:
-    with contextlib.suppress(Exception):
-        renewal[1](reply)
-
-
 @internal
 class Renewer:
     """The renewal thread of this process (see the module docstring)."""
@@ -146,10 +81,12 @@ class Renewer:
         "_busy",
         "_chores",
         "_cond",
+        "_held",
         "_later",
         "_members",
         "_pid",
         "_reporting",
+        "_sending",
         "_thread",
     )
 
@@ -162,7 +99,11 @@ class Renewer:
         #: Members with counts to report (see :meth:`report`).
         self._reporting: weakref.WeakSet[Any] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
-        self._busy = False
+        #: The links whose job is being sent, and the work that came for them meanwhile.
+        self._sending: set[Link] = set()
+        self._held: dict[Link, Job] = {}
+        #: How many chores are being sent or wait for their link's thread.
+        self._busy = 0
         self._pid = os.getpid()
 
     def add(self, member: Renewable) -> None:
@@ -200,7 +141,7 @@ class Renewer:
             self._thread.start()
 
     def settle(self, timeout: float) -> bool:
-        """Wait until no chore is queued, running or waiting to go again (at most
+        """Wait until no chore is queued, being sent or waiting to go again (at most
         ``timeout`` s); True if so."""
         deadline = monotonic() + timeout
         with self._cond:
@@ -219,10 +160,10 @@ class Renewer:
             due = self._turn(due)
 
     def _turn(self, due: float) -> float:
-        """Wait for the round due at ``due`` or a chore, and run what came; when the next
-        round is due. (A method of its own: while the thread waits, no local of it keeps a
-        member or a link alive, so a lock nobody uses any more goes, with its connections.)
-        """
+        """Wait for the round due at ``due``, a chore or a report, and hand what came to the
+        links' sending threads; when the next round is due. (A method of its own: while the
+        thread waits, no local of it keeps a member or a link alive, so a lock nobody uses
+        any more goes, with its connections.)"""
         with self._cond:
             while True:
                 period = min((m.period for m in self._members), default=1.0)
@@ -238,65 +179,60 @@ class Renewer:
             if self._later and left <= 0:
                 chores += self._later
                 self._later.clear()
-            self._busy = bool(chores)  # (a renewal round alone is no chore to settle)
-        try:
-            if monotonic() >= due:  # (first: the leases' time runs; reports and chores wait)
-                due = monotonic() + period
-                self._round(list(self._members), period)
-            if reporting:
-                _report(reporting)
-            later = _send(chores)
-            if later:
-                with self._cond:
-                    self._later += later
-        except Exception:  # pragma: no cover - a bug must not end the renewals
-            pass
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            renewing = list(self._members) if left <= 0 else []
+            self._busy += len(chores)  # (until sent: see _send)
+        if left <= 0:
+            due = monotonic() + period
+        jobs: dict[Link, Job] = {}
+        for chore in chores:
+            jobs.setdefault(chore[0], Job()).chores.append(chore)
+        for member in dict.fromkeys(renewing + reporting):
+            with contextlib.suppress(Exception):  # (a bug must not end the renewals)
+                job = jobs.setdefault(member.link, Job())
+                if member in reporting:
+                    job.reporting.append(member)
+                if member in renewing:
+                    job.renewing.append(member)
+                    job.period = period
+        for link, job in jobs.items():
+            self._hand(link, job)
         return due
 
-    def _round(self, members: list[Any], period: float) -> None:
-        """One renewal round: every member's calls, in one batch per server, each waited
-        for a renewal period at most (MARGIN at least), so that a far or busy server still
-        has time. The calls to late servers go last: their probes are given one such wait,
-        all together, and each batch goes as soon as its server answered (with a whole
-        wait for its replies): however many links a stopped server serves, it holds the
-        renewals of the others up once, not once per link."""
-        wait = max(MARGIN, period)
-        by_link: dict[Link, list[Renewal]] = {}
-        for member in members:
-            with contextlib.suppress(Exception):
-                renewals = member.renewals()
-                if renewals:
-                    by_link.setdefault(member.link, []).extend(renewals)
-        # Each batch as soon as its server answers: at once, but for a late server's, which
-        # wait for its probe (one wait at most after the first pass, all of them together).
-        pending = by_link
-        deadline: float | None = None
-        while pending:
-            news = late_servers.news
-            waiting: dict[Link, list[Renewal]] = {}
-            for link, renewals in pending.items():
-                if not any(link.answering(call) for call, _ in renewals):
-                    waiting[link] = renewals  # (its probes run meanwhile: started here)
-                    continue
-                for renewal, reply in zip(renewals, _batch(link, renewals, wait), strict=True):
-                    if reply is SKIPPED:
-                        waiting.setdefault(link, []).append(renewal)
-                    else:
-                        _answer(renewal, reply)
-            pending = waiting
-            if deadline is None:
-                deadline = monotonic() + wait
-            if not pending or monotonic() >= deadline:
-                break
-            late_servers.wait_news(news, deadline)
-        for link, renewals in pending.items():
-            still = link.unavailable(NOT_YET, None, NoAnswer)
-            for renewal in renewals:
-                _answer(renewal, still)
+    def _hand(self, link: Link, job: Job) -> None:
+        """Have ``job`` sent by a thread of ``link``'s own, or, if its last job is still
+        being sent, by that thread next."""
+        with self._cond:
+            if link in self._sending:
+                held = self._held.get(link)
+                if held is None:
+                    self._held[link] = job
+                else:
+                    held.merge(job)
+                return
+            self._sending.add(link)
+        try:
+            threading.Thread(
+                target=self._send,
+                args=(link, job),
+                name="keyedlock-redis-renewal-send",
+                daemon=True,
+            ).start()
+        except RuntimeError:  # no thread left, or interpreter exit: from this one, then
+            self._send(link, job)
+
+    def _send(self, link: Link, job: Job | None) -> None:
+        """A link's sending thread: its job, then whatever came for it meanwhile."""
+        while job is not None:
+            later: list[Chore] = []
+            with contextlib.suppress(Exception):  # (a bug must not end the renewals)
+                later = job.run(link)
+            with self._cond:
+                self._busy -= len(job.chores)
+                self._later += later
+                job = self._held.pop(link, None)
+                if job is None:
+                    self._sending.discard(link)
+                self._cond.notify_all()
 
     def at_exit(self) -> None:
         """At interpreter exit: give the chores still queued a moment to go out."""
@@ -313,8 +249,8 @@ class Renewer:
 
     def forked(self) -> None:
         """In a fork child: no thread (it did not fork; the child's first hold or call
-        starts one, see :meth:`running`), nothing queued, a fresh condition, and every
-        member holds nothing."""
+        starts one, see :meth:`running`), nothing queued or being sent, a fresh condition,
+        and every member holds nothing."""
         for member in list(self._members):
             with contextlib.suppress(Exception):
                 member.forked()
@@ -323,7 +259,9 @@ class Renewer:
         self._later = []
         self._reporting = weakref.WeakSet()
         self._thread = None
-        self._busy = False
+        self._sending = set()
+        self._held = {}
+        self._busy = 0
         self._pid = os.getpid()
 
 
