@@ -267,6 +267,30 @@ def test_nonblock_when_busy(lock_file: str, tmp_path: Path, other: FileKeyedLock
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "key", ["-dash", os.fsdecode(b"x\xffy"), "two words"], ids=["dash", "not utf-8", "space"]
+)
+def test_the_busy_message_names_a_holders_command_that_finds_the_key(
+    lock_file: str, other: FileKeyedLock, key: str
+) -> None:
+    """The ``holders`` command the message suggests, pasted into a shell, asks about this
+    very key (a key that starts with ``-`` after a ``--``; bytes that are not UTF-8 in the
+    ``$'...'`` form)."""
+    with other(key):
+        proc = run("--file", lock_file, "--nonblock", "--", key, "--", "true")
+        assert proc.returncode == BUSY
+        suggested = proc.stderr.split("(who holds it: ")[1].removesuffix(")\n")
+        assert suggested.startswith("python -m keyedlock holders ")
+        line = suggested.replace("python -m keyedlock", f"{sys.executable} -m keyedlock", 1)
+        shown = subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, timeout=WAIT * 3, check=False
+        )
+    assert shown.returncode == 0, shown.stderr
+    asked = [line for line in shown.stdout.splitlines() if line.startswith("keys asked about:")]
+    assert len(asked) == 1, shown.stdout
+    assert asked[0].endswith(" (held)"), shown.stdout
+
+
 @pytest.mark.parametrize("timeout", ["0", "0.05"])
 def test_timeout_when_busy(
     lock_file: str, tmp_path: Path, other: FileKeyedLock, timeout: str

@@ -18,6 +18,7 @@ from typing import Any, Final
 from ._holders import Report
 from ._holders_proc import Lock, Process
 from ._output import Writer
+from ._words import shown as _shown
 
 __all__ = ["SCHEMA", "as_json", "command_line", "print_json", "print_text"]
 
@@ -119,26 +120,6 @@ def _where(lock: Lock | None) -> str:
     if lock.byte is not None:
         return str(lock.byte)
     return f"{lock.start}-{'EOF' if lock.end is None else lock.end}"
-
-
-def _shown(text: str) -> str:
-    """``text`` as printed: as it is or, with a line break, another unprintable character,
-    or bytes that are not UTF-8, in the ``$'...'`` form of bash and zsh, which gives the
-    same bytes back (a byte that is not UTF-8 is ``\\xHH``)."""
-    if text.isprintable():
-        return text
-    escaped = "".join(_escaped(char) for char in text)
-    return f"$'{escaped}'"
-
-
-def _escaped(char: str) -> str:
-    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-        return f"\\x{ord(char) - 0xDC00:02x}"
-    if char in "'\\":
-        return "\\" + char
-    if char.isprintable():
-        return char
-    return char.encode("unicode_escape").decode("ascii")
 
 
 def _key_cell(key: str | None, lock: Lock | None) -> str:

@@ -43,6 +43,8 @@ from typing import Final, TextIO
 
 from keyedlock import FileKeyedLock
 
+from ._words import shell_word
+
 __all__ = [
     "BUSY",
     "CANNOT_EXECUTE",
@@ -242,7 +244,9 @@ def run_command(
         see = f"{prog.removesuffix(' run')} holders"
         if path is not None:
             see += f" --file {shlex.quote(lock.path)}"
-        say(f"key {key!r} {why} {where} (who holds it: {see} {shlex.quote(key)})")
+        if key.startswith("-"):
+            see += " --"  # (the key is no option)
+        say(f"key {key!r} {why} {where} (who holds it: {see} {shell_word(key)})")
         return BUSY
     try:
         try:
