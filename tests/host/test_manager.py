@@ -403,6 +403,32 @@ def test_fifo_across_processes(klock: KeyedLockProxy, tmp_path: Path) -> None:
 # -- crashes --------------------------------------------------------------------------
 
 
+def _leave(ctx: Any) -> str:
+    """In a fork child: leave the ``with`` its parent was inside when it forked."""
+    try:
+        ctx.__exit__(None, None, None)
+    except RuntimeError as exc:
+        return str(exc)
+    return "exited"
+
+
+@pytest.mark.skipif(not _HAS_FORK, reason="needs fork")
+def test_a_fork_child_leaving_its_parents_with_is_told_the_parent_holds_it(
+    klock: KeyedLockProxy,
+) -> None:
+    """The child holds nothing: its exit releases nothing, and says why (not that another
+    caller released the hold); the parent's own exit then releases the key."""
+    ctx = klock("k")
+    with ctx:
+        told = Child(FORK, _leave, ctx).result()
+        assert told == (
+            "release of key 'k', which this process does not hold in the manager: it was "
+            "acquired before a fork by the parent process, which still holds it"
+        )
+        assert klock.locked("k")
+    assert not klock.locked("k")
+
+
 def _process_state(pid: int) -> str:
     """The state letter of ``pid`` in /proc ('Z': a zombie, dead but not reaped)."""
     stat = Path(f"/proc/{pid}/stat").read_text()

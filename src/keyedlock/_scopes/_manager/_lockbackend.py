@@ -253,6 +253,14 @@ class ManagerLockBackend:
 
     def release(self, ctx: LockContext, abort: BaseException | None) -> None:
         assert isinstance(ctx, ManagerLockContext)
+        wait = ctx._wait
+        if wait is not None and wait.client is not client_for(self.address):
+            ctx._wait = None  # (nothing for the undo to send: the hold is the parent's)
+            raise RuntimeError(
+                f"release of key {ctx._key!r}, which this process does not hold in the "
+                "manager: it was acquired before a fork by the parent process, which still "
+                "holds it"
+            )
         self._release(ctx._key, ctx._serial, abort)
         ctx._wait = None
 
