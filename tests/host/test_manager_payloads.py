@@ -12,6 +12,9 @@ import pytest
 from keyedlock._errors import follower_copy
 from keyedlock._scopes._manager._payloads import dump_error, load_error
 from keyedlock._scopes._redis._outcomes import decode, encode_error
+from keyedlock.multiprocessing import KeyedLockManager
+
+from ..support import wait_until
 
 
 class Coded(Exception):
@@ -177,3 +180,24 @@ def test_an_errors_own_pickling_is_used_for_its_copies() -> None:
     outcome = decode(pickle, encode_error(pickle, error, "k"), "k").error
     assert type(outcome) is PluginMissing
     assert vars(follower_copy(MarksCopies("x"))).get("copied") is True
+
+
+def _resident(pid: int) -> int:
+    """The resident memory of process ``pid`` (bytes)."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_manager_keeps_no_outcome_once_its_call_ended() -> None:
+    """A large value, shared and delivered: the manager lets it go at once, not when the
+    connection that carried it serves its next request (it may never)."""
+    size = 64 << 20
+    with KeyedLockManager() as manager:
+        flight = manager.SingleFlight()
+        pid = manager.pid
+        assert pid is not None
+        before = _resident(pid)
+        assert len(flight.do_sync("k", lambda: b"x" * size)) == size
+        wait_until(lambda: _resident(pid) < before + size // 4, "the manager let the value go")

@@ -231,6 +231,10 @@ class Server(Service):
                 except OSError:  # the client gave up waiting (or died): nobody has the reply
                     self.undelivered(state)
                     return
+                # Kept by nobody while the connection waits for its next request, maybe for
+                # long: a single-flight value or error of any size is gone with its call.
+                data = out = b""
+                request = None
                 self.delivered(state)
         finally:
             sock.close()
