@@ -26,7 +26,20 @@ __all__ = [
     "exception_state",
     "follower_copy",
     "rebuild_exception",
+    "shown_key",
 ]
+
+
+def shown_key(key: object) -> str:
+    """``repr(key)``, for a message that names ``key``: a key whose repr fails (an int of
+    more digits than Python turns into text, a tuple holding one) is named by its type,
+    rather than the message failing in its place."""
+    try:
+        return repr(key)
+    except Exception as exc:
+        if isinstance(key, int):
+            return f"<int of {key.bit_length()} bits>"
+        return f"<{type(key).__name__} key: its repr failed ({type(exc).__name__})>"
 
 
 class KeyedLockError(Exception):

@@ -13,6 +13,8 @@ from collections.abc import Callable, Hashable
 from types import CoroutineType, GeneratorType
 from typing import Any, Final, Literal
 
+from ._errors import shown_key
+
 __all__ = [
     "OnError",
     "check_flag",
@@ -41,7 +43,7 @@ def check_key(key: object) -> Hashable:
         hash(key)
     except TypeError:
         raise TypeError(
-            f"keys must be hashable, got unhashable {type(key).__name__!r}: {key!r}"
+            f"keys must be hashable, got unhashable {type(key).__name__!r}: {shown_key(key)}"
         ) from None
     return key
 

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from keyedlock import KeyedLock
+from keyedlock import KeyedLock, LockTimeout
+
+from ..support import start_thread
+from .scopes import Scope
 
 UNHASHABLE: list[object] = [[1], {"a": 1}, {1}]
 
@@ -53,6 +56,35 @@ async def test_unhashable_keys_raise_type_error_in_tasks(lock: KeyedLock, key: o
         await lock.run(key, nothing_async)
     with pytest.raises(TypeError, match="hashable"):
         await lock.guard(lambda: key)(nothing_async)()
+    assert len(lock) == 0
+
+
+#: An int of more digits than Python turns into text by default (4300): a valid key.
+HUGE = 10**5000
+
+
+def _enter_and_leave(lock: KeyedLock, key: object, timeout: float) -> None:
+    with lock(key, timeout=timeout):
+        pass
+
+
+def test_an_int_too_long_for_text_is_named_by_its_size_in_errors(
+    scope: Scope, lock: KeyedLock
+) -> None:
+    """The errors that name such a key still say what happened (its repr would raise
+    ValueError in their place): a release of a free key, a try of a busy one. The Redis
+    scope names int keys in decimal on the server: it refuses such a key, saying so."""
+    if scope.name == "redis":
+        with pytest.raises(ValueError, match="at most 4300 digits"):
+            lock.acquire(HUGE)
+        assert len(lock) == 0
+        return
+    with pytest.raises(RuntimeError, match=r"release of key <int of 16610 bits>, which "):
+        lock.release(HUGE)
+    with lock(HUGE):
+        tried = start_thread(lambda: _enter_and_leave(lock, HUGE, 0))
+        with pytest.raises(LockTimeout, match=r"key <int of 16610 bits> is busy"):
+            tried.result()
     assert len(lock) == 0
 
 

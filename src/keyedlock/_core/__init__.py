@@ -24,6 +24,7 @@ from ._hold import (
     outcome_of,
     queue_full_error,
     reacquire_error,
+    released_error,
     state_of,
 )
 from ._keyhold import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold
@@ -56,5 +57,6 @@ __all__ = [
     "outcome_of",
     "queue_full_error",
     "reacquire_error",
+    "released_error",
     "state_of",
 ]

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Final
 
-from .._errors import QueueFull
+from .._errors import QueueFull, shown_key
 
 __all__ = [
     "ABORTED",
@@ -30,6 +30,7 @@ __all__ = [
     "outcome_of",
     "queue_full_error",
     "reacquire_error",
+    "released_error",
     "state_of",
 ]
 
@@ -145,13 +146,24 @@ def outcome_of(hold: Hold) -> object:
 def queue_full_error(key: Hashable, limit: int) -> QueueFull:
     """The error of a caller that would queue on ``key`` past ``max_waiters=limit``."""
     if limit == 0:
-        return QueueFull(f"key {key!r} is held and max_waiters=0: nobody may wait for it")
-    return QueueFull(f"key {key!r} already has {limit} waiter(s) (max_waiters={limit})")
+        return QueueFull(f"key {shown_key(key)} is held and max_waiters=0: nobody may wait for it")
+    return QueueFull(f"key {shown_key(key)} already has {limit} waiter(s) (max_waiters={limit})")
+
+
+def released_error(key: Hashable, held: bool) -> RuntimeError:
+    """The error of releasing a hold of ``key`` that was released already: nobody holds the
+    key now, or (``held``) another caller does, and keeps it."""
+    if not held:
+        return RuntimeError(f"release of key {shown_key(key)}, which is not held")
+    return RuntimeError(
+        f"this hold of key {shown_key(key)} was already released by another caller; "
+        "the key is now held by someone else and stays held"
+    )
 
 
 def reacquire_error(key: Hashable) -> RuntimeError:
     return RuntimeError(
-        f"key {key!r} is already held by this owner (the current task, or the current "
+        f"key {shown_key(key)} is already held by this owner (the current task, or the current "
         "thread outside tasks); acquiring it again would deadlock. keyedlock locks are "
         "not reentrant: release it first, or restructure so the key is taken once"
     )

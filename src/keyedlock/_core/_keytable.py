@@ -79,6 +79,7 @@ from ._hold import (
     new_queue,
     queue_full_error,
     reacquire_error,
+    released_error,
 )
 from ._orphans import Orphans
 from ._tableviews import TableViews
@@ -323,13 +324,10 @@ class KeyTable(Transitions, Orphans, TableViews):
                 guard.acquire()
                 holds = self._holds
                 if key not in holds:
-                    raise RuntimeError(f"release of key {key!r}, which is not held")
+                    raise released_error(key, False)
                 holder = holds[key]
                 if expected is not None and holder is not expected:
-                    raise RuntimeError(
-                        f"this hold of key {key!r} was already released by another caller; "
-                        "the key is now held by someone else and stays held"
-                    )
+                    raise released_error(key, True)
                 queue = holder._waiters
                 if queue is None or not queue.live:
                     holder._state = RELEASED

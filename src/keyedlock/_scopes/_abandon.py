@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any, Final
 
 from .._core import Hold, KeyTable
-from .._errors import Abandoned
+from .._errors import Abandoned, shown_key
 from .._ki import internal
 from .._log import logger
 from .._runtime import describe_owner, owner_text, when_ended
@@ -33,7 +33,7 @@ def abandoned_error(key: Hashable, who: str) -> Abandoned:
     """What the callers of ``key`` raise once ``who`` (its holder's owner, named) ended
     holding it: every scope's words."""
     return Abandoned(
-        f"key {key!r} is held by {who}, which ended without releasing it; "
+        f"key {shown_key(key)} is held by {who}, which ended without releasing it; "
         "nobody is bound to release it (release(key) still can)"
     )
 

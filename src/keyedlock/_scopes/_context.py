@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from .._core import BAD_EXIT, ENTERED, EXITED, NEW, REUSE, KeyHold, complete
-from .._errors import LockTimeout
+from .._errors import LockTimeout, shown_key
 from .._ki import internal
 from .._log import logger
 from .._runtime import READY, async_owner, blocking_owner
@@ -43,8 +43,8 @@ def _log_abort(backend: LockBackend, key: Hashable, abort: BaseException) -> Non
 def timeout_error(key: Hashable, timeout: float | None) -> LockTimeout:
     """The LockTimeout of a wait for ``key`` that ran out of ``timeout``."""
     if timeout == 0:
-        return LockTimeout(f"key {key!r} is busy (timeout=0 tries once)")
-    return LockTimeout(f"timed out after {timeout} s waiting for key {key!r}")
+        return LockTimeout(f"key {shown_key(key)} is busy (timeout=0 tries once)")
+    return LockTimeout(f"timed out after {timeout} s waiting for key {shown_key(key)}")
 
 
 @internal
@@ -70,7 +70,7 @@ class LockContext(KeyHold):
 
     def __repr__(self) -> str:
         phase = ("new", "entered", "exited")[self._phase]
-        return f"<LockContext key={self._key!r} {phase}>"
+        return f"<LockContext key={shown_key(self._key)} {phase}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError(

@@ -28,7 +28,7 @@ from .._core import (
     outcome_of,
     reacquire_error,
 )
-from .._errors import Abandoned, Aborted
+from .._errors import Abandoned, Aborted, shown_key
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -85,7 +85,8 @@ def settle(state: int, hold: Hold, key: Hashable) -> bool:
         if isinstance(cause, Abandoned):
             raise fresh_copy(cause)
         raise Aborted(
-            f"the wait for key {key!r} was aborted: the holder's work failed with on_error='stop'"
+            f"the wait for key {shown_key(key)} was aborted: the holder's work failed "
+            "with on_error='stop'"
         ) from cause
     return False
 
@@ -307,7 +308,7 @@ class LocalBackend:
             holder_of = table.holder  # (a slot's callable: see LocalContext.__enter__)
             holder = holder_of(key)
             if holder is None:
-                raise RuntimeError(f"release of key {key!r}, which is not held")
+                raise RuntimeError(f"release of key {shown_key(key)}, which is not held")
             done.append(holder)
         table.release(key, holder)
 

@@ -17,7 +17,7 @@ from time import monotonic
 from typing import Any, Final
 
 from .._core import GRANTED, IDLE, MISS, RELEASED, FlightTable, Hold, outcome_of
-from .._errors import follower_copy
+from .._errors import follower_copy, shown_key
 from .._ki import internal
 from .._runtime import ASYNCIO, READY, AsyncioHerd, Herds, HerdTicket, park_async, wait_thread
 from .._statistics import FlightStatistics
@@ -30,7 +30,7 @@ __all__ = ["LocalFlightBackend", "recursion_error"]
 
 def recursion_error(key: Hashable) -> RuntimeError:
     return RuntimeError(
-        f"the call for key {key!r} is being run by this same task or thread; "
+        f"the call for key {shown_key(key)} is being run by this same task or thread; "
         "joining it from inside would wait for itself forever"
     )
 

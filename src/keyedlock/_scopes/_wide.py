@@ -16,6 +16,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Self
 
 from .._core import RELEASED, Hold, KeyTable, complete, queue_full_error
+from .._errors import shown_key
 from .._ki import internal
 from .._runtime import (
     ASYNCIO,
@@ -202,7 +203,7 @@ class WideBackend(LocalBackend):
         else:
             holder = table.holder(key)
             if holder is None:
-                raise RuntimeError(f"release of key {key!r}, which is not held")
+                raise RuntimeError(f"release of key {shown_key(key)}, which is not held")
             done.append(holder)
         if not self.scope.release(key, holder) and not retry:
             # Handed the key here, but still waiting for another process: not held yet.

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..._core import KeyTable, complete
+from ..._errors import shown_key
 from ..._ki import internal
 from ..._runtime import READY, blocking_call_error, running_loop, sniffio_local, thread_owners
 from .._context import BAD_EXIT, ENTERED, EXITED, REUSE, LockContext, timeout_error
@@ -159,7 +160,7 @@ class FileBackend(WideBackend):
         holder_of = table.holder  # (a slot's callable: see FileContext.__enter__)
         holder = holder_of(key)
         if holder is None:
-            raise RuntimeError(f"release of key {key!r}, which is not held")
+            raise RuntimeError(f"release of key {shown_key(key)}, which is not held")
         done.append(holder)
         # FileScope.release, written out (every release(key)): claim the hold's record,
         # then unlock its byte; no record: still waiting for another process.

@@ -16,6 +16,8 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
+from ..._errors import shown_key
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no fcntl; the constructor says so
@@ -82,7 +84,7 @@ class KeyOffset(bytes):
     unlock: bytes
 
     def __repr__(self) -> str:
-        return repr(self.key)
+        return shown_key(self.key)
 
 
 def _encode(key: object) -> bytes:
@@ -95,7 +97,7 @@ def _encode(key: object) -> bytes:
         return b"i" + int(key).to_bytes((key.bit_length() + 8) // 8, "big", signed=True)
     if isinstance(key, bool):
         raise TypeError(
-            f"FileKeyedLock keys must be str, bytes or int; bool ({key!r}) is refused "
+            f"FileKeyedLock keys must be str, bytes or int; bool ({shown_key(key)}) is refused "
             "because True == 1 would make it the same key as the int; use 1/0 or a str"
         )
     kind = repr(type(key).__name__)
@@ -105,7 +107,7 @@ def _encode(key: object) -> bytes:
         kind = "unhashable " + kind
     raise TypeError(
         f"FileKeyedLock keys must be str, bytes or int (hashed into the lock file), "
-        f"got {kind}: {key!r}; build a str, e.g. f'order:{{order_id}}'"
+        f"got {kind}: {shown_key(key)}; build a str, e.g. f'order:{{order_id}}'"
     )
 
 

@@ -66,6 +66,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, cast
 
 from ..._core import Hold, claim
+from ..._errors import shown_key
 from ..._ki import internal
 from ..._runtime import Finished, OffloadPool
 from ._files import LockFile, fds_lock
@@ -92,7 +93,7 @@ DEFAULT_MAX_THREADS = 64
 def not_held_error(local_key: object) -> RuntimeError:
     """The error of a release by a caller that does not hold ``local_key`` in the lock file."""
     return RuntimeError(
-        f"release of key {local_key!r}, which this caller does not hold in the lock file "
+        f"release of key {shown_key(local_key)}, which this caller does not hold in the lock file "
         "(not acquired yet, released already, or acquired before a fork by the parent process)"
     )
 

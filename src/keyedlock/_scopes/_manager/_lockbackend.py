@@ -19,7 +19,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ..._core import complete
-from ..._errors import Aborted, LockTimeout
+from ..._errors import Aborted, LockTimeout, shown_key
 from ..._ki import internal
 from ..._runtime import (
     TRIO,
@@ -71,11 +71,12 @@ def check_wire_key(key: object) -> Hashable:
         copy = pickle.loads(pickle.dumps(key, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         raise TypeError(
-            f"key {key!r} cannot be sent to the KeyedLockManager: keys must be picklable ({exc})"
+            f"key {shown_key(key)} cannot be sent to the KeyedLockManager: keys must be "
+            f"picklable ({exc})"
         ) from exc
     if copy != key:
         raise TypeError(
-            f"key {key!r} is not equal to its own copy in another process (a NaN in it?), "
+            f"key {shown_key(key)} is not equal to its own copy in another process (a NaN in it?), "
             "so the KeyedLockManager could never find it again; use a key that is"
         )
     return key
@@ -203,13 +204,14 @@ class ManagerLockBackend:
         key = ctx._key
         if isinstance(reply, tuple) and reply[0] == Reply.ABORTED:
             raise Aborted(
-                f"the wait for key {key!r} was aborted: the holder's work failed with "
+                f"the wait for key {shown_key(key)} was aborted: the holder's work failed with "
                 "on_error='stop'"
             ) from load_cause(reply[1])
         if reply == Reply.NO_ANSWER:
             raise LockTimeout(
                 f"the KeyedLockManager at {self.address!r} did not answer in time: no reply "
-                f"to the acquire of key {key!r} (timeout={timeout} s, plus {REPLY_GRACE} s of "
+                f"to the acquire of key {shown_key(key)} (timeout={timeout} s, plus "
+                f"{REPLY_GRACE} s of "
                 "grace at most); its process may be stopped or stuck"
             )
         return False
@@ -257,7 +259,7 @@ class ManagerLockBackend:
         if wait is not None and wait.client is not client_for(self.address):
             ctx._wait = None  # (nothing for the undo to send: the hold is the parent's)
             raise RuntimeError(
-                f"release of key {ctx._key!r}, which this process does not hold in the "
+                f"release of key {shown_key(ctx._key)}, which this process does not hold in the "
                 "manager: it was acquired before a fork by the parent process, which still "
                 "holds it"
             )

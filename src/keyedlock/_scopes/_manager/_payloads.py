@@ -13,7 +13,7 @@ import pickle
 from collections.abc import Hashable
 from typing import Any, Final
 
-from ..._errors import exception_state, rebuild_exception
+from ..._errors import exception_state, rebuild_exception, shown_key
 
 __all__ = ["dump_cause", "dump_error", "load_cause", "outcome", "pack_error", "pack_value"]
 
@@ -114,7 +114,7 @@ def pack_value(value: object, key: Hashable) -> tuple[bytes, TypeError | None]:
         return pickle.dumps(value, pickle.HIGHEST_PROTOCOL), None
     except Exception as exc:
         error = TypeError(
-            f"the result of the single-flight call for key {key!r} cannot be shared with "
+            f"the result of the single-flight call for key {shown_key(key)} cannot be shared with "
             f"other processes: a {_type_name(value)!r} object cannot be pickled ({exc})"
         )
         error.__cause__ = exc
@@ -127,7 +127,7 @@ def pack_error(exc: BaseException, key: Hashable) -> bytes:
         return dump_error(exc)
     except Exception as why:
         stand_in = TypeError(
-            f"the single-flight call for key {key!r} raised {_type_name(exc)}: {exc}; "
+            f"the single-flight call for key {shown_key(key)} raised {_type_name(exc)}: {exc}; "
             f"the exception cannot be pickled to share it with other processes ({why})"
         )
         return dump_error(stand_in)
@@ -141,7 +141,7 @@ def outcome(reply: object, key: Hashable) -> Any:
         shared = load_error(payload) if is_error else pickle.loads(payload)
     except Exception as exc:
         raise TypeError(
-            f"the outcome of the single-flight call for key {key!r} could not be "
+            f"the outcome of the single-flight call for key {shown_key(key)} could not be "
             f"unpickled in this process: {exc!r}"
         ) from exc
     if is_error:

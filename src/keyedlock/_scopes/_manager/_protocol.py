@@ -17,6 +17,8 @@ from __future__ import annotations
 import pickle
 from typing import Any, Final, NamedTuple
 
+from ..._errors import shown_key
+
 __all__ = [
     "ABANDON",
     "ACQUIRE",
@@ -195,7 +197,8 @@ def encode(request: Request, *fields: object) -> bytes:
     except Exception as exc:
         key = fields[request.fields.index("key")] if "key" in request.fields else None
         raise TypeError(
-            f"key {key!r} cannot be sent to the KeyedLockManager: keys must be picklable ({exc})"
+            f"key {shown_key(key)} cannot be sent to the KeyedLockManager: keys must be "
+            f"picklable ({exc})"
         ) from exc
 
 

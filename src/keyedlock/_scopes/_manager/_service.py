@@ -34,8 +34,9 @@ from ..._core import (
     fresh_copy,
     outcome_of,
     reacquire_error,
+    released_error,
 )
-from ..._errors import Abandoned
+from ..._errors import Abandoned, shown_key
 from ..._ki import internal
 from ..._log import logger
 from ..._runtime import wait_thread
@@ -90,7 +91,8 @@ class Service(Introspection):
                 "each passed to its next waiter",
                 proc.pid,
                 len(freed),
-                ", ".join(repr(key) for key in freed[:10]) + (", ..." if len(freed) > 10 else ""),
+                ", ".join(shown_key(key) for key in freed[:10])
+                + (", ..." if len(freed) > 10 else ""),
             )
 
     # -- shared helpers (under the mutex) ---------------------------------------
@@ -226,18 +228,13 @@ class Service(Introspection):
                     return  # a repeat, after an interrupt, of a release done already
                 holder = table.holder(key)
                 if holder is None:
-                    raise RuntimeError(f"release of key {key!r}, which is not held")
+                    raise RuntimeError(f"release of key {shown_key(key)}, which is not held")
                 if ticket is not None:
                     released.append(ticket)
             else:
                 holder = state.proc.live_hold(serial, table)
                 if holder is None:
-                    if table.holder(key) is None:
-                        raise RuntimeError(f"release of key {key!r}, which is not held")
-                    raise RuntimeError(
-                        f"this hold of key {key!r} was already released by another caller; "
-                        "the key is now held by someone else and stays held"
-                    )
+                    raise released_error(key, table.holder(key) is not None)
             assert isinstance(holder, RemoteHold)
             holder.drop()
             table.release(key, holder, abort)
@@ -330,7 +327,7 @@ class Service(Introspection):
                 return Reply.LEAD
             if leader._owner == hold._owner and wait:  # (as in acquire)
                 raise RuntimeError(
-                    f"the call for key {key!r} is being run by this same task or thread; "
+                    f"the call for key {shown_key(key)} is being run by this same task or thread; "
                     "joining it from inside would wait for itself forever"
                 )
             if not wait:
@@ -365,7 +362,7 @@ class Service(Introspection):
         """Under the mutex: the LIVE leader hold ``serial`` of this process, dropped."""
         hold = state.proc.live_hold(serial, table)
         if hold is None:
-            raise RuntimeError(f"no call in flight for key {key!r} is led by this caller")
+            raise RuntimeError(f"no call in flight for key {shown_key(key)} is led by this caller")
         hold.drop()
         return hold
 

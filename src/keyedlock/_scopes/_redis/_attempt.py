@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable
 from typing import Final, Protocol, cast
 
 from ..._core import Hold
+from ..._errors import shown_key
 from ..._ki import internal
 from ..._log import logger
 from ._names import RedisKey, new_id
@@ -47,7 +48,7 @@ class Fenced(Protocol):
 def not_held_error(local_key: object) -> RuntimeError:
     """The error of a release by a caller that does not hold ``local_key`` in Redis."""
     return RuntimeError(
-        f"release of key {local_key!r}, which this caller does not hold in Redis "
+        f"release of key {shown_key(local_key)}, which this caller does not hold in Redis "
         "(not acquired yet: still waiting for another process, or released already)"
     )
 

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..._core import RELEASED, Hold, KeyTable, complete
-from ..._errors import LeaseLost
+from ..._errors import LeaseLost, shown_key
 from ..._ki import internal
 from ..._runtime import (
     async_owner,
@@ -46,7 +46,8 @@ __all__ = ["RedisBackend", "RedisContext", "lease_lost"]
 def lease_lost(key: Hashable, token: int) -> LeaseLost:
     """The error of leaving a key whose lease was lost while it was held."""
     return LeaseLost(
-        f"the lease of key {key!r} (fencing token {token}) was lost while it was held: the "
+        f"the lease of key {shown_key(key)} (fencing token {token}) was lost while it "
+        "was held: the "
         "process was stopped or cut off from Redis for longer than the lease, or the server "
         "lost its data. The key is released; another caller may have held it meanwhile, "
         f"with a fencing token above {token}"
@@ -81,7 +82,7 @@ class RedisContext(WideContext):
     def __repr__(self) -> str:
         phase = ("new", "entered", "exited")[self._phase]
         lost = " lost" if self.lost else ""
-        return f"<RedisContext key={self._key!r} {phase} token={self.token}{lost}>"
+        return f"<RedisContext key={shown_key(self._key)} {phase} token={self.token}{lost}>"
 
     # -- threads -----------------------------------------------------------
 
@@ -221,7 +222,7 @@ class RedisBackend(WideBackend):
         else:
             holder = table.holder(key)
             if holder is None:
-                raise RuntimeError(f"release of key {key!r}, which is not held")
+                raise RuntimeError(f"release of key {shown_key(key)}, which is not held")
             done.append(holder)
         try:
             released = self.scope.release(key, holder)

@@ -25,8 +25,10 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import sys
 from typing import Final
 
+from ..._errors import shown_key
 from ..._statistics import Owner
 from ._flightkeys import FlightKeys, flight_keys
 from ._lockkeys import LockKeys, lock_keys
@@ -46,7 +48,7 @@ class RedisKey(bytes):
     flight: FlightKeys
 
     def __repr__(self) -> str:
-        return repr(self.key)
+        return shown_key(self.key)
 
 
 def encode_key(key: object, who: str = "RedisKeyedLock") -> bytes:
@@ -56,10 +58,17 @@ def encode_key(key: object, who: str = "RedisKeyedLock") -> bytes:
     if isinstance(key, bytes):
         return b"b:" + key
     if isinstance(key, int) and not isinstance(key, bool):
-        return b"i:" + str(int(key)).encode()
+        try:
+            return b"i:" + str(int(key)).encode()
+        except ValueError:  # more digits than this interpreter turns into text
+            raise ValueError(
+                f"{who} int keys are named in decimal on the server: at most "
+                f"{sys.get_int_max_str_digits()} digits (sys.get_int_max_str_digits()), got "
+                f"an int of {key.bit_length()} bits; use a str or bytes key"
+            ) from None
     if isinstance(key, bool):
         raise TypeError(
-            f"{who} keys must be str, bytes or int; bool ({key!r}) is refused "
+            f"{who} keys must be str, bytes or int; bool ({shown_key(key)}) is refused "
             "because True == 1 would make it the same key as the int; use 1/0 or a str"
         )
     kind = repr(type(key).__name__)
@@ -69,7 +78,7 @@ def encode_key(key: object, who: str = "RedisKeyedLock") -> bytes:
         kind = "unhashable " + kind
     raise TypeError(
         f"{who} keys must be str, bytes or int (they name structures on the server), "
-        f"got {kind}: {key!r}; build a str, e.g. f'order:{{order_id}}'"
+        f"got {kind}: {shown_key(key)}; build a str, e.g. f'order:{{order_id}}'"
     )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Hashable
 from functools import partial
 from typing import Any, Protocol
 
-from ..._errors import exception_state, rebuild_exception
+from ..._errors import exception_state, rebuild_exception, shown_key
 from .._contract import Outcome
 
 __all__ = ["Serializer", "decode", "encode_error", "encode_value", "type_name"]
@@ -60,7 +60,7 @@ def encode_value(
         return b"v" + _dumps(serializer, value), None
     except Exception as exc:
         error = TypeError(
-            f"the result of the single-flight call for key {key!r} cannot be shared with "
+            f"the result of the single-flight call for key {shown_key(key)} cannot be shared with "
             f"other processes: a {type_name(value)!r} object cannot be serialized ({exc})"
         )
         error.__cause__ = exc
@@ -145,7 +145,7 @@ def encode_error(serializer: Serializer, exc: BaseException, key: Hashable) -> b
         return b"e" + _dumps(serializer, _state(serializer, exc))
     except Exception as why:
         text = (
-            f"the single-flight call for key {key!r} raised {type_name(exc)}: {exc}; the "
+            f"the single-flight call for key {shown_key(key)} raised {type_name(exc)}: {exc}; the "
             f"exception cannot be serialized to share it with other processes ({why})"
         )
         try:
@@ -170,7 +170,7 @@ def decode(serializer: Serializer, data: bytes, key: Hashable) -> Outcome:
             raise ValueError(f"unknown outcome tag {tag!r}")
     except Exception as why:
         error = TypeError(
-            f"the outcome of the single-flight call for key {key!r} could not be "
+            f"the outcome of the single-flight call for key {shown_key(key)} could not be "
             f"deserialized in this process: {why!r}"
         )
         error.__cause__ = why
