@@ -242,6 +242,43 @@ def test_exit_after_someone_else_released_keeps_the_next_waiter(
     assert waiter.result() == "left"
 
 
+@pytest.mark.anyio
+async def test_a_waiter_whose_hold_another_released_before_it_ran_still_enters(
+    scope: Scope, lock: KeyedLock
+) -> None:
+    """The key is handed to a waiting task, and someone else's ``release(key)`` releases
+    that task's hold before it ran: the task had the key all the same. Its body runs, and
+    its exit says the hold was released (as any holder's exit would), not that it timed
+    out."""
+    differs(
+        scope,
+        "file",
+        "redis",
+        why="a waiter handed the key here takes it in the wider scope when it runs; until "
+        "then release(key) finds no holder there and raises",
+    )
+    entered: list[str] = []
+    errors: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            async with lock("k"):
+                entered.append("k")
+        except Exception as exc:
+            errors.append(exc)
+
+    await lock.acquire_async("k")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(waiter)
+        await wait_waiters_async(lock, "k", 1)
+        lock.release("k")  # handed to the waiter, which has not run since...
+        lock.release("k")  # ...and released by another caller before it does
+    assert entered == ["k"]
+    assert len(errors) == 1
+    assert isinstance(errors[0], RuntimeError), errors
+    assert not lock.locked("k")
+
+
 @pytest.mark.parametrize("via", OWN_HOLD_VIAS)
 def test_exit_after_someone_else_released_an_idle_key(
     driver: Driver, lock: KeyedLock, via: Via

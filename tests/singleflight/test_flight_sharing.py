@@ -610,6 +610,34 @@ def test_nothing_is_retained_in_threads(sf: SingleFlight, threads: Threads) -> N
     assert [ref() for ref in refs] == [None, None], "the shared value is still referenced"
 
 
+def test_a_shared_value_goes_with_its_last_caller_without_the_collector(threads: Threads) -> None:
+    """No cycle keeps a shared value (thread followers wait in a queue that their holds
+    refer to): once its callers dropped it, it is gone at once, the cyclic garbage
+    collector off."""
+    sf = SingleFlight()
+    gate = threading.Event()
+
+    def make() -> Value:
+        assert gate.wait(WAIT)
+        return Value()
+
+    def call() -> weakref.ref[Value]:
+        return weakref.ref(sf.do_sync("k", make))
+
+    gc.collect()
+    gc.disable()
+    try:
+        leader = threads.start(call, "leader")
+        wait_until(lambda: sf.in_flight("k"), "the leader runs the call")
+        followers = [threads.start(call, f"follower {n}") for n in range(2)]
+        wait_followers(sf, "k", 2)
+        gate.set()
+        refs = [leader.result(), *(follower.result() for follower in followers)]
+        assert [ref() for ref in refs] == [None, None, None], "a cycle keeps the value"
+    finally:
+        gc.enable()
+
+
 # -- introspection ---------------------------------------------------------
 
 
