@@ -121,6 +121,28 @@ def test_holder_time_and_waiters_by_runtime(
     assert lock.keys() == []
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_waiter_that_gave_up_is_not_counted(
+    drivers: dict[str, Driver], lock: KeyedLock, runtime: str
+) -> None:
+    """A waiter that timed out between two others is not in the statistics (it may still
+    be in the queue, withdrawn)."""
+    holder = drivers["thread"].hold(lock, "k")
+    holder.wait_entered()
+    first = drivers["thread"].hold(lock, "k")
+    wait_waiters(lock, "k", 1)
+    assert drivers[runtime].acquire(lock, "k", timeout=0.05).result() is False
+    last = drivers["asyncio"].hold(lock, "k")
+    wait_waiters(lock, "k", 2)
+    stats = lock.statistics("k")
+    assert stats.waiters == 2
+    assert stats.waiters_by_runtime == {"thread": 1, "asyncio": 1}
+    for agent in (holder, first, last):
+        agent.leave()
+        assert agent.result() == "left"
+    assert lock.keys() == []
+
+
 def test_a_thread_holder_is_named(lock: KeyedLock) -> None:
     entered, leave = threading.Event(), threading.Event()
 
