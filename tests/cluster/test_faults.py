@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -582,6 +584,40 @@ def test_a_clean_up_that_cannot_reach_the_server_goes_again_until_it_does(
     assert len(lock) == 0
 
 
+#: A process that gives up a timed acquire on a stopped server (arguments: the server's URL
+#: and process id), lets the server go on, and exits at once.
+_GIVES_UP_AND_EXITS = """
+import os, signal, sys
+from keyedlock.redis import RedisKeyedLock
+lock = RedisKeyedLock(sys.argv[1], prefix="exit:", lease=30)
+with lock("warm-up"):
+    pass
+os.kill(int(sys.argv[2]), signal.SIGSTOP)
+try:
+    assert not lock.acquire("k", timeout=0.3)
+finally:
+    os.kill(int(sys.argv[2]), signal.SIGCONT)
+"""
+
+
+def test_a_clean_up_left_at_exit_goes_out_before_the_process_ends(fresh_server: Server) -> None:
+    """The withdraw of the place a timed acquire took on a stopped server could not reach
+    it; the server goes on and the process exits at once: the withdraw goes out at exit
+    (tried again until it reaches the server, for two seconds at most), not with the next
+    renewal round, a third of the lease (10 s) away. No place is left in the queue."""
+    other = RedisKeyedLock(fresh_server.url, prefix="exit:", lease=30)
+    with other("k"):
+        child = subprocess.run(
+            [sys.executable, "-c", _GIVES_UP_AND_EXITS, fresh_server.url, str(fresh_server.pid)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 3,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr
+        assert other.waiters("k") == 0, "the place of the process that exited is still queued"
+
+
 def test_a_stopped_server_does_not_cost_the_leases_on_another(
     fresh_server: Server, split: str
 ) -> None:
@@ -674,21 +710,29 @@ def test_a_stopped_server_costs_the_leases_on_another_nothing_whatever_the_links
     assert [len(lock) for lock in locks] == [0, 0]
 
 
+@pytest.mark.parametrize("closed_by", ["client", "server"])
 def test_a_new_connection_to_a_stopped_server_costs_the_leases_on_another_nothing(
-    fresh_server: Server, split: str
+    fresh_server: Server, split: str, closed_by: str
 ) -> None:
-    """The connections to the server of keys ``x-*`` are dropped as it stops (as after a
-    restart): the next renewal there opens one, whose handshake its client would wait a
-    minute for. The renewal waits for it no longer than for a reply, so the key held on the
-    healthy server, renewed in the same round, keeps its lease."""
+    """The connections to the server of keys ``x-*`` are closed as it stops, by the client
+    or by the server (a restart, ``CLIENT KILL``, its idle timeout): the next renewal there
+    connects again, with a handshake its client would wait a minute for. The renewal waits
+    for it no longer than for a reply, so the key held on the healthy server, renewed in
+    the same round, keeps its lease (its exit would raise LeaseLost otherwise)."""
     lock = RedisKeyedLock(split, prefix="handshake:", lease=LEASE)
     stopped = lock("x-1")
     healthy = lock("y-1")
     stopped.__enter__()
     healthy.__enter__()
+    pool = scope_of(lock).link._pool_of(b"x-1")
     try:
+        if closed_by == "server":
+            wait_until(lambda: len(pool._available_connections) > 0, "an idle connection")
+            with fresh_server.client() as admin:
+                assert admin.client_kill_filter(_type="normal", skipme=True) > 0
+        else:
+            pool.disconnect()
         with fresh_server.paused():
-            scope_of(lock).link._pool_of(b"x-1").disconnect()
             time.sleep(3 * LEASE)  # (long enough to lose the lease if renewals were held up)
             assert not healthy.lost
     finally:

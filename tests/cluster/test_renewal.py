@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from keyedlock import _ki
+from keyedlock._scopes._redis._connect import _Handshake
 from keyedlock._scopes._redis._failures import RedisUnavailable
 from keyedlock._scopes._redis._link import Link
 from keyedlock._scopes._redis._probe import late_servers
@@ -165,3 +166,84 @@ def test_the_links_calls_are_protected_from_ctrl_c_under_trio() -> None:
     interrupted)."""
     for name in ("run", "run_many", "command", "pop", "run_async", "finish_async", "pop_async"):
         assert getattr(Link, name) in _ki._marked, name
+
+
+class IdleMember:
+    """A member that holds nothing: it is asked for its renewals each round, and has none."""
+
+    period = 0.01
+    link: Any
+
+    def __init__(self) -> None:
+        self.link = object()  # (a link of its own: nothing is sent)
+        self.asked = 0
+
+    def renewals(self) -> list[Any]:
+        self.asked += 1
+        return []
+
+    def forked(self) -> None:
+        pass
+
+
+def test_a_member_with_nothing_to_renew_costs_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locks and groups that hold and wait for nothing cost a round no sending thread,
+    however many there are and however short the rounds."""
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(self: threading.Thread) -> None:
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    renewer = Renewer()
+    members = [IdleMember() for _ in range(20)]
+    for member in members:
+        renewer.add(member)
+    wait_until(lambda: min(m.asked for m in members) >= 5, "five rounds")
+    assert "keyedlock-redis-renewal-send" not in started
+
+
+class BlockingPool:
+    """A pool whose next connection is made when the test says so."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.released: list[object] = []
+
+    def get_connection(self, *args: object) -> object:
+        assert self.go.wait(WAIT)
+        return "connection"
+
+    def release(self, conn: object) -> None:
+        self.released.append(conn)
+
+
+class Interrupted:
+    """An event whose wait is interrupted (Ctrl-C while a caller waits for a handshake)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise KeyboardInterrupt
+
+    def set(self) -> None:
+        self.event.set()
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["before-it-is-made", "after"])
+def test_a_caller_interrupted_while_a_connection_is_made_leaves_it_to_the_pool(made: bool) -> None:
+    pool = BlockingPool()
+    handshake = _Handshake(pool)
+    ended = threading.Event()
+    handshake.done = Interrupted(ended)  # type: ignore[assignment]
+    threading.Thread(target=handshake.make, daemon=True).start()
+    if made:
+        pool.go.set()
+        assert ended.wait(WAIT)
+    with pytest.raises(KeyboardInterrupt):
+        handshake.take(WAIT)
+    pool.go.set()
+    wait_until(lambda: pool.released == ["connection"], "the connection goes to the pool")

@@ -1,12 +1,12 @@
 """A connection of a pool, within a caller's deadline.
 
-A pool hands out an idle connection at once; a new one (or one dropped earlier) first
-connects and shakes hands (``HELLO``, ``CLIENT SETINFO``, ...), which only the client's own
-timeouts bound: a minute, or never, on a server that stopped or was cut off after accepting
-the connection. A caller with a deadline (a renewal, a timed wait) must not overstay it
-there: :func:`connection` then makes the connection from a thread of its own and waits for
-it until the deadline. Made later, the connection goes to the pool as an idle one.
-"""
+A pool hands out an idle connection at once; a new one (or one dropped earlier, or one its
+server closed: the pool connects it again) first connects and shakes hands (``HELLO``,
+``CLIENT SETINFO``, ...), which only the client's own timeouts bound: a minute, or never, on
+a server that stopped or was cut off after accepting the connection. A caller with a
+deadline (a renewal, a timed wait) must not overstay it there: :func:`connection` then makes
+the connection from a thread of its own and waits for it until the deadline. Made later,
+the connection goes to the pool as an idle one."""
 
 from __future__ import annotations
 
@@ -31,16 +31,19 @@ def _get(pool: Any) -> Any:
     return pool.get_connection("_") if _NAMED else pool.get_connection()
 
 
-def _ready(pool: Any) -> bool:
-    """Whether ``pool`` would hand out a connected connection (no handshake). A pool of
-    another kind than redis-py's own is taken as ready: its connections are made in the
-    caller's thread, as before."""
-    idle = getattr(pool, "_available_connections", None)
-    if not isinstance(idle, list):
-        return True
+def _idle_ready(pool: Any) -> bool:
+    """(Under the pool's lock.) Whether ``pool`` hands out next an idle connection that needs
+    no handshake: connected, with nothing to read (a connection its server closed reads as
+    an end of file: the pool would connect it again)."""
+    idle = pool._available_connections
+    if not idle:
+        return False
+    conn = idle[-1]  # (the one it hands out next)
+    if getattr(conn, "_sock", None) is None:
+        return False
     try:
-        return getattr(idle[-1], "_sock", None) is not None  # (the one it hands out next)
-    except IndexError:
+        return not conn.can_read(timeout=0)
+    except Exception:  # (closed by its server, reset)
         return False
 
 
@@ -71,8 +74,17 @@ class _Handshake:
             self.pool.release(conn)
 
     def take(self, wait: float) -> Any:
-        """The connection, once made within ``wait``; Late if it was not."""
-        self.done.wait(max(wait, 0.001))
+        """The connection, once made within ``wait``; Late if it was not. (Interrupted
+        while it waits, it leaves the connection, once made, to the pool.)"""
+        try:
+            self.done.wait(max(wait, 0.001))
+        except BaseException:
+            with self._lock:
+                self.waited = False
+                made = self.result
+            if made is not None and made[0] is not None:
+                self.pool.release(made[0])
+            raise
         with self._lock:
             if self.result is None:
                 self.waited = False
@@ -84,9 +96,15 @@ class _Handshake:
 
 
 def connection(pool: Any, wait: float | None) -> Any:
-    """A connection of ``pool``; with ``wait``, Late if a new one is not made by then."""
-    if wait is None or _ready(pool):
+    """A connection of ``pool``; with ``wait``, Late if a new one is not made by then.
+    (redis-py's own pools; a pool of another kind makes its connections in the caller's
+    thread, as without ``wait``.)"""
+    lock = getattr(pool, "_lock", None)
+    if wait is None or lock is None or not hasattr(pool, "_available_connections"):
         return _get(pool)
+    with lock:  # (reentrant: what was found ready is what the pool hands out)
+        if _idle_ready(pool):
+            return _get(pool)
     handshake = _Handshake(pool)
     try:
         threading.Thread(target=handshake.make, name="keyedlock-redis-connect", daemon=True).start()

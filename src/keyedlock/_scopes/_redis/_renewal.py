@@ -200,7 +200,9 @@ class Renewer:
 
     def _hand(self, link: Link, job: Job) -> None:
         """Have ``job`` sent by a thread of ``link``'s own, or, if its last job is still
-        being sent, by that thread next."""
+        being sent, by that thread next. (Only this thread starts a link's job: while none
+        runs, the link's members are asked for their renewals here, and a link with
+        nothing to send costs no thread.)"""
         with self._cond:
             if link in self._sending:
                 held = self._held.get(link)
@@ -209,6 +211,10 @@ class Renewer:
                 else:
                     held.merge(job)
                 return
+        job.collect()
+        if job.empty():
+            return
+        with self._cond:
             self._sending.add(link)
         try:
             threading.Thread(
@@ -235,9 +241,19 @@ class Renewer:
                 self._cond.notify_all()
 
     def at_exit(self) -> None:
-        """At interpreter exit: give the chores still queued a moment to go out."""
-        if self._pid == os.getpid():
-            self.settle(_EXIT_GRACE)
+        """At interpreter exit: give the chores still queued a moment to go out (those that
+        could not reach their server go again now, not with the next round)."""
+        if self._pid != os.getpid():
+            return
+        deadline = monotonic() + _EXIT_GRACE
+        while True:
+            with self._cond:
+                self._chores += self._later
+                self._later.clear()
+                self._cond.notify()
+            left = deadline - monotonic()
+            if self.settle(min(left, 0.1)) or left <= 0.1:
+                return
 
     def running(self) -> None:
         """Make sure the thread runs: a member's hold or call is about to need it (a member

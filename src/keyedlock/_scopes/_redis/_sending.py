@@ -35,37 +35,47 @@ NOT_YET: Final = Exception("within the renewal round's wait")
 
 
 class Job:
-    """One link's work for its sending thread: the members whose leases to renew (a round),
-    those with counts to report, and its chores, sent in that order."""
+    """One link's work for its sending thread: a round's renewals, the members with counts
+    to report, and its chores, sent in that order."""
 
-    __slots__ = ("chores", "period", "renewing", "reporting")
+    __slots__ = ("chores", "period", "renewals", "renewing", "reporting")
 
     def __init__(self) -> None:
-        #: The members to renew (their calls are asked for when the job runs: fresh).
+        #: The members to renew: their calls are asked for by :meth:`collect`.
         self.renewing: list[Any] = []
+        #: The round's calls, once collected.
+        self.renewals: list[Renewal] = []
         #: The round's renewal period (see :func:`renew`).
         self.period = MARGIN
         self.reporting: list[Any] = []
         self.chores: list[Chore] = []
+
+    def collect(self) -> None:
+        """Ask the members to renew for their calls (from the thread that owns the link's
+        members now: the renewal thread while no job of the link runs, else the link's)."""
+        for member in self.renewing:
+            with contextlib.suppress(Exception):
+                self.renewals += member.renewals()
+        self.renewing = []
+
+    def empty(self) -> bool:
+        return not (self.renewing or self.renewals or self.reporting or self.chores)
 
     def merge(self, other: Job) -> None:
         """Take ``other``'s work too (it came while this link's last job was running):
         a round the link missed is one round, with the latest members and period."""
         if other.renewing:
             self.renewing = other.renewing
+            self.renewals = []
             self.period = other.period
         self.reporting += [m for m in other.reporting if m not in self.reporting]
         self.chores += other.chores
 
     def run(self, link: Link) -> list[Chore]:
         """Send it all; the chores to go again."""
-        if self.renewing:
-            renewals: list[Renewal] = []
-            for member in self.renewing:
-                with contextlib.suppress(Exception):
-                    renewals += member.renewals()
-            if renewals:
-                renew(link, renewals, self.period)
+        self.collect()
+        if self.renewals:
+            renew(link, self.renewals, self.period)
         if self.reporting:
             report(link, self.reporting)
         return send(self.chores) if self.chores else []
