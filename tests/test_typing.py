@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, assert_type
+from typing import TYPE_CHECKING, Any, TypeVar, assert_type
 
 import pytest
 
 from keyedlock import KeyedLock, LockContext, Result, flight, klock
+from keyedlock.multiprocessing import KeyedLockManager
 
 lock = KeyedLock()
 
@@ -64,6 +65,47 @@ async def test_guard_keeps_an_async_signature() -> None:
     coroutine_function: Callable[[int], Coroutine[Any, Any, list[int]]] = refund
     assert_type(await refund(4, note="ab"), list[int])
     assert await coroutine_function(5) == [5, 0]
+
+
+T = TypeVar("T")
+
+
+@lock.guard("generic")
+def ident(x: T) -> T:
+    return x
+
+
+@flight.coalesce("first")
+def first(xs: list[T]) -> T:
+    return xs[0]
+
+
+def test_guard_and_coalesce_keep_a_generic_function_generic() -> None:
+    assert_type(ident(3), int)
+    assert_type(ident("a"), str)
+    assert_type(first([1.5]), float)
+    assert ident(3) == 3
+    assert first(["x"]) == "x"
+
+
+def test_a_result_of_a_narrower_type_is_a_result_of_a_wider_one() -> None:
+    narrow: Result[bool] = Result(True, False)
+    wide: Result[object] = narrow  # (frozen: covariant)
+    optional: Result[int | None] = Result[int](1, True)
+    assert wide.value is True
+    assert optional.value == 1
+
+
+class NamedManager(KeyedLockManager):
+    def name(self) -> str:
+        return "named"
+
+
+if TYPE_CHECKING:
+    # Never executed (it would start a manager): entering a subclass gives the subclass.
+    with NamedManager() as named:
+        assert_type(named, NamedManager)
+        named.name()
 
 
 def test_guard_keeps_a_method_signature() -> None:

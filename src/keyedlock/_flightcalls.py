@@ -59,7 +59,8 @@ _SHARED_GENERATOR: Final = (
     "iterated, after the call ended; coalesce a function that returns the values (a list)"
 )
 
-T = TypeVar("T")
+#: (Covariant: a Result is frozen, so a Result[bool] is a Result[object].)
+T_co = TypeVar("T_co", covariant=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -67,7 +68,7 @@ R = TypeVar("R")
 @final
 @frozen
 @dataclass(frozen=True, slots=True)
-class Result(Generic[T]):
+class Result(Generic[T_co]):
     """A single-flight outcome with Go's ``shared`` flag.
 
     ``shared`` is True if the value went to more than one caller: a follower
@@ -76,7 +77,7 @@ class Result(Generic[T]):
     ``ttl`` is shared too.
     """
 
-    value: T
+    value: T_co
     shared: bool
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import inspect
 import string
-from collections.abc import Callable, Coroutine, Hashable
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from collections.abc import Callable, Hashable
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from ._validate import check_key
 
@@ -23,13 +23,10 @@ KeySpec = str | Callable[..., Hashable]
 
 
 class Decorator(Protocol):
-    """A decorator that keeps the decorated function's signature and kind."""
+    """A decorator that keeps the decorated function's signature and kind (an async
+    function's ``R`` is its coroutine: one signature serves both, and a generic function
+    stays generic)."""
 
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], /
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 

@@ -89,7 +89,7 @@ import weakref
 from multiprocessing.context import BaseContext
 from time import monotonic
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from ._proxies import KeyedLockProxy, ManagerLockContext, SingleFlightProxy
 from ._scopes._manager import (
@@ -279,7 +279,7 @@ class KeyedLockManager:
         if self._finalizer is not None:
             self._finalizer()
 
-    def __enter__(self) -> KeyedLockManager:
+    def __enter__(self) -> Self:
         """Start the manager if it is not started yet (RuntimeError if it was started and
         has stopped: shut down, or its process ended; make a new one)."""
         if self._process is None:

@@ -25,7 +25,7 @@ import math
 import pickle
 from collections.abc import Hashable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._errors import LeaseLost
 from ._lock import KeyedLock
@@ -60,6 +60,16 @@ def _check_prefix(prefix: object) -> str:
             f"prefix may not contain braces (they make the key's hash tag), got {prefix!r}"
         )
     return prefix
+
+
+class Serializer(Protocol):
+    """What carries single-flight outcomes to the other processes: ``dumps(obj)`` makes
+    bytes or a str, ``loads(data)`` the object again (the :mod:`pickle` and :mod:`json`
+    modules are such)."""
+
+    def dumps(self, obj: Any, /) -> bytes | str: ...
+
+    def loads(self, data: bytes, /) -> Any: ...
 
 
 def _check_serializer(serializer: object) -> Any:
@@ -258,7 +268,7 @@ class RedisSingleFlight(SingleFlight):
         *,
         prefix: str = "keyedlock:",
         lease: float = 10.0,
-        serializer: Any = pickle,
+        serializer: Serializer = pickle,
         ttl: float = 0,
     ) -> None:
         prefix = _check_prefix(prefix)

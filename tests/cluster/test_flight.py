@@ -210,7 +210,7 @@ def test_a_serializer_of_plain_data(make_flight: MakeFlight) -> None:
 
 def test_a_bad_serializer_is_refused(redis_server: Server) -> None:
     with pytest.raises(TypeError, match="dumps"):
-        RedisSingleFlight(redis_server.url, serializer=object())
+        RedisSingleFlight(redis_server.url, serializer=object())  # type: ignore[arg-type]
 
 
 def test_a_kept_value_is_reused_by_every_host_until_forgotten(make_flight: MakeFlight) -> None:
