@@ -247,3 +247,62 @@ def test_a_caller_interrupted_while_a_connection_is_made_leaves_it_to_the_pool(m
         handshake.take(WAIT)
     pool.go.set()
     wait_until(lambda: pool.released == ["connection"], "the connection goes to the pool")
+
+
+class CountingLink:
+    """A link whose server answers every batch at once, and counts them."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def answering(self, call: object) -> bool:
+        return True
+
+    def run_many(self, calls: list[object], wait: float | None = None, **_: object) -> list[int]:
+        self.batches += 1
+        return [1] * len(calls)
+
+
+class ReportingMember:
+    """A member with counts to report when the test says so, and no lease to renew."""
+
+    period = 60.0
+    link: Any
+
+    def __init__(self, link: CountingLink) -> None:
+        self.link = link
+        self.pending = 0
+
+    def renewals(self) -> list[Any]:
+        return []
+
+    def reports(self) -> list[Any]:
+        calls, self.pending = [object()] * self.pending, 0
+        return calls
+
+    def forked(self) -> None:
+        pass
+
+
+def test_reports_in_quick_succession_are_sent_by_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under contention a member reports many times a second: its link's sending thread
+    waits a moment for more work rather than a thread being started for each report."""
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(self: threading.Thread) -> None:
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    renewer = Renewer()
+    link = CountingLink()
+    member = ReportingMember(link)
+    renewer.add(member)
+    for n in range(1, 31):
+        member.pending = 1
+        renewer.report(member)
+        wait_until(lambda n=n: link.batches == n, "the report is sent")  # type: ignore[misc]
+    assert started.count("keyedlock-redis-renewal-send") == 1

@@ -20,7 +20,9 @@ ignored (the next round's renewals carry the counts again).
 The thread itself sends nothing: each link's work of a turn goes to a thread of that link's
 own, one at a time per link (see :mod:`._sending`), so a server that does not answer holds
 up its own renewals and no other's. Work that comes for a link while its last is still
-being sent waits for it, merged (the rounds it missed are one round, sent as it is done).
+being sent waits for it, merged (the rounds it missed are one round, sent as it is done);
+a thread that sent something waits a moment for more before it ends (under contention,
+reports come many times a second).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ __all__ = ["NOT_YET", "Renewable", "Renewal", "Renewer", "Reporting", "renewer",
 
 #: How long, at most, interpreter exit waits for the chores still queued (seconds).
 _EXIT_GRACE: Final = 2.0
+
+#: How long a link's sending thread waits for more work once it has sent something: under
+#: contention reports come many times a second, each would start a thread (seconds).
+_LINGER: Final = 1.0
 
 
 class Renewable(Protocol):
@@ -84,6 +90,7 @@ class Renewer:
         "_held",
         "_later",
         "_members",
+        "_more",
         "_pid",
         "_reporting",
         "_sending",
@@ -91,7 +98,7 @@ class Renewer:
     )
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._conditions()
         self._members: weakref.WeakSet[Any] = weakref.WeakSet()
         self._chores: deque[Chore] = deque()
         #: Chores that could not reach their server, sent again with the next round.
@@ -105,6 +112,13 @@ class Renewer:
         #: How many chores are being sent or wait for their link's thread.
         self._busy = 0
         self._pid = os.getpid()
+
+    def _conditions(self) -> None:
+        lock = threading.Lock()
+        #: What the renewal thread (and settle) wait on.
+        self._cond = threading.Condition(lock)
+        #: What the links' sending threads wait on for more work.
+        self._more = threading.Condition(lock)
 
     def add(self, member: Renewable) -> None:
         """Renew ``member``'s leases from now on (for as long as it lives)."""
@@ -210,6 +224,7 @@ class Renewer:
                     self._held[link] = job
                 else:
                     held.merge(job)
+                self._more.notify_all()  # (its thread may be waiting for more)
                 return
         job.collect()
         if job.empty():
@@ -219,26 +234,33 @@ class Renewer:
         try:
             threading.Thread(
                 target=self._send,
-                args=(link, job),
+                args=(link, job, _LINGER),
                 name="keyedlock-redis-renewal-send",
                 daemon=True,
             ).start()
         except RuntimeError:  # no thread left, or interpreter exit: from this one, then
-            self._send(link, job)
+            self._send(link, job, 0.0)
 
-    def _send(self, link: Link, job: Job | None) -> None:
-        """A link's sending thread: its job, then whatever came for it meanwhile."""
+    def _send(self, link: Link, job: Job | None, linger: float) -> None:
+        """A link's sending thread: its job, then whatever came for it meanwhile, or within
+        ``linger`` seconds of the last job that sent something."""
+        until = 0.0
         while job is not None:
             later: list[Chore] = []
             with contextlib.suppress(Exception):  # (a bug must not end the renewals)
                 later = job.run(link)
+            if not job.empty():
+                until = monotonic() + linger
             with self._cond:
                 self._busy -= len(job.chores)
                 self._later += later
+                self._cond.notify_all()  # (settle)
                 job = self._held.pop(link, None)
+                while job is None and (left := until - monotonic()) > 0:
+                    self._more.wait(left)
+                    job = self._held.pop(link, None)
                 if job is None:
                     self._sending.discard(link)
-                self._cond.notify_all()
 
     def at_exit(self) -> None:
         """At interpreter exit: give the chores still queued a moment to go out (those that
@@ -270,7 +292,7 @@ class Renewer:
         for member in list(self._members):
             with contextlib.suppress(Exception):
                 member.forked()
-        self._cond = threading.Condition(threading.Lock())
+        self._conditions()
         self._chores = deque()
         self._later = []
         self._reporting = weakref.WeakSet()
