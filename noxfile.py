@@ -7,6 +7,7 @@ with a single Python 3.11+ is enough:
     nox                     # lint, typecheck, tests
     nox -s tests -- -k fifo # extra arguments go to pytest
     nox -s tests-versions   # the tests on every supported Python installed here
+    nox -s tests-redis-oldest  # the cluster scope's tests with the oldest redis-py supported
     nox -s stress           # long stress tests (marked slow)
     nox -s docs             # build the documentation site (strict)
     nox -s bench -- --help  # benchmarks
@@ -36,6 +37,19 @@ def tests_versions(session: nox.Session) -> None:
     """The test suite on every supported Python found on this machine (others are skipped)."""
     session.install(".[test]")
     session.run("pytest", *(session.posargs or ["-m", "not slow"]))
+
+
+#: The oldest redis-py the cluster scope supports (pyproject: redis>=5.0).
+REDIS_OLDEST = "redis==5.0.8"
+
+
+@nox.session(name="tests-redis-oldest")
+def tests_redis_oldest(session: nox.Session) -> None:
+    """The cluster scope's tests with the oldest redis-py it supports."""
+    session.install(".[test]", REDIS_OLDEST)
+    session.run(
+        "pytest", *(session.posargs or ["-m", "not slow", "tests/cluster", "-k", "not docs"])
+    )
 
 
 @nox.session

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
 from keyedlock._scopes._redis import (
     SCRIPTS,
@@ -84,10 +84,20 @@ def run_many(client: AnyClient, calls: Sequence[Call]) -> list[object]:
 
 def _pipeline(client: AnyClient, calls: Sequence[Call]) -> list[object]:
     pipe: Any = client.pipeline(transaction=False)
-    for call in calls:
-        _evalsha(pipe, call)
+    try:
+        for call in calls:
+            _evalsha(pipe, call)
+    except RedisClusterException:  # (redis-py before 6: no scripts in a cluster's pipeline)
+        return [_reply_or_error(client, call) for call in calls]
     replies: list[object] = pipe.execute(raise_on_error=False)
     return replies
+
+
+def _reply_or_error(client: AnyClient, call: Call) -> object:
+    try:
+        return _evalsha(client, call)
+    except ResponseError as exc:
+        return exc
 
 
 def acquire_blocking(

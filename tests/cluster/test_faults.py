@@ -568,8 +568,8 @@ def test_a_clean_up_that_cannot_reach_the_server_goes_again_until_it_does(
 ) -> None:
     """A timed acquire sent to a stopped server gives up; the clean-up of what it may take
     there cannot reach the server either (its socket times out). Once the server goes on,
-    it runs the acquire (granting the key to nobody), and the clean-up goes again with the
-    next renewal round: the key is free at once, not after a whole lease."""
+    it runs the acquire (granting the key to nobody), and the clean-up goes again a
+    moment after: the key is free at once, not after a whole lease."""
     lock = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=0.5", lease=6 * WAIT)
     other = RedisKeyedLock(fresh_server.url, lease=LEASE)
     with lock("warm-up"):

@@ -9,25 +9,30 @@ third of a lease whether anything was left over or not.
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
+import select
 import threading
 import time
 import weakref
-from types import SimpleNamespace
+from multiprocessing.connection import Connection
 from typing import Any
 
 import pytest
+import redis
 
 from keyedlock import _ki
-from keyedlock._scopes._redis._connect import _Handshake
+from keyedlock._scopes._redis import _renewal
+from keyedlock._scopes._redis._connect import _get, _Handshake, connection
 from keyedlock._scopes._redis._failures import RedisUnavailable
 from keyedlock._scopes._redis._link import Link
+from keyedlock._scopes._redis._lua import Call, Script
 from keyedlock._scopes._redis._probe import late_servers
 from keyedlock._scopes._redis._renewal import Renewer
 from keyedlock._scopes._redis._sending import send as _send
 from keyedlock.redis import RedisKeyedLock
 
-from ..support import WAIT, wait_until
-from .conftest import LEASE
+from ..support import WAIT, scope_of, start_thread, wait_until
 from .servers import Server
 
 
@@ -123,7 +128,8 @@ class HealthyLink(AwayLink):
 
 def test_a_probe_that_cannot_start_costs_no_chore(monkeypatch: pytest.MonkeyPatch) -> None:
     """A late server's probe thread cannot start (no thread left, or interpreter exit): its
-    chore waits for a later round, and the chores for other servers still go."""
+    chore is sent all the same, and finds out itself (here: refused, so it goes again
+    later); the chores for other servers still go."""
     link = Link("redis://127.0.0.1:1", "test")  # (never connected)
     pool = link._pool_of(b"k")
     healthy = HealthyLink()
@@ -135,7 +141,7 @@ def test_a_probe_that_cannot_start_costs_no_chore(monkeypatch: pytest.MonkeyPatc
     late_servers.mark(pool)
     try:
         now = time.monotonic()
-        call = SimpleNamespace(keys=[b"k"])
+        call = Call(Script("noop", "return 1"), (b"k",), ())
         chores: list[Any] = [(link, call, now + 60), (healthy, "release", now + 60)]
         later: list[Any] = _send(chores)
         assert healthy.calls == ["release"]
@@ -144,12 +150,19 @@ def test_a_probe_that_cannot_start_costs_no_chore(monkeypatch: pytest.MonkeyPatc
         late_servers.answered(pool)
 
 
-def test_a_lock_nobody_uses_any_more_goes_with_its_connections(redis_server: Server) -> None:
-    """The renewal thread keeps no lock alive while it waits: a lock dropped by its program
+def test_a_lock_nobody_uses_any_more_goes_with_its_connections(
+    redis_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal thread keeps no lock alive while it waits, nor does its link's sending
+    thread while it waits for more work (here for a minute): a lock dropped by its program
     is freed (and its client's connections closed), not kept for the process's life."""
-    lock = RedisKeyedLock(redis_server.url, lease=LEASE)
+    monkeypatch.setattr(_renewal, "_LINGER", 60.0)
+    lock = RedisKeyedLock(redis_server.url, lease=0.3)
     with lock("k"):
-        pass
+        wait_until(
+            lambda: any(t.name == "keyedlock-redis-renewal-send" for t in threading.enumerate()),
+            "a renewal is sent",
+        )
     gone = weakref.ref(lock._backend.scope)  # (what the renewal thread renews: the link's owner)
     del lock
 
@@ -306,3 +319,102 @@ def test_reports_in_quick_succession_are_sent_by_one_thread(
         renewer.report(member)
         wait_until(lambda n=n: link.batches == n, "the report is sent")  # type: ignore[misc]
     assert started.count("keyedlock-redis-renewal-send") == 1
+
+
+class PlainLockPool:
+    """A pool as redis-py 5 and 6.0 make it: its lock is not reentrant."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pid = os.getpid()
+        self._available_connections = [ReadyConnection()]
+
+    def get_connection(self, *args: object) -> object:
+        with self._lock:
+            return self._available_connections.pop()
+
+
+class ReadyConnection:
+    """An idle connection with nothing to read."""
+
+    _sock = object()
+
+    def can_read(self, timeout: float = 0) -> bool:
+        return False
+
+
+def test_a_pool_whose_lock_is_not_reentrant_hands_out_a_ready_connection() -> None:
+    pool = PlainLockPool()
+    ready = pool._available_connections[0]
+    taken = start_thread(lambda: connection(pool, WAIT), "takes a connection")
+    assert taken.result(WAIT) is ready
+
+
+_FORK = multiprocessing.get_context("fork")
+
+
+def _timed_acquire(lock: RedisKeyedLock, go: Connection) -> None:
+    assert go.poll(WAIT)
+    taken = lock.acquire("child", timeout=WAIT)
+    lock.release("child")
+    os._exit(0 if taken else 1)
+
+
+def test_a_fork_child_makes_its_own_connections(redis_server: Server) -> None:
+    """A child forked while a thread of its parent held the pool's lock; then a reply waits
+    for the parent on a connection that was idle at the fork. The child's timed acquire
+    neither waits for that lock (the parent's, in the child, until redis-py resets the
+    pool) nor reads from the parent's connections: the parent gets its reply."""
+    lock = RedisKeyedLock(f"{redis_server.url}?socket_timeout={WAIT}", prefix="fork:")
+    with lock("warm-up"):
+        pass
+    pool = scope_of(lock).link._pool
+    held, forked = threading.Event(), threading.Event()
+
+    def holds_the_pools_lock() -> None:
+        with pool._lock:
+            held.set()
+            forked.wait(WAIT)
+
+    holder = start_thread(holds_the_pools_lock, "holds the pool's lock")
+    assert held.wait(WAIT)
+    go, tell = _FORK.Pipe(duplex=False)
+    child = _FORK.Process(target=_timed_acquire, args=(lock, go), daemon=True)
+    child.start()
+    forked.set()
+    holder.result(WAIT)
+    conn = _get(pool)  # (idle at the fork: the child has it as idle)
+    conn.send_command("PING")
+    assert select.select([conn._sock], [], [], WAIT)[0], "no reply"
+    tell.send(True)
+    child.join(WAIT)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0, "the child's timed acquire did not take the key"
+    assert conn.read_response() == b"PONG"
+    pool.release(conn)
+
+
+def test_a_chore_for_a_late_server_goes_as_soon_as_it_answers(redis_server: Server) -> None:
+    """The server was late once (its probe answers at once): a chore for it goes a moment
+    later, not with the next renewal round (here a minute away)."""
+    renewer = Renewer()
+    rounds = IdleMember()
+    rounds.period = 60.0
+    renewer.add(rounds)
+    link = Link(redis_server.url, "test")
+    pool = link._pool_of(b"chore-set")
+    call = Call(
+        Script("chore_sets", "redis.call('SET', KEYS[1], ARGV[1]) return 1"),
+        (b"chore-set",),
+        (b"done",),
+    )
+    client = redis.Redis.from_url(redis_server.url)
+    late_servers.mark(pool)  # (its last reply came late)
+    try:
+        renewer.chore(link, call, retry_for=60.0)
+        wait_until(lambda: client.get(b"chore-set") == b"done", "the chore reaches the server")
+    finally:
+        late_servers.answered(pool)
+        client.delete(b"chore-set")
+        client.close()

@@ -11,6 +11,7 @@ the connection goes to the pool as an idle one."""
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 from typing import Any, Final
 
@@ -102,8 +103,14 @@ def connection(pool: Any, wait: float | None) -> Any:
     lock = getattr(pool, "_lock", None)
     if wait is None or lock is None or not hasattr(pool, "_available_connections"):
         return _get(pool)
-    with lock:  # (reentrant: what was found ready is what the pool hands out)
-        if _idle_ready(pool):
+    # In a fork child the pool's connections and lock are still the parent's until redis-py
+    # resets it (in get_connection): none is looked into here, the child makes its own.
+    if getattr(pool, "pid", None) == os.getpid():
+        with lock:  # (only the check: some redis-py versions' pool lock is not reentrant)
+            ready = _idle_ready(pool)
+        if ready:
+            # (Another thread may take it first, in the instant between: the pool then hands
+            # out another, and may connect it in this thread, as without ``wait``.)
             return _get(pool)
     handshake = _Handshake(pool)
     try:

@@ -7,7 +7,15 @@ from typing import Any, Final
 import redis
 import redis.exceptions
 
-__all__ = ["DOWN", "NoAnswer", "NoThread", "RedisUnavailable", "cluster_node_error", "where"]
+__all__ = [
+    "DOWN",
+    "NoAnswer",
+    "NoThread",
+    "RedisUnavailable",
+    "cluster_node_error",
+    "redirected",
+    "where",
+]
 
 #: What redis-py raises when the server cannot serve a command now.
 DOWN: Final = (
@@ -39,6 +47,15 @@ def where(kwargs: dict[str, Any]) -> str:
     if path:
         return str(path)
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def redirected(reply: object) -> bool:
+    """Whether ``reply`` is a cluster's MOVED or ASK (an AskError, or a plain ResponseError:
+    redis-py before 6 reads them so from a client that is not a cluster's)."""
+    return isinstance(reply, redis.exceptions.AskError) or (
+        isinstance(reply, redis.exceptions.ResponseError)
+        and str(reply).startswith(("MOVED ", "ASK "))
+    )
 
 
 def cluster_node_error(exc: BaseException, server: str) -> ValueError:

@@ -39,7 +39,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from ..._ki import internal
 from ._connect import connection
-from ._failures import DOWN, NoAnswer, RedisUnavailable, where
+from ._failures import DOWN, NoAnswer, RedisUnavailable, redirected, where
 from ._linkasync import AsyncCalls
 from ._loops import MARGIN, NO_CAP, Late, LoopClients, async_client_for, pop_block, url_options
 from ._lua import Call
@@ -205,8 +205,10 @@ class Link(AsyncCalls):
                         raise
                     script = ("SCRIPT", "LOAD", call.script.source)
                     self._exec(pool, script, self._left(pool, deadline))
-                except redis.exceptions.AskError as exc:  # MOVED too: the slot map changed
-                    if not self.cluster or attempt == 3:
+                except redis.exceptions.ResponseError as exc:
+                    if not redirected(exc):
+                        raise
+                    if not self.cluster or attempt == 3:  # MOVED, ASK: the slot map changed
                         self.moved(exc)
                     self.client.nodes_manager.initialize()
             raise AssertionError("unreachable")  # pragma: no cover
@@ -222,9 +224,18 @@ class Link(AsyncCalls):
         if deadline is None:
             return None
         late = self.late
-        if late.servers and late.late(pool) and not late.wait(pool, deadline):
+        if late.servers and late.late(pool) and not self._probed(pool, deadline):
             raise Late("since it last did not answer in time")
         return deadline - monotonic()
+
+    def _probed(self, pool: Any, deadline: float) -> bool:
+        """Whether a late server answered its probe by ``deadline``. With no thread for the
+        probe (at interpreter exit: a clean-up's last chance), the call itself finds out,
+        within its own wait."""
+        try:
+            return self.late.wait(pool, deadline)
+        except RuntimeError:
+            return True
 
     def answering(self, call: Call) -> bool:
         """False if ``call``'s server is late (its last reply did not come in time), until
@@ -240,13 +251,7 @@ class Link(AsyncCalls):
 
     def _is_late(self, pool: Any) -> bool:
         """Whether ``pool``'s server is late, its probe started if none runs (no wait)."""
-        late = self.late
-        if not late.late(pool):
-            return False
-        try:
-            return not late.wait(pool, monotonic())
-        except RuntimeError:  # (no thread for its probe: at exit, or none left)
-            return True
+        return self.late.late(pool) and not self._probed(pool, monotonic())
 
     def run(self, call: Call, wait: float | None = None) -> Any:
         """Run one script call; its raw reply (``wait``: NoAnswer after that long)."""
@@ -329,7 +334,7 @@ class Link(AsyncCalls):
                 break
             by_pool = again
         for n, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.AskError):
+            if redirected(reply):
                 try:
                     replies[n] = self.run(calls[n])
                 except Exception as exc:

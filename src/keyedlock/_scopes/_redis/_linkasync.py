@@ -25,7 +25,14 @@ import redis.exceptions
 
 from ..._ki import internal
 from ..._runtime import running_loop
-from ._failures import DOWN, NoAnswer, NoThread, RedisUnavailable, cluster_node_error
+from ._failures import (
+    DOWN,
+    NoAnswer,
+    NoThread,
+    RedisUnavailable,
+    cluster_node_error,
+    redirected,
+)
 from ._loops import Late, LoopClients
 from ._lua import Call
 
@@ -58,7 +65,7 @@ class AsyncCalls:
     ) -> RedisUnavailable:
         raise NotImplementedError
 
-    def moved(self, exc: redis.exceptions.AskError) -> NoReturn:
+    def moved(self, exc: redis.exceptions.ResponseError) -> NoReturn:
         """Raise for a MOVED or ASK reply: a cluster client's own (its slot map changed), or,
         from a server not known as a cluster, the error saying to pass a cluster client."""
         if self.cluster:
@@ -112,13 +119,17 @@ class AsyncCalls:
                 return await side.run(call)
             except DOWN as exc:
                 raise self.unavailable(exc) from exc
-            except redis.exceptions.AskError as exc:  # (MOVED too)
+            except redis.exceptions.ResponseError as exc:
+                if not redirected(exc):
+                    raise
                 self.moved(exc)
         bound = asyncio.timeout(max(wait, 0.001))
         try:
             async with bound:
                 return await side.run(call)
-        except redis.exceptions.AskError as exc:
+        except redis.exceptions.ResponseError as exc:
+            if not redirected(exc):
+                raise
             self.moved(exc)
         except DOWN as exc:
             if bound.expired():

@@ -46,6 +46,11 @@ __all__ = ["NOT_YET", "Renewable", "Renewal", "Renewer", "Reporting", "renewer",
 #: How long, at most, interpreter exit waits for the chores still queued (seconds).
 _EXIT_GRACE: Final = 2.0
 
+#: How soon chores that could not reach their server go again (seconds): a server that was
+#: late answers its probe within moments, and a clean-up should not wait for the next round
+#: (a third of the lease away).
+_RETRY: Final = 0.25
+
 #: How long a link's sending thread waits for more work once it has sent something: under
 #: contention reports come many times a second, each would start a thread (seconds).
 _LINGER: Final = 1.0
@@ -84,6 +89,7 @@ class Renewer:
     """The renewal thread of this process (see the module docstring)."""
 
     __slots__ = (
+        "_again",
         "_busy",
         "_chores",
         "_cond",
@@ -101,13 +107,15 @@ class Renewer:
         self._conditions()
         self._members: weakref.WeakSet[Any] = weakref.WeakSet()
         self._chores: deque[Chore] = deque()
-        #: Chores that could not reach their server, sent again with the next round.
+        #: Chores that could not reach their server, sent again at ``_again`` (or with the
+        #: next round, if it comes first).
         self._later: list[Chore] = []
+        self._again = 0.0
         #: Members with counts to report (see :meth:`report`).
         self._reporting: weakref.WeakSet[Any] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         #: The links whose job is being sent, and the work that came for them meanwhile.
-        self._sending: set[Link] = set()
+        self._sending: weakref.WeakSet[Link] = weakref.WeakSet()
         self._held: dict[Link, Job] = {}
         #: How many chores are being sent or wait for their link's thread.
         self._busy = 0
@@ -130,7 +138,7 @@ class Renewer:
     def chore(self, link: Link, call: Call, retry_for: float = 0.0) -> None:
         """Send ``call`` soon, from the renewal thread (its reply and errors are ignored).
         If the server cannot be reached, does not answer or is late (see
-        :meth:`Link.answering`), it goes again with each round for ``retry_for`` seconds (a
+        :meth:`Link.answering`), it goes again soon (``_RETRY``) for ``retry_for`` seconds (a
         call that may be sent twice: a withdraw, a release)."""
         with self._cond:
             self._chores.append((link, call, monotonic() + retry_for))
@@ -183,14 +191,15 @@ class Renewer:
                 period = min((m.period for m in self._members), default=1.0)
                 due = min(due, monotonic() + period)
                 left = due - monotonic()
-                if self._chores or self._reporting or left <= 0:
+                again = min(left, self._again - monotonic()) if self._later else left
+                if self._chores or self._reporting or again <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(again)
             chores = list(self._chores)
             self._chores.clear()
             reporting = list(self._reporting)
             self._reporting.clear()
-            if self._later and left <= 0:
+            if self._later and again <= 0:
                 chores += self._later
                 self._later.clear()
             renewing = list(self._members) if left <= 0 else []
@@ -232,34 +241,48 @@ class Renewer:
         with self._cond:
             self._sending.add(link)
         try:
+            # (Given in a box it empties: a thread's own arguments would keep them alive.)
             threading.Thread(
                 target=self._send,
-                args=(link, job, _LINGER),
+                args=([(link, job)], _LINGER),
                 name="keyedlock-redis-renewal-send",
                 daemon=True,
             ).start()
         except RuntimeError:  # no thread left, or interpreter exit: from this one, then
-            self._send(link, job, 0.0)
+            self._send([(link, job)], 0.0)
 
-    def _send(self, link: Link, job: Job | None, linger: float) -> None:
+    def _send(self, box: list[tuple[Link, Job]], linger: float) -> None:
         """A link's sending thread: its job, then whatever came for it meanwhile, or within
         ``linger`` seconds of the last job that sent something."""
+        link: Link | None
+        job: Job | None
+        link, job = box.pop()
         until = 0.0
-        while job is not None:
+        gone = weakref.ref(link)
+        while job is not None and link is not None:
             later: list[Chore] = []
             with contextlib.suppress(Exception):  # (a bug must not end the renewals)
                 later = job.run(link)
             if not job.empty():
                 until = monotonic() + linger
+            sent = len(job.chores)
+            # While it waits for more, this thread keeps neither the link nor a member alive:
+            # a lock dropped by its program goes, with its connections.
+            job = link = None
             with self._cond:
-                self._busy -= len(job.chores)
-                self._later += later
+                self._busy -= sent
+                if later:
+                    self._later += later
+                    self._again = monotonic() + _RETRY
+                del later
                 self._cond.notify_all()  # (settle)
-                job = self._held.pop(link, None)
-                while job is None and (left := until - monotonic()) > 0:
-                    self._more.wait(left)
+                while (link := gone()) is not None:
                     job = self._held.pop(link, None)
-                if job is None:
+                    if job is not None or (left := until - monotonic()) <= 0:
+                        break
+                    link = None
+                    self._more.wait(left)
+                if job is None and link is not None:
                     self._sending.discard(link)
 
     def at_exit(self) -> None:
@@ -297,7 +320,7 @@ class Renewer:
         self._later = []
         self._reporting = weakref.WeakSet()
         self._thread = None
-        self._sending = set()
+        self._sending = weakref.WeakSet()
         self._held = {}
         self._busy = 0
         self._pid = os.getpid()
