@@ -8,6 +8,7 @@ third of a lease whether anything was left over or not.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import multiprocessing
 import os
@@ -24,8 +25,9 @@ import redis
 from keyedlock import _ki
 from keyedlock._scopes._redis import _renewal
 from keyedlock._scopes._redis._connect import _get, _Handshake, connection
-from keyedlock._scopes._redis._failures import RedisUnavailable
+from keyedlock._scopes._redis._failures import RedisUnavailable, redirected
 from keyedlock._scopes._redis._link import Link
+from keyedlock._scopes._redis._loops import LoopClients
 from keyedlock._scopes._redis._lua import Call, Script
 from keyedlock._scopes._redis._probe import late_servers
 from keyedlock._scopes._redis._renewal import Renewer
@@ -418,3 +420,60 @@ def test_a_chore_for_a_late_server_goes_as_soon_as_it_answers(redis_server: Serv
         late_servers.answered(pool)
         client.delete(b"chore-set")
         client.close()
+
+
+class DownSide:
+    """An event loop's client of a cluster that is down (failing over)."""
+
+    async def run(self, call: object) -> object:
+        raise redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down")
+
+
+@pytest.mark.parametrize("wait", [None, 1.0])
+def test_a_cluster_that_is_down_is_unavailable_to_asyncio_callers(
+    monkeypatch: pytest.MonkeyPatch, wait: float | None
+) -> None:
+    """CLUSTERDOWN (a ResponseError) is the server being unavailable, as for threads, with a
+    deadline or without: not an error reply of the script."""
+    link = Link("redis://127.0.0.1:1", "test")
+    monkeypatch.setattr(LoopClients, "get", lambda self, loop: DownSide())
+    call = Call(Script("noop", "return 1"), (b"k",), ())
+    with pytest.raises(RedisUnavailable, match="CLUSTERDOWN"):
+        asyncio.run(link.run_async(call, wait))
+
+
+@pytest.mark.parametrize(
+    ("reply", "redirection"),
+    [
+        (redis.exceptions.ResponseError("MOVED 3999 127.0.0.1:6381"), True),
+        (redis.exceptions.ResponseError("ASK 3999 127.0.0.1:6381"), True),
+        (redis.exceptions.ResponseError("MOVED 1 somewhere: a script's own words"), False),
+        (redis.exceptions.ClusterDownError("MOVED 1 a:1"), False),
+        ("MOVED 3999 127.0.0.1:6381", False),
+    ],
+)
+def test_only_a_cluster_redirection_reads_as_one(reply: object, redirection: bool) -> None:
+    assert redirected(reply) is redirection
+
+
+def test_with_no_thread_for_its_handshake_a_connection_of_its_own_is_bounded(
+    redis_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At interpreter exit no thread can start: a caller with a deadline makes a connection
+    of its own, with timeouts of its wait, which the pool does not take back."""
+    link = Link(redis_server.url, "test")
+    pool = link._pool_of(b"k")
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    conn = connection(pool, 0.5)
+    try:
+        assert conn.socket_timeout == 0.5
+        conn.send_command("PING")
+        assert conn.read_response() == b"PONG"
+        pool.release(conn)
+        assert conn not in pool._available_connections
+    finally:
+        conn.disconnect()

@@ -96,6 +96,10 @@ class _Handshake:
         return conn
 
 
+#: The type of a reentrant lock (redis-py's pool lock is one from 6.1 on; before, plain).
+_RLOCK: Final = type(threading.RLock())
+
+
 def connection(pool: Any, wait: float | None) -> Any:
     """A connection of ``pool``; with ``wait``, Late if a new one is not made by then.
     (redis-py's own pools; a pool of another kind makes its connections in the caller's
@@ -105,16 +109,31 @@ def connection(pool: Any, wait: float | None) -> Any:
         return _get(pool)
     # In a fork child the pool's connections and lock are still the parent's until redis-py
     # resets it (in get_connection): none is looked into here, the child makes its own.
+    ready = False
     if getattr(pool, "pid", None) == os.getpid():
-        with lock:  # (only the check: some redis-py versions' pool lock is not reentrant)
-            ready = _idle_ready(pool)
-        if ready:
-            # (Another thread may take it first, in the instant between: the pool then hands
-            # out another, and may connect it in this thread, as without ``wait``.)
-            return _get(pool)
+        if type(lock) is _RLOCK:
+            with lock:  # (the pool takes it again: what was found ready is what it hands out)
+                if _idle_ready(pool):
+                    return _get(pool)
+        else:  # (a plain lock: only the check under it; in the instant between, another
+            # thread may take that connection, and this one connect another, unbounded)
+            with lock:
+                ready = _idle_ready(pool)
+            if ready:
+                return _get(pool)
     handshake = _Handshake(pool)
     try:
         threading.Thread(target=handshake.make, name="keyedlock-redis-connect", daemon=True).start()
-    except RuntimeError:  # (no thread left, or interpreter exit: from this one, then)
-        return _get(pool)
+    except RuntimeError:  # no thread left, or interpreter exit: one bounded by its timeouts
+        return _of_its_own(pool, wait)
     return handshake.take(wait)
+
+
+def _of_its_own(pool: Any, wait: float) -> Any:
+    """A connection made in this thread with timeouts of ``wait`` (a clean-up's last chance
+    at interpreter exit, where no thread can start). It is not the pool's (its timeouts are
+    not the client's): the pool does not take it back, and it closes when it goes."""
+    options = dict(pool.connection_kwargs, socket_timeout=wait, socket_connect_timeout=wait)
+    conn = pool.connection_class(**options)
+    conn.connect()
+    return conn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import redis
@@ -49,12 +50,16 @@ def where(kwargs: dict[str, Any]) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
+#: A cluster's redirection, as redis-py reads it: ``MOVED <slot> <host>:<port>``.
+_REDIRECTION: Final = re.compile(r"(MOVED|ASK) \d+ \S+:\d+")
+
+
 def redirected(reply: object) -> bool:
     """Whether ``reply`` is a cluster's MOVED or ASK (an AskError, or a plain ResponseError:
     redis-py before 6 reads them so from a client that is not a cluster's)."""
     return isinstance(reply, redis.exceptions.AskError) or (
-        isinstance(reply, redis.exceptions.ResponseError)
-        and str(reply).startswith(("MOVED ", "ASK "))
+        type(reply) is redis.exceptions.ResponseError
+        and _REDIRECTION.fullmatch(str(reply)) is not None
     )
 
 

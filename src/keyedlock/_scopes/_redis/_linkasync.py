@@ -127,15 +127,15 @@ class AsyncCalls:
         try:
             async with bound:
                 return await side.run(call)
-        except redis.exceptions.ResponseError as exc:
-            if not redirected(exc):
-                raise
-            self.moved(exc)
-        except DOWN as exc:
+        except DOWN as exc:  # (first: a cluster that is down answers with a ResponseError)
             if bound.expired():
                 late = Late(f"within {wait:.3g} s")
                 raise self.unavailable(late, None, NoAnswer) from None
             raise self.unavailable(exc) from exc
+        except redis.exceptions.ResponseError as exc:
+            if not redirected(exc):
+                raise
+            self.moved(exc)
 
     async def finish_async(self, call: Call) -> tuple[Any, BaseException | None]:
         """As :meth:`run_async`, but finished even if the task is cancelled meanwhile (a

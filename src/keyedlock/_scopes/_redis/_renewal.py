@@ -200,7 +200,7 @@ class Renewer:
             reporting = list(self._reporting)
             self._reporting.clear()
             if self._later and again <= 0:
-                chores += self._later
+                chores[:0] = self._later  # (first: the oldest, and those left untried)
                 self._later.clear()
             renewing = list(self._members) if left <= 0 else []
             self._busy += len(chores)  # (until sent: see _send)
@@ -261,7 +261,10 @@ class Renewer:
         gone = weakref.ref(link)
         while job is not None and link is not None:
             later: list[Chore] = []
-            with contextlib.suppress(Exception):  # (a bug must not end the renewals)
+            # (Nothing may end this thread with its link still marked as being sent: its
+            # work would wait for it for ever. A SystemExit raised in a member's callback
+            # ends only what it interrupted.)
+            with contextlib.suppress(BaseException):
                 later = job.run(link)
             if not job.empty():
                 until = monotonic() + linger
@@ -272,8 +275,9 @@ class Renewer:
             with self._cond:
                 self._busy -= sent
                 if later:
+                    if not self._later:  # (chores waiting already go at their time)
+                        self._again = monotonic() + _RETRY
                     self._later += later
-                    self._again = monotonic() + _RETRY
                 del later
                 self._cond.notify_all()  # (settle)
                 while (link := gone()) is not None:
@@ -287,13 +291,13 @@ class Renewer:
 
     def at_exit(self) -> None:
         """At interpreter exit: give the chores still queued a moment to go out (those that
-        could not reach their server go again now, not with the next round)."""
+        could not reach their server go again every tenth of a second meanwhile)."""
         if self._pid != os.getpid():
             return
         deadline = monotonic() + _EXIT_GRACE
         while True:
             with self._cond:
-                self._chores += self._later
+                self._chores.extendleft(reversed(self._later))
                 self._later.clear()
                 self._cond.notify()
             left = deadline - monotonic()

@@ -132,16 +132,17 @@ def report(link: Link, members: list[Any]) -> None:
 
 def send(chores: list[Chore]) -> list[Chore]:
     """Send each chore once; those to go again. Each waits MARGIN at most for its reply;
-    once a server is away its other chores wait for the next round, untried (whatever
-    their time), and a late server's are not sent until it answers again (see
-    :meth:`Link.answering`), waiting for as long as their time to go again runs: a stopped
-    server costs its own chores about MARGIN once, not MARGIN per chore or per round."""
+    once a server is away its other chores wait for the next try, untried (whatever their
+    time: they go first then), and a late server's are not sent until it answers again
+    (see :meth:`Link.answering`), waiting for as long as their time to go again runs: a
+    stopped server costs its own chores about MARGIN once, not MARGIN per chore or per
+    try."""
     later: list[Chore] = []
     away: set[Link] = set()
     for chore in chores:
         link, call, until = chore
         if link in away:
-            later.append(chore)
+            later.append(chore)  # (untried: it goes again, first, whatever its time)
             continue
         if not link.answering(call):
             if monotonic() < until:
