@@ -24,7 +24,7 @@ import redis
 
 from keyedlock import _ki
 from keyedlock._scopes._redis import _renewal
-from keyedlock._scopes._redis._connect import _get, _Handshake, connection
+from keyedlock._scopes._redis._connect import _get, _Handshake, connection, give_back
 from keyedlock._scopes._redis._failures import RedisUnavailable, redirected
 from keyedlock._scopes._redis._link import Link
 from keyedlock._scopes._redis._loops import LoopClients
@@ -473,7 +473,8 @@ def test_with_no_thread_for_its_handshake_a_connection_of_its_own_is_bounded(
         assert conn.socket_timeout == 0.5
         conn.send_command("PING")
         assert conn.read_response() == b"PONG"
-        pool.release(conn)
+        give_back(pool, conn)
         assert conn not in pool._available_connections
+        assert not conn._sock, "closed, not kept"
     finally:
         conn.disconnect()

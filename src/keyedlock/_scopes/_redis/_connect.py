@@ -19,7 +19,7 @@ import redis
 
 from ._loops import Late
 
-__all__ = ["connection"]
+__all__ = ["connection", "give_back"]
 
 # redis-py 5.0 needs a command name to get a connection; later versions deprecate it.
 _get_params = inspect.signature(redis.ConnectionPool.get_connection).parameters
@@ -136,4 +136,14 @@ def _of_its_own(pool: Any, wait: float) -> Any:
     options = dict(pool.connection_kwargs, socket_timeout=wait, socket_connect_timeout=wait)
     conn = pool.connection_class(**options)
     conn.connect()
+    conn.keyedlock_own = True  # (see give_back)
     return conn
+
+
+def give_back(pool: Any, conn: Any) -> None:
+    """Return ``conn`` to ``pool``, or close it if it is one of its own (redis-py 5 would
+    take it in, with timeouts that are not the client's)."""
+    if getattr(conn, "keyedlock_own", False):
+        conn.disconnect()
+    else:
+        pool.release(conn)

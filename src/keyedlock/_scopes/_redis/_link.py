@@ -38,7 +38,7 @@ from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
 from ..._ki import internal
-from ._connect import connection
+from ._connect import connection, give_back
 from ._failures import DOWN, NoAnswer, RedisUnavailable, redirected, where
 from ._linkasync import AsyncCalls
 from ._loops import MARGIN, NO_CAP, Late, LoopClients, async_client_for, pop_block, url_options
@@ -164,7 +164,7 @@ class Link(AsyncCalls):
             self._dropped(pool, conn, exc)
             raise
         finally:
-            pool.release(conn)
+            give_back(pool, conn)
         self._answered(pool)
         return reply
 
@@ -329,7 +329,7 @@ class Link(AsyncCalls):
             finally:
                 for pool, _, conn, _ in sent:  # (an interrupt: replies that will not be read)
                     self._dropped(pool, conn, None)
-                    pool.release(conn)
+                    give_back(pool, conn)
             if not again:
                 break
             by_pool = again
@@ -364,7 +364,7 @@ class Link(AsyncCalls):
             conn.send_packed_command(conn.pack_commands(commands))
         except BaseException as exc:
             self._dropped(pool, conn, exc)
-            pool.release(conn)
+            give_back(pool, conn)
             raise
         return conn, None if wait is None else monotonic() + wait
 
@@ -385,5 +385,5 @@ class Link(AsyncCalls):
             self._dropped(pool, conn, exc)
             raise
         finally:
-            pool.release(conn)
+            give_back(pool, conn)
         self._answered(pool)
