@@ -273,13 +273,14 @@ class Renewer:
             # a lock dropped by its program goes, with its connections.
             job = link = None
             with self._cond:
-                self._busy -= sent
-                if later:
-                    if not self._later:  # (chores waiting already go at their time)
+                if sent or later:  # (what settle and the renewal thread wait for; a round
+                    # or a report alone wakes nobody: under contention reports come often)
+                    self._busy -= sent
+                    if later and not self._later:  # (chores waiting already go at their time)
                         self._again = monotonic() + _RETRY
                     self._later += later
+                    self._cond.notify_all()
                 del later
-                self._cond.notify_all()  # (settle)
                 while (link := gone()) is not None:
                     job = self._held.pop(link, None)
                     if job is not None or (left := until - monotonic()) <= 0:
