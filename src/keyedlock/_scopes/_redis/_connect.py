@@ -96,7 +96,7 @@ class _Handshake:
         return conn
 
 
-#: The type of a reentrant lock (redis-py's pool lock is one from 6.1 on; before, plain).
+#: The type of a reentrant lock (redis-py 8's pool lock is one; 5.x and 6.0 have a plain one).
 _RLOCK: Final = type(threading.RLock())
 
 
