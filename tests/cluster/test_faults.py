@@ -9,7 +9,6 @@ learns that its lease is gone, and tokens keep increasing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import subprocess
@@ -44,6 +43,7 @@ from ..support import (
     wait_until,
 )
 from .conftest import LEASE
+from .holds import held
 from .servers import Server, free_port
 
 
@@ -720,12 +720,9 @@ def test_a_new_connection_to_a_stopped_server_costs_the_leases_on_another_nothin
     for it no longer than for a reply, so the key held on the healthy server, renewed in
     the same round, keeps its lease (its exit would raise LeaseLost otherwise)."""
     lock = RedisKeyedLock(split, prefix="handshake:", lease=LEASE)
-    stopped = lock("x-1")
     healthy = lock("y-1")
-    stopped.__enter__()
-    healthy.__enter__()
     pool = scope_of(lock).link._pool_of(b"x-1")
-    try:
+    with held([lock("x-1")], [healthy]):
         if closed_by == "server":
             wait_until(lambda: len(pool._available_connections) > 0, "an idle connection")
             with fresh_server.client() as admin:
@@ -735,11 +732,6 @@ def test_a_new_connection_to_a_stopped_server_costs_the_leases_on_another_nothin
         with fresh_server.paused():
             time.sleep(3 * LEASE)  # (long enough to lose the lease if renewals were held up)
             assert not healthy.lost
-    finally:
-        healthy.__exit__(None, None, None)
-        with contextlib.suppress(LeaseLost, ConnectionError):
-            stopped.__exit__(None, None, None)
-    assert renewer.settle(WAIT)
     assert len(lock) == 0
 
 

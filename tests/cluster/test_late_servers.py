@@ -28,6 +28,7 @@ from keyedlock.redis import RedisKeyedLock
 
 from ..support import WAIT, scope_of, wait_until
 from .conftest import LEASE
+from .holds import held
 from .servers import Cluster, Server
 
 
@@ -76,19 +77,10 @@ def test_a_stopped_server_costs_a_lease_shorter_than_its_wait_on_another_nothing
     lease = 0.6
     on_stopped = RedisKeyedLock(f"{fresh_server.url}?socket_timeout=60", prefix="s:", lease=lease)
     on_healthy = RedisKeyedLock(redis_server.url, prefix="h:", lease=lease)
-    stopped = on_stopped("x")
     healthy = on_healthy("y")
-    stopped.__enter__()
-    healthy.__enter__()
-    try:
-        with fresh_server.paused():
-            time.sleep(6 * lease)  # (long enough to lose the lease if renewals were held up)
-            assert not healthy.lost
-    finally:
-        healthy.__exit__(None, None, None)
-        with contextlib.suppress(LeaseLost, ConnectionError):
-            stopped.__exit__(None, None, None)
-        assert renewer.settle(WAIT)
+    with held([on_stopped("x")], [healthy]), fresh_server.paused():
+        time.sleep(6 * lease)  # (long enough to lose the lease if renewals were held up)
+        assert not healthy.lost
 
 
 def test_cluster_clients_of_their_own_keep_the_leases_on_a_healthy_node(

@@ -38,6 +38,30 @@ from ..support import WAIT, scope_of, start_thread, wait_until
 from .servers import Server
 
 
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads started from now on (in the test)."""
+    names: list[str] = []
+    start = threading.Thread.start
+
+    def counted(self: threading.Thread) -> None:
+        names.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    return names
+
+
+@pytest.fixture
+def no_thread_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread can start from now on, as at interpreter exit on Python 3.12+."""
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+
+
 class SlowMember:
     """A member whose renewal round blocks until the test lets it go."""
 
@@ -128,18 +152,14 @@ class HealthyLink(AwayLink):
         return 1
 
 
-def test_a_probe_that_cannot_start_costs_no_chore(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("no_thread_starts")
+def test_a_probe_that_cannot_start_costs_no_chore() -> None:
     """A late server's probe thread cannot start (no thread left, or interpreter exit): its
     chore is sent all the same, and finds out itself (here: refused, so it goes again
     later); the chores for other servers still go."""
     link = Link("redis://127.0.0.1:1", "test")  # (never connected)
     pool = link._pool_of(b"k")
     healthy = HealthyLink()
-
-    def no_thread(self: threading.Thread) -> None:
-        raise RuntimeError("can't create new thread at interpreter shutdown")
-
-    monkeypatch.setattr(threading.Thread, "start", no_thread)
     late_servers.mark(pool)
     try:
         now = time.monotonic()
@@ -201,17 +221,9 @@ class IdleMember:
         pass
 
 
-def test_a_member_with_nothing_to_renew_costs_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_member_with_nothing_to_renew_costs_no_thread(started: list[str]) -> None:
     """Locks and groups that hold and wait for nothing cost a round no sending thread,
     however many there are and however short the rounds."""
-    started: list[str] = []
-    start = threading.Thread.start
-
-    def counted(self: threading.Thread) -> None:
-        started.append(self.name)
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", counted)
     renewer = Renewer()
     members = [IdleMember() for _ in range(20)]
     for member in members:
@@ -299,19 +311,9 @@ class ReportingMember:
         pass
 
 
-def test_reports_in_quick_succession_are_sent_by_one_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_reports_in_quick_succession_are_sent_by_one_thread(started: list[str]) -> None:
     """Under contention a member reports many times a second: its link's sending thread
     waits a moment for more work rather than a thread being started for each report."""
-    started: list[str] = []
-    start = threading.Thread.start
-
-    def counted(self: threading.Thread) -> None:
-        started.append(self.name)
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", counted)
     renewer = Renewer()
     link = CountingLink()
     member = ReportingMember(link)
@@ -456,18 +458,14 @@ def test_only_a_cluster_redirection_reads_as_one(reply: object, redirection: boo
     assert redirected(reply) is redirection
 
 
+@pytest.mark.usefixtures("no_thread_starts")
 def test_with_no_thread_for_its_handshake_a_connection_of_its_own_is_bounded(
-    redis_server: Server, monkeypatch: pytest.MonkeyPatch
+    redis_server: Server,
 ) -> None:
     """At interpreter exit no thread can start: a caller with a deadline makes a connection
     of its own, with timeouts of its wait, which the pool does not take back."""
     link = Link(redis_server.url, "test")
     pool = link._pool_of(b"k")
-
-    def no_thread(self: threading.Thread) -> None:
-        raise RuntimeError("can't create new thread at interpreter shutdown")
-
-    monkeypatch.setattr(threading.Thread, "start", no_thread)
     conn = connection(pool, 0.5)
     try:
         assert conn.socket_timeout == 0.5

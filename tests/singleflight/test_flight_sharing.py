@@ -8,6 +8,7 @@ import gc
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -589,7 +590,9 @@ async def test_nothing_is_retained_once_a_call_finishes(
     assert [ref() for ref in refs] == [None, None], "the shared value is still referenced"
 
 
-def test_nothing_is_retained_in_threads(sf: SingleFlight, threads: Threads) -> None:
+def _shared_in_threads(sf: SingleFlight, threads: Threads, followers: int) -> list[Any]:
+    """A call led by a thread and shared with ``followers`` threads: a weak reference to
+    the value each caller got (the leader's first)."""
     gate = threading.Event()
 
     def make() -> Value:
@@ -601,10 +604,14 @@ def test_nothing_is_retained_in_threads(sf: SingleFlight, threads: Threads) -> N
 
     leader = threads.start(call, "leader")
     wait_until(lambda: sf.in_flight("k"), "the leader runs the call")
-    follower = threads.start(call, "follower")
-    wait_followers(sf, "k", 1)
+    others = [threads.start(call, f"follower {n}") for n in range(followers)]
+    wait_followers(sf, "k", followers)
     gate.set()
-    refs = [leader.result(), follower.result()]
+    return [leader.result(), *(other.result() for other in others)]
+
+
+def test_nothing_is_retained_in_threads(sf: SingleFlight, threads: Threads) -> None:
+    refs = _shared_in_threads(sf, threads, 1)
     assert len(sf) == 0
     gc.collect()
     assert [ref() for ref in refs] == [None, None], "the shared value is still referenced"
@@ -614,25 +621,10 @@ def test_a_shared_value_goes_with_its_last_caller_without_the_collector(threads:
     """No cycle keeps a shared value (thread followers wait in a queue that their holds
     refer to): once its callers dropped it, it is gone at once, the cyclic garbage
     collector off."""
-    sf = SingleFlight()
-    gate = threading.Event()
-
-    def make() -> Value:
-        assert gate.wait(WAIT)
-        return Value()
-
-    def call() -> weakref.ref[Value]:
-        return weakref.ref(sf.do_sync("k", make))
-
     gc.collect()
     gc.disable()
     try:
-        leader = threads.start(call, "leader")
-        wait_until(lambda: sf.in_flight("k"), "the leader runs the call")
-        followers = [threads.start(call, f"follower {n}") for n in range(2)]
-        wait_followers(sf, "k", 2)
-        gate.set()
-        refs = [leader.result(), *(follower.result() for follower in followers)]
+        refs = _shared_in_threads(SingleFlight(), threads, 2)
         assert [ref() for ref in refs] == [None, None, None], "a cycle keeps the value"
     finally:
         gc.enable()
