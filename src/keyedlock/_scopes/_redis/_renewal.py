@@ -133,7 +133,7 @@ class Renewer:
         with self._cond:
             self._members.add(member)
             self._start()
-            self._cond.notify()  # its period may be shorter than the current one
+            self._cond.notify_all()  # its period may be shorter than the current one
 
     def chore(self, link: Link, call: Call, retry_for: float = 0.0) -> None:
         """Send ``call`` soon, from the renewal thread (its reply and errors are ignored).
@@ -143,7 +143,7 @@ class Renewer:
         with self._cond:
             self._chores.append((link, call, monotonic() + retry_for))
             self._start()
-            self._cond.notify()
+            self._cond.notify_all()  # (settle may wait on it too)
 
     def report(self, member: Reporting) -> None:
         """Ask ``member`` for its :meth:`~Reporting.reports` soon, from the renewal thread
@@ -153,7 +153,7 @@ class Renewer:
                 return
             self._reporting.add(member)
             self._start()
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _start(self) -> None:
         if self._thread is None:
@@ -300,7 +300,7 @@ class Renewer:
             with self._cond:
                 self._chores.extendleft(reversed(self._later))
                 self._later.clear()
-                self._cond.notify()
+                self._cond.notify_all()
             left = deadline - monotonic()
             if self.settle(min(left, 0.1)) or left <= 0.1:
                 return
